@@ -1,0 +1,1 @@
+"""trajdistill.agents"""

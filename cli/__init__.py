@@ -1,0 +1,9 @@
+"""trajdistill: agentic trajectory distillation."""
+
+__version__ = "0.1.0"
+
+
+def main() -> None:
+    from ._app import run
+
+    run()

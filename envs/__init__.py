@@ -1,0 +1,29 @@
+"""Environments: tasks, typed tools, verifiers, experts and sandboxes."""
+
+from ._env import FINAL_ANSWER, Env, Episode, ToolError, envs, final_answer_spec, make_env
+from ._registry import Registry, UnknownNameError
+from ._tools import ToolSchemaError, ToolSpec, tool, tool_spec
+from ._types import SPLITS, Observation, Outcome, PolicyRequest, Task, ToolCall, Turn
+
+__all__ = [
+    "FINAL_ANSWER",
+    "SPLITS",
+    "Env",
+    "Episode",
+    "Observation",
+    "Outcome",
+    "PolicyRequest",
+    "Registry",
+    "Task",
+    "ToolCall",
+    "ToolError",
+    "ToolSchemaError",
+    "ToolSpec",
+    "Turn",
+    "UnknownNameError",
+    "envs",
+    "final_answer_spec",
+    "make_env",
+    "tool",
+    "tool_spec",
+]

@@ -1,0 +1,25 @@
+"""Sandboxes: one interface, three backends (docker, nsjail, none)."""
+
+from ._base import (
+    ExecResult,
+    Limits,
+    OutputBuffer,
+    Sandbox,
+    SandboxError,
+    SandboxProvider,
+    get_provider,
+    resolve_backend,
+    sandboxes,
+)
+
+__all__ = [
+    "ExecResult",
+    "Limits",
+    "OutputBuffer",
+    "Sandbox",
+    "SandboxError",
+    "SandboxProvider",
+    "get_provider",
+    "resolve_backend",
+    "sandboxes",
+]
