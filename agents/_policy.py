@@ -1,0 +1,60 @@
+"""Policies: teachers and students are both agents, named by a spec string.
+
+    expert:<name>                 an env's scripted expert
+    openai:<model>@<base_url>     any OpenAI-compatible server (vllm serve first of all)
+    vllm:<path>                   the offline vLLM engine (GPU machines)
+    hf:<path|alias>               transformers on the local device; may be a PEFT adapter dir
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Literal, Protocol, runtime_checkable
+
+from trajdistill.envs import Env, PolicyRequest, Registry, Turn, UnknownNameError
+
+ActionFormat = Literal["react", "tools"]
+
+
+class PolicyError(RuntimeError):
+    """The policy could not produce a turn (endpoint down after retries, model failed to load).
+
+    The episode is recorded as errored with this reason; other episodes go on.
+    """
+
+
+@runtime_checkable
+class Policy(Protocol):
+    spec: str
+    backend: str
+    model: str
+    action_format: ActionFormat
+
+    async def __call__(self, request: PolicyRequest) -> Turn: ...
+
+    async def close(self) -> None: ...
+
+    def sampling(self) -> dict[str, Any]: ...
+
+
+PolicyFactory = Callable[..., Policy]
+policies: Registry[PolicyFactory] = Registry("policy backend", "trajdistill.policies")
+policies.register_lazy("expert", "trajdistill.agents._expert:make_expert")
+policies.register_lazy("openai", "trajdistill.agents._openai:OpenAIPolicy", install_hint="pip install openai")
+policies.register_lazy("hf", "trajdistill.agents._hf:HFPolicy", install_hint="pip install transformers peft")
+policies.register_lazy("vllm", "trajdistill.agents._vllm:VLLMPolicy", install_hint="pip install 'trajdistill[vllm]'")
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+    backend, sep, rest = spec.partition(":")
+    if not sep or not rest:
+        raise UnknownNameError(
+            f"policy spec {spec!r} must look like BACKEND:TARGET, e.g. expert:coder, "
+            f"openai:MODEL@http://127.0.0.1:8000/v1, hf:smollm2-135m; backends: {', '.join(policies.names())}")
+    return backend, rest
+
+
+def make_policy(spec: str, *, env: Env | None = None, **options: Any) -> Policy:
+    """Build the policy a spec string names. `env` is needed for `expert:` specs."""
+    backend, target = split_spec(spec)
+    factory = policies.get(backend)
+    return factory(target, env=env, spec=spec, **options)
