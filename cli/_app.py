@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -79,6 +80,65 @@ def sandbox_build_image(
     build_image(tag=tag, method=method, base=base, console=console)
 
 
+def _env_params(pairs: list[str]) -> dict:
+    out = {}
+    for item in pairs:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--env-param must be KEY=VALUE, got {item!r}")
+        out[key.replace("-", "_")] = value
+    return out
+
+
+@app.command()
+def collect(
+    env: str = typer.Option(..., help="Env name, e.g. math, twx:coin, mcp."),
+    teacher: list[str] = typer.Option(..., help="Policy spec; repeat for several teachers (each runs every task)."),
+    tasks: int = typer.Option(100, help="Number of tasks from the split."),
+    split: str = typer.Option("train", help="train, dev or test."),
+    out: Path = typer.Option(..., help="Run directory to write."),
+    concurrency: int = typer.Option(8, help="Episodes in flight at once."),
+    resume: bool = typer.Option(False, help="Skip (task, teacher) pairs already finished in OUT."),
+    shard: str = typer.Option("0/1", help="I/N: take a deterministic slice of the tasks."),
+    seed: int = typer.Option(0, help="Sampling seed passed to model policies."),
+    max_steps: int = typer.Option(20, help="Policy turns per episode before it is cut off."),
+    temperature: float = typer.Option(0.0, help="Sampling temperature for model policies."),
+    sandbox: str = typer.Option("auto", help="Sandbox backend: auto, docker, nsjail, none."),
+    env_param: list[str] = typer.Option([], help="KEY=VALUE env parameter; repeatable."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Run teacher agents on an env's tasks and record every episode as a trajectory."""
+    from trajdistill.agents._collector import CollectConfig
+
+    from ._collect_cmd import collect_cmd
+
+    cfg = CollectConfig(env=env, teachers=list(teacher), out=str(out), tasks=tasks, split=split,
+                        concurrency=concurrency, resume=resume, shard=shard, seed=seed, max_steps=max_steps,
+                        temperature=temperature, sandbox=sandbox, env_params=_env_params(env_param))
+    raise typer.Exit(collect_cmd(console, cfg))
+
+
+@app.command()
+def inspect(run: Path = typer.Argument(..., help="Run directory."),
+            show: Optional[str] = typer.Option(None, help="Trajectory id (or prefix) to print turn by turn."),
+            config: Optional[Path] = ConfigOption) -> None:
+    """Stats per teacher and difficulty; --show prints one trajectory."""
+    from ._inspect_cmd import inspect_run
+
+    inspect_run(console, run, show)
+
+
+@app.command()
+def export(run: Path = typer.Argument(..., help="Run directory."),
+           format: str = typer.Option(..., "--format", help="parquet, sharegpt or openai."),
+           out: Path = typer.Option(..., help="Output file."),
+           config: Optional[Path] = ConfigOption) -> None:
+    """Export a run for trainers: parquet (HF datasets), sharegpt, or OpenAI messages JSONL."""
+    from ._export_cmd import export_cmd
+
+    export_cmd(console, run, format, out)
+
+
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, UsageError)
 
 
@@ -88,7 +148,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from trajdistill.envs import UnknownNameError
     from trajdistill.envs.sandbox import SandboxError
 
-    extra: list[type[BaseException]] = [UnknownNameError, SandboxError, ValidationError, FileNotFoundError]
+    extra: list[type[BaseException]] = [UnknownNameError, SandboxError, ValidationError, FileNotFoundError,
+                                        ValueError]
     try:
         from trajdistill.trajectories import RunError
 
@@ -105,7 +166,7 @@ def run() -> None:
         err_console.print("[yellow]interrupted[/]")
         sys.exit(130)
     except Exception as e:  # noqa: BLE001 - only user errors are turned into one line
-        if isinstance(e, _user_errors()):
+        if isinstance(e, _user_errors()) and not os.environ.get("TRAJDISTILL_DEBUG"):
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             err_console.print(f"[red]error:[/] {first}", highlight=False)
             sys.exit(2)

@@ -1,0 +1,216 @@
+"""Trajectory collection: every (task, teacher) pair runs once, concurrently and resumably.
+
+Each finished trajectory is one fsynced line in the run store before the pair
+counts as done, so a crash at any point loses at most the episodes in flight,
+and `--resume` skips exactly the pairs already on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from trajdistill import __version__
+from trajdistill.envs import Env, Task, make_env
+from trajdistill.envs.sandbox import Limits, SandboxError, SandboxProvider, get_provider
+from trajdistill.trajectories import EnvRef, Message, Provenance, RunStore, Teacher, Trajectory, Usage
+
+from ._loop import EpisodeResult, ReActLoop
+from ._policy import Policy, PolicyError, make_policy
+
+
+@dataclass
+class CollectConfig:
+    """Settings of one collection run; `run.yaml` holds them resolved."""
+
+    env: str
+    teachers: list[str]
+    out: str
+    tasks: int = 100
+    split: str = "train"
+    concurrency: int = 8
+    resume: bool = False
+    shard: str = "0/1"
+    seed: int = 0
+    max_steps: int = 20
+    temperature: float = 0.0
+    sandbox: str = "auto"
+    env_params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.teachers:
+            raise ValueError("give at least one --teacher SPEC")
+        if self.tasks < 1:
+            raise ValueError(f"--tasks must be at least 1, got {self.tasks}")
+        if self.concurrency < 1:
+            raise ValueError(f"--concurrency must be at least 1, got {self.concurrency}")
+        if len(set(self.teachers)) != len(self.teachers):
+            raise ValueError("each --teacher may be given once")
+        parse_shard(self.shard)
+
+
+def parse_shard(shard: str) -> tuple[int, int]:
+    i, sep, n = shard.partition("/")
+    if not sep or not i.isdigit() or not n.isdigit() or not 0 <= int(i) < int(n):
+        raise ValueError(f"--shard must be I/N with 0 <= I < N, got {shard!r}")
+    return int(i), int(n)
+
+
+def in_shard(task_id: str, shard: tuple[int, int]) -> bool:
+    """A stable slice: the same task lands in the same shard for any --tasks."""
+    i, n = shard
+    return n == 1 or int(hashlib.sha256(task_id.encode()).hexdigest(), 16) % n == i
+
+
+def to_trajectory(result: EpisodeResult, task: Task, env: Env, policy: Policy,
+                  sandbox: str | None, seed: int) -> Trajectory:
+    usage = result.usage
+    return Trajectory(
+        task_id=task.id, split=task.split, category=task.category, difficulty=task.difficulty,
+        env=EnvRef(name=env.id, version=env.version),
+        teacher=Teacher(spec=policy.spec, backend=policy.backend, model=policy.model, sampling=policy.sampling()),
+        messages=[Message.model_validate(m) for m in result.messages],
+        outcome=result.outcome,
+        usage=Usage(
+            prompt_tokens=int(usage["prompt_tokens"]), completion_tokens=int(usage["completion_tokens"]),
+            total_tokens=int(usage["prompt_tokens"] + usage["completion_tokens"]),
+            latency_s=usage["latency_s"], wall_s=result.wall_s, steps=int(usage["steps"]),
+            invalid_actions=int(usage["invalid_actions"]),
+        ),
+        provenance=Provenance(sandbox=sandbox, package_version=__version__, seed=seed),
+        created_at=time.time(),
+    )
+
+
+@dataclass
+class Progress:
+    """Counters the live display reads."""
+
+    total: int
+    done: int = 0
+    success: int = 0
+    errors: int = 0
+    steps: int = 0
+
+
+Listener = Callable[[Progress], None]
+
+
+class Collector:
+    """Runs every (task, teacher) pair of a CollectConfig into a RunStore."""
+
+    def __init__(self, cfg: CollectConfig):
+        self.cfg = cfg
+        self.env = make_env(cfg.env, **cfg.env_params)
+        self.env.check_split(cfg.split)
+        sampling = {"temperature": cfg.temperature, "seed": cfg.seed}
+        self.policies = {spec: make_policy(spec, env=self.env, **sampling) for spec in cfg.teachers}
+        self.loops = {spec: ReActLoop(self.env, p, max_steps=cfg.max_steps) for spec, p in self.policies.items()}
+        self.provider: SandboxProvider | None = None
+
+    def pairs(self, finished: set[tuple[str, str]]) -> list[tuple[Task, str]]:
+        shard = parse_shard(self.cfg.shard)
+        tasks = [t for t in self.env.tasks(self.cfg.split, n=self.cfg.tasks) if in_shard(t.id, shard)]
+        return [(t, s) for t in tasks for s in self.cfg.teachers if (t.id, s) not in finished]
+
+    async def run(self, store: RunStore, listener: Listener | None = None) -> Progress:
+        todo = self.pairs(store.finished_keys() if self.cfg.resume else set())
+        progress = Progress(total=len(todo))
+        if self.env.needs_sandbox:
+            self.provider = get_provider(self.cfg.sandbox, Limits())
+        queue: asyncio.Queue[tuple[Task, str]] = asyncio.Queue()
+        for item in todo:
+            queue.put_nowait(item)
+        try:
+            workers = [asyncio.create_task(self._worker(queue, store, progress, listener))
+                       for _ in range(min(self.cfg.concurrency, max(1, len(todo))))]
+            try:
+                await asyncio.gather(*workers)
+            except BaseException:
+                for w in workers:
+                    w.cancel()
+                await asyncio.gather(*workers, return_exceptions=True)
+                raise
+        finally:
+            await self.close()
+        return progress
+
+    async def _worker(self, queue, store: RunStore, progress: Progress, listener: Listener | None) -> None:
+        while not queue.empty():
+            task, spec = queue.get_nowait()
+            traj = await self._episode(task, spec, store)
+            progress.done += 1
+            if traj is None:
+                progress.errors += 1
+            else:
+                progress.success += traj.outcome.success
+                progress.steps += traj.usage.steps
+            if listener:
+                listener(progress)
+
+    async def _episode(self, task: Task, spec: str, store: RunStore) -> Trajectory | None:
+        loop = self.loops[spec]
+        try:
+            if self.provider is None:
+                result = await loop.run(task)
+            else:
+                async with self.provider.acquire() as sb:
+                    result = await loop.run(task, sb)
+        except SandboxError:
+            raise  # a broken backend stops the run; finished trajectories are already on disk
+        except PolicyError as e:
+            await _maybe_await(store.record_error(task.id, spec, str(e), "policy"))
+            return None
+        except Exception as e:  # noqa: BLE001 - one bad episode must not end a long run; it is recorded
+            await _maybe_await(store.record_error(task.id, spec, f"{type(e).__name__}: {e}", "exception"))
+            return None
+        backend = self.provider.name if self.provider else None
+        traj = to_trajectory(result, task, self.env, self.policies[spec], backend, self.cfg.seed)
+        await _maybe_await(store.append(traj))
+        return traj
+
+    async def close(self) -> None:
+        for p in self.policies.values():
+            await p.close()
+        if self.provider is not None:
+            await self.provider.close()
+        await self.env.close()
+
+
+async def _maybe_await(x: Any) -> Any:
+    return await x if inspect.isawaitable(x) else x
+
+
+def resolved_config(cfg: CollectConfig) -> dict[str, Any]:
+    d = asdict(cfg)
+    d["package_version"] = __version__
+    return d
+
+
+async def collect_async(cfg: CollectConfig, listener: Listener | None = None) -> tuple[RunStore, Progress]:
+    """Library entry point: run the collection described by `cfg`."""
+    collector = Collector(cfg)
+    store = RunStore.create(Path(cfg.out), resolved_config(cfg), resume=cfg.resume)
+    try:
+        progress = await collector.run(store, listener)
+    finally:
+        _write_stats(store)
+    return store, progress
+
+
+def _write_stats(store: RunStore) -> None:
+    writer: Callable[[], Any] | None = getattr(store, "write_stats", None)
+    if writer is not None:
+        writer()
+
+
+def collect(cfg: CollectConfig, listener: Listener | None = None) -> tuple[RunStore, Progress]:
+    """Sync wrapper of `collect_async`."""
+    return asyncio.run(collect_async(cfg, listener))
+
+

@@ -1,0 +1,203 @@
+"""The ReAct loop: a LangGraph StateGraph of a policy node and a tool node.
+
+    START -> policy (generate, then parse) -> tools (run through the env) -> policy ... -> END
+
+The graph is compiled once per loop; per-episode objects travel in the run
+config, so the state holds only data. Malformed actions become observations
+and the episode goes on until max steps; a PolicyError ends the episode as
+errored and propagates to the caller, which records it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+
+from trajdistill.envs import (FINAL_ANSWER, Env, Episode, Observation, Outcome, PolicyRequest, Task, Turn,
+                              final_answer_spec)
+from trajdistill.envs._react_text import ParsedAction, ParsedFinal, ParseError, parse_react
+
+from ._policy import Policy
+
+REACT_INSTRUCTIONS = """You solve the task step by step. Every reply has exactly this form:
+Thought: what you know and what to do next
+Action: the tool name, one of [{names}]
+Action Input: the tool's arguments as a JSON object
+When you know the answer, reply instead with:
+Thought: why this is the answer
+Final Answer: the answer
+Each action's result comes back to you as an observation."""
+
+
+@dataclass
+class _Action:
+    tool: str
+    arguments: Any
+    call_id: str = ""
+
+
+@dataclass
+class Step:
+    """What the policy node decided: actions to run, a final answer, or a parse error."""
+
+    actions: list[_Action] = field(default_factory=list)
+    final: str | None = None
+    error: str | None = None
+
+
+class LoopState(TypedDict, total=False):
+    messages: list[dict[str, Any]]
+    steps: int
+    step: Step | None
+    outcome: Outcome | None
+    usage: dict[str, float]
+
+
+@dataclass
+class EpisodeResult:
+    messages: list[dict[str, Any]]
+    outcome: Outcome
+    usage: dict[str, float]
+    wall_s: float
+
+
+def system_prompt(env: Env, policy: Policy, tools: list) -> str:
+    parts = [env.system_prompt().strip()] if env.system_prompt() else []
+    if policy.action_format == "react":
+        lines = [f"- {t.signature()}: {t.description}" for t in tools]
+        parts.append("Tools:\n" + "\n".join(lines))
+        parts.append(REACT_INSTRUCTIONS.format(names=", ".join(t.name for t in tools)))
+    return "\n\n".join(parts)
+
+
+def parse_turn(turn: Turn, action_format: str) -> Step:
+    if action_format == "tools":
+        if turn.tool_calls:
+            return Step(actions=[_Action(c.name, c.arguments, c.id) for c in turn.tool_calls])
+        return Step(final=turn.content.strip())  # a plain reply with no tool call is the answer
+    parsed = parse_react(turn.content)
+    if isinstance(parsed, ParsedFinal):
+        return Step(final=parsed.answer)
+    if isinstance(parsed, ParsedAction):
+        return Step(actions=[_Action(parsed.tool, parsed.arguments)])
+    return Step(error=parsed.message)
+
+
+def assistant_message(turn: Turn) -> dict[str, Any]:
+    msg: dict[str, Any] = {"role": "assistant", "content": turn.content}
+    if turn.reasoning:
+        msg["reasoning"] = turn.reasoning
+    if turn.tool_calls:
+        msg["tool_calls"] = [
+            {"id": c.id or f"call_{uuid.uuid4().hex[:12]}", "type": "function",
+             "function": {"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False)}}
+            for c in turn.tool_calls
+        ]
+    return msg
+
+
+@dataclass
+class _Ctx:
+    episode: Episode
+    task: Task
+    hints: dict[str, Any]
+
+
+class ReActLoop:
+    """Runs episodes of one env with one policy. Async; build once, run many episodes concurrently."""
+
+    def __init__(self, env: Env, policy: Policy, *, max_steps: int = 20, sampling: dict[str, Any] | None = None):
+        self.env = env
+        self.policy = policy
+        self.max_steps = max_steps
+        self.sampling = sampling or {}
+        self.tools = env.tools()
+        self._answer_spec = final_answer_spec()
+        self.system = system_prompt(env, policy, self.tools)
+        self.graph = self._build()
+
+    def _build(self):
+        g = StateGraph(LoopState)
+        g.add_node("policy", self._policy_node)
+        g.add_node("tools", self._tool_node)
+        g.add_edge(START, "policy")
+        g.add_edge("policy", "tools")
+        g.add_conditional_edges("tools", self._route, {"policy": "policy", END: END})
+        return g.compile()
+
+    async def _policy_node(self, state: LoopState, config) -> LoopState:
+        ctx: _Ctx = config["configurable"]["ctx"]
+        request = PolicyRequest(messages=state["messages"], tools=self.tools, task=ctx.task,
+                                hints=ctx.hints, sampling=self.sampling)
+        turn = await self.policy(request)
+        usage = dict(state["usage"])
+        usage["prompt_tokens"] += turn.usage.get("prompt_tokens", 0)
+        usage["completion_tokens"] += turn.usage.get("completion_tokens", 0)
+        usage["latency_s"] += turn.latency_s
+        step = parse_turn(turn, self.policy.action_format)
+        return {"messages": state["messages"] + [assistant_message(turn)], "step": step,
+                "steps": state["steps"] + 1, "usage": usage}
+
+    async def _tool_node(self, state: LoopState, config) -> LoopState:
+        ctx: _Ctx = config["configurable"]["ctx"]
+        step, messages, usage = state["step"], list(state["messages"]), dict(state["usage"])
+        if step.final is not None:
+            return {"outcome": await ctx.episode.finish(step.final)}
+        if step.error is not None:
+            usage["invalid_actions"] += 1
+            text = f"Error: {step.error}. Valid tools: {ctx.episode.valid_tools()}."
+            messages.append({"role": "tool", "name": "parse_error", "content": text})
+            return {"messages": messages, "usage": usage}
+        call_ids = [c["id"] for c in messages[-1].get("tool_calls") or []]
+        for i, action in enumerate(step.actions):
+            if action.tool == FINAL_ANSWER and self.env.answer_tool:
+                problem = self._answer_spec.validate(action.arguments)
+                if problem is None:
+                    answer = str(action.arguments["answer"])
+                    return {"messages": messages, "usage": usage, "outcome": await ctx.episode.finish(answer)}
+                obs = Observation(f"Error: {problem}. Valid tools: {ctx.episode.valid_tools()}.", invalid=True)
+            else:
+                obs = await ctx.episode.call(action.tool, action.arguments)
+            usage["invalid_actions"] += obs.invalid
+            msg = {"role": "tool", "name": action.tool, "content": obs.text}
+            if i < len(call_ids):
+                msg["tool_call_id"] = call_ids[i]
+            messages.append(msg)
+            if obs.done:
+                outcome = obs.outcome or await ctx.episode.finish(None)
+                return {"messages": messages, "usage": usage, "outcome": outcome}
+        return {"messages": messages, "usage": usage}
+
+    def _route(self, state: LoopState) -> str:
+        if state.get("outcome") is not None or state["steps"] >= self.max_steps:
+            return END
+        return "policy"
+
+    async def run(self, task: Task, sandbox: Any = None) -> EpisodeResult:
+        """Run one episode to a final answer, the env's done signal, or max steps."""
+        start = time.monotonic()
+        episode = await self.env.start(task, sandbox)
+        try:
+            initial = await episode.start()
+            messages = [{"role": "system", "content": self.system}] if self.system else []
+            messages.append({"role": "user", "content": task.prompt + (f"\n\n{initial}" if initial else "")})
+            state: LoopState = {
+                "messages": messages, "steps": 0, "step": None, "outcome": None,
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "latency_s": 0.0, "invalid_actions": 0},
+            }
+            ctx = _Ctx(episode, task, episode.hints())
+            final = await self.graph.ainvoke(
+                state, {"configurable": {"ctx": ctx}, "recursion_limit": 2 * self.max_steps + 5})
+            outcome = final.get("outcome")
+            if outcome is None:
+                outcome = await episode.finish(None)
+                outcome.detail = f"max steps ({self.max_steps}) reached; " + (outcome.detail or "")
+            usage = dict(final["usage"], steps=final["steps"])
+            return EpisodeResult(final["messages"], outcome, usage, time.monotonic() - start)
+        finally:
+            await episode.close()
