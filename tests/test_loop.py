@@ -1,0 +1,133 @@
+"""The real LangGraph ReAct loop, driven by scripted policies on a small env defined here."""
+
+from __future__ import annotations
+
+import pytest
+
+from trajdistill.agents import PolicyError
+from trajdistill.agents._loop import ReActLoop
+from trajdistill.envs import Env, Episode, Outcome, Task, ToolCall, Turn, tool
+from trajdistill.envs._react_text import format_action, format_final
+
+
+class AddEpisode(Episode):
+    @tool
+    def add(self, a: int, b: int) -> str:
+        """Add two integers.
+
+        Args:
+            a: The first number.
+            b: The second number.
+        """
+        return str(a + b)
+
+    async def finish(self, answer):
+        ok = answer is not None and answer.strip() == self.task.data["answer"]
+        return Outcome(success=ok, reward=float(ok), final_answer=answer)
+
+
+class AddEnv(Env):
+    name = "add"
+    episode_cls = AddEpisode
+
+    def tasks(self, split, n=None, offset=0):
+        return [Task(id=f"add-{i}", env="add", split="train", prompt=f"What is {i} + {i}?",
+                     data={"answer": str(2 * i)}) for i in range(offset, offset + (n or 3))]
+
+    def split_sizes(self):
+        return {"train": 3, "dev": 0, "test": 0}
+
+
+class Scripted:
+    """A policy that replays fixed turns and records what it was shown."""
+
+    backend, model = "scripted", "scripted"
+
+    def __init__(self, turns, action_format="react"):
+        self.spec = "scripted:test"
+        self.action_format = action_format
+        self.turns = list(turns)
+        self.seen = []
+
+    async def __call__(self, request):
+        self.seen.append(request)
+        turn = self.turns.pop(0)
+        return turn if isinstance(turn, Turn) else Turn(content=turn, usage={"prompt_tokens": 3,
+                                                                            "completion_tokens": 2})
+
+    def sampling(self):
+        return {}
+
+    async def close(self):
+        pass
+
+
+async def run(turns, max_steps=5, action_format="react"):
+    env = AddEnv()
+    policy = Scripted(turns, action_format)
+    result = await ReActLoop(env, policy, max_steps=max_steps).run(env.tasks("train", 2)[1])
+    return result, policy
+
+
+async def test_action_then_final_answer_succeeds():
+    result, policy = await run([format_action("add them", "add", {"a": 1, "b": 1}), format_final("done", "2")])
+    assert result.outcome.success
+    roles = [m["role"] for m in result.messages]
+    assert roles == ["system", "user", "assistant", "tool", "assistant"]
+    assert result.messages[3]["content"] == "2"
+    assert result.usage["steps"] == 2 and result.usage["prompt_tokens"] == 6
+    assert "add(a: integer, b: integer)" in result.messages[0]["content"]
+    assert policy.seen[1].messages[-1]["role"] == "tool"
+
+
+@pytest.mark.parametrize("bad, expect", [
+    ("I am not sure what to do", "no `Action:` or `Final Answer:`"),
+    (format_action("t", "multiply", {"a": 1}), "unknown tool 'multiply'"),
+    (format_action("t", "add", {"a": "one", "b": 2}), "bad arguments for 'add'"),
+    ("Thought: t\nAction: add\nAction Input: {a: 1}", "not valid JSON"),
+])
+async def test_malformed_actions_become_observations_listing_tools(bad, expect):
+    result, _ = await run([bad, format_final("ok", "2")])
+    obs = result.messages[3]
+    assert obs["role"] == "tool" and expect in obs["content"]
+    assert "Valid tools: add, final_answer" in obs["content"]
+    assert result.usage["invalid_actions"] == 1
+    assert result.outcome.success  # the episode went on after the bad action
+
+
+async def test_max_steps_cuts_the_episode_off():
+    result, policy = await run([format_action("again", "add", {"a": 1, "b": 1})] * 3, max_steps=3)
+    assert not result.outcome.success
+    assert "max steps (3)" in result.outcome.detail
+    assert len(policy.seen) == 3
+
+
+async def test_native_tool_calls_with_reasoning():
+    turns = [
+        Turn(content="", reasoning="I should add.", tool_calls=[ToolCall("add", {"a": 1, "b": 1}, "c1")]),
+        Turn(content="", tool_calls=[ToolCall("final_answer", {"answer": "2"}, "c2")]),
+    ]
+    result, _ = await run(turns, action_format="tools")
+    assert result.outcome.success
+    assistant = result.messages[1]
+    assert assistant["reasoning"] == "I should add."
+    assert assistant["tool_calls"][0]["function"]["name"] == "add"
+    assert result.messages[2] == {"role": "tool", "name": "add", "content": "2", "tool_call_id": "c1"}
+
+
+async def test_final_answer_tool_with_bad_arguments_is_an_observation():
+    turns = [Turn(tool_calls=[ToolCall("final_answer", {"reply": "2"}, "c1")]),
+             Turn(tool_calls=[ToolCall("final_answer", {"answer": "2"}, "c2")])]
+    result, _ = await run(turns, action_format="tools")
+    assert "bad arguments for 'final_answer'" in result.messages[2]["content"]
+    assert result.outcome.success
+
+
+async def test_policy_error_propagates_to_the_caller():
+    class Failing(Scripted):
+        async def __call__(self, request):
+            raise PolicyError("endpoint down")
+
+    env = AddEnv()
+    with pytest.raises(PolicyError, match="endpoint down"):
+        await ReActLoop(env, Failing([])).run(env.tasks("train", 1)[0])
