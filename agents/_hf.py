@@ -1,0 +1,240 @@
+"""`hf:<path|alias>`: transformers on the local device, with requests of concurrent episodes batched.
+
+Episodes run as asyncio tasks; each awaits its own turn. A `Batcher` collects the requests that
+arrive together (up to batch_size, waiting a few ms to fill), runs ONE batched generate call in a
+thread, and hands each caller its own result. The vLLM backend reuses the same Batcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, TypeVar
+
+from trajdistill.envs import PolicyRequest, Turn
+
+from ._openai import REACT_STOP, chat_messages
+from ._policy import PolicyError
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+class Batcher(Generic[In, Out]):
+    """Coalesce concurrent `submit` calls into batched calls of `run_batch` (sync, run in a thread).
+
+    `run_batch` gets a list of items and returns one result per item, in order. If it raises,
+    every caller in that batch gets the exception.
+    """
+
+    def __init__(self, run_batch: Callable[[list[In]], list[Out]], max_batch: int, wait_s: float = 0.005):
+        if max_batch < 1:
+            raise ValueError("batch size must be >= 1")
+        self.run_batch, self.max_batch, self.wait_s = run_batch, max_batch, wait_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue | None = None
+        self._worker: asyncio.Task | None = None
+
+    async def submit(self, item: In) -> Out:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._worker is None or self._worker.done():
+            self._loop, self._queue = loop, asyncio.Queue()  # queues belong to one event loop
+            self._worker = loop.create_task(self._work())
+        future = loop.create_future()
+        self._queue.put_nowait((item, future))
+        return await future
+
+    async def _work(self) -> None:
+        queue = self._queue
+        while True:
+            batch = [await queue.get()]
+            if queue.qsize() + 1 < self.max_batch:
+                await asyncio.sleep(self.wait_s)  # let the other episodes' requests arrive
+            while len(batch) < self.max_batch and not queue.empty():
+                batch.append(queue.get_nowait())
+            batch = [(item, fut) for item, fut in batch if not fut.done()]  # drop cancelled callers
+            if batch:
+                await self._run(batch)
+
+    async def _run(self, batch: list[tuple[In, asyncio.Future]]) -> None:
+        try:
+            results = await asyncio.to_thread(self.run_batch, [item for item, _ in batch])
+        except Exception as err:  # handed to every waiting caller, not swallowed
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(err)
+            return
+        for (_, fut), result in zip(batch, results):
+            if not fut.done():
+                fut.set_result(result)
+
+    async def close(self) -> None:
+        if self._worker is not None and not self._worker.done():
+            self._worker.cancel()
+        self._worker = None
+
+
+# ---- prompts ------------------------------------------------------------------------------------
+
+def render_prompt(tokenizer: Any, messages: list[dict[str, Any]]) -> str:
+    """The generation prompt for chat messages. Tool results become user `Observation:` turns
+    unless the chat template knows a tool role."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    if "'tool'" in template or '"tool"' in template:
+        msgs = [{"role": m["role"], "content": m.get("content") or ""} for m in messages]
+    else:
+        msgs = chat_messages(messages, "react")
+    if not template:
+        lines = [f"{m['role']}: {m['content']}" for m in msgs]
+        return "\n".join(lines) + "\nassistant: "
+    return tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+
+
+def cut_at_stop(text: str, stops: list[str]) -> str:
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=len(text))
+    return text[:cut].strip()
+
+
+# ---- the policy ---------------------------------------------------------------------------------
+
+@dataclass
+class _Item:
+    messages: list[dict[str, Any]]
+    temperature: float
+    max_new_tokens: int
+    seed: int | None
+
+
+@dataclass
+class _Gen:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+_models: dict[tuple[str, str], tuple[Any, Any]] = {}  # (path, device) -> (model, tokenizer): once per process
+_models_lock = threading.Lock()
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_cached(target: str, device: str) -> tuple[Any, Any]:
+    """Load a model once per process; float32 on CPU, bfloat16 on CUDA."""
+    import torch
+
+    from ._models import load_causal_lm, resolve_model
+
+    with _models_lock:
+        key = (str(resolve_model(target, allow_hub=True)), device)
+        if key not in _models:
+            dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+            _models[key] = load_causal_lm(key[0], device=device, dtype=dtype)
+        return _models[key]
+
+
+class HFPolicy:
+    backend = "hf"
+    action_format = "react"
+
+    def __init__(self, target: str, *, env: Any = None, spec: str = "", temperature: float = 0.0,
+                 max_new_tokens: int = 256, batch_size: int = 8, seed: int | None = None,
+                 device: str | None = None, batch_wait_s: float = 0.005):
+        from ._models import ALIASES, resolve_model
+
+        if target not in ALIASES:  # aliases convert lazily, on first use; a bad path fails now
+            resolve_model(target, allow_hub=True)
+        self.spec = spec or f"hf:{target}"
+        self.model = target
+        self.temperature, self.max_new_tokens, self.seed = temperature, max_new_tokens, seed
+        self.batch_size = batch_size
+        self.device = device
+        self.hf_model: Any = None  # loaded on first call
+        self.tokenizer: Any = None
+        self._batcher: Batcher[_Item, _Gen] = Batcher(self._generate, batch_size, batch_wait_s)
+
+    def sampling(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"temperature": self.temperature, "max_new_tokens": self.max_new_tokens}
+        if self.seed is not None:
+            out["seed"] = self.seed
+        return out
+
+    async def load(self) -> Any:
+        """Load the model now (it otherwise loads with the first batch) and return it."""
+        if self.hf_model is None:
+            await asyncio.to_thread(self._ensure_loaded)
+        return self.hf_model
+
+    def _ensure_loaded(self) -> None:
+        if self.hf_model is None:
+            try:
+                self.hf_model, self.tokenizer = load_cached(self.model, self.device or _default_device())
+            except (OSError, ValueError) as err:
+                raise PolicyError(f"hf policy could not load {self.model}: {' '.join(str(err).split())}") from err
+
+    async def __call__(self, request: PolicyRequest) -> Turn:
+        start = time.monotonic()
+        s = {**self.sampling(), **request.sampling}
+        item = _Item(request.messages, float(s.get("temperature", 0.0)),
+                     int(s.get("max_tokens", s.get("max_new_tokens", self.max_new_tokens))), s.get("seed"))
+        gen = await self._batcher.submit(item)
+        return Turn(content=gen.text, latency_s=time.monotonic() - start,
+                    usage={"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens})
+
+    def _generate(self, items: list[_Item]) -> list[_Gen]:
+        """One batch, in the worker thread; items with different sampling settings run as separate groups.
+
+        The first batch loads the model, so requests that arrive meanwhile queue up for the next one."""
+        self._ensure_loaded()
+        groups: dict[tuple, list[int]] = {}
+        for i, it in enumerate(items):
+            groups.setdefault((it.temperature, it.max_new_tokens, it.seed), []).append(i)
+        out: list[_Gen | None] = [None] * len(items)
+        for (temperature, max_new, seed), idx in groups.items():
+            prompts = [render_prompt(self.tokenizer, items[i].messages) for i in idx]
+            for i, gen in zip(idx, self._generate_group(prompts, temperature, max_new, seed)):
+                out[i] = gen
+        return out  # type: ignore[return-value]
+
+    def _generate_group(self, prompts: list[str], temperature: float, max_new: int, seed: int | None) -> list[_Gen]:
+        import torch
+
+        tok, model = self.tokenizer, self.hf_model
+        tok.padding_side = "left"  # generation continues from the right edge
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        sample = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        if seed is not None:
+            torch.manual_seed(seed)
+        with torch.inference_mode():
+            ids = model.generate(**enc, **sample, max_new_tokens=max_new, pad_token_id=pad_id,
+                                 stop_strings=REACT_STOP, tokenizer=tok)
+        new = ids[:, enc["input_ids"].shape[1]:].tolist()
+        eos = _eos_ids(model, tok)
+        prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
+        return [self._decode(row, eos, pad_id, int(n)) for row, n in zip(new, prompt_lens)]
+
+    def _decode(self, row: list[int], eos: set[int], pad_id: int, prompt_tokens: int) -> _Gen:
+        end = len(row)
+        for i, t in enumerate(row):  # a finished row is padded to the batch's length
+            if t in eos or t == pad_id:
+                end = i + 1 if t in eos else i
+                break
+        text = self.tokenizer.decode(row[:end], skip_special_tokens=True)
+        return _Gen(cut_at_stop(text, REACT_STOP), prompt_tokens, end)
+
+    async def close(self) -> None:
+        await self._batcher.close()
+
+
+def _eos_ids(model: Any, tok: Any) -> set[int]:
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    if tok.eos_token_id is not None:
+        ids.add(tok.eos_token_id)
+    return ids

@@ -1,0 +1,227 @@
+"""`openai:<model>@<base_url>`: any OpenAI-compatible chat-completions server (`vllm serve` first of all).
+
+Retries are ours, not the client's: exponential backoff with jitter on 429, 408, 5xx, timeouts,
+connection errors and malformed bodies; any other 4xx fails at once. Either way the caller gets
+a PolicyError with one line that says what happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import re
+import time
+from typing import Any
+
+import openai
+
+from trajdistill.envs import PolicyRequest, ToolCall, Turn
+
+from ._policy import ActionFormat, PolicyError
+
+REACT_STOP = ["\nObservation:"]
+_URL = re.compile(r"^(.+?)@(https?://\S+)$")
+_THINK = re.compile(r"^\s*<think>(.*?)</think>", re.DOTALL)
+_RETRY_STATUS = {408, 429}
+MAX_BACKOFF_S = 30.0
+
+
+class _Retryable(Exception):
+    """One failed attempt that is worth another try; `wait_s` is the server's retry-after if it sent one."""
+
+    def __init__(self, reason: str, wait_s: float | None = None):
+        super().__init__(reason)
+        self.wait_s = wait_s
+
+
+def parse_target(target: str) -> tuple[str, str]:
+    """`model@http://host:port/v1` -> (model, base_url); no `@` means OPENAI_BASE_URL or OpenAI itself."""
+    m = _URL.match(target)
+    if m:
+        return m.group(1), m.group(2).rstrip("/")
+    if "@" in target:
+        raise PolicyError(f"openai policy target {target!r}: the part after @ must be an http(s) URL, "
+                          "e.g. openai:MODEL@http://127.0.0.1:8000/v1")
+    return target, os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1").rstrip("/")
+
+
+def chat_messages(messages: list[dict[str, Any]], action_format: ActionFormat) -> list[dict[str, Any]]:
+    """Messages a chat endpoint accepts. In ReAct text, tool results become user `Observation:` turns;
+    with native tools, a tool result that answers no tool call (a parse error) does too."""
+    out = []
+    for m in messages:
+        role, content = m.get("role"), _text(m.get("content"))
+        if role == "tool" and (action_format == "react" or not m.get("tool_call_id")):
+            out.append({"role": "user", "content": content if content.startswith("Observation:")
+                        else f"Observation: {content}"})
+        elif role == "assistant":
+            msg: dict[str, Any] = {"role": "assistant", "content": content}
+            if action_format == "tools" and m.get("tool_calls"):
+                msg["tool_calls"] = m["tool_calls"]
+            out.append(msg)
+        elif role == "tool":
+            out.append({"role": "tool", "tool_call_id": m["tool_call_id"], "content": content})
+        else:
+            out.append({"role": role, "content": content})
+    return out
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, list):  # content parts
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return content or ""
+
+
+def split_think(content: str, reasoning: str | None) -> tuple[str, str | None]:
+    """Move a leading <think>...</think> block into reasoning when the server did not separate it."""
+    m = _THINK.match(content)
+    if m and not reasoning:
+        return content[m.end():].strip(), m.group(1).strip()
+    return content.strip(), reasoning
+
+
+class OpenAIPolicy:
+    backend = "openai"
+
+    def __init__(self, target: str, *, env: Any = None, spec: str = "", action_format: ActionFormat = "react",
+                 temperature: float = 0.0, max_tokens: int = 512, max_retries: int = 4, timeout_s: float = 60.0,
+                 concurrency: int = 32, seed: int | None = None, backoff_s: float = 0.5,
+                 api_key: str | None = None):
+        if action_format not in ("react", "tools"):
+            raise PolicyError(f"action_format must be 'react' or 'tools', got {action_format!r}")
+        if concurrency < 1 or max_retries < 0:
+            raise PolicyError("openai policy: concurrency must be >= 1 and max_retries >= 0")
+        self.model, self.base_url = parse_target(target)
+        self.spec = spec or f"openai:{target}"
+        self.action_format: ActionFormat = action_format
+        self.temperature, self.max_tokens, self.seed = temperature, max_tokens, seed
+        self.max_retries, self.timeout_s, self.backoff_s = max_retries, timeout_s, backoff_s
+        self.concurrency = concurrency
+        self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        self._per_loop: dict[Any, tuple[openai.AsyncOpenAI, asyncio.Semaphore]] = {}
+
+    def sampling(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"temperature": self.temperature, "max_tokens": self.max_tokens}
+        if self.seed is not None:
+            out["seed"] = self.seed
+        return out
+
+    def _client(self) -> tuple[openai.AsyncOpenAI, asyncio.Semaphore]:
+        # httpx connections belong to one event loop; a sync caller may run several loops in turn
+        loop = asyncio.get_running_loop()
+        if loop not in self._per_loop:
+            client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key,
+                                        max_retries=0, timeout=self.timeout_s)
+            self._per_loop[loop] = (client, asyncio.Semaphore(self.concurrency))
+        return self._per_loop[loop]
+
+    async def __call__(self, request: PolicyRequest) -> Turn:
+        kwargs = self._request_kwargs(request)
+        client, slots = self._client()
+        start = time.monotonic()
+        attempts = self.max_retries + 1
+        async with slots:
+            for attempt in range(attempts):
+                try:
+                    turn = self._turn(await self._create(client, kwargs))
+                    turn.latency_s = time.monotonic() - start
+                    return turn
+                except _Retryable as err:
+                    if attempt + 1 == attempts:
+                        raise PolicyError(f"openai endpoint {self.base_url} failed after {attempts} attempts: "
+                                          f"{err}") from None
+                    await asyncio.sleep(self._backoff(attempt, err.wait_s))
+        raise AssertionError("unreachable")
+
+    def _request_kwargs(self, request: PolicyRequest) -> dict[str, Any]:
+        sampling = {**self.sampling(), **request.sampling}
+        kwargs: dict[str, Any] = {
+            "model": self.model, "messages": chat_messages(request.messages, self.action_format),
+            "temperature": sampling.get("temperature", self.temperature),
+            "max_tokens": sampling.get("max_tokens", self.max_tokens),
+        }
+        if sampling.get("seed") is not None:
+            kwargs["seed"] = sampling["seed"]
+        if self.action_format == "react":
+            kwargs["stop"] = REACT_STOP
+        elif request.tools:
+            kwargs["tools"] = [t.openai() for t in request.tools]
+        return kwargs
+
+    async def _create(self, client: openai.AsyncOpenAI, kwargs: dict[str, Any]) -> Any:
+        try:
+            return await client.chat.completions.create(**kwargs)
+        except openai.APIStatusError as err:
+            reason = f"HTTP {err.status_code} {_error_message(err)}"
+            if err.status_code in _RETRY_STATUS or err.status_code >= 500:
+                raise _Retryable(reason, _retry_after(err.response)) from None
+            raise PolicyError(f"openai endpoint {self.base_url} rejected the request: {reason}") from None
+        except openai.APITimeoutError:
+            raise _Retryable(f"timed out after {self.timeout_s:g} s") from None
+        except openai.APIConnectionError as err:
+            raise _Retryable(f"connection error: {err.__cause__ or err}") from None
+        except (openai.APIResponseValidationError, json.JSONDecodeError, ValueError) as err:
+            raise _Retryable(f"malformed response: {_one_line(err)}") from None
+
+    def _turn(self, resp: Any) -> Turn:
+        choices = getattr(resp, "choices", None)
+        if not choices or getattr(choices[0], "message", None) is None:
+            raise _Retryable(f"malformed response: a 200 without choices ({type(resp).__name__})")
+        msg = choices[0].message
+        extra = msg.model_extra or {}
+        reasoning = extra.get("reasoning_content") or extra.get("reasoning")
+        content, reasoning = split_think(msg.content or "", reasoning)
+        calls = [ToolCall(name=c.function.name, arguments=_arguments(c.function.arguments), id=c.id or "")
+                 for c in msg.tool_calls or []]
+        usage = getattr(resp, "usage", None)
+        counts = {"prompt_tokens": usage.prompt_tokens or 0,
+                  "completion_tokens": usage.completion_tokens or 0} if usage else {}
+        return Turn(content=content, reasoning=reasoning, tool_calls=calls, usage=counts)
+
+    def _backoff(self, attempt: int, wait_s: float | None) -> float:
+        if wait_s is not None:
+            return min(wait_s, MAX_BACKOFF_S)
+        delay = min(self.backoff_s * 2 ** attempt, MAX_BACKOFF_S)
+        return delay * random.uniform(0.5, 1.0)  # jitter spreads retries of concurrent episodes
+
+    async def close(self) -> None:
+        clients, self._per_loop = list(self._per_loop.items()), {}
+        for loop, (client, _) in clients:
+            if loop is asyncio.get_running_loop():
+                await client.close()
+
+
+def _arguments(raw: str | None) -> Any:
+    """Tool-call arguments as a dict; unparseable JSON stays a string so the loop reports it to the model."""
+    try:
+        return json.loads(raw or "{}")
+    except json.JSONDecodeError:
+        return raw
+
+
+def _retry_after(response: Any) -> float | None:
+    headers = getattr(response, "headers", None) or {}
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is not None:
+            try:
+                return max(0.0, float(value) * scale)
+            except ValueError:
+                continue  # an HTTP date; fall back to our own backoff
+    return None
+
+
+def _error_message(err: openai.APIStatusError) -> str:
+    body = err.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        text = inner.get("message") if isinstance(inner, dict) else inner
+        if text:
+            return _one_line(text)[:200]
+    return _one_line(err.message)[:200]
+
+
+def _one_line(value: Any) -> str:
+    return " ".join(str(value).split())
