@@ -6,7 +6,7 @@ import json
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, JsonValue, field_validator, model_validator
 
 from trajdistill.envs._types import Outcome
 
@@ -72,7 +72,9 @@ class Teacher(BaseModel):
     spec: str
     backend: str
     model: str
-    sampling: dict[str, float | int | str | None] = Field(default_factory=dict)
+    # Any JSON value: sampling params include lists (`stop`) and bools. Stored as a JSON string in
+    # `trajectory_features()` because its value types are mixed.
+    sampling: dict[str, JsonValue] = Field(default_factory=dict)
 
 
 class EnvRef(BaseModel):
@@ -118,10 +120,7 @@ class Trajectory(BaseModel):
     @field_validator("schema_version")
     @classmethod
     def _known_version(cls, v: int) -> int:
-        if v != SCHEMA_VERSION:
-            raise SchemaVersionError(
-                f"trajectory schema_version {v} is not supported (this trajdistill reads {SCHEMA_VERSION}); "
-                "upgrade trajdistill or re-export the run")
+        _check_version(v)
         return v
 
     @property
@@ -134,9 +133,30 @@ class Trajectory(BaseModel):
 
     @classmethod
     def from_json(cls, line: str) -> "Trajectory":
+        """Parse one JSONL line; raises SchemaVersionError (not a ValidationError) for another version."""
         data = json.loads(line)
-        version = data.get("schema_version") if isinstance(data, dict) else None
-        if version is not None and version != SCHEMA_VERSION:
-            raise SchemaVersionError(
-                f"trajectory schema_version {version} is not supported (this trajdistill reads {SCHEMA_VERSION})")
+        if isinstance(data, dict):
+            _check_version(data.get("schema_version", SCHEMA_VERSION))
         return cls.model_validate(data)
+
+    def to_row(self) -> dict[str, Any]:
+        """A flat-typed row for `datasets` (see `trajectory_features()`): `teacher.sampling` is a JSON string."""
+        row = self.model_dump(mode="json")
+        row["teacher"]["sampling"] = json.dumps(row["teacher"]["sampling"], sort_keys=True)
+        return row
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "Trajectory":
+        """Inverse of `to_row`, e.g. for rows read back from the parquet export."""
+        _check_version(row.get("schema_version", SCHEMA_VERSION))
+        data = dict(row, teacher=dict(row["teacher"]))
+        sampling = data["teacher"].get("sampling")
+        data["teacher"]["sampling"] = json.loads(sampling) if isinstance(sampling, str) else (sampling or {})
+        return cls.model_validate(data)
+
+
+def _check_version(version: Any) -> None:
+    if version != SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"trajectory schema_version {version} is not supported (this trajdistill reads {SCHEMA_VERSION}); "
+            "upgrade trajdistill or re-export the run")

@@ -1,0 +1,183 @@
+"""Export a run for trainers: parquet (HF datasets), OpenAI messages JSONL, ShareGPT JSONL.
+
+parquet
+    One row per trajectory, typed by `trajectory_features()`; nested fields stay
+    nested. `datasets.load_dataset("parquet", data_files=OUT)` reads it back and
+    `Trajectory.from_row(row)` rebuilds the model.
+
+openai
+    `{"messages": [...], "tools": [...]}` per line, the conversational format of
+    TRL's SFTTrainer. Messages are OpenAI chat messages: assistant turns keep
+    `tool_calls` (arguments as a JSON string, as the API sends them) and
+    `reasoning` when present; observations are `tool` messages with
+    `tool_call_id` (native tool calls) or only `name` (ReAct text, where the
+    call lives in the assistant's text). `tools` (OpenAI function specs) is
+    given only for trajectories with native tool calls, taken from run.yaml's
+    `tools` or else from the env registry; ReAct prompts already list the tools.
+
+sharegpt
+    `{"conversations": [{"from", "value", "loss"}...], "system": ..., "id", "task_id", "teacher"}`
+    per line, after AgentTuning / Agent-FLAN / AgentGym:
+
+    =========================  =============  =====
+    message                    from           loss
+    =========================  =============  =====
+    first system message       (`system` key)  -
+    later system messages      system         False
+    user                       human          False
+    assistant                  gpt            True
+    tool (observation)         observation    False
+    =========================  =============  =====
+
+    A ReAct-text assistant turn is copied as is. A native turn is rendered as
+    ReAct text, so one student can learn from both kinds of teacher:
+    `Thought: <reasoning and content>` then `Action: <name>` /
+    `Action Input: <arguments JSON>` per tool call, or `Final Answer: <content>`
+    for a turn without tool calls. Observations of one multi-call turn are merged
+    into one `observation` turn so human/gpt turns keep alternating.
+    `function_call` (LLaMA-Factory's JSON call role) is not emitted: calls are
+    text inside `gpt` turns so that they are trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+from ._features import trajectory_features
+from ._schema import Message, Trajectory
+from ._store import RunStore
+
+log = logging.getLogger(__name__)
+
+ROLE_TO_FROM = {"system": "system", "user": "human", "assistant": "gpt", "tool": "observation"}
+
+
+def export_run(run_path: str | Path, fmt: str, out_path: str | Path, *, only_success: bool = False) -> int:
+    """Write the run's trajectories to `out_path` in `fmt`; returns the number of rows written."""
+    writer = EXPORTERS.get(fmt)
+    if writer is None:
+        raise ValueError(f"unknown export format {fmt!r}; formats: {', '.join(EXPORTERS)}")
+    store = RunStore.open(run_path)
+    trajs = [t for t in store.load() if t.outcome.success or not only_success]
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer(store, trajs, out)
+    return len(trajs)
+
+
+def _write_parquet(store: RunStore, trajs: list[Trajectory], out: Path) -> None:
+    from datasets import Dataset
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    quiet = are_progress_bars_disabled()
+    disable_progress_bars()  # the CLI reports rows written; datasets' one-batch bar is noise
+    try:
+        Dataset.from_list([t.to_row() for t in trajs], features=trajectory_features()).to_parquet(str(out))
+    finally:
+        if not quiet:
+            enable_progress_bars()
+
+
+def _write_openai(store: RunStore, trajs: list[Trajectory], out: Path) -> None:
+    tools = _ToolLookup(store)
+    _write_jsonl(out, (openai_row(t, tools(t)) for t in trajs))
+
+
+def _write_sharegpt(store: RunStore, trajs: list[Trajectory], out: Path) -> None:
+    _write_jsonl(out, (sharegpt_row(t) for t in trajs))
+
+
+EXPORTERS: dict[str, Callable[[RunStore, list[Trajectory], Path], None]] = {
+    "parquet": _write_parquet,
+    "sharegpt": _write_sharegpt,
+    "openai": _write_openai,
+}
+
+
+def _write_jsonl(out: Path, rows: Any) -> None:
+    with open(out, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+# ---- openai ------------------------------------------------------------------------------------------
+
+
+def is_native(traj: Trajectory) -> bool:
+    """True when the teacher spoke native tool calls rather than ReAct text."""
+    return any(m.tool_calls for m in traj.messages)
+
+
+def openai_row(traj: Trajectory, tools: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    row: dict[str, Any] = {"messages": [m.openai() for m in traj.messages]}
+    if tools and is_native(traj):
+        row["tools"] = tools
+    return row
+
+
+class _ToolLookup:
+    """OpenAI tool specs for an env: run.yaml's `tools`, else the env registry (once per env)."""
+
+    def __init__(self, store: RunStore):
+        self.configured = store.config.get("tools")
+        self.cache: dict[str, list[dict[str, Any]] | None] = {}
+
+    def __call__(self, traj: Trajectory) -> list[dict[str, Any]] | None:
+        if not is_native(traj):
+            return None
+        if isinstance(self.configured, list):
+            return self.configured
+        name = traj.env.name
+        if name not in self.cache:
+            self.cache[name] = _env_tools(name)
+        return self.cache[name]
+
+
+def _env_tools(name: str) -> list[dict[str, Any]] | None:
+    from trajdistill.envs import make_env
+
+    try:
+        return [spec.openai() for spec in make_env(name).tools()]
+    except (LookupError, ValueError, OSError, ImportError) as e:  # unknown or unavailable env
+        log.warning("export: no tool specs for env %r (%s); rows go without `tools`", name, e)
+        return None
+
+
+# ---- sharegpt ----------------------------------------------------------------------------------------
+
+
+def sharegpt_row(traj: Trajectory) -> dict[str, Any]:
+    messages = list(traj.messages)
+    system = messages.pop(0).content if messages and messages[0].role == "system" else ""
+    native = is_native(traj)
+    turns: list[dict[str, Any]] = []
+    for m in messages:
+        value = render_react(m) if m.role == "assistant" and native else m.content
+        frm = ROLE_TO_FROM[m.role]
+        if frm == "observation" and turns and turns[-1]["from"] == "observation":
+            turns[-1]["value"] += "\n" + value
+            continue
+        turns.append({"from": frm, "value": value, "loss": frm == "gpt"})
+    return {"conversations": turns, "system": system, "id": traj.id, "task_id": traj.task_id,
+            "teacher": traj.teacher.spec}
+
+
+def render_react(m: Message) -> str:
+    """A native assistant turn as ReAct text (Thought / Action / Action Input, or Final Answer)."""
+    if m.tool_calls:
+        thought = "\n".join(p.strip() for p in (m.reasoning or "", m.content) if p and p.strip())
+        parts = [f"Thought: {thought}"] if thought else []
+        parts += [f"Action: {c.function.name}\nAction Input: {_compact(c.function.arguments)}" for c in m.tool_calls]
+        return "\n".join(parts)
+    head = f"Thought: {m.reasoning.strip()}\n" if m.reasoning and m.reasoning.strip() else ""
+    return f"{head}Final Answer: {m.content.strip()}"
+
+
+def _compact(arguments: str) -> str:
+    try:
+        return json.dumps(json.loads(arguments), ensure_ascii=False)
+    except json.JSONDecodeError:
+        return arguments  # kept verbatim: the teacher's malformed call is what it said

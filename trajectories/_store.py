@@ -1,0 +1,376 @@
+"""The run directory: resolved config, append-only trajectory shards, errors and stats.
+
+    RUN/
+      run.yaml                          the resolved config
+      trajectories-<shard>-<n>.jsonl    one fsynced line per finished trajectory
+      errors.jsonl                      (task, teacher) pairs that ended without a trajectory
+      stats.json                        counts per teacher, replaced atomically
+
+Each writer process opens a shard file of its own, named after its `--shard I/N`
+and the first unused number `n`, and never appends to a file an earlier process
+wrote. A crash can therefore only tear the last line of a shard; readers drop a
+torn last line with a warning and refuse a corrupt line anywhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+from pydantic import ValidationError
+
+from ._schema import SchemaVersionError, Trajectory
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "run.yaml"
+ERRORS_FILE = "errors.jsonl"
+STATS_FILE = "stats.json"
+SHARD_GLOB = "trajectories-*.jsonl"
+# Settings that may change on --resume: they say how to run, not what a trajectory is.
+RUNTIME_KEYS = frozenset({"out", "tasks", "concurrency", "resume", "shard", "sandbox", "package_version",
+                          "teachers", "teacher"})
+TEACHER_KEYS = ("teachers", "teacher")
+
+
+class RunError(ValueError):
+    """The run directory is missing, corrupt, or does not match the requested config."""
+
+
+class RunStore:
+    """One run directory. `create` for writing (collect, compose), `open` for reading (inspect, export, train)."""
+
+    def __init__(self, path: Path, config: dict[str, Any], *, writable: bool):
+        self.path = Path(path)
+        self.config = config
+        self._writable = writable
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._shard_path: Path | None = None
+        self._stats: dict[str, dict[str, int]] = {}
+        self._error_keys: set[tuple[str, str]] = set()
+        self._finished: set[tuple[str, str]] = set()
+
+    # ---- opening ---------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: str | Path, config: dict[str, Any], *, resume: bool = False) -> "RunStore":
+        """Start a run in `path`, or continue one with `resume` when its config is compatible."""
+        path = Path(path)
+        config = json.loads(json.dumps(config, default=str))  # plain YAML types: Paths, tuples become str, list
+        if path.exists() and not path.is_dir():
+            raise RunError(f"{path} exists and is not a directory")
+        old = _read_config(path) if (path / RUN_FILE).exists() else None
+        if old is None and path.is_dir() and any(path.iterdir()):
+            raise RunError(f"{path} is not empty and holds no {RUN_FILE}; choose a new --out directory")
+        if old is not None:
+            config = _continue(path, old, config, resume)
+        path.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path / RUN_FILE, yaml.safe_dump(config, sort_keys=False))
+        store = cls(path, config, writable=True)
+        store._load_counts()
+        return store
+
+    @classmethod
+    def open(cls, path: str | Path) -> "RunStore":
+        """Open an existing run for reading."""
+        path = Path(path)
+        if not path.is_dir():
+            raise RunError(f"run directory {path} does not exist")
+        if not (path / RUN_FILE).exists():
+            raise RunError(f"{path} is not a run directory (no {RUN_FILE})")
+        return cls(path, _read_config(path), writable=False)
+
+    # ---- writing ---------------------------------------------------------------------------------
+
+    def append(self, traj: Trajectory) -> None:
+        """Write one finished trajectory as one fsynced line.
+
+        Thread-safe and safe from concurrent asyncio tasks; it blocks only for the write and the fsync.
+        """
+        line = (traj.to_json() + "\n").encode()
+        with self._lock:
+            self._check_writable()
+            if self._fd is None:
+                self._fd, self._shard_path = _claim_shard(self.path, _shard_label(self.config))
+            _write_all(self._fd, line)
+            os.fsync(self._fd)
+            self._count(traj)
+            self._write_stats_locked()
+
+    def record_error(self, task_id: str, teacher: str, reason: str, kind: str = "error") -> None:
+        """Note a pair that ended without a trajectory; `--resume` retries it, the line stays as history."""
+        rec = {"task_id": task_id, "teacher": teacher, "reason": reason, "kind": kind, "time": time.time()}
+        line = (json.dumps(rec, ensure_ascii=False) + "\n").encode()
+        with self._lock:
+            self._check_writable()
+            fd = os.open(self.path / ERRORS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                if _ends_torn(self.path / ERRORS_FILE):
+                    _write_all(fd, b"\n")  # an earlier crash left half a line; keep ours separate
+                _write_all(fd, line)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._error_keys.add((task_id, teacher))
+            self._teacher(teacher)
+            self._write_stats_locked()
+
+    def write_stats(self) -> dict[str, Any]:
+        """Recount everything on disk (all writers) and replace stats.json."""
+        with self._lock:
+            self._stats, self._finished, self._error_keys = {}, set(), set()
+            self._load_counts()
+            return self._write_stats_locked()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def __enter__(self) -> "RunStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ---- reading ---------------------------------------------------------------------------------
+
+    def shards(self) -> list[Path]:
+        return sorted(self.path.glob(SHARD_GLOB), key=lambda p: _natural(p.name))
+
+    def iter_trajectories(self, *, dedupe: bool = True) -> Iterator[Trajectory]:
+        """All trajectories, shard by shard. With `dedupe`, a repeated (task, teacher) key keeps its first."""
+        seen: set[tuple[str, str]] = set()
+        for shard in self.shards():
+            for lineno, traj in _read_shard(shard):
+                if dedupe and traj.key in seen:
+                    warnings.warn(f"{shard}:{lineno}: duplicate trajectory for task {traj.task_id!r} and teacher "
+                                  f"{traj.teacher.spec!r}; keeping the first", RuntimeWarning, stacklevel=2)
+                    continue
+                seen.add(traj.key)
+                yield traj
+
+    def load(self, *, dedupe: bool = True) -> list[Trajectory]:
+        return list(self.iter_trajectories(dedupe=dedupe))
+
+    def finished_keys(self) -> set[tuple[str, str]]:
+        """(task_id, teacher spec) pairs with a trajectory on disk; errored pairs are not finished."""
+        return {t.key for t in self.iter_trajectories(dedupe=False)}
+
+    def errors(self) -> list[dict[str, Any]]:
+        """Every errors.jsonl record, oldest first (retried pairs included)."""
+        path = self.path / ERRORS_FILE
+        if not path.exists():
+            return []
+        out = []
+        for lineno, raw in enumerate(path.read_bytes().split(b"\n"), 1):
+            if not raw.strip():
+                continue
+            try:
+                rec = json.loads(raw)
+            except json.JSONDecodeError:
+                warnings.warn(f"{path}:{lineno}: skipping a torn error record", RuntimeWarning, stacklevel=2)
+                continue
+            out.append(rec)
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        """What stats.json holds, computed from disk."""
+        if not self._writable:
+            self._stats, self._finished, self._error_keys = {}, set(), set()
+            self._load_counts()
+        return self._stats_doc()
+
+    # ---- internals ---------------------------------------------------------------------------------
+
+    def _check_writable(self) -> None:
+        if not self._writable:
+            raise RunError(f"{self.path} was opened for reading; use RunStore.create(..., resume=True) to add to it")
+
+    def _teacher(self, spec: str) -> dict[str, int]:
+        return self._stats.setdefault(spec, {"done": 0, "success": 0, "errors": 0, "steps": 0, "tokens": 0})
+
+    def _count(self, traj: Trajectory) -> None:
+        s = self._teacher(traj.teacher.spec)
+        s["done"] += 1
+        s["success"] += int(traj.outcome.success)
+        s["steps"] += traj.usage.steps
+        s["tokens"] += traj.usage.total_tokens
+        self._finished.add(traj.key)
+
+    def _load_counts(self) -> None:
+        for traj in self.iter_trajectories():
+            self._count(traj)
+        for rec in self.errors():
+            self._error_keys.add((rec.get("task_id", ""), rec.get("teacher", "")))
+            self._teacher(rec.get("teacher", ""))
+
+    def _stats_doc(self) -> dict[str, Any]:
+        pending = defaultdict(int)
+        for key in self._error_keys - self._finished:
+            pending[key[1]] += 1
+        teachers = {spec: dict(s, errors=pending[spec]) for spec, s in sorted(self._stats.items())}
+        total = {k: sum(s[k] for s in teachers.values()) for k in ("done", "success", "errors", "steps", "tokens")}
+        return {"teachers": teachers, "total": total, "updated_at": time.time()}
+
+    def _write_stats_locked(self) -> dict[str, Any]:
+        doc = self._stats_doc()
+        _atomic_write(self.path / STATS_FILE, json.dumps(doc, indent=2) + "\n")
+        return doc
+
+
+# ---- config ------------------------------------------------------------------------------------------
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load((path / RUN_FILE).read_text())
+    except yaml.YAMLError as e:
+        raise RunError(f"{path / RUN_FILE} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise RunError(f"{path / RUN_FILE} must hold a mapping of setting: value")
+    return data
+
+
+def _continue(path: Path, old: dict[str, Any], new: dict[str, Any], resume: bool) -> dict[str, Any]:
+    """The config to write when `path` already holds a run; refuses what would mix two different runs."""
+    own_shard = list(path.glob(f"trajectories-{_shard_label(new)}-*.jsonl"))
+    if not resume and (own_shard or _shard_count(new) == 1):
+        raise RunError(f"run dir {path} exists; pass --resume to continue it or choose a new --out")
+    key = _first_difference(old, new)
+    if key is not None:
+        raise RunError(f"cannot resume {path}: setting {key!r} differs "
+                       f"(run has {_lookup(old, key)}, now {_lookup(new, key)}); use a new --out")
+    merged = dict(new)
+    for k in TEACHER_KEYS:
+        if isinstance(old.get(k), list) and isinstance(new.get(k), list):
+            merged[k] = old[k] + [t for t in new[k] if t not in old[k]]  # teachers may be added
+    return merged
+
+
+def _first_difference(old: Any, new: Any, prefix: str = "") -> str | None:
+    """The dotted name of the first setting that differs, ignoring RUNTIME_KEYS at the top level."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new), key=str):
+            if not prefix and k in RUNTIME_KEYS:
+                continue
+            name = f"{prefix}{k}"
+            if k not in old or k not in new:
+                return name
+            found = _first_difference(old[k], new[k], name + ".")
+            if found is not None:
+                return found
+        return None
+    return None if old == new else prefix.rstrip(".")
+
+
+def _lookup(cfg: dict[str, Any], dotted: str) -> str:
+    """The setting's value for an error message, or `unset`."""
+    for part in dotted.split("."):
+        if not isinstance(cfg, dict) or part not in cfg:
+            return "unset"
+        cfg = cfg[part]
+    return repr(cfg)
+
+
+def _shard_count(config: dict[str, Any]) -> int:
+    _, _, n = str(config.get("shard", "0/1")).partition("/")
+    return int(n) if n.isdigit() else 1
+
+
+def _shard_label(config: dict[str, Any]) -> str:
+    """`--shard 2/4` writes trajectories-2of4-<n>.jsonl."""
+    label = str(config.get("shard", "0/1")).replace("/", "of")
+    return re.sub(r"[^A-Za-z0-9_.]", "_", label)
+
+
+# ---- files -------------------------------------------------------------------------------------------
+
+
+def _claim_shard(run: Path, label: str) -> tuple[int, Path]:
+    """Create the next unused shard file for this writer; O_EXCL so two processes never share one."""
+    taken = [int(m.group(1)) for p in run.glob(f"trajectories-{label}-*.jsonl")
+             if (m := re.fullmatch(rf"trajectories-{re.escape(label)}-(\d+)\.jsonl", p.name))]
+    n = max(taken, default=-1) + 1
+    while True:
+        path = run / f"trajectories-{label}-{n:03d}.jsonl"
+        try:
+            return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o644), path
+        except FileExistsError:
+            n += 1
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _ends_torn(path: Path) -> bool:
+    size = path.stat().st_size
+    if size == 0:
+        return False
+    with open(path, "rb") as f:
+        f.seek(size - 1)
+        return f.read(1) != b"\n"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _natural(name: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _read_shard(path: Path) -> Iterator[tuple[int, Trajectory]]:
+    """(line number, trajectory) for each line; a torn last line is dropped with a warning."""
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    complete = data.endswith(b"\n") or not data
+    if complete:
+        lines = lines[:-1]  # the empty string after the final newline
+    last = len(lines)
+    for lineno, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        torn_tail = lineno == last and not complete
+        try:
+            traj = Trajectory.from_json(raw.decode())
+        except SchemaVersionError as e:
+            raise RunError(f"{path}:{lineno}: {e}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            if lineno == last:
+                _warn_torn(path, lineno, "is incomplete" if torn_tail else f"is not valid JSON ({e})")
+                return
+            raise RunError(f"{path}:{lineno}: corrupt line, not valid JSON ({e}); the run needs repair") from None
+        except ValidationError as e:
+            if torn_tail:
+                _warn_torn(path, lineno, "is incomplete")
+                return
+            first = str(e).splitlines()
+            raise RunError(f"{path}:{lineno}: not a valid trajectory ({' '.join(first[:3])})") from None
+        if torn_tail:
+            # Valid JSON cut exactly at a value boundary is still a line whose write did not finish.
+            _warn_torn(path, lineno, "has no trailing newline")
+            return
+        yield lineno, traj
+
+
+def _warn_torn(path: Path, lineno: int, why: str) -> None:
+    msg = f"{path}:{lineno}: dropping the torn last line (it {why}); an interrupted write left it"
+    log.warning(msg)
+    warnings.warn(msg, RuntimeWarning, stacklevel=3)
