@@ -41,6 +41,7 @@ class CollectConfig:
     temperature: float = 0.0
     sandbox: str = "auto"
     env_params: dict[str, Any] = field(default_factory=dict)
+    teacher_options: dict[str, Any] = field(default_factory=dict)  # e.g. max_retries, timeout_s
 
     def __post_init__(self) -> None:
         if not self.teachers:
@@ -108,8 +109,8 @@ class Collector:
         self.cfg = cfg
         self.env = make_env(cfg.env, **cfg.env_params)
         self.env.check_split(cfg.split)
-        sampling = {"temperature": cfg.temperature, "seed": cfg.seed}
-        self.policies = {spec: make_policy(spec, env=self.env, **sampling) for spec in cfg.teachers}
+        options = {"temperature": cfg.temperature, "seed": cfg.seed, **cfg.teacher_options}
+        self.policies = {spec: make_policy(spec, env=self.env, **options) for spec in cfg.teachers}
         self.loops = {spec: ReActLoop(self.env, p, max_steps=cfg.max_steps) for spec, p in self.policies.items()}
         self.provider: SandboxProvider | None = None
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
-
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -46,23 +44,13 @@ def collect_cmd(console: Console, cfg: CollectConfig) -> int:
 
 
 def summary_table(console: Console, store: RunStore) -> None:
-    rows: dict[str, list] = defaultdict(list)
-    for t in store.load():
-        rows[t.teacher.spec].append(t)
-    errors = defaultdict(int)
-    for e in store.errors():
-        errors[e["teacher"]] += 1
+    """Per teacher: success rate, mean steps and tokens, and pairs still errored."""
     table = Table(title="collection summary")
     for col in ("teacher", "trajectories", "success", "mean steps", "mean tokens", "errors"):
-        table.add_column(col, justify="right" if col != "teacher" else "left")
-    for spec in sorted(set(rows) | set(errors)):
-        ts = rows.get(spec, [])
-        n = len(ts)
-        table.add_row(
-            spec, str(n),
-            f"{sum(t.outcome.success for t in ts) / n:.1%}" if n else "-",
-            f"{sum(t.usage.steps for t in ts) / n:.1f}" if n else "-",
-            f"{sum(t.usage.total_tokens for t in ts) / n:.0f}" if n else "-",
-            str(errors.get(spec, 0)),
-        )
+        table.add_column(col, justify="left" if col == "teacher" else "right")
+    for spec, s in store.stats()["teachers"].items():
+        n = s["done"]
+        table.add_row(spec, str(n), f"{s['success'] / n:.1%}" if n else "-",
+                      f"{s['steps'] / n:.1f}" if n else "-", f"{s['tokens'] / n:.0f}" if n else "-",
+                      str(s["errors"]))
     console.print(table)

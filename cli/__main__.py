@@ -1,0 +1,3 @@
+from trajdistill import main
+
+main()

@@ -1,0 +1,127 @@
+"""Collection runs: expert teachers, kill-and-resume, and a faulty OpenAI-compatible endpoint."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from trajdistill.agents._collector import CollectConfig, collect, in_shard, parse_shard
+from trajdistill.trajectories import RunStore
+
+from fault_server import Error, FaultServer, Malformed, Reply, Stall
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def lines(run: Path) -> list[dict]:
+    out = []
+    for shard in sorted(run.glob("trajectories-*.jsonl")):
+        out += [json.loads(line) for line in shard.read_text().splitlines()]
+    return out
+
+
+def test_two_expert_teachers_run_every_task(tmp_path):
+    out = tmp_path / "run"
+    cfg = CollectConfig(env="math", teachers=["expert:coder", "expert:reasoner"], out=str(out), tasks=6,
+                        split="train", concurrency=4, sandbox="none")
+    store, progress = collect(cfg)
+    rows = lines(out)
+    pairs = Counter((r["task_id"], r["teacher"]["spec"]) for r in rows)
+    assert len(pairs) == 12 and set(pairs.values()) == {1}
+    assert len(rows) == 12 and progress.done == 12 and progress.errors == 0
+    coder = [r for r in rows if r["teacher"]["spec"] == "expert:coder"]
+    assert all(r["outcome"]["success"] for r in coder)
+    assert all(r["provenance"]["sandbox"] == "none" for r in coder)
+    assert yaml.safe_load((out / "run.yaml").read_text())["teachers"] == ["expert:coder", "expert:reasoner"]
+    assert (out / "stats.json").exists()
+    # A second run without --resume refuses to overwrite; with --resume it has nothing left to do.
+    with pytest.raises(ValueError):
+        collect(cfg)
+    cfg.resume = True
+    _, progress = collect(cfg)
+    assert progress.total == 0 and len(lines(out)) == 12
+
+
+def test_shards_partition_the_tasks():
+    ids = [f"math-train-{i:05d}" for i in range(200)]
+    shards = [{t for t in ids if in_shard(t, parse_shard(f"{i}/3"))} for i in range(3)]
+    assert set().union(*shards) == set(ids)
+    assert sum(len(s) for s in shards) == len(ids)
+    with pytest.raises(ValueError, match="I/N"):
+        parse_shard("3/3")
+
+
+def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "trajdistill", "collect", "--env", "math", "--teacher", "expert:coder",
+           "--tasks", "150", "--concurrency", "4", "--sandbox", "none", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(_raw_lines(out)) < 15:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = len(_raw_lines(out))
+    assert 15 <= before < 150, "the kill must land mid-run"
+    subprocess.run(cmd + ["--resume"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not even a torn line: every line must parse
+        trajs = RunStore.open(out).load()
+    ids = Counter(t.task_id for t in trajs)
+    assert len(ids) == 150 and set(ids.values()) == {1}
+    assert len(_raw_lines(out)) == 150
+
+
+def _raw_lines(run: Path) -> list[str]:
+    return [line for shard in run.glob("trajectories-*.jsonl") for line in shard.read_text().splitlines()]
+
+
+def test_faulty_endpoint_every_task_accounted_for(tmp_path):
+    final = Reply("Thought: I computed it.\nFinal Answer: 7")
+
+    def script(i, body):
+        # Faults by request index: most succeed after retries; every 7th request keeps failing.
+        kinds = [Error(500), Error(429, retry_after=0.01), Malformed(), Stall(5.0), None, None]
+        if i % 7 == 6:
+            return Error(503)
+        return kinds[i % len(kinds)] or final
+
+    out = tmp_path / "run"
+    with FaultServer(script) as url:
+        cfg = CollectConfig(env="math", teachers=[f"openai:fault-model@{url}"], out=str(out), tasks=12,
+                            concurrency=4, sandbox="none",
+                            teacher_options={"max_retries": 2, "timeout_s": 1.0})
+        store, progress = collect(cfg)
+    done = {t.task_id for t in store.load()}
+    errored = {json.loads(line)["task_id"] for line in (out / "errors.jsonl").read_text().splitlines()} \
+        if (out / "errors.jsonl").exists() else set()
+    assert done | errored == {t.id for t in _math_tasks(12)}
+    assert not done & errored
+    assert progress.done == 12
+    assert done, "some tasks must survive the faults through retries"
+    usage = [t.usage for t in store.load()]
+    assert all(u.prompt_tokens > 0 and u.completion_tokens > 0 for u in usage)
+
+
+def _math_tasks(n):
+    from trajdistill.envs import make_env
+
+    return make_env("math").tasks("train", n=n)
+
+
+def test_bad_input_gets_one_line_and_nonzero_exit(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "trajdistill", "collect", "--env", "nope", "--teacher",
+                          "expert:x", "--out", str(tmp_path / "r")], capture_output=True, text=True)
+    assert res.returncode == 2
+    assert res.stderr.strip().startswith("error: unknown env 'nope'; known:")
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
