@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import inspect
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -165,14 +164,14 @@ class Collector:
         except SandboxError:
             raise  # a broken backend stops the run; finished trajectories are already on disk
         except PolicyError as e:
-            await _maybe_await(store.record_error(task.id, spec, str(e), "policy"))
+            store.record_error(task.id, spec, str(e), "policy")
             return None
         except Exception as e:  # noqa: BLE001 - one bad episode must not end a long run; it is recorded
-            await _maybe_await(store.record_error(task.id, spec, f"{type(e).__name__}: {e}", "exception"))
+            store.record_error(task.id, spec, f"{type(e).__name__}: {e}", "exception")
             return None
         backend = self.provider.name if self.provider else None
         traj = to_trajectory(result, task, self.env, self.policies[spec], backend, self.cfg.seed)
-        await _maybe_await(store.append(traj))
+        store.append(traj)  # one fsynced line: from here on the pair is finished
         return traj
 
     async def close(self) -> None:
@@ -181,10 +180,6 @@ class Collector:
         if self.provider is not None:
             await self.provider.close()
         await self.env.close()
-
-
-async def _maybe_await(x: Any) -> Any:
-    return await x if inspect.isawaitable(x) else x
 
 
 def resolved_config(cfg: CollectConfig) -> dict[str, Any]:
@@ -200,14 +195,9 @@ async def collect_async(cfg: CollectConfig, listener: Listener | None = None) ->
     try:
         progress = await collector.run(store, listener)
     finally:
-        _write_stats(store)
+        store.write_stats()
+        store.close()
     return store, progress
-
-
-def _write_stats(store: RunStore) -> None:
-    writer: Callable[[], Any] | None = getattr(store, "write_stats", None)
-    if writer is not None:
-        writer()
 
 
 def collect(cfg: CollectConfig, listener: Listener | None = None) -> tuple[RunStore, Progress]:

@@ -20,7 +20,7 @@ from langgraph.graph import END, START, StateGraph
 
 from trajdistill.envs import (FINAL_ANSWER, Env, Episode, Observation, Outcome, PolicyRequest, Task, Turn,
                               final_answer_spec)
-from trajdistill.envs._react_text import ParsedAction, ParsedFinal, ParseError, parse_react
+from trajdistill.envs._react_text import ParsedAction, ParsedFinal, parse_react
 
 from ._policy import Policy
 

@@ -32,11 +32,11 @@ def collect_cmd(console: Console, cfg: CollectConfig) -> int:
             progress = asyncio.run(collector.run(store, listener))
             bar.update(job, total=progress.total, completed=progress.done)
         except KeyboardInterrupt:
-            store.write_stats()
+            store.close()
             console.print(f"[yellow]interrupted[/]: finished trajectories are kept in {cfg.out}; "
                           "run the same command with --resume to continue")
             return 130
-    store.write_stats()
+    store.close()
     summary_table(console, store)
     console.print(f"run written to [bold]{cfg.out}[/] ({progress.done} episodes this time, "
                   f"{progress.errors} errors)")

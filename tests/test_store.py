@@ -150,6 +150,7 @@ def test_errors_are_not_finished_but_kept_as_history(tmp_path):
     store.append(react_traj("t0"))
     store.record_error("t1", "expert:solver", "endpoint down", "policy")
     assert store.finished_keys() == {("t0", "expert:solver")}
+    store.close()  # stats.json is refreshed at most once a second, and always on close
     stats = json.loads((tmp_path / "run" / "stats.json").read_text())
     assert stats["teachers"]["expert:solver"]["errors"] == 1
     resumed = RunStore.create(tmp_path / "run", CONFIG, resume=True)
@@ -174,6 +175,7 @@ def test_stats_json_counts_per_teacher(tmp_path):
     store.append(react_traj("t0", success=True))
     store.append(react_traj("t1", success=False))
     store.append(native_traj("t0"))
+    store.close()
     stats = json.loads((tmp_path / "run" / "stats.json").read_text())
     assert stats["teachers"]["expert:solver"] == {"done": 2, "success": 1, "errors": 0, "steps": 4, "tokens": 240}
     assert stats["teachers"]["openai:big@http://x/v1"]["tokens"] == 340

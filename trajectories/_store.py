@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 RUN_FILE = "run.yaml"
 ERRORS_FILE = "errors.jsonl"
 STATS_FILE = "stats.json"
+STATS_INTERVAL_S = 1.0
 SHARD_GLOB = "trajectories-*.jsonl"
 # Settings that may change on --resume: they say how to run, not what a trajectory is.
 RUNTIME_KEYS = frozenset({"out", "tasks", "concurrency", "resume", "shard", "sandbox", "package_version",
@@ -54,6 +55,7 @@ class RunStore:
         self.config = config
         self._writable = writable
         self._lock = threading.Lock()
+        self._stats_written = float("-inf")
         self._fd: int | None = None
         self._shard_path: Path | None = None
         self._stats: dict[str, dict[str, int]] = {}
@@ -105,7 +107,7 @@ class RunStore:
             _write_all(self._fd, line)
             os.fsync(self._fd)
             self._count(traj)
-            self._write_stats_locked()
+            self._maybe_write_stats()
 
     def record_error(self, task_id: str, teacher: str, reason: str, kind: str = "error") -> None:
         """Note a pair that ended without a trajectory; `--resume` retries it, the line stays as history."""
@@ -123,7 +125,7 @@ class RunStore:
                 os.close(fd)
             self._error_keys.add((task_id, teacher))
             self._teacher(teacher)
-            self._write_stats_locked()
+            self._maybe_write_stats()
 
     def write_stats(self) -> dict[str, Any]:
         """Recount everything on disk (all writers) and replace stats.json."""
@@ -134,6 +136,8 @@ class RunStore:
 
     def close(self) -> None:
         with self._lock:
+            if self._writable:
+                self._write_stats_locked()
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
@@ -224,7 +228,13 @@ class RunStore:
         total = {k: sum(s[k] for s in teachers.values()) for k in ("done", "success", "errors", "steps", "tokens")}
         return {"teachers": teachers, "total": total, "updated_at": time.time()}
 
+    def _maybe_write_stats(self) -> None:
+        # stats.json is a convenience view recomputable from disk: refresh it at most once a second.
+        if time.monotonic() - self._stats_written >= STATS_INTERVAL_S:
+            self._write_stats_locked()
+
     def _write_stats_locked(self) -> dict[str, Any]:
+        self._stats_written = time.monotonic()
         doc = self._stats_doc()
         _atomic_write(self.path / STATS_FILE, json.dumps(doc, indent=2) + "\n")
         return doc

