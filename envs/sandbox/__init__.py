@@ -11,6 +11,7 @@ from ._base import (
     resolve_backend,
     sandboxes,
 )
+from ._selfcheck import self_check
 
 __all__ = [
     "ExecResult",
@@ -22,4 +23,5 @@ __all__ = [
     "get_provider",
     "resolve_backend",
     "sandboxes",
+    "self_check",
 ]

@@ -1,0 +1,173 @@
+"""The sandbox interface on the `none` and `nsjail` backends, and the `sandbox run` CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+from conftest import require
+from trajdistill.envs import UnknownNameError
+from trajdistill.envs.sandbox import Limits, SandboxError, get_provider, resolve_backend, sandboxes
+from trajdistill.envs.sandbox._host import UnsandboxedWarning
+
+LIMITS = Limits(timeout_s=10.0, memory_mb=256, pids=32, output_bytes=64_000)
+BACKENDS = ["none", pytest.param("nsjail", marks=pytest.mark.nsjail)]
+
+
+def nsjail_missing() -> str | None:
+    return sandboxes.get("nsjail").available()
+
+
+@pytest.fixture(params=BACKENDS)
+async def sb(request):
+    if request.param == "nsjail":
+        why = nsjail_missing()
+        require(why is None, f"nsjail sandbox unavailable: {why}")
+    async with get_provider(request.param, LIMITS) as provider:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UnsandboxedWarning)
+            sandbox = await provider.create()
+        try:
+            yield sandbox
+        finally:
+            await provider.release(sandbox)
+
+
+async def test_exec_feeds_stdin(sb):
+    res = await sb.exec("cat", stdin="hello\n")
+    assert res.stdout == "hello\n" and res.ok
+
+
+async def test_exec_passes_env(sb):
+    res = await sb.exec("echo $GREETING", env={"GREETING": "bonjour"})
+    assert res.stdout == "bonjour\n"
+
+
+async def test_exec_reports_exit_codes(sb):
+    failed = await sb.exec("echo oops >&2; exit 3")
+    assert failed.exit_code == 3 and not failed.ok
+    assert failed.stderr == "oops\n"
+    assert "[exit code 3]" in failed.observation()
+    assert (await sb.exec("true")).ok
+
+
+async def test_exec_argv_and_python(sb):
+    assert (await sb.exec(["echo", "a  b"])).stdout == "a  b\n"
+    assert (await sb.exec_python("print(6 * 7)")).stdout == "42\n"
+
+
+async def test_file_round_trip(sb):
+    await sb.write_file("d/x.txt", "abc")
+    assert await sb.read_file("d/x.txt") == b"abc"
+    assert await sb.read_file("/work/d/x.txt") == b"abc"
+    assert (await sb.exec("cat d/x.txt")).stdout == "abc"
+    await sb.write_file("blob.bin", bytes(range(256)))
+    assert await sb.read_file("blob.bin") == bytes(range(256))
+    res = await sb.exec("echo more >> d/x.txt && echo made > y.txt")
+    assert res.ok, res.stderr  # the sandbox may change files the host wrote for it
+    assert await sb.read_file("d/x.txt") == b"abcmore\n"
+    assert await sb.read_file("y.txt") == b"made\n"
+
+
+async def test_workdir_persists_until_reset(sb):
+    await sb.exec("echo 1 > keep")
+    assert (await sb.exec("cat keep")).stdout == "1\n"
+    await sb.reset()
+    assert (await sb.exec("ls -A")).stdout == ""
+    with pytest.raises(FileNotFoundError):
+        await sb.read_file("keep")
+
+
+async def test_missing_file_raises(sb):
+    with pytest.raises(FileNotFoundError):
+        await sb.read_file("nope.txt")
+
+
+@pytest.fixture
+async def jail():
+    why = nsjail_missing()
+    require(why is None, f"nsjail sandbox unavailable: {why}")
+    async with get_provider("nsjail", LIMITS) as provider:
+        async with provider.acquire() as sandbox:
+            yield sandbox
+
+
+@pytest.mark.nsjail
+@pytest.mark.parametrize("path", ["../x", "d/../../x", "/etc/passwd", "/workspace/x"])
+async def test_nsjail_rejects_paths_outside_work(jail, path):
+    with pytest.raises(ValueError):
+        await jail.read_file(path)
+    with pytest.raises(ValueError):
+        await jail.write_file(path, "x")
+
+
+@pytest.mark.nsjail
+async def test_nsjail_refuses_special_files(jail):
+    await jail.exec("mkfifo pipe; mkdir sub")
+    with pytest.raises(ValueError):
+        await jail.read_file("pipe")  # a FIFO must not block the host
+    with pytest.raises(IsADirectoryError):
+        await jail.read_file("sub")
+
+
+@pytest.mark.nsjail
+async def test_nsjail_runs_unprivileged_with_limits(jail):
+    res = await jail.exec_python("import os, resource\n"
+                                 "print(os.getuid(), os.getpid(), resource.getrlimit(resource.RLIMIT_NPROC)[0],"
+                                 " resource.getrlimit(resource.RLIMIT_AS)[0])")
+    uid, pid, nproc, mem = res.stdout.split()
+    assert uid == "65534"
+    assert pid == "1"  # its own PID namespace
+    assert int(nproc) == LIMITS.pids
+    assert int(mem) == LIMITS.memory_mb * 1024 * 1024
+
+
+async def test_none_backend_warns_every_time():
+    provider = get_provider("none", LIMITS)
+    for _ in range(2):
+        with pytest.warns(UnsandboxedWarning):
+            sandbox = await provider.create()
+        await sandbox.cleanup()
+
+
+def test_auto_never_picks_none(monkeypatch):
+    picked = None
+    try:
+        picked = resolve_backend("auto")
+    except (SandboxError, UnknownNameError):
+        pass
+    assert picked in (None, "docker", "nsjail")
+    for name in ("docker", "nsjail"):
+        try:
+            cls = sandboxes.get(name)
+        except UnknownNameError:
+            continue
+        monkeypatch.setattr(cls, "available", classmethod(lambda c: "disabled for this test"))
+    with pytest.raises((SandboxError, UnknownNameError)) as err:
+        resolve_backend("auto")
+    if isinstance(err.value, SandboxError):
+        assert "none" in str(err.value)  # the message says how to opt in
+
+
+def test_unknown_backend_lists_known_names():
+    with pytest.raises(UnknownNameError) as err:
+        get_provider("chroot-ish")
+    for name in ("docker", "nsjail", "none"):
+        assert name in str(err.value)
+
+
+CLI = [sys.executable, "-c", "from trajdistill._app import run; run()"]
+
+
+@pytest.mark.nsjail
+def test_cli_run_exits_with_the_command_code():
+    why = nsjail_missing()
+    require(why is None, f"nsjail sandbox unavailable: {why}")
+    proc = subprocess.run(CLI + ["sandbox", "run", "--backend", "nsjail", "--", "sh", "-c", "echo hi; exit 3"],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout == "hi\n"
