@@ -1,0 +1,73 @@
+"""The `trajdistill` command end to end: help, envs, --config defaults, inspect, export, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def cli(*args, ok=True, timeout=300):
+    res = subprocess.run([sys.executable, "-m", "trajdistill", *map(str, args)], capture_output=True, text=True,
+                         timeout=timeout, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HOME": "/root",
+                                               "PYTHONWARNINGS": "ignore"})
+    if ok:
+        assert res.returncode == 0, res.stderr[-2000:]
+    return res
+
+
+@pytest.mark.parametrize("cmd", [[], ["envs"], ["sandbox"], ["collect"], ["inspect"], ["export"],
+                                 ["sandbox", "run"], ["sandbox", "build-image"]])
+def test_help_on_every_command(cmd):
+    res = cli(*cmd, "--help")
+    assert "Usage:" in res.stdout
+
+
+def test_envs_list_and_show():
+    out = cli("envs", "list").stdout
+    for name in ("math", "twx", "mcp"):
+        assert name in out
+    assert "reasoner, coder" in out and "gold" in out and "replay" in out
+    show = cli("envs", "show", "math").stdout
+    assert '"name": "python"' in show and "sample task math-train-00000" in show
+
+
+def test_config_sets_defaults_and_flags_override(tmp_path):
+    config = tmp_path / "collect.yaml"
+    config.write_text("env: math\nteacher: [expert:coder]\ntasks: 4\nsandbox: none\nconcurrency: 2\n")
+    cli("collect", "--config", config, "--tasks", "2", "--out", tmp_path / "run")
+    rows = [json.loads(line) for f in (tmp_path / "run").glob("trajectories-*.jsonl")
+            for line in f.read_text().splitlines()]
+    assert len(rows) == 2  # the flag won over the file's tasks: 4
+    assert {r["teacher"]["spec"] for r in rows} == {"expert:coder"}  # the file gave the teacher
+
+    stats = cli("inspect", tmp_path / "run").stdout
+    assert "expert:coder" in stats
+    shown = cli("inspect", tmp_path / "run", "--show", rows[0]["id"][:8]).stdout
+    assert "Action" in shown and rows[0]["task_id"] in shown
+    for fmt, name in (("parquet", "t.parquet"), ("sharegpt", "t.sharegpt.jsonl"), ("openai", "t.openai.jsonl")):
+        cli("export", tmp_path / "run", "--format", fmt, "--out", tmp_path / name)
+        assert (tmp_path / name).stat().st_size > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["collect", "--config", "/nonexistent.yaml", "--out", "x"], "config file /nonexistent.yaml does not exist"),
+    (["envs", "show", "nosuchenv"], "unknown env 'nosuchenv'; known: math, mcp, twx"),
+    (["export", "/nonexistent-run", "--format", "parquet", "--out", "x"], "/nonexistent-run"),
+    (["collect", "--env", "math", "--teacher", "expert:coder", "--out", "x", "--shard", "5/2"], "--shard"),
+    (["collect", "--env", "math", "--teacher", "expert:nobody", "--out", "x"], "has no expert 'nobody'"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
+    res = cli(*args, ok=False)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], res.stderr
+
+
+def test_unknown_config_key_is_refused(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("taskz: 3\n")
+    res = cli("collect", "--config", config, "--out", tmp_path / "r", ok=False)
+    assert res.returncode == 2 and "unknown setting(s) for 'collect': taskz" in res.stderr
