@@ -125,3 +125,20 @@ def test_bad_input_gets_one_line_and_nonzero_exit(tmp_path):
     assert res.stderr.strip().startswith("error: unknown env 'nope'; known:")
     assert len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_hf_teacher_collects_with_batched_generation(tmp_path):
+    from trajdistill.agents._models import build_tiny_llama
+
+    model = build_tiny_llama(tmp_path / "tiny")
+    out = tmp_path / "run"
+    cfg = CollectConfig(env="math", teachers=[f"hf:{model}"], out=str(out), tasks=4, concurrency=4,
+                        max_steps=2, sandbox="none", teacher_options={"max_new_tokens": 8})
+    store, progress = collect(cfg)
+    trajs = store.load()
+    assert len(trajs) == 4 and progress.errors == 0
+    for t in trajs:
+        assert t.teacher.backend == "hf"
+        assert t.usage.prompt_tokens > 0 and t.usage.completion_tokens > 0
+        # a random tiny model writes no valid action: each turn comes back as a parse-error observation
+        assert t.usage.steps == 2 and t.usage.invalid_actions >= 1

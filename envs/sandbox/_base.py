@@ -16,7 +16,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import AsyncIterator, ClassVar, Sequence
 
-from .._registry import Registry
+from .._registry import Registry, UnknownNameError
 
 WORKDIR = "/work"
 TRUNCATION_MARKER = "\n[... output truncated: {dropped} bytes dropped ...]\n"
@@ -204,7 +204,10 @@ def resolve_backend(name: str = "auto") -> str:
         return name
     reasons = []
     for candidate in ("docker", "nsjail"):
-        why = sandboxes.get(candidate).available()
+        try:
+            why = sandboxes.get(candidate).available()
+        except UnknownNameError as e:  # the backend's module cannot import here
+            why = str(e)
         if why is None:
             return candidate
         reasons.append(f"{candidate}: {why}")

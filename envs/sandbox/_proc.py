@@ -64,7 +64,14 @@ async def run_process(
     except asyncio.TimeoutError:
         timed_out = True
         _kill_group(proc.pid)
-        await drains
+        try:
+            await asyncio.wait_for(drains, 2.0)
+        except asyncio.TimeoutError:
+            # A child that left our session (setsid) still holds the pipes: stop reading them.
+            drains.cancel()
+            transport = getattr(proc, "_transport", None)  # asyncio has no public way to drop the pipes
+            if transport is not None:
+                transport.close()
     finally:
         _kill_group(proc.pid)  # daemonised children in the same session do not outlive the exec
     code = proc.returncode if proc.returncode is not None else -9
