@@ -139,6 +139,22 @@ def export(run: Path = typer.Argument(..., help="Run directory."),
     export_cmd(console, run, format, out)
 
 
+# Commands of later stages live in their own modules, each with `register(app)`.
+COMMAND_MODULES = ("_cmd_train", "_cmd_eval", "_cmd_compose", "_cmd_skills", "_cmd_demo")
+
+
+def _register_commands() -> None:
+    import importlib
+    import importlib.util
+
+    for name in COMMAND_MODULES:
+        if importlib.util.find_spec(f"trajdistill.{name}") is not None:
+            importlib.import_module(f"trajdistill.{name}").register(app)
+
+
+_register_commands()
+
+
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, UsageError)
 
 
