@@ -72,12 +72,13 @@ def sandbox_build_image(
     tag: str = typer.Option("trajdistill-sandbox:latest", help="Image tag to build."),
     method: str = typer.Option("debootstrap", help="debootstrap (no registry needed) or from-image."),
     base: str = typer.Option("python:3.11-slim", help="Base image for --method from-image."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if the tag exists."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Build the docker sandbox image locally, without any registry."""
     from trajdistill.envs.sandbox._docker import build_image
 
-    build_image(tag=tag, method=method, base=base, console=console)
+    build_image(tag=tag, method=method, base=base, console=console, force=force)
 
 
 def _env_params(pairs: list[str]) -> dict:
