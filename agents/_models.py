@@ -108,6 +108,7 @@ def _complete(path: Path) -> bool:
 def _atomic_write(dest: Path, build) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
+        tmp.chmod(0o755)  # mkdtemp's 0700 would make the cache private
         build(tmp)
         tmp.rename(dest)
     finally:

@@ -8,18 +8,22 @@
 
 A script may also be a list of actions (request i gets item i; past the end, the default reply).
 The server runs uvicorn on its own event loop in a background thread, on a free port.
+`serve_in_subprocess(script)` runs it in a forked process instead: no GIL shared with the client
+(benchmarks), and a test can kill it mid-run (crash tests) through the yielded process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import multiprocessing
 import socket
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Union
+from typing import Any, Callable, Iterator, Union
 
 import uvicorn
 from starlette.applications import Starlette
@@ -91,7 +95,7 @@ class FaultServer:
         self.stop()
 
     def start(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio sets TCP_NODELAY only when proto is TCP
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
@@ -186,3 +190,26 @@ def _error(action: Error) -> Response:
         headers["retry-after-ms"] = str(int(action.retry_after * 1000))
     body = {"error": {"message": action.message, "type": "injected", "code": action.status}}
     return JSONResponse(body, status_code=action.status, headers=headers)
+
+
+@contextlib.contextmanager
+def serve_in_subprocess(script: Script = None) -> Iterator[tuple[str, multiprocessing.Process]]:
+    """A FaultServer in a forked child; yields (base_url, process). Request records stay in the child."""
+    ctx = multiprocessing.get_context("fork")  # fork: the script may be a lambda or closure
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_child, args=(script, child), daemon=True)
+    proc.start()
+    try:
+        if not parent.poll(15):
+            raise RuntimeError("fault server subprocess did not start")
+        yield parent.recv(), proc
+    finally:
+        proc.terminate()
+        proc.join(5)
+
+
+def _child(script: Script, conn: Any) -> None:
+    server = FaultServer(script)
+    server.start()
+    conn.send(server.base_url)
+    server._thread.join()

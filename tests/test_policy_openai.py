@@ -8,7 +8,7 @@ from trajdistill.agents import PolicyError, make_policy
 from trajdistill.agents._openai import OpenAIPolicy, chat_messages, parse_target
 from trajdistill.envs import PolicyRequest, Task, tool_spec
 
-from fault_server import NO_CHOICES, Error, FaultServer, Malformed, Reply, Stall
+from fault_server import NO_CHOICES, Error, FaultServer, Malformed, Reply, Stall, serve_in_subprocess
 
 TASK = Task(id="t1", env="test", split="train", prompt="What is 6*7?")
 
@@ -74,6 +74,16 @@ async def test_unreachable_endpoint_is_a_policy_error():
         pass  # closed: nothing listens on that port any more
     with pytest.raises(PolicyError, match="failed after 2 attempts: connection error"):
         await policy(url, max_retries=1)(request())
+
+
+async def test_server_killed_mid_run_is_a_policy_error():
+    with serve_in_subprocess() as (url, proc):
+        p = policy(url, max_retries=1)
+        assert (await p(request())).content.endswith("Final Answer: 42")
+        proc.kill()
+        proc.join(5)
+        with pytest.raises(PolicyError, match="connection error"):
+            await p(request())
 
 
 async def test_react_request_has_stop_sequence_and_sampling_overrides():
