@@ -3,34 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import time
+
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import Progress
 from rich.table import Table
 
 from trajdistill.agents._collector import CollectConfig, Collector, resolved_config
 from trajdistill.trajectories import RunStore
 
+from ._progress import EpisodeRow, episode_columns
+
 
 def collect_cmd(console: Console, cfg: CollectConfig) -> int:
     collector = Collector(cfg)
     store = RunStore.create(cfg.out, resolved_config(cfg), resume=cfg.resume)
-    columns = (TextColumn("[bold]collect[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("ok {task.fields[rate]}  err {task.fields[errors]}  {task.fields[sps]} steps/s"),
-               TimeRemainingColumn())
-    start = time.monotonic()
-    with Progress(*columns, console=console, transient=False) as bar:
-        job = bar.add_task(f"{cfg.env} x {len(cfg.teachers)} teacher(s)", total=None,
-                           rate="-", errors=0, sps="-")
-
-        def listener(p) -> None:
-            rate = f"{p.success / max(1, p.done - p.errors):.0%}"
-            sps = f"{p.steps / max(1e-9, time.monotonic() - start):.1f}"
-            bar.update(job, total=p.total, completed=p.done, rate=rate, errors=p.errors, sps=sps)
-
+    with Progress(*episode_columns("collect"), console=console, transient=False) as bar:
+        row = EpisodeRow(bar, f"{cfg.env} x {len(cfg.teachers)} teacher(s)")
         try:
-            progress = asyncio.run(collector.run(store, listener))
-            bar.update(job, total=progress.total, completed=progress.done)
+            progress = asyncio.run(collector.run(store, row))
+            bar.update(row.job, total=progress.total, completed=progress.done)
         except KeyboardInterrupt:
             store.close()
             console.print(f"[yellow]interrupted[/]: finished trajectories are kept in {cfg.out}; "

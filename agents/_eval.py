@@ -1,0 +1,289 @@
+"""Evaluation: every agent runs the same held-out tasks through the collector, then gets scored.
+
+There is no episode runner here. Each agent is one collection run (the same ReAct loop,
+sandbox handling and batched generation as `collect`) into `OUT/runs/<agent>/`, and the
+scores are computed from those run directories. A (task, agent) pair that ended in
+errors.jsonl counts as a failure, so a flaky endpoint cannot raise its own success rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import math
+import re
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from trajdistill.envs import Task
+from trajdistill.trajectories import RunStore, Trajectory
+
+from ._collector import CollectConfig, Collector, Progress, resolved_config
+
+RESULTS_FILE = "results.json"
+PLOT_FILE = "success.png"
+RUNS_DIR = "runs"
+Z95 = 1.959963984540054
+
+EvalListener = Callable[[str, Progress], None]
+
+
+@dataclass
+class EvalConfig:
+    """Settings of one evaluation; every agent gets the same tasks, seeds and limits."""
+
+    env: str
+    agents: list[str]
+    split: str = "test"
+    tasks: int = 100
+    out: str | None = None  # None: the trajectories go to a temp dir that is removed afterwards
+    concurrency: int = 8
+    max_steps: int = 20
+    seed: int = 0
+    temperature: float = 0.0
+    sandbox: str = "auto"
+    env_params: dict[str, Any] = field(default_factory=dict)
+    agent_options: dict[str, Any] = field(default_factory=dict)  # passed to every agent's policy
+    options_by_agent: dict[str, dict[str, Any]] = field(default_factory=dict)  # spec -> extra options
+    skills: list[str] = field(default_factory=list)  # skill boxes every agent mounts
+    preload_skills: bool = False  # whole SKILL.md texts in the system prompt, not just names
+
+    def __post_init__(self) -> None:
+        if not self.agents:
+            raise ValueError("give at least one --agent SPEC")
+        if len(set(self.agents)) != len(self.agents):
+            raise ValueError("each --agent may be given once")
+        if self.tasks < 1:
+            raise ValueError(f"--tasks must be at least 1, got {self.tasks}")
+        if self.concurrency < 1:
+            raise ValueError(f"--concurrency must be at least 1, got {self.concurrency}")
+        unknown = sorted(set(self.options_by_agent) - set(self.agents))
+        if unknown:
+            raise ValueError(f"options given for agent(s) not evaluated: {', '.join(unknown)}")
+        if self.skills and "skills" not in {f.name for f in dataclasses.fields(CollectConfig)}:
+            raise ValueError("--skills is not supported by this version of the collector")
+
+
+@dataclass
+class AgentResult:
+    spec: str
+    success_rate: float
+    ci95: tuple[float, float]
+    n: int
+    successes: int
+    mean_steps: float
+    invalid_action_rate: float
+    tokens_per_episode: float
+    wall_s: float
+    errors: int
+    by_difficulty: dict[str, dict[str, Any]]
+    by_category: dict[str, dict[str, Any]]
+    run: str  # the agent's run directory, relative to OUT
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["ci95"] = list(self.ci95)
+        return d
+
+
+@dataclass
+class EvalResults:
+    env: str
+    split: str
+    tasks: int
+    agents: list[AgentResult]
+    task_ids: list[str]
+    out: Path | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"env": self.env, "split": self.split, "tasks": self.tasks,
+                "agents": [a.to_dict() for a in self.agents], "task_ids": self.task_ids}
+
+
+def wilson_ci(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval: sane at 0% and 100% and for small n, unlike the normal approximation."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def slug(spec: str) -> str:
+    """A directory name for an agent spec (paths and URLs included)."""
+    s = re.sub(r"[^A-Za-z0-9_.-]+", "-", spec).strip("-.")
+    return s[-80:] or "agent"
+
+
+def run_dirs(agents: list[str]) -> dict[str, str]:
+    """Agent spec -> unique directory name under runs/."""
+    out: dict[str, str] = {}
+    for spec in agents:
+        name, i = slug(spec), 2
+        while name in out.values():
+            name, i = f"{slug(spec)}-{i}", i + 1
+        out[spec] = name
+    return out
+
+
+def collect_config(cfg: EvalConfig, spec: str, out: Path) -> CollectConfig:
+    extra = {"skills": list(cfg.skills), "preload_skills": cfg.preload_skills} if cfg.skills else {}
+    return CollectConfig(
+        env=cfg.env, teachers=[spec], out=str(out), tasks=cfg.tasks, split=cfg.split,
+        concurrency=cfg.concurrency, seed=cfg.seed, max_steps=cfg.max_steps, temperature=cfg.temperature,
+        sandbox=cfg.sandbox, env_params=dict(cfg.env_params),
+        teacher_options={**cfg.agent_options, **cfg.options_by_agent.get(spec, {})}, **extra)
+
+
+# ---- scoring ---------------------------------------------------------------------------------------
+
+
+def _rate_table(outcomes: list[tuple[Any, bool]]) -> dict[str, dict[str, Any]]:
+    """Group key -> n, successes, success rate and CI; tasks without the key are left out."""
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for key, ok in outcomes:
+        if key is not None:
+            groups[str(key)].append(ok)
+    table = {}
+    for key in sorted(groups):
+        oks = groups[key]
+        table[key] = {"n": len(oks), "successes": sum(oks), "success_rate": sum(oks) / len(oks),
+                      "ci95": list(wilson_ci(sum(oks), len(oks)))}
+    return table
+
+
+def score(spec: str, store: RunStore, tasks: list[Task], wall_s: float, run: str) -> AgentResult:
+    """One agent's numbers from its run directory; every task counts, errored ones as failures."""
+    trajs: dict[str, Trajectory] = {t.task_id: t for t in store.load() if t.teacher.spec == spec}
+    errored = {r.get("task_id") for r in store.errors() if r.get("teacher") == spec} - set(trajs)
+    wanted = [t for t in tasks if t.id in trajs or t.id in errored]
+    ok = {t.id: bool(trajs[t.id].outcome.success) if t.id in trajs else False for t in wanted}
+    done = list(trajs.values())
+    steps = sum(t.usage.steps for t in done)
+    n, wins = len(wanted), sum(ok.values())
+    return AgentResult(
+        spec=spec, success_rate=wins / n if n else 0.0, ci95=wilson_ci(wins, n), n=n, successes=wins,
+        mean_steps=steps / len(done) if done else 0.0,
+        invalid_action_rate=sum(t.usage.invalid_actions for t in done) / steps if steps else 0.0,
+        tokens_per_episode=sum(t.usage.total_tokens for t in done) / len(done) if done else 0.0,
+        wall_s=wall_s, errors=len(errored),
+        by_difficulty=_rate_table([(t.difficulty, ok[t.id]) for t in wanted]),
+        by_category=_rate_table([(t.category, ok[t.id]) for t in wanted]),
+        run=run)
+
+
+# ---- running ---------------------------------------------------------------------------------------
+
+
+async def _run_agent(collector: Collector, total: int, listener: EvalListener | None) -> tuple[RunStore, float]:
+    cfg = collector.cfg
+    try:
+        store = RunStore.create(Path(cfg.out), resolved_config(cfg))
+    except BaseException:
+        await collector.close()
+        raise
+    spec = cfg.teachers[0]
+    if listener:
+        listener(spec, Progress(total=total))  # tells a display that this agent starts now
+    start = time.monotonic()
+    try:
+        await collector.run(store, (lambda p: listener(spec, p)) if listener else None)
+    finally:
+        store.write_stats()
+        store.close()
+    return store, time.monotonic() - start
+
+
+def _prepare_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"--out {out} exists and is not empty; choose a new directory")
+
+
+async def _evaluate_in(cfg: EvalConfig, root: Path, listener: EvalListener | None) -> EvalResults:
+    names = run_dirs(cfg.agents)
+    collectors: list[Collector] = []
+    try:
+        # Build every agent first, so a bad spec fails before any episode runs.
+        for spec in cfg.agents:
+            collectors.append(Collector(collect_config(cfg, spec, root / RUNS_DIR / names[spec])))
+        tasks = [t for t, _ in collectors[0].pairs(set())]
+    except BaseException:
+        for c in collectors:
+            await c.close()
+        raise
+    results = []
+    for i, collector in enumerate(collectors):
+        try:
+            store, wall_s = await _run_agent(collector, len(tasks), listener)
+        except BaseException:
+            for c in collectors[i + 1:]:
+                await c.close()
+            raise
+        spec = collector.cfg.teachers[0]
+        results.append(score(spec, store, tasks, wall_s, f"{RUNS_DIR}/{names[spec]}"))
+    return EvalResults(env=cfg.env, split=cfg.split, tasks=len(tasks), agents=results,
+                       task_ids=[t.id for t in tasks], out=None)
+
+
+async def evaluate_async(cfg: EvalConfig, listener: EvalListener | None = None) -> EvalResults:
+    """Library entry point: run every agent of `cfg` on the same tasks and score them.
+
+    With `cfg.out`, writes results.json, success.png and one run directory per agent there.
+    `listener(agent_spec, progress)` is called once as each agent starts, then after every episode.
+    """
+    if cfg.out is None:
+        with tempfile.TemporaryDirectory(prefix="trajdistill-eval-") as tmp:
+            return await _evaluate_in(cfg, Path(tmp), listener)
+    out = Path(cfg.out)
+    _prepare_out(out)
+    results = await _evaluate_in(cfg, out, listener)
+    results.out = out
+    write_results(results, out)
+    return results
+
+
+def evaluate(cfg: EvalConfig, listener: EvalListener | None = None) -> EvalResults:
+    """Sync wrapper of `evaluate_async`."""
+    return asyncio.run(evaluate_async(cfg, listener))
+
+
+# ---- output ----------------------------------------------------------------------------------------
+
+
+def write_results(results: EvalResults, out: Path) -> None:
+    (out / RESULTS_FILE).write_text(json.dumps(results.to_dict(), indent=2) + "\n")
+    plot_success(results, out / PLOT_FILE)
+
+
+def plot_success(results: EvalResults, path: Path) -> None:
+    """Bar chart of success rate per agent with 95% Wilson error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    agents = results.agents
+    rates = [a.success_rate for a in agents]
+    err = [[a.success_rate - a.ci95[0] for a in agents], [a.ci95[1] - a.success_rate for a in agents]]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.4 * len(agents) + 2), 4))
+    try:
+        ax.bar(range(len(agents)), rates, yerr=err, capsize=6, color="#4c72b0")
+        ax.set_xticks(range(len(agents)), [_short(a.spec) for a in agents], rotation=15, ha="right")
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("success rate (95% Wilson CI)")
+        ax.set_title(f"{results.env} / {results.split}: {results.tasks} tasks")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+
+
+def _short(spec: str, width: int = 28) -> str:
+    return spec if len(spec) <= width else "…" + spec[-(width - 1):]
