@@ -529,7 +529,8 @@ async def run_source(source: str, function: str, args: dict[str, Any], sandbox: 
         return ToolResult(False, error=f"tool {function} timed out after {timeout or sandbox.limits.timeout_s:g}s")
     if res.killed:
         return ToolResult(False, error=f"tool {function} was killed: out of memory or a resource limit")
-    lines = [line for line in res.stdout.split("\n") if line.startswith(RESULT_MARK)]  # not splitlines: it splits at \x1e
+    # split on newlines only: str.splitlines() also splits at the \x1e in the marker
+    lines = [line for line in res.stdout.split("\n") if line.startswith(RESULT_MARK)]
     if not lines:
         tail = (res.stderr.strip().splitlines() or [f"exit code {res.exit_code}"])[-1]
         return ToolResult(False, error=f"tool {function} failed: {tail[:500]}")

@@ -1,0 +1,156 @@
+"""`skills mine`: runs in, a validated skill box out (tools, docs, or both)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trajdistill import __version__
+from trajdistill.envs.sandbox import Limits, get_provider
+from trajdistill.trajectories import RunStore, Trajectory
+
+from ._box import BoxError, SkillBox, SkillDraft, ToolDraft, ToolRunner, spec_from_source
+from ._check import check_box_async
+from ._mine_docs import DocsMining, mine_docs
+from ._mine_tools import Listener, ToolMining, mine_tools
+
+MODES = ("tools", "docs", "both")
+
+
+@dataclass
+class MineConfig:
+    """Settings of one mining run."""
+
+    runs: list[str]
+    out: str
+    analyst: str | None = None  # a policy spec; None is the deterministic miner
+    mode: str = "both"
+    workers: int = 4
+    sandbox: str = "auto"
+    name: str | None = None
+    force: bool = False
+    timeout_s: float = 10.0  # per tool run in the sandbox
+
+    def __post_init__(self) -> None:
+        if not self.runs:
+            raise ValueError("give at least one RUN directory to mine")
+        if self.mode not in MODES:
+            raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.workers < 1:
+            raise ValueError(f"--workers must be at least 1, got {self.workers}")
+
+
+@dataclass
+class MineResult:
+    box: SkillBox
+    tools: ToolMining | None
+    docs: DocsMining | None
+    check: dict[str, Any]
+
+    def summary(self) -> str:
+        parts = [f"{len(self.box.skills)} skills, {len(self.box.tools)} tools"]
+        if self.tools is not None:
+            parts.append(f"tools: {self.tools.summary()}")
+        if self.docs is not None and (self.docs.proposed or self.docs.unusable):
+            parts.append(f"docs: {self.docs.summary()}")
+        parts.append("self-check " + ("passed" if self.check["ok"] else "FAILED"))
+        return "; ".join(parts)
+
+
+def load_runs(runs: list[str]) -> tuple[list[tuple[str, Trajectory]], str]:
+    """(run, trajectory) pairs of every run, and the one env they share."""
+    pairs = [(str(Path(r).resolve()), t) for r in runs for t in RunStore.open(r).load()]
+    if not pairs:
+        raise ValueError(f"the run(s) {', '.join(runs)} hold no trajectories")
+    envs = sorted({t.env.name for _, t in pairs})
+    if len(envs) > 1:
+        raise ValueError(f"the runs mix envs ({', '.join(envs)}); a box is mined from one env")
+    return pairs, envs[0]
+
+
+async def mine_async(cfg: MineConfig, *, analyst: Any = None, listener: Listener | None = None) -> MineResult:
+    """Mine a box as `cfg` says. `analyst` may be a Policy object instead of the `cfg.analyst` spec."""
+    trajs, env = load_runs(cfg.runs)
+    own_analyst = analyst is None and bool(cfg.analyst)
+    if own_analyst:
+        from trajdistill.agents import make_policy
+
+        analyst = make_policy(cfg.analyst)
+    provider = runner = None
+    try:
+        if cfg.mode in ("tools", "both"):
+            provider = get_provider(cfg.sandbox, Limits(timeout_s=cfg.timeout_s))
+            runner = ToolRunner(provider, cfg.workers, timeout=cfg.timeout_s)
+        tools = await mine_tools(trajs, runner, analyst=analyst, workers=cfg.workers, listener=listener) \
+            if runner is not None else None
+        docs = await mine_docs(trajs, env=env, analyst=analyst, workers=cfg.workers, listener=listener) \
+            if cfg.mode in ("docs", "both") else None
+        if docs and tools:
+            link_tools(docs.skills, tools.tools)
+        box = SkillBox.write(cfg.out, name=cfg.name or _box_name(env), env=env,
+                             skills=docs.skills if docs else [], tools=tools.tools if tools else [],
+                             sources=_sources(trajs), generator=_generator(cfg, tools, docs), overwrite=cfg.force)
+        if listener:
+            listener("self-check", 0, 1)
+        check = await check_box_async(box, runner=runner)
+    finally:
+        if own_analyst:
+            await analyst.close()
+        if runner is not None:
+            await runner.close()
+        if provider is not None:
+            await provider.close()
+    return MineResult(box, tools, docs, check)
+
+
+def mine(cfg: MineConfig, **kwargs: Any) -> MineResult:
+    """Sync wrapper of mine_async; raises BoxError when the mined box fails its own validation."""
+    result = asyncio.run(mine_async(cfg, **kwargs))
+    if not result.check["ok"]:
+        bad = next((f"{n}: {r.get('first_failure')}" for n, r in result.check["tools"].items() if r["failed"]), "")
+        raise BoxError(f"the mined box {cfg.out} failed its own validation ({bad})")
+    return result
+
+
+def link_tools(skills: list[SkillDraft], tools: list[ToolDraft]) -> None:
+    """Name, in each skill, the box tools mined from the same trajectories."""
+    for skill in skills:
+        ids = {i for v in skill.sources.values() for i in v}
+        lines = []
+        for t in tools:
+            if ids & {i for v in t.sources.values() for i in v}:
+                spec = spec_from_source(t.source, t.name)
+                lines.append(f"- `{spec.signature()}`: {spec.description.splitlines()[0]}")
+        if lines:
+            skill.body += ("\n\n## Tools in this box\n\nThese tools reproduce the programs that solved such "
+                           "tasks; call one instead of writing the program again:\n" + "\n".join(lines))
+
+
+def _box_name(env: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", env.lower()).strip("-") + "-skills"
+
+
+def _sources(trajs: list[tuple[str, Trajectory]]) -> list[dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for run, t in trajs:
+        s = out.setdefault(run, {"run": run, "trajectories": 0, "successful": 0, "teachers": []})
+        s["trajectories"] += 1
+        s["successful"] += int(t.outcome.success)
+        if t.teacher.spec not in s["teachers"]:
+            s["teachers"].append(t.teacher.spec)
+    return list(out.values())
+
+
+def _generator(cfg: MineConfig, tools: ToolMining | None, docs: DocsMining | None) -> dict[str, Any]:
+    gen: dict[str, Any] = {"package_version": __version__, "analyst": cfg.analyst, "mode": cfg.mode}
+    if tools is not None:
+        gen["tool_mining"] = {"code_calls": tools.calls, "candidates": tools.candidates, "kept": len(tools.tools),
+                              "merged": tools.merged, "dropped": dict(tools.dropped)}
+    if docs is not None:
+        gen["docs_mining"] = {"trajectories": docs.trajectories, "skills": len(docs.skills),
+                              "patches_proposed": docs.proposed, "patches_kept": docs.kept,
+                              "unusable_replies": docs.unusable}
+    return gen

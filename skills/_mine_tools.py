@@ -1,0 +1,747 @@
+"""Tool mining (AgentDistill's MCP-Box): reusable tools from the code of successful trajectories.
+
+    candidates     every `python`-style tool call (a `code` argument) of a successful trajectory
+    abstraction    lift literals to typed parameters, turn the final print(x) into return x, name and
+                   document the function (deterministic; an analyst LLM may write it instead)
+    replay         each candidate, run in the sandbox with the lifted values, must print what the
+                   original call printed; a candidate that does not is dropped and counted
+    clustering     one candidate per normalised AST, then per behaviour on the union of the inputs
+                   of candidates with the same signature
+    consolidation  a candidate whose calls another (more general) one reproduces is folded into it
+
+Nothing here runs mined code on the host: every execution goes through a ToolRunner (sandbox).
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import copy
+import json
+import re
+import textwrap
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from trajdistill.envs import PolicyRequest, Task
+from trajdistill.envs._react_text import ParsedAction, ParsedFinal, parse_react
+from trajdistill.trajectories import Trajectory
+
+from ._box import ToolDraft, ToolResult, ToolRunner, spec_from_source
+
+Listener = Callable[[str, int, int], None]  # (stage, done, total)
+CODE_ARGS = ("code", "program", "source")
+STRUCTURAL = (-1, 0, 1)  # loop bounds and indices, not task values: only lifted as a whole assignment
+ERROR_MARKS = ("Traceback (most recent call last)", "[exit code", "[timed out]", "[killed", "Error:",
+               "is not a valid action")
+CALL_NAMES = {"comb": "count_combinations", "perm": "count_permutations", "Counter": "count_arrangements",
+              "lcm": "least_common_multiple", "gcd": "greatest_common_divisor", "isqrt": "integer_square_root",
+              "factorial": "factorial_ratio"}
+ARG_NAMES = {"comb": ("n", "k"), "perm": ("n", "k"), "pow": ("base", "exponent", "modulus"),
+             "range": ("start", "stop", "step"), "factorial": ("n",), "gcd": ("a", "b"), "lcm": ("a", "b")}
+CALL_SUMMARIES = {
+    "count_combinations": "Count the ways to choose k of n items (a binomial coefficient, via math.comb).",
+    "count_permutations": "Count ordered selections of items (via math.perm).",
+    "count_arrangements": "Count the distinct arrangements of a multiset, e.g. the letters of a word.",
+    "power_mod": "Raise a number to a power modulo m, exactly (three-argument pow).",
+}
+
+
+# --------------------------------------------------------------------------- steps of a trajectory
+
+
+@dataclass
+class StepRecord:
+    """One action of a trajectory and what came back."""
+
+    tool: str
+    args: Any
+    observation: str
+    thought: str = ""
+    index: int = 0  # message index of the assistant turn
+
+    @property
+    def failed(self) -> bool:
+        return is_error(self.observation)
+
+
+def is_error(observation: str) -> bool:
+    return any(mark in observation for mark in ERROR_MARKS)
+
+
+def trajectory_steps(traj: Trajectory) -> list[StepRecord]:
+    """Actions in order, for both ReAct text and native tool calls; a final answer is the last step."""
+    msgs = traj.messages
+    steps: list[StepRecord] = []
+    for i, m in enumerate(msgs):
+        if m.role != "assistant":
+            continue
+        following = _tool_messages(msgs, i)
+        if m.tool_calls:
+            by_id = {t.tool_call_id: t.content for t in following if t.tool_call_id}
+            for k, call in enumerate(m.tool_calls):
+                obs = by_id.get(call.id, following[k].content if k < len(following) else "")
+                steps.append(StepRecord(call.function.name, _json_or_raw(call.function.arguments), obs,
+                                        m.reasoning or m.content, i))
+            continue
+        parsed = parse_react(m.content)
+        obs = following[0].content if following else ""
+        if isinstance(parsed, ParsedAction):
+            steps.append(StepRecord(parsed.tool, parsed.arguments, obs, parsed.thought, i))
+        elif isinstance(parsed, ParsedFinal):
+            steps.append(StepRecord("final_answer", {"answer": parsed.answer}, "", parsed.thought, i))
+        elif following:  # a malformed action: the loop answered with a parse error
+            steps.append(StepRecord("(malformed)", m.content[:200], obs, "", i))
+        elif m.content.strip():  # a plain reply in native tool mode is the answer
+            steps.append(StepRecord("final_answer", {"answer": m.content.strip()}, "", m.reasoning or "", i))
+    return steps
+
+
+def _tool_messages(msgs: list, i: int) -> list:
+    out = []
+    for m in msgs[i + 1:]:
+        if m.role != "tool":
+            break
+        out.append(m)
+    return out
+
+
+def _json_or_raw(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def task_prompt(traj: Trajectory) -> str:
+    for m in traj.messages:
+        if m.role == "user":
+            return m.content
+    return ""
+
+
+# --------------------------------------------------------------------------- candidates
+
+
+@dataclass(frozen=True)
+class SourceCall:
+    """One code call of a successful trajectory, with what it printed."""
+
+    run: str
+    traj_id: str
+    category: str
+    prompt: str
+    code: str
+    observation: str
+
+    @property
+    def expected(self) -> str:
+        return self.observation.strip()
+
+
+def source_calls(trajs: list[tuple[str, Trajectory]]) -> list[SourceCall]:
+    """Code calls of successful trajectories whose output shows no error."""
+    out = []
+    for run, traj in trajs:
+        if not traj.outcome.success:
+            continue
+        for step in trajectory_steps(traj):
+            code = _code_of(step.args)
+            if code is not None and step.observation.strip() and not step.failed:
+                out.append(SourceCall(run, traj.id, traj.category or "task", task_prompt(traj), code,
+                                      step.observation))
+    return out
+
+
+def _code_of(args: Any) -> str | None:
+    if isinstance(args, dict):
+        for key in CODE_ARGS:
+            if isinstance(args.get(key), str):
+                return args[key]
+    return None
+
+
+@dataclass
+class Param:
+    name: str  # the name in the pattern (stable) -- final names live in Candidate.names
+    type: str  # int, float, str, list[int], list[float], list[str]
+    example: Any
+    origin: str  # the statement it was lifted from
+
+
+@dataclass
+class Candidate:
+    name: str
+    source: str
+    params: list[tuple[str, str]]  # final (name, type) in signature order
+    key: str  # normalised AST: equal keys are the same tool
+    calls: list[tuple[SourceCall, dict[str, Any]]]  # each source call and the arguments that reproduce it
+    pattern: list[ast.stmt] | None = None  # statements with parameters as names, for unification
+    pnames: dict[str, str] = field(default_factory=dict)  # pattern name -> final name
+
+    @property
+    def signature(self) -> tuple[str, ...]:
+        return tuple(t for _, t in self.params)
+
+
+class AbstractionError(ValueError):
+    """A program cannot be turned into a tool (the reason is counted)."""
+
+
+# --------------------------------------------------------------------------- abstraction
+
+
+def prepare(code: str) -> tuple[list[ast.stmt], list[ast.stmt]]:
+    """(imports, statements) with earlier top-level prints dropped and the final print(x) as return x."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        raise AbstractionError("code does not parse") from None
+    imports = [s for s in tree.body if isinstance(s, (ast.Import, ast.ImportFrom))]
+    rest = [s for s in tree.body if not isinstance(s, (ast.Import, ast.ImportFrom)) and not _docstring(s)]
+    if not rest or not _is_print(rest[-1]):
+        raise AbstractionError("program does not end with print(value)")
+    call = rest[-1].value  # type: ignore[attr-defined]
+    if len(call.args) != 1 or call.keywords:
+        raise AbstractionError("program does not end with print(value)")
+    body = [s for s in rest[:-1] if not _is_print(s)] + [ast.Return(call.args[0])]
+    return imports, body
+
+
+def _docstring(s: ast.stmt) -> bool:
+    return isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant) and isinstance(s.value.value, str)
+
+
+def _is_print(s: ast.stmt) -> bool:
+    return (isinstance(s, ast.Expr) and isinstance(s.value, ast.Call) and isinstance(s.value.func, ast.Name)
+            and s.value.func.id == "print")
+
+
+def literal_of(node: ast.AST) -> tuple[Any, str] | None:
+    """(value, type) of a liftable literal: a number, a string, or a list of either."""
+    if isinstance(node, ast.Constant) and not isinstance(node.value, bool):
+        if isinstance(node.value, (int, float, str)):
+            return node.value, type(node.value).__name__
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        inner = literal_of(node.operand)
+        if inner and inner[1] in ("int", "float"):
+            return -inner[0], inner[1]
+    if isinstance(node, ast.List) and node.elts:
+        items = [literal_of(e) for e in node.elts]
+        if all(i and not i[1].startswith("list") for i in items):
+            kinds = {i[1] for i in items}  # type: ignore[index]
+            kind = "float" if kinds == {"int", "float"} else kinds.pop() if len(kinds) == 1 else None
+            if kind:
+                return [i[0] for i in items], f"list[{kind}]"  # type: ignore[index]
+    return None
+
+
+class _Lifter(ast.NodeTransformer):
+    """Replace literals with parameter names; whole right-hand sides of top-level assignments always lift."""
+
+    def __init__(self, taken: set[str]):
+        self.params: list[Param] = []
+        self.taken = set(taken)
+        self.context = "x"
+        self.origin = ""
+        self.whole = False
+
+    def lift_statement(self, stmt: ast.stmt) -> ast.stmt:
+        self.context = _target_name(stmt) or "x"
+        self.origin = ast.unparse(stmt).splitlines()[0][:80]
+        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
+            tgt, val = stmt.targets[0], stmt.value
+            if isinstance(tgt, ast.Name) and literal_of(val):
+                stmt.value = self._param(val, tgt.id, whole=True)
+                return stmt
+            if isinstance(tgt, ast.Tuple) and isinstance(val, ast.Tuple) and len(tgt.elts) == len(val.elts):
+                val.elts = [self._param(v, t.id, whole=True) if isinstance(t, ast.Name) and literal_of(v)
+                            else self.visit(v) for t, v in zip(tgt.elts, val.elts)]
+                return stmt
+        return self.visit(stmt)
+
+    def _param(self, node: ast.AST, hint: str, whole: bool = False) -> ast.AST:
+        lit = literal_of(node)
+        if lit is None or (not whole and (lit[0] in STRUCTURAL and lit[1] == "int")):
+            return self.generic_visit(node)
+        name = self._fresh(hint)
+        self.params.append(Param(name, lit[1], lit[0], self.origin))
+        return ast.Name(id=name, ctx=ast.Load())
+
+    def _fresh(self, hint: str) -> str:
+        base = re.sub(r"\W", "_", hint).strip("_").lower() or "x"
+        name, k = base, 0
+        while name in self.taken or name in _RESERVED:
+            k += 1
+            name = f"{base}_{k}"
+        self.taken.add(name)
+        return name
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        fn = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+        names = ARG_NAMES.get(fn, ())
+        node.func = self.visit(node.func)
+        node.args = [self._param(a, names[i] if i < len(names) else f"{fn}_arg") if literal_of(a)
+                     else self.visit(a) for i, a in enumerate(node.args)]
+        node.keywords = [self.visit(k) for k in node.keywords]
+        return node
+
+    def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
+        node.value = self.visit(node.value)  # indices stay: they say where, not what
+        return node
+
+    def visit_JoinedStr(self, node: ast.JoinedStr) -> ast.AST:
+        return node
+
+    def visit_Constant(self, node: ast.Constant) -> ast.AST:
+        return self._param(node, self.context)
+
+    def visit_UnaryOp(self, node: ast.UnaryOp) -> ast.AST:
+        return self._param(node, self.context) if literal_of(node) else self.generic_visit(node)
+
+    def visit_List(self, node: ast.List) -> ast.AST:
+        return self._param(node, self.context) if literal_of(node) else self.generic_visit(node)
+
+
+_RESERVED = {"sum", "min", "max", "len", "range", "list", "dict", "set", "int", "str", "float", "print", "pow",
+             "abs", "round", "sorted", "map", "zip", "any", "all", "math", "x"}
+
+
+def _target_name(stmt: ast.stmt) -> str | None:
+    if isinstance(stmt, ast.Assign) and isinstance(stmt.targets[0], ast.Name):
+        return stmt.targets[0].id
+    if isinstance(stmt, (ast.AugAssign, ast.AnnAssign)) and isinstance(stmt.target, ast.Name):
+        return stmt.target.id
+    if isinstance(stmt, ast.For) and isinstance(stmt.target, ast.Name):
+        return stmt.target.id
+    return None
+
+
+def lift(body: list[ast.stmt]) -> tuple[list[ast.stmt], list[Param]]:
+    """The pattern (statements with parameter names) and its parameters in order of appearance."""
+    taken = {n.id for s in body for n in ast.walk(s) if isinstance(n, ast.Name)}
+    lifter = _Lifter(taken)
+    pattern = [lifter.lift_statement(copy.deepcopy(s)) for s in body]
+    return pattern, lifter.params
+
+
+def normalised_key(pattern: list[ast.stmt], params: list[Param]) -> str:
+    """The pattern's AST with parameters and local variables renamed by order of appearance."""
+    pmap = {p.name: f"p{i}:{p.type}" for i, p in enumerate(params)}
+    stored = [n.id for s in pattern for n in ast.walk(s) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)]
+    vmap = {name: f"v{i}" for i, name in enumerate(dict.fromkeys(stored)) if name not in pmap}
+    tree = copy.deepcopy(ast.Module(body=pattern, type_ignores=[]))
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Name):
+            n.id = pmap.get(n.id) or vmap.get(n.id) or n.id
+        elif isinstance(n, ast.arg):
+            n.arg = vmap.get(n.arg, n.arg)
+    return ast.dump(tree, annotate_fields=False)
+
+
+def _fold_header(pattern: list[ast.stmt], params: list[Param]) -> tuple[list[ast.stmt], dict[str, str]]:
+    """`n = <param>` at the top level becomes the parameter `n` itself (cosmetic; the pattern is kept)."""
+    body, names = copy.deepcopy(pattern), {p.name: p.name for p in params}
+    uses = Counter(n.id for s in pattern for n in ast.walk(s) if isinstance(n, ast.Name))
+    out: list[ast.stmt] = []
+    seen_loads: set[str] = set()
+    for stmt in body:
+        pairs = _header_pairs(stmt, names, uses)
+        if pairs and not any(t in seen_loads or t in names.values() for t, _ in pairs):
+            for target, pname in pairs:
+                names[pname] = target
+            continue
+        seen_loads |= {n.id for n in ast.walk(stmt) if isinstance(n, ast.Name)}
+        out.append(stmt)
+    rename = {old: new for old, new in names.items() if old != new}
+    for s in out:
+        for n in ast.walk(s):
+            if isinstance(n, ast.Name) and n.id in rename:
+                n.id = rename[n.id]
+    return out, names
+
+
+def _header_pairs(stmt: ast.stmt, names: dict[str, str], uses: Counter) -> list[tuple[str, str]] | None:
+    if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1):
+        return None
+    tgt, val = stmt.targets[0], stmt.value
+    tgts, vals = ([tgt], [val]) if isinstance(tgt, ast.Name) else (
+        (tgt.elts, val.elts) if isinstance(tgt, ast.Tuple) and isinstance(val, ast.Tuple) else ([], []))
+    if not tgts or len(tgts) != len(vals):
+        return None
+    pairs = []
+    for t, v in zip(tgts, vals):
+        if not (isinstance(t, ast.Name) and isinstance(v, ast.Name) and v.id in names and uses[v.id] == 1):
+            return None
+        pairs.append((t.id, v.id))
+    return pairs
+
+
+def tool_name(category: str, body: list[ast.stmt]) -> str:
+    called = {}
+    for node in (n for s in body for n in ast.walk(s)):
+        if isinstance(node, ast.Call):
+            fn = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            called[fn] = "power_mod" if fn == "pow" and len(node.args) == 3 else CALL_NAMES.get(fn)
+    if called.get("pow"):
+        return "power_mod"
+    for fn, name in CALL_NAMES.items():  # in priority order: Counter before factorial
+        if fn in called:
+            return name
+    final = body[-1].value if isinstance(body[-1], ast.Return) else None
+    word = next((n.id for n in ast.walk(final) if isinstance(n, ast.Name)), "value") if final else "value"
+    return _ident(f"compute_{category}_{word}")
+
+
+def _ident(text: str) -> str:
+    name = re.sub(r"[^a-z0-9_]", "_", text.lower())
+    name = re.sub(r"_+", "_", name).strip("_") or "tool"
+    return name if not name[0].isdigit() else f"t_{name}"
+
+
+def render_tool(name: str, imports: list[ast.stmt], body: list[ast.stmt], params: list[tuple[str, str, str]],
+                summary: str) -> str:
+    """The tool file: imports, then one typed function whose docstring documents every parameter."""
+    sig = ", ".join(f"{n}: {t}" for n, t, _ in params)
+    doc = [summary, "", "Args:"] + [f"    {n}: {d}" for n, _, d in params] if params else [summary]
+    doc += ["", "Returns:", "    The value the original program printed."]
+    code = ast.unparse(ast.Module(body=body, type_ignores=[]))
+    head = "".join(ast.unparse(i) + "\n" for i in imports)
+    docstring = textwrap.indent('"""' + "\n".join(doc).replace('"""', "'''") + '\n"""', "    ").lstrip()
+    return (f"{head}{chr(10) * 2 if head else ''}def {name}({sig}):\n    {docstring}\n"
+            f"{textwrap.indent(code, '    ')}\n")
+
+
+def abstract(call: SourceCall) -> Candidate:
+    """The deterministic abstraction of one code call. Raises AbstractionError with the reason."""
+    imports, body = prepare(call.code)
+    pattern, params = lift(body)
+    if not params:
+        raise AbstractionError("no literals to lift")
+    folded, names = _fold_header(pattern, params)
+    name = tool_name(call.category, folded)
+    summary = CALL_SUMMARIES.get(name, f"Compute the answer to one kind of {call.category} problem, exactly.")
+    summary += f"\n\nMined from a successful trajectory of a task like: {_clip(call.prompt, 160)}"
+    final = [(names[p.name], p.type, f"{_describe(p)}") for p in params]
+    source = render_tool(name, imports, folded, final, summary)
+    args = {names[p.name]: p.example for p in params}
+    return Candidate(name, source, [(n, t) for n, t, _ in final], normalised_key(pattern, params),
+                     [(call, args)], pattern, {p.name: names[p.name] for p in params})
+
+
+def _describe(p: Param) -> str:
+    return f"{p.type.replace('list[', 'list of ').rstrip(']')} from `{p.origin}`; e.g. {json.dumps(p.example)}"
+
+
+def _clip(text: str, n: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+# --------------------------------------------------------------------------- unification (generality)
+
+
+def unify(pattern: list[ast.stmt], concrete: list[ast.stmt], params: set[str]) -> dict[str, Any] | None:
+    """Parameter values that turn `pattern` into `concrete`, or None when they differ in structure."""
+    binding: dict[str, Any] = {}
+    return binding if _unify(pattern, concrete, params, binding) else None
+
+
+def _unify(p: Any, c: Any, params: set[str], b: dict[str, Any]) -> bool:
+    if isinstance(p, list):
+        return isinstance(c, list) and len(p) == len(c) and all(_unify(x, y, params, b) for x, y in zip(p, c))
+    if isinstance(p, ast.Name) and p.id in params:
+        lit = literal_of(c)
+        if lit is None or (p.id in b and b[p.id] != lit[0]):
+            return False
+        b[p.id] = lit[0]
+        return True
+    if isinstance(p, ast.AST):
+        if type(p) is not type(c):
+            return False
+        return all(_unify(getattr(p, f, None), getattr(c, f, None), params, b) for f in p._fields
+                   if f not in ("ctx", "type_comment"))
+    return p == c and type(p) is type(c)
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+@dataclass
+class ToolMining:
+    tools: list[ToolDraft]
+    calls: int  # source code calls seen
+    candidates: int
+    dropped: Counter = field(default_factory=Counter)  # reason -> count
+    merged: int = 0  # candidates folded into another by dedupe, clustering or consolidation
+
+    def summary(self) -> str:
+        why = ", ".join(f"{n} {r}" for r, n in self.dropped.most_common()) or "none"
+        return (f"{len(self.tools)} tools kept from {self.candidates} candidates ({self.calls} code calls); "
+                f"{self.merged} merged; dropped: {why}")
+
+
+class _Replay:
+    """Runs candidate code through the sandbox runner, caching results by (source, args)."""
+
+    def __init__(self, runner: ToolRunner):
+        self.runner = runner
+        self.cache: dict[tuple[str, str], ToolResult] = {}
+
+    async def run(self, cand: Candidate, args: dict[str, Any]) -> ToolResult:
+        key = (cand.source, json.dumps(args, sort_keys=True))
+        if key not in self.cache:
+            res = await self.runner.run(cand.source, cand.name, args)
+            if not res.ok and "timed out" in res.error:  # a loaded machine, not the code: try once more
+                res = await self.runner.run(cand.source, cand.name, args)
+            self.cache[key] = res
+        return self.cache[key]
+
+    async def reproduces(self, cand: Candidate, call: SourceCall, args: dict[str, Any]) -> bool:
+        res = await self.run(cand, args)
+        return res.ok and matches_output(res.text, call.expected)
+
+
+def matches_output(text: str, expected: str) -> bool:
+    """What the tool returned, printed, equals the tail of what the original call printed."""
+    got = text.strip()
+    lines = expected.strip().split("\n")
+    want = "\n".join(lines[-max(1, len(got.split("\n"))):]).strip()
+    return bool(got) and got == want
+
+
+async def mine_tools(trajs: list[tuple[str, Trajectory]], runner: ToolRunner, *, analyst: Any = None,
+                     workers: int = 2, listener: Listener | None = None) -> ToolMining:
+    """Mine tools from (run, trajectory) pairs; every kept tool reproduces its source calls in the sandbox."""
+    calls = source_calls(trajs)
+    dropped: Counter = Counter()
+    if analyst is None:
+        cands = _deterministic(calls, dropped)
+    else:
+        cands = await analyst_candidates(calls, analyst, workers, dropped, listener)
+    total = len(cands)
+    replay = _Replay(runner)
+    cands, merged = _dedupe(cands)
+    cands = await _replayed(cands, replay, dropped, listener)
+    cands, m2 = await _cluster(cands, replay, listener)
+    cands, m3 = await _consolidate(cands, replay)
+    tools = [_draft(c) for c in _unique_names(cands)]
+    return ToolMining(tools, len(calls), total, dropped, merged + m2 + m3)
+
+
+def _deterministic(calls: list[SourceCall], dropped: Counter) -> list[Candidate]:
+    out = []
+    for call in calls:
+        try:
+            out.append(abstract(call))
+        except AbstractionError as e:
+            dropped[str(e)] += 1
+    return out
+
+
+def _dedupe(cands: list[Candidate]) -> tuple[list[Candidate], int]:
+    by_key: dict[str, Candidate] = {}
+    for c in cands:
+        if c.key in by_key:
+            by_key[c.key].calls += c.calls
+        else:
+            by_key[c.key] = c
+    return list(by_key.values()), len(cands) - len(by_key)
+
+
+async def _replayed(cands: list[Candidate], replay: _Replay, dropped: Counter,
+                    listener: Listener | None) -> list[Candidate]:
+    """Keep the calls each candidate reproduces; a candidate that reproduces none is dropped."""
+    done = 0
+
+    async def check(c: Candidate) -> Candidate | None:
+        nonlocal done
+        ok = await asyncio.gather(*(replay.reproduces(c, call, args) for call, args in c.calls))
+        done += 1
+        if listener:
+            listener("replay", done, len(cands))
+        if not all(ok):
+            dropped["replay mismatch"] += ok.count(False)
+        c.calls = [ca for ca, good in zip(c.calls, ok) if good]
+        return c if c.calls else None
+
+    return [c for c in await asyncio.gather(*(check(c) for c in cands)) if c is not None]
+
+
+async def _cluster(cands: list[Candidate], replay: _Replay,
+                   listener: Listener | None) -> tuple[list[Candidate], int]:
+    """Candidates with one signature that agree on the union of their inputs are one tool."""
+    groups: dict[tuple[str, ...], list[Candidate]] = {}
+    for c in cands:
+        groups.setdefault(c.signature, []).append(c)
+    out, merged = [], 0
+    for i, group in enumerate(groups.values()):
+        if listener:
+            listener("cluster", i + 1, len(groups))
+        if len(group) == 1:
+            out += group
+            continue
+        inputs = [list(args.values()) for c in group for _, args in c.calls]  # positional: names may differ
+        vectors = await asyncio.gather(*(_behaviour(c, inputs, replay) for c in group))
+        clusters: dict[tuple, list[Candidate]] = {}
+        for c, vec in zip(group, vectors):
+            clusters.setdefault(vec, []).append(c)
+        for members in clusters.values():
+            best = max(members, key=lambda c: (len(c.calls), -len(c.source)))
+            best.calls = [ca for c in members for ca in c.calls]
+            merged += len(members) - 1
+            out.append(best)
+    return out, merged
+
+
+async def _behaviour(c: Candidate, inputs: list[list[Any]], replay: _Replay) -> tuple:
+    names = [n for n, _ in c.params]
+    results = await asyncio.gather(*(replay.run(c, dict(zip(names, values))) for values in inputs))
+    return tuple((r.ok, r.text if r.ok else "") for r in results)
+
+
+async def _consolidate(cands: list[Candidate], replay: _Replay) -> tuple[list[Candidate], int]:
+    """Fold a special case into a more general candidate that reproduces all of its calls."""
+    order = sorted(cands, key=lambda c: (-len(c.params), -len(c.calls), len(c.source)))
+    kept: list[Candidate] = []
+    for c in order:
+        for general in kept:
+            moved = await _covers(general, c, replay)
+            if moved is not None:
+                general.calls += moved
+                break
+        else:
+            kept.append(c)
+    return kept, len(cands) - len(kept)
+
+
+async def _covers(general: Candidate, special: Candidate, replay: _Replay) -> list | None:
+    if general.pattern is None or len(general.params) < len(special.params):
+        return None
+    moved = []
+    for call, _ in special.calls:
+        try:
+            _, concrete = prepare(call.code)
+        except AbstractionError:
+            return None
+        binding = unify(general.pattern, concrete, set(general.pnames))
+        if binding is None or set(binding) != set(general.pnames):
+            return None
+        args = {general.pnames[k]: v for k, v in binding.items()}
+        if not await replay.reproduces(general, call, args):
+            return None
+        moved.append((call, args))
+    return moved
+
+
+def _unique_names(cands: list[Candidate]) -> list[Candidate]:
+    seen: Counter = Counter()
+    for c in sorted(cands, key=lambda c: -len(c.calls)):
+        seen[c.name] += 1
+        if seen[c.name] > 1:
+            new = f"{c.name}_{seen[c.name]}"
+            c.source = re.sub(rf"^def {c.name}\(", f"def {new}(", c.source, count=1, flags=re.MULTILINE)
+            c.name = new
+    return cands
+
+
+def _draft(c: Candidate) -> ToolDraft:
+    tests, sources, seen = [], {}, set()
+    for call, args in c.calls:
+        sources.setdefault(call.run, [])
+        if call.traj_id not in sources[call.run]:
+            sources[call.run].append(call.traj_id)
+        key = json.dumps(args, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            tests.append({"args": args, "expected": expected_value(call.expected)})
+    return ToolDraft(c.name, c.source, tests, sources)
+
+
+def expected_value(text: str) -> Any:
+    """The printed result as JSON when it is a number, else the text (its last line)."""
+    last = text.strip().split("\n")[-1].strip()
+    try:
+        value = json.loads(last)
+    except ValueError:
+        return last
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else last
+
+
+# --------------------------------------------------------------------------- the analyst path
+
+ANALYST_SYSTEM = (
+    "You turn a one-off Python program into a reusable tool. Write ONE pure Python function with type hints "
+    "for every parameter (int, float, str, bool, list[int], list[float] or list[str]) and a Google-style "
+    "docstring with an Args: section. Lift the task-specific literals into parameters; the function returns "
+    "the value the program printed last instead of printing it. Imports go above the function. "
+    "Reply with the function in a ```python block, then a ```json block with the arguments that reproduce "
+    "the original program's output.")
+
+
+def analyst_prompt(call: SourceCall) -> str:
+    return (f"Task: {call.prompt}\n\nProgram:\n```python\n{call.code}\n```\n\n"
+            f"It printed:\n```\n{_clip(call.observation, 400)}\n```")
+
+
+def parse_analyst_tool(text: str, call: SourceCall) -> Candidate:
+    """A candidate from an analyst reply; AbstractionError when it is not one usable tool."""
+    code = re.search(r"```python\s*\n(.*?)```", text, re.DOTALL)
+    args = re.search(r"```json\s*\n(.*?)```", text, re.DOTALL)
+    if not code or not args:
+        raise AbstractionError("analyst reply lacks a python or json block")
+    source = code.group(1).strip() + "\n"
+    try:
+        tree = ast.parse(source)
+        fns = [n for n in tree.body if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")]
+        values = json.loads(args.group(1))
+    except (SyntaxError, ValueError):
+        raise AbstractionError("analyst reply does not parse") from None
+    if len(fns) != 1 or not isinstance(values, dict) or not TOOL_IDENT.match(fns[0].name):
+        raise AbstractionError("analyst reply is not one function with JSON arguments")
+    try:
+        spec = spec_from_source(source, fns[0].name)
+    except (ValueError, TypeError, SyntaxError):
+        raise AbstractionError("analyst tool lacks type hints, a docstring, or is not a plain function") from None
+    if spec.validate(values) is not None:
+        raise AbstractionError("analyst arguments do not fit the tool's schema")
+    params = [(k, v.get("type", "any")) for k, v in spec.parameters["properties"].items()]
+    body = copy.deepcopy(fns[0].body)
+    if body and _docstring(body[0]):
+        body = body[1:]
+    key = normalised_key(body, [Param(n, t, None, "") for n, t in params])
+    return Candidate(fns[0].name, source, params, key, [(call, values)])
+
+
+TOOL_IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+async def analyst_candidates(calls: list[SourceCall], analyst: Any, workers: int, dropped: Counter,
+                             listener: Listener | None = None) -> list[Candidate]:
+    """Ask the analyst for one abstraction per call, `workers` at a time."""
+    sem = asyncio.Semaphore(max(1, workers))
+    done = 0
+
+    async def one(call: SourceCall) -> Candidate | None:
+        nonlocal done
+        async with sem:
+            text = await ask(analyst, ANALYST_SYSTEM, analyst_prompt(call))
+        done += 1
+        if listener:
+            listener("analyse tools", done, len(calls))
+        try:
+            return parse_analyst_tool(text, call)
+        except AbstractionError as e:
+            dropped[str(e)] += 1
+            return None
+
+    return [c for c in await asyncio.gather(*(one(c) for c in calls)) if c is not None]
+
+
+async def ask(policy: Any, system: str, prompt: str) -> str:
+    """One analyst turn: the text a policy replies to a system and a user message."""
+    task = Task(id="skill-analyst", env="skills", split="train", prompt=prompt)
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+    turn = await policy(PolicyRequest(messages=messages, tools=[], task=task))
+    return turn.content or turn.reasoning or ""
