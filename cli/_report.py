@@ -1,0 +1,749 @@
+"""Self-contained HTML pages: the trajectory viewer (`trajdistill view`) and the demo report.
+
+Both pages work offline: inline CSS and JS, images as data URIs, trajectories embedded as JSON in a
+`<script type="application/json">` tag. Trajectory text is untrusted, so the JSON escapes `<`, `>`
+and `&`, and the viewer script only ever sets `textContent`; everything Python writes into HTML
+goes through `html.escape`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from trajdistill.trajectories import RunError, RunStore, Span, Trajectory, assistant_text, segment
+from trajdistill.trajectories._store import RUN_FILE
+
+VIEW_FILE = "view.html"
+REPORT_FILE = "report.html"
+NOT_RUN = "not run"
+
+RunsArg = Sequence["str | Path"] | Mapping[str, "str | Path"]
+
+
+# ---- finding runs ---------------------------------------------------------------------------------
+
+
+def find_runs(path: str | Path) -> dict[str, Path]:
+    """Run name -> run dir: `path` itself when it is a run, else every run below it (names relative to it)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunError(f"{path} is not a directory; give a run directory or a directory holding runs")
+    if (path / RUN_FILE).exists():
+        return {path.resolve().name: path}
+    runs = sorted(p.parent for p in path.rglob(RUN_FILE))
+    if not runs:
+        raise RunError(f"{path} holds no run directory (no {RUN_FILE} in it or below it)")
+    return {str(r.relative_to(path)): r for r in runs}
+
+
+def _named(runs: RunsArg) -> dict[str, Path]:
+    if isinstance(runs, Mapping):
+        return {str(k): Path(v) for k, v in runs.items()}
+    named: dict[str, Path] = {}
+    for r in map(Path, runs):
+        name = r.resolve().name
+        named[name if name not in named else str(r)] = r
+    return named
+
+
+# ---- the viewer's data ----------------------------------------------------------------------------
+
+
+def message_spans(traj: Trajectory) -> dict[int, list[Span]]:
+    """Spans per assistant message: the trajectory's own where they fit the text, else `segment`'s."""
+    texts = {i: assistant_text(m) for i, m in enumerate(traj.messages) if m.role == "assistant"}
+    stored: dict[int, list[Span]] = {}
+    for s in traj.spans:
+        stored.setdefault(s.message, []).append(s)
+    usable = {i: ss for i, ss in stored.items()
+              if i in texts and all(s.field == "content" and s.end <= len(texts[i]) for s in ss)}
+    out = dict(usable)
+    if len(usable) < len(texts):
+        for s in segment(traj):
+            if s.message not in usable:
+                out.setdefault(s.message, []).append(s)
+    return out
+
+
+def cut(text: str, spans: list[Span]) -> list[list[str]]:
+    """[kind, piece] in text order; text no span covers gets the kind ""."""
+    parts: list[list[str]] = []
+    pos = 0
+    for s in sorted(spans, key=lambda s: (s.start, s.end)):
+        start, end = max(s.start, pos), min(s.end, len(text))
+        if start > pos:
+            parts.append(["", text[pos:start]])
+        if end > start:
+            parts.append([s.kind, text[start:end]])
+            pos = end
+    if pos < len(text):
+        parts.append(["", text[pos:]])
+    return parts
+
+
+def trajectory_record(traj: Trajectory, run: int, prompts: dict[str, int]) -> dict[str, Any]:
+    """What the viewer shows of one trajectory; repeated system prompts are stored once in `prompts`."""
+    spans = message_spans(traj)
+    msgs: list[dict[str, Any]] = []
+    for i, m in enumerate(traj.messages):
+        if m.role == "system":
+            msgs.append({"r": "system", "s": prompts.setdefault(m.content, len(prompts))})
+        elif m.role == "assistant":
+            msgs.append({"r": "assistant", "p": cut(assistant_text(m), spans.get(i, []))})
+        else:
+            msgs.append({"r": m.role, "t": m.content, **({"n": m.name} if m.name else {})})
+    o, u = traj.outcome, traj.usage
+    return {
+        "id": traj.id, "run": run, "task": traj.task_id, "teacher": traj.teacher.spec,
+        "env": f"{traj.env.name} v{traj.env.version}", "split": traj.split, "cat": traj.category,
+        "diff": traj.difficulty, "ok": o.success, "reward": o.reward, "answer": o.final_answer,
+        "detail": o.detail, "error": o.error, "strategy": traj.provenance.strategy,
+        "from": traj.provenance.composed_from, "skills": traj.provenance.skills,
+        "usage": {"steps": u.steps, "invalid actions": u.invalid_actions, "prompt tokens": u.prompt_tokens,
+                  "completion tokens": u.completion_tokens, "total tokens": u.total_tokens,
+                  "policy latency (s)": round(u.latency_s, 3), "wall (s)": round(u.wall_s, 3)},
+        "msgs": msgs,
+    }
+
+
+def _featured(records: list[dict[str, Any]]) -> int:
+    """The trajectory shown first: the earliest success that reasons, acts and reads an observation,
+    preferring one with context spans too (a composed one shows every kind); else the first."""
+    def rank(rec: dict[str, Any]) -> int:
+        kinds = {k for m in rec["msgs"] for k, _ in m.get("p", [])}
+        if not (rec["ok"] and {"reason", "act"} <= kinds and any(m["r"] == "tool" for m in rec["msgs"])):
+            return 0
+        return 2 if "context" in kinds else 1
+
+    ranks = [rank(r) for r in records]
+    return ranks.index(max(ranks)) if ranks else 0
+
+
+def viewer_data(runs: RunsArg) -> dict[str, Any]:
+    """The JSON the viewer embeds. Raises RunError for a bad run dir or when there are no trajectories."""
+    named = _named(runs)
+    prompts: dict[str, int] = {}
+    records: list[dict[str, Any]] = []
+    for run_index, (name, path) in enumerate(named.items()):
+        trajs = sorted(RunStore.open(path).iter_trajectories(), key=lambda t: (t.task_id, t.teacher.spec))
+        records += [trajectory_record(t, run_index, prompts) for t in trajs]
+    if not records:
+        raise RunError(f"no trajectories in {', '.join(str(p) for p in named.values())}")
+    return {"runs": list(named), "prompts": list(prompts), "trajectories": records, "first": _featured(records)}
+
+
+def _script_json(data: Any) -> str:
+    """JSON that cannot end its <script> element or open a comment, whatever strings it holds."""
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def viewer_fragment(runs: RunsArg, *, element_id: str = "td-viewer") -> str:
+    """The viewer as a block of HTML for any page that also includes VIEWER_CSS and VIEWER_JS."""
+    data = _script_json(viewer_data(runs))
+    return (f'<div class="td-viewer" data-source="{element_id}-data">'
+            f'<p class="td-noscript">the trajectory viewer needs JavaScript</p></div>\n'
+            f'<script type="application/json" id="{element_id}-data">{data}</script>')
+
+
+def render_viewer(runs: RunsArg, *, title: str = "trajectories") -> str:
+    """One self-contained HTML page that browses the trajectories of `runs` (paths, or name -> path)."""
+    body = f'<header class="td-top"><h1>{_e(title)}</h1>{_legend()}</header>\n{viewer_fragment(runs)}'
+    return _page(title, body, page_class="td-view-page")
+
+
+def write_viewer(path: str | Path, out: str | Path | None = None) -> Path:
+    """`trajdistill view`: the viewer page for a run, or for every run under a directory."""
+    path = Path(path)
+    runs = find_runs(path)
+    out = Path(out) if out is not None else path / VIEW_FILE
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_viewer(runs, title=f"trajectories: {path.resolve().name}"), encoding="utf-8")
+    return out
+
+
+# ---- the report -------------------------------------------------------------------------------------
+
+
+def build_report(out_dir: str | Path, summary: dict[str, Any], *, runs: Mapping[str, str | Path] | None = None,
+                 eval_results: str | Path | None = None, train_dir: str | Path | None = None,
+                 compose_report: str | Path | None = None, box_dir: str | Path | None = None,
+                 title: str = "trajdistill demo") -> Path:
+    """Write `out_dir/report.html`. Every input may be None or missing: its section then says "not run".
+
+    eval_results: results.json or the eval dir holding it (success.png is read next to it).
+    train_dir: the `trajdistill train --out` dir (loss.png, trainer_state.json, curriculum.json).
+    compose_report: compose_report.json or the composed run dir holding it.
+    box_dir: a skill box directory.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sections = [
+        ("eval", "Evaluation on held-out tasks", eval_section(eval_results)),
+        ("training", "Span-aware curriculum SFT", training_section(train_dir)),
+        ("compose", "Composition (DualDistill)", compose_section(compose_report)),
+        ("skills", "Skill box", box_section(box_dir)),
+        ("viewer", "Trajectories", viewer_section(runs)),
+    ]
+    nav = "".join(f'<a href="#{key}">{_e(name)}</a>' for key, name, _ in sections)
+    body = [f'<header class="td-top"><h1>{_e(title)}</h1><nav>{nav}</nav></header>',
+            f'<section id="summary"><h2>Summary</h2>{summary_html(summary)}</section>']
+    body += [f'<section id="{key}"><h2>{_e(name)}</h2>{content}</section>' for key, name, content in sections]
+    path = out / REPORT_FILE
+    path.write_text(_page(f"{title} report", "\n".join(body), page_class="td-report"), encoding="utf-8")
+    return path
+
+
+def summary_html(summary: Mapping[str, Any]) -> str:
+    """Top-level numbers and strings as cards; each nested mapping (a stage) as a card with its numbers."""
+    if not summary:
+        return _not_run("no summary")
+    cards, stages = [], []
+    for key, value in summary.items():
+        if isinstance(value, Mapping):
+            rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(_fmt(v))}</td></tr>" for k, v in value.items())
+            stages.append(f'<div class="td-card td-stage"><h3>{_e(key)}</h3><table>{rows}</table></div>')
+        elif not isinstance(value, (list, tuple)):
+            cards.append(f'<div class="td-card td-stat"><div class="td-num">{_e(_fmt(value))}</div>'
+                         f'<div class="td-label">{_e(key)}</div></div>')
+    return f'<div class="td-cards">{"".join(cards)}</div><div class="td-stages">{"".join(stages)}</div>'
+
+
+def eval_section(path: str | Path | None) -> str:
+    results_path = _file_in(path, "results.json")
+    if results_path is None:
+        return _not_run()
+    doc = json.loads(results_path.read_text())
+    head = ["agent", "success", "95% CI", "n", "steps", "invalid", "tokens/ep", "errors"]
+    rows = []
+    for a in doc.get("agents", []):
+        lo, hi = a.get("ci95", [0.0, 1.0])
+        rows.append([a.get("spec", "?"), f"{a.get('success_rate', 0):.1%}", f"{lo:.0%} – {hi:.0%}", a.get("n", 0),
+                     f"{a.get('mean_steps', 0):.2f}", f"{a.get('invalid_action_rate', 0):.1%}",
+                     f"{a.get('tokens_per_episode', 0):.0f}", a.get("errors", 0)])
+    caption = (f"{doc.get('env', '?')} / {doc.get('split', '?')}: {doc.get('tasks', '?')} tasks, "
+               "the same for every agent")
+    parts = [f'<p class="td-caption">{_e(caption)}</p>', _table(head, rows, first_col_class="td-agent")]
+    parts.append(_category_table(doc.get("agents", [])))
+    parts.append(_image(results_path.parent / "success.png", "success rate per agent"))
+    return "".join(parts)
+
+
+def _category_table(agents: list[dict[str, Any]]) -> str:
+    cats = sorted({c for a in agents for c in (a.get("by_category") or {})})
+    if not cats:
+        return ""
+    rows = []
+    for a in agents:
+        by = a.get("by_category") or {}
+        rows.append([a.get("spec", "?")] + [_rate(by.get(c)) for c in cats])
+    return "<h3>Success by category</h3>" + _table(["agent", *cats], rows, first_col_class="td-agent")
+
+
+def _rate(entry: Mapping[str, Any] | None) -> str:
+    if not entry:
+        return "–"
+    rate = entry.get("success_rate", entry.get("rate"))
+    n = entry.get("n")
+    text = f"{rate:.0%}" if isinstance(rate, (int, float)) else "?"
+    return f"{text} (n={n})" if n is not None else text
+
+
+def training_section(train_dir: str | Path | None) -> str:
+    if train_dir is None or not Path(train_dir).is_dir():
+        return _not_run()
+    train_dir = Path(train_dir)
+    history = _log_history(train_dir)
+    curriculum = _read_json(train_dir / "curriculum.json") or {}
+    parts = []
+    if curriculum:
+        sizes = curriculum.get("stage_sizes") or []
+        steps = curriculum.get("stage_steps") or []
+        parts.append(f'<p class="td-caption">curriculum <code>{_e(curriculum.get("mode", "?"))}</code>: '
+                     f'{_e(curriculum.get("examples", "?"))} examples in {len(sizes) or 1} stage(s) of '
+                     f'{_e(sizes)} examples, starting at optimizer steps {_e(steps)}</p>')
+    loss_png = train_dir / "loss.png"
+    if loss_png.is_file():
+        parts.append(_image(loss_png, "per-span loss curves with the curriculum stages marked"))
+    elif history:
+        parts.append(_drawn_losses(history, curriculum.get("stage_steps") or []))
+    final = _final_losses(history)
+    if final:
+        parts.append("<h3>Final losses</h3>" + _table(["loss", "value"], [[k, f"{v:.4f}"] for k, v in final.items()]))
+    return "".join(parts) or _not_run("no loss curves or trainer state in " + str(train_dir))
+
+
+def _log_history(train_dir: Path) -> list[dict[str, Any]]:
+    """log_history of trainer_state.json: the train dir's own, else its last checkpoint's."""
+    candidates = [train_dir / "trainer_state.json"]
+    candidates += sorted(train_dir.glob("checkpoint-*/trainer_state.json"),
+                         key=lambda p: int(p.parent.name.split("-")[-1]) if p.parent.name.split("-")[-1].isdigit()
+                         else -1, reverse=True)
+    for path in candidates:
+        state = _read_json(path)
+        if state and isinstance(state.get("log_history"), list):
+            return state["log_history"]
+    return []
+
+
+def _final_losses(history: list[dict[str, Any]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for entry in history:
+        for key in ("loss", "loss_reason", "loss_act", "loss_answer", "loss_kd"):
+            if isinstance(entry.get(key), (int, float)):
+                out[key] = float(entry[key])
+    return out
+
+
+def _drawn_losses(history: list[dict[str, Any]], stage_steps: list[int]) -> str:
+    from trajdistill.trajectories._sft import plot_losses
+
+    with tempfile.TemporaryDirectory() as tmp:
+        png = Path(tmp) / "loss.png"
+        plot_losses(history, stage_steps, png)
+        return _image(png, "per-span loss curves with the curriculum stages marked")
+
+
+def compose_section(path: str | Path | None) -> str:
+    report_path = _file_in(path, "compose_report.json")
+    if report_path is None:
+        return _not_run()
+    doc = json.loads(report_path.read_text())
+    teachers = doc.get("teachers", [])
+    total = doc.get("total", {})
+    parts = [f'<p class="td-caption">strategy <code>{_e(doc.get("strategy", "?"))}</code> over '
+             f'{_e(", ".join(doc.get("runs", [])))} (teachers: {_e(", ".join(teachers))})</p>']
+    head = ["group", "tasks", "kept", "composed", "dropped", *(f"won by {t}" for t in teachers)]
+
+    def row(name: str, g: Mapping[str, Any]) -> list[Any]:
+        won = g.get("won", {})
+        return [name, g.get("tasks", 0), g.get("kept", 0), g.get("composed", 0), g.get("dropped", 0),
+                *(won.get(t, 0) for t in teachers)]
+
+    rows = [row("all tasks", total)]
+    rows += [row(f"category {k}", g) for k, g in sorted(doc.get("by_category", {}).items())]
+    rows += [row(f"difficulty {k}", g) for k, g in sorted(doc.get("by_difficulty", {}).items())]
+    parts.append(_table(head, rows))
+    transitions = doc.get("transitions") or {}
+    if transitions:
+        parts.append("<h3>Switches from a failed teacher to a successful one</h3>"
+                     + _table(["failed → successful", "tasks"], sorted(transitions.items())))
+    return "".join(parts)
+
+
+def box_section(box_dir: str | Path | None) -> str:
+    if box_dir is None or not Path(box_dir).is_dir():
+        return _not_run()
+    from trajdistill.skills import BoxError, SkillBox
+
+    try:
+        box = SkillBox.load(box_dir)
+    except BoxError as e:  # the report still shows everything else
+        return _not_run(f"the box does not load: {e}")
+    parts = [f'<p class="td-caption">box <code>{_e(box.name)}</code> v{_e(box.version)} for env '
+             f'<code>{_e(box.env)}</code>: {len(box.skills)} skill(s), {len(box.tools)} tool(s)</p>',
+             _validation_html(box.validation)]
+    if box.skills:
+        items = "".join(f'<details class="td-skill"><summary><b>{_e(s.name)}</b>: {_e(s.description)}</summary>'
+                        f'<pre class="td-pre">{_e(s.body)}</pre></details>' for s in box.skills)
+        parts.append(f"<h3>Skills</h3>{items}")
+    if box.tools:
+        rows = [[f"<code>{_e(t.signature)}</code>", _e(t.spec.description), len(box.tests.get(t.name, []))]
+                for t in box.tools]
+        parts.append("<h3>Tools</h3>" + _table(["signature", "description", "tests"], rows, raw=True))
+    return "".join(parts)
+
+
+def _validation_html(validation: Mapping[str, Any]) -> str:
+    gate, check = validation.get("gate"), validation.get("self_check")
+    parts = []
+    if gate:
+        lo, hi = gate.get("delta_ci95", [0.0, 0.0])
+        verdict = str(gate.get("verdict", ""))
+        cls = "td-good" if gate.get("delta", 0) > 0 else "td-bad" if gate.get("flagged") else ""
+        w, wo = gate.get("with", {}), gate.get("without", {})
+        parts.append(
+            f'<div class="td-cards"><div class="td-card td-stat {cls}"><div class="td-num">'
+            f'{gate.get("delta", 0):+.1%}</div><div class="td-label">validation delta (95% CI {lo:+.0%} … {hi:+.0%})'
+            f'<br>{_e(verdict)}</div></div>'
+            f'<div class="td-card td-stat"><div class="td-num">{wo.get("success_rate", 0):.0%} → '
+            f'{w.get("success_rate", 0):.0%}</div><div class="td-label">{_e(gate.get("agent", "?"))} on '
+            f'{_e(gate.get("tasks", "?"))} {_e(gate.get("split", ""))} tasks, without → with the box'
+            '</div></div></div>')
+        if gate.get("note"):
+            parts.append(f'<p class="td-warn">{_e(gate["note"])}</p>')
+        ablation = gate.get("ablation") or {}
+        if ablation:
+            rows = [[k, f"{v.get('success_rate', 0):.0%}", f"{v.get('delta', 0):+.1%}", v.get("verdict", ""),
+                     "yes" if v.get("flagged") else ""] for k, v in ablation.items()]
+            parts.append("<h3>Ablation: the box without one item</h3>"
+                         + _table(["without", "success", "delta vs full box", "verdict", "flagged"], rows))
+    else:
+        parts.append(_not_run("validation gate not run"))
+    if check:
+        tools = check.get("tools", {})
+        passed = sum(t.get("passed", 0) for t in tools.values())
+        failed = sum(t.get("failed", 0) for t in tools.values())
+        parts.append(f'<p class="td-caption">self-check: {"ok" if check.get("ok") else "FAILED"}, tool tests '
+                     f'{passed} passed, {failed} failed (sandbox {_e(check.get("sandbox"))})</p>')
+    return "".join(parts)
+
+
+def viewer_section(runs: Mapping[str, str | Path] | None) -> str:
+    present = {k: Path(v) for k, v in (runs or {}).items() if (Path(v) / RUN_FILE).exists()}
+    if not present:
+        return _not_run()
+    try:
+        return _legend() + viewer_fragment(present)
+    except RunError as e:  # runs with no trajectories yet: the rest of the report still renders
+        return _not_run(str(e))
+
+
+# ---- HTML helpers -------------------------------------------------------------------------------------
+
+
+def _e(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, (list, tuple, Mapping)):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def _not_run(why: str = NOT_RUN) -> str:
+    return f'<p class="td-notrun">{_e(why)}</p>'
+
+
+def _file_in(path: str | Path | None, name: str) -> Path | None:
+    """`path` when it is the file, `path/name` when it is a dir holding it, else None."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.is_dir():
+        path = path / name
+    return path if path.is_file() else None
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+
+
+NUMERIC = re.compile(r"^[-+]?[\d.,]+%?( [–-] [-+]?[\d.,]+%?)?( \(n=\d+\))?$")
+
+
+def _table(head: list[str], rows: list[list[Any]], *, raw: bool = False, first_col_class: str = "") -> str:
+    """A table with numbers right-aligned; `raw` cells are HTML the caller already escaped."""
+    def cell(j: int, v: Any) -> str:
+        classes = [first_col_class] if j == 0 and first_col_class else []
+        if isinstance(v, (int, float)) or NUMERIC.match(str(v)):
+            classes.append("td-n")
+        attr = f' class="{" ".join(classes)}"' if classes else ""
+        return f"<td{attr}>{v if raw else _e(_fmt(v))}</td>"
+
+    th = "".join(f"<th>{_e(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(cell(j, v) for j, v in enumerate(r)) + "</tr>" for r in rows)
+    return (f'<div class="td-tablewrap"><table class="td-table"><thead><tr>{th}</tr></thead>'
+            f"<tbody>{body}</tbody></table></div>")
+
+
+def _image(path: Path, alt: str) -> str:
+    if not path.is_file():
+        return ""
+    data = base64.b64encode(path.read_bytes()).decode()
+    return (f'<figure><img class="td-img" alt="{_e(alt)}" src="data:image/png;base64,{data}">'
+            f'<figcaption>{_e(alt)}</figcaption></figure>')
+
+
+def _legend() -> str:
+    # chip-* classes, not span-*: a span-* element is always a span of a rendered trajectory
+    items = "".join(f'<span class="span chip-{k}">{label}</span>' for k, label in
+                    (("reason", "[REASON]"), ("act", "[ACT]"), ("answer", "[ANSWER]"), ("context", "context")))
+    return (f'<div class="td-legend">spans: {items}<span class="td-obs-chip">observation</span></div>')
+
+
+def _page(title: str, body: str, *, page_class: str) -> str:
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<title>{_e(title)}</title><style>{PAGE_CSS}{VIEWER_CSS}</style></head>\n'
+            f'<body class="{page_class}">\n{body}\n<script>{VIEWER_JS}</script>\n</body></html>\n')
+
+
+PAGE_CSS = """
+:root { --fg:#1f2328; --muted:#656d76; --line:#d8dee4; --bg:#f6f8fa; --accent:#0969da;
+  --reason:#dbeafe; --reason-b:#60a5fa; --act:#ffedd5; --act-b:#fb923c; --answer:#dcfce7; --answer-b:#22c55e;
+  --context:#f3f4f6; --context-b:#9ca3af; --ok:#1a7f37; --fail:#cf222e; }
+* { box-sizing: border-box; }
+body { margin:0; font:14px/1.5 -apple-system, "Segoe UI", "DejaVu Sans", Helvetica, Arial, sans-serif;
+  color:var(--fg); background:#fff; }
+code, pre, .td-mono { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size:12.5px; }
+h1 { font-size:20px; margin:0; }
+h2 { font-size:18px; margin:0 0 12px; padding-bottom:6px; border-bottom:1px solid var(--line); }
+h3 { font-size:15px; margin:18px 0 8px; }
+.td-top { display:flex; align-items:center; gap:24px; flex-wrap:wrap; padding:12px 24px; background:#24292f;
+  color:#fff; }
+.td-top nav a { color:#c9d1d9; margin-right:16px; text-decoration:none; } .td-top nav a:hover { color:#fff; }
+.td-top .td-legend { color:#c9d1d9; }
+section { max-width:1400px; margin:24px auto; padding:0 24px; }
+.td-caption { color:var(--muted); margin:4px 0 10px; }
+.td-notrun { color:var(--muted); font-style:italic; background:var(--bg); border:1px dashed var(--line);
+  padding:10px 14px; border-radius:6px; }
+.td-warn { color:var(--fail); font-weight:600; }
+.td-cards { display:flex; flex-wrap:wrap; gap:12px; margin-bottom:12px; }
+.td-card { border:1px solid var(--line); border-radius:8px; padding:10px 14px; background:#fff; }
+.td-stat { min-width:140px; }
+.td-num { font-size:22px; font-weight:600; } .td-label { color:var(--muted); font-size:12px; }
+.td-good .td-num { color:var(--ok); } .td-bad .td-num { color:var(--fail); }
+.td-stages { display:grid; grid-template-columns:repeat(auto-fill, minmax(260px, 1fr)); gap:12px; }
+.td-stage h3 { margin:0 0 6px; } .td-stage table { border-collapse:collapse; width:100%; }
+.td-stage th { text-align:left; font-weight:normal; color:var(--muted); padding:1px 8px 1px 0; vertical-align:top; }
+.td-stage td { text-align:right; padding:1px 0; word-break:break-word; }
+.td-tablewrap { overflow-x:auto; }
+.td-table { border-collapse:collapse; margin:6px 0 12px; }
+.td-table th, .td-table td { border-bottom:1px solid var(--line); padding:5px 12px; text-align:left;
+  vertical-align:top; }
+.td-table th { background:var(--bg); font-weight:600; }
+.td-table td.td-n { text-align:right; font-variant-numeric:tabular-nums; white-space:nowrap; }
+.td-agent { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size:12.5px; }
+figure { margin:10px 0; } .td-img { max-width:100%; border:1px solid var(--line); border-radius:6px; }
+figcaption { color:var(--muted); font-size:12px; }
+.td-skill { border:1px solid var(--line); border-radius:6px; padding:6px 10px; margin:6px 0; }
+.td-pre { white-space:pre-wrap; background:var(--bg); padding:8px; border-radius:4px; }
+"""
+
+VIEWER_CSS = """
+.td-legend { display:flex; align-items:center; gap:6px; flex-wrap:wrap; font-size:12px; }
+.span { border-radius:3px; padding:0 1px; }
+.span-reason, .chip-reason { background:var(--reason); box-shadow: inset 0 -2px 0 var(--reason-b); }
+.span-act, .chip-act { background:var(--act); box-shadow: inset 0 -2px 0 var(--act-b); }
+.span-answer, .chip-answer { background:var(--answer); box-shadow: inset 0 -2px 0 var(--answer-b); }
+.span-context, .chip-context { background:var(--context); color:#57606a; box-shadow: inset 0 -2px 0 var(--context-b); }
+.td-legend .span { padding:1px 6px; color:var(--fg); font-weight:600; }
+.td-obs-chip { background:#eaeef2; border-left:3px solid #8c959f; padding:1px 6px; color:var(--fg);
+  font-family: ui-monospace, "DejaVu Sans Mono", monospace; }
+.td-viewer { display:grid; grid-template-columns:340px 1fr; border:1px solid var(--line); border-radius:8px;
+  height:calc(100vh - 120px); min-height:560px; overflow:hidden; background:#fff; }
+.td-view-page .td-viewer { margin:12px; height:calc(100vh - 80px); }
+.td-report .td-viewer { height:85vh; max-height:1000px; }
+.td-side { border-right:1px solid var(--line); display:flex; flex-direction:column; min-height:0;
+  background:var(--bg); }
+.td-filters { padding:10px; display:grid; grid-template-columns:1fr 1fr; gap:6px; border-bottom:1px solid var(--line); }
+.td-filters input, .td-filters select { width:100%; font:inherit; font-size:12px; padding:4px 6px;
+  border:1px solid var(--line); border-radius:4px; background:#fff; }
+.td-filters input { grid-column: 1 / span 2; }
+.td-count { grid-column: 1 / span 2; color:var(--muted); font-size:12px; }
+.td-list { list-style:none; margin:0; padding:0; overflow-y:auto; flex:1; position:relative; }
+.td-list li { padding:6px 10px; border-bottom:1px solid var(--line); cursor:pointer; font-size:12.5px; }
+.td-list li:hover { background:#eef2f6; }
+.td-list li.td-sel { background:#ddf4ff; border-left:3px solid var(--accent); }
+.td-list .td-task { font-family: ui-monospace, "DejaVu Sans Mono", monospace; }
+.td-list .td-meta { color:var(--muted); font-size:11.5px; }
+.td-more { margin:8px; font:inherit; font-size:12px; }
+.td-badge { display:inline-block; border-radius:10px; padding:0 7px; font-size:11px; font-weight:600; color:#fff; }
+.td-badge.td-ok { background:var(--ok); } .td-badge.td-fail { background:var(--fail); }
+.td-detail { overflow-y:auto; padding:14px 18px; min-width:0; }
+.td-head h3 { margin:0 0 4px; font-family: ui-monospace, "DejaVu Sans Mono", monospace; }
+.td-kv { display:flex; flex-wrap:wrap; gap:4px 14px; color:var(--muted); font-size:12px; margin-bottom:8px; }
+.td-kv b { color:var(--fg); font-weight:600; }
+.td-outcome { border:1px solid var(--line); border-radius:6px; padding:8px 12px; margin:8px 0 12px; }
+.td-outcome.td-ok { border-left:4px solid var(--ok); } .td-outcome.td-fail { border-left:4px solid var(--fail); }
+.td-msg { margin:10px 0; }
+.td-role { font-size:11px; text-transform:uppercase; letter-spacing:.05em; color:var(--muted); margin-bottom:2px; }
+.td-text { white-space:pre-wrap; word-break:break-word; margin:0; line-height:1.6; font-size:13px; }
+.td-assistant .td-text { border:1px solid var(--line); border-radius:6px; padding:8px 10px; background:#fff; }
+details.td-prompt { border:1px solid var(--line); border-radius:6px; padding:4px 10px; background:#fff; }
+details.td-prompt summary { cursor:pointer; color:var(--muted); font-size:12.5px; white-space:nowrap;
+  overflow:hidden; text-overflow:ellipsis; }
+details.td-prompt .td-text { font-size:12.5px; margin-top:6px; }
+.td-obs .td-text { background:#eaeef2; border-left:3px solid #8c959f; border-radius:0 6px 6px 0; padding:8px 10px;
+  font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size:12px; color:#24292f;
+  max-height:320px; overflow:auto; }
+.td-usage { border-collapse:collapse; font-size:12px; margin-top:8px; }
+.td-usage td { padding:1px 12px 1px 0; } .td-usage td:first-child { color:var(--muted); }
+.td-noscript { padding:12px; color:var(--muted); }
+"""
+
+# Renders one trajectory at a time and at most PAGE list rows, so thousands of trajectories stay fast.
+# Only textContent is ever set from data: trajectory text cannot inject markup.
+VIEWER_JS = r"""
+(function () {
+  "use strict";
+  var PAGE = 300;
+  var KIND_LABEL = {reason: "[REASON]", act: "[ACT]", answer: "[ANSWER]", context: "context"};
+  function el(tag, cls, text) {
+    var e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined && text !== null) e.textContent = String(text);
+    return e;
+  }
+  function option(select, value, label) {
+    var o = el("option", null, label); o.value = value; select.appendChild(o);
+  }
+  function uniq(values) {
+    var seen = {}, out = [];
+    values.forEach(function (v) { if (v !== null && v !== undefined && !seen[v]) { seen[v] = 1; out.push(v); } });
+    return out.sort();
+  }
+  function badge(ok) { return el("span", "td-badge " + (ok ? "td-ok" : "td-fail"), ok ? "success" : "fail"); }
+
+  function Viewer(root) {
+    var data = JSON.parse(document.getElementById(root.getAttribute("data-source")).textContent);
+    this.data = data; this.root = root; this.shown = PAGE; this.current = null;
+    root.textContent = "";
+    var side = el("div", "td-side"), filters = el("div", "td-filters");
+    this.search = el("input"); this.search.type = "search"; this.search.placeholder = "search task or trajectory id";
+    filters.appendChild(this.search);
+    this.selects = {};
+    var self = this, T = data.trajectories;
+    function choices(key) {
+      return uniq(T.map(function (t) { return t[key]; })).map(function (v) { return [v, v]; });
+    }
+    var fields = [["run", "all runs", data.runs.map(function (r, i) { return [String(i), r]; })],
+                  ["teacher", "all teachers", choices("teacher")],
+                  ["ok", "any outcome", [["1", "success"], ["0", "fail"]]],
+                  ["cat", "all categories", choices("cat")]];
+    fields.forEach(function (f) {
+      var s = el("select"); s.setAttribute("data-filter", f[0]);
+      option(s, "", f[1]); f[2].forEach(function (p) { option(s, p[0], p[1]); });
+      self.selects[f[0]] = s; filters.appendChild(s);
+      s.addEventListener("change", function () { self.shown = PAGE; self.renderList(); });
+    });
+    this.search.addEventListener("input", function () { self.shown = PAGE; self.renderList(); });
+    this.count = el("div", "td-count"); filters.appendChild(this.count);
+    this.list = el("ul", "td-list");
+    this.more = el("button", "td-more", "show more");
+    this.more.addEventListener("click", function () { self.shown += PAGE; self.renderList(); });
+    side.appendChild(filters); side.appendChild(this.list); side.appendChild(this.more);
+    this.detail = el("div", "td-detail");
+    root.appendChild(side); root.appendChild(this.detail);
+    var wanted = (location.hash.match(/traj=([^&]+)/) || [])[1], first = data.first || 0;
+    T.forEach(function (t, i) { if (wanted && t.id.indexOf(decodeURIComponent(wanted)) === 0) first = i; });
+    this.shown = Math.max(PAGE, first + 1);
+    this.renderList();
+    this.show(first);
+    var picked = this.list.querySelector("li.td-sel");  // scroll the list only, never the page
+    if (picked) this.list.scrollTop = Math.max(0, picked.offsetTop - 60);
+  }
+
+  Viewer.prototype.matches = function (t) {
+    var s = this.selects, q = this.search.value.trim().toLowerCase();
+    if (s.run.value !== "" && String(t.run) !== s.run.value) return false;
+    if (s.teacher.value !== "" && t.teacher !== s.teacher.value) return false;
+    if (s.ok.value !== "" && (t.ok ? "1" : "0") !== s.ok.value) return false;
+    if (s.cat.value !== "" && t.cat !== s.cat.value) return false;
+    return !q || t.task.toLowerCase().indexOf(q) >= 0 || t.id.indexOf(q) === 0;
+  };
+
+  Viewer.prototype.renderList = function () {
+    var self = this, T = this.data.trajectories, hits = [];
+    for (var i = 0; i < T.length; i++) if (this.matches(T[i])) hits.push(i);
+    this.list.textContent = "";
+    hits.slice(0, this.shown).forEach(function (i) {
+      var t = T[i], li = el("li");
+      li.setAttribute("data-index", i);
+      if (i === self.current) li.className = "td-sel";
+      var top = el("div");
+      top.appendChild(el("span", "td-task", t.task));
+      top.appendChild(document.createTextNode(" "));
+      top.appendChild(badge(t.ok)); li.appendChild(top);
+      li.appendChild(el("div", "td-meta", t.teacher + " · " + self.data.runs[t.run] + (t.cat ? " · " + t.cat : "") +
+                        " · " + t.usage.steps + " steps"));
+      li.addEventListener("click", function () { self.show(i); });
+      self.list.appendChild(li);
+    });
+    this.count.textContent = hits.length + " of " + T.length + " trajectories" +
+      (hits.length > this.shown ? " (showing " + this.shown + ")" : "");
+    this.more.style.display = hits.length > this.shown ? "" : "none";
+  };
+
+  Viewer.prototype.show = function (i) {
+    var t = this.data.trajectories[i], d = this.detail, self = this;
+    this.current = i;
+    Array.prototype.forEach.call(this.list.children, function (li) {
+      li.className = Number(li.getAttribute("data-index")) === i ? "td-sel" : "";
+    });
+    d.textContent = "";
+    d.setAttribute("data-trajectory", t.id);
+    var head = el("div", "td-head"); head.appendChild(el("h3", null, t.task));
+    var kv = el("div", "td-kv");
+    [["id", t.id], ["teacher", t.teacher], ["run", this.data.runs[t.run]], ["env", t.env], ["split", t.split],
+     ["category", t.cat], ["difficulty", t.diff], ["strategy", t.strategy],
+     ["composed from", (t.from || []).join(", ")], ["skills", (t.skills || []).join(", ")]].forEach(function (p) {
+      if (p[1] === null || p[1] === undefined || p[1] === "") return;
+      var s = el("span", null, p[0] + ": "); s.appendChild(el("b", null, p[1])); kv.appendChild(s);
+    });
+    head.appendChild(kv); d.appendChild(head);
+    d.appendChild(this.outcome(t));
+    var turn = 0;
+    t.msgs.forEach(function (m) {
+      if (m.r === "assistant") turn += 1;
+      d.appendChild(self.message(m, turn));
+    });
+  };
+
+  Viewer.prototype.outcome = function (t) {
+    var box = el("div", "td-outcome " + (t.ok ? "td-ok" : "td-fail"));
+    var line = el("div"); line.appendChild(badge(t.ok));
+    line.appendChild(document.createTextNode(" reward " + t.reward + " · answer: "));
+    line.appendChild(el("code", null, t.answer === null ? "(none)" : t.answer));
+    box.appendChild(line);
+    if (t.detail) box.appendChild(el("div", "td-kv", "verifier: " + t.detail));
+    if (t.error) box.appendChild(el("div", "td-kv", "error: " + t.error));
+    var table = el("table", "td-usage"), row = el("tr");
+    Object.keys(t.usage).forEach(function (k) {
+      row.appendChild(el("td", null, k)); row.appendChild(el("td", null, t.usage[k]));
+    });
+    table.appendChild(row); box.appendChild(table);
+    return box;
+  };
+
+  Viewer.prototype.message = function (m, turn) {
+    if (m.r === "system" || m.r === "user") {
+      var text = m.r === "system" ? this.data.prompts[m.s] : m.t;
+      var det = el("details", "td-msg td-prompt td-" + m.r);
+      det.appendChild(el("summary", null, m.r + " · " + text.split("\n")[0].slice(0, 160)));
+      det.appendChild(el("pre", "td-text", text));
+      return det;
+    }
+    if (m.r === "tool") {
+      var obs = el("div", "td-msg td-obs");
+      obs.setAttribute("data-role", "tool");
+      obs.appendChild(el("div", "td-role", "observation" + (m.n ? " · " + m.n : "")));
+      obs.appendChild(el("pre", "td-text", m.t));
+      return obs;
+    }
+    var msg = el("div", "td-msg td-assistant"), pre = el("pre", "td-text");
+    msg.appendChild(el("div", "td-role", "assistant · turn " + turn));
+    m.p.forEach(function (part) {
+      if (!part[0]) { pre.appendChild(document.createTextNode(part[1])); return; }
+      var s = el("span", "span span-" + part[0], part[1]);
+      s.setAttribute("data-kind", part[0]); s.title = KIND_LABEL[part[0]] || part[0];
+      pre.appendChild(s);
+    });
+    msg.appendChild(pre);
+    return msg;
+  };
+
+  function start() {
+    Array.prototype.forEach.call(document.querySelectorAll(".td-viewer[data-source]"), function (root) {
+      new Viewer(root);
+    });
+  }
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start); else start();
+})();
+"""
