@@ -271,7 +271,9 @@ def plot_success(results: EvalResults, path: Path) -> None:
 
     agents = results.agents
     rates = [a.success_rate for a in agents]
-    err = [[a.success_rate - a.ci95[0] for a in agents], [a.ci95[1] - a.success_rate for a in agents]]
+    # clamped: at 100% the Wilson upper bound can round to just below the rate, and matplotlib refuses yerr < 0
+    err = [[max(0.0, a.success_rate - a.ci95[0]) for a in agents],
+           [max(0.0, a.ci95[1] - a.success_rate) for a in agents]]
     fig, ax = plt.subplots(figsize=(max(4.0, 1.4 * len(agents) + 2), 4))
     try:
         ax.bar(range(len(agents)), rates, yerr=err, capsize=6, color="#4c72b0")

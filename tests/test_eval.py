@@ -81,6 +81,16 @@ def test_success_plot_is_a_png(experts):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
 
 
+def test_success_plot_at_100_percent(tmp_path):
+    from trajdistill.agents._eval import AgentResult, EvalResults, plot_success
+
+    lo, hi = wilson_ci(10, 10)
+    assert hi < 1.0  # float rounding: the upper bound sits just below the rate
+    agent = AgentResult("expert:x", 1.0, (lo, hi), 10, 10, 1.0, 0.0, 0.0, 0.0, 0, {}, {}, "runs/x")
+    plot_success(EvalResults("math", "test", 10, [agent], [], None), tmp_path / "s.png")
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_out_dir_must_be_new(experts):
     _, out = experts
     with pytest.raises(ValueError, match="not empty"):
