@@ -43,6 +43,13 @@ RUNTIME_KEYS = frozenset({"out", "tasks", "concurrency", "resume", "shard", "san
 TEACHER_KEYS = ("teachers", "teacher")
 
 
+def run_key(traj: Trajectory) -> tuple[str, ...]:
+    """What a run holds once: (task, teacher), and the sample index when a pair was sampled several
+    times (`teacher.sampling["sample"]`, as self-distillation's replay buffer writes)."""
+    sample = traj.teacher.sampling.get("sample")
+    return traj.key if sample is None else (*traj.key, str(sample))
+
+
 class RunError(ValueError):
     """The run directory is missing, corrupt, or does not match the requested config."""
 
@@ -154,15 +161,15 @@ class RunStore:
         return sorted(self.path.glob(SHARD_GLOB), key=lambda p: _natural(p.name))
 
     def iter_trajectories(self, *, dedupe: bool = True) -> Iterator[Trajectory]:
-        """All trajectories, shard by shard. With `dedupe`, a repeated (task, teacher) key keeps its first."""
-        seen: set[tuple[str, str]] = set()
+        """All trajectories, shard by shard. With `dedupe`, a repeated `run_key` keeps its first."""
+        seen: set[tuple[str, ...]] = set()
         for shard in self.shards():
             for lineno, traj in _read_shard(shard):
-                if dedupe and traj.key in seen:
+                if dedupe and run_key(traj) in seen:
                     warnings.warn(f"{shard}:{lineno}: duplicate trajectory for task {traj.task_id!r} and teacher "
                                   f"{traj.teacher.spec!r}; keeping the first", RuntimeWarning, stacklevel=2)
                     continue
-                seen.add(traj.key)
+                seen.add(run_key(traj))
                 yield traj
 
     def load(self, *, dedupe: bool = True) -> list[Trajectory]:

@@ -1,0 +1,392 @@
+"""Self-distillation: the student samples, the verifier filters, the student retrains on a replay buffer.
+
+Each round r (1-based) of `self_distill` writes under OUT/round-<r>/:
+
+    samples-<k>/   K collection runs of the current student on the same train tasks, at temperature T,
+                   each with a seed of its own (the hf backend batches each run's episodes; the model
+                   is loaded once per process and shared by the K runs)
+    confirm/       the --confirm policy's run on the disputed tasks (K samples, several final answers)
+    buffer/        the replay buffer as a run directory: the previous round's buffer (round 1: the
+                   --compose-run trajectories) plus this round's kept samples, deduplicated by
+                   (task, normalised assistant text)
+    model/         the trainer's output (`trajectories._sft.train` on buffer/)
+    dev/           the eval of the new student on dev tasks
+
+A sample is kept when the verifier says it succeeded; on a disputed task with a confirm policy it must
+also give the confirm policy's final answer. Every round retrains the ORIGINAL student on the whole
+buffer (as STaR does, so errors do not compound through fine-tuning on fine-tuned weights); the next
+round samples from the new adapter. OUT/rounds.json holds the per-round stats, rewritten after each round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from trajdistill.trajectories import RunStore, Trajectory
+from trajdistill.trajectories._spans import assistant_text
+
+from ._collector import CollectConfig, Collector, Progress, collect_async, resolved_config
+
+ROUNDS_FILE = "rounds.json"
+TRAIN_PREFIX = "--train-"
+CONFIG_FILE = "self_distill.yaml"
+
+Listener = Callable[[str, Progress], None]  # (stage description, collector progress)
+
+
+@dataclass
+class SelfDistillConfig:
+    """Settings of one self-distillation; OUT/self_distill.yaml holds them."""
+
+    student: str
+    env: str
+    out: str
+    samples: int = 4
+    rounds: int = 1
+    temperature: float = 0.7
+    tasks: int = 100
+    split: str = "train"
+    compose_runs: list[str] = field(default_factory=list)
+    confirm: str | None = None
+    dev_tasks: int = 50
+    max_steps: int = 10
+    concurrency: int = 8
+    seed: int = 0
+    sandbox: str = "auto"
+    env_params: dict[str, Any] = field(default_factory=dict)
+    student_options: dict[str, Any] = field(default_factory=dict)  # e.g. max_new_tokens, batch_size
+    train_args: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields, e.g. max_steps
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("samples", "rounds", "tasks", "concurrency", "max_steps"):
+            if getattr(self, name) < 1:
+                problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.dev_tasks < 0:
+            problems.append(f"--dev-tasks must be >= 0, got {self.dev_tasks}")
+        if self.temperature < 0:
+            problems.append(f"--temperature must be >= 0, got {self.temperature}")
+        problems += [f"--compose-run {r} is not a run directory (no run.yaml)"
+                     for r in self.compose_runs if not (Path(r) / "run.yaml").is_file()]
+        problems += _train_arg_problems(self.train_args)
+        if problems:
+            raise ValueError("; ".join(problems))
+        self.train_args = {k: _typed(k, v) for k, v in self.train_args.items()}
+
+
+@dataclass
+class RoundStats:
+    round: int
+    student: str  # the policy that sampled this round
+    sampled: int  # trajectories sampled (tasks x K, less errored episodes)
+    successes: int
+    sample_success_rate: float
+    disputed: int  # tasks whose samples gave more than one final answer
+    confirmed: int  # disputed tasks the confirm policy answered
+    kept: int  # samples that passed the verifier (and the confirm policy)
+    buffer_size: int
+    buffer_added: int  # kept samples new to the buffer after deduplication
+    trained: bool
+    model: str | None  # the next round's student (an adapter dir), None when nothing was trained
+    dev_success_rate: float | None
+    train_steps: int = 0
+    train_loss: float | None = None
+
+
+@dataclass
+class Gathered:
+    """One round's data before training."""
+
+    samples: list[Trajectory]
+    disputed: set[str]
+    answers: dict[str, str | None] | None  # the confirm policy's answer per disputed task
+    kept: list[Trajectory]
+    buffer: list[Trajectory]
+    added: int
+
+
+@dataclass
+class SelfDistillResult:
+    rounds: list[RoundStats]
+    final_student: str
+
+
+# ---- the trainer's extra arguments ----------------------------------------------------------------
+
+
+def parse_train_args(args: list[str]) -> dict[str, Any]:
+    """Trainer settings from the command line, each with a `--train-` prefix (the self-distill options
+    keep their own names, e.g. --max-steps is episode turns): `--train-max-steps 50 --train-lora-r=8
+    --train-packing --train-no-only-success` -> {"max_steps": "50", "lora_r": "8", "packing": True,
+    "only_success": False}. Values are typed later, by the TrainConfig field."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith(TRAIN_PREFIX) or len(arg) == len(TRAIN_PREFIX):
+            raise ValueError(f"unexpected argument {arg!r}; trainer settings take a {TRAIN_PREFIX} prefix, "
+                             f"e.g. {TRAIN_PREFIX}max-steps 50")
+        name, eq, value = arg[len(TRAIN_PREFIX):].partition("=")
+        name = name.replace("-", "_")
+        if eq:
+            out[name] = value
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            out[name] = args[i + 1]
+            i += 1
+        elif name.startswith("no_"):
+            out[name[3:]] = False
+        else:
+            out[name] = True
+        i += 1
+    return out
+
+
+def _train_fields() -> dict[str, Any]:
+    from trajdistill.trajectories._sft import TrainConfig
+
+    return {f.name: f for f in fields(TrainConfig) if f.name not in ("data", "student", "out")}
+
+
+def _flag(name: str) -> str:
+    return TRAIN_PREFIX + name.replace("_", "-")
+
+
+def _train_arg_problems(args: dict[str, Any]) -> list[str]:
+    known = _train_fields()
+    unknown = sorted(set(args) - set(known))
+    if unknown:
+        return [f"unknown trainer setting(s) {', '.join(map(_flag, unknown))}; known: {', '.join(map(_flag, known))}"]
+    return []
+
+
+def _typed(name: str, value: Any) -> Any:
+    """A CLI string as the type of the TrainConfig field's default (YAML rules for the rest)."""
+    if not isinstance(value, str):
+        return value
+    default = _train_fields()[name].default
+    if isinstance(default, bool) or default is None:
+        return yaml.safe_load(value)
+    if isinstance(default, (int, float)):
+        try:
+            return type(default)(float(value)) if isinstance(default, float) else int(value)
+        except ValueError:
+            raise ValueError(f"{_flag(name)} must be a number, got {value!r}") from None
+    return value
+
+
+# ---- sampling and filtering ---------------------------------------------------------------------
+
+
+def norm_answer(answer: str | None) -> str | None:
+    if answer is None:
+        return None
+    return re.sub(r"\s+", " ", answer).strip().rstrip(".").lower() or None
+
+
+def norm_text(traj: Trajectory) -> str:
+    """Every assistant turn's text, whitespace-collapsed: the dedupe key of the buffer (with the task)."""
+    return "\n".join(re.sub(r"\s+", " ", assistant_text(m)).strip() for m in traj.messages if m.role == "assistant")
+
+
+def disputed_tasks(samples: list[Trajectory]) -> set[str]:
+    """Tasks whose samples gave more than one distinct final answer."""
+    answers: dict[str, set[str]] = {}
+    for t in samples:
+        a = norm_answer(t.outcome.final_answer)
+        if a is not None:
+            answers.setdefault(t.task_id, set()).add(a)
+    return {task for task, seen in answers.items() if len(seen) > 1}
+
+
+def keep_samples(samples: list[Trajectory], disputed: set[str],
+                 confirmed: dict[str, str | None] | None) -> list[Trajectory]:
+    """Verified successes; on a disputed task with a confirm policy, only those agreeing with it."""
+    kept = []
+    for t in samples:
+        if not t.outcome.success:
+            continue
+        if confirmed is not None and t.task_id in disputed:
+            if confirmed.get(t.task_id) is None or norm_answer(t.outcome.final_answer) != confirmed[t.task_id]:
+                continue
+        kept.append(t)
+    return kept
+
+
+def merge_buffer(buffer: list[Trajectory], new: list[Trajectory]) -> tuple[list[Trajectory], int]:
+    """The buffer plus the new trajectories that are not already in it; and how many were added."""
+    seen = {(t.task_id, norm_text(t)) for t in buffer}
+    out = list(buffer)
+    for t in new:
+        key = (t.task_id, norm_text(t))
+        if key not in seen:
+            seen.add(key)
+            out.append(t)
+    return out, len(out) - len(buffer)
+
+
+def as_buffer_entry(traj: Trajectory, round_no: int, sample: int) -> Trajectory:
+    """A kept sample, labelled so that several samples of one (task, student) pair fit in one run."""
+    teacher = traj.teacher.model_copy(update={"sampling": {**traj.teacher.sampling, "sample": f"{round_no}.{sample}"}})
+    return traj.model_copy(update={"teacher": teacher})
+
+
+def load_runs(runs: list[str]) -> list[Trajectory]:
+    return [t for r in runs for t in RunStore.open(r).load()]
+
+
+def write_run(path: Path, trajs: list[Trajectory], config: dict[str, Any]) -> None:
+    with RunStore.create(path, config) as store:
+        for t in trajs:
+            store.append(t)
+
+
+class _TaskCollector(Collector):
+    """A collector limited to some of the split's first `tasks` tasks."""
+
+    def __init__(self, cfg: CollectConfig, task_ids: set[str]):
+        super().__init__(cfg)
+        self.task_ids = task_ids
+
+    def pairs(self, finished):
+        return [(t, s) for t, s in super().pairs(finished) if t.id in self.task_ids]
+
+
+# ---- one round ----------------------------------------------------------------------------------
+
+
+class SelfDistiller:
+    def __init__(self, cfg: SelfDistillConfig, listener: Listener | None = None):
+        self.cfg = cfg
+        self.listener = listener
+        self.root = Path(cfg.out)
+
+    def _collect_config(self, spec: str, out: Path, seed: int, temperature: float,
+                        options: dict[str, Any] | None = None) -> CollectConfig:
+        c = self.cfg
+        return CollectConfig(env=c.env, teachers=[spec], out=str(out), tasks=c.tasks, split=c.split,
+                             concurrency=c.concurrency, seed=seed, max_steps=c.max_steps, temperature=temperature,
+                             sandbox=c.sandbox, env_params=dict(c.env_params), teacher_options=options or {})
+
+    def _listen(self, label: str) -> Callable[[Progress], None] | None:
+        return (lambda p: self.listener(label, p)) if self.listener else None
+
+    async def sample(self, round_no: int, student: str) -> list[Trajectory]:
+        out = []
+        for k in range(self.cfg.samples):
+            seed = self.cfg.seed + 1000 * round_no + k  # a seed of its own per sample, stable across reruns
+            cc = self._collect_config(student, self.root / f"round-{round_no}" / f"samples-{k}", seed,
+                                      self.cfg.temperature, self.cfg.student_options)
+            store, _ = await collect_async(cc, self._listen(f"round {round_no} sample {k + 1}/{self.cfg.samples}"))
+            out += [as_buffer_entry(t, round_no, k) for t in store.load()]
+        return out
+
+    async def confirm(self, round_no: int, task_ids: set[str]) -> dict[str, str | None]:
+        """The confirm policy's normalised final answer per disputed task (None: it gave none)."""
+        spec = str(self.cfg.confirm)
+        cc = self._collect_config(spec, self.root / f"round-{round_no}" / "confirm", self.cfg.seed, 0.0)
+        collector = _TaskCollector(cc, task_ids)
+        store = RunStore.create(cc.out, resolved_config(cc))
+        try:
+            await collector.run(store, self._listen(f"round {round_no} confirm"))
+        finally:
+            store.write_stats()
+            store.close()
+        answers: dict[str, str | None] = dict.fromkeys(task_ids)
+        for t in store.load():
+            answers[t.task_id] = norm_answer(t.outcome.final_answer)
+        return answers
+
+    def train(self, round_no: int, buffer_dir: Path) -> Any:
+        from trajdistill.trajectories._sft import TrainConfig, train
+
+        tc = TrainConfig(data=[str(buffer_dir)], student=self.cfg.student,
+                         out=str(self.root / f"round-{round_no}" / "model"), **self.cfg.train_args)
+        return train(tc)
+
+    async def dev_success(self, round_no: int, student: str) -> float | None:
+        if self.cfg.dev_tasks == 0:
+            return None
+        from ._eval import EvalConfig, evaluate_async
+
+        c = self.cfg
+        ec = EvalConfig(env=c.env, agents=[student], split="dev", tasks=c.dev_tasks,
+                        out=str(self.root / f"round-{round_no}" / "dev"), concurrency=c.concurrency,
+                        max_steps=c.max_steps, seed=c.seed, temperature=0.0, sandbox=c.sandbox,
+                        env_params=dict(c.env_params),
+                        agent_options={k: v for k, v in c.student_options.items() if k != "temperature"})
+        results = await evaluate_async(ec, self.listener)
+        return results.agents[0].success_rate
+
+    async def gather(self, round_no: int, student: str, buffer: list[Trajectory]) -> Gathered:
+        """Sample, filter (verifier, then the confirm policy on disputed tasks) and merge into the buffer."""
+        samples = await self.sample(round_no, student)
+        disputed = disputed_tasks(samples)
+        answers = await self.confirm(round_no, disputed) if self.cfg.confirm and disputed else None
+        kept = keep_samples(samples, disputed, answers)
+        merged, added = merge_buffer(buffer, kept)
+        return Gathered(samples, disputed, answers, kept, merged, added)
+
+    async def round(self, round_no: int, student: str, buffer: list[Trajectory]) -> tuple[RoundStats, list[Trajectory]]:
+        g = await self.gather(round_no, student, buffer)
+        buffer_dir = self.root / f"round-{round_no}" / "buffer"
+        write_run(buffer_dir, g.buffer, {"command": "self-distill buffer", "env": self.cfg.env, "round": round_no,
+                                         "compose_runs": self.cfg.compose_runs, "student": student})
+        result = self.train(round_no, buffer_dir) if any(t.outcome.success for t in g.buffer) else None
+        model = f"hf:{Path(result.out).resolve()}" if result is not None else None
+        dev = await self.dev_success(round_no, model or student)
+        successes = sum(t.outcome.success for t in g.samples)
+        stats = RoundStats(
+            round=round_no, student=student, sampled=len(g.samples), successes=successes,
+            sample_success_rate=successes / len(g.samples) if g.samples else 0.0, disputed=len(g.disputed),
+            confirmed=sum(a is not None for a in (g.answers or {}).values()), kept=len(g.kept),
+            buffer_size=len(g.buffer), buffer_added=g.added, trained=result is not None, model=model,
+            dev_success_rate=dev, train_steps=result.steps if result else 0,
+            train_loss=result.losses.get("loss") if result else None)
+        return stats, g.buffer
+
+    async def run(self, on_round: Callable[[RoundStats], None] | None = None) -> SelfDistillResult:
+        self._start()
+        buffer, _ = merge_buffer([], load_runs(self.cfg.compose_runs))
+        student, stats = self.cfg.student, []
+        for r in range(1, self.cfg.rounds + 1):
+            s, buffer = await self.round(r, student, buffer)
+            stats.append(s)
+            student = s.model or student
+            self._write_rounds(stats, student)
+            if on_round:
+                on_round(s)
+        return SelfDistillResult(stats, student)
+
+    def _start(self) -> None:
+        from trajdistill.trajectories._sft import _student_problems
+
+        problems = _student_problems(self.cfg.student)  # checked before hours of sampling, not after
+        if problems:
+            raise ValueError(f"--student: {'; '.join(problems)}")
+        if self.root.exists() and any(self.root.iterdir()):
+            raise ValueError(f"{self.root} is not empty; choose a new --out directory")
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / CONFIG_FILE).write_text(yaml.safe_dump(asdict(self.cfg), sort_keys=False))
+
+    def _write_rounds(self, stats: list[RoundStats], student: str) -> None:
+        doc = {"rounds": [asdict(s) for s in stats], "final_student": student}
+        (self.root / ROUNDS_FILE).write_text(json.dumps(doc, indent=2) + "\n")
+
+
+async def self_distill_async(cfg: SelfDistillConfig, listener: Listener | None = None,
+                             on_round: Callable[[RoundStats], None] | None = None) -> SelfDistillResult:
+    """Library entry point: run `cfg.rounds` rounds of self-distillation (see the module doc)."""
+    return await SelfDistiller(cfg, listener).run(on_round)
+
+
+def self_distill(cfg: SelfDistillConfig, listener: Listener | None = None,
+                 on_round: Callable[[RoundStats], None] | None = None) -> SelfDistillResult:
+    """Sync wrapper of `self_distill_async`."""
+    return asyncio.run(self_distill_async(cfg, listener, on_round))

@@ -1,0 +1,135 @@
+"""`trajdistill compose` (DualDistill composition) and `trajdistill self-distill`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from ._config import ConfigOption
+from ._progress import EpisodeRow, episode_columns
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compose")(compose_command)
+    app.command("self-distill", context_settings={"allow_extra_args": True,
+                                                  "ignore_unknown_options": True})(self_distill_command)
+
+
+# ---- compose ------------------------------------------------------------------------------------
+
+
+def compose_command(
+    runs: list[Path] = typer.Argument(..., help="Run directories over the same tasks (one or several)."),
+    strategy: str = typer.Option(..., help="best: one cheapest success per task; dual: failed prefix, "
+                                           "transition, then the successful teacher."),
+    out: Path = typer.Option(..., help="Run directory to write."),
+    prefer: Optional[str] = typer.Option(None, help="Teacher spec to keep whenever it succeeded."),
+    transition: Optional[str] = typer.Option(None, help="Transition phrase for every task (dual); "
+                                                        "default: built-in variants chosen per task."),
+    seed: int = typer.Option(0, help="Picks the built-in transition variant of each task."),
+    max_prefix_steps: int = typer.Option(4, help="Failed-attempt turns kept before the switch (dual)."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Compose several teachers' trajectories into one training run (DualDistill)."""
+    from trajdistill.trajectories._compose import compose
+
+    from ._app import console
+
+    report = compose([str(r) for r in runs], strategy, str(out), prefer=prefer,  # type: ignore[arg-type]
+                     transition=transition, seed=seed, max_prefix_steps=max_prefix_steps)
+    report_table(console, report)
+    console.print(f"run written to [bold]{out}[/] ({report.total.kept} trajectories, "
+                  f"{report.total.composed} composed, {report.total.dropped} tasks dropped)")
+
+
+def report_table(console: Console, report) -> None:
+    """Per category and per difficulty: tasks, wins per teacher, composed transitions, dropped."""
+    table = Table(title=f"compose ({report.strategy}): {report.total.tasks} tasks", box=box.SIMPLE_HEAD)
+    table.add_column("group")
+    for col in ("tasks", *report.teachers, "composed", "dropped"):
+        table.add_column(col if col not in report.teachers else f"won {col}", justify="right")
+
+    def row(name: str, g) -> None:
+        table.add_row(name, str(g.tasks), *(str(g.won.get(t, 0)) for t in report.teachers),
+                      str(g.composed), str(g.dropped))
+
+    for key in sorted(report.by_category):
+        row(key, report.by_category[key])
+    table.add_section()
+    for key in sorted(report.by_difficulty):
+        row(f"level {key}", report.by_difficulty[key])
+    table.add_section()
+    row("total", report.total)
+    console.print(table)
+    for pair, n in sorted(report.transitions.items()):
+        console.print(f"  transitions {pair}: {n}")
+
+
+# ---- self-distill --------------------------------------------------------------------------------
+
+
+def self_distill_command(
+    ctx: typer.Context,
+    student: str = typer.Option(..., help="Student policy spec, e.g. hf:smollm2-135m."),
+    env: str = typer.Option(..., help="Env name, e.g. math."),
+    samples: int = typer.Option(4, help="Trajectories the student samples per train task (K)."),
+    out: Path = typer.Option(..., help="Directory for the rounds (samples, buffers, adapters, rounds.json)."),
+    rounds: int = typer.Option(1, help="Sample, filter, retrain: how many times."),
+    temperature: float = typer.Option(0.7, help="Sampling temperature of the student."),
+    tasks: int = typer.Option(100, help="Train tasks sampled each round."),
+    compose_run: list[Path] = typer.Option([], help="Composed run merged into the replay buffer; repeatable."),
+    confirm: Optional[str] = typer.Option(None, help="Policy spec that re-checks tasks whose samples disagree."),
+    dev_tasks: int = typer.Option(50, help="Dev tasks to score each round's student on (0: skip)."),
+    max_steps: int = typer.Option(10, help="Policy turns per episode."),
+    concurrency: int = typer.Option(8, help="Episodes in flight at once (the hf backend batches them)."),
+    seed: int = typer.Option(0, help="Base sampling seed; sample k of round r uses a seed of its own."),
+    sandbox: str = typer.Option("auto", help="Sandbox backend: auto, docker, nsjail, none."),
+    env_param: list[str] = typer.Option([], help="KEY=VALUE env parameter; repeatable."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Self-distillation: the student samples, the verifier keeps successes, the student retrains.
+
+    Trainer settings take a --train- prefix on the names of `trajdistill train`, e.g.
+    `--train-max-steps 50 --train-lora-r 8 --train-curriculum none`."""
+    from trajdistill.agents._self_distill import SelfDistillConfig, parse_train_args, self_distill
+
+    from ._app import _env_params, console
+
+    cfg = SelfDistillConfig(
+        student=student, env=env, samples=samples, out=str(out), rounds=rounds, temperature=temperature,
+        tasks=tasks, compose_runs=[str(p) for p in compose_run], confirm=confirm, dev_tasks=dev_tasks,
+        max_steps=max_steps, concurrency=concurrency, seed=seed, sandbox=sandbox,
+        env_params=_env_params(env_param), train_args=parse_train_args(list(ctx.args)))
+    with Progress(*episode_columns("self-distill"), console=console, transient=False) as bar:
+        rows: dict[str, EpisodeRow] = {}
+
+        def listener(label: str, p) -> None:
+            if label not in rows:
+                rows[label] = EpisodeRow(bar, label)
+            rows[label](p)
+
+        def on_round(s) -> None:
+            dev = f"{s.dev_success_rate:.1%}" if s.dev_success_rate is not None else "-"
+            bar.console.print(f"round {s.round}: kept {s.kept}/{s.sampled} samples, buffer {s.buffer_size}, "
+                              f"dev success {dev}")
+
+        result = self_distill(cfg, listener, on_round)
+    rounds_table(console, result)
+    console.print(f"rounds written to [bold]{out}[/] (rounds.json); final student: {result.final_student}")
+
+
+def rounds_table(console: Console, result) -> None:
+    table = Table(title="self-distillation", box=box.SIMPLE_HEAD)
+    for col in ("round", "sampled", "train success", "disputed", "kept", "buffer", "dev success"):
+        table.add_column(col, justify="right")
+    for r in result.rounds:
+        dev = f"{r.dev_success_rate:.1%}" if r.dev_success_rate is not None else "-"
+        table.add_row(str(r.round), str(r.sampled), f"{r.sample_success_rate:.1%}", str(r.disputed),
+                      str(r.kept), str(r.buffer_size), dev)
+    console.print(table)
