@@ -406,8 +406,9 @@ def compose_config(cfg: ComposeConfig) -> ComposeReport:
     if cfg.prefer is not None and cfg.prefer not in teachers:
         raise ValueError(f"--prefer {cfg.prefer!r} is not a teacher of these runs; teachers: {', '.join(teachers)}")
     first = next(iter(groups.values()))[0]
-    config = {"command": "compose", **asdict(cfg), "env": first.env.name, "teachers": teachers,
-              "package_version": __version__}
+    splits = sorted({str(t.split) for ts in groups.values() for t in ts})
+    config = {"command": "compose", **asdict(cfg), "env": first.env.name, "split": ",".join(splits),
+              "teachers": teachers, "package_version": __version__}
     report = ComposeReport(strategy=cfg.strategy, runs=cfg.runs, teachers=teachers, out=cfg.out)
     with RunStore.create(cfg.out, config) as store:
         for cands in groups.values():
