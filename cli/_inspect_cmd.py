@@ -1,4 +1,4 @@
-"""`trajdistill inspect RUN [--show ID]`: stats tables, or one trajectory turn by turn."""
+"""`trajdistill inspect RUN [--show ID [--spans]]`: stats tables, or one trajectory turn by turn."""
 
 from __future__ import annotations
 
@@ -14,18 +14,27 @@ from rich.table import Table
 from rich.text import Text
 
 from trajdistill.envs._react_text import _MARK
-from trajdistill.trajectories import Message, RunError, RunStore, Trajectory
+from trajdistill.trajectories import Message, RunError, RunStore, Trajectory, assistant_text, segment
 
 THOUGHT, ACTION, ANSWER, CONTEXT = "cyan", "bold magenta", "bold green", "dim"
 MARK_STYLE = {"Thought": THOUGHT, "Reasoning": THOUGHT, "Action": ACTION, "Action Input": ACTION,
               "Final Answer": ANSWER}
+# --spans: one colour per span kind; text the student is never trained on (prompts, observations) is dim
+SPAN_STYLE = {"reason": "cyan", "act": "bold magenta", "answer": "bold green", "context": "yellow"}
+UNTRAINED = "dim"
 
 
-def inspect_run(console: Console, run_path: str | Path, show: str | None = None) -> None:
+def inspect_run(console: Console, run_path: str | Path, show: str | None = None, spans: bool = False) -> None:
+    if spans and show is None:
+        raise ValueError("--spans needs --show TRAJ_ID")
     store = RunStore.open(run_path)
     trajs = store.load()
     if show is not None:
-        show_trajectory(console, find_trajectory(trajs, show))
+        traj = find_trajectory(trajs, show)
+        if spans:
+            show_spans(console, traj)
+        else:
+            show_trajectory(console, traj)
         return
     console.print(escape(f"{store.path}  env {store.config.get('env', '?')}  "
                          f"split {store.config.get('split', '?')}  {len(trajs)} trajectories"))
@@ -138,6 +147,38 @@ def react_text(content: str) -> Text:
         out.append(content[mark.start():mark.end()], style="bold " + style.replace("bold ", ""))
         out.append(content[mark.end():end], style=style)
     return out
+
+
+def show_spans(console: Console, traj: Trajectory) -> None:
+    """Each assistant turn as the text the student is trained on, coloured by span kind."""
+    spans = segment(traj)
+    console.print(Text(traj.id, style="bold") + Text(f"  task {traj.task_id}  teacher {traj.teacher.spec}"))
+    console.print(Text("spans: ") + Text("  ").join(Text(kind, style=style) for kind, style in SPAN_STYLE.items())
+                  + Text("  untrained", style=UNTRAINED))
+    chars = {kind: 0 for kind in SPAN_STYLE}
+    for s in spans:
+        chars[s.kind] += s.end - s.start
+    for i, m in enumerate(traj.messages):
+        if m.role != "assistant":
+            title = f"[{i}] {m.role}" + (f": {m.name}" if m.role == "tool" and m.name else "")
+            console.print(Panel(Text(m.content, style=UNTRAINED), title=escape(title), title_align="left",
+                                border_style="dim"))
+            continue
+        console.print(Panel(spans_text(assistant_text(m), [s for s in spans if s.message == i]),
+                            title=f"[{i}] assistant", title_align="left", border_style="white"))
+    console.print(Text("chars per kind: " + "  ".join(f"{k} {v}" for k, v in chars.items())))
+    console.print(outcome_panel(traj))
+
+
+def spans_text(text: str, spans: list) -> Text:
+    out = Text()
+    pos = 0
+    for s in sorted(spans, key=lambda s: s.start):
+        out.append(text[pos:s.start], style=UNTRAINED)  # nothing here when the spans tile the text
+        out.append(text[s.start:s.end], style=SPAN_STYLE[s.kind])
+        pos = max(pos, s.end)
+    out.append(text[pos:], style=UNTRAINED)
+    return out if text else Text("(empty)", style=UNTRAINED)
 
 
 def _pretty_args(arguments: str) -> str:

@@ -1,5 +1,10 @@
-"""Trajectories: the schema, the run directory store and the exports."""
+"""Trajectories: the schema, the run directory store, the exports and span segmentation."""
 
+from ._compose import ComposeConfig, ComposeReport, compose
+from ._curriculum import Complexity
+from ._curriculum import Plan as CurriculumPlan
+from ._curriculum import order as curriculum_order
+from ._encode import SPAN_KINDS, Encoded, encode
 from ._export import export_run
 from ._features import trajectory_features
 from ._schema import (
@@ -15,10 +20,18 @@ from ._schema import (
     Trajectory,
     Usage,
 )
+from ._sft import TrainConfig, TrainResult, train
+from ._spans import SegmentRules, assistant_text, segment, segment_run
 from ._store import RunError, RunStore
 
 __all__ = [
     "SCHEMA_VERSION",
+    "SPAN_KINDS",
+    "Complexity",
+    "ComposeConfig",
+    "ComposeReport",
+    "CurriculumPlan",
+    "Encoded",
     "EnvRef",
     "FunctionCall",
     "Message",
@@ -26,11 +39,21 @@ __all__ = [
     "RunError",
     "RunStore",
     "SchemaVersionError",
+    "SegmentRules",
     "Span",
     "Teacher",
     "ToolCallMsg",
+    "TrainConfig",
+    "TrainResult",
     "Trajectory",
     "Usage",
+    "assistant_text",
+    "compose",
+    "curriculum_order",
+    "encode",
     "export_run",
+    "segment",
+    "segment_run",
+    "train",
     "trajectory_features",
 ]

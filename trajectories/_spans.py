@@ -1,0 +1,265 @@
+"""Segment assistant turns into `reason`, `act`, `answer` and `context` spans.
+
+Offsets index into `assistant_text(message)`, the exact text a student is trained to produce
+for that turn (so every `Span.field` is "content"). For a ReAct text turn that is the content.
+For a native turn it follows the Qwen/Hermes convention:
+
+    <think>\\n{reasoning}\\n</think>\\n          (only when there is reasoning)
+    {content}
+    \\n<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>   (per tool call; no leading
+                                                                     newline when nothing precedes it)
+
+Spans cover every character of every assistant text exactly once, never overlap and are sorted;
+whitespace between two sections belongs to the preceding span. Non-assistant messages get no spans.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Iterable, Literal
+
+from ._schema import Message, Span, SpanKind, Trajectory
+
+THINK_OPEN, THINK_CLOSE = "<think>\n", "\n</think>\n"
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>\n", "\n</tool_call>"
+
+
+@dataclass(frozen=True)
+class SegmentRules:
+    """How one env's assistant turns are read; the defaults match `envs._react_text`."""
+
+    thought_markers: tuple[str, ...] = ("Thought:", "Reasoning:")
+    action_markers: tuple[str, ...] = ("Action:",)
+    input_markers: tuple[str, ...] = ("Action Input:",)
+    answer_markers: tuple[str, ...] = ("Final Answer:",)
+    # A line starting with one of these ends the current section; what follows is never trained.
+    stop_markers: tuple[str, ...] = ("Observation:",)
+    stray: Literal["reason", "context"] = "reason"  # ReAct text before the first marker
+    answer_tools: tuple[str, ...] = ("final_answer",)  # native tool calls that give the answer
+    action_format: Literal["auto", "react", "tools"] = "auto"  # auto: native if any turn looks native
+
+
+# ---- the trained text of a turn ----------------------------------------------------------------
+
+
+def tool_call_text(name: str, arguments: str) -> str:
+    """One native tool call as Hermes-style text; arguments that are not JSON stay a string."""
+    try:
+        args = json.loads(arguments) if arguments.strip() else {}
+    except json.JSONDecodeError:
+        args = arguments
+    body = json.dumps({"name": name, "arguments": args}, ensure_ascii=False)
+    return f"{TOOL_CALL_OPEN}{body}{TOOL_CALL_CLOSE}"
+
+
+def _native_pieces(message: Message) -> list[tuple[str, str]]:
+    """(role of the piece, text) in order: think, content, then each call; pieces carry their separator."""
+    pieces: list[tuple[str, str]] = []
+    if message.reasoning:
+        pieces.append(("think", f"{THINK_OPEN}{message.reasoning}{THINK_CLOSE}"))
+    if message.content:
+        pieces.append(("content", message.content))
+    for call in message.tool_calls or []:
+        if pieces:  # the separator is whitespace, so it belongs to the preceding piece
+            role, text = pieces[-1]
+            pieces[-1] = (role, text + "\n")
+        pieces.append((call.function.name, tool_call_text(call.function.name, call.function.arguments)))
+    return pieces
+
+
+def is_native(message: Message) -> bool:
+    return bool(message.tool_calls) or message.reasoning is not None
+
+
+def assistant_text(message: Message) -> str:
+    """The exact text a student is trained to produce for this assistant turn (see the module doc)."""
+    if not is_native(message):
+        return message.content
+    return "".join(text for _, text in _native_pieces(message))
+
+
+# ---- segmentation -------------------------------------------------------------------------------
+
+
+def segment(traj: Trajectory, rules: SegmentRules | None = None) -> list[Span]:
+    """Spans over the assistant turns; stored context spans are kept, every other stored span is replaced.
+
+    A turn whose stored spans are all context (a failed teacher's prefix that the DualDistill composer
+    marked) stays context as a whole; a stored context range inside a turn (the composer's switch
+    turn) stays context and the rest of the turn is segmented.
+    """
+    rules = rules or SegmentRules()
+    native = _trajectory_is_native(traj, rules)
+    stored = _stored_context(traj)
+    spans: list[Span] = []
+    for i, m in enumerate(traj.messages):
+        if m.role != "assistant":
+            continue
+        text = assistant_text(m)
+        ranges = stored.get(i)
+        if ranges == "all":
+            pieces: list[tuple[SpanKind, int, int]] = [("context", 0, len(text))]
+        else:
+            pieces = _native_spans(m, rules) if native else react_spans(m.content, rules)
+            pieces = _overlay_context(pieces, ranges or [], len(text))
+        spans.extend(Span(message=i, start=s, end=e, kind=k, field="content") for k, s, e in _merge(pieces))
+    return spans
+
+
+def _stored_context(traj: Trajectory) -> dict[int, "list[tuple[int, int]] | str"]:
+    """Per message: "all" when its stored spans are all context, else its stored context ranges."""
+    kinds: dict[int, set[str]] = {}
+    ranges: dict[int, list[tuple[int, int]]] = {}
+    for s in traj.spans:
+        kinds.setdefault(s.message, set()).add(s.kind)
+        if s.kind == "context":
+            ranges.setdefault(s.message, []).append((s.start, s.end))
+    return {i: "all" if kinds[i] == {"context"} else ranges[i] for i in ranges}
+
+
+def _overlay_context(pieces: list[tuple[SpanKind, int, int]], context: list[tuple[int, int]],
+                     length: int) -> list[tuple[SpanKind, int, int]]:
+    """`pieces` with the `context` char ranges cut out of them and marked context."""
+    marks: list[tuple[int, int]] = []
+    for s, e in sorted((max(0, s), min(e, length)) for s, e in context):
+        if e <= s:
+            continue
+        if marks and s <= marks[-1][1]:  # overlapping or touching stored ranges become one
+            marks[-1] = (marks[-1][0], max(marks[-1][1], e))
+        else:
+            marks.append((s, e))
+    if not marks:
+        return pieces
+    out: list[tuple[SpanKind, int, int]] = []
+    for kind, s, e in pieces:
+        for cs, ce in marks:
+            if ce <= s or cs >= e:
+                continue
+            out.append((kind, s, cs))  # empty pieces are dropped by _merge
+            s = max(s, ce)
+        out.append((kind, s, e))
+    out.extend(("context", s, e) for s, e in marks)
+    return sorted(out, key=lambda p: (p[1], p[2]))
+
+
+def segment_run(trajs: Iterable[Trajectory], rules: SegmentRules | None = None) -> list[Trajectory]:
+    """Copies of the trajectories with their spans filled by `segment`."""
+    return [t.model_copy(update={"spans": segment(t, rules)}) for t in trajs]
+
+
+def _trajectory_is_native(traj: Trajectory, rules: SegmentRules) -> bool:
+    if rules.action_format != "auto":
+        return rules.action_format == "tools"
+    return any(m.role == "assistant" and is_native(m) for m in traj.messages) or any(
+        m.role == "tool" and m.tool_call_id for m in traj.messages)
+
+
+def _native_spans(message: Message, rules: SegmentRules) -> list[tuple[SpanKind, int, int]]:
+    has_calls = bool(message.tool_calls)
+    out: list[tuple[SpanKind, int, int]] = []
+    pos = 0
+    for role, text in _native_pieces(message):
+        if role == "think":
+            kind: SpanKind = "reason"
+        elif role == "content":
+            kind = "reason" if has_calls else "answer"  # a reply with no tool call is the final answer
+        else:
+            kind = "answer" if role in rules.answer_tools else "act"
+        out.append((kind, pos, pos + len(text)))
+        pos += len(text)
+    return out
+
+
+def _marker_pattern(markers: Iterable[str]) -> str:
+    # "Action Input:" must be tried before "Action:"; a space before the colon is tolerated
+    alts = []
+    for mk in sorted(set(markers), key=len, reverse=True):
+        head = mk[:-1].rstrip() if mk.endswith(":") else mk
+        alts.append(re.escape(head) + (r"[ \t]*:" if mk.endswith(":") else ""))
+    return "|".join(alts)
+
+
+def _marker_regex(rules: SegmentRules) -> re.Pattern[str]:
+    groups = {"reason": rules.thought_markers, "action": rules.action_markers, "input": rules.input_markers,
+              "answer": rules.answer_markers, "stop": rules.stop_markers}
+    body = "|".join(f"(?P<{name}>{_marker_pattern(mks)})" for name, mks in groups.items() if mks)
+    return re.compile(rf"^(?:{body})", re.MULTILINE)
+
+
+def react_spans(text: str, rules: SegmentRules | None = None) -> list[tuple[SpanKind, int, int]]:
+    """(kind, start, end) pieces of one ReAct text turn, covering all of it.
+
+    Thoughts (and stray text, per `rules.stray`) are reason; `Action:` with its `Action Input:`
+    through the end of the JSON is act; `Final Answer:` and its answer is answer. Everything after
+    the first action or answer, and anything after a stop marker, is context.
+    """
+    rules = rules or SegmentRules()
+    marks = list(_marker_regex(rules).finditer(text))
+    out: list[tuple[SpanKind, int, int]] = []
+    first = marks[0].start() if marks else len(text)
+    if first:
+        out.append((rules.stray, 0, first))
+    for k, mark in enumerate(marks):
+        start, end = mark.start(), marks[k + 1].start() if k + 1 < len(marks) else len(text)
+        kind = mark.lastgroup
+        if kind == "reason":
+            out.append(("reason", start, end))
+            continue
+        if kind == "stop":
+            out.append(("context", start, end))
+            continue
+        if kind == "answer":
+            out.append(("answer", start, end))
+        elif kind == "action" and k + 1 < len(marks) and marks[k + 1].lastgroup == "input":
+            nxt = marks[k + 2].start() if k + 2 < len(marks) else len(text)
+            end = _json_end(text, marks[k + 1].end(), nxt)
+            out.append(("act", start, end))
+        else:  # an action without input, or an input without action: the turn is malformed
+            out.append(("act", start, end))
+        break
+    if out and out[-1][2] < len(text):
+        out.append(("context", out[-1][2], len(text)))  # whatever follows the first action or answer
+    return _merge(out)
+
+
+def _json_end(text: str, start: int, limit: int) -> int:
+    """End of the JSON value after `start` (with its closing code fence and trailing whitespace),
+    or `limit` when it does not parse."""
+    pos = _skip_space(text, start, limit)
+    fenced = text.startswith("```", pos)
+    if fenced:
+        newline = text.find("\n", pos, limit)
+        if newline < 0:
+            return limit
+        pos = _skip_space(text, newline + 1, limit)
+    try:
+        _, end = json.JSONDecoder().raw_decode(text[:limit], pos)
+    except json.JSONDecodeError:
+        return limit
+    if fenced:
+        close = text.find("```", end, limit)
+        if close < 0 or text[end:close].strip():
+            return limit
+        end = close + 3
+    return _skip_space(text, end, limit)
+
+
+def _skip_space(text: str, pos: int, limit: int) -> int:
+    while pos < limit and text[pos].isspace():
+        pos += 1
+    return pos
+
+
+def _merge(pieces: list[tuple[SpanKind, int, int]]) -> list[tuple[SpanKind, int, int]]:
+    """Drop empty pieces and join neighbours of the same kind."""
+    out: list[tuple[SpanKind, int, int]] = []
+    for kind, s, e in pieces:
+        if e <= s:
+            continue
+        if out and out[-1][0] == kind and out[-1][2] == s:
+            out[-1] = (kind, out[-1][1], e)
+        else:
+            out.append((kind, s, e))
+    return out
