@@ -122,11 +122,13 @@ def collect(
 @app.command()
 def inspect(run: Path = typer.Argument(..., help="Run directory."),
             show: Optional[str] = typer.Option(None, help="Trajectory id (or prefix) to print turn by turn."),
+            spans: bool = typer.Option(False, "--spans", help="With --show: colour the assistant text by span "
+                                       "kind (reason, act, answer, context); untrained text is dim."),
             config: Optional[Path] = ConfigOption) -> None:
-    """Stats per teacher and difficulty; --show prints one trajectory."""
+    """Stats per teacher and difficulty; --show prints one trajectory (--spans colours its spans)."""
     from ._inspect_cmd import inspect_run
 
-    inspect_run(console, run, show)
+    inspect_run(console, run, show, spans)
 
 
 @app.command()
