@@ -41,6 +41,8 @@ class CollectConfig:
     sandbox: str = "auto"
     env_params: dict[str, Any] = field(default_factory=dict)
     teacher_options: dict[str, Any] = field(default_factory=dict)  # e.g. max_retries, timeout_s
+    skills: list[str] = field(default_factory=list)  # skill boxes mounted over MCP (dir, URL or stdio command)
+    preload_skills: bool = False  # put whole SKILL.md texts in the system prompt, not just names
 
     def __post_init__(self) -> None:
         if not self.teachers:
@@ -107,6 +109,10 @@ class Collector:
     def __init__(self, cfg: CollectConfig):
         self.cfg = cfg
         self.env = make_env(cfg.env, **cfg.env_params)
+        if cfg.skills:
+            from trajdistill.skills._mount import mount_skills
+
+            self.env = mount_skills(self.env, cfg.skills, cfg.preload_skills, sandbox=cfg.sandbox)
         self.env.check_split(cfg.split)
         options = {"temperature": cfg.temperature, "seed": cfg.seed, **cfg.teacher_options}
         self.policies = {spec: make_policy(spec, env=self.env, **options) for spec in cfg.teachers}

@@ -131,3 +131,97 @@ def _show_section(console: Console, data: Any) -> None:
     for key, value in data.items():
         text = value if isinstance(value, (str, int, float, bool)) or value is None else json.dumps(value)
         console.print(f"    {key}: {str(text)[:300]}", highlight=False)
+
+
+# ---- serve and validate (skills/_server.py, skills/_gate.py) ------------------------------------------
+
+
+@skills_app.command("serve")
+def serve_command(
+    box: Path = typer.Argument(..., help="Skill box directory."),
+    transport: str = typer.Option("stdio", help="stdio, or http (streamable HTTP at http://HOST:PORT/mcp)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (http)."),
+    port: int = typer.Option(8000, help="Port to listen on (http)."),
+    sandbox: str = typer.Option("auto", help="Sandbox backend the tools run in: auto, docker, nsjail, none."),
+    timeout: float = typer.Option(10.0, help="Wall-clock limit of one tool call, in seconds."),
+    memory_mb: int = typer.Option(512, help="Memory limit of one tool call, in MB."),
+    exclude: list[str] = typer.Option([], help="Leave this skill or tool out (for ablations); repeatable."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Serve a box over MCP: tools run in the sandbox, SKILL.md files are resources and prompts."""
+    from trajdistill.skills._server import serve
+
+    serve(box, transport=transport, host=host, port=port, sandbox=sandbox, timeout_s=timeout,
+          memory_mb=memory_mb, exclude=exclude)
+
+
+@skills_app.command("validate")
+def validate_command(
+    box: Path = typer.Argument(..., help="Skill box directory."),
+    env: str = typer.Option(..., help="Env name, e.g. math or twx:coin."),
+    agent: str = typer.Option(..., help="Policy spec of the agent that mounts the box."),
+    split: str = typer.Option("dev", help="train, dev or test."),
+    tasks: int = typer.Option(50, help="Number of tasks; both arms get the same ones."),
+    ablate: bool = typer.Option(False, "--ablate", help="Also run the box minus each skill and tool."),
+    concurrency: int = typer.Option(4, help="Episodes in flight at once."),
+    max_steps: int = typer.Option(20, help="Policy turns per episode before it is cut off."),
+    seed: int = typer.Option(0, help="Sampling seed passed to model policies."),
+    sandbox: str = typer.Option("auto", help="Sandbox backend: auto, docker, nsjail, none."),
+    env_param: list[str] = typer.Option([], help="KEY=VALUE env parameter; repeatable."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Run the agent with and without the box; record the delta (95% CI) in the manifest."""
+    from trajdistill.skills._gate import GateConfig
+
+    from ._app import _env_params
+
+    cfg = GateConfig(box=str(box), env=env, agent=agent, split=split, tasks=tasks, ablate=ablate,
+                     concurrency=concurrency, max_steps=max_steps, seed=seed, sandbox=sandbox,
+                     env_params=_env_params(env_param))
+    raise typer.Exit(validate_cmd(console, cfg))
+
+
+def validate_cmd(console, cfg) -> int:
+    import asyncio
+
+    from rich.progress import Progress
+
+    from trajdistill.skills._gate import validate_async
+
+    from ._progress import EpisodeRow, episode_columns
+
+    with Progress(*episode_columns("validate"), console=console, transient=False) as bar:
+        rows: dict = {}
+
+        def listener(label: str, p) -> None:
+            if label not in rows:
+                rows[label] = EpisodeRow(bar, label)
+            rows[label](p)
+
+        section = asyncio.run(validate_async(cfg, listener))
+    gate_table(console, section)
+    return 0
+
+
+def gate_table(console, section: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"gate: {section['agent']} on {section['env']} / {section['split']}, {section['tasks']} tasks")
+    for col in ("arm", "success", "95% CI", "delta", "delta 95% CI", "verdict"):
+        table.add_column(col, justify="left" if col in ("arm", "verdict") else "right")
+    base = section["without"]
+    table.add_row("without box", f"{base['success_rate']:.1%}", _ci(base["ci95"]), "", "", "")
+    table.add_row("with box", f"{section['with']['success_rate']:.1%}", _ci(section["with"]["ci95"]),
+                  f"{section['delta']:+.1%}", _ci(section["delta_ci95"], signed=True), section["verdict"])
+    for item, arm in (section.get("ablation") or {}).items():
+        table.add_row(f"box without {item}", f"{arm['success_rate']:.1%}", _ci(arm["ci95"]),
+                      f"{arm['delta']:+.1%}", _ci(arm["delta_ci95"], signed=True),
+                      arm["verdict"] + (" (better without it)" if arm["flagged"] else ""))
+    console.print(table)
+    if section["flagged"]:
+        console.print(f"[bold red]flagged[/]: the box lowers the success rate; {section['note']}")
+
+
+def _ci(ci, signed: bool = False) -> str:
+    fmt = "{:+.0%}" if signed else "{:.0%}"
+    return f"{fmt.format(ci[0])} to {fmt.format(ci[1])}"

@@ -1,4 +1,4 @@
-"""Skill boxes: the box format, miners (tools and docs), the box's own validation."""
+"""Skill boxes: the box format, miners (tools and docs), the box's own validation, MCP serving and mounting."""
 
 from ._box import (
     FORMAT_VERSION,
@@ -18,12 +18,17 @@ from ._box import (
     run_tool_in_sandbox,
     spec_from_source,
 )
+from ._gate import GateConfig, validate, validate_async
+from ._mount import MountedEnv, mount_skills
+from ._server import build_server, serve, serve_async
 
 __all__ = [
     "FORMAT_VERSION",
     "MANIFEST",
     "BoxError",
     "BoxTool",
+    "GateConfig",
+    "MountedEnv",
     "Skill",
     "SkillBox",
     "SkillDraft",
@@ -31,9 +36,15 @@ __all__ = [
     "ToolResult",
     "ToolRunner",
     "ToolTest",
+    "build_server",
+    "mount_skills",
     "parse_skill_md",
     "render_skill",
     "run_source",
     "run_tool_in_sandbox",
+    "serve",
+    "serve_async",
     "spec_from_source",
+    "validate",
+    "validate_async",
 ]

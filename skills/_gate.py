@@ -1,0 +1,149 @@
+"""The validation gate: does mounting a box make an agent better on held-out dev tasks?
+
+    trajdistill skills validate BOX --env ENV --agent SPEC [--split dev --tasks N] [--ablate]
+
+The agent runs the same tasks without the box and with it (and, with `--ablate`, with the
+box minus one skill or tool at a time), through the evaluator. The delta comes with a 95%
+interval (Newcombe's hybrid score interval from the two Wilson intervals). The result is
+written to the manifest under `validation.gate`. A box that lowers the success rate is
+flagged: users have reported that overly broad skills hijack the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ._box import SkillBox
+
+HARMFUL_NOTE = "harmful: overly broad skills may hijack the agent"
+
+
+@dataclass
+class GateConfig:
+    """Settings of one validation run; the with- and without-box runs share every one of them."""
+
+    box: str
+    env: str
+    agent: str
+    split: str = "dev"
+    tasks: int = 50
+    ablate: bool = False
+    concurrency: int = 4
+    max_steps: int = 20
+    seed: int = 0
+    temperature: float = 0.0
+    sandbox: str = "auto"
+    env_params: dict[str, Any] = field(default_factory=dict)
+    agent_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.tasks < 1:
+            raise ValueError(f"--tasks must be at least 1, got {self.tasks}")
+
+
+def rate_diff_ci(a: tuple[int, int], b: tuple[int, int]) -> tuple[float, float]:
+    """95% interval of rate(a) - rate(b), each given as (successes, n): Newcombe's method 10."""
+    from trajdistill.agents._eval import wilson_ci
+
+    (sa, na), (sb, nb) = a, b
+    pa, pb = sa / na if na else 0.0, sb / nb if nb else 0.0
+    (la, ua), (lb, ub) = wilson_ci(sa, na), wilson_ci(sb, nb)
+    d = pa - pb
+    return d - math.hypot(pa - la, ub - pb), d + math.hypot(ua - pa, pb - lb)
+
+
+def verdict(delta: float, ci: tuple[float, float]) -> str:
+    if ci[0] > 0:
+        return "helps"
+    if ci[1] < 0:
+        return "harmful"
+    if delta < 0:
+        return "worse (not significant)"
+    return "no clear effect"
+
+
+def _arm(result: Any) -> dict[str, Any]:
+    return {"success_rate": result.success_rate, "ci95": list(result.ci95), "n": result.n,
+            "successes": result.successes, "mean_steps": result.mean_steps, "errors": result.errors}
+
+
+def _compare(arm: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    delta = arm["success_rate"] - base["success_rate"]
+    ci = rate_diff_ci((arm["successes"], arm["n"]), (base["successes"], base["n"]))
+    return {"delta": delta, "delta_ci95": list(ci), "verdict": verdict(delta, ci)}
+
+
+def ablation_source(box: Path, without: str, sandbox: str) -> str:
+    """A stdio command that serves `box` minus one skill or tool."""
+    return shlex.join([sys.executable, "-m", "trajdistill", "skills", "serve", str(box), "--sandbox", sandbox,
+                       "--exclude", without])
+
+
+class Gate:
+    """Runs the arms of one validation and assembles the manifest section."""
+
+    def __init__(self, cfg: GateConfig, listener: Callable[[str, Any], None] | None = None):
+        self.cfg = cfg
+        self.box = SkillBox.load(cfg.box, verify=True)
+        self.listener = listener
+
+    async def arm(self, label: str, skills: list[str]) -> dict[str, Any]:
+        from trajdistill.agents._eval import EvalConfig, evaluate_async  # the agents stack loads only when used
+
+        c = self.cfg
+        eval_cfg = EvalConfig(env=c.env, agents=[c.agent], split=c.split, tasks=c.tasks, concurrency=c.concurrency,
+                              max_steps=c.max_steps, seed=c.seed, temperature=c.temperature, sandbox=c.sandbox,
+                              env_params=dict(c.env_params), agent_options=dict(c.agent_options), skills=skills)
+        listener = (lambda _spec, p: self.listener(label, p)) if self.listener else None
+        results = await evaluate_async(eval_cfg, listener)
+        return _arm(results.agents[0])
+
+    async def run(self) -> dict[str, Any]:
+        box_dir = self.box.path.resolve()
+        start = time.monotonic()
+        base = await self.arm("without box", [])
+        full = await self.arm("with box", [str(box_dir)])
+        section: dict[str, Any] = {
+            "env": self.cfg.env, "agent": self.cfg.agent, "split": self.cfg.split, "tasks": base["n"],
+            "without": base, "with": full, **_compare(full, base),
+        }
+        if self.cfg.ablate:
+            section["ablation"] = await self._ablate(box_dir, full)
+        section["flagged"] = section["delta"] < 0
+        if section["flagged"]:
+            section["note"] = HARMFUL_NOTE
+        section["wall_s"] = round(time.monotonic() - start, 1)
+        section["at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        return section
+
+    async def _ablate(self, box_dir: Path, full: dict[str, Any]) -> dict[str, Any]:
+        """Per skill and tool: the box without it. A positive delta means the box is better without it."""
+        out = {}
+        names = [f"skill:{s.name}" for s in self.box.skills] + [f"tool:{t.name}" for t in self.box.tools]
+        for item in names:
+            name = item.split(":", 1)[1]
+            arm = await self.arm(f"without {item}", [ablation_source(box_dir, name, self.cfg.sandbox)])
+            entry = {**arm, **_compare(arm, full)}
+            entry["flagged"] = entry["delta"] > 0  # removing it helped: it pulls the agent the wrong way
+            out[item] = entry
+        return out
+
+
+async def validate_async(cfg: GateConfig, listener: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
+    """Library entry point: run the gate and write `validation.gate` into the box's manifest."""
+    gate = Gate(cfg, listener)
+    section = await gate.run()
+    SkillBox.load(cfg.box, verify=True).record_validation("gate", section)  # re-read: the files must still match
+    return section
+
+
+def validate(cfg: GateConfig, listener: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
+    """Sync wrapper of `validate_async`."""
+    return asyncio.run(validate_async(cfg, listener))

@@ -1,0 +1,269 @@
+"""Mounting skill boxes in agents: the real ReAct loop and collector over a MountedEnv, box tools through a
+real MCP session (stdio subprocess, HTTP URL, stdio command), read_skill, preload, name clashes, tool errors
+as observations, an hf agent with the box in its prompt, and the validation gate written into the manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from test_skills_serve import SKILLS, make_box, need_nsjail, serve_argv
+
+from trajdistill.agents import _policy
+from trajdistill.agents._collector import CollectConfig, collect
+from trajdistill.agents._loop import ReActLoop
+from trajdistill.envs import PolicyRequest, Turn, make_env
+from trajdistill.envs._react_text import format_action, format_final
+from trajdistill.envs.sandbox import Limits, get_provider
+from trajdistill.skills import SkillBox
+from trajdistill.skills._gate import GateConfig, HARMFUL_NOTE, rate_diff_ci, validate, verdict
+from trajdistill.skills._mount import READ_SKILL, MountedEnv, mount_skills
+
+
+class Scripted:
+    """A policy that plays a fixed list of (tool, arguments) actions, then answers."""
+
+    backend, model, action_format = "scripted", "scripted", "react"
+
+    def __init__(self, actions, answer="42"):
+        self.spec = "scripted:test"
+        self.actions, self.answer = actions, answer
+        self.requests: list[PolicyRequest] = []
+
+    async def __call__(self, request: PolicyRequest) -> Turn:
+        self.requests.append(request)
+        step = sum(m["role"] == "assistant" for m in request.messages)
+        if step < len(self.actions):
+            tool, args = self.actions[step]
+            return Turn(content=format_action(f"I call {tool}.", tool, args))
+        return Turn(content=format_final("Done.", self.answer))
+
+    def sampling(self):
+        return {}
+
+    async def close(self):
+        pass
+
+
+@pytest.fixture
+def box(tmp_path):
+    return make_box(tmp_path / "box")
+
+
+def observations(result) -> dict[str, str]:
+    return {m["name"]: m["content"] for m in result.messages if m["role"] == "tool"}
+
+
+async def test_scripted_agent_calls_box_tools_through_the_react_loop(box):
+    need_nsjail()
+    env = mount_skills(make_env("math"), [str(box.path)], sandbox="nsjail")
+    assert isinstance(env, MountedEnv) and env.id == "math" and mount_skills(env.inner, []) is env.inner
+    names = [t.name for t in env.tools()]
+    # the env's own tool keeps its name; the box's clashing `python` gets the box prefix
+    assert names[0] == "python" and "demo_box__python" in names and "add_numbers" in names
+    assert names[-2:] == [READ_SKILL, "final_answer"]
+    policy = Scripted([("add_numbers", {"a": 40, "b": 2}), ("demo_box__python", {"code": "x"}),
+                       ("python", {"code": "print(6 * 7)"}), (READ_SKILL, {"name": "adding"}),
+                       ("spin", {"n": 0}), ("boom", {"message": "bad"}), ("add_numbers", {"a": "x"})])
+    loop = ReActLoop(env, policy, max_steps=10)
+    task = env.tasks("dev", 1)[0]
+    try:
+        async with get_provider("nsjail", Limits(timeout_s=5)) as provider, provider.acquire() as sb:
+            result = await loop.run(task, sb)
+    finally:
+        await env.close()
+    calls = [m["content"] for m in result.messages if m["role"] == "tool"]
+    assert calls[0] == "42"  # the box tool ran in the box server's sandbox
+    assert calls[1] == "box saw: x"  # the prefixed name reached the box's own `python`
+    assert calls[2].strip() == "42"  # the env's `python` still reached the env
+    assert calls[3] == (box.path / "skills/adding/SKILL.md").read_text()  # read_skill: the whole SKILL.md
+    assert calls[4].startswith("Error: ") and "timed out" in calls[4]  # an error observation, not an exception
+    assert calls[5].startswith("Error: ") and "ValueError: bad" in calls[5]
+    assert calls[6].startswith("Error: bad arguments for 'add_numbers'")
+    assert result.usage["invalid_actions"] == 1 and result.outcome.final_answer == "42"
+    system = result.messages[0]["content"]
+    assert "- adding: Use when a task asks for the sum of two numbers." in system
+    assert "add_numbers(a: integer, b: integer)" in system
+
+
+async def test_read_skill_of_an_unknown_name_lists_the_skills(box):
+    env = mount_skills(make_env("math"), [str(box.path)], sandbox="none")
+    try:
+        episode = await env.start(env.tasks("dev", 1)[0], sandbox=object())
+        obs = await episode.call(READ_SKILL, {"name": "nope"})
+        unknown = await episode.call("no_such_tool", {})
+    finally:
+        await env.close()
+    assert obs.invalid and "Skills: adding, checking" in obs.text
+    assert unknown.invalid and "add_numbers" in unknown.text and READ_SKILL in unknown.text
+
+
+def test_preload_puts_whole_skills_in_the_prompt_and_tools_only_boxes_get_no_read_skill(tmp_path):
+    full = make_box(tmp_path / "full")
+    env = mount_skills(make_env("math"), [str(full.path)], preload=True, sandbox="none")
+    prompt = env.system_prompt()
+    assert prompt.startswith(make_env("math").system_prompt())
+    assert "Call `add_numbers` with both numbers." in prompt and "# Checking\nRecompute once." in prompt
+    tools_only = make_box(tmp_path / "tools-only", tools=("add_numbers",), skills=[])
+    env2 = mount_skills(make_env("math"), [str(tools_only.path)], sandbox="none")
+    assert [t.name for t in env2.tools()] == ["python", "add_numbers", "final_answer"]
+    assert env2.system_prompt() == make_env("math").system_prompt()
+
+
+def test_two_boxes_with_the_same_tool_get_distinct_names(tmp_path):
+    a = make_box(tmp_path / "a", tools=("add_numbers",), skills=[SKILLS[0]])
+    b = SkillBox.write(tmp_path / "b", name="other", env="math", skills=[SKILLS[0]],
+                       tools=[_tool_draft("add_numbers")])
+    env = mount_skills(make_env("math"), [str(a.path), str(b.path)], sandbox="none")
+    names = [t.name for t in env.tools()]
+    assert names == ["python", "add_numbers", "other__add_numbers", READ_SKILL, "final_answer"]
+    assert set(env.skills()) == {"adding", "other__adding"}
+
+
+def _tool_draft(name):
+    from test_skills_serve import TOOLS
+
+    from trajdistill.skills import ToolDraft
+
+    return ToolDraft(name, TOOLS[name])
+
+
+def test_a_tampered_box_is_refused_before_mounting(box):
+    (box.path / "tools" / "spin.py").write_text("def spin(n: int) -> int:\n    '''x'''\n    return n\n")
+    with pytest.raises(ValueError, match="tools/spin.py was tampered with"):
+        mount_skills(make_env("math"), [str(box.path)])
+
+
+def test_a_server_that_does_not_start_is_one_clear_error():
+    env = mount_skills(make_env("math"), [f"{sys.executable} -c 'import sys; sys.exit(3)'"])
+    with pytest.raises(ValueError, match="cannot mount skills"):
+        env.tools()
+
+
+async def test_mounts_a_url_and_a_stdio_command(box):
+    """The other two source kinds: a served HTTP URL and an explicit stdio command line."""
+    need_nsjail()
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(serve_argv(box.path, "--transport", "http", "--port", str(port)),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "http server did not start"
+                time.sleep(0.2)
+        command = " ".join(serve_argv(box.path))
+        env = mount_skills(make_env("math"), [f"http://127.0.0.1:{port}/mcp", command], sandbox="nsjail")
+        try:
+            names = [t.name for t in env.tools()]
+            assert "add_numbers" in names and "demo_box__add_numbers" in names
+            episode = await env.start(env.tasks("dev", 1)[0], sandbox=object())
+            via_http = await episode.call("add_numbers", {"a": 1})
+            via_stdio = await episode.call("demo_box__add_numbers", {"a": 2})
+        finally:
+            await env.close()
+        assert (via_http.text, via_stdio.text) == ("3", "4")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_hf_agent_mounts_a_box_and_runs_an_episode_with_its_tools_in_the_prompt(box, tmp_path):
+    """Collector + CollectConfig.skills + a tiny hf model: the box is in the prompt the model saw."""
+    need_nsjail()
+    from trajdistill.agents._models import build_tiny_llama
+
+    model = build_tiny_llama(tmp_path / "tiny")
+    cfg = CollectConfig(env="math", teachers=[f"hf:{model}"], out=str(tmp_path / "run"), tasks=1, max_steps=2,
+                        sandbox="nsjail", teacher_options={"max_new_tokens": 8}, skills=[str(box.path)])
+    store, progress = collect(cfg)
+    (traj,) = store.load()
+    assert progress.errors == 0 and traj.usage.steps == 2
+    system = traj.messages[0].content
+    for name in ("add_numbers", "demo_box__python", "spin", READ_SKILL, "python"):
+        assert f"- {name}(" in system
+    assert "- checking: Use before giving a final answer, to check it." in system
+
+
+# ---- the validation gate -----------------------------------------------------------------------------
+
+
+class Hijackable:
+    """Answers right from the task data, unless the prompt lists skills: then it follows them off a cliff."""
+
+    backend, model, action_format = "hijackable", "hijackable", "react"
+
+    def __init__(self, target: str, *, env=None, spec: str = "", **_):
+        self.spec = spec
+
+    async def __call__(self, request: PolicyRequest) -> Turn:
+        hijacked = "Skills you have" in request.messages[0]["content"]
+        answer = "-1" if hijacked else request.task.data["answer"]
+        return Turn(content=format_final("Answering.", answer))
+
+    def sampling(self):
+        return {}
+
+    async def close(self):
+        pass
+
+
+@pytest.fixture
+def hijackable():
+    _policy.policies.register("hijackable", Hijackable)
+    yield "hijackable:x"
+    _policy.policies._items.pop("hijackable")
+
+
+def test_gate_flags_a_harmful_box_writes_the_manifest_and_inspect_shows_it(tmp_path, hijackable):
+    need_nsjail()
+    box = make_box(tmp_path / "box", tools=("add_numbers",), skills=[SKILLS[1]])
+    section = validate(GateConfig(box=str(box.path), env="math", agent=hijackable, tasks=5, ablate=True,
+                                  sandbox="nsjail", concurrency=2))
+    assert section["without"]["successes"] == 5 and section["with"]["successes"] == 0
+    assert section["delta"] == -1.0 and section["delta_ci95"][1] < 0
+    assert section["verdict"] == "harmful" and section["flagged"] and section["note"] == HARMFUL_NOTE
+    # ablation: the box without its one skill no longer hijacks; without its tool it still does
+    assert section["ablation"]["skill:checking"]["success_rate"] == 1.0
+    assert section["ablation"]["skill:checking"]["flagged"] is True
+    assert section["ablation"]["tool:add_numbers"]["success_rate"] == 0.0
+    assert SkillBox.load(box.path).validation["gate"]["verdict"] == "harmful"  # still verifies after the write
+
+    shown = subprocess.run([sys.executable, "-m", "trajdistill", "skills", "inspect", str(box.path)],
+                           capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    assert shown.returncode == 0, shown.stderr
+    assert "gate:" in shown.stdout and "verdict: harmful" in shown.stdout and HARMFUL_NOTE in shown.stdout
+
+
+def test_gate_cli_on_an_expert_reports_no_clear_effect(tmp_path):
+    need_nsjail()
+    box = make_box(tmp_path / "box", tools=("add_numbers",), skills=[SKILLS[0]])
+    res = subprocess.run([sys.executable, "-m", "trajdistill", "skills", "validate", str(box.path), "--env", "math",
+                          "--agent", "expert:coder", "--tasks", "3", "--sandbox", "nsjail"],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    gate = json.loads((box.path / "skillbox.json").read_text())["validation"]["gate"]
+    assert gate["without"]["n"] == gate["with"]["n"] == 3
+    assert gate["delta"] == 0.0 and gate["verdict"] == "no clear effect" and not gate["flagged"]
+    assert "no clear effect" in res.stdout
+
+
+def test_newcombe_interval_and_verdicts():
+    lo, hi = rate_diff_ci((30, 50), (20, 50))
+    assert lo < 0.2 < hi and 0.0 < lo  # 60% vs 40% at n=50: a clear gain
+    assert rate_diff_ci((5, 5), (5, 5))[0] < 0 < rate_diff_ci((5, 5), (5, 5))[1]
+    assert verdict(0.2, (lo, hi)) == "helps"
+    assert verdict(-0.1, (-0.3, 0.1)) == "worse (not significant)"
+    assert verdict(-0.4, (-0.6, -0.1)) == "harmful"
+    assert verdict(0.0, (-0.2, 0.2)) == "no clear effect"
