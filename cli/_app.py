@@ -20,7 +20,7 @@ app.add_typer(envs_app, name="envs")
 app.add_typer(sandbox_app, name="sandbox")
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # one error, one line
 
 
 class UsageError(ValueError):
@@ -106,6 +106,10 @@ def collect(
     temperature: float = typer.Option(0.0, help="Sampling temperature for model policies."),
     sandbox: str = typer.Option("auto", help="Sandbox backend: auto, docker, nsjail, none."),
     env_param: list[str] = typer.Option([], help="KEY=VALUE env parameter; repeatable."),
+    skills: list[str] = typer.Option([], "--skills", help="Skill box to mount over MCP: a box directory, an "
+                                     "http(s) URL or a stdio command; repeatable."),
+    preload_skills: bool = typer.Option(False, "--preload-skills", help="Put whole SKILL.md texts in the system "
+                                        "prompt, not just names and descriptions."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Run teacher agents on an env's tasks and record every episode as a trajectory."""
@@ -115,7 +119,8 @@ def collect(
 
     cfg = CollectConfig(env=env, teachers=list(teacher), out=str(out), tasks=tasks, split=split,
                         concurrency=concurrency, resume=resume, shard=shard, seed=seed, max_steps=max_steps,
-                        temperature=temperature, sandbox=sandbox, env_params=_env_params(env_param))
+                        temperature=temperature, sandbox=sandbox, env_params=_env_params(env_param),
+                        skills=list(skills), preload_skills=preload_skills)
     raise typer.Exit(collect_cmd(console, cfg))
 
 

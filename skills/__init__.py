@@ -18,7 +18,9 @@ from ._box import (
     run_tool_in_sandbox,
     spec_from_source,
 )
+from ._check import check_box, check_box_async
 from ._gate import GateConfig, validate, validate_async
+from ._mine import MineConfig, MineResult, mine, mine_async
 from ._mount import MountedEnv, mount_skills
 from ._server import build_server, serve, serve_async
 
@@ -28,6 +30,8 @@ __all__ = [
     "BoxError",
     "BoxTool",
     "GateConfig",
+    "MineConfig",
+    "MineResult",
     "MountedEnv",
     "Skill",
     "SkillBox",
@@ -37,6 +41,10 @@ __all__ = [
     "ToolRunner",
     "ToolTest",
     "build_server",
+    "check_box",
+    "check_box_async",
+    "mine",
+    "mine_async",
     "mount_skills",
     "parse_skill_md",
     "render_skill",
