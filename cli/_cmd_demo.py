@@ -1,4 +1,4 @@
-"""`trajdistill view` (and, later, `trajdistill demo`)."""
+"""`trajdistill demo` and `trajdistill view`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,24 @@ from ._config import ConfigOption
 
 
 def register(app: typer.Typer) -> None:
+    app.command("demo")(demo_command)
     app.command("view")(view_command)
+
+
+# ---- demo -------------------------------------------------------------------------------------------
+
+
+def demo_command(
+    out: Path = typer.Option(Path("demo-out"), help="Output directory; rerun with the same one to resume."),
+    quick: bool = typer.Option(False, "--quick", help="A small version (about 2 minutes) for tests."),
+    sandbox: str = typer.Option("auto", help="Sandbox backend for teacher code and box tools."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Run the whole pipeline on the embedded SmolLM2 student and write report.html."""
+    from ._app import console
+    from ._demo import run_demo
+
+    run_demo(out, quick=quick, sandbox=sandbox, console=console)
 
 
 # ---- view -------------------------------------------------------------------------------------------
