@@ -34,12 +34,14 @@ class DemoSize:
     twx_tasks: int
     student_steps: int  # ReAct turns a student gets per episode
     new_tokens: int  # tokens a student may write per turn
+    train_batch: int = 4
+    max_length: int = 768
 
 
-FULL = DemoSize(train_tasks=60, train_steps=12, dev_tasks=8, test_tasks=12, twx_tasks=4, student_steps=3,
+FULL = DemoSize(train_tasks=60, train_steps=16, dev_tasks=8, test_tasks=12, twx_tasks=4, student_steps=3,
                 new_tokens=96)
 QUICK = DemoSize(train_tasks=8, train_steps=2, dev_tasks=2, test_tasks=3, twx_tasks=1, student_steps=2,
-                 new_tokens=32)
+                 new_tokens=32, train_batch=2, max_length=512)
 
 
 class Demo:
@@ -111,8 +113,9 @@ class Demo:
         out = self.path("student")
         shutil.rmtree(out, ignore_errors=True)
         cfg = TrainConfig(data=[str(self.path("runs/math-dual"))], student=STUDENT, out=str(out),
-                          curriculum="staged:2", max_steps=self.size.train_steps, batch_size=4,
-                          max_length=768, learning_rate=5e-4, lora_r=16)
+                          curriculum="staged:2", max_steps=self.size.train_steps,
+                          batch_size=self.size.train_batch, max_length=self.size.max_length, learning_rate=5e-4,
+                          lora_r=16)
         result = train(cfg)
         losses = {k: round(v, 3) for k, v in result.losses.items()}
         return {"line": f"{result.steps} LoRA steps on {result.examples} examples; final {losses}",
