@@ -59,14 +59,15 @@ class Demo:
         done = self.stages / f"{name}.json"
         if done.exists():
             result = json.loads(done.read_text())
-            self.console.print(f"[dim]✓ {name}: {result.get('line', '')} (finished earlier)[/]")
+            self.console.print(f"[dim]✓ {name}: {result.get('line', '')} (finished earlier)[/]", soft_wrap=True)
             return result
         self.console.rule(f"[bold]{name}")
         start = time.monotonic()
         result = fn()
         result["seconds"] = round(time.monotonic() - start, 1)
         done.write_text(json.dumps(result, indent=2))
-        self.console.print(f"[green]✓ {name}[/]: {result.get('line', '')} [dim]({result['seconds']} s)[/]")
+        self.console.print(f"[green]✓ {name}[/]: {result.get('line', '')} [dim]({result['seconds']} s)[/]",
+                           soft_wrap=True)
         return result
 
     # ---- stages -------------------------------------------------------------------------------------
