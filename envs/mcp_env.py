@@ -367,6 +367,36 @@ class McpEpisode(Episode):
         return self.outcome
 
 
+class LiveConnection:
+    """One server's session for the running loop, restarted when it dies; concurrent callers share it."""
+
+    def __init__(self, server: str, timeout_s: float):
+        self.server, self.timeout_s = server, timeout_s
+        self._conn: McpConnection | None = None
+        self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+        self._retiring: set[asyncio.Task] = set()
+
+    async def get(self) -> McpConnection:
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock[0] is not loop:  # a lock belongs to one loop
+            self._lock = (loop, asyncio.Lock())
+        async with self._lock[1]:
+            if self._conn is None or not self._conn.alive or self._conn.loop is not loop:
+                if self._conn is not None:  # its shutdown can take seconds; do not make calls wait
+                    self._retiring.add(asyncio.create_task(self._conn.close()))
+                    self._conn = None
+                self._conn = await McpConnection(self.server, self.timeout_s).start()
+        return self._conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+        retiring = [t for t in self._retiring if t.get_loop() is asyncio.get_running_loop()]
+        self._retiring.clear()
+        await asyncio.gather(*retiring)
+
+
 class McpEnv(Env):
     """Tasks from a JSONL file, tools from an MCP server (stdio command or http URL)."""
 
@@ -385,9 +415,7 @@ class McpEnv(Env):
         self.timeout_s = float(timeout_s)
         self.needs_sandbox = any(t.data["needs_sandbox"] for t in self._tasks)
         self._tools: list[ToolSpec] | None = None
-        self._conn: McpConnection | None = None
-        self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
-        self._retiring: set[asyncio.Task] = set()
+        self._live = LiveConnection(self.server, self.timeout_s)
 
     @property
     def id(self) -> str:
@@ -416,18 +444,10 @@ class McpEnv(Env):
 
     async def connection(self) -> McpConnection:
         """The env's live session, (re)started in the running loop when needed."""
-        loop = asyncio.get_running_loop()
-        if self._lock is None or self._lock[0] is not loop:  # a lock belongs to one loop
-            self._lock = (loop, asyncio.Lock())
-        async with self._lock[1]:
-            if self._conn is None or not self._conn.alive or self._conn.loop is not loop:
-                if self._conn is not None:  # its shutdown can take seconds; do not make calls wait
-                    self._retiring.add(asyncio.create_task(self._conn.close()))
-                    self._conn = None
-                self._conn = await McpConnection(self.server, self.timeout_s).start()
-                if self._tools is None:
-                    self._tools = await self._conn.list_tools()
-        return self._conn
+        conn = await self._live.get()
+        if self._tools is None:
+            self._tools = await conn.list_tools()
+        return conn
 
     async def start(self, task: Task, sandbox: Any = None) -> Episode:
         if task.data.get("needs_sandbox") and sandbox is None:
@@ -436,12 +456,7 @@ class McpEnv(Env):
         return self.episode_cls(self, task, sandbox)
 
     async def close(self) -> None:
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
-        retiring = [t for t in self._retiring if t.get_loop() is asyncio.get_running_loop()]
-        self._retiring.clear()
-        await asyncio.gather(*retiring)
+        await self._live.close()
 
     def experts(self) -> dict[str, Callable[[], Any]]:
         return {"replay": lambda: replay_expert}

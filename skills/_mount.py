@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from trajdistill.envs import FINAL_ANSWER, Env, Episode, Observation, Outcome, Task, ToolSpec, tool_spec
-from trajdistill.envs.mcp_env import McpConnection, McpConnectionError, _describe, _run_sync, server_target
+from trajdistill.envs.mcp_env import (LiveConnection, McpConnection, McpConnectionError, _describe, _run_sync,
+                                      server_target)
 
 from ._box import SkillBox
 from ._server import SKILL_SCHEME
@@ -92,9 +93,7 @@ class Source:
         self.server = server
         self.timeout_s = timeout_s
         self.info: BoxInfo | None = None
-        self._conn: McpConnection | None = None
-        self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
-        self._retiring: set[asyncio.Task] = set()
+        self._live = LiveConnection(server, timeout_s)
 
     async def describe_once(self, preload: bool) -> BoxInfo:
         conn = await McpConnection(self.server, self.timeout_s).start()
@@ -104,16 +103,7 @@ class Source:
             await conn.close()
 
     async def connection(self) -> McpConnection:
-        loop = asyncio.get_running_loop()
-        if self._lock is None or self._lock[0] is not loop:  # a lock belongs to one loop
-            self._lock = (loop, asyncio.Lock())
-        async with self._lock[1]:
-            if self._conn is None or not self._conn.alive or self._conn.loop is not loop:
-                if self._conn is not None:  # its shutdown can take seconds; calls need not wait
-                    self._retiring.add(asyncio.create_task(self._conn.close()))
-                self._conn = None
-                self._conn = await McpConnection(self.server, self.timeout_s).start()
-        return self._conn
+        return await self._live.get()
 
     async def call(self, tool: str, arguments: dict[str, Any]) -> Observation:
         try:
@@ -130,12 +120,7 @@ class Source:
             return Observation(f"Error: reading {uri} failed: {_describe(e)}")
 
     async def close(self) -> None:
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
-        retiring = [t for t in self._retiring if t.get_loop() is asyncio.get_running_loop()]
-        self._retiring.clear()
-        await asyncio.gather(*retiring)
+        await self._live.close()
 
 
 def _prefix(name: str) -> str:
