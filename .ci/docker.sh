@@ -31,10 +31,10 @@ fi
 echo "docker engine: $(docker version --format '{{.Server.Version}}')"
 
 if ! docker image inspect "$IMAGE" >/dev/null 2>&1; then
-  if ! command -v trajdistill >/dev/null; then
+  if ! python3 -c "import trajdistill" 2>/dev/null; then
     echo "error: trajdistill is not installed; install the project before .ci/docker.sh" >&2
     exit 1
   fi
-  trajdistill sandbox build-image --tag "$IMAGE"
+  python3 -m trajdistill sandbox build-image --tag "$IMAGE"
 fi
 echo "sandbox image ready: $IMAGE"
