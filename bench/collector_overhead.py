@@ -1,9 +1,11 @@
 """Framework overhead per step: the collector with the gold expert on twx:coin against raw TWX.
 
-Three timings over the same seeds, in one run, repeated; medians reported:
-  raw        textworld_express reset(gold) + step along the gold path (no trajdistill at all)
-  episodes   the TwxEnv episodes stepped directly with the gold actions (env wrapper, no loop)
+Three timings over the same seeds, in one run, repeated; medians reported. Each includes starting one JVM.
   collector  `collect` with expert:gold: LangGraph loop, ReAct text, parsing, fsynced run store
+  raw        textworld_express alone: reset each seed and step the exact commands the collector's episodes
+             took (read back from its run), no trajdistill at all
+  episodes   the TwxEnv episodes stepped directly with their gold actions (the env wrapper, no loop); the
+             wrapper samples gold paths at episode start (coin's is random) and lists valid actions
 Overhead per step = (collector - raw) / steps; the split between env wrapper and loop is shown too.
 
     python bench/collector_overhead.py [--episodes 40] [--repeats 5]
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import tempfile
 import time
@@ -20,12 +23,22 @@ import warnings
 
 from trajdistill.agents._collector import CollectConfig, collect
 from trajdistill.envs import make_env
-from trajdistill.envs.twx import raw_gold_steps
+from trajdistill.envs._react_text import ParsedAction, parse_react
+from trajdistill.envs.twx import _close_game, new_game, reset, resolve_params
 
 
-def time_raw(seeds: list[int]) -> tuple[float, int]:
+def time_raw(episodes: list[tuple[int, list[str]]]) -> tuple[float, int]:
     start = time.perf_counter()
-    steps = raw_gold_steps("coin", seeds)
+    twx = new_game("coin", resolve_params("coin"))
+    steps = 0
+    try:
+        for seed, commands in episodes:
+            reset(twx, seed, "train")
+            for command in commands:
+                steps += 1
+                twx.step(command)
+    finally:
+        _close_game(twx)
     return time.perf_counter() - start, steps
 
 
@@ -52,13 +65,27 @@ def time_episodes(n: int) -> tuple[float, int]:
     return time.perf_counter() - start, steps
 
 
-def time_collector(n: int) -> tuple[float, int]:
+def time_collector(n: int) -> tuple[float, int, list[tuple[int, list[str]]]]:
     with tempfile.TemporaryDirectory() as d:
         cfg = CollectConfig(env="twx:coin", teachers=["expert:gold"], out=f"{d}/run", tasks=n, concurrency=1)
         start = time.perf_counter()
         store, progress = collect(cfg)
         elapsed = time.perf_counter() - start
-        return elapsed, progress.steps
+        played = [(int(t.task_id.rsplit("-", 1)[1]),
+                   [json.loads(c.function.arguments)["command"] for m in t.messages if m.role == "assistant"
+                    for c in m.tool_calls or []] or _react_commands(t))
+                  for t in store.load()]
+        return elapsed, progress.steps, played
+
+
+def _react_commands(traj) -> list[str]:
+    out = []
+    for m in traj.messages:
+        if m.role == "assistant":
+            parsed = parse_react(m.content)
+            if isinstance(parsed, ParsedAction):
+                out.append(parsed.arguments["command"])
+    return out
 
 
 def main() -> None:
@@ -67,15 +94,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     warnings.simplefilter("ignore")
-    seeds = [int(t.id.rsplit("-", 1)[1]) for t in make_env("twx:coin").tasks("train", n=args.episodes)]
-    rows = {"raw": [], "episodes": [], "collector": []}
+    rows = {"collector": [], "raw": [], "episodes": []}
     steps = {}
     for _ in range(args.repeats):
-        for name, fn in (("raw", lambda: time_raw(seeds)), ("episodes", lambda: time_episodes(args.episodes)),
-                         ("collector", lambda: time_collector(args.episodes))):
-            t, s = fn()
-            rows[name].append(t)
-            steps[name] = s
+        t, steps["collector"], played = time_collector(args.episodes)
+        rows["collector"].append(t)
+        t, steps["raw"] = time_raw(played)
+        rows["raw"].append(t)
+        t, steps["episodes"] = time_episodes(args.episodes)
+        rows["episodes"].append(t)
     med = {k: statistics.median(v) for k, v in rows.items()}
     print(f"| measure | median s ({args.repeats} runs) | steps | ms/step |")
     print("|---|---|---|---|")
