@@ -38,8 +38,10 @@ class DemoSize:
     max_length: int = 768
 
 
-FULL = DemoSize(train_tasks=60, train_steps=16, dev_tasks=8, test_tasks=12, twx_tasks=4, student_steps=3,
-                new_tokens=96)
+# Sized to finish in 15 minutes on 2 CPU cores: generation on CPU is the cost, so students get 2 turns
+# (act, then answer) of at most 128 tokens, which fits 92% of the coder teacher's action turns.
+FULL = DemoSize(train_tasks=60, train_steps=12, dev_tasks=4, test_tasks=8, twx_tasks=4, student_steps=2,
+                new_tokens=128)
 QUICK = DemoSize(train_tasks=8, train_steps=2, dev_tasks=2, test_tasks=3, twx_tasks=1, student_steps=2,
                  new_tokens=32, train_batch=2, max_length=512)
 
@@ -134,7 +136,8 @@ class Demo:
     def gate(self) -> dict[str, Any]:
         from trajdistill.skills._gate import GateConfig, validate
 
-        cfg = GateConfig(box=str(self.path("box")), env="math", agent=STUDENT, split="dev",
+        # The distilled student is the one the box is meant to help, and it stops on its own: cheaper to gate.
+        cfg = GateConfig(box=str(self.path("box")), env="math", agent=f"hf:{self.path('student')}", split="dev",
                          tasks=self.size.dev_tasks, max_steps=self.size.student_steps, sandbox=self.sandbox,
                          agent_options=self.student_options)
         section = validate(cfg)
