@@ -16,7 +16,8 @@ import pytest
 from conftest import require
 from trajdistill.envs import UnknownNameError
 from trajdistill.envs.sandbox import ExecResult, Limits, get_provider, sandboxes, self_check
-from trajdistill.envs.sandbox._selfcheck import DAEMON, FORK_BOMB, MEMORY_BOMB, find_processes, kill_processes
+from trajdistill.envs.sandbox._selfcheck import (DAEMON, FORK_BOMB, MEMORY_BOMB, NET_SCRIPT, find_processes,
+                                                 kill_processes)
 
 LIMITS = Limits(timeout_s=5.0, memory_mb=256, pids=32, output_bytes=64_000)
 BACKENDS = [pytest.param("nsjail", marks=pytest.mark.nsjail),
@@ -99,17 +100,6 @@ async def test_host_file_api_ignores_planted_symlinks(sb, tmp_path, home_secret)
     except (OSError, ValueError):
         pass  # refusing is as good as writing inside
     assert not target.exists()
-
-
-NET_SCRIPT = """
-import socket
-for name, addr in (("host", ("127.0.0.1", {port})), ("external", ("1.1.1.1", 53))):
-    try:
-        socket.create_connection(addr, timeout=2).close()
-        print("CONNECTED", name)
-    except OSError as e:
-        print("BLOCKED", name, e)
-"""
 
 
 async def test_network_is_cut(sb):

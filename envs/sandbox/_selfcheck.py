@@ -116,14 +116,16 @@ async def read_host_secrets(sb: Sandbox) -> Verdict:
             "a host file or env var was readable" if leaked else "host files and env vars unseen")
 
 
+# Only loopback is ever a target: an interface other than `lo` is what would reach any outside address.
 NET_SCRIPT = """
 import socket
-for name, addr in (("host", ("127.0.0.1", {port})), ("external", ("1.1.1.1", 53))):
-    try:
-        socket.create_connection(addr, timeout=2).close()
-        print("CONNECTED", name)
-    except OSError as e:
-        print("BLOCKED", name, e)
+try:
+    socket.create_connection(("127.0.0.1", {port}), timeout=2).close()
+    print("CONNECTED host")
+except OSError as e:
+    print("BLOCKED host", e)
+others = [name for _, name in socket.if_nameindex() if name != "lo"]
+print("CONNECTED external via", others) if others else print("BLOCKED external: only loopback")
 """
 
 
