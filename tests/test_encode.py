@@ -106,6 +106,15 @@ def test_context_turns_are_never_trained(tok):
     assert enc.n_tokens["reason"] > 0 and enc.n_tokens["answer"] == 0
 
 
+def test_a_short_text_is_found_in_its_own_turn_not_in_the_header(tok):
+    # "r" also occurs in "<|im_start|>"; the turn header must not swallow it
+    traj = make_traj([Message(role="assistant", content="r"), Message(role="tool", content="x", name="python")])
+    enc = encode(traj, tok)
+    check_encoding(traj, enc, tok)
+    trained = "".join(enc.text[a:b] for (a, b), k in zip(enc.offsets, enc.span_kinds) if k)
+    assert trained == "r<|im_end|>"
+
+
 def test_stored_spans_are_used_and_rules_resegment(tok):
     traj = make_traj([Message(role="assistant", content="Thought: a\nFinal Answer: 1")])
     (filled,) = segment_run([traj], SegmentRules(answer_markers=("Answer:",)))
@@ -140,8 +149,8 @@ def test_property_trained_tokens_lie_in_trained_spans(tok, case):
     traj, _ = case
     enc = encode(traj, tok)
     check_encoding(traj, enc, tok)
-    # an assistant turn trains its end-of-turn token unless the turn ends in context
-    last = {s.message: s.kind for s in _spans_for(traj, None)}  # sorted: the last span of each turn wins
+    # an assistant turn trains its end-of-turn token unless the turn ends in context or has no text
+    last = {s.message: s.kind for s in _spans_for(traj, None) if s.end > s.start}  # the last span wins
     turns = [i for i, kind in last.items() if kind != "context"]
     eot = tok.convert_tokens_to_ids("<|im_end|>")
     assert sum(1 for t, k in zip(enc.input_ids, enc.span_kinds) if k and t == eot) == len(turns)

@@ -103,17 +103,34 @@ def render(traj: Trajectory, tokenizer: Any) -> tuple[str, dict[int, tuple[int, 
         raise ValueError("the student tokenizer has no chat template; give a tokenizer with one")
     dicts = chat_dicts(traj, tokenizer)
     text = tokenizer.apply_chat_template(dicts, tokenize=False)
-    return text, locate(text, traj.messages, dicts)
+    return text, locate(text, traj.messages, dicts, _turn_starts(text, dicts, tokenizer))
 
 
-def locate(text: str, messages: list[Message], dicts: list[dict[str, str]]) -> dict[int, tuple[int, int]]:
+def _turn_starts(text: str, dicts: list[dict[str, str]], tokenizer: Any) -> dict[int, int]:
+    """Where each assistant turn's text may start: after the conversation so far plus the generation
+    prompt, when the template renders that as a prefix of the whole. Without it a short text like
+    "r" would be found inside the turn header (`<|im_start|>`)."""
+    starts = {}
+    for i, d in enumerate(dicts):
+        if d["role"] != "assistant" or i == 0:
+            continue
+        head = tokenizer.apply_chat_template(dicts[:i], tokenize=False, add_generation_prompt=True)
+        if text.startswith(head):
+            starts[i] = len(head)
+    return starts
+
+
+def locate(text: str, messages: list[Message], dicts: list[dict[str, str]],
+           turn_starts: dict[int, int] | None = None) -> dict[int, tuple[int, int]]:
     """Find each message's content in the rendered text, in order. Other messages are located too
     (when the template shows them verbatim) so that an assistant text is never matched inside an
-    earlier prompt or observation."""
+    earlier prompt or observation; `turn_starts` pins where an assistant text may begin."""
     ranges: dict[int, tuple[int, int]] = {}
     cursor = 0
     for i, (m, d) in enumerate(zip(messages, dicts)):
         content = d["content"]
+        if m.role == "assistant":
+            cursor = max(cursor, (turn_starts or {}).get(i, 0))
         at = text.find(content, cursor)
         if m.role != "assistant":
             if content and at >= 0:
