@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ import yaml
 
 from trajdistill.agents import make_policy
 from trajdistill.agents._collector import CollectConfig, collect
-from trajdistill.agents._models import build_tiny_llama, is_peft_adapter
+from trajdistill.agents._models import build_tiny_llama, is_peft_adapter, load_causal_lm
 from trajdistill.envs import PolicyRequest, Task
 from trajdistill.trajectories._encode import SPAN_KINDS
 from trajdistill.trajectories._sft import (SpanCollator, TrainConfig, build_trainer, kd_divergence, pack,
@@ -80,6 +81,21 @@ async def test_hf_policy_loads_the_trained_adapter(trained):
     turn = await policy(PolicyRequest(messages=[{"role": "user", "content": "Evaluate 2 + 2."}], tools=[], task=task))
     await policy.close()
     assert isinstance(turn.content, str) and turn.usage["completion_tokens"] > 0
+
+
+def test_training_from_an_adapter_goes_on_in_that_adapter(trained, run, tiny, tmp_path):
+    # self-distillation round 2 trains the round-1 adapter: the output must again be one adapter on the base
+    from safetensors.torch import load_file
+
+    again = train(TrainConfig(data=[str(run)], student=f"hf:{trained.out}", out=str(tmp_path / "o"),
+                              max_steps=1, batch_size=2))
+    config = json.loads((again.out / "adapter_config.json").read_text())
+    assert Path(config["base_model_name_or_path"]) == Path(tiny)
+    before, after = (load_file(str(d / "adapter_model.safetensors")) for d in (trained.out, again.out))
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    model, _ = load_causal_lm(again.out)
+    assert not any("lora_" in n for n, _ in model.named_parameters())
 
 
 def test_lora_weights_change_and_base_stays_frozen(run, tiny, tmp_path):

@@ -449,12 +449,37 @@ def _load_student(cfg: TrainConfig) -> tuple[Any, Any, Path]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trajdistill.agents._models import resolve_model
+    from trajdistill.agents._models import is_peft_adapter, resolve_model
 
     path = resolve_model(cfg.student_target)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if is_peft_adapter(path):
+        return _load_adapter_student(path, cfg), tokenizer, path
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     return model, tokenizer, path
+
+
+def _load_adapter_student(path: Path, cfg: TrainConfig) -> Any:
+    """A trained adapter as the student (self-distillation rounds, further training): LoRA training goes on
+    in that adapter, so the output is again one adapter over the original base; full fine-tuning merges it."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from trajdistill.agents._models import resolve_model
+
+    base_name = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base_name:
+        raise ValueError(f"adapter {path} names no base_model_name_or_path in adapter_config.json")
+    base = AutoModelForCausalLM.from_pretrained(str(resolve_model(base_name)), dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, str(path), is_trainable=not cfg.full_finetune)
+    return model.merge_and_unload() if cfg.full_finetune else model
+
+
+def _is_peft_model(model: Any) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
 
 
 def _load_teacher(cfg: TrainConfig, student: Any) -> Any:
@@ -521,7 +546,7 @@ def build_trainer(cfg: TrainConfig) -> tuple[Any, TrainData, Path]:
     trainer = trainer_class()(
         model=model, args=args, train_dataset=data.dataset, processing_class=tokenizer,
         data_collator=SpanCollator(tokenizer.pad_token_id),
-        peft_config=None if cfg.full_finetune else lora_config(cfg),
+        peft_config=None if cfg.full_finetune or _is_peft_model(model) else lora_config(cfg),
         span_weights=cfg.span_weights, sequential=data.plan.sequential, stage_steps=plan_steps,
         n_stages=len(data.stage_rows),
         teacher=teacher, kl=cfg.kl, kd_temperature=cfg.kd_temperature, kd_weight=cfg.kd_weight)
