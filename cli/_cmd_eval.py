@@ -33,6 +33,8 @@ def eval_command(
     sandbox: str = typer.Option("auto", help="Sandbox backend: auto, docker, nsjail, none."),
     env_param: list[str] = typer.Option([], help="KEY=VALUE env parameter; repeatable."),
     skills: list[str] = typer.Option([], help="Skill box every agent mounts; repeatable."),
+    preload_skills: bool = typer.Option(False, "--preload-skills", help="Put whole SKILL.md texts in the system "
+                                        "prompt, not just the skill names (for agents that will not call read_skill)."),
     agent_option: list[str] = typer.Option([], help="KEY=VALUE policy option for every agent (YAML value), "
                                                     "e.g. max_new_tokens=64; repeatable."),
     config: Optional[Path] = ConfigOption,
@@ -47,7 +49,7 @@ def eval_command(
     cfg = EvalConfig(env=env, agents=list(agent), split=split, tasks=tasks, out=str(out) if out else None,
                      concurrency=concurrency, max_steps=max_steps, seed=seed, temperature=temperature,
                      sandbox=sandbox, env_params=_env_params(env_param), skills=list(skills),
-                     agent_options=_agent_options(agent_option))
+                     preload_skills=preload_skills, agent_options=_agent_options(agent_option))
     raise typer.Exit(eval_cmd(console, cfg))
 
 

@@ -21,6 +21,7 @@ from trajdistill.envs.sandbox import Limits, get_provider
 from trajdistill.skills import SkillBox
 from trajdistill.skills._gate import GateConfig, HARMFUL_NOTE, rate_diff_ci, validate, verdict
 from trajdistill.skills._mount import READ_SKILL, MountedEnv, mount_skills
+from trajdistill.trajectories import RunStore
 
 
 class Scripted:
@@ -267,3 +268,15 @@ def test_newcombe_interval_and_verdicts():
     assert verdict(-0.1, (-0.3, 0.1)) == "worse (not significant)"
     assert verdict(-0.4, (-0.6, -0.1)) == "harmful"
     assert verdict(0.0, (-0.2, 0.2)) == "no clear effect"
+
+
+def test_eval_cli_preload_skills_puts_the_skill_text_in_every_system_prompt(box, tmp_path):
+    out = tmp_path / "eval"
+    res = subprocess.run([sys.executable, "-m", "trajdistill", "eval", "--env", "math", "--agent", "expert:coder",
+                          "--tasks", "2", "--sandbox", "none", "--skills", str(box.path), "--preload-skills",
+                          "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    (run,) = (out / "runs").iterdir()
+    trajs = RunStore.open(run).load()
+    assert len(trajs) == 2
+    assert all("Call `add_numbers` with both numbers." in t.messages[0].content for t in trajs)

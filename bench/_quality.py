@@ -1,0 +1,158 @@
+"""Shared pieces of the quality benches (sft_quality, dual_quality, skills_quality).
+
+Every trained variant gets the same token budget: packed rows of `max_length` tokens, `batch` rows
+per optimizer step, `steps` steps, so steps * batch * max_length tokens whatever the data. Every
+evaluation uses the same test tasks, turn limit and generation length. The benches share one output
+folder, so a student trained by one (the coder student, the base eval) is reused by the others, and
+a cut-off run resumes: runs, adapters and result rows already there are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from trajdistill.agents._collector import CollectConfig, collect
+from trajdistill.agents._eval import EvalConfig, evaluate, wilson_ci
+from trajdistill.trajectories import RunStore
+from trajdistill.trajectories._sft import TrainConfig, train
+
+STUDENT = "hf:smollm2-135m"
+CODER_STUDENT = "coder: span-aware SFT + curriculum"  # the issue-4 student the other benches reuse
+
+
+def arguments(doc: str, extra: dict[str, int] | None = None) -> argparse.Namespace:
+    """The shared flags, plus `extra` integer flags (name -> default) of one bench."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for flag, default in (extra or {}).items():
+        ap.add_argument(flag, type=int, default=default)
+    ap.add_argument("--out", type=Path, default=Path("bench-out/quality"))
+    ap.add_argument("--train-tasks", type=int, default=200)
+    ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--max-length", type=int, default=768)
+    ap.add_argument("--test-tasks", type=int, default=100)
+    ap.add_argument("--max-steps", type=int, default=3, help="ReAct turns per eval episode")
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--sandbox", default="auto")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name).strip("-")
+
+
+def teacher_run(args: argparse.Namespace, teacher: str) -> Path:
+    """The teacher's run on the train split (collected once)."""
+    out = args.out / "runs" / slug(teacher)
+    if not (out / "stats.json").exists():
+        collect(CollectConfig(env="math", teachers=[teacher], out=str(out), tasks=args.train_tasks,
+                              sandbox=args.sandbox, resume=out.exists()))
+    return out
+
+
+def trained(args: argparse.Namespace, name: str, data: list[Path], student: str = STUDENT, **weights: Any) -> str:
+    """The policy spec of `student` trained on `data` at the shared token budget (trained once)."""
+    out = args.out / "students" / slug(name)
+    if not (out / "adapter_config.json").exists():
+        start = time.monotonic()
+        result = train(TrainConfig(data=[str(d) for d in data], student=student, out=str(out), max_steps=args.steps,
+                                   batch_size=args.batch, max_length=args.max_length, packing=True,
+                                   learning_rate=5e-4, **weights))
+        print(f"{name}: trained {result.steps} steps in {time.monotonic() - start:.0f} s, losses {result.losses}")
+    return f"hf:{out.resolve()}"
+
+
+def evaluated(args: argparse.Namespace, name: str, spec: str, skills: list[str] | None = None,
+              preload: bool = False) -> dict[str, Any]:
+    """The result row of `spec` on the test tasks (evaluated once), with its tool-use rates."""
+    rows = {r["variant"]: r for r in results(args.out)}
+    if name in rows:
+        return rows[name]
+    out = args.out / "eval" / slug(name)
+    res = evaluate(EvalConfig(env="math", agents=[spec], split="test", tasks=args.test_tasks,
+                              max_steps=args.max_steps, sandbox=args.sandbox, concurrency=args.concurrency,
+                              agent_options={"max_new_tokens": args.new_tokens}, skills=list(skills or []),
+                              preload_skills=preload, out=str(out)))
+    agent = res.agents[0]
+    row = {"variant": name, **agent.to_dict(), "tool_use": tool_use(out / agent.run),
+           "budget": {"steps": args.steps, "batch": args.batch, "max_length": args.max_length,
+                      "tokens": args.steps * args.batch * args.max_length},
+           "eval": {"max_steps": args.max_steps, "new_tokens": args.new_tokens}, "date": time.strftime("%Y-%m-%d")}
+    with open(args.out / "results.jsonl", "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    print(f"{name}: success {row['success_rate']:.1%} invalid {row['invalid_action_rate']:.1%}")
+    return row
+
+
+def results(root: Path) -> list[dict[str, Any]]:
+    path = root / "results.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def called_python(traj: Any) -> bool:
+    """The agent ran the env's python tool at least once (a parse error or unknown tool is not a call)."""
+    return any(m.role == "tool" and m.name == "python" for m in traj.messages)
+
+
+def tool_use(run: Path) -> dict[str, dict[str, Any]]:
+    """Per difficulty: episodes, the share that called the tool, and success with and without a call."""
+    groups: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
+    for t in RunStore.open(run).load():
+        groups[str(t.difficulty)].append((called_python(t), t.outcome.success))
+    out = {}
+    for level, pairs in sorted(groups.items()):
+        used = [ok for call, ok in pairs if call]
+        unused = [ok for call, ok in pairs if not call]
+        out[level] = {"n": len(pairs), "tool_rate": len(used) / len(pairs),
+                      "success_with_tool": _rate(used), "success_without_tool": _rate(unused)}
+    return out
+
+
+def _rate(oks: list[bool]) -> float | None:
+    return sum(oks) / len(oks) if oks else None
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: success with its 95% Wilson CI, invalid actions, mean turns, tokens per episode."""
+    lines = ["| variant | success | 95% CI | invalid actions | mean turns | tokens/episode |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lo, hi = wilson_ci(r["successes"], r["n"])
+        lines.append(f"| {r['variant']} | {r['successes']}/{r['n']} ({r['success_rate']:.1%}) | "
+                     f"{lo:.1%}–{hi:.1%} | {r['invalid_action_rate']:.1%} | {r['mean_steps']:.2f} | "
+                     f"{r['tokens_per_episode']:.0f} |")
+    return "\n".join(lines)
+
+
+def tool_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: per difficulty, the share of episodes that called python, and success with / without."""
+    levels = sorted({lv for r in rows for lv in r["tool_use"]})
+    head = " | ".join(f"d{lv}: tool rate · success with / without" for lv in levels)
+    lines = [f"| variant | {head} |", "|---|" + "---|" * len(levels)]
+    for r in rows:
+        cells = []
+        for lv in levels:
+            u = r["tool_use"].get(lv)
+            cells.append("–" if u is None else f"{u['tool_rate']:.0%} · {_pct(u['success_with_tool'])} / "
+                                               f"{_pct(u['success_without_tool'])}")
+        lines.append(f"| {r['variant']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{x:.0%}"
+
+
+def report(args: argparse.Namespace, rows: list[dict[str, Any]], title: str) -> None:
+    """Print the tables and write them to OUT/<title>.md for bench/RESULTS.md."""
+    text = f"{table(rows)}\n\nTool use per difficulty:\n\n{tool_table(rows)}\n"
+    (args.out / f"{slug(title)}.md").write_text(text)
+    print(text)
