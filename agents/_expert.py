@@ -10,6 +10,7 @@ from trajdistill.envs import Env, PolicyRequest, Turn, UnknownNameError
 class ExpertPolicy:
     backend = "expert"
     action_format = "react"
+    uses_hints = True  # the loop hands privileged episode hints only to policies that say so
 
     def __init__(self, name: str, env: Env, spec: str):
         experts = env.experts()

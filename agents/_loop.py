@@ -10,6 +10,7 @@ errored and propagates to the caller, which records it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -190,7 +191,9 @@ class ReActLoop:
                 "messages": messages, "steps": 0, "step": None, "outcome": None,
                 "usage": {"prompt_tokens": 0, "completion_tokens": 0, "latency_s": 0.0, "invalid_actions": 0},
             }
-            ctx = _Ctx(episode, task, episode.hints())
+            # privileged hints can be costly to work out (twx samples gold paths): only for policies that read them
+            hints = await asyncio.to_thread(episode.hints) if getattr(self.policy, "uses_hints", False) else {}
+            ctx = _Ctx(episode, task, hints)
             final = await self.graph.ainvoke(
                 state, {"configurable": {"ctx": ctx}, "recursion_limit": 2 * self.max_steps + 5})
             outcome = final.get("outcome")

@@ -28,6 +28,7 @@ class Policy(Protocol):
     backend: str
     model: str
     action_format: ActionFormat
+    # optional `uses_hints = True`: the policy reads PolicyRequest.hints (an env's scripted experts do)
 
     async def __call__(self, request: PolicyRequest) -> Turn: ...
 

@@ -227,17 +227,25 @@ class TwxEpisode(Episode):
     env: "TwxEnv"
 
     async def begin(self) -> None:
-        """Check a game out of the pool, work out the clean gold path, then reset for play."""
+        """Check a game out of the pool and reset it for play."""
         self._twx: TextWorldExpressEnv | None = await self.env._pool.acquire()
-        seed, fold = self.task.seed, self.task.data["fold"]
+        self._gold: list[str] | None = None
+        self._moved = False
         try:
-            self._gold = await asyncio.to_thread(best_gold, self._twx, seed, fold)
-            _, self._infos = await asyncio.to_thread(reset, self._twx, seed, fold)
+            _, self._infos = await asyncio.to_thread(reset, self._twx, self.task.seed, self.task.data["fold"])
         except BaseException:
             self._release()
             raise
 
     def hints(self) -> dict[str, Any]:
+        """The clean gold path, worked out on first ask: sampling it costs several resets and replays,
+        so only the gold expert pays for it. It needs the game untouched, since it resets the game."""
+        if self._gold is None:
+            if self._moved or self._twx is None:
+                raise RuntimeError("ask for the gold path before the first move of the episode")
+            seed, fold = self.task.seed, self.task.data["fold"]
+            self._gold = best_gold(self._twx, seed, fold)
+            _, self._infos = reset(self._twx, seed, fold)
         return {"gold_path": list(self._gold)}
 
     @tool
@@ -256,6 +264,7 @@ class TwxEpisode(Episode):
         if not action:
             return Observation(f"{wanted!r} is not a valid action here. {_listing(valid)}", invalid=True)
         obs, _, done, self._infos = self._twx.step(action)
+        self._moved = True
         text = f"{obs.strip()}\n\nScore: {self._infos['score']:g}."
         if not done:
             return Observation(f"{text} {_listing(self._infos['validActions'])}")

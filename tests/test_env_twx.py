@@ -138,3 +138,39 @@ def test_raw_gold_steps():
     from trajdistill.envs.twx import raw_gold_steps
 
     assert raw_gold_steps("coin", range(3)) >= 3
+
+
+async def test_the_gold_path_is_only_for_policies_that_read_hints_and_only_before_the_first_move(coin):
+    from trajdistill.agents._loop import ReActLoop
+    from trajdistill.envs import Turn
+    from trajdistill.envs._react_text import format_action, format_final
+
+    class Looker:
+        spec, backend, model, action_format = "scripted:look", "scripted", "look", "react"
+
+        def __init__(self):
+            self.hints = []
+
+        async def __call__(self, request):
+            self.hints.append(request.hints)
+            if len(self.hints) == 1:
+                return Turn(content=format_action("Look first.", "act", {"command": "look around"}))
+            return Turn(content=format_final("Done.", "none"))
+
+        def sampling(self):
+            return {}
+
+        async def close(self):
+            pass
+
+    task = coin.tasks("train", n=1)[0]
+    looker = Looker()
+    await ReActLoop(coin, looker, max_steps=3).run(task)
+    assert looker.hints == [{}, {}]
+    episode = await coin.start(task)
+    try:
+        await episode.call("act", {"command": "look around"})
+        with pytest.raises(RuntimeError, match="before the first move"):
+            episode.hints()
+    finally:
+        await episode.close()
