@@ -9,7 +9,7 @@ The self-distill round samples the dual student on train tasks, keeps its verifi
 the dual set, and trains that same adapter on, at the same budget again (so twice the budget in all).
 Also reports the tool-use rate per difficulty: does the student call python where reasoning fails?
 
-    python bench/dual_quality.py [--out bench-out/quality] [--sd-tasks 50] [--sd-samples 2] [--sandbox nsjail]
+    python bench/dual_quality.py [--out bench-out/quality] [--sd-tasks 25] [--sd-samples 2] [--sandbox nsjail]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from trajdistill.trajectories import compose
 
 
 def main() -> None:
-    args = arguments(__doc__, {"--sd-tasks": 50, "--sd-samples": 2})
+    args = arguments(__doc__, {"--sd-tasks": 25, "--sd-samples": 2})
     warnings.simplefilter("ignore")
     runs = [teacher_run(args, "expert:reasoner"), teacher_run(args, "expert:coder")]
     sets = {"reasoner only": [runs[0]], CODER_STUDENT: [runs[1]]}

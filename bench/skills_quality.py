@@ -2,7 +2,8 @@
 
 Mines a box from the expert:coder train-split run (the deterministic miner, tools validated in the
 sandbox) and evaluates on the same held-out test tasks, without and with the box mounted over MCP
-(its SKILL.md texts preloaded into the system prompt, its tools next to the env's):
+(the default mount: its tools next to the env's, skill names and descriptions in the system prompt,
+`read_skill` to fetch a SKILL.md; --preload 1 puts every SKILL.md in the prompt instead, ~3.5k tokens):
   base · base + box · coder student (sft_quality's span-aware SFT + curriculum) · coder student + box
 The rows without a box are shared with sft_quality when it ran first.
 
@@ -19,7 +20,7 @@ from trajdistill.skills._mine import MineConfig, mine
 
 
 def main() -> None:
-    args = arguments(__doc__)
+    args = arguments(__doc__, {"--preload": 0})
     warnings.simplefilter("ignore")
     coder = teacher_run(args, "expert:coder")
     box = args.out / "box"
@@ -29,7 +30,8 @@ def main() -> None:
     rows = []
     for name, spec in (("base", STUDENT), (CODER_STUDENT, student)):
         rows.append(evaluated(args, name, spec))
-        rows.append(evaluated(args, f"{name} + mined box", spec, skills=[str(box.resolve())], preload=True))
+        label = f"{name} + mined box" + (" (preloaded)" if args.preload else "")
+        rows.append(evaluated(args, label, spec, skills=[str(box.resolve())], preload=bool(args.preload)))
     report(args, rows, "skills-quality")
 
 
