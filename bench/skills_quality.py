@@ -1,7 +1,8 @@
 """Training-free skill boxes (issue 6 evidence), on math with the embedded SmolLM2-135M.
 
 Mines a box from the expert:coder train-split run (the deterministic miner, tools validated in the
-sandbox) and evaluates on the same held-out test tasks, without and with the box mounted over MCP
+sandbox, --min-support 2: a tool must cover two distinct calls; at 1 the 200-task run gives 45 tools, 27 of
+them one-off arithmetic expressions, and a ~5,000-token system prompt) and evaluates on the same held-out test tasks, without and with the box mounted over MCP
 (the default mount: its tools next to the env's, skill names and descriptions in the system prompt,
 `read_skill` to fetch a SKILL.md; --preload 1 puts every SKILL.md in the prompt instead, ~3.5k tokens):
   base · base + box · coder student (sft_quality's span-aware SFT + curriculum) · coder student + box
@@ -20,12 +21,13 @@ from trajdistill.skills._mine import MineConfig, mine
 
 
 def main() -> None:
-    args = arguments(__doc__, {"--preload": 0})
+    args = arguments(__doc__, {"--preload": 0, "--min-support": 2})
     warnings.simplefilter("ignore")
     coder = teacher_run(args, "expert:coder")
     box = args.out / "box"
     if not (box / "skillbox.json").exists():
-        mine(MineConfig(runs=[str(coder)], out=str(box), sandbox=args.sandbox, force=box.exists()))
+        mine(MineConfig(runs=[str(coder)], out=str(box), sandbox=args.sandbox, force=box.exists(),
+                        min_support=args.min_support))
     student = trained(args, CODER_STUDENT, [coder], curriculum="complexity")
     rows = []
     for name, spec in (("base", STUDENT), (CODER_STUDENT, student)):

@@ -30,6 +30,8 @@ def mine_cmd(
     mode: str = typer.Option("both", help="tools, docs or both."),
     workers: int = typer.Option(4, help="Analysts and sandboxed tool runs in flight at once."),
     sandbox: str = typer.Option("auto", help="Sandbox backend for tool replay: auto, docker, nsjail, none."),
+    min_support: int = typer.Option(1, help="Distinct source calls a tool must cover to be kept; 2 drops "
+                                            "one-off snippets, which otherwise crowd every agent's prompt."),
     name: Optional[str] = typer.Option(None, help="Box name; default: <env>-skills."),
     force: bool = typer.Option(False, "--force", help="Replace an existing box at OUT."),
     config: Optional[Path] = ConfigOption,
@@ -38,7 +40,7 @@ def mine_cmd(
     from trajdistill.skills._mine import MineConfig, mine_async
 
     cfg = MineConfig(runs=[str(r) for r in runs], out=str(out), analyst=analyst, mode=mode, workers=workers,
-                     sandbox=sandbox, name=name, force=force)
+                     sandbox=sandbox, name=name, force=force, min_support=min_support)
     with Progress(TextColumn("[bold]mine[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
                   console=console, transient=True) as bar:
         job = bar.add_task("loading runs", total=None)

@@ -33,6 +33,7 @@ class MineConfig:
     name: str | None = None
     force: bool = False
     timeout_s: float = 10.0  # per tool run in the sandbox
+    min_support: int = 1  # distinct source calls a mined tool must cover to be kept
 
     def __post_init__(self) -> None:
         if not self.runs:
@@ -41,6 +42,8 @@ class MineConfig:
             raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.workers < 1:
             raise ValueError(f"--workers must be at least 1, got {self.workers}")
+        if self.min_support < 1:
+            raise ValueError(f"--min-support must be at least 1, got {self.min_support}")
 
 
 @dataclass
@@ -84,8 +87,8 @@ async def mine_async(cfg: MineConfig, *, analyst: Any = None, listener: Listener
         if cfg.mode in ("tools", "both"):
             provider = get_provider(cfg.sandbox, Limits(timeout_s=cfg.timeout_s))
             runner = ToolRunner(provider, cfg.workers, timeout=cfg.timeout_s)
-        tools = await mine_tools(trajs, runner, analyst=analyst, workers=cfg.workers, listener=listener) \
-            if runner is not None else None
+        tools = await mine_tools(trajs, runner, analyst=analyst, workers=cfg.workers,
+                                 min_support=cfg.min_support, listener=listener) if runner is not None else None
         docs = await mine_docs(trajs, env=env, analyst=analyst, workers=cfg.workers, listener=listener) \
             if cfg.mode in ("docs", "both") else None
         if docs and tools:
@@ -145,7 +148,8 @@ def _sources(trajs: list[tuple[str, Trajectory]]) -> list[dict[str, Any]]:
 
 
 def _generator(cfg: MineConfig, tools: ToolMining | None, docs: DocsMining | None) -> dict[str, Any]:
-    gen: dict[str, Any] = {"package_version": __version__, "analyst": cfg.analyst, "mode": cfg.mode}
+    gen: dict[str, Any] = {"package_version": __version__, "analyst": cfg.analyst, "mode": cfg.mode,
+                           "min_support": cfg.min_support}
     if tools is not None:
         gen["tool_mining"] = {"code_calls": tools.calls, "candidates": tools.candidates, "kept": len(tools.tools),
                               "merged": tools.merged, "dropped": dict(tools.dropped)}

@@ -512,8 +512,10 @@ def matches_output(text: str, expected: str) -> bool:
 
 
 async def mine_tools(trajs: list[tuple[str, Trajectory]], runner: ToolRunner, *, analyst: Any = None,
-                     workers: int = 2, listener: Listener | None = None) -> ToolMining:
-    """Mine tools from (run, trajectory) pairs; every kept tool reproduces its source calls in the sandbox."""
+                     workers: int = 2, min_support: int = 1, listener: Listener | None = None) -> ToolMining:
+    """Mine tools from (run, trajectory) pairs; every kept tool reproduces its source calls in the sandbox.
+    A tool must cover at least `min_support` distinct source calls: one-off snippets are not reusable tools,
+    and each kept tool costs every agent prompt tokens."""
     calls = source_calls(trajs)
     dropped: Counter = Counter()
     if analyst is None:
@@ -526,6 +528,7 @@ async def mine_tools(trajs: list[tuple[str, Trajectory]], runner: ToolRunner, *,
     cands = await _replayed(cands, replay, dropped, listener)
     cands, m2 = await _cluster(cands, replay, listener)
     cands, m3 = await _consolidate(cands, replay)
+    cands = _supported(cands, min_support, dropped)
     tools = [_draft(c) for c in _unique_names(cands)]
     return ToolMining(tools, len(calls), total, dropped, merged + m2 + m3)
 
@@ -633,6 +636,17 @@ async def _covers(general: Candidate, special: Candidate, replay: _Replay) -> li
             return None
         moved.append((call, args))
     return moved
+
+
+def _supported(cands: list[Candidate], min_support: int, dropped: Counter) -> list[Candidate]:
+    kept = [c for c in cands if _support(c) >= min_support]
+    if len(kept) < len(cands):
+        dropped[f"support below {min_support}"] += len(cands) - len(kept)
+    return kept
+
+
+def _support(c: Candidate) -> int:
+    return len({json.dumps(args, sort_keys=True) for _, args in c.calls})
 
 
 def _unique_names(cands: list[Candidate]) -> list[Candidate]:

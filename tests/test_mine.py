@@ -139,6 +139,17 @@ def test_clustering_merges_duplicates_and_special_cases():
     assert {json.dumps(c["expected"]) for c in comb_tool.tests} == {"120", "495", "21", "9"}
 
 
+def test_min_support_drops_one_off_tools_and_counts_them():
+    trajs = [traj("from math import comb\nprint(comb(10, 3))", "120"),
+             traj("from math import comb\nprint(comb(12, 4))", "495"),
+             traj("print((3 + 4) * 5 - 2)", "33", category="arithmetic")]  # a one-off expression
+    assert sorted(t.name for t in asyncio.run(run_mining(trajs)).tools) == ["compute_arithmetic_x_4",
+                                                                             "count_combinations"]
+    result = asyncio.run(run_mining(trajs, min_support=2))
+    assert [t.name for t in result.tools] == ["count_combinations"]
+    assert result.dropped == {"support below 2": 1}
+
+
 def test_a_candidate_that_fails_replay_is_dropped_and_counted():
     trajs = [traj("from math import comb\nprint(comb(5, 2))", "999"),  # the observation does not match
              traj("x = 1\nfor i in range(3):\n    x += i\n", "3"),  # no final print
