@@ -192,14 +192,19 @@ def load_causal_lm(name: str | os.PathLike, *, device: str = "cpu", dtype: Any =
     return model, tokenizer
 
 
+def adapter_base(path: Path, *, allow_hub: bool = False) -> Path:
+    """The resolved base model a PEFT adapter directory was trained on."""
+    base_name = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base_name:
+        raise ModelNotFoundError(f"adapter {path} names no base_model_name_or_path in adapter_config.json")
+    return resolve_model(base_name, allow_hub=allow_hub)
+
+
 def _load_adapter(path: Path, device: str, dtype: Any) -> tuple[Any, Any]:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base_name = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    if not base_name:
-        raise ModelNotFoundError(f"adapter {path} names no base_model_name_or_path in adapter_config.json")
-    base_path = resolve_model(base_name, allow_hub=True)
+    base_path = adapter_base(path, allow_hub=True)
     base = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=dtype)
     model = PeftModel.from_pretrained(base, str(path)).merge_and_unload()  # merged: plain generate speed
     has_tokenizer = (path / "tokenizer_config.json").is_file()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from trajdistill.agents._collector import CollectConfig, collect
-from trajdistill.agents._eval import EvalConfig, evaluate, wilson_ci
+from trajdistill.agents._eval import EvalConfig, evaluate, slug
 from trajdistill.trajectories import RunStore
 from trajdistill.trajectories._sft import TrainConfig, train
 
@@ -43,10 +43,6 @@ def arguments(doc: str, extra: dict[str, int] | None = None) -> argparse.Namespa
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     return args
-
-
-def slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name).strip("-")
 
 
 def teacher_run(args: argparse.Namespace, teacher: str) -> Path:
@@ -125,7 +121,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| variant | success | 95% CI | invalid actions | mean turns | tokens/episode |",
              "|---|---|---|---|---|---|"]
     for r in rows:
-        lo, hi = wilson_ci(r["successes"], r["n"])
+        lo, hi = r["ci95"]
         lines.append(f"| {r['variant']} | {r['successes']}/{r['n']} ({r['success_rate']:.1%}) | "
                      f"{lo:.1%}–{hi:.1%} | {r['invalid_action_rate']:.1%} | {r['mean_steps']:.2f} | "
                      f"{r['tokens_per_episode']:.0f} |")

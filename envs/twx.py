@@ -230,7 +230,6 @@ class TwxEpisode(Episode):
         """Check a game out of the pool and reset it for play."""
         self._twx: TextWorldExpressEnv | None = await self.env._pool.acquire()
         self._gold: list[str] | None = None
-        self._moved = False
         try:
             _, self._infos = await asyncio.to_thread(reset, self._twx, self.task.seed, self.task.data["fold"])
         except BaseException:
@@ -241,7 +240,7 @@ class TwxEpisode(Episode):
         """The clean gold path, worked out on first ask: sampling it costs several resets and replays,
         so only the gold expert pays for it. It needs the game untouched, since it resets the game."""
         if self._gold is None:
-            if self._moved or self._twx is None:
+            if self._twx is None or self._infos.get("numMoves", 0) > 0:
                 raise RuntimeError("ask for the gold path before the first move of the episode")
             seed, fold = self.task.seed, self.task.data["fold"]
             self._gold = best_gold(self._twx, seed, fold)
@@ -264,7 +263,6 @@ class TwxEpisode(Episode):
         if not action:
             return Observation(f"{wanted!r} is not a valid action here. {_listing(valid)}", invalid=True)
         obs, _, done, self._infos = self._twx.step(action)
-        self._moved = True
         text = f"{obs.strip()}\n\nScore: {self._infos['score']:g}."
         if not done:
             return Observation(f"{text} {_listing(self._infos['validActions'])}")

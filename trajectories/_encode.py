@@ -126,11 +126,12 @@ def locate(text: str, messages: list[Message], dicts: list[dict[str, str]],
     (when the template shows them verbatim) so that an assistant text is never matched inside an
     earlier prompt or observation; `turn_starts` pins where an assistant text may begin."""
     ranges: dict[int, tuple[int, int]] = {}
+    turn_starts = turn_starts or {}
     cursor = 0
     for i, (m, d) in enumerate(zip(messages, dicts)):
         content = d["content"]
         if m.role == "assistant":
-            cursor = max(cursor, (turn_starts or {}).get(i, 0))
+            cursor = max(cursor, turn_starts.get(i, 0))
         at = text.find(content, cursor)
         if m.role != "assistant":
             if content and at >= 0:

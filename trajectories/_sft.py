@@ -466,12 +466,9 @@ def _load_adapter_student(path: Path, cfg: TrainConfig) -> Any:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from trajdistill.agents._models import resolve_model
+    from trajdistill.agents._models import adapter_base
 
-    base_name = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    if not base_name:
-        raise ValueError(f"adapter {path} names no base_model_name_or_path in adapter_config.json")
-    base = AutoModelForCausalLM.from_pretrained(str(resolve_model(base_name)), dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(str(adapter_base(path)), dtype=torch.float32)
     model = PeftModel.from_pretrained(base, str(path), is_trainable=not cfg.full_finetune)
     return model.merge_and_unload() if cfg.full_finetune else model
 
