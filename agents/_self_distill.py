@@ -16,6 +16,11 @@ A sample is kept when the verifier says it succeeded; on a disputed task with a 
 also give the confirm policy's final answer. Every round retrains the ORIGINAL student on the whole
 buffer (as STaR does, so errors do not compound through fine-tuning on fine-tuned weights); the next
 round samples from the new adapter. OUT/rounds.json holds the per-round stats, rewritten after each round.
+
+`resume` continues an interrupted OUT with the same settings (only --rounds may grow): finished rounds
+(those in rounds.json) are kept as they are; in the cut-off round the sample and confirm runs go on
+where they stopped (no episode is lost or run twice), and the buffer, model and dev eval, which are
+derived from them, are rebuilt.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -63,6 +69,7 @@ class SelfDistillConfig:
     env_params: dict[str, Any] = field(default_factory=dict)
     student_options: dict[str, Any] = field(default_factory=dict)  # e.g. max_new_tokens, batch_size
     train_args: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields, e.g. max_steps
+    resume: bool = False  # continue an interrupted OUT (see the module doc); not part of the stored settings
 
     def __post_init__(self) -> None:
         problems = []
@@ -270,9 +277,11 @@ class SelfDistiller:
     def _collect_config(self, spec: str, out: Path, seed: int, temperature: float,
                         options: dict[str, Any] | None = None) -> CollectConfig:
         c = self.cfg
+        # resume=True: a new directory starts empty; one cut off by a crash goes on where it stopped.
         return CollectConfig(env=c.env, teachers=[spec], out=str(out), tasks=c.tasks, split=c.split,
                              concurrency=c.concurrency, seed=seed, max_steps=c.max_steps, temperature=temperature,
-                             sandbox=c.sandbox, env_params=dict(c.env_params), teacher_options=options or {})
+                             sandbox=c.sandbox, env_params=dict(c.env_params), teacher_options=options or {},
+                             resume=True)
 
     def _listen(self, label: str) -> Callable[[Progress], None] | None:
         return (lambda p: self.listener(label, p)) if self.listener else None
@@ -292,7 +301,7 @@ class SelfDistiller:
         spec = str(self.cfg.confirm)
         cc = self._collect_config(spec, self.root / f"round-{round_no}" / "confirm", self.cfg.seed, 0.0)
         collector = _TaskCollector(cc, task_ids)
-        store = RunStore.create(cc.out, resolved_config(cc))
+        store = RunStore.create(cc.out, resolved_config(cc), resume=True)
         try:
             await collector.run(store, self._listen(f"round {round_no} confirm"))
         finally:
@@ -336,6 +345,8 @@ class SelfDistiller:
     async def round(self, round_no: int, student: str, buffer: list[Trajectory]) -> tuple[RoundStats, list[Trajectory]]:
         g = await self.gather(round_no, student, buffer)
         buffer_dir = self.root / f"round-{round_no}" / "buffer"
+        for derived in ("buffer", "model", "dev"):  # left by a cut-off attempt of this round: rebuilt
+            shutil.rmtree(self.root / f"round-{round_no}" / derived, ignore_errors=True)
         write_run(buffer_dir, g.buffer, {"command": "self-distill buffer", "env": self.cfg.env, "round": round_no,
                                          "compose_runs": self.cfg.compose_runs, "student": student})
         result = self.train(round_no, buffer_dir) if any(t.outcome.success for t in g.buffer) else None
@@ -353,9 +364,12 @@ class SelfDistiller:
 
     async def run(self, on_round: Callable[[RoundStats], None] | None = None) -> SelfDistillResult:
         self._start()
-        buffer, _ = merge_buffer([], load_runs(self.cfg.compose_runs))
-        student, stats = self.cfg.student, []
-        for r in range(1, self.cfg.rounds + 1):
+        stats, student = self._finished_rounds()
+        if stats:
+            buffer = RunStore.open(self.root / f"round-{len(stats)}" / "buffer").load()
+        else:
+            buffer, _ = merge_buffer([], load_runs(self.cfg.compose_runs))
+        for r in range(len(stats) + 1, self.cfg.rounds + 1):
             s, buffer = await self.round(r, student, buffer)
             stats.append(s)
             student = s.model or student
@@ -371,9 +385,41 @@ class SelfDistiller:
         if problems:
             raise ValueError(f"--student: {'; '.join(problems)}")
         if self.root.exists() and any(self.root.iterdir()):
-            raise ValueError(f"{self.root} is not empty; choose a new --out directory")
+            if not self.cfg.resume:
+                raise ValueError(f"{self.root} is not empty; pass --resume to continue it, or choose a new --out")
+            self._check_resumable()
         self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / CONFIG_FILE).write_text(yaml.safe_dump(asdict(self.cfg), sort_keys=False))
+        (self.root / CONFIG_FILE).write_text(yaml.safe_dump(self._settings(), sort_keys=False))
+
+    def _settings(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self.cfg).items() if k != "resume"}
+
+    def _check_resumable(self) -> None:
+        path = self.root / CONFIG_FILE
+        if not path.is_file():
+            raise ValueError(f"--resume: {self.root} holds no {CONFIG_FILE}; it is not a self-distill directory")
+        try:
+            old = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ValueError(f"--resume: {path} is corrupt: {e}") from None
+        new = json.loads(json.dumps(self._settings()))  # tuples and the like as YAML stored them
+        changed = sorted(k for k in new.keys() | dict(old or {}).keys()
+                         if k != "rounds" and (old or {}).get(k) != new.get(k))
+        if changed:
+            raise ValueError(f"--resume: settings differ from {path}: {', '.join(changed)} "
+                             "(only --rounds may change)")
+
+    def _finished_rounds(self) -> tuple[list[RoundStats], str]:
+        path = self.root / ROUNDS_FILE
+        if not path.is_file():
+            return [], self.cfg.student
+        try:
+            doc = json.loads(path.read_text())
+            stats = [RoundStats(**r) for r in doc["rounds"]]
+            student = doc["final_student"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"--resume: {path} is corrupt ({e}); delete it to redo every round") from None
+        return stats, student
 
     def _write_rounds(self, stats: list[RoundStats], student: str) -> None:
         doc = {"rounds": [asdict(s) for s in stats], "final_student": student}

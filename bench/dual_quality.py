@@ -17,7 +17,6 @@ tool-using ones, which was measured (identical losses) before this was changed.
 
 from __future__ import annotations
 
-import shutil
 import warnings
 from pathlib import Path
 
@@ -49,14 +48,13 @@ def main() -> None:
 def self_distilled(args, student: str, dual: Path) -> str:
     out = args.out / "students" / slug("dual + 1 self-distill round")
     model = out / "round-1" / "model"
-    if not (model / "adapter_config.json").exists():
-        shutil.rmtree(out, ignore_errors=True)  # self-distill does not resume; a cut-off round starts over
+    if not (out / "rounds.json").exists():
         self_distill(SelfDistillConfig(
             student=student, env="math", out=str(out), samples=args.sd_samples, rounds=1, temperature=0.7,
             tasks=args.sd_tasks, compose_runs=[str(dual)], dev_tasks=0, max_steps=args.max_steps,
             concurrency=args.concurrency, sandbox=args.sandbox, student_options={"max_new_tokens": args.new_tokens},
             train_args={"max_steps": args.steps, "batch_size": args.batch, "max_length": args.max_length,
-                        "packing": True, "learning_rate": 5e-4, "curriculum": "none"}))
+                        "packing": True, "learning_rate": 5e-4, "curriculum": "none"}, resume=True))
     return f"hf:{model.resolve()}"
 
 

@@ -91,6 +91,8 @@ def self_distill_command(
     seed: int = typer.Option(0, help="Base sampling seed; sample k of round r uses a seed of its own."),
     sandbox: str = typer.Option("auto", help="Sandbox backend: auto, docker, nsjail, none."),
     env_param: list[str] = typer.Option([], help="KEY=VALUE env parameter; repeatable."),
+    resume: bool = typer.Option(False, help="Continue an interrupted --out with the same settings (--rounds may "
+                                "grow): finished rounds are kept, sampling goes on where it stopped."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Self-distillation: the student samples, the verifier keeps successes, the student retrains.
@@ -105,7 +107,7 @@ def self_distill_command(
         student=student, env=env, samples=samples, out=str(out), rounds=rounds, temperature=temperature,
         tasks=tasks, compose_runs=[str(p) for p in compose_run], confirm=confirm, dev_tasks=dev_tasks,
         max_steps=max_steps, concurrency=concurrency, seed=seed, sandbox=sandbox,
-        env_params=_env_params(env_param), train_args=parse_train_args(list(ctx.args)))
+        env_params=_env_params(env_param), train_args=parse_train_args(list(ctx.args)), resume=resume)
     with Progress(*episode_columns("self-distill"), console=console, transient=False) as bar:
         rows: dict[str, EpisodeRow] = {}
 

@@ -161,3 +161,56 @@ def test_a_student_that_cannot_train_is_refused_before_sampling(tmp_path):
     with pytest.raises(ValueError, match="--student: .*hf:"):
         self_distill(_cfg(tmp_path))  # expert:coder samples fine but is no model to fine-tune
     assert not (tmp_path / "sd").exists()
+
+
+class Crash(Exception):
+    pass
+
+
+def _tiny_cfg(tmp_path, compose_run, **kw) -> SelfDistillConfig:
+    from trajdistill.agents._models import build_tiny_llama
+
+    tiny = build_tiny_llama(tmp_path / "tiny") if not (tmp_path / "tiny").exists() else tmp_path / "tiny"
+    base = dict(student=f"hf:{tiny}", compose_runs=[str(compose_run)], max_steps=2, temperature=1.0,
+                student_options={"max_new_tokens": 16},
+                train_args=parse_train_args(["--train-max-steps", "1", "--train-batch-size", "2",
+                                             "--train-max-length", "512", "--train-curriculum", "none"]))
+    return _cfg(tmp_path, **{**base, **kw})
+
+
+def _episodes(run) -> list[str]:
+    return sorted(t.task_id for t in RunStore.open(run).load())
+
+
+def test_a_cut_off_self_distillation_resumes_without_losing_or_repeating_episodes(tmp_path, coder_compose):
+    def crash_in_second_sample(label, p):  # after its first episode (the hf batch may finish two at once)
+        if label == "round 1 sample 2/2" and p.done == 1:
+            raise Crash("power cut")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(Crash):
+            self_distill(_tiny_cfg(tmp_path, coder_compose), crash_in_second_sample)
+        round1 = tmp_path / "sd" / "round-1"
+        assert len(_episodes(round1 / "samples-0")) == 3 and 0 < len(_episodes(round1 / "samples-1")) < 3
+        assert not (tmp_path / "sd" / "rounds.json").exists()
+
+        with pytest.raises(ValueError, match="pass --resume"):
+            self_distill(_tiny_cfg(tmp_path, coder_compose))
+        with pytest.raises(ValueError, match="settings differ .*temperature"):
+            self_distill(_tiny_cfg(tmp_path, coder_compose, resume=True, temperature=0.5))
+
+        first = self_distill(_tiny_cfg(tmp_path, coder_compose, resume=True))
+        (r1,) = first.rounds
+        tasks = _episodes(round1 / "samples-0")
+        assert len(set(tasks)) == 3  # every task sampled once per sample run: nothing lost, nothing run twice
+        assert _episodes(round1 / "samples-1") == tasks
+        assert r1.sampled == 6 and r1.trained and (round1 / "model" / "adapter_config.json").is_file()
+
+        stamp = [p.stat().st_mtime_ns for p in sorted(round1.rglob("*")) if p.is_file()]
+        second = self_distill(_tiny_cfg(tmp_path, coder_compose, resume=True, rounds=2))
+    assert [p.stat().st_mtime_ns for p in sorted(round1.rglob("*")) if p.is_file()] == stamp  # round 1 kept
+    assert second.rounds[0] == r1 and second.rounds[1].student == r1.model
+    assert json.loads((tmp_path / "sd" / "rounds.json").read_text())["final_student"] == second.final_student
+    buffer1 = {t.id for t in RunStore.open(round1 / "buffer").load()}
+    assert buffer1 <= {t.id for t in RunStore.open(tmp_path / "sd" / "round-2" / "buffer").load()}
