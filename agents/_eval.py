@@ -52,8 +52,11 @@ class EvalConfig:
     options_by_agent: dict[str, dict[str, Any]] = field(default_factory=dict)  # spec -> extra options
     skills: list[str] = field(default_factory=list)  # skill boxes every agent mounts
     preload_skills: bool = False  # whole SKILL.md texts in the system prompt, not just names
+    resume: bool = False  # continue an interrupted `out`: each agent's run goes on where it stopped
 
     def __post_init__(self) -> None:
+        if self.resume and self.out is None:
+            raise ValueError("--resume needs the --out of the evaluation to continue")
         if not self.agents:
             raise ValueError("give at least one --agent SPEC")
         if len(set(self.agents)) != len(self.agents):
@@ -79,7 +82,7 @@ class AgentResult:
     mean_steps: float
     invalid_action_rate: float
     tokens_per_episode: float
-    wall_s: float
+    wall_s: float  # this invocation's; a resumed eval times only the episodes it ran
     errors: int
     by_difficulty: dict[str, dict[str, Any]]
     by_category: dict[str, dict[str, Any]]
@@ -139,7 +142,7 @@ def collect_config(cfg: EvalConfig, spec: str, out: Path) -> CollectConfig:
         env=cfg.env, teachers=[spec], out=str(out), tasks=cfg.tasks, split=cfg.split,
         concurrency=cfg.concurrency, seed=cfg.seed, max_steps=cfg.max_steps, temperature=cfg.temperature,
         sandbox=cfg.sandbox, env_params=dict(cfg.env_params),
-        teacher_options={**cfg.agent_options, **cfg.options_by_agent.get(spec, {})}, **extra)
+        teacher_options={**cfg.agent_options, **cfg.options_by_agent.get(spec, {})}, resume=cfg.resume, **extra)
 
 
 # ---- scoring ---------------------------------------------------------------------------------------
@@ -185,7 +188,7 @@ def score(spec: str, store: RunStore, tasks: list[Task], wall_s: float, run: str
 async def _run_agent(collector: Collector, total: int, listener: EvalListener | None) -> tuple[RunStore, float]:
     cfg = collector.cfg
     try:
-        store = RunStore.create(Path(cfg.out), resolved_config(cfg))
+        store = RunStore.create(Path(cfg.out), resolved_config(cfg), resume=cfg.resume)
     except BaseException:
         await collector.close()
         raise
@@ -203,7 +206,8 @@ async def _run_agent(collector: Collector, total: int, listener: EvalListener | 
 
 def _prepare_out(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"--out {out} exists and is not empty; choose a new directory")
+        raise ValueError(f"--out {out} exists and is not empty; pass --resume to continue it, or choose a new "
+                         "directory")
 
 
 async def _evaluate_in(cfg: EvalConfig, root: Path, listener: EvalListener | None) -> EvalResults:
@@ -242,7 +246,8 @@ async def evaluate_async(cfg: EvalConfig, listener: EvalListener | None = None) 
         with tempfile.TemporaryDirectory(prefix="trajdistill-eval-") as tmp:
             return await _evaluate_in(cfg, Path(tmp), listener)
     out = Path(cfg.out)
-    _prepare_out(out)
+    if not cfg.resume:
+        _prepare_out(out)
     results = await _evaluate_in(cfg, out, listener)
     results.out = out
     write_results(results, out)

@@ -37,6 +37,8 @@ def eval_command(
                                         "prompt, not just the skill names (for agents that will not call read_skill)."),
     agent_option: list[str] = typer.Option([], help="KEY=VALUE policy option for every agent (YAML value), "
                                                     "e.g. max_new_tokens=64; repeatable."),
+    resume: bool = typer.Option(False, help="Continue an interrupted --out with the same settings: finished "
+                                "episodes are kept, the rest run."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Evaluate agents on the same held-out tasks: success with 95% CI, steps, invalid actions, tokens."""
@@ -49,7 +51,8 @@ def eval_command(
     cfg = EvalConfig(env=env, agents=list(agent), split=split, tasks=tasks, out=str(out) if out else None,
                      concurrency=concurrency, max_steps=max_steps, seed=seed, temperature=temperature,
                      sandbox=sandbox, env_params=_env_params(env_param), skills=list(skills),
-                     preload_skills=preload_skills, agent_options=_agent_options(agent_option))
+                     preload_skills=preload_skills, agent_options=_agent_options(agent_option),
+                     resume=resume)
     raise typer.Exit(eval_cmd(console, cfg))
 
 

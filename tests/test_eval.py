@@ -97,6 +97,32 @@ def test_out_dir_must_be_new(experts):
         evaluate(EvalConfig(env="math", agents=["expert:coder"], tasks=1, out=str(out), sandbox="none"))
 
 
+class Crash(Exception):
+    pass
+
+
+def test_a_cut_off_eval_resumes_without_losing_or_repeating_episodes(tmp_path):
+    cfg = dict(env="math", agents=["expert:coder", "expert:reasoner"], tasks=6, out=str(tmp_path / "out"),
+               sandbox="none", concurrency=1)
+
+    def crash(spec, p):  # in the second agent, after its second episode
+        if spec == "expert:reasoner" and p.done == 2:
+            raise Crash("power cut")
+
+    with pytest.raises(Crash):
+        evaluate(EvalConfig(**cfg), crash)
+    with pytest.raises(ValueError, match="pass --resume"):
+        evaluate(EvalConfig(**cfg))
+    with pytest.raises(ValueError, match="--resume needs the --out"):
+        EvalConfig(**{**cfg, "out": None}, resume=True)
+    res = evaluate(EvalConfig(**cfg, resume=True))
+    for agent in res.agents:
+        ids = [t.task_id for t in RunStore.open(tmp_path / "out" / agent.run).load(dedupe=False)]
+        assert sorted(ids) == sorted(res.task_ids)  # each task once: nothing lost, nothing run twice
+        assert agent.n == 6 and agent.successes == 6
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["tasks"] == 6
+
+
 def test_tiny_hf_agent_writes_invalid_actions_and_never_succeeds(tmp_path):
     from trajdistill.agents._models import build_tiny_llama
 
