@@ -108,11 +108,16 @@ def tool_use(run: Path) -> dict[str, dict[str, Any]]:
         used = [ok for call, ok in pairs if call]
         unused = [ok for call, ok in pairs if not call]
         out[level] = {"n": len(pairs), "tool_rate": len(used) / len(pairs),
-                      "success_with_tool": _rate(used), "success_without_tool": _rate(unused)}
+                      "success_with_tool": rate_of(used), "success_without_tool": rate_of(unused)}
     return out
 
 
-def _rate(oks: list[bool]) -> float | None:
+def run_of(args: argparse.Namespace, row: dict[str, Any]) -> Path:
+    """The run directory of an evaluated row."""
+    return args.out / "eval" / slug(row["variant"]) / row["run"]
+
+
+def rate_of(oks: list[bool]) -> float | None:
     return sum(oks) / len(oks) if oks else None
 
 
@@ -137,18 +142,18 @@ def tool_table(rows: list[dict[str, Any]]) -> str:
         cells = []
         for lv in levels:
             u = r["tool_use"].get(lv)
-            cells.append("–" if u is None else f"{u['tool_rate']:.0%} · {_pct(u['success_with_tool'])} / "
-                                               f"{_pct(u['success_without_tool'])}")
+            cells.append("–" if u is None else f"{u['tool_rate']:.0%} · {pct(u['success_with_tool'])} / "
+                                               f"{pct(u['success_without_tool'])}")
         lines.append(f"| {r['variant']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _pct(x: float | None) -> str:
+def pct(x: float | None) -> str:
     return "–" if x is None else f"{x:.0%}"
 
 
-def report(args: argparse.Namespace, rows: list[dict[str, Any]], title: str) -> None:
-    """Print the tables and write them to OUT/<title>.md for bench/RESULTS.md."""
-    text = f"{table(rows)}\n\nTool use per difficulty:\n\n{tool_table(rows)}\n"
+def report(args: argparse.Namespace, rows: list[dict[str, Any]], title: str, extra: str = "") -> None:
+    """Print the tables (and `extra` markdown) and write them to OUT/<title>.md for bench/RESULTS.md."""
+    text = f"{table(rows)}\n\nTool use per difficulty:\n\n{tool_table(rows)}\n" + (f"\n{extra}\n" if extra else "")
     (args.out / f"{slug(title)}.md").write_text(text)
     print(text)

@@ -6,7 +6,8 @@ them one-off arithmetic expressions, and a ~5,000-token system prompt) and evalu
 (the default mount: its tools next to the env's, skill names and descriptions in the system prompt,
 `read_skill` to fetch a SKILL.md; --preload 1 puts every SKILL.md in the prompt instead, ~3.5k tokens):
   base · base + box · coder student (sft_quality's span-aware SFT + curriculum) · coder student + box
-The rows without a box are shared with sft_quality when it ran first.
+The rows without a box are shared with sft_quality when it ran first. With a box, it also reports how many
+episodes called one of the box's tools or read_skill.
 
     python bench/skills_quality.py [--out bench-out/quality] [--test-tasks 100] [--sandbox nsjail]
 """
@@ -15,9 +16,13 @@ from __future__ import annotations
 
 import warnings
 
-from _quality import CODER_STUDENT, STUDENT, arguments, evaluated, report, teacher_run, trained
+from pathlib import Path
+
+from _quality import CODER_STUDENT, STUDENT, pct, rate_of, arguments, evaluated, report, run_of, teacher_run, trained
 
 from trajdistill.skills._mine import MineConfig, mine
+from trajdistill.skills._mount import READ_SKILL
+from trajdistill.trajectories import RunStore
 
 
 def main() -> None:
@@ -34,7 +39,25 @@ def main() -> None:
         rows.append(evaluated(args, name, spec))
         label = f"{name} + mined box" + (" (preloaded)" if args.preload else "")
         rows.append(evaluated(args, label, spec, skills=[str(box.resolve())], preload=bool(args.preload)))
-    report(args, rows, "skills-quality")
+    tools = {p.stem for p in (box / "tools").glob("*.py")}
+    report(args, rows, "skills-quality", box_use_table([(r["variant"], run_of(args, r)) for r in rows[1::2]], tools))
+
+
+def box_use_table(runs: list[tuple[str, Path]], tools: set[str]) -> str:
+    """Markdown: the share of episodes that called a box tool or read_skill (an attempt counts, even one the
+    tool refused), and success with / without a box-tool call."""
+    lines = ["Box use (episodes with at least one call):", "",
+             "| variant | box tool | read_skill | success with / without a box tool |", "|---|---|---|---|"]
+    for name, run in runs:
+        trajs = RunStore.open(run).load()
+        called = [{m.name for m in t.messages if m.role == "tool"} for t in trajs]
+        box = [bool(c & tools) for c in called]
+        with_box = [t.outcome.success for t, b in zip(trajs, box) if b]
+        without = [t.outcome.success for t, b in zip(trajs, box) if not b]
+        lines.append(f"| {name} | {sum(box) / len(trajs):.0%} | "
+                     f"{sum(READ_SKILL in c for c in called) / len(trajs):.0%} | "
+                     f"{pct(rate_of(with_box))} / {pct(rate_of(without))} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
