@@ -475,11 +475,16 @@ class ToolMining:
     candidates: int
     dropped: Counter = field(default_factory=Counter)  # reason -> count
     merged: int = 0  # candidates folded into another by dedupe, clustering or consolidation
+    min_support: int = 1
 
     def summary(self) -> str:
         why = ", ".join(f"{n} {r}" for r, n in self.dropped.most_common()) or "none"
-        return (f"{len(self.tools)} tools kept from {self.candidates} candidates ({self.calls} code calls); "
+        text = (f"{len(self.tools)} tools kept from {self.candidates} candidates ({self.calls} code calls); "
                 f"{self.merged} merged; dropped: {why}")
+        one_off = sum(len(t.tests) == 1 for t in self.tools)
+        if one_off and self.min_support < 2:  # each costs every mounting agent prompt tokens
+            text += f"; {one_off} of the kept tools cover a single call (--min-support 2 drops them)"
+        return text
 
 
 class _Replay:
@@ -530,7 +535,7 @@ async def mine_tools(trajs: list[tuple[str, Trajectory]], runner: ToolRunner, *,
     cands, m3 = await _consolidate(cands, replay)
     cands = _supported(cands, min_support, dropped)
     tools = [_draft(c) for c in _unique_names(cands)]
-    return ToolMining(tools, len(calls), total, dropped, merged + m2 + m3)
+    return ToolMining(tools, len(calls), total, dropped, merged + m2 + m3, min_support)
 
 
 def _deterministic(calls: list[SourceCall], dropped: Counter) -> list[Candidate]:

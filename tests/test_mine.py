@@ -143,11 +143,12 @@ def test_min_support_drops_one_off_tools_and_counts_them():
     trajs = [traj("from math import comb\nprint(comb(10, 3))", "120"),
              traj("from math import comb\nprint(comb(12, 4))", "495"),
              traj("print((3 + 4) * 5 - 2)", "33", category="arithmetic")]  # a one-off expression
-    assert sorted(t.name for t in asyncio.run(run_mining(trajs)).tools) == ["compute_arithmetic_x_4",
-                                                                             "count_combinations"]
+    every = asyncio.run(run_mining(trajs))
+    assert sorted(t.name for t in every.tools) == ["compute_arithmetic_x_4", "count_combinations"]
+    assert "1 of the kept tools cover a single call (--min-support 2 drops them)" in every.summary()
     result = asyncio.run(run_mining(trajs, min_support=2))
     assert [t.name for t in result.tools] == ["count_combinations"]
-    assert result.dropped == {"support below 2": 1}
+    assert result.dropped == {"support below 2": 1} and "single call" not in result.summary()
 
 
 def test_a_candidate_that_fails_replay_is_dropped_and_counted():
