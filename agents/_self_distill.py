@@ -36,6 +36,7 @@ from typing import Any, Callable
 import yaml
 
 from trajdistill.trajectories import RunStore, Trajectory
+from trajdistill.trajectories._store import setting_difference
 from trajdistill.trajectories._spans import assistant_text
 
 from ._collector import CollectConfig, Collector, Progress, collect_async, resolved_config
@@ -403,11 +404,9 @@ class SelfDistiller:
         except yaml.YAMLError as e:
             raise ValueError(f"--resume: {path} is corrupt: {e}") from None
         new = json.loads(json.dumps(self._settings()))  # tuples and the like as YAML stored them
-        changed = sorted(k for k in new.keys() | dict(old or {}).keys()
-                         if k != "rounds" and (old or {}).get(k) != new.get(k))
-        if changed:
-            raise ValueError(f"--resume: settings differ from {path}: {', '.join(changed)} "
-                             "(only --rounds may change)")
+        diff = setting_difference(old if isinstance(old, dict) else {}, new, ignore=frozenset({"rounds"}))
+        if diff is not None:
+            raise ValueError(f"--resume: settings differ from {path}: {diff}; only --rounds may change")
 
     def _finished_rounds(self) -> tuple[list[RoundStats], str]:
         path = self.root / ROUNDS_FILE

@@ -93,16 +93,16 @@ def results(root: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def called_python(traj: Any) -> bool:
-    """The agent ran the env's python tool at least once (a parse error or unknown tool is not a call)."""
-    return any(m.role == "tool" and m.name == "python" for m in traj.messages)
+def called(traj: Any, names: set[str]) -> bool:
+    """The agent called one of the tools `names` at least once (a parse error is not a call)."""
+    return any(m.role == "tool" and m.name in names for m in traj.messages)
 
 
 def tool_use(run: Path) -> dict[str, dict[str, Any]]:
     """Per difficulty: episodes, the share that called the tool, and success with and without a call."""
     groups: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
     for t in RunStore.open(run).load():
-        groups[str(t.difficulty)].append((called_python(t), t.outcome.success))
+        groups[str(t.difficulty)].append((called(t, {"python"}), t.outcome.success))
     out = {}
     for level, pairs in sorted(groups.items()):
         used = [ok for call, ok in pairs if call]

@@ -18,7 +18,8 @@ import warnings
 
 from pathlib import Path
 
-from _quality import CODER_STUDENT, STUDENT, pct, rate_of, arguments, evaluated, report, run_of, teacher_run, trained
+from _quality import (CODER_STUDENT, STUDENT, arguments, called, evaluated, pct, rate_of, report, run_of, teacher_run,
+                      trained)
 
 from trajdistill.skills._mine import MineConfig, mine
 from trajdistill.skills._mount import READ_SKILL
@@ -50,12 +51,11 @@ def box_use_table(runs: list[tuple[str, Path]], tools: set[str]) -> str:
              "| variant | box tool | read_skill | success with / without a box tool |", "|---|---|---|---|"]
     for name, run in runs:
         trajs = RunStore.open(run).load()
-        called = [{m.name for m in t.messages if m.role == "tool"} for t in trajs]
-        box = [bool(c & tools) for c in called]
+        box = [called(t, tools) for t in trajs]
         with_box = [t.outcome.success for t, b in zip(trajs, box) if b]
         without = [t.outcome.success for t, b in zip(trajs, box) if not b]
         lines.append(f"| {name} | {sum(box) / len(trajs):.0%} | "
-                     f"{sum(READ_SKILL in c for c in called) / len(trajs):.0%} | "
+                     f"{sum(called(t, {READ_SKILL}) for t in trajs) / len(trajs):.0%} | "
                      f"{pct(rate_of(with_box))} / {pct(rate_of(without))} |")
     return "\n".join(lines)
 

@@ -265,10 +265,9 @@ def _continue(path: Path, old: dict[str, Any], new: dict[str, Any], resume: bool
     own_shard = list(path.glob(f"trajectories-{_shard_label(new)}-*.jsonl"))
     if not resume and (own_shard or _shard_count(new) == 1):
         raise RunError(f"run dir {path} exists; pass --resume to continue it or choose a new --out")
-    key = _first_difference(old, new)
-    if key is not None:
-        raise RunError(f"cannot resume {path}: setting {key!r} differs "
-                       f"(run has {_lookup(old, key)}, now {_lookup(new, key)}); use a new --out")
+    diff = setting_difference(old, new)
+    if diff is not None:
+        raise RunError(f"cannot resume {path}: setting {diff}; use a new --out")
     merged = dict(new)
     for k in TEACHER_KEYS:
         if isinstance(old.get(k), list) and isinstance(new.get(k), list):
@@ -276,16 +275,24 @@ def _continue(path: Path, old: dict[str, Any], new: dict[str, Any], resume: bool
     return merged
 
 
-def _first_difference(old: Any, new: Any, prefix: str = "") -> str | None:
-    """The dotted name of the first setting that differs, ignoring RUNTIME_KEYS at the top level."""
+def setting_difference(old: dict[str, Any], new: dict[str, Any],
+                       ignore: frozenset[str] = RUNTIME_KEYS) -> str | None:
+    """`'name' differs (run has A, now B)` for the first setting that differs (top-level `ignore` keys aside),
+    or None: what refuses a resume whose settings changed."""
+    key = _first_difference(old, new, ignore)
+    return None if key is None else f"{key!r} differs (run has {_lookup(old, key)}, now {_lookup(new, key)})"
+
+
+def _first_difference(old: Any, new: Any, ignore: frozenset[str], prefix: str = "") -> str | None:
+    """The dotted name of the first setting that differs, ignoring `ignore` at the top level."""
     if isinstance(old, dict) and isinstance(new, dict):
         for k in sorted(set(old) | set(new), key=str):
-            if not prefix and k in RUNTIME_KEYS:
+            if not prefix and k in ignore:
                 continue
             name = f"{prefix}{k}"
             if k not in old or k not in new:
                 return name
-            found = _first_difference(old[k], new[k], name + ".")
+            found = _first_difference(old[k], new[k], ignore, name + ".")
             if found is not None:
                 return found
         return None
