@@ -272,17 +272,10 @@ class Chain(Kind):
         return value
 
     def plan(self, p):
-        return f"evaluate {self.expr(p)} one operation at a time with exact integers"
+        return "copy the expression into Python, with // for the exact divisions"
 
     def program(self, p):
-        lines = ["# One operation at a time, with exact integers.", f"value = {p['start']}"]
-        for op, term in p["ops"]:
-            if isinstance(term, list) and term[1] == "/":
-                t = f"{term[0]} // {term[2]}  # exact: {term[2]} divides {term[0]}"
-            else:
-                t = self._term(term)
-            lines.append(f"value = value {op} {t}")
-        return "\n".join(lines + ["print(value)"])
+        return f"print({self.expr(p).replace(' / ', ' // ')})"
 
 
 class PowMod(Kind):
@@ -324,12 +317,10 @@ class PowMod(Kind):
         return result if result is not None else 1
 
     def plan(self, p):
-        return "use Python's three-argument pow, which does modular exponentiation exactly"
+        return "three-argument pow does modular exponentiation exactly"
 
     def program(self, p):
-        return (f"a, b, m = {p['a']}, {p['b']}, {p['m']}\n"
-                "# pow(a, b, m) reduces mod m at every step, so it is exact and fast\n"
-                "print(pow(a, b, m))")
+        return f"print(pow({p['a']}, {p['b']}, {p['m']}))"
 
 
 class LinMod(Kind):
@@ -353,7 +344,7 @@ class LinMod(Kind):
         return "compute the number exactly, then take it modulo m with %"
 
     def program(self, p):
-        return f"n = {p['a']} * {p['b']} + {p['c']}\nprint(n % {p['m']})"
+        return f"print(({p['a']} * {p['b']} + {p['c']}) % {p['m']})"
 
 
 def _cancel(numer: list[int], denom: list[int]) -> list[int]:
@@ -413,7 +404,7 @@ class Binom(Kind):
         return "use math.comb for the binomial coefficient"
 
     def program(self, p):
-        return f"from math import comb\n\nprint(comb({p['n']}, {p['k']}))"
+        return f"import math\nprint(math.comb({p['n']}, {p['k']}))"
 
 
 class Multiset(Kind):
@@ -444,9 +435,8 @@ class Multiset(Kind):
         return "divide n! by the factorial of each letter's count (multinomial coefficient)"
 
     def program(self, p):
-        return (f"from collections import Counter\nfrom math import factorial\n\nword = {p['word']!r}\n"
-                "count = factorial(len(word))\nfor repeats in Counter(word).values():\n"
-                "    count //= factorial(repeats)\nprint(count)")
+        return (f"import math\nword = {p['word']!r}\ncount = math.factorial(len(word))\n"
+                "for letter in set(word):\n    count //= math.factorial(word.count(letter))\nprint(count)")
 
 
 class Multiples(Kind):
@@ -482,11 +472,11 @@ class Multiples(Kind):
         return total or 0
 
     def plan(self, p):
-        return "count the numbers directly with a loop, checking divisibility"
+        return "count the numbers directly, checking divisibility"
 
     def program(self, p):
-        return (f"n = {p['n']}\ndivisors = {p['divs']}\n"
-                "count = sum(1 for x in range(1, n + 1) if any(x % d == 0 for d in divisors))\nprint(count)")
+        return (f"divisors = {p['divs']}\n"
+                f"print(sum(1 for x in range(1, {p['n']} + 1) if any(x % d == 0 for d in divisors)))")
 
 
 def _subsets(xs: list[int], size: int) -> list[list[int]]:
@@ -518,10 +508,11 @@ class ArithSeq(Kind):
         return mind.add(a, mind.mul(steps, d))
 
     def plan(self, p):
-        return "build the terms one by one until the wanted term"
+        return "take the difference from the first two terms and extend the list until the wanted term"
 
     def program(self, p):
-        return (f"terms = [{p['a']}]\nwhile len(terms) < {p['n']}:\n    terms.append(terms[-1] + {p['d']})\n"
+        return (f"terms = [{', '.join(str(p['a'] + i * p['d']) for i in range(4))}]\n"
+                f"while len(terms) < {p['n']}:\n    terms.append(terms[-1] + terms[1] - terms[0])\n"
                 "print(terms[-1])")
 
 
@@ -546,10 +537,12 @@ class GeomSeq(Kind):
         return v
 
     def plan(self, p):
-        return "multiply by the ratio in a loop until the wanted term"
+        return "take the ratio from the first two terms and extend the list until the wanted term"
 
     def program(self, p):
-        return (f"term = {p['a']}\nfor _ in range({p['n']} - 1):\n    term *= {p['r']}\nprint(term)")
+        return (f"terms = [{', '.join(str(p['a'] * p['r'] ** i) for i in range(4))}]\n"
+                f"while len(terms) < {p['n']}:\n    terms.append(terms[-1] * terms[1] // terms[0])\n"
+                "print(terms[-1])")
 
 
 class Recurrence(Kind):
@@ -580,12 +573,11 @@ class Recurrence(Kind):
         return prev
 
     def plan(self, p):
-        return "iterate the recurrence in a loop"
+        return "extend the list with the rule until the wanted term"
 
     def program(self, p):
-        return (f"prev2, prev = {p['x1']}, {p['x2']}  # a(1), a(2)\n"
-                f"for k in range(3, {p['n']} + 1):\n"
-                f"    prev2, prev = prev, {p['p']} * prev + {p['q']} * prev2\nprint(prev)")
+        rule = f"{self._coef(p['p'], 'a[-1]')} + {self._coef(p['q'], 'a[-2]')}".replace("·", " * ")
+        return f"a = [{p['x1']}, {p['x2']}]\nwhile len(a) < {p['n']}:\n    a.append({rule})\nprint(a[-1])"
 
 
 class Shop(Kind):
@@ -615,8 +607,8 @@ class Shop(Kind):
         return "add up quantity times price for every item and subtract from the budget"
 
     def program(self, p):
-        return (f"prices = {p['prices']}\nquantities = {p['qtys']}\nbudget = {p['budget']}\n"
-                "cost = sum(price * qty for price, qty in zip(prices, quantities))\nprint(budget - cost)")
+        cost = " + ".join(f"{q} * {c}" for q, c in zip(p["qtys"], p["prices"]))
+        return f"print({p['budget']} - ({cost}))"
 
 
 class Factory(Kind):
@@ -642,8 +634,7 @@ class Factory(Kind):
         return "parts per day minus rejects, times the number of days"
 
     def program(self, p):
-        return (f"per_day = {p['rate']} * {p['hours']}\ngood_per_day = per_day - {p['rejects']}\n"
-                f"print(good_per_day * {p['days']})")
+        return f"print(({p['rate']} * {p['hours']} - {p['rejects']}) * {p['days']})"
 
 
 class Theatre(Kind):
@@ -670,8 +661,7 @@ class Theatre(Kind):
         return "count the child tickets, then add the adult and child takings"
 
     def program(self, p):
-        return (f"seats = {p['rows']} * {p['seats']}\nadults = {p['adults']}\nchildren = seats - adults\n"
-                f"print(adults * {p['adult']} + children * {p['child']})")
+        return f"print({p['adults']} * {p['adult']} + ({p['rows']} * {p['seats']} - {p['adults']}) * {p['child']})"
 
 
 KINDS: dict[str, Kind] = {k.name: k for k in (Chain(), PowMod(), LinMod(), Binom(), Multiset(), Multiples(),
