@@ -179,6 +179,19 @@ async def test_coder_solves_a_sample_with_real_programs(env, host):
             assert task.data["answer"] not in code, "the program must compute the answer, not print it"
 
 
+def test_coder_programs_only_copy_numbers_from_the_prompt(env):
+    """A small student learns to copy; it cannot do arithmetic. So every number in a teacher program
+    (besides 0 and 1) is one the prompt shows, and Python computes the rest."""
+    import re
+
+    for task in env.tasks("train", n=240):
+        code = math_env.KINDS[task.data["kind"]].program(task.data["params"])
+        shown = set(re.findall(r"\d+", task.prompt))
+        copied = [x for x in re.findall(r"(?<![\w.])\d+", code) if x not in ("0", "1")]
+        assert set(copied) <= shown, (task.prompt, code)
+        assert len(code.splitlines()) <= 6, code
+
+
 async def test_coder_under_nsjail(env):
     cls = sandboxes.get("nsjail")
     why = cls.available()
