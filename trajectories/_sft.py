@@ -10,7 +10,7 @@ answer), and CE(t) = -log p(label_t | prefix). This is exactly
 lambda_r*CE_sum(reason)/N + lambda_a*CE_sum(act)/N + lambda_ans*CE_sum(answer)/N. Under gradient
 accumulation or several processes N is the Trainer's `num_items_in_batch` (the trained tokens of
 the whole optimizer step), as in TRL's own loss. Dividing by N rather than by sum_t w(t) keeps two
-properties: with lambda = 1, 1, 1 the loss is TRL's plain token-level SFT loss, bit for bit, and it
+properties: with lambda = 1, 1, 1 the loss is TRL's plain token-level SFT loss (to float rounding), and it
 stays correct under gradient accumulation, where only N is known in advance. Raising a weight
 therefore raises that span's gradient, not only its share. A trained token outside any span (the
 encoder should not produce one) counts with weight 1.
@@ -321,8 +321,8 @@ def _define_trainer(base: type) -> type:  # noqa: C901 - one class body
             if self.teacher is not None:
                 outputs, ce, mask, kd = self._forward_kd(model, inputs)
             else:
-                outputs = model(**inputs, fused_lm_head=True)
-                ce, mask, kd = -outputs.log_probs, outputs.label_mask, None
+                outputs, ce, mask = self._forward_trained(model, inputs)
+                kd = None
             weights = self.span_weights.to(ce.device, ce.dtype)[kinds] * mask
             per_token = ce if kd is None else ce + self.kd_weight * kd
             num = mask.sum() if num_items_in_batch is None else num_items_in_batch
@@ -335,6 +335,24 @@ def _define_trainer(base: type) -> type:  # noqa: C901 - one class body
                 with torch.no_grad():
                     outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
             return (loss, outputs) if return_outputs else loss
+
+        def _forward_trained(self, model, inputs):
+            """Logits only where the next token is trained (about a third of a ReAct trajectory's tokens):
+            the vocabulary projection is the costliest matmul of a small model, so the rest is never computed."""
+            labels = inputs["labels"][:, 1:]
+            mask = labels != -100
+            keep = F.pad(mask, (0, 1))  # position t predicts label t + 1
+            fwd = {k: v for k, v in inputs.items() if k != "labels"}
+            logits = model(**fwd, logits_to_keep=keep).logits.float()  # (trained tokens, vocab)
+            targets = labels[mask]
+            ce = torch.zeros(mask.shape, dtype=logits.dtype, device=logits.device)
+            ce[mask] = F.cross_entropy(logits, targets, reduction="none")
+            with torch.no_grad():
+                logp = logits.log_softmax(-1)
+                entropy = -(logp.exp() * logp).sum(-1)
+            outputs = _KDOutputs(log_probs=-ce, label_mask=mask, entropy=entropy,
+                                 is_top1=logits.argmax(-1) == targets)
+            return outputs, ce, mask
 
         def _forward_kd(self, model, inputs):
             """Full logits of student and teacher: per-token CE and T^2-scaled KL."""
@@ -507,7 +525,8 @@ def sft_args(cfg: TrainConfig) -> Any:
         learning_rate=cfg.learning_rate, logging_steps=cfg.logging_steps, seed=cfg.seed, data_seed=cfg.seed,
         bf16=bf16, fp16=False, activation_checkpointing=cfg.gradient_checkpointing, max_length=cfg.max_length,
         dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False, packing=False,
-        save_strategy="no", report_to="none", dataloader_pin_memory=_cuda(), dataloader_num_workers=0)
+        save_strategy="no", report_to="none", dataloader_pin_memory=_cuda(), dataloader_num_workers=0,
+        use_cpu=not _cuda())  # bf16 autocast on CPU is refused unless the Trainer is told it runs there
 
 
 def lora_config(cfg: TrainConfig) -> Any:
