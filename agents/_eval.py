@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from trajdistill.envs import Task
 from trajdistill.trajectories import RunStore, Trajectory
+from trajdistill.trajectories._taxonomy import failure_counts
 
 from ._collector import CollectConfig, Collector, Progress, resolved_config
 
@@ -87,6 +88,7 @@ class AgentResult:
     by_difficulty: dict[str, dict[str, Any]]
     by_category: dict[str, dict[str, Any]]
     run: str  # the agent's run directory, relative to OUT
+    failures: dict[str, int] = field(default_factory=dict)  # failure kind -> failed episodes (trajectories._taxonomy)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -179,7 +181,7 @@ def score(spec: str, store: RunStore, tasks: list[Task], wall_s: float, run: str
         wall_s=wall_s, errors=len(errored),
         by_difficulty=_rate_table([(t.difficulty, ok[t.id]) for t in wanted]),
         by_category=_rate_table([(t.category, ok[t.id]) for t in wanted]),
-        run=run)
+        run=run, failures=failure_counts((trajs[t.id], t.data.get("answer")) for t in wanted if t.id in trajs))
 
 
 # ---- running ---------------------------------------------------------------------------------------

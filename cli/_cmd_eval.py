@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from trajdistill.trajectories._taxonomy import as_row
+
 from ._config import ConfigOption
 from ._progress import EpisodeRow, episode_columns
 
@@ -101,9 +103,10 @@ def results_table(console: Console, results) -> None:
     table.add_column("agent", overflow="fold", min_width=min(32, max(len(a.spec) for a in results.agents)))
     for col in ("success", "95% CI", "n", "steps", "invalid", "tokens/ep", "wall", "errors"):
         table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("why episodes failed", overflow="fold")
     for a in results.agents:
         lo, hi = a.ci95
         table.add_row(a.spec, f"{a.success_rate:.1%}", f"{lo:.0%}-{hi:.0%}", str(a.n), f"{a.mean_steps:.2f}",
                       f"{a.invalid_action_rate:.1%}", f"{a.tokens_per_episode:.0f}", f"{a.wall_s:.1f}s",
-                      str(a.errors))
+                      str(a.errors), as_row(a.failures))
     console.print(table)

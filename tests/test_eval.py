@@ -18,7 +18,7 @@ from fault_server import Error, FaultServer
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # the `none` sandbox warns
 
 AGENT_KEYS = {"spec", "success_rate", "ci95", "n", "mean_steps", "invalid_action_rate", "tokens_per_episode",
-              "wall_s", "errors", "by_difficulty", "by_category"}
+              "wall_s", "errors", "by_difficulty", "by_category", "failures"}
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,9 @@ def test_results_json_schema_and_expert_scores(experts):
         assert a["n"] == 15 and a["errors"] == 0 and a["invalid_action_rate"] == 0.0
         assert sum(d["n"] for d in a["by_difficulty"].values()) == 15
         assert sum(c["n"] for c in a["by_category"].values()) == 15
+        assert sum(a["failures"].values()) == a["n"] - a["successes"] - a["errors"]  # one kind per failed episode
     coder, reasoner = agents["expert:coder"], agents["expert:reasoner"]
+    assert set(reasoner["failures"]) - {"wrong_final_answer"} == {k for k, v in reasoner["failures"].items() if not v}
     assert coder["success_rate"] == 1.0 and coder["ci95"][0] < 1.0 and coder["ci95"][1] == 1.0
     assert coder["mean_steps"] == 2.0 and reasoner["mean_steps"] == 1.0  # coder runs python, then answers
     assert set(coder["by_difficulty"]) == {"1", "2", "3"}

@@ -23,8 +23,10 @@ from ._schema import (
 from ._sft import TrainConfig, TrainResult, train
 from ._spans import SegmentRules, assistant_text, segment, segment_run
 from ._store import RunError, RunStore
+from ._taxonomy import FAILURE_KINDS, failure_counts, failure_kind
 
 __all__ = [
+    "FAILURE_KINDS",
     "SCHEMA_VERSION",
     "SPAN_KINDS",
     "Complexity",
@@ -38,6 +40,8 @@ __all__ = [
     "Provenance",
     "RunError",
     "RunStore",
+    "failure_counts",
+    "failure_kind",
     "SchemaVersionError",
     "SegmentRules",
     "Span",
