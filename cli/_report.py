@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from trajdistill.trajectories import RunError, RunStore, Span, Trajectory, assistant_text, segment
+from trajdistill.trajectories import RunError, RunStore, Span, Trajectory, assistant_text, check_output, segment
 from trajdistill.trajectories._store import RUN_FILE
 
 VIEW_FILE = "view.html"
@@ -159,11 +159,17 @@ def render_viewer(runs: RunsArg, *, title: str = "trajectories") -> str:
     return _page(title, body, page_class="td-view-page")
 
 
-def write_viewer(path: str | Path, out: str | Path | None = None) -> Path:
-    """`trajdistill view`: the viewer page for a run, or for every run under a directory."""
+def write_viewer(path: str | Path, out: str | Path | None = None, *, force: bool = False) -> Path:
+    """`trajdistill view`: the viewer page for a run, or for every run under a directory.
+
+    The default PATH/view.html is the viewer's own file, rewritten freely; an `out` the user names must lie
+    outside every run and is overwritten only with `force`."""
     path = Path(path)
     runs = find_runs(path)
-    out = Path(out) if out is not None else path / VIEW_FILE
+    if out is None:
+        out = check_output(path / VIEW_FILE, force=True)
+    else:
+        out = check_output(out, runs.values(), force=force)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_viewer(runs, title=f"trajectories: {path.resolve().name}"), encoding="utf-8")
     return out

@@ -22,7 +22,7 @@ from ._schema import (
 )
 from ._sft import TrainConfig, TrainResult, train
 from ._spans import SegmentRules, assistant_text, segment, segment_run
-from ._store import RunError, RunStore
+from ._store import OutputError, RunError, RunStore, check_output
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -35,6 +35,7 @@ __all__ = [
     "EnvRef",
     "FunctionCall",
     "Message",
+    "OutputError",
     "Provenance",
     "RunError",
     "RunStore",
@@ -48,6 +49,7 @@ __all__ = [
     "Trajectory",
     "Usage",
     "assistant_text",
+    "check_output",
     "compose",
     "curriculum_order",
     "encode",

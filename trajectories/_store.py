@@ -18,12 +18,13 @@ import json
 import logging
 import os
 import re
+import tempfile
 import threading
 import time
 import warnings
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Literal
 
 import yaml
 from pydantic import ValidationError
@@ -52,6 +53,44 @@ def run_key(traj: Trajectory) -> tuple[str, ...]:
 
 class RunError(ValueError):
     """The run directory is missing, corrupt, or does not match the requested config."""
+
+
+class OutputError(ValueError):
+    """An output path would destroy an input, would overwrite a file without `force`, or cannot be written."""
+
+
+def check_output(out: str | Path, inputs: Iterable[str | Path] = (), *, force: bool = False,
+                 kind: Literal["file", "dir"] = "file") -> Path:
+    """Refuse `out` before anything is read or written: inside (or, for a directory, above) an input, an existing
+    file without `force`, or a place where nothing can be created. Checking creates nothing; returns `out`."""
+    out = Path(out)
+    target = out.resolve()
+    for src in map(lambda p: Path(p).resolve(), inputs):
+        if target == src or src in target.parents:
+            raise OutputError(f"--out {out} is inside the input {src}; write the output elsewhere")
+        if kind == "dir" and target in src.parents:
+            raise OutputError(f"--out {out} holds the input {src}; write the output elsewhere")
+    if target.is_dir() and kind == "file":
+        raise OutputError(f"--out {out} is a directory; give a file path")
+    if target.exists() and not target.is_dir() and (kind == "dir" or not force):
+        why = "is a file; give a directory" if kind == "dir" else "exists; pass --force to overwrite it"
+        raise OutputError(f"--out {out} {why}")
+    _check_creatable(out, target)
+    return out
+
+
+def _check_creatable(out: Path, target: Path) -> None:
+    """A probe file in the nearest existing directory: root passes access(2) where the kernel still says no."""
+    parent = target if target.is_dir() else target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"--out {out}: {parent} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise OutputError(f"cannot write --out {out}: {e.strerror or e} in {parent}") from None
 
 
 class RunStore:
