@@ -5,15 +5,19 @@
       trajectories-<shard>-<n>.jsonl    one fsynced line per finished trajectory
       errors.jsonl                      (task, teacher) pairs that ended without a trajectory
       stats.json                        counts per teacher, replaced atomically
+      .writer-<shard>.lock              flock(2)ed by the one process writing that shard slice
 
 Each writer process opens a shard file of its own, named after its `--shard I/N`
 and the first unused number `n`, and never appends to a file an earlier process
-wrote. A crash can therefore only tear the last line of a shard; readers drop a
+wrote; an exclusive lock per `--shard` slice refuses a second writer of the same slice, so two
+`--resume`s never collect the same pairs twice. A crash can therefore only tear the last line of a shard; readers drop a
 torn last line with a warning and refuse a corrupt line anywhere else.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
 import os
@@ -103,6 +107,7 @@ class RunStore:
         self._lock = threading.Lock()
         self._stats_written = float("-inf")
         self._fd: int | None = None
+        self._lock_fd: int | None = None  # held while this store writes its shard slice
         self._shard_path: Path | None = None
         self._stats: dict[str, dict[str, int]] = {}
         self._error_keys: set[tuple[str, str]] = set()
@@ -123,9 +128,15 @@ class RunStore:
         if old is not None:
             config = _continue(path, old, config, resume)
         path.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path / RUN_FILE, yaml.safe_dump(config, sort_keys=False))
-        store = cls(path, config, writable=True)
-        store._load_counts()
+        lock = _lock_slice(path, config)
+        try:
+            _atomic_write(path / RUN_FILE, yaml.safe_dump(config, sort_keys=False))
+            store = cls(path, config, writable=True)
+            store._lock_fd = lock
+            store._load_counts()
+        except BaseException:
+            os.close(lock)
+            raise
         return store
 
     @classmethod
@@ -184,9 +195,10 @@ class RunStore:
         with self._lock:
             if self._writable:
                 self._write_stats_locked()
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
+            for name in ("_fd", "_lock_fd"):
+                if getattr(self, name) is not None:
+                    os.close(getattr(self, name))
+                    setattr(self, name, None)
 
     def __enter__(self) -> "RunStore":
         return self
@@ -217,6 +229,21 @@ class RunStore:
     def finished_keys(self) -> set[tuple[str, str]]:
         """(task_id, teacher spec) pairs with a trajectory on disk; errored pairs are not finished."""
         return {t.key for t in self.iter_trajectories(dedupe=False)}
+
+    def check_holds(self, *, split: str, env: str, env_version: str) -> None:
+        """Refuse to add to a run whose trajectories were collected with another split, env or env version:
+        run.yaml can be edited, the trajectories are what the run really holds."""
+        want = {"split": split, "env": env, "env version": env_version}
+        for shard in self.shards():
+            # one process with one config wrote each shard, so its first trajectory speaks for all of it
+            traj = next((t for _, t in _read_shard(shard)), None)
+            if traj is None:
+                continue
+            have = {"split": traj.split, "env": traj.env.name, "env version": traj.env.version}
+            for name, value in want.items():
+                if have[name] != value:
+                    raise RunError(f"cannot resume {self.path}: setting {name} differs ({shard.name} has "
+                                   f"{have[name]!r}, now {value!r}); use a new --out")
 
     def errors(self) -> list[dict[str, Any]]:
         """Every errors.jsonl record, oldest first (retried pairs included)."""
@@ -359,6 +386,20 @@ def _shard_label(config: dict[str, Any]) -> str:
 
 
 # ---- files -------------------------------------------------------------------------------------------
+
+
+def _lock_slice(run: Path, config: dict[str, Any]) -> int:
+    """An exclusive, non-blocking flock for this `--shard` slice; the kernel drops it when the writer dies."""
+    fd = os.open(run / f".writer-{_shard_label(config)}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise
+        raise RunError(f"another process is writing shard {config.get('shard', '0/1')} of {run}; wait for it to "
+                       "finish, or write another --shard") from None
+    return fd
 
 
 def _claim_shard(run: Path, label: str) -> tuple[int, Path]:
