@@ -122,6 +122,7 @@ class RunStore:
         config = json.loads(json.dumps(config, default=str))  # plain YAML types: Paths, tuples become str, list
         if path.exists() and not path.is_dir():
             raise RunError(f"{path} exists and is not a directory")
+        _check_run_files(path)
         old = _read_config(path) if (path / RUN_FILE).exists() else None
         if old is None and path.is_dir() and any(path.iterdir()):
             raise RunError(f"{path} is not empty and holds no {RUN_FILE}; choose a new --out directory")
@@ -143,10 +144,13 @@ class RunStore:
     def open(cls, path: str | Path) -> "RunStore":
         """Open an existing run for reading."""
         path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise RunError(f"{path} is a file, not a run directory")
         if not path.is_dir():
             raise RunError(f"run directory {path} does not exist")
         if not (path / RUN_FILE).exists():
             raise RunError(f"{path} is not a run directory (no {RUN_FILE})")
+        _check_run_files(path)
         return cls(path, _read_config(path), writable=False)
 
     # ---- writing ---------------------------------------------------------------------------------
@@ -314,6 +318,12 @@ class RunStore:
 
 
 # ---- config ------------------------------------------------------------------------------------------
+
+
+def _check_run_files(path: Path) -> None:
+    for name in (RUN_FILE, ERRORS_FILE, STATS_FILE):
+        if (path / name).is_dir():
+            raise RunError(f"{path / name} is a directory, not the run's {name} file; move it away to use this run")
 
 
 def _read_config(path: Path) -> dict[str, Any]:
