@@ -130,3 +130,10 @@ def test_compose_of_a_single_teacher_warns_that_nothing_is_composed(run, tmp_pat
     res = cli("compose", run, "--strategy", "dual", "--out", tmp_path / "c")
     assert res.returncode == 0, res.stderr
     assert "warning:" in res.stderr and "only one teacher (expert:coder)" in res.stderr, res.stderr
+
+
+def test_collect_from_a_dead_endpoint_exits_non_zero(dead_url, tmp_path):
+    res = cli("collect", "--env", "math", "--teacher", "expert:coder", "--teacher", f"openai:m@{dead_url}",
+              "--tasks", "2", "--sandbox", "none", "--out", tmp_path / "r")
+    assert res.returncode == 1, res.stderr
+    assert f"every episode of openai:m@{dead_url} errored" in res.stderr
