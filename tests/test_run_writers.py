@@ -84,6 +84,23 @@ def test_collect_resume_while_another_process_writes_the_slice_is_one_line(tmp_p
     assert len(lines(run)) == len({r["task_id"] for r in lines(run)}) == 8
 
 
+def test_a_killed_writer_leaves_no_stale_lock(tmp_path):
+    RunStore.create(tmp_path / "run", CONFIG).close()
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from trajdistill.trajectories import RunStore
+        store = RunStore.create({str(tmp_path / 'run')!r}, {CONFIG!r}, resume=True)
+        print("holding", flush=True)
+        time.sleep(600)
+    """)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "holding"
+    with pytest.raises(RunError, match="another process"):
+        RunStore.create(tmp_path / "run", CONFIG, resume=True)
+    holder.kill()
+    holder.wait(timeout=60)
+    RunStore.create(tmp_path / "run", CONFIG, resume=True).close()
+
+
 # ---- section 5: --resume against the trajectories on disk ----------------------------------------------
 
 
