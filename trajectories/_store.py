@@ -9,9 +9,10 @@
 
 Each writer process opens a shard file of its own, named after its `--shard I/N`
 and the first unused number `n`, and never appends to a file an earlier process
-wrote; an exclusive lock per `--shard` slice refuses a second writer of the same slice, so two
-`--resume`s never collect the same pairs twice. A crash can therefore only tear the last line of a shard; readers drop a
-torn last line with a warning and refuse a corrupt line anywhere else.
+wrote. A crash can therefore only tear the last line of a shard; readers drop a
+torn last line with a warning and refuse a corrupt line anywhere else. An exclusive
+lock per `--shard` slice refuses a second writer of the same slice, so two
+`--resume`s of one run never collect the same pairs twice.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def check_output(out: str | Path, inputs: Iterable[str | Path] = (), *, force: b
     file without `force`, or a place where nothing can be created. Checking creates nothing; returns `out`."""
     out = Path(out)
     target = out.resolve()
-    for src in map(lambda p: Path(p).resolve(), inputs):
+    for src in (Path(p).resolve() for p in inputs):
         if target == src or src in target.parents:
             raise OutputError(f"--out {out} is inside the input {src}; write the output elsewhere")
         if kind == "dir" and target in src.parents:
