@@ -227,13 +227,13 @@ def eval_section(path: str | Path | None) -> str:
     if results_path is None:
         return _not_run()
     doc = json.loads(results_path.read_text())
-    head = ["agent", "success", "95% CI", "n", "steps", "invalid", "tokens/ep", "errors"]
+    head = ["agent", "success", "errored", "95% CI", "n", "steps", "invalid", "tokens/ep"]
     rows = []
     for a in doc.get("agents", []):
         lo, hi = a.get("ci95", [0.0, 1.0])
-        rows.append([a.get("spec", "?"), f"{a.get('success_rate', 0):.1%}", f"{lo:.0%} – {hi:.0%}", a.get("n", 0),
-                     f"{a.get('mean_steps', 0):.2f}", f"{a.get('invalid_action_rate', 0):.1%}",
-                     f"{a.get('tokens_per_episode', 0):.0f}", a.get("errors", 0)])
+        rows.append([a.get("spec", "?"), f"{a.get('success_rate', 0):.1%}", a.get("errors", 0),
+                     f"{lo:.0%} – {hi:.0%}", a.get("n", 0), f"{a.get('mean_steps', 0):.2f}",
+                     f"{a.get('invalid_action_rate', 0):.1%}", f"{a.get('tokens_per_episode', 0):.0f}"])
     caption = (f"{doc.get('env', '?')} / {doc.get('split', '?')}: {doc.get('tasks', '?')} tasks, "
                "the same for every agent")
     parts = [f'<p class="td-caption">{_e(caption)}</p>', _table(head, rows, first_col_class="td-agent")]
