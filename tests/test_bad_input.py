@@ -137,3 +137,10 @@ def test_collect_from_a_dead_endpoint_exits_non_zero(dead_url, tmp_path):
               "--tasks", "2", "--sandbox", "none", "--out", tmp_path / "r")
     assert res.returncode == 1, res.stderr
     assert f"every episode of openai:m@{dead_url} errored" in res.stderr
+
+
+def test_a_reader_does_not_need_stats_json(run):
+    (run / "stats.json").unlink()
+    (run / "stats.json").mkdir()
+    res = cli("inspect", run)
+    assert res.returncode == 0 and "expert:coder" in res.stdout, res.stderr

@@ -151,7 +151,7 @@ class RunStore:
             raise RunError(f"run directory {path} does not exist")
         if not (path / RUN_FILE).exists():
             raise RunError(f"{path} is not a run directory (no {RUN_FILE})")
-        _check_run_files(path)
+        _check_run_files(path, (RUN_FILE, ERRORS_FILE))  # readers never read stats.json
         return cls(path, _read_config(path), writable=False)
 
     # ---- writing ---------------------------------------------------------------------------------
@@ -321,8 +321,8 @@ class RunStore:
 # ---- config ------------------------------------------------------------------------------------------
 
 
-def _check_run_files(path: Path) -> None:
-    for name in (RUN_FILE, ERRORS_FILE, STATS_FILE):
+def _check_run_files(path: Path, names: tuple[str, ...] = (RUN_FILE, ERRORS_FILE, STATS_FILE)) -> None:
+    for name in names:
         if (path / name).is_dir():
             raise RunError(f"{path / name} is a directory, not the run's {name} file; move it away to use this run")
 
