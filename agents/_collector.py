@@ -125,6 +125,8 @@ class Collector:
         return [(t, s) for t in tasks for s in self.cfg.teachers if (t.id, s) not in finished]
 
     async def run(self, store: RunStore, listener: Listener | None = None) -> Progress:
+        if self.cfg.resume:
+            store.check_holds(split=self.cfg.split, env=self.env.id, env_version=self.env.version)
         todo = self.pairs(store.finished_keys() if self.cfg.resume else set())
         progress = Progress(total=len(todo))
         if self.env.needs_sandbox:

@@ -3,7 +3,8 @@
 There is no episode runner here. Each agent is one collection run (the same ReAct loop,
 sandbox handling and batched generation as `collect`) into `OUT/runs/<agent>/`, and the
 scores are computed from those run directories. A (task, agent) pair that ended in
-errors.jsonl counts as a failure, so a flaky endpoint cannot raise its own success rate.
+errors.jsonl counts in n, so a flaky endpoint cannot raise its own success rate, but it is reported as
+errored, apart from the episodes that ran and failed: a dead endpoint is not a 0% agent.
 """
 
 from __future__ import annotations
@@ -84,11 +85,18 @@ class AgentResult:
     invalid_action_rate: float
     tokens_per_episode: float
     wall_s: float  # this invocation's; a resumed eval times only the episodes it ran
-    errors: int
+    errors: int  # episodes that errored (endpoint down, model failed to load): infrastructure, not the agent
     by_difficulty: dict[str, dict[str, Any]]
     by_category: dict[str, dict[str, Any]]
     run: str  # the agent's run directory, relative to OUT
+    failed: int = 0  # episodes that ran and did not solve the task
+    first_error: str | None = None  # the reason of one errored episode, to say what went wrong
     failures: dict[str, int] = field(default_factory=dict)  # failure kind -> failed episodes (trajectories._taxonomy)
+
+    @property
+    def all_errored(self) -> bool:
+        """Every episode errored: the numbers say nothing about the agent."""
+        return self.n > 0 and self.errors == self.n
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -167,7 +175,8 @@ def _rate_table(outcomes: list[tuple[Any, bool]]) -> dict[str, dict[str, Any]]:
 def score(spec: str, store: RunStore, tasks: list[Task], wall_s: float, run: str) -> AgentResult:
     """One agent's numbers from its run directory; every task counts, errored ones as failures."""
     trajs: dict[str, Trajectory] = {t.task_id: t for t in store.load() if t.teacher.spec == spec}
-    errored = {r.get("task_id") for r in store.errors() if r.get("teacher") == spec} - set(trajs)
+    reasons = {r.get("task_id"): r.get("reason") for r in store.errors() if r.get("teacher") == spec}
+    errored = set(reasons) - set(trajs)
     wanted = [t for t in tasks if t.id in trajs or t.id in errored]
     ok = {t.id: bool(trajs[t.id].outcome.success) if t.id in trajs else False for t in wanted}
     done = list(trajs.values())
@@ -178,7 +187,8 @@ def score(spec: str, store: RunStore, tasks: list[Task], wall_s: float, run: str
         mean_steps=steps / len(done) if done else 0.0,
         invalid_action_rate=sum(t.usage.invalid_actions for t in done) / steps if steps else 0.0,
         tokens_per_episode=sum(t.usage.total_tokens for t in done) / len(done) if done else 0.0,
-        wall_s=wall_s, errors=len(errored),
+        wall_s=wall_s, errors=len(errored), failed=n - wins - len(errored),
+        first_error=next((reasons[t.id] for t in wanted if t.id in errored), None),
         by_difficulty=_rate_table([(t.difficulty, ok[t.id]) for t in wanted]),
         by_category=_rate_table([(t.category, ok[t.id]) for t in wanted]),
         run=run, failures=failure_counts((trajs[t.id], t.data.get("answer")) for t in wanted if t.id in trajs))

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Literal, Protocol, runtime_checkable
 
 from trajdistill.envs import Env, PolicyRequest, Registry, Turn, UnknownNameError
@@ -58,4 +59,19 @@ def make_policy(spec: str, *, env: Env | None = None, **options: Any) -> Policy:
     """Build the policy a spec string names. `env` is needed for `expert:` specs."""
     backend, target = split_spec(spec)
     factory = policies.get(backend)
+    check_options(backend, factory, options)
     return factory(target, env=env, spec=spec, **options)
+
+
+def check_options(backend: str, factory: PolicyFactory, options: dict[str, Any]) -> None:
+    """Refuse an option the backend's factory does not take, naming the ones it does (read from its signature,
+    so no second list can drift); a factory with **kwargs takes anything."""
+    params = list(inspect.signature(factory).parameters.values())[1:]  # the first takes the target
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return
+    known = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+             and p.name not in ("env", "spec")]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise UnknownNameError(f"{backend} policy has no option {', '.join(map(repr, unknown))}; "
+                               f"known: {', '.join(known)}")

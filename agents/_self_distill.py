@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 import yaml
 
-from trajdistill.trajectories import RunStore, Trajectory
+from trajdistill.trajectories import OutputError, RunStore, Trajectory, check_output
 from trajdistill.trajectories._store import setting_difference
 from trajdistill.trajectories._spans import assistant_text
 
@@ -84,6 +84,10 @@ class SelfDistillConfig:
         problems += [f"--compose-run {r} is not a run directory (no run.yaml)"
                      for r in self.compose_runs if not (Path(r) / "run.yaml").is_file()]
         problems += _train_arg_problems(self.train_args)
+        try:
+            check_output(self.out, [*self.compose_runs, *_local_model(self.student)], kind="dir")
+        except OutputError as e:
+            problems.append(str(e))
         if problems:
             raise ValueError("; ".join(problems))
         self.train_args = {k: _typed(k, v) for k, v in self.train_args.items()}
@@ -124,6 +128,12 @@ class Gathered:
 class SelfDistillResult:
     rounds: list[RoundStats]
     final_student: str
+
+
+def _local_model(spec: str) -> list[str]:
+    """The student's directory when the spec names one: rounds written over it would replace it."""
+    target = spec.partition(":")[2]
+    return [target] if target and Path(target).exists() else []
 
 
 # ---- the trainer's extra arguments ----------------------------------------------------------------

@@ -139,12 +139,13 @@ def inspect(run: Path = typer.Argument(..., help="Run directory."),
 @app.command()
 def export(run: Path = typer.Argument(..., help="Run directory."),
            format: str = typer.Option(..., "--format", help="parquet, sharegpt or openai."),
-           out: Path = typer.Option(..., help="Output file."),
+           out: Path = typer.Option(..., help="Output file, outside the run."),
+           force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
            config: Optional[Path] = ConfigOption) -> None:
     """Export a run for trainers: parquet (HF datasets), sharegpt, or OpenAI messages JSONL."""
     from ._export_cmd import export_cmd
 
-    export_cmd(console, run, format, out)
+    export_cmd(console, run, format, out, force=force)
 
 
 # Commands of later stages live in their own modules, each with `register(app)`.

@@ -39,11 +39,17 @@ def compose_command(
     """Compose several teachers' trajectories into one training run (DualDistill)."""
     from trajdistill.trajectories._compose import compose
 
-    from ._app import console
+    from ._app import console, err_console
 
     report = compose([str(r) for r in runs], strategy, str(out), prefer=prefer,  # type: ignore[arg-type]
                      transition=transition, seed=seed, max_prefix_steps=max_prefix_steps)
     report_table(console, report)
+    if len(report.teachers) == 1:
+        # a valid run (the teacher's successes), so a warning: an error would block plain success filtering
+        err_console.print(f"[yellow]warning:[/] only one teacher ({report.teachers[0]}) in these runs, so no task "
+                          "had a second teacher to compare or switch to: its successes were kept as they are and "
+                          "nothing was composed; give runs of two or more teachers over the same tasks",
+                          highlight=False)
     console.print(f"run written to [bold]{out}[/] ({report.total.kept} trajectories, "
                   f"{report.total.composed} composed, {report.total.dropped} tasks dropped)")
 

@@ -36,12 +36,13 @@ def demo_command(
 
 def view_command(
     path: Path = typer.Argument(..., help="A run directory, or a directory with runs anywhere below it."),
-    out: Optional[Path] = typer.Option(None, help="HTML file to write (default: PATH/view.html)."),
+    out: Optional[Path] = typer.Option(None, help="HTML file to write, outside the runs (default: PATH/view.html)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Write a self-contained HTML trajectory viewer for a run (or every run under a directory)."""
     from ._app import console
     from ._report import write_viewer
 
-    written = write_viewer(path, out)
+    written = write_viewer(path, out, force=force)
     console.print(str(written), highlight=False, soft_wrap=True)

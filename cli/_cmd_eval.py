@@ -94,19 +94,30 @@ def eval_cmd(console: Console, cfg) -> int:
     results_table(console, results)
     if results.out is not None:
         console.print(f"results written to [bold]{results.out}[/] (results.json, success.png, runs/)")
-    return 0
+    return _all_errored(results)
+
+
+def _all_errored(results) -> int:
+    """1 when every episode of some agent errored: its success rate measures the endpoint, not the agent."""
+    from ._app import err_console
+
+    dead = [a for a in results.agents if a.all_errored]
+    for a in dead:
+        err_console.print(f"[red]error:[/] every episode of {a.spec} errored ({a.errors} of {a.n}), so it was "
+                          f"not evaluated; first: {a.first_error}", highlight=False)
+    return 1 if dead else 0
 
 
 def results_table(console: Console, results) -> None:
     table = Table(title=f"eval: {results.env} / {results.split}, {results.tasks} tasks",
                   box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
     table.add_column("agent", overflow="fold", min_width=min(32, max(len(a.spec) for a in results.agents)))
-    for col in ("success", "95% CI", "n", "steps", "invalid", "tokens/ep", "wall", "errors"):
+    for col in ("success", "errored", "failed", "95% CI", "n", "steps", "invalid", "tokens/ep", "wall"):
         table.add_column(col, justify="right", no_wrap=True)
     table.add_column("why episodes failed", overflow="fold")
     for a in results.agents:
         lo, hi = a.ci95
-        table.add_row(a.spec, f"{a.success_rate:.1%}", f"{lo:.0%}-{hi:.0%}", str(a.n), f"{a.mean_steps:.2f}",
-                      f"{a.invalid_action_rate:.1%}", f"{a.tokens_per_episode:.0f}", f"{a.wall_s:.1f}s",
-                      str(a.errors), as_row(a.failures))
+        table.add_row(a.spec, f"{a.success_rate:.1%}", f"[red]{a.errors}[/]" if a.errors else "0", str(a.failed),
+                      f"{lo:.0%}-{hi:.0%}", str(a.n), f"{a.mean_steps:.2f}", f"{a.invalid_action_rate:.1%}",
+                      f"{a.tokens_per_episode:.0f}", f"{a.wall_s:.1f}s", as_row(a.failures))
     console.print(table)

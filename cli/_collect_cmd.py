@@ -31,7 +31,19 @@ def collect_cmd(console: Console, cfg: CollectConfig) -> int:
     summary_table(console, store)
     console.print(f"run written to [bold]{cfg.out}[/] ({progress.done} episodes this time, "
                   f"{progress.errors} errors)")
-    return 0
+    return _all_errored(store)
+
+
+def _all_errored(store: RunStore) -> int:
+    """1 when some teacher has no trajectory and only errors: an endpoint that never answered is not a run."""
+    from ._app import err_console
+
+    dead = [spec for spec, s in store.stats()["teachers"].items() if not s["done"] and s["errors"]]
+    reasons = {r.get("teacher"): r.get("reason") for r in store.errors()}
+    for spec in dead:
+        err_console.print(f"[red]error:[/] every episode of {spec} errored; last: {reasons.get(spec)}",
+                          highlight=False)
+    return 1 if dead else 0
 
 
 def summary_table(console: Console, store: RunStore) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from trajdistill.trajectories import RunError, RunStore, Span, Trajectory, assistant_text, segment
+from trajdistill.trajectories import RunError, RunStore, Span, Trajectory, assistant_text, check_output, segment
 from trajdistill.trajectories._store import RUN_FILE
 
 VIEW_FILE = "view.html"
@@ -159,11 +159,17 @@ def render_viewer(runs: RunsArg, *, title: str = "trajectories") -> str:
     return _page(title, body, page_class="td-view-page")
 
 
-def write_viewer(path: str | Path, out: str | Path | None = None) -> Path:
-    """`trajdistill view`: the viewer page for a run, or for every run under a directory."""
+def write_viewer(path: str | Path, out: str | Path | None = None, *, force: bool = False) -> Path:
+    """`trajdistill view`: the viewer page for a run, or for every run under a directory.
+
+    The default PATH/view.html is the viewer's own file, rewritten freely; an `out` the user names must lie
+    outside every run and is overwritten only with `force`."""
     path = Path(path)
     runs = find_runs(path)
-    out = Path(out) if out is not None else path / VIEW_FILE
+    if out is None:
+        out = check_output(path / VIEW_FILE, force=True)
+    else:
+        out = check_output(out, runs.values(), force=force)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_viewer(runs, title=f"trajectories: {path.resolve().name}"), encoding="utf-8")
     return out
@@ -221,13 +227,13 @@ def eval_section(path: str | Path | None) -> str:
     if results_path is None:
         return _not_run()
     doc = json.loads(results_path.read_text())
-    head = ["agent", "success", "95% CI", "n", "steps", "invalid", "tokens/ep", "errors"]
+    head = ["agent", "success", "errored", "95% CI", "n", "steps", "invalid", "tokens/ep"]
     rows = []
     for a in doc.get("agents", []):
         lo, hi = a.get("ci95", [0.0, 1.0])
-        rows.append([a.get("spec", "?"), f"{a.get('success_rate', 0):.1%}", f"{lo:.0%} – {hi:.0%}", a.get("n", 0),
-                     f"{a.get('mean_steps', 0):.2f}", f"{a.get('invalid_action_rate', 0):.1%}",
-                     f"{a.get('tokens_per_episode', 0):.0f}", a.get("errors", 0)])
+        rows.append([a.get("spec", "?"), f"{a.get('success_rate', 0):.1%}", a.get("errors", 0),
+                     f"{lo:.0%} – {hi:.0%}", a.get("n", 0), f"{a.get('mean_steps', 0):.2f}",
+                     f"{a.get('invalid_action_rate', 0):.1%}", f"{a.get('tokens_per_episode', 0):.0f}"])
     caption = (f"{doc.get('env', '?')} / {doc.get('split', '?')}: {doc.get('tasks', '?')} tasks, "
                "the same for every agent")
     parts = [f'<p class="td-caption">{_e(caption)}</p>', _table(head, rows, first_col_class="td-agent")]

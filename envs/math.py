@@ -819,6 +819,14 @@ class MathEnv(Env):
     needs_sandbox = True
     answer_tool = True
 
+    def __init__(self, variant: str | None = None, **params: Any):
+        # as twx does: a key or variant nothing reads would be recorded in run.yaml as if it had an effect
+        if variant:
+            raise ValueError(f"env math has no variant {variant!r}; use --env math")
+        if params:
+            raise ValueError(f"env math has no parameter {', '.join(sorted(params))}; it accepts none")
+        super().__init__()
+
     def tasks(self, split: str, n: int | None = None, offset: int = 0) -> list[Task]:
         self.check_split(split)
         if offset < 0 or (n is not None and n < 0):

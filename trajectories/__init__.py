@@ -22,7 +22,7 @@ from ._schema import (
 )
 from ._sft import TrainConfig, TrainResult, train
 from ._spans import SegmentRules, assistant_text, segment, segment_run
-from ._store import RunError, RunStore
+from ._store import OutputError, RunError, RunStore, check_output
 from ._taxonomy import FAILURE_KINDS, failure_counts, failure_kind
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "EnvRef",
     "FunctionCall",
     "Message",
+    "OutputError",
     "Provenance",
     "RunError",
     "RunStore",
@@ -52,6 +53,7 @@ __all__ = [
     "Trajectory",
     "Usage",
     "assistant_text",
+    "check_output",
     "compose",
     "curriculum_order",
     "encode",

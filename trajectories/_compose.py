@@ -46,7 +46,7 @@ from trajdistill import __version__
 
 from ._schema import Message, Provenance, Span, Teacher, Trajectory, Usage
 from ._spans import THINK_OPEN, assistant_text, segment
-from ._store import RunError, RunStore
+from ._store import RunError, RunStore, check_output
 
 Strategy = Literal["best", "dual"]
 STRATEGIES = ("best", "dual")
@@ -402,6 +402,7 @@ def compose_config(cfg: ComposeConfig) -> ComposeReport:
     if not cfg.out:
         raise ValueError("give --out, the run directory to write")
     groups = load_groups(cfg.runs)
+    check_output(cfg.out, cfg.runs, kind="dir")
     teachers = sorted({t.teacher.spec for ts in groups.values() for t in ts})
     if cfg.prefer is not None and cfg.prefer not in teachers:
         raise ValueError(f"--prefer {cfg.prefer!r} is not a teacher of these runs; teachers: {', '.join(teachers)}")

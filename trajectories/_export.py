@@ -48,19 +48,22 @@ from typing import Any, Callable
 
 from ._features import trajectory_features
 from ._schema import Message, Trajectory
-from ._store import RunStore
+from ._store import RunStore, check_output
 
 log = logging.getLogger(__name__)
 
 ROLE_TO_FROM = {"system": "system", "user": "human", "assistant": "gpt", "tool": "observation"}
 
 
-def export_run(run_path: str | Path, fmt: str, out_path: str | Path, *, only_success: bool = False) -> int:
-    """Write the run's trajectories to `out_path` in `fmt`; returns the number of rows written."""
+def export_run(run_path: str | Path, fmt: str, out_path: str | Path, *, only_success: bool = False,
+               force: bool = False) -> int:
+    """Write the run's trajectories to `out_path` in `fmt` (an existing file only with `force`); returns the
+    number of rows written."""
     writer = EXPORTERS.get(fmt)
     if writer is None:
         raise ValueError(f"unknown export format {fmt!r}; formats: {', '.join(EXPORTERS)}")
     store = RunStore.open(run_path)
+    check_output(out_path, [run_path], force=force)
     trajs = [t for t in store.load() if t.outcome.success or not only_success]
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ._curriculum import Complexity, Plan, kind_counts, order, parse_curriculum, steps_of
+from ._store import OutputError, check_output
 
 SPAN_NAMES = ("reason", "act", "answer")  # span kind ids 1, 2, 3 (0: untrained)
 KL_MODES = ("forward", "reverse")
@@ -106,6 +107,11 @@ def _problems(cfg: TrainConfig) -> list[str]:
     out += [f"data: {d} is not a run directory (no run.yaml)" for d in cfg.data if not (Path(d) / "run.yaml").is_file()]
     if not cfg.out:
         out.append("out: give an output directory (--out DIR)")
+    else:
+        try:
+            check_output(cfg.out, cfg.data, kind="dir")
+        except OutputError as e:
+            out.append(str(e))
     out += _student_problems(cfg.student)
     for name in ("reason_weight", "act_weight", "answer_weight", "complexity_alpha", "complexity_beta",
                  "complexity_gamma", "kd_weight", "lora_dropout"):

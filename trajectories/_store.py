@@ -5,25 +5,31 @@
       trajectories-<shard>-<n>.jsonl    one fsynced line per finished trajectory
       errors.jsonl                      (task, teacher) pairs that ended without a trajectory
       stats.json                        counts per teacher, replaced atomically
+      .writer-<shard>.lock              flock(2)ed by the one process writing that shard slice
 
 Each writer process opens a shard file of its own, named after its `--shard I/N`
 and the first unused number `n`, and never appends to a file an earlier process
 wrote. A crash can therefore only tear the last line of a shard; readers drop a
-torn last line with a warning and refuse a corrupt line anywhere else.
+torn last line with a warning and refuse a corrupt line anywhere else. An exclusive
+lock per `--shard` slice refuses a second writer of the same slice, so two
+`--resume`s of one run never collect the same pairs twice.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
 import os
 import re
+import tempfile
 import threading
 import time
 import warnings
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Literal
 
 import yaml
 from pydantic import ValidationError
@@ -54,6 +60,44 @@ class RunError(ValueError):
     """The run directory is missing, corrupt, or does not match the requested config."""
 
 
+class OutputError(ValueError):
+    """An output path would destroy an input, would overwrite a file without `force`, or cannot be written."""
+
+
+def check_output(out: str | Path, inputs: Iterable[str | Path] = (), *, force: bool = False,
+                 kind: Literal["file", "dir"] = "file") -> Path:
+    """Refuse `out` before anything is read or written: inside (or, for a directory, above) an input, an existing
+    file without `force`, or a place where nothing can be created. Checking creates nothing; returns `out`."""
+    out = Path(out)
+    target = out.resolve()
+    for src in (Path(p).resolve() for p in inputs):
+        if target == src or src in target.parents:
+            raise OutputError(f"--out {out} is inside the input {src}; write the output elsewhere")
+        if kind == "dir" and target in src.parents:
+            raise OutputError(f"--out {out} holds the input {src}; write the output elsewhere")
+    if target.is_dir() and kind == "file":
+        raise OutputError(f"--out {out} is a directory; give a file path")
+    if target.exists() and not target.is_dir() and (kind == "dir" or not force):
+        why = "is a file; give a directory" if kind == "dir" else "exists; pass --force to overwrite it"
+        raise OutputError(f"--out {out} {why}")
+    _check_creatable(out, target)
+    return out
+
+
+def _check_creatable(out: Path, target: Path) -> None:
+    """A probe file in the nearest existing directory: root passes access(2) where the kernel still says no."""
+    parent = target if target.is_dir() else target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"--out {out}: {parent} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise OutputError(f"cannot write --out {out}: {e.strerror or e} in {parent}") from None
+
+
 class RunStore:
     """One run directory. `create` for writing (collect, compose), `open` for reading (inspect, export, train)."""
 
@@ -64,6 +108,7 @@ class RunStore:
         self._lock = threading.Lock()
         self._stats_written = float("-inf")
         self._fd: int | None = None
+        self._lock_fd: int | None = None  # held while this store writes its shard slice
         self._shard_path: Path | None = None
         self._stats: dict[str, dict[str, int]] = {}
         self._error_keys: set[tuple[str, str]] = set()
@@ -78,25 +123,35 @@ class RunStore:
         config = json.loads(json.dumps(config, default=str))  # plain YAML types: Paths, tuples become str, list
         if path.exists() and not path.is_dir():
             raise RunError(f"{path} exists and is not a directory")
+        _check_run_files(path)
         old = _read_config(path) if (path / RUN_FILE).exists() else None
         if old is None and path.is_dir() and any(path.iterdir()):
             raise RunError(f"{path} is not empty and holds no {RUN_FILE}; choose a new --out directory")
         if old is not None:
             config = _continue(path, old, config, resume)
         path.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path / RUN_FILE, yaml.safe_dump(config, sort_keys=False))
-        store = cls(path, config, writable=True)
-        store._load_counts()
+        lock = _lock_slice(path, config)
+        try:
+            _atomic_write(path / RUN_FILE, yaml.safe_dump(config, sort_keys=False))
+            store = cls(path, config, writable=True)
+            store._lock_fd = lock
+            store._load_counts()
+        except BaseException:
+            os.close(lock)
+            raise
         return store
 
     @classmethod
     def open(cls, path: str | Path) -> "RunStore":
         """Open an existing run for reading."""
         path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise RunError(f"{path} is a file, not a run directory")
         if not path.is_dir():
             raise RunError(f"run directory {path} does not exist")
         if not (path / RUN_FILE).exists():
             raise RunError(f"{path} is not a run directory (no {RUN_FILE})")
+        _check_run_files(path, (RUN_FILE, ERRORS_FILE))  # readers never read stats.json
         return cls(path, _read_config(path), writable=False)
 
     # ---- writing ---------------------------------------------------------------------------------
@@ -145,9 +200,10 @@ class RunStore:
         with self._lock:
             if self._writable:
                 self._write_stats_locked()
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
+            for name in ("_fd", "_lock_fd"):
+                if getattr(self, name) is not None:
+                    os.close(getattr(self, name))
+                    setattr(self, name, None)
 
     def __enter__(self) -> "RunStore":
         return self
@@ -178,6 +234,21 @@ class RunStore:
     def finished_keys(self) -> set[tuple[str, str]]:
         """(task_id, teacher spec) pairs with a trajectory on disk; errored pairs are not finished."""
         return {t.key for t in self.iter_trajectories(dedupe=False)}
+
+    def check_holds(self, *, split: str, env: str, env_version: str) -> None:
+        """Refuse to add to a run whose trajectories were collected with another split, env or env version:
+        run.yaml can be edited, the trajectories are what the run really holds."""
+        want = {"split": split, "env": env, "env version": env_version}
+        for shard in self.shards():
+            # one process with one config wrote each shard, so its first trajectory speaks for all of it
+            traj = next((t for _, t in _read_shard(shard)), None)
+            if traj is None:
+                continue
+            have = {"split": traj.split, "env": traj.env.name, "env version": traj.env.version}
+            for name, value in want.items():
+                if have[name] != value:
+                    raise RunError(f"cannot resume {self.path}: setting {name} differs ({shard.name} has "
+                                   f"{have[name]!r}, now {value!r}); use a new --out")
 
     def errors(self) -> list[dict[str, Any]]:
         """Every errors.jsonl record, oldest first (retried pairs included)."""
@@ -250,6 +321,12 @@ class RunStore:
 # ---- config ------------------------------------------------------------------------------------------
 
 
+def _check_run_files(path: Path, names: tuple[str, ...] = (RUN_FILE, ERRORS_FILE, STATS_FILE)) -> None:
+    for name in names:
+        if (path / name).is_dir():
+            raise RunError(f"{path / name} is a directory, not the run's {name} file; move it away to use this run")
+
+
 def _read_config(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load((path / RUN_FILE).read_text())
@@ -320,6 +397,20 @@ def _shard_label(config: dict[str, Any]) -> str:
 
 
 # ---- files -------------------------------------------------------------------------------------------
+
+
+def _lock_slice(run: Path, config: dict[str, Any]) -> int:
+    """An exclusive, non-blocking flock for this `--shard` slice; the kernel drops it when the writer dies."""
+    fd = os.open(run / f".writer-{_shard_label(config)}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise
+        raise RunError(f"another process is writing shard {config.get('shard', '0/1')} of {run}; wait for it to "
+                       "finish, or write another --shard") from None
+    return fd
 
 
 def _claim_shard(run: Path, label: str) -> tuple[int, Path]:

@@ -37,6 +37,13 @@ class Limits:
     cpus: float = 1.0
     network: bool = False
 
+    def __post_init__(self) -> None:
+        # 0 or less would not mean "no limit" to every backend: refuse it instead of guessing
+        bad = [f"{name} must be > 0, got {getattr(self, name)}"
+               for name in ("timeout_s", "memory_mb", "pids", "output_bytes", "cpus") if not getattr(self, name) > 0]
+        if bad:
+            raise ValueError(f"sandbox limits: {'; '.join(bad)}")
+
 
 @dataclass
 class ExecResult:
