@@ -1,0 +1,185 @@
+"""Learning curve: success of the distilled student against training tokens, on held-out test tasks.
+
+One teacher run on the train split; the student trains in segments that double the budget (25k, 50k,
+100k, ... tokens), each segment going on from the previous checkpoint with `train`'s defaults (its own
+linear decay, so every checkpoint is annealed), and every checkpoint is evaluated on the same test
+tasks (greedy, the same turn limit and generation length). Everything resumes: the run, finished
+checkpoints and finished evals are kept, a cut-off eval continues where it stopped. Rows go to
+OUT/curve.jsonl; `--report` prints the tables for bench/RESULTS.md and draws OUT/learning_curve.png.
+
+    python bench/learning_curve.py [--env math --teacher expert:coder] [--budgets 25000,50000,...]
+                                   [--test-tasks 200] [--until-tokens N] [--report]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from _quality import called, tool_use
+
+from trajdistill.agents._collector import CollectConfig, collect
+from trajdistill.agents._eval import EvalConfig, evaluate, slug
+from trajdistill.trajectories._sft import TrainConfig, build_data, train
+from trajdistill.trajectories._taxonomy import FAILURE_KINDS
+
+STUDENT = "hf:smollm2-135m"
+BUDGETS = "25000,50000,100000,200000,400000,800000,1600000"
+
+
+def arguments() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--env", default="math")
+    ap.add_argument("--teacher", default="expert:coder")
+    ap.add_argument("--out", type=Path, default=None, help="default: bench-out/curve/<env>")
+    ap.add_argument("--train-tasks", type=int, default=3000)
+    ap.add_argument("--budgets", default=BUDGETS, help="cumulative training tokens of the checkpoints")
+    ap.add_argument("--until-tokens", type=int, default=0, help="stop after the checkpoint at this budget")
+    ap.add_argument("--test-tasks", type=int, default=200)
+    ap.add_argument("--max-steps", type=int, default=2, help="ReAct turns per eval episode")
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--sandbox", default="auto")
+    ap.add_argument("--report", action="store_true", help="only print the tables and draw the plot")
+    args = ap.parse_args()
+    args.out = args.out or Path("bench-out/curve") / slug(args.env)
+    args.out.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def teacher_run(args: argparse.Namespace) -> Path:
+    out = args.out / "run"
+    if not (out / "stats.json").exists():
+        collect(CollectConfig(env=args.env, teachers=[args.teacher], out=str(out), tasks=args.train_tasks,
+                              split="train", sandbox=args.sandbox, concurrency=8, resume=out.exists()))
+    return out
+
+
+def checkpoint(args: argparse.Namespace, run: Path, budget: int, previous: tuple[int, str]) -> str:
+    """The student spec at `budget` tokens, trained on from the checkpoint `previous` (tokens, spec)."""
+    out = args.out / "students" / f"tokens-{budget}"
+    if not (out / "train_config.yaml").exists():
+        done, student = previous
+        start = time.monotonic()
+        steps = steps_for(run, budget - done, student)
+        result = train(TrainConfig(data=[str(run)], student=student, out=str(out), max_steps=steps,
+                                   seed=budget, logging_steps=max(1, steps // 10)))
+        print(f"tokens-{budget}: {result.steps} steps in {time.monotonic() - start:.0f} s, losses {result.losses}",
+              flush=True)
+    return f"hf:{out.resolve()}"
+
+
+def steps_for(run: Path, tokens: int, student: str) -> int:
+    """Optimizer steps that train about `tokens` tokens with `train`'s defaults (packed rows, its batch)."""
+    from transformers import AutoTokenizer
+
+    from trajdistill.agents._models import resolve_model
+
+    cfg = TrainConfig(data=[str(run)], student=student, out=str(run.parent / "students"))
+    data = build_data(cfg, AutoTokenizer.from_pretrained(str(resolve_model(cfg.student_target))))
+    per_row = sum(len(r) for r in data.dataset["input_ids"]) / len(data.dataset)
+    return max(1, math.ceil(tokens / (per_row * cfg.batch_size * cfg.grad_accum)))
+
+
+def evaluated(args: argparse.Namespace, budget: int, spec: str) -> dict[str, Any]:
+    rows = {r["tokens"]: r for r in rows_of(args.out)}
+    if budget in rows:
+        return rows[budget]
+    out = args.out / "eval" / f"tokens-{budget}"
+    res = evaluate(EvalConfig(env=args.env, agents=[spec], split="test", tasks=args.test_tasks,
+                              max_steps=args.max_steps, sandbox=args.sandbox, concurrency=args.concurrency,
+                              agent_options={"max_new_tokens": args.new_tokens}, out=str(out), resume=True))
+    agent = res.agents[0]
+    run = out / agent.run
+    row = {"tokens": budget, **agent.to_dict(), "tool_call_rate": tool_rate(run), "tool_use": tool_use(run),
+           "eval": {"max_steps": args.max_steps, "new_tokens": args.new_tokens},
+           "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, 2 cores"}
+    with open(args.out / "curve.jsonl", "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    print(f"tokens-{budget}: success {agent.successes}/{agent.n}, invalid {agent.invalid_action_rate:.1%}, "
+          f"failures {agent.failures}", flush=True)
+    return row
+
+
+def tool_rate(run: Path) -> float:
+    from trajdistill.trajectories import RunStore
+
+    trajs = RunStore.open(run).load()
+    return sum(called(t, {"python", "act"}) for t in trajs) / len(trajs) if trajs else 0.0
+
+
+def rows_of(root: Path) -> list[dict[str, Any]]:
+    path = root / "curve.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = " | ".join(k.replace("_", " ") for k in FAILURE_KINDS)
+    lines = [f"| training tokens | success | 95% CI | invalid actions | tool-call rate | {head} |",
+             "|---|---|---|---|---|" + "---|" * len(FAILURE_KINDS)]
+    for r in sorted(rows, key=lambda r: r["tokens"]):
+        lo, hi = r["ci95"]
+        kinds = " | ".join(str(r["failures"].get(k, 0)) for k in FAILURE_KINDS)
+        lines.append(f"| {r['tokens']:,} | {r['successes']}/{r['n']} ({r['success_rate']:.1%}) | {lo:.1%}–{hi:.1%} | "
+                     f"{r['invalid_action_rate']:.1%} | {r['tool_call_rate']:.0%} | {kinds} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(rows, key=lambda r: r["tokens"])
+    x = [max(r["tokens"], 1e4) for r in rows]  # the base model sits at the left edge of the log axis
+    fig, ax = plt.subplots(figsize=(7, 4))
+    y = [r["success_rate"] for r in rows]
+    err = [[r["success_rate"] - r["ci95"][0] for r in rows], [r["ci95"][1] - r["success_rate"] for r in rows]]
+    ax.errorbar(x, y, yerr=err, fmt="o-", capsize=3, label="success (95% Wilson CI)")
+    ax.plot(x, [r["invalid_action_rate"] for r in rows], "s--", label="invalid action rate")
+    ax.plot(x, [r["tool_call_rate"] for r in rows], "^:", label="tool-call rate")
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("training tokens (leftmost point: the base model)")
+    ax.set_ylabel("rate on held-out test tasks")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def report(args: argparse.Namespace) -> None:
+    rows = rows_of(args.out)
+    if not rows:
+        print("no rows yet")
+        return
+    plot(rows, args.out / "learning_curve.png", f"SmolLM2-135M on {args.env} ({args.teacher} trajectories)")
+    print(table(rows))
+
+
+def main() -> None:
+    args = arguments()
+    if args.report:
+        report(args)
+        return
+    run = teacher_run(args)
+    evaluated(args, 0, STUDENT)
+    previous = (0, STUDENT)
+    for budget in sorted(int(b) for b in args.budgets.split(",")):
+        spec = checkpoint(args, run, budget, previous)
+        evaluated(args, budget, spec)
+        previous = (budget, spec)
+        if args.until_tokens and budget >= args.until_tokens:
+            break
+    report(args)
+
+
+if __name__ == "__main__":
+    main()
