@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import time
 import typing
 from dataclasses import dataclass, field
@@ -248,8 +249,10 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     if not path.is_dir():
         raise BoxError(f"skill box {path} does not exist or is not a directory")
     mpath = path / MANIFEST
-    if not mpath.exists():
+    if not mpath.exists() and not mpath.is_symlink():
         raise BoxError(f"{path} is not a skill box: {MANIFEST} is missing")
+    if not stat.S_ISREG(mpath.lstat().st_mode):  # a FIFO would block the read
+        raise BoxError(f"{mpath} is not a regular file")
     try:
         manifest = json.loads(mpath.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -286,11 +289,22 @@ def _read_files(path: Path, manifest: dict[str, Any], verify: bool) -> dict[str,
             raise BoxError(f"skill box {path}: file {rel} was tampered with (sha256 does not match the manifest)")
         out[rel] = data
     if verify:
-        for f in sorted(path.rglob("*")):
-            rel = f.relative_to(path).as_posix()
-            if rel != MANIFEST and (f.is_file() or f.is_symlink()) and rel not in listed:
-                raise BoxError(f"skill box {path}: extra file {rel} is not in the manifest")
+        _refuse_extras(path, set(listed))
     return out
+
+
+def _refuse_extras(path: Path, listed: set[str]) -> None:
+    """Anything on disk the manifest does not account for: a file, a FIFO, a link or a directory."""
+    dirs = {p.as_posix() for rel in listed for p in Path(rel).parents if p != Path(".")}
+    for root, subdirs, names in os.walk(path):
+        for name in sorted(subdirs + names):
+            full = Path(root) / name
+            rel = full.relative_to(path).as_posix()
+            if full.is_dir() and not full.is_symlink():
+                if rel not in dirs:
+                    raise BoxError(f"skill box {path}: extra directory {rel} is not in the manifest")
+            elif rel != MANIFEST and rel not in listed:
+                raise BoxError(f"skill box {path}: extra file {rel} is not in the manifest")
 
 
 def _listed(path: Path, files: dict[str, bytes], rel: str, what: str) -> bytes:
