@@ -216,3 +216,18 @@ async def test_nsjail_work_is_a_sized_tmpfs_that_reset_empties(jail):
     assert (await jail.exec("df -m /work | tail -1")).stdout.split()[1] == "256"
     await jail.reset()
     assert (await jail.exec("ls -A /work")).stdout == ""
+
+
+def jail_cgroups() -> set[Path]:
+    from trajdistill.envs.sandbox._nsjail import _own_cgroups_v1
+
+    return {d for mount, path in _own_cgroups_v1().values()
+            for d in (Path(mount) / path.strip("/") / "trajdistill").glob("NSJAIL.*")}
+
+
+@pytest.mark.nsjail
+async def test_nsjail_leaves_no_cgroup_behind_when_an_exec_times_out(jail):
+    before = jail_cgroups()
+    res = await jail.exec_python("while True: pass", timeout=1.0)
+    assert res.timed_out
+    assert jail_cgroups() - before == set()

@@ -51,6 +51,7 @@ NOFILE = 256
 # Exit codes nsjail reports for a child killed by SIGKILL, SIGXCPU or SIGXFSZ.
 KILL_CODES = (128 + 9, 128 + 24, 128 + 25)
 GRACE_S = 1.0  # nsjail's own time limit backs up ours, one second later
+TERM_GRACE_S = 0.5  # on our timeout, nsjail gets this long to tear down its jail and cgroups itself
 PREFIX = "trajdistill-nsjail-"  # then the owner's pid, so a later start can tell leaked directories
 CGROUP_CONTROLLERS = {"memory": "mem", "pids": "pids"}  # cgroup v1 controller -> nsjail's option infix
 MS_NOSUID, MS_NODEV, MNT_DETACH = 2, 4, 2
@@ -208,11 +209,40 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale(tmp: str | None = None) -> int:
-    """Remove the /work directories (and tmpfs mounts) that a killed run left behind; returns how many.
+def _exited(pid: int) -> bool:
+    """Gone, or a zombie waiting to be reaped (an orphaned jail's top process, once nsjail was killed)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] in "ZX"
+    except (OSError, IndexError):
+        return True
 
-    Only those whose owner process is gone: the owner's pid is part of the name.
+
+def remove_dead_cgroups() -> int:
+    """Remove the cgroups of jails whose nsjail was killed before it could remove them (a kill -9).
+
+    nsjail names each after the jail's top process. Returns how many are left because processes
+    are still in them.
     """
+    left = 0
+    for mount, path in _own_cgroups_v1().values():
+        for cgroup in (Path(mount) / path.strip("/") / "trajdistill").glob("NSJAIL.*"):
+            pid = cgroup.name.split(".", 1)[1]
+            if pid.isdigit() and _exited(int(pid)):
+                try:
+                    cgroup.rmdir()  # refused while a process is still in it
+                except OSError:
+                    left += 1
+    return left
+
+
+def remove_stale(tmp: str | None = None) -> int:
+    """Remove the /work directories (and tmpfs mounts) and cgroups that a killed run left behind.
+
+    Only those whose owner process is gone: the owner's pid is part of the name. Returns how many
+    directories went.
+    """
+    if cgroup_argv()[1] is None:
+        remove_dead_cgroups()
     removed = 0
     for path in Path(tmp or tempfile.gettempdir()).glob(f"{PREFIX}*"):
         m = re.match(rf"{PREFIX}(\d+)-", path.name)
@@ -251,7 +281,7 @@ class NsjailSandbox(Sandbox):
         argv = jail_argv(self.binary, str(self.root), self.uid, self.limits, timeout,
                          run_env, Command.of(cmd).argv)
         res = await run_process(argv, cwd=None, env={"PATH": "/usr/bin:/bin"}, stdin=stdin,
-                                timeout=timeout, limits=self.limits, apply_rlimits=False)
+                                timeout=timeout, limits=self.limits, apply_rlimits=False, term_grace_s=TERM_GRACE_S)
         return _classify(res, timeout)
 
     def _host_path(self, path: str) -> Path:
