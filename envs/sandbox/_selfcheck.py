@@ -205,14 +205,18 @@ SPREAD_CHILDREN, SPREAD_CHILD_MB = 6, 128  # each child stays under a 256 MB per
 
 
 def memory_held_mb(token: str) -> float:
-    """Memory the host's processes with `token` in their command line hold (PSS, so shared pages count once)."""
+    """Anonymous memory the host's processes with `token` in their command line hold.
+
+    Proportional (PSS), so pages shared after a fork count once; file pages are left out, since the
+    page cache that holds the interpreter may be charged to whoever read it first.
+    """
     total_kb = 0
     for pid in find_processes(token):
         try:
-            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+            fields = dict(ln.split(":", 1) for ln in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
         except OSError:
             continue  # the process exited while we looked
-        total_kb += sum(int(ln.split()[1]) for ln in text.splitlines() if ln.startswith("Pss:"))
+        total_kb += int((fields.get("Pss_Anon") or fields["Pss"]).split()[0])  # Pss_Anon needs Linux 5.7
     return total_kb / 1024
 
 
@@ -237,7 +241,7 @@ async def spread_memory(sb: Sandbox) -> Verdict:
                          f"they held at most {peak:.0f} MB (limit {sb.limits.memory_mb} MB)")
 
 
-MEMORY_SLACK_MB = 32  # page tables and the jail's supervisor, which sit outside the limit
+MEMORY_SLACK_MB = 32  # the jail's supervisor and kernel accounting, which sit outside the limit
 
 DISK_FILL = """
 import os
