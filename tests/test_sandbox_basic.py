@@ -231,3 +231,21 @@ async def test_nsjail_leaves_no_cgroup_behind_when_an_exec_times_out(jail):
     res = await jail.exec_python("while True: pass", timeout=1.0)
     assert res.timed_out
     assert jail_cgroups() - before == set()
+
+
+@pytest.mark.nsjail
+def test_nsjail_without_a_usable_cgroup_says_so_instead_of_pretending(monkeypatch):
+    from trajdistill.envs.sandbox import _nsjail
+
+    why = nsjail_missing()
+    require(why is None, f"nsjail sandbox unavailable: {why}")
+    monkeypatch.setattr(_nsjail, "_own_cgroups_v1", lambda: {})  # as on a host with no cgroup v1 mounted
+    _nsjail.cgroup_argv.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="bound each process, not the sandbox: no cgroup v1"):
+            _nsjail.NsjailProvider(LIMITS)
+        argv = _nsjail.jail_argv("nsjail", "/tmp/w", 1_000_000, LIMITS, 1.0, {}, ["true"])
+        assert not [a for a in argv if a.startswith("--cgroup")]
+        assert "--rlimit_as" in argv and "--rlimit_nproc" in argv  # the per-process bounds stay
+    finally:
+        _nsjail.cgroup_argv.cache_clear()
