@@ -43,6 +43,8 @@ class CollectConfig:
     teacher_options: dict[str, Any] = field(default_factory=dict)  # e.g. max_retries, timeout_s
     skills: list[str] = field(default_factory=list)  # skill boxes mounted over MCP (dir, URL or stdio command)
     preload_skills: bool = False  # put whole SKILL.md texts in the system prompt, not just names
+    trust: list[str] = field(default_factory=list)  # extra trusted box signers (ed25519:...) or pins (sha256:...)
+    allow_unsigned: bool = False  # mount boxes no trusted key signed (development only)
 
     def __post_init__(self) -> None:
         if not self.teachers:
@@ -112,7 +114,8 @@ class Collector:
         if cfg.skills:
             from trajdistill.skills._mount import mount_skills
 
-            self.env = mount_skills(self.env, cfg.skills, cfg.preload_skills, sandbox=cfg.sandbox)
+            self.env = mount_skills(self.env, cfg.skills, cfg.preload_skills, sandbox=cfg.sandbox, trust=cfg.trust,
+                                    allow_unsigned=cfg.allow_unsigned)
         self.env.check_split(cfg.split)
         options = {"temperature": cfg.temperature, "seed": cfg.seed, **cfg.teacher_options}
         self.policies = {spec: make_policy(spec, env=self.env, **options) for spec in cfg.teachers}
@@ -192,6 +195,8 @@ class Collector:
 
 def resolved_config(cfg: CollectConfig) -> dict[str, Any]:
     d = asdict(cfg)
+    for key in ("trust", "allow_unsigned"):  # how this invocation checks boxes, not what the run holds
+        d.pop(key, None)
     d["package_version"] = __version__
     return d
 

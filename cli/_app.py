@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from ._config import ConfigError, ConfigOption
+from ._config import AllowUnsignedOption, ConfigError, ConfigOption, TrustOption
 
 app = typer.Typer(help="Agentic trajectory distillation: collect, compose, train, mine skills, evaluate.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -110,6 +110,8 @@ def collect(
                                      "http(s) URL or a stdio command; repeatable."),
     preload_skills: bool = typer.Option(False, "--preload-skills", help="Put whole SKILL.md texts in the system "
                                         "prompt, not just names and descriptions."),
+    trust: list[str] = TrustOption,
+    allow_unsigned: bool = AllowUnsignedOption,
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Run teacher agents on an env's tasks and record every episode as a trajectory."""
@@ -120,7 +122,8 @@ def collect(
     cfg = CollectConfig(env=env, teachers=list(teacher), out=str(out), tasks=tasks, split=split,
                         concurrency=concurrency, resume=resume, shard=shard, seed=seed, max_steps=max_steps,
                         temperature=temperature, sandbox=sandbox, env_params=_env_params(env_param),
-                        skills=list(skills), preload_skills=preload_skills)
+                        skills=list(skills), preload_skills=preload_skills, trust=list(trust),
+                        allow_unsigned=allow_unsigned)
     raise typer.Exit(collect_cmd(console, cfg))
 
 

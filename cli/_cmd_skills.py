@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from ._config import ConfigOption
+from ._config import AllowUnsignedOption, ConfigOption, TrustOption
 
 skills_app = typer.Typer(help="Mine, inspect, validate and serve skill boxes.", no_args_is_help=True)
 console = Console()
@@ -34,13 +34,16 @@ def mine_cmd(
                                             "one-off snippets, which otherwise crowd every agent's prompt."),
     name: Optional[str] = typer.Option(None, help="Box name; default: <env>-skills."),
     force: bool = typer.Option(False, "--force", help="Replace an existing box at OUT."),
+    key: Optional[Path] = typer.Option(None, help="PEM file of the Ed25519 key that signs the box; default: "
+                                                  "this machine's key, made on first use in the user config."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
-    """Mine a skill box (SKILL.md docs and sandboxed tools) from trajectories, then self-check it."""
+    """Mine a skill box (SKILL.md docs and sandboxed tools) from trajectories, self-check it, and sign it."""
     from trajdistill.skills._mine import MineConfig, mine_async
 
     cfg = MineConfig(runs=[str(r) for r in runs], out=str(out), analyst=analyst, mode=mode, workers=workers,
-                     sandbox=sandbox, name=name, force=force, min_support=min_support)
+                     sandbox=sandbox, name=name, force=force, min_support=min_support,
+                     key=str(key) if key else None)
     with Progress(TextColumn("[bold]mine[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
                   console=console, transient=True) as bar:
         job = bar.add_task("loading runs", total=None)
@@ -57,17 +60,61 @@ def mine_cmd(
 
 @skills_app.command("inspect")
 def inspect_cmd(box: Path = typer.Argument(..., help="Skill box directory."),
+                trust: list[str] = TrustOption,
+                allow_unsigned: bool = AllowUnsignedOption,
+                check: bool = typer.Option(False, "--check", help="Run the tool tests now, in the sandbox, and "
+                                                                  "show that result instead of the recorded one."),
+                sandbox: str = typer.Option("auto", help="Sandbox backend for --check: auto, docker, nsjail, none."),
                 config: Optional[Path] = ConfigOption) -> None:
-    """Print a box's skills, tool signatures, provenance and validation results (the box is verified)."""
+    """Print a box's skills, tool signatures, provenance and validation results (files and signature verified)."""
     from trajdistill.skills import SkillBox
+    from trajdistill.skills._trust import Trust
 
-    show_box(console, SkillBox.load(box))
+    loaded = SkillBox.load(box, trust=Trust.of(trust, allow_unsigned))
+    fresh = None
+    if check:
+        from trajdistill.skills._check import check_box_async
+
+        fresh = asyncio.run(check_box_async(loaded, sandbox=sandbox, record=False))
+    show_box(console, loaded, fresh)
 
 
-def show_box(console: Console, box: Any) -> None:
+@skills_app.command("sign")
+def sign_cmd(box: Path = typer.Argument(..., help="Skill box directory."),
+             key: Optional[Path] = typer.Option(None, help="PEM file of the Ed25519 key to sign with; default: "
+                                                           "this machine's key."),
+             sandbox: str = typer.Option("auto", help="Sandbox backend for the self-check: auto, docker, nsjail, "
+                                                      "none."),
+             config: Optional[Path] = ConfigOption) -> None:
+    """Run the box's self-check afresh, then sign its manifest (file hashes and that result)."""
+    from trajdistill.skills import SkillBox
+    from trajdistill.skills._check import check_box_async
+    from trajdistill.skills._trust import load_private_key, local_key
+
+    signer = load_private_key(key) if key else local_key()
+    loaded = SkillBox.load(box)  # the files must match their hashes; the old signature does not matter
+    result = asyncio.run(check_box_async(loaded, sandbox=sandbox))
+    kid = loaded.sign(signer)
+    console.print(f"signed {box} by {kid}; self-check {'passed' if result['ok'] else 'FAILED'}; "
+                  f"manifest digest {loaded.digest}", highlight=False, soft_wrap=True)
+
+
+@skills_app.command("trust")
+def trust_cmd(value: str = typer.Argument(..., help="ed25519:KEY, a PEM key file, or a box's sha256:DIGEST."),
+              config: Optional[Path] = ConfigOption) -> None:
+    """Trust a signing key (or pin one box's manifest digest) everywhere, in the user config's trust file."""
+    from trajdistill.skills._trust import TRUST_FILE, add_trusted, config_dir
+
+    entry = add_trusted(value)
+    console.print(f"trusted {entry} (in {config_dir() / TRUST_FILE})", highlight=False, soft_wrap=True)
+
+
+def show_box(console: Console, box: Any, fresh: dict[str, Any] | None = None) -> None:
     console.print(f"[bold]{box.name}[/] {box.version}  env [bold]{box.env}[/]  "
                   f"created {box.manifest.get('created_at', '?')}  ({len(box.manifest['files'])} files, verified)",
                   highlight=False)
+    if box.trust is not None:
+        console.print(f"trust: {box.trust.how}; manifest digest {box.digest}", highlight=False, soft_wrap=True)
     skills = Table(title="skills", title_justify="left", show_lines=False)
     for col in ("skill", "description", "trajectories"):
         skills.add_column(col, overflow="fold")
@@ -80,7 +127,7 @@ def show_box(console: Console, box: Any) -> None:
         console.print(f"      {t.spec.description.splitlines()[0]} ({len(box.tests.get(t.name, []))} tests, "
                       f"{_count(box.sources_of('tools', t.name))} trajectories)", highlight=False)
     _provenance(console, box)
-    _validation(console, box.validation)
+    _validation(console, box.validation, fresh, vouched=box.trust is None or box.trust.vouched)
 
 
 def _count(sources: dict[str, list[str]]) -> int:
@@ -104,24 +151,29 @@ def _provenance(console: Console, box: Any) -> None:
                       highlight=False)
 
 
-def _validation(console: Console, validation: dict[str, Any]) -> None:
+def _validation(console: Console, validation: dict[str, Any], fresh: dict[str, Any] | None = None,
+                vouched: bool = True) -> None:
+    """The self-check shown is a fresh run, or the recorded one when a signature or pin covers it."""
     console.print("[bold]validation[/]")
-    if not validation:
+    if not validation and fresh is None:
         console.print("  none recorded")
-    check = validation.get("self_check")
+    check = fresh or (validation.get("self_check") if vouched else None)
+    if not vouched and fresh is None and "self_check" in validation:
+        console.print("  self-check: the recorded result is not signed, so it is not shown; --check runs it now")
     if check:
         tools = check.get("tools", {})
         passed = sum(r.get("passed", 0) for r in tools.values())
         failed = sum(r.get("failed", 0) for r in tools.values())
         state = "[green]passed[/]" if check.get("ok") else "[red]FAILED[/]"
-        console.print(f"  self-check {state} at {check.get('checked_at')} (sandbox {check.get('sandbox')}): "
+        origin = "fresh run" if fresh is not None else "signed"
+        console.print(f"  self-check {state} ({origin} at {check.get('checked_at')}, sandbox {check.get('sandbox')}): "
                       f"{passed} tool tests passed, {failed} failed", highlight=False)
         for name, r in tools.items():
             if r.get("first_failure"):
                 console.print(f"    {name}: {r['first_failure']}", highlight=False)
     for section, data in validation.items():
         if section != "self_check":
-            console.print(f"  {section}:", highlight=False)
+            console.print(f"  {section}: (recorded, not signed)", highlight=False)
             _show_section(console, data)
 
 
@@ -148,13 +200,16 @@ def serve_command(
     timeout: float = typer.Option(10.0, help="Wall-clock limit of one tool call, in seconds."),
     memory_mb: int = typer.Option(512, help="Memory limit of one tool call, in MB."),
     exclude: list[str] = typer.Option([], help="Leave this skill or tool out (for ablations); repeatable."),
+    trust: list[str] = TrustOption,
+    allow_unsigned: bool = AllowUnsignedOption,
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Serve a box over MCP: tools run in the sandbox, SKILL.md files are resources and prompts."""
     from trajdistill.skills._server import serve
+    from trajdistill.skills._trust import Trust
 
     serve(box, transport=transport, host=host, port=port, sandbox=sandbox, timeout_s=timeout,
-          memory_mb=memory_mb, exclude=exclude)
+          memory_mb=memory_mb, exclude=exclude, trust=Trust.of(trust, allow_unsigned))
 
 
 @skills_app.command("validate")

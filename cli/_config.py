@@ -45,3 +45,11 @@ ConfigOption = typer.Option(
     None, "--config", help="YAML file of defaults for this command; flags override it.",
     is_eager=True, callback=_apply, exists=False, dir_okay=False,
 )
+
+
+TrustOption = typer.Option(
+    [], "--trust", help="Trust skill boxes signed by this key (ed25519:..., or a PEM key file), or the box whose "
+                        "manifest digest is this sha256:...; repeatable. This machine's key and the keys in "
+                        "the user config's trusted-keys file are always trusted.")
+AllowUnsignedOption = typer.Option(
+    False, "--allow-unsigned", help="Use skill boxes that no trusted key signed (for development only).")

@@ -181,8 +181,12 @@ async def _list_served_tools(box: Path, sandbox: str) -> list[str]:
     from mcp import ClientSession, StdioServerParameters
     from mcp.client.stdio import stdio_client
 
+    from trajdistill.skills._trust import config_dir
+
+    # the server's scrubbed environment must still find the user config whose key signed the box
     params = StdioServerParameters(command=sys.executable,
-                                   args=["-m", "trajdistill", "skills", "serve", str(box), "--sandbox", sandbox])
+                                   args=["-m", "trajdistill", "skills", "serve", str(box), "--sandbox", sandbox],
+                                   env={"TRAJDISTILL_CONFIG_DIR": str(config_dir())})
     async with stdio_client(params) as (read, write):
         async with ClientSession(read, write) as session:
             await session.initialize()

@@ -29,6 +29,7 @@ import concurrent.futures
 import copy
 import hashlib
 import json
+import os
 import re
 import shlex
 import sys
@@ -48,6 +49,7 @@ from ._types import SPLITS, Observation, Outcome, PolicyRequest, Task, Turn
 
 EXAMPLE_DIR = Path(__file__).parent / "data" / "mcp_example"
 VERIFY_TYPES = ("exact", "regex", "python")
+CONFIG_ENV = ("TRAJDISTILL_CONFIG_DIR", "XDG_CONFIG_HOME")  # where trajdistill servers find the user config
 PYTHON_PRELUDE = "import sys\nanswer = sys.stdin.read().strip()\n"
 
 
@@ -161,7 +163,9 @@ def server_target(server: str) -> str | StdioServerParameters:
         raise ValueError(f"mcp server command {server!r} cannot be parsed: {e}") from None
     if not argv:
         raise ValueError("mcp server command is empty")
-    return StdioServerParameters(command=argv[0], args=argv[1:])
+    # The SDK scrubs the server's environment; the user config (a skill box server's trusted keys) must follow.
+    config = {k: os.environ[k] for k in CONFIG_ENV if k in os.environ}
+    return StdioServerParameters(command=argv[0], args=argv[1:], env=config or None)
 
 
 class McpConnection:

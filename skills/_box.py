@@ -8,9 +8,10 @@
       tools/<name>.py               one typed, documented function per file
       tests/<name>.jsonl            {"tool", "args", "expected"} examples replayed from the source trajectories
 
-Box code is written by a model, so it never runs in this process. Schemas come from
-parsing the source with `ast` (annotations are read from a whitelist of types, never
-evaluated); the code itself runs only through `run_source`, inside a sandbox.
+The manifest is signed (see _trust.py); loading with a `Trust` refuses a box that no trusted key
+signed and no pinned digest matches. Box code is written by a model, so it never runs in this
+process. Schemas come from parsing the source with `ast` (annotations are read from a whitelist
+of types, never evaluated); the code itself runs only through `run_source`, inside a sandbox.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import time
 import typing
 from dataclasses import dataclass, field
@@ -32,6 +34,8 @@ from typing import Any, Literal
 import yaml
 
 from trajdistill.envs._tools import ToolSchemaError, ToolSpec, tool_spec
+
+from ._trust import SIGNATURE, SIGNED_SECTIONS, Trust, Verdict, check_trust, local_key, manifest_digest, sign_manifest
 
 FORMAT_VERSION = 1
 MANIFEST = "skillbox.json"
@@ -125,6 +129,17 @@ class SkillBox:
         self.skills = skills
         self.tools = tools
         self.tests = tests
+        self.trust: Verdict | None = None  # set when loaded with a Trust
+
+    @property
+    def digest(self) -> str:
+        """The manifest digest a `--trust sha256:...` pin names."""
+        return manifest_digest(self.manifest)
+
+    @property
+    def signer(self) -> str | None:
+        sig = self.manifest.get(SIGNATURE)
+        return sig.get("key") if isinstance(sig, dict) else None
 
     name = property(lambda self: str(self.manifest["name"]))
     version = property(lambda self: str(self.manifest.get("version", "")))
@@ -144,27 +159,39 @@ class SkillBox:
         raise KeyError(f"box {self.name!r} has no tool {name!r}; tools: {', '.join(t.name for t in self.tools)}")
 
     @classmethod
-    def load(cls, path: str | Path, *, verify: bool = True) -> "SkillBox":
-        """Read a box. With `verify`, every file must match its manifest hash and no file may be extra.
+    def load(cls, path: str | Path, *, verify: bool = True, trust: Trust | None = None) -> "SkillBox":
+        """Read a box. With `verify`, every file must match its manifest hash and no file, directory or
+        FIFO may be extra. With `trust`, the manifest must also be signed by a trusted key or pinned.
 
-        Raises BoxError with one line naming the file that is missing, tampered, extra or unparsable.
+        Raises BoxError with one line naming the file that is missing, tampered, extra or unparsable,
+        or saying how to trust the box.
         """
         path = Path(path)
         manifest = _read_manifest(path)
-        files = _read_files(path, manifest, verify)
+        verdict = None
+        if trust is not None:
+            try:
+                verdict = check_trust(path, manifest, trust)
+            except ValueError as e:
+                raise BoxError(str(e)) from None
+        files = _read_files(path, manifest, verify or trust is not None)  # trust rests on the hashes
         skills = [_load_skill(path, name, entry, files) for name, entry in sorted(manifest["skills"].items())]
         tools = [_load_tool(path, name, entry, files) for name, entry in sorted(manifest["tools"].items())]
         tests = {t.name: _load_tests(path, t.name, manifest["tools"][t.name], files) for t in tools}
-        return cls(path, manifest, skills, tools, tests)
+        box = cls(path, manifest, skills, tools, tests)
+        box.trust = verdict
+        return box
 
     @classmethod
     def write(cls, path: str | Path, *, name: str, env: str | None, skills: list[SkillDraft] = (),
               tools: list[ToolDraft] = (), sources: list[dict[str, Any]] = (), version: str = "0.1.0",
-              generator: dict[str, Any] | None = None, overwrite: bool = False) -> "SkillBox":
+              generator: dict[str, Any] | None = None, overwrite: bool = False, sign: bool = True,
+              key: Any = None) -> "SkillBox":
         """Write a new box (files, then the manifest with their hashes) and load it back verified.
 
         The box is built in a temporary sibling directory and renamed into place, so a crash never
-        leaves half a box. An existing box at `path` is replaced only with `overwrite`.
+        leaves half a box. An existing box at `path` is replaced only with `overwrite`. With `sign`,
+        the manifest is signed by `key` (an Ed25519 private key), by default this machine's key.
         """
         path = Path(path)
         _check_target(path, overwrite)
@@ -181,6 +208,8 @@ class SkillBox:
             "files": {rel: sha256(data) for rel, data in sorted(files.items())},
             "validation": {},
         }
+        if sign:
+            manifest[SIGNATURE] = sign_manifest(manifest, key or local_key())
         tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         for rel, data in files.items():
@@ -194,9 +223,20 @@ class SkillBox:
         return cls.load(path)
 
     def record_validation(self, section: str, data: Any) -> None:
-        """Set `validation.<section>` and rewrite the manifest atomically (it is not in its own hash list)."""
+        """Set `validation.<section>` and rewrite the manifest atomically (it is not in its own hash list).
+
+        A section the signature covers makes the signature stale: it is dropped, and `sign` makes a new one.
+        """
         self.manifest.setdefault("validation", {})[section] = json.loads(json.dumps(data, default=str))
+        if section in SIGNED_SECTIONS:
+            self.manifest.pop(SIGNATURE, None)
         _atomic_write(self.path / MANIFEST, json.dumps(self.manifest, indent=2) + "\n")
+
+    def sign(self, key: Any = None) -> str:
+        """Sign the manifest with `key` (default: this machine's key); returns the signer's key id."""
+        self.manifest[SIGNATURE] = sign_manifest(self.manifest, key or local_key())
+        _atomic_write(self.path / MANIFEST, json.dumps(self.manifest, indent=2) + "\n")
+        return self.manifest[SIGNATURE]["key"]
 
     def sources_of(self, kind: Literal["skills", "tools"], name: str) -> dict[str, list[str]]:
         """Run dir -> trajectory ids that a skill or tool came from."""
@@ -248,8 +288,10 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     if not path.is_dir():
         raise BoxError(f"skill box {path} does not exist or is not a directory")
     mpath = path / MANIFEST
-    if not mpath.exists():
+    if not mpath.exists() and not mpath.is_symlink():
         raise BoxError(f"{path} is not a skill box: {MANIFEST} is missing")
+    if not stat.S_ISREG(mpath.lstat().st_mode):  # a FIFO would block the read
+        raise BoxError(f"{mpath} is not a regular file")
     try:
         manifest = json.loads(mpath.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -286,11 +328,22 @@ def _read_files(path: Path, manifest: dict[str, Any], verify: bool) -> dict[str,
             raise BoxError(f"skill box {path}: file {rel} was tampered with (sha256 does not match the manifest)")
         out[rel] = data
     if verify:
-        for f in sorted(path.rglob("*")):
-            rel = f.relative_to(path).as_posix()
-            if rel != MANIFEST and (f.is_file() or f.is_symlink()) and rel not in listed:
-                raise BoxError(f"skill box {path}: extra file {rel} is not in the manifest")
+        _refuse_extras(path, set(listed))
     return out
+
+
+def _refuse_extras(path: Path, listed: set[str]) -> None:
+    """Anything on disk the manifest does not account for: a file, a FIFO, a link or a directory."""
+    dirs = {p.as_posix() for rel in listed for p in Path(rel).parents if p != Path(".")}
+    for root, subdirs, names in os.walk(path):
+        for name in sorted(subdirs + names):
+            full = Path(root) / name
+            rel = full.relative_to(path).as_posix()
+            if full.is_dir() and not full.is_symlink():
+                if rel not in dirs:
+                    raise BoxError(f"skill box {path}: extra directory {rel} is not in the manifest")
+            elif rel != MANIFEST and rel not in listed:
+                raise BoxError(f"skill box {path}: extra file {rel} is not in the manifest")
 
 
 def _listed(path: Path, files: dict[str, bytes], rel: str, what: str) -> bytes:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ._box import SkillBox
+from ._trust import Trust
 
 HARMFUL_NOTE = "harmful: overly broad skills may hijack the agent"
 
@@ -80,10 +81,10 @@ def _compare(arm: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     return {"delta": delta, "delta_ci95": list(ci), "verdict": verdict(delta, ci)}
 
 
-def ablation_source(box: Path, without: str, sandbox: str) -> str:
-    """A stdio command that serves `box` minus one skill or tool."""
+def ablation_source(box: Path, without: str, sandbox: str, digest: str) -> str:
+    """A stdio command that serves `box` minus one skill or tool; `digest` pins the box the gate verified."""
     return shlex.join([sys.executable, "-m", "trajdistill", "skills", "serve", str(box), "--sandbox", sandbox,
-                       "--exclude", without])
+                       "--exclude", without, "--trust", digest])
 
 
 class Gate:
@@ -91,7 +92,7 @@ class Gate:
 
     def __init__(self, cfg: GateConfig, listener: Callable[[str, Any], None] | None = None):
         self.cfg = cfg
-        self.box = SkillBox.load(cfg.box, verify=True)
+        self.box = SkillBox.load(cfg.box, verify=True, trust=Trust())
         self.listener = listener
 
     async def arm(self, label: str, skills: list[str]) -> dict[str, Any]:
@@ -129,7 +130,7 @@ class Gate:
         names = [f"skill:{s.name}" for s in self.box.skills] + [f"tool:{t.name}" for t in self.box.tools]
         for item in names:
             name = item.split(":", 1)[1]
-            arm = await self.arm(f"without {item}", [ablation_source(box_dir, name, self.cfg.sandbox)])
+            arm = await self.arm(f"without {item}", [ablation_source(box_dir, name, self.cfg.sandbox, self.box.digest)])
             entry = {**arm, **_compare(arm, full)}
             entry["flagged"] = entry["delta"] > 0  # removing it helped: it pulls the agent the wrong way
             out[item] = entry

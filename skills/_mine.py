@@ -16,6 +16,7 @@ from ._box import BoxError, SkillBox, SkillDraft, ToolDraft, ToolRunner, spec_fr
 from ._check import check_box_async
 from ._mine_docs import DocsMining, mine_docs
 from ._mine_tools import Listener, ToolMining, mine_tools
+from ._trust import load_private_key, local_key
 
 MODES = ("tools", "docs", "both")
 
@@ -34,6 +35,7 @@ class MineConfig:
     force: bool = False
     timeout_s: float = 10.0  # per tool run in the sandbox
     min_support: int = 1  # distinct source calls a mined tool must cover to be kept
+    key: str | None = None  # PEM file of the Ed25519 key that signs the box; None: this machine's key
 
     def __post_init__(self) -> None:
         if not self.runs:
@@ -76,6 +78,7 @@ def load_runs(runs: list[str]) -> tuple[list[tuple[str, Trajectory]], str]:
 
 async def mine_async(cfg: MineConfig, *, analyst: Any = None, listener: Listener | None = None) -> MineResult:
     """Mine a box as `cfg` says. `analyst` may be a Policy object instead of the `cfg.analyst` spec."""
+    key = load_private_key(cfg.key) if cfg.key else local_key()
     trajs, env = load_runs(cfg.runs)
     own_analyst = analyst is None and bool(cfg.analyst)
     if own_analyst:
@@ -95,10 +98,12 @@ async def mine_async(cfg: MineConfig, *, analyst: Any = None, listener: Listener
             link_tools(docs.skills, tools.tools)
         box = SkillBox.write(cfg.out, name=cfg.name or _box_name(env), env=env,
                              skills=docs.skills if docs else [], tools=tools.tools if tools else [],
-                             sources=_sources(trajs), generator=_generator(cfg, tools, docs), overwrite=cfg.force)
+                             sources=_sources(trajs), generator=_generator(cfg, tools, docs), overwrite=cfg.force,
+                             sign=False)
         if listener:
             listener("self-check", 0, 1)
         check = await check_box_async(box, runner=runner)
+        box.sign(key)  # after the check: the signature covers its result
     finally:
         if own_analyst:
             await analyst.close()

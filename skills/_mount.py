@@ -3,11 +3,12 @@
     env = mount_skills(make_env("math"), ["./box", "http://127.0.0.1:8000/mcp", "python server.py"])
 
 A source is a box directory (served by `trajdistill skills serve BOX` as a stdio subprocess,
-so its tool code runs in that server's sandbox), an http(s) URL (streamable HTTP), or any
-other stdio command. Every call goes through a real MCP client session (`McpConnection`
-from the mcp env), so the ReAct loop and the collector need no change: the mounted env's
-tools are the env's tools plus the boxes' tools (a clashing name gets a `<box>__` prefix)
-plus `read_skill`, and its system prompt lists the skills (or holds them, with preload).
+so its tool code runs in that server's sandbox; it must be signed by a trusted key or pinned),
+an http(s) URL (streamable HTTP), or any other stdio command. Every call goes through a real
+MCP client session (`McpConnection` from the mcp env), so the ReAct loop and the collector
+need no change: the mounted env's tools are the env's tools plus the boxes' tools (a clashing
+name gets a `<box>__` prefix) plus `read_skill`, and its system prompt lists the skills (or
+holds them, with preload).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from trajdistill.envs.mcp_env import (LiveConnection, McpConnection, McpConnecti
 
 from ._box import SkillBox
 from ._server import SKILL_SCHEME
+from ._trust import Trust
 
 READ_SKILL = "read_skill"
 
@@ -43,13 +45,16 @@ def read_skill_spec() -> ToolSpec:
     return tool_spec(_read_skill, name=READ_SKILL)
 
 
-def source_server(source: str, sandbox: str = "auto") -> str:
+def source_server(source: str, sandbox: str = "auto", trust: Trust | None = None) -> str:
     """The MCP server a `--skills` value names: a serve command for a box directory, else the value itself."""
     path = Path(source).expanduser()
     if path.is_dir():
-        SkillBox.load(path, verify=True)  # a tampered box fails here, with the server's own one-line reason
+        # a tampered or untrusted box fails here, with the server's own one-line reason
+        box = SkillBox.load(path, verify=True, trust=trust or Trust())
+        # The server gets a scrubbed environment (other user config): pin exactly what was verified here.
+        pin = ["--trust", box.digest] if box.trust.vouched else ["--allow-unsigned"]
         return shlex.join([sys.executable, "-m", "trajdistill", "skills", "serve", str(path.resolve()),
-                           "--sandbox", sandbox])
+                           "--sandbox", sandbox, *pin])
     server_target(source)  # an unparsable command line fails now, not mid-run
     return source
 
@@ -183,7 +188,7 @@ class MountedEnv(Env):
     episode_cls = MountedEpisode
 
     def __init__(self, env: Env, sources: Sequence[str], *, preload: bool = False, sandbox: str = "auto",
-                 timeout_s: float = 60.0):
+                 timeout_s: float = 60.0, trust: Trust | None = None):
         super().__init__(env.variant, **env.params)
         if not sources:
             raise ValueError("give at least one skill box (a directory, an http(s) URL or a stdio command)")
@@ -191,7 +196,7 @@ class MountedEnv(Env):
         self.name, self.version = env.name, env.version  # type: ignore[misc]
         self.needs_sandbox, self.answer_tool = env.needs_sandbox, env.answer_tool  # type: ignore[misc]
         self.preload = preload
-        self.sources = [Source(s, source_server(s, sandbox), timeout_s) for s in sources]
+        self.sources = [Source(s, source_server(s, sandbox, trust), timeout_s) for s in sources]
         self.routes: dict[str, tuple[Source, str]] = {}
         self.skill_routes: dict[str, tuple[Source, str]] = {}  # exposed skill name -> (source, uri)
         self._tools: list[ToolSpec] | None = None
@@ -288,8 +293,13 @@ class MountedEnv(Env):
 
 
 def mount_skills(env: Env, sources: Sequence[str], preload: bool = False, *, sandbox: str = "auto",
-                 timeout_s: float = 60.0) -> Env:
-    """`env` with the skill boxes of `sources` mounted; `env` itself when `sources` is empty."""
+                 timeout_s: float = 60.0, trust: Sequence[str] = (), allow_unsigned: bool = False) -> Env:
+    """`env` with the skill boxes of `sources` mounted; `env` itself when `sources` is empty.
+
+    A box directory must be signed by a trusted key (this machine's, the trust file's, or one in
+    `trust`) or pinned by a `sha256:` digest in `trust`; `allow_unsigned` is for development.
+    """
     if not sources:
         return env
-    return MountedEnv(env, list(sources), preload=preload, sandbox=sandbox, timeout_s=timeout_s)
+    return MountedEnv(env, list(sources), preload=preload, sandbox=sandbox, timeout_s=timeout_s,
+                      trust=Trust.of(trust, allow_unsigned))

@@ -2,7 +2,8 @@
 
     trajdistill skills serve BOX [--transport stdio|http] [--host 127.0.0.1] [--port P] [--sandbox B]
 
-The box is verified against its manifest before anything is served. Tool code was written
+The box is verified against its manifest, and its signature against the trusted keys (or a
+pinned digest, see _trust.py), before anything is served. Tool code was written
 by a model, so it never runs in the server process: every call goes through
 `run_tool_in_sandbox` in a fresh sandbox of the provider. A tool that raises, loops or
 exhausts memory answers with an MCP tool error (`is_error`), and the server keeps serving.
@@ -27,6 +28,7 @@ from pydantic import Field
 from trajdistill.envs.sandbox import Limits, SandboxProvider, get_provider
 
 from ._box import BoxTool, Skill, SkillBox, run_tool_in_sandbox
+from ._trust import Trust
 
 SKILL_SCHEME = "skill://"
 TRANSPORTS = ("stdio", "http")
@@ -114,18 +116,19 @@ def build_server(box: SkillBox, sandbox_provider: SandboxProvider, *, exclude: I
     return server
 
 
-def load_verified(path: str | Path) -> SkillBox:
-    """The box at `path`, every file checked against the manifest (BoxError, one line, otherwise)."""
-    return SkillBox.load(path, verify=True)
+def load_verified(path: str | Path, trust: Trust | None = None) -> SkillBox:
+    """The box at `path`, every file checked against the manifest and the manifest against `trust`
+    (default: this machine's key and the trust file); BoxError, one line, otherwise."""
+    return SkillBox.load(path, verify=True, trust=trust or Trust())
 
 
 async def serve_async(box_path: str | Path, *, transport: str = "stdio", host: str = "127.0.0.1", port: int = 8000,
                       sandbox: str = "auto", timeout_s: float = 10.0, memory_mb: int = 512,
-                      exclude: Iterable[str] = ()) -> None:
+                      exclude: Iterable[str] = (), trust: Trust | None = None) -> None:
     """Verify the box, then serve it until the transport closes (stdio) or the process is stopped (http)."""
     if transport not in TRANSPORTS:
         raise ValueError(f"--transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
-    box = load_verified(box_path)
+    box = load_verified(box_path, trust)
     provider = get_provider(sandbox, Limits(timeout_s=timeout_s, memory_mb=memory_mb))
     async with provider:
         server = build_server(box, provider, exclude=exclude, timeout_s=timeout_s)

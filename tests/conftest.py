@@ -6,6 +6,8 @@ Under TRAJDISTILL_REQUIRE_ALL=1 (CI), a test whose real component is missing fai
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import pytest
 from hypothesis import settings
@@ -25,3 +27,17 @@ def require(ok: bool, reason: str) -> None:
     if REQUIRE_ALL:
         pytest.fail(f"required component missing: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def user_config_dir():
+    """A fresh user config (signing key, trusted keys) for the whole session; subprocesses inherit it."""
+    path = tempfile.mkdtemp(prefix="trajdistill-test-config-")
+    old = os.environ.get("TRAJDISTILL_CONFIG_DIR")
+    os.environ["TRAJDISTILL_CONFIG_DIR"] = path
+    yield path
+    if old is None:
+        os.environ.pop("TRAJDISTILL_CONFIG_DIR", None)
+    else:
+        os.environ["TRAJDISTILL_CONFIG_DIR"] = old
+    shutil.rmtree(path, ignore_errors=True)

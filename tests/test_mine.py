@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import subprocess
 import sys
@@ -299,7 +300,8 @@ def test_openai_analyst_against_a_scripted_server(tmp_path):
 def cli(*args):
     return subprocess.run([sys.executable, "-m", "trajdistill", *map(str, args)], capture_output=True, text=True,
                           timeout=300, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HOME": "/root",
-                                            "PYTHONWARNINGS": "ignore"})
+                                            "PYTHONWARNINGS": "ignore",
+                                            "TRAJDISTILL_CONFIG_DIR": os.environ["TRAJDISTILL_CONFIG_DIR"]})
 
 
 def test_cli_mine_then_inspect(math_run, tmp_path):

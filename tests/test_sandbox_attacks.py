@@ -16,8 +16,9 @@ import pytest
 from conftest import require
 from trajdistill.envs import UnknownNameError
 from trajdistill.envs.sandbox import ExecResult, Limits, get_provider, sandboxes, self_check
-from trajdistill.envs.sandbox._selfcheck import (DAEMON, FORK_BOMB, MEMORY_BOMB, NET_SCRIPT, find_processes,
-                                                 kill_processes)
+from trajdistill.envs.sandbox._selfcheck import (DAEMON, DISK_FILL, ESCAPE_CALLS, ESCAPE_PROBES, FORK_BOMB,
+                                                 MEMORY_BOMB, NET_SCRIPT, SPREAD_MEMORY, WORK_CAP_MB,
+                                                 find_processes, kill_processes, peak_memory_mb, work_usage_mb)
 
 LIMITS = Limits(timeout_s=5.0, memory_mb=256, pids=32, output_bytes=64_000)
 BACKENDS = [pytest.param("nsjail", marks=pytest.mark.nsjail),
@@ -146,6 +147,43 @@ async def test_memory_bomb_comes_back_as_a_result(sb):
     assert not res.timed_out  # it was stopped by the memory limit, not the clock
 
 
+async def test_memory_is_bounded_for_the_whole_sandbox(sb):
+    token = f"spread-{uuid.uuid4().hex}"
+    code = SPREAD_MEMORY.format(token=token, children=6, child_mb=128, hold_s=1.5)
+    peak = await peak_memory_mb(sb, code, token, timeout=20.0)
+    assert peak > 32  # the children did allocate
+    assert peak <= LIMITS.memory_mb + 32, f"6 children held {peak:.0f} MB against a {LIMITS.memory_mb} MB limit"
+
+
+async def test_work_has_a_size_cap(backend):
+    # Memory well above the cap, so the size of /work is what stops the writes.
+    async with get_provider(backend, Limits(timeout_s=30.0, memory_mb=1024)) as provider:
+        async with provider.acquire() as sb:
+            res = await sb.exec_python(DISK_FILL.format(files=8, file_mb=64), timeout=30.0)
+            used = await work_usage_mb(sb)
+            assert "stopped" in res.stdout, res.observation()
+            assert 0 < used <= WORK_CAP_MB
+            assert (await sb.exec("echo x > after && cat after")).stdout == ""  # full, yet still answers
+            await sb.exec("rm -f /work/fill-*")
+            assert (await sb.exec("echo y > after && cat after")).stdout == "y\n"
+
+
+async def test_namespace_mount_ptrace_and_keyring_calls_are_denied(sb):
+    res = await sb.exec_python(ESCAPE_CALLS.format())
+    lines = res.stdout.splitlines()
+    assert len(lines) == ESCAPE_PROBES, res.observation()
+    assert [ln for ln in lines if not ln.startswith("DENIED")] == []
+
+
+async def test_ordinary_python_still_runs(sb):
+    code = ("import threading, subprocess, concurrent.futures as cf\n"
+            "t = threading.Thread(target=print, args=('thread',)); t.start(); t.join()\n"
+            "print(subprocess.run(['echo', 'child'], capture_output=True, text=True).stdout.strip())\n"
+            "with cf.ProcessPoolExecutor(2) as ex: print('pool', sum(ex.map(abs, [-1, -2])))\n")
+    res = await sb.exec_python(code, timeout=20.0)
+    assert res.stdout.split() == ["thread", "child", "pool", "3"], res.observation()
+
+
 async def test_infinite_loop_times_out(sb):
     start = time.monotonic()
     res = await sb.exec_python("while True: pass", timeout=1.5)
@@ -194,7 +232,7 @@ async def test_kill_all_spares_the_host(sb):
 async def test_self_check_passes(backend):
     result = await self_check(backend)
     assert result.backend == backend
-    assert len(result.checks) == 9
+    assert len(result.checks) == 12
     assert [c.name for c in result.checks if not c.contained] == []
 
 

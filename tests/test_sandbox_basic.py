@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -171,3 +173,79 @@ def test_cli_run_exits_with_the_command_code():
                           capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
     assert proc.returncode == 3, proc.stderr
     assert proc.stdout == "hi\n"
+
+
+LEAKER = """
+import asyncio, time
+from trajdistill.envs.sandbox import Limits, get_provider
+
+async def main():
+    provider = get_provider("nsjail", Limits())
+    sb = await provider.create()
+    print(sb.root, flush=True)
+    time.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.nsjail
+async def test_nsjail_cleans_up_what_a_killed_run_leaked(tmp_path):
+    why = nsjail_missing()
+    require(why is None, f"nsjail sandbox unavailable: {why}")
+    proc = subprocess.Popen([sys.executable, "-c", LEAKER], stdout=subprocess.PIPE, text=True)
+    try:
+        leaked = Path(proc.stdout.readline().strip())
+    finally:
+        proc.kill()  # SIGKILL: nothing of the run's own cleanup runs
+        proc.wait()
+    assert leaked.name.startswith("trajdistill-nsjail-") and leaked.is_dir()
+    live = Path(tempfile.mkdtemp(prefix=f"trajdistill-nsjail-{os.getpid()}-"))  # its owner still runs
+    try:
+        async with get_provider("nsjail", LIMITS):  # the next start
+            assert not leaked.exists()
+            assert live.exists()
+    finally:
+        live.rmdir()
+
+
+@pytest.mark.nsjail
+async def test_nsjail_work_is_a_sized_tmpfs_that_reset_empties(jail):
+    assert os.path.ismount(jail.root)  # not a directory on the host's disk
+    await jail.write_file("a.txt", "x")
+    assert (await jail.exec("df -m /work | tail -1")).stdout.split()[1] == "256"
+    await jail.reset()
+    assert (await jail.exec("ls -A /work")).stdout == ""
+
+
+def jail_cgroups() -> set[Path]:
+    from trajdistill.envs.sandbox._nsjail import _own_cgroups_v1
+
+    return {d for mount, path in _own_cgroups_v1().values()
+            for d in (Path(mount) / path.strip("/") / "trajdistill").glob("NSJAIL.*")}
+
+
+@pytest.mark.nsjail
+async def test_nsjail_leaves_no_cgroup_behind_when_an_exec_times_out(jail):
+    before = jail_cgroups()
+    res = await jail.exec_python("while True: pass", timeout=1.0)
+    assert res.timed_out
+    assert jail_cgroups() - before == set()
+
+
+@pytest.mark.nsjail
+def test_nsjail_without_a_usable_cgroup_says_so_instead_of_pretending(monkeypatch):
+    from trajdistill.envs.sandbox import _nsjail
+
+    why = nsjail_missing()
+    require(why is None, f"nsjail sandbox unavailable: {why}")
+    monkeypatch.setattr(_nsjail, "_own_cgroups_v1", lambda: {})  # as on a host with no cgroup v1 mounted
+    _nsjail.cgroup_argv.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="bound each process, not the sandbox: no cgroup v1"):
+            _nsjail.NsjailProvider(LIMITS)
+        argv = _nsjail.jail_argv("nsjail", "/tmp/w", 1_000_000, LIMITS, 1.0, {}, ["true"])
+        assert not [a for a in argv if a.startswith("--cgroup")]
+        assert "--rlimit_as" in argv and "--rlimit_nproc" in argv  # the per-process bounds stay
+    finally:
+        _nsjail.cgroup_argv.cache_clear()

