@@ -14,7 +14,7 @@ from rich.table import Table
 
 from trajdistill.trajectories._taxonomy import as_row
 
-from ._config import ConfigOption
+from ._config import AllowUnsignedOption, ConfigOption, TrustOption
 from ._progress import EpisodeRow, episode_columns
 
 
@@ -41,6 +41,8 @@ def eval_command(
                                                     "e.g. max_new_tokens=64; repeatable."),
     resume: bool = typer.Option(False, help="Continue an interrupted --out with the same settings: finished "
                                 "episodes are kept, the rest run."),
+    trust: list[str] = TrustOption,
+    allow_unsigned: bool = AllowUnsignedOption,
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Evaluate agents on the same held-out tasks: success with 95% CI, steps, invalid actions, tokens."""
@@ -54,7 +56,7 @@ def eval_command(
                      concurrency=concurrency, max_steps=max_steps, seed=seed, temperature=temperature,
                      sandbox=sandbox, env_params=_env_params(env_param), skills=list(skills),
                      preload_skills=preload_skills, agent_options=_agent_options(agent_option),
-                     resume=resume)
+                     resume=resume, trust=list(trust), allow_unsigned=allow_unsigned)
     raise typer.Exit(eval_cmd(console, cfg))
 
 

@@ -144,6 +144,14 @@ def test_collect_refuses_an_unsigned_box_and_allow_unsigned_mounts_it(unsigned, 
     assert res.returncode == 0, res.stderr[-2000:]
 
 
+def test_eval_refuses_an_unsigned_box_and_allow_unsigned_mounts_it(unsigned, tmp_path):
+    base = ("eval", "--env", "math", "--agent", "expert:reasoner", "--tasks", "1", "--max-steps", "2",
+            "--sandbox", "none", "--skills", unsigned.path)
+    assert "is unsigned" in one_error_line(cli(*base, "--out", tmp_path / "ev"))
+    res = cli(*base, "--out", tmp_path / "ev2", "--allow-unsigned")
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
 def test_inspect_never_shows_an_unsigned_self_check_claim(unsigned):
     manifest = json.loads((unsigned.path / "skillbox.json").read_text())
     manifest["validation"]["self_check"] = {"ok": True, "checked_at": "2026-01-01T00:00:00Z", "sandbox": "docker",
