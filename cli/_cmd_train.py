@@ -44,12 +44,12 @@ def register(app: typer.Typer) -> None:
         lora_r: int = typer.Option(_default("lora_r"), help=_help("lora_r")),
         lora_alpha: int = typer.Option(_default("lora_alpha"), help=_help("lora_alpha")),
         lora_dropout: float = typer.Option(_default("lora_dropout"), help=_help("lora_dropout")),
-        full_finetune: bool = typer.Option(False, "--full", "--full-finetune", help=_help("full_finetune")),
-        learning_rate: float = typer.Option(_default("learning_rate"), help=_help("learning_rate")),
+        full_finetune: bool = typer.Option(_default("full_finetune"), "--full/--lora", help=_help("full_finetune")),
+        learning_rate: Optional[float] = typer.Option(None, help=_help("learning_rate")),
         batch_size: int = typer.Option(_default("batch_size"), help=_help("batch_size")),
         grad_accum: int = typer.Option(_default("grad_accum"), help=_help("grad_accum")),
         max_length: int = typer.Option(_default("max_length"), help=_help("max_length")),
-        packing: bool = typer.Option(False, "--packing/--no-packing", help=_help("packing")),
+        packing: bool = typer.Option(_default("packing"), "--packing/--no-packing", help=_help("packing")),
         only_success: bool = typer.Option(True, "--only-success/--no-only-success", help=_help("only_success")),
         seed: int = typer.Option(_default("seed"), help=_help("seed")),
         logging_steps: int = typer.Option(_default("logging_steps"), help=_help("logging_steps")),
@@ -64,7 +64,7 @@ def register(app: typer.Typer) -> None:
         gradient_checkpointing: bool = typer.Option(False, help=_help("gradient_checkpointing")),
         config: Optional[Path] = ConfigOption,
     ) -> None:
-        """Span-aware curriculum SFT of a student on trajectories (LoRA by default)."""
+        """Span-aware SFT of a student on trajectories (full fine-tuning in bf16 where the hardware has it, packed)."""
         from trajdistill.trajectories._sft import TrainConfig
 
         settings = {k: v for k, v in locals().items() if k in TrainConfig.__dataclass_fields__}

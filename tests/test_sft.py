@@ -44,7 +44,7 @@ def config(run, tiny, out, **kw):
 @pytest.fixture(scope="module")
 def trained(run, tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("student") / "out"
-    return train(config(run, tiny, out, max_steps=3, curriculum="staged:2"))
+    return train(config(run, tiny, out, max_steps=3, curriculum="staged:2", full_finetune=False))
 
 
 # ---- the trainer end to end ---------------------------------------------------------------------
@@ -88,7 +88,7 @@ def test_training_from_an_adapter_goes_on_in_that_adapter(trained, run, tiny, tm
     from safetensors.torch import load_file
 
     again = train(TrainConfig(data=[str(run)], student=f"hf:{trained.out}", out=str(tmp_path / "o"),
-                              max_steps=1, batch_size=2))
+                              max_steps=1, batch_size=2, full_finetune=False))
     config = json.loads((again.out / "adapter_config.json").read_text())
     assert Path(config["base_model_name_or_path"]) == Path(tiny)
     before, after = (load_file(str(d / "adapter_model.safetensors")) for d in (trained.out, again.out))
@@ -99,7 +99,7 @@ def test_training_from_an_adapter_goes_on_in_that_adapter(trained, run, tiny, tm
 
 
 def test_lora_weights_change_and_base_stays_frozen(run, tiny, tmp_path):
-    trainer, data, _ = build_trainer(config(run, tiny, tmp_path / "o"))
+    trainer, data, _ = build_trainer(config(run, tiny, tmp_path / "o", full_finetune=False))
     params = dict(trainer.model.named_parameters())
     before = {n: p.detach().clone() for n, p in params.items()}
     trainer.train()
@@ -205,7 +205,8 @@ def test_white_box_teacher_logs_kd_loss(run, tiny, tmp_path):
 def test_packing_keeps_span_kinds_aligned(run, tiny, tmp_path):
     trainer, data, _ = build_trainer(config(run, tiny, tmp_path / "o", packing=True, max_length=800,
                                             max_steps=1, curriculum="complexity"))
-    _, plain, _ = build_trainer(config(run, tiny, tmp_path / "p", max_length=800, curriculum="complexity"))
+    _, plain, _ = build_trainer(config(run, tiny, tmp_path / "p", packing=False, max_length=800,
+                                       curriculum="complexity"))
     originals = [plain.dataset[i] for i in range(len(plain.dataset))]
     assert 1 < len(data.dataset) < len(originals)  # several trajectories per row
     docs = []
@@ -270,6 +271,13 @@ def test_full_finetune_saves_changed_weights(run, tiny, tmp_path):
     assert (result.out / "README.md").read_text().count("full fine-tune") == 1
 
 
+def test_defaults_are_the_recipe_that_learns(run, tiny, tmp_path):
+    cfg = config(run, tiny, tmp_path / "o")
+    assert cfg.full_finetune and cfg.packing and cfg.learning_rate == 1e-4 and cfg.curriculum == "none"
+    assert config(run, tiny, tmp_path / "o", full_finetune=False).learning_rate == 2e-4  # LoRA's own default
+    assert config(run, tiny, tmp_path / "o", learning_rate=3e-5).learning_rate == 3e-5
+
+
 def test_config_validation_lists_every_problem(tmp_path):
     with pytest.raises(ValueError) as err:
         TrainConfig(data=[str(tmp_path / "missing")], student="openai:gpt@http://x", out="",
@@ -302,10 +310,11 @@ def cli(*args):
 def test_cli_trains_with_config_file_and_flags(run, tiny, tmp_path):
     cfg = tmp_path / "train.yaml"
     cfg.write_text(f"student: hf:{tiny}\nbatch_size: 2\nmax_steps: 5\ncurriculum: none\nact_weight: 1.5\n")
-    res = cli("train", "--config", cfg, "--data", run, "--out", tmp_path / "o", "--max-steps", "1")
+    res = cli("train", "--config", cfg, "--data", run, "--out", tmp_path / "o", "--max-steps", "1", "--lora")
     assert res.returncode == 0, res.stderr[-2000:]
     saved = yaml.safe_load((tmp_path / "o" / "train_config.yaml").read_text())
     assert saved["max_steps"] == 1 and saved["act_weight"] == 1.5  # the flag won; the file gave the rest
+    assert saved["full_finetune"] is False and saved["learning_rate"] == 2e-4
     assert "loss_act" in res.stdout
 
 
@@ -320,6 +329,11 @@ def test_cli_bad_input_is_one_line(run, tmp_path):
 @pytest.mark.slow
 def test_embedded_smollm2_trains_two_steps(run, tmp_path):
     result = train(TrainConfig(data=[str(run)], student="hf:smollm2-135m", out=str(tmp_path / "o"), max_steps=2,
-                               batch_size=1, max_length=512))
+                               batch_size=1, max_length=512))  # every other setting the default: full, bf16 here
     assert result.steps == 2 and {"loss_reason", "loss_act"} <= result.losses.keys()
-    assert json.loads((result.out / "adapter_config.json").read_text())["base_model_name_or_path"] == "smollm2-135m"
+    assert not is_peft_adapter(result.out) and (result.out / "model.safetensors").is_file()
+    model, _ = load_causal_lm(result.out)
+    assert model.config.num_hidden_layers == 30  # the whole SmolLM2-135M, loadable as a policy
+    lora = train(TrainConfig(data=[str(run)], student="hf:smollm2-135m", out=str(tmp_path / "lora"), max_steps=1,
+                             batch_size=1, max_length=512, full_finetune=False))
+    assert json.loads((lora.out / "adapter_config.json").read_text())["base_model_name_or_path"] == "smollm2-135m"
