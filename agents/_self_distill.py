@@ -189,6 +189,8 @@ def _typed(name: str, value: Any) -> Any:
     if not isinstance(value, str):
         return value
     default = _train_fields()[name].default
+    if name == "learning_rate":
+        default = 0.0  # None means "derived from the method"; a given value is a float
     if isinstance(default, bool) or default is None:
         return yaml.safe_load(value)
     if isinstance(default, (int, float)):

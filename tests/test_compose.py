@@ -265,7 +265,7 @@ def test_composed_run_trains_through_the_cli(dual, tiny, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     state = json.loads(next(out.rglob("trainer_state.json")).read_text())
     assert state["global_step"] == 2
-    assert (out / "adapter_config.json").is_file()
+    assert (out / "model.safetensors").is_file()  # full fine-tuning, the default
 
 
 def test_dual_with_native_tool_calls_switches_inside_the_reasoning(tmp_path):

@@ -115,8 +115,9 @@ def test_parse_train_args():
         parse_train_args(["--lora-r", "5"])
     with pytest.raises(ValueError, match="unknown trainer setting.*--train-bogus"):
         SelfDistillConfig(student="hf:x", env="math", out="o", train_args={"bogus": 1})
-    typed = SelfDistillConfig(student="hf:x", env="math", out="o", train_args={"lora_r": "4", "packing": "true"})
-    assert typed.train_args == {"lora_r": 4, "packing": True}
+    typed = SelfDistillConfig(student="hf:x", env="math", out="o", train_args={"lora_r": "4", "packing": "true",
+                                                                              "learning_rate": "1e-4"})
+    assert typed.train_args == {"lora_r": 4, "packing": True, "learning_rate": 1e-4}
     with pytest.raises(ValueError, match="--train-lora-r must be a number"):
         SelfDistillConfig(student="hf:x", env="math", out="o", train_args={"lora_r": "four"})
     with pytest.raises(ValueError, match="--samples must be at least 1"):
@@ -140,7 +141,7 @@ def test_one_round_with_a_tiny_model_student(tmp_path, coder_compose):
     composed_ids = {t.id for t in RunStore.open(coder_compose).load()}
     buffer_ids = {t.id for t in RunStore.open(tmp_path / "sd" / "round-1" / "buffer").load()}
     assert composed_ids <= buffer_ids and r.buffer_size == len(buffer_ids) == len(composed_ids) + r.buffer_added
-    assert result.final_student == r.model and (tmp_path / "sd" / "round-1" / "model" / "adapter_config.json").is_file()
+    assert result.final_student == r.model and (tmp_path / "sd" / "round-1" / "model" / "model.safetensors").is_file()
     doc = json.loads((tmp_path / "sd" / "rounds.json").read_text())
     assert doc["rounds"][0]["sampled"] == 6 and doc["final_student"] == r.model
     assert len(list((tmp_path / "sd" / "round-1").glob("samples-*"))) == 2
@@ -205,7 +206,7 @@ def test_a_cut_off_self_distillation_resumes_without_losing_or_repeating_episode
         tasks = _episodes(round1 / "samples-0")
         assert len(set(tasks)) == 3  # every task sampled once per sample run: nothing lost, nothing run twice
         assert _episodes(round1 / "samples-1") == tasks
-        assert r1.sampled == 6 and r1.trained and (round1 / "model" / "adapter_config.json").is_file()
+        assert r1.sampled == 6 and r1.trained and (round1 / "model" / "model.safetensors").is_file()
 
         stamp = [p.stat().st_mtime_ns for p in sorted(round1.rglob("*")) if p.is_file()]
         second = self_distill(_tiny_cfg(tmp_path, coder_compose, resume=True, rounds=2))
