@@ -4,8 +4,10 @@ One teacher run on the train split; the student trains in segments that double t
 100k, ... tokens), each segment going on from the previous checkpoint with `train`'s defaults (its own
 linear decay, so every checkpoint is annealed), and every checkpoint is evaluated on the same test
 tasks (greedy, the same turn limit and generation length). Everything resumes: the run, finished
-checkpoints and finished evals are kept, a cut-off eval continues where it stopped. Rows go to
-OUT/curve.jsonl; `--report` prints the tables for bench/RESULTS.md and draws OUT/learning_curve.png.
+checkpoints and finished evals are kept, a cut-off eval continues where it stopped. The result rows go
+to bench/results/learning_curve-<env>.jsonl, which is committed, so a later session (on a fresh machine)
+keeps them and trains and evaluates only the budgets still missing. `--report` prints the table for
+bench/RESULTS.md and draws bench/results/learning_curve-<env>.png.
 
     python bench/learning_curve.py [--env math --teacher expert:coder] [--budgets 25000,50000,...]
                                    [--test-tasks 200] [--until-tokens N] [--report]
@@ -17,6 +19,7 @@ import argparse
 import json
 import math
 import platform
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -45,10 +48,13 @@ def arguments() -> argparse.Namespace:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--sandbox", default="auto")
+    ap.add_argument("--rows", type=Path, default=None, help="default: bench/results/learning_curve-<env>.jsonl")
     ap.add_argument("--report", action="store_true", help="only print the tables and draw the plot")
     args = ap.parse_args()
     args.out = args.out or Path("bench-out/curve") / slug(args.env)
+    args.rows = args.rows or Path(__file__).parent / "results" / f"learning_curve-{slug(args.env)}.jsonl"
     args.out.mkdir(parents=True, exist_ok=True)
+    args.rows.parent.mkdir(parents=True, exist_ok=True)
     return args
 
 
@@ -64,6 +70,7 @@ def checkpoint(args: argparse.Namespace, run: Path, budget: int, previous: tuple
     """The student spec at `budget` tokens, trained on from the checkpoint `previous` (tokens, spec)."""
     out = args.out / "students" / f"tokens-{budget}"
     if not (out / "train_config.yaml").exists():
+        shutil.rmtree(out, ignore_errors=True)  # a cut-off segment is trained again whole
         done, student = previous
         start = time.monotonic()
         steps = steps_for(run, budget - done, student)
@@ -87,19 +94,20 @@ def steps_for(run: Path, tokens: int, student: str) -> int:
 
 
 def evaluated(args: argparse.Namespace, budget: int, spec: str) -> dict[str, Any]:
-    rows = {r["tokens"]: r for r in rows_of(args.out)}
+    rows = {r["tokens"]: r for r in rows_of(args.rows)}
     if budget in rows:
         return rows[budget]
     out = args.out / "eval" / f"tokens-{budget}"
     res = evaluate(EvalConfig(env=args.env, agents=[spec], split="test", tasks=args.test_tasks,
                               max_steps=args.max_steps, sandbox=args.sandbox, concurrency=args.concurrency,
-                              agent_options={"max_new_tokens": args.new_tokens}, out=str(out), resume=True))
+                              agent_options={"max_new_tokens": args.new_tokens, "batch_size": args.concurrency},
+                              out=str(out), resume=True))
     agent = res.agents[0]
     run = out / agent.run
     row = {"tokens": budget, **agent.to_dict(), "tool_call_rate": tool_rate(run), "tool_use": tool_use(run),
            "eval": {"max_steps": args.max_steps, "new_tokens": args.new_tokens},
            "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, 2 cores"}
-    with open(args.out / "curve.jsonl", "a") as fh:
+    with open(args.rows, "a") as fh:
         fh.write(json.dumps(row) + "\n")
     print(f"tokens-{budget}: success {agent.successes}/{agent.n}, invalid {agent.invalid_action_rate:.1%}, "
           f"failures {agent.failures}", flush=True)
@@ -113,8 +121,7 @@ def tool_rate(run: Path) -> float:
     return sum(called(t, {"python", "act"}) for t in trajs) / len(trajs) if trajs else 0.0
 
 
-def rows_of(root: Path) -> list[dict[str, Any]]:
-    path = root / "curve.jsonl"
+def rows_of(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
@@ -156,11 +163,11 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 
 
 def report(args: argparse.Namespace) -> None:
-    rows = rows_of(args.out)
+    rows = rows_of(args.rows)
     if not rows:
         print("no rows yet")
         return
-    plot(rows, args.out / "learning_curve.png", f"SmolLM2-135M on {args.env} ({args.teacher} trajectories)")
+    plot(rows, args.rows.with_suffix(".png"), f"SmolLM2-135M on {args.env} ({args.teacher} trajectories)")
     print(table(rows))
 
 
@@ -170,7 +177,6 @@ def main() -> None:
         report(args)
         return
     run = teacher_run(args)
-    evaluated(args, 0, STUDENT)
     previous = (0, STUDENT)
     for budget in sorted(int(b) for b in args.budgets.split(",")):
         spec = checkpoint(args, run, budget, previous)
@@ -178,6 +184,7 @@ def main() -> None:
         previous = (budget, spec)
         if args.until_tokens and budget >= args.until_tokens:
             break
+    evaluated(args, 0, STUDENT)  # last: the base model writes every token it may, so its eval costs the most
     report(args)
 
 
