@@ -203,10 +203,9 @@ def pack_batch(ids_list: list[Any], matches: list[tuple[_Entry | None, int]], pa
     return _Packed(input_ids, mask, DynamicCache(ddp_cache_data=layers))
 
 
-def row_kv(cache: Any, positions: Any) -> list[tuple[Any, Any]]:
+def row_kv(cache: Any, row: int, positions: Any) -> list[tuple[Any, Any]]:
     """One row's keys and values at `positions` (its unmasked ones), contiguous: [1, heads, n, dim]."""
-    row, pos = positions
-    return [(layer.keys[row:row + 1, :, pos].clone(), layer.values[row:row + 1, :, pos].clone())
+    return [(layer.keys[row:row + 1, :, positions].clone(), layer.values[row:row + 1, :, positions].clone())
             for layer in cache.layers]
 
 
@@ -373,10 +372,10 @@ class HFPolicy:
         for i, (ids, gen) in enumerate(zip(ids_list, gens)):
             tokens = torch.cat([ids, new[i]])[:min(int(full[i].sum()), len(ids) + gen.completion_tokens)]
             positions = full[i].nonzero().squeeze(1)[:len(tokens)]
-            self.kv.add(tokens, row_kv(cache, (i, positions)))
+            self.kv.add(tokens, row_kv(cache, i, positions))
             pre = self._prefix_ids(prefixes[i], ids)
             if pre is not None and not self.kv.has(pre):
-                self.kv.add(pre, row_kv(cache, (i, positions[:len(pre)])), pinned=True)
+                self.kv.add(pre, row_kv(cache, i, positions[:len(pre)]), pinned=True)
 
     def _prefix_ids(self, prefix: str, ids: Any) -> Any:
         """The shared prefix's tokens if the prompt's tokens start with them (tokenization can merge
