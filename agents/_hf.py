@@ -92,9 +92,121 @@ def render_prompt(tokenizer: Any, messages: list[dict[str, Any]]) -> str:
     return tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
 
 
+def shared_prefix(tokenizer: Any, messages: list[dict[str, Any]]) -> str:
+    """The rendered leading system messages (system prompt, tool list) that many episodes share, or ''."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    n = next((i for i, m in enumerate(messages) if m["role"] != "system"), len(messages))
+    if not template or n == 0:
+        return ""
+    msgs = [{"role": "system", "content": m.get("content") or ""} for m in messages[:n]]
+    return tokenizer.apply_chat_template(msgs, add_generation_prompt=False, tokenize=False)
+
+
 def cut_at_stop(text: str, stops: list[str]) -> str:
     cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=len(text))
     return text[:cut].strip()
+
+
+# ---- KV reuse -----------------------------------------------------------------------------------
+
+@dataclass(eq=False)  # identity: entries are removed by `is`, and tensors have no truth value
+class _Entry:
+    ids: Any  # 1-D LongTensor: the tokens whose keys and values are held
+    kv: list[tuple[Any, Any]]  # per layer (keys, values), each [1, kv_heads, len(ids), head_dim]
+    pinned: bool  # a shared prefix: evicted only after every episode's entry
+    used: int  # LRU clock
+
+
+class KVStore:
+    """Keys and values of token sequences already run, so that a prompt starting with one skips their prefill.
+
+    Entries are shared prefixes (system prompt and tool list; pinned) and each episode's last sequence
+    (prompt + completion), which its next turn extends. A match is the longest common token prefix, so
+    reuse is exact whichever entry it comes from: a key at position j depends only on tokens 0..j.
+    Bounded by `max_tokens` in all; least recently used episode entries go first.
+    """
+
+    def __init__(self, max_tokens: int):
+        self.max_tokens = max_tokens
+        self._entries: list[_Entry] = []
+        self._clock = 0
+
+    def match(self, ids: Any) -> tuple[_Entry | None, int]:
+        """The entry sharing the longest token prefix with `ids`, and its length; below len(ids),
+        since at least one token must run to give the next token's logits."""
+        best, best_n = None, 0
+        for e in self._entries:
+            m = min(len(e.ids), len(ids) - 1)
+            if m <= best_n:
+                continue
+            diff = (e.ids[:m] != ids[:m]).nonzero()
+            n = int(diff[0]) if len(diff) else m
+            if n > best_n:
+                best, best_n = e, n
+        if best is not None:
+            self._clock += 1
+            best.used = self._clock
+        return best, best_n
+
+    def has(self, ids: Any) -> bool:
+        return any(len(e.ids) == len(ids) and bool((e.ids == ids).all()) for e in self._entries)
+
+    def add(self, ids: Any, kv: list[tuple[Any, Any]], pinned: bool = False) -> None:
+        if len(ids) > self.max_tokens:
+            return
+        self._clock += 1
+        self._entries.append(_Entry(ids, kv, pinned, self._clock))
+        total = sum(len(e.ids) for e in self._entries)
+        for e in sorted(self._entries, key=lambda e: (e.pinned, e.used)):
+            if total <= self.max_tokens:
+                break
+            self._entries.remove(e)
+            total -= len(e.ids)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+@dataclass
+class _Packed:
+    """A batch laid out as [cached part | hole | uncached suffix] per row; the hole is masked out."""
+    input_ids: Any
+    attention_mask: Any
+    cache: Any  # DynamicCache holding each row's cached part, or None when no row has one
+
+
+def pack_batch(ids_list: list[Any], matches: list[tuple[_Entry | None, int]], pad_id: int) -> _Packed:
+    """Rows whose cached lengths differ share one rectangular cache: each row's cached keys sit at
+    the left, zeros fill up to the longest, and the suffixes are right-aligned so that generation
+    continues from one edge. Position ids come from the mask's cumulative sum, so they stay contiguous."""
+    import torch
+    from transformers import DynamicCache
+
+    c = max(n for _, n in matches)
+    s = max(len(ids) - n for ids, (_, n) in zip(ids_list, matches))
+    b = len(ids_list)
+    input_ids = torch.full((b, c + s), pad_id, dtype=torch.long)
+    mask = torch.zeros((b, c + s), dtype=torch.long)
+    for i, (ids, (_, n)) in enumerate(zip(ids_list, matches)):
+        input_ids[i, :n], mask[i, :n] = ids[:n], 1
+        input_ids[i, c + s - (len(ids) - n):], mask[i, c + s - (len(ids) - n):] = ids[n:], 1
+    if c == 0:
+        return _Packed(input_ids, mask, None)
+    layers = []
+    for layer, (k0, v0) in enumerate(next(e for e, n in matches if n).kv):
+        k = k0.new_zeros((b, k0.shape[1], c, k0.shape[3]))
+        v = v0.new_zeros((b, v0.shape[1], c, v0.shape[3]))
+        for i, (e, n) in enumerate(matches):
+            if n:
+                k[i, :, :n], v[i, :, :n] = e.kv[layer][0][0, :, :n], e.kv[layer][1][0, :, :n]
+        layers.append((k, v))
+    return _Packed(input_ids, mask, DynamicCache(ddp_cache_data=layers))
+
+
+def row_kv(cache: Any, row: int, positions: Any) -> list[tuple[Any, Any]]:
+    """One row's keys and values at `positions` (its unmasked ones), contiguous: [1, heads, n, dim]."""
+    return [(layer.keys[row:row + 1, :, positions].clone(), layer.values[row:row + 1, :, positions].clone())
+            for layer in cache.layers]
 
 
 # ---- the policy ---------------------------------------------------------------------------------
@@ -144,7 +256,7 @@ class HFPolicy:
 
     def __init__(self, target: str, *, env: Any = None, spec: str = "", temperature: float = 0.0,
                  max_new_tokens: int = 256, batch_size: int = 8, seed: int | None = None,
-                 device: str | None = None, batch_wait_s: float = 0.005):
+                 device: str | None = None, batch_wait_s: float = 0.005, kv_cache_tokens: int = 32768):
         from ._models import ALIASES, resolve_model
 
         if target not in ALIASES:  # aliases convert lazily, on first use; a bad path fails now
@@ -157,6 +269,9 @@ class HFPolicy:
         self.hf_model: Any = None  # loaded on first call
         self.tokenizer: Any = None
         self._batcher: Batcher[_Item, _Gen] = Batcher(self._generate, batch_size, batch_wait_s)
+        if kv_cache_tokens < 0:
+            raise ValueError(f"kv_cache_tokens must be >= 0 (0 turns the KV cache off), got {kv_cache_tokens}")
+        self.kv = KVStore(kv_cache_tokens) if kv_cache_tokens else None  # only the worker thread touches it
 
     def sampling(self) -> dict[str, Any]:
         out: dict[str, Any] = {"temperature": self.temperature, "max_new_tokens": self.max_new_tokens}
@@ -197,7 +312,12 @@ class HFPolicy:
         out: list[_Gen | None] = [None] * len(items)
         for (temperature, max_new, seed), idx in groups.items():
             prompts = [render_prompt(self.tokenizer, items[i].messages) for i in idx]
-            for i, gen in zip(idx, self._generate_group(prompts, temperature, max_new, seed)):
+            if self.kv is not None:
+                prefixes = [shared_prefix(self.tokenizer, items[i].messages) for i in idx]
+                gens = self._generate_cached(prompts, prefixes, temperature, max_new, seed)
+            else:
+                gens = self._generate_group(prompts, temperature, max_new, seed)
+            for i, gen in zip(idx, gens):
                 out[i] = gen
         return out  # type: ignore[return-value]
 
@@ -218,6 +338,56 @@ class HFPolicy:
         eos = _eos_ids(model, tok)
         prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
         return [self._decode(row, eos, pad_id, int(n)) for row, n in zip(new, prompt_lens)]
+
+    def _generate_cached(self, prompts: list[str], prefixes: list[str], temperature: float, max_new: int,
+                         seed: int | None) -> list[_Gen]:
+        """`_generate_group`, but each row starts from the longest token prefix the KV store holds."""
+        import torch
+
+        tok, model = self.tokenizer, self.hf_model
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        ids_list = [torch.tensor(tok(p, add_special_tokens=False).input_ids, dtype=torch.long) for p in prompts]
+        packed = pack_batch(ids_list, [self.kv.match(ids) for ids in ids_list], pad_id)
+        sample = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        if seed is not None:
+            torch.manual_seed(seed)
+        with torch.inference_mode():
+            out = model.generate(input_ids=packed.input_ids.to(model.device),
+                                 attention_mask=packed.attention_mask.to(model.device), cache=packed.cache,
+                                 **sample, max_new_tokens=max_new, pad_token_id=pad_id, stop_strings=REACT_STOP,
+                                 tokenizer=tok, return_dict_in_generate=True)
+        new = out.sequences[:, packed.input_ids.shape[1]:]
+        eos = _eos_ids(model, tok)
+        gens = [self._decode(row, eos, pad_id, len(ids)) for row, ids in zip(new.tolist(), ids_list)]
+        self._keep(ids_list, prefixes, new.cpu(), gens, packed.attention_mask, out.cache)
+        return gens
+
+    def _keep(self, ids_list: list[Any], prefixes: list[str], new: Any, gens: list[_Gen], mask: Any,
+              cache: Any) -> None:
+        """Store each row's prompt + completion for its next turn, and pin shared prefixes seen first here."""
+        import torch
+
+        length = cache.get_seq_length()  # the last sampled token was never run, so it has no keys
+        full = torch.cat([mask, torch.ones_like(new)], dim=1)[:, :length].to(torch.bool)
+        for i, (ids, gen) in enumerate(zip(ids_list, gens)):
+            tokens = torch.cat([ids, new[i]])[:min(int(full[i].sum()), len(ids) + gen.completion_tokens)]
+            positions = full[i].nonzero().squeeze(1)[:len(tokens)]
+            self.kv.add(tokens, row_kv(cache, i, positions))
+            pre = self._prefix_ids(prefixes[i], ids)
+            if pre is not None and not self.kv.has(pre):
+                self.kv.add(pre, row_kv(cache, i, positions[:len(pre)]), pinned=True)
+
+    def _prefix_ids(self, prefix: str, ids: Any) -> Any:
+        """The shared prefix's tokens if the prompt's tokens start with them (tokenization can merge
+        across the boundary; then the prefix is not shared at token level)."""
+        import torch
+
+        if not prefix:
+            return None
+        pre = torch.tensor(self.tokenizer(prefix, add_special_tokens=False).input_ids, dtype=torch.long)
+        if len(pre) >= len(ids) or not bool((ids[:len(pre)] == pre).all()):
+            return None
+        return pre
 
     def _decode(self, row: list[int], eos: set[int], pad_id: int, prompt_tokens: int) -> _Gen:
         end = len(row)

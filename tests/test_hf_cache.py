@@ -1,0 +1,108 @@
+"""HFPolicy's KV reuse (shared prefix + each episode's previous turn) gives the same greedy outputs as none."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from trajdistill.agents import make_policy
+from trajdistill.agents._hf import HFPolicy, KVStore
+from trajdistill.agents._models import build_tiny_llama, load_causal_lm
+from trajdistill.envs import PolicyRequest, Task
+
+SYSTEM = "Solve the task. Reply with Thought: then Action: and Action Input: as JSON, or Final Answer:. " * 3
+
+
+@pytest.fixture(scope="module")
+def peaked(tmp_path_factory):
+    """A tiny Llama with large random weights: its greedy text varies with the prompt (the default init
+    repeats one token), so a wrong cached key would change what it writes."""
+    out = build_tiny_llama(tmp_path_factory.mktemp("peaked") / "llama")
+    model, tok = load_causal_lm(out)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.3, generator=gen)
+    model.save_pretrained(out)
+    return out
+
+
+def request(messages: list[dict]) -> PolicyRequest:
+    return PolicyRequest(messages=messages, tools=[], task=Task(id="t", env="test", split="test", prompt="x"))
+
+
+async def episodes(policy: HFPolicy, n: int, turns: int) -> list[list[tuple[str, dict]]]:
+    """n concurrent conversations of different lengths, `turns` turns each; the outputs per turn."""
+    convs = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": "count " * (3 * i + 1)}]
+             for i in range(n)]
+    outs = []
+    for turn in range(turns):
+        got = await asyncio.gather(*(policy(request(c)) for c in convs))
+        for i, (conv, t) in enumerate(zip(convs, got)):
+            conv += [{"role": "assistant", "content": t.content}, {"role": "tool", "content": "ok " * (i + turn)}]
+        outs.append([(t.content, t.usage) for t in got])
+    return outs
+
+
+def record_matches(monkeypatch, policy: HFPolicy) -> list[tuple[int, int]]:
+    """(prompt tokens, tokens reused) of every row (observation only)."""
+    seen: list[tuple[int, int]] = []
+    real = policy.kv.match
+
+    def match(ids):
+        entry, n = real(ids)
+        seen.append((len(ids), n))
+        return entry, n
+
+    monkeypatch.setattr(policy.kv, "match", match)
+    return seen
+
+
+@pytest.mark.parametrize("batch_size", [2, 8])
+async def test_greedy_outputs_equal_with_and_without_the_cache(peaked, monkeypatch, batch_size):
+    plain = await episodes(HFPolicy(str(peaked), max_new_tokens=10, batch_size=batch_size, kv_cache_tokens=0), 5, 3)
+    cached = HFPolicy(str(peaked), max_new_tokens=10, batch_size=batch_size)
+    seen = record_matches(monkeypatch, cached)
+    got = await episodes(cached, 5, 3)
+    assert got == plain
+    assert all(t[0] for turn in got for t in turn)  # real text, not empty completions
+    prompts = [u["prompt_tokens"] for turn in got for _, u in turn]
+    first, later = seen[:5], seen[5:]
+    assert all(n > 0 for _, n in first[batch_size:])  # after the first batch, the system prompt is cached
+    for (_, n), (content, usage) in zip(later, [t for turn in got[:-1] for t in turn]):
+        assert n >= usage["prompt_tokens"]  # the next turn continues from the episode's own previous turn
+    assert len(prompts) == 15
+
+
+async def test_a_new_episode_reuses_the_pinned_system_prompt(peaked, monkeypatch):
+    policy = HFPolicy(str(peaked), max_new_tokens=4, batch_size=4)
+    seen = record_matches(monkeypatch, policy)
+    await episodes(policy, 2, 1)
+    await episodes(policy, 1, 1)
+    system_tokens = len(policy.tokenizer.apply_chat_template([{"role": "system", "content": SYSTEM}], tokenize=True))
+    assert seen[-1][1] >= system_tokens
+
+
+def test_store_keeps_the_longest_match_and_evicts_episodes_before_prefixes():
+    def kv(n):
+        return [(torch.zeros(1, 1, n, 2), torch.zeros(1, 1, n, 2))]
+
+    store = KVStore(max_tokens=10)
+    store.add(torch.tensor([1, 2, 3]), kv(3), pinned=True)
+    store.add(torch.tensor([1, 2, 3, 4, 5]), kv(5))
+    entry, n = store.match(torch.tensor([1, 2, 3, 4, 9, 9]))
+    assert n == 4 and len(entry.ids) == 5
+    assert store.match(torch.tensor([1, 2, 3, 4, 5]))[1] == 4  # one token is left to run
+    store.add(torch.tensor([7, 7, 7, 7]), kv(4))  # over budget: the least recently used episode goes
+    assert store.has(torch.tensor([1, 2, 3])) and not store.has(torch.tensor([1, 2, 3, 4, 5]))
+    assert store.match(torch.tensor([8, 8]))[1] == 0
+
+
+def test_the_cache_is_an_agent_option(peaked):
+    assert make_policy(f"hf:{peaked}", kv_cache_tokens=0).kv is None
+    assert make_policy(f"hf:{peaked}").kv is not None
+    with pytest.raises(ValueError, match="kv_cache_tokens must be >= 0"):
+        make_policy(f"hf:{peaked}", kv_cache_tokens=-1)
