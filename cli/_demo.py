@@ -53,7 +53,7 @@ class Demo:
         self.out, self.size, self.console, self.sandbox = out, size, console, sandbox
         self.stages = out / "stages"
         self.stages.mkdir(parents=True, exist_ok=True)
-        self.student_options = {"max_new_tokens": size.new_tokens, "batch_size": 16}
+        self.student_options = {"max_new_tokens": size.new_tokens, "batch_size": 20}
 
     def path(self, name: str) -> Path:
         return self.out / name
@@ -159,7 +159,7 @@ class Demo:
 
         student = f"hf:{self.path('student')}"
         common = dict(env="math", split="test", tasks=self.size.test_tasks, max_steps=self.size.student_steps,
-                      sandbox=self.sandbox, concurrency=8)
+                      sandbox=self.sandbox, concurrency=20)
         options = {STUDENT: self.student_options, student: self.student_options}
         plain = evaluate(EvalConfig(agents=[STUDENT, student, *TEACHERS], out=str(self.path("eval/plain")),
                                     options_by_agent=options, **common))
