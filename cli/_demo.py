@@ -131,8 +131,10 @@ class Demo:
     def mine(self) -> dict[str, Any]:
         from trajdistill.skills._mine import MineConfig, mine
 
+        # 300 short copy-only programs give ~60 tools, 40 of them one-offs that only lengthen every prompt
         cfg = MineConfig(runs=[str(self.path("runs/math-dual"))], out=str(self.path("box")), mode="both",
-                         sandbox=self.sandbox, name="math-demo", force=True)
+                         sandbox=self.sandbox, name="math-demo", force=True,
+                         min_support=2 if self.size.train_tasks >= 100 else 1)
         result = mine(cfg)
         return {"line": result.summary(), "box": cfg.out, "skills": len(result.box.skills),
                 "tools": len(result.box.tools)}
