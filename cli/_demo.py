@@ -54,6 +54,8 @@ class Demo:
         self.stages = out / "stages"
         self.stages.mkdir(parents=True, exist_ok=True)
         self.student_options = {"max_new_tokens": size.new_tokens, "batch_size": 20}
+        # a mounted box makes every prompt thousands of tokens long: a smaller batch keeps its KV in memory
+        self.box_options = {**self.student_options, "batch_size": 8}
 
     def path(self, name: str) -> Path:
         return self.out / name
@@ -145,7 +147,7 @@ class Demo:
         # The distilled student is the one the box is meant to help, and it stops on its own: cheaper to gate.
         cfg = GateConfig(box=str(self.path("box")), env="math", agent=f"hf:{self.path('student')}", split="dev",
                          tasks=self.size.dev_tasks, max_steps=self.size.student_steps, sandbox=self.sandbox,
-                         agent_options=self.student_options)
+                         agent_options=self.box_options)
         section = validate(cfg)
         line = (f"dev success {section['without']['success_rate']:.0%} without the box, "
                 f"{section['with']['success_rate']:.0%} with it ({section['verdict']})")
@@ -166,7 +168,7 @@ class Demo:
         plain = evaluate(EvalConfig(agents=[STUDENT, student, *TEACHERS], out=str(self.path("eval/plain")),
                                     options_by_agent=options, **common))
         boxed = evaluate(EvalConfig(agents=[student], out=str(self.path("eval/box")),
-                                    skills=[str(self.path("box"))], options_by_agent={student: options[student]},
+                                    skills=[str(self.path("box"))], options_by_agent={student: self.box_options},
                                     **common))
         rows = _merge_results(plain, boxed, student)
         merged = {"env": "math", "split": "test", "tasks": self.size.test_tasks, "agents": rows}
