@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -41,3 +43,20 @@ def user_config_dir():
     else:
         os.environ["TRAJDISTILL_CONFIG_DIR"] = old
     shutil.rmtree(path, ignore_errors=True)
+
+
+def cli(*args):
+    """`python -m trajdistill ARGS` in a clean environment (wide console, warnings off)."""
+    return subprocess.run([sys.executable, "-m", "trajdistill", *map(str, args)], capture_output=True, text=True,
+                          timeout=120, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HOME": "/root",
+                                            "PYTHONWARNINGS": "ignore"})
+
+
+def one_line_error(res, *fragments: str) -> str:
+    """The command failed with exactly one `error:` line on stderr that holds every fragment."""
+    assert res.returncode != 0, res.stdout
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr[-2000:]
+    for f in fragments:
+        assert f in lines[0], lines[0]
+    return lines[0]

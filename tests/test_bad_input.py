@@ -5,28 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-import subprocess
-import sys
 
 import pytest
 
 from trajdistill.agents import make_policy
 from trajdistill.envs import UnknownNameError
-
-
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "trajdistill", *map(str, args)], capture_output=True, text=True,
-                          timeout=120, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HOME": "/root",
-                                            "PYTHONWARNINGS": "ignore"})
-
-
-def one_line_error(res, *fragments: str) -> str:
-    assert res.returncode != 0, res.stdout
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr[-2000:]
-    for f in fragments:
-        assert f in lines[0], lines[0]
-    return lines[0]
+from conftest import cli, one_line_error
 
 
 @pytest.fixture(scope="module")

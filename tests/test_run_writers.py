@@ -13,23 +13,9 @@ import pytest
 import yaml
 
 from trajdistill.trajectories import RunError, RunStore
+from conftest import cli, one_line_error
 
 CONFIG = {"env": "math", "teachers": ["expert:coder"], "split": "train", "tasks": 4, "out": "RUN"}
-
-
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "trajdistill", *map(str, args)], capture_output=True, text=True,
-                          timeout=120, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HOME": "/root",
-                                            "PYTHONWARNINGS": "ignore"})
-
-
-def one_line_error(res, *fragments: str) -> str:
-    assert res.returncode != 0, res.stdout
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr[-2000:]
-    for f in fragments:
-        assert f in lines[0], lines[0]
-    return lines[0]
 
 
 def collect(out, *extra):

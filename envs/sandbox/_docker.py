@@ -39,6 +39,7 @@ from docker.types import DriverConfig, Mount
 
 from ._base import WORKDIR, Command, ExecResult, Limits, OutputBuffer, Sandbox, SandboxError, SandboxProvider
 from ._seccomp import docker_profile
+from ._proc import alive
 
 DEFAULT_IMAGE = "trajdistill-sandbox:latest"
 IMAGE_ENV = "TRAJDISTILL_SANDBOX_IMAGE"
@@ -442,21 +443,11 @@ def remove_stale(client: docker.DockerClient) -> int:
     removed = 0
     for c in client.containers.list(all=True, filters={"label": f"{LABEL}=1"}):
         owner_host, _, pid = c.labels.get(OWNER_LABEL, "").rpartition(":")
-        if owner_host != host or (pid.isdigit() and _alive(int(pid))):
+        if owner_host != host or (pid.isdigit() and alive(int(pid))):
             continue
         _remove(c)
         removed += 1
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # --------------------------------------------------------------------------- image build

@@ -38,7 +38,7 @@ from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 from ._base import WORKDIR, Command, ExecResult, Limits, Sandbox, SandboxError, SandboxProvider
-from ._proc import run_process
+from ._proc import alive, run_process
 from ._seccomp import kafel_policy
 
 JAIL_UID = 65534
@@ -199,16 +199,6 @@ def _unmount(path: Path) -> None:
         raise OSError(ctypes.get_errno(), f"cannot unmount {path}: {os.strerror(ctypes.get_errno())}")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _exited(pid: int) -> bool:
     """Gone, or a zombie waiting to be reaped (an orphaned jail's top process, once nsjail was killed)."""
     try:
@@ -246,7 +236,7 @@ def remove_stale(tmp: str | None = None) -> int:
     removed = 0
     for path in Path(tmp or tempfile.gettempdir()).glob(f"{PREFIX}*"):
         m = re.match(rf"{PREFIX}(\d+)-", path.name)
-        if m is None or _alive(int(m.group(1))):
+        if m is None or alive(int(m.group(1))):
             continue
         if os.path.ismount(path):
             _unmount(path)

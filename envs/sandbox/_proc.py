@@ -97,6 +97,17 @@ async def run_process(
     )
 
 
+def alive(pid: int) -> bool:
+    """A process with this pid exists (owned by anyone): its leftovers are not stale."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _kill_group(pid: int) -> None:
     try:
         os.killpg(pid, signal.SIGKILL)
