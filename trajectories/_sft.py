@@ -357,10 +357,10 @@ def _define_trainer(base: type) -> type:  # noqa: C901 - one class body
             fwd = {k: v for k, v in inputs.items() if k != "labels"}
             logits = model(**fwd, logits_to_keep=keep).logits.float()  # (trained tokens, vocab)
             targets = labels[mask]
+            logp = logits.log_softmax(-1)  # once: the CE and the logged entropy both read it
             ce = torch.zeros(mask.shape, dtype=logits.dtype, device=logits.device)
-            ce[mask] = F.cross_entropy(logits, targets, reduction="none")
+            ce[mask] = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
             with torch.no_grad():
-                logp = logits.log_softmax(-1)
                 entropy = -(logp.exp() * logp).sum(-1)
             outputs = _KDOutputs(log_probs=-ce, label_mask=mask, entropy=entropy,
                                  is_top1=logits.argmax(-1) == targets)
