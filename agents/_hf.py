@@ -15,6 +15,7 @@ from typing import Any, Callable, Generic, TypeVar
 
 from trajdistill.envs import PolicyRequest, Turn
 
+from ._decode import Sampling, decode
 from ._openai import REACT_STOP, chat_messages
 from ._policy import PolicyError
 
@@ -203,12 +204,6 @@ def pack_batch(ids_list: list[Any], matches: list[tuple[_Entry | None, int]], pa
     return _Packed(input_ids, mask, DynamicCache(ddp_cache_data=layers))
 
 
-def row_kv(cache: Any, row: int, positions: Any) -> list[tuple[Any, Any]]:
-    """One row's keys and values at `positions` (its unmasked ones), contiguous: [1, heads, n, dim]."""
-    return [(layer.keys[row:row + 1, :, positions].clone(), layer.values[row:row + 1, :, positions].clone())
-            for layer in cache.layers]
-
-
 # ---- the policy ---------------------------------------------------------------------------------
 
 @dataclass
@@ -348,34 +343,32 @@ class HFPolicy:
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         ids_list = [torch.tensor(tok(p, add_special_tokens=False).input_ids, dtype=torch.long) for p in prompts]
         packed = pack_batch(ids_list, [self.kv.match(ids) for ids in ids_list], pad_id)
-        sample = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
         if seed is not None:
             torch.manual_seed(seed)
-        with torch.inference_mode():
-            out = model.generate(input_ids=packed.input_ids.to(model.device),
-                                 attention_mask=packed.attention_mask.to(model.device), cache=packed.cache,
-                                 **sample, max_new_tokens=max_new, pad_token_id=pad_id, stop_strings=REACT_STOP,
-                                 tokenizer=tok, return_dict_in_generate=True)
-        new = out.sequences[:, packed.input_ids.shape[1]:]
         eos = _eos_ids(model, tok)
-        gens = [self._decode(row, eos, pad_id, len(ids)) for row, ids in zip(new.tolist(), ids_list)]
-        self._keep(ids_list, prefixes, new.cpu(), gens, packed.attention_mask, out.cache)
+        sampling = Sampling(max_new, temperature, eos, lambda new: self._stopped(new))
+        with torch.inference_mode():
+            rows = decode(model, packed.input_ids.to(model.device), packed.attention_mask.to(model.device),
+                          packed.cache, sampling)
+        gens = [self._decode(r.tokens, eos, pad_id, len(ids)) for r, ids in zip(rows, ids_list)]
+        for r, ids, prefix in zip(rows, ids_list, prefixes):
+            self._keep(ids, r, prefix)
         return gens
 
-    def _keep(self, ids_list: list[Any], prefixes: list[str], new: Any, gens: list[_Gen], mask: Any,
-              cache: Any) -> None:
-        """Store each row's prompt + completion for its next turn, and pin shared prefixes seen first here."""
+    def _stopped(self, new: list[int]) -> bool:
+        text = self.tokenizer.decode(new[-8:], skip_special_tokens=True)  # a stop string spans a few tokens
+        return any(stop in text for stop in REACT_STOP)
+
+    def _keep(self, ids: Any, row: Any, prefix: str) -> None:
+        """Store the row's prompt + completion for its next turn, and pin a shared prefix seen first here."""
         import torch
 
-        length = cache.get_seq_length()  # the last sampled token was never run, so it has no keys
-        full = torch.cat([mask, torch.ones_like(new)], dim=1)[:, :length].to(torch.bool)
-        for i, (ids, gen) in enumerate(zip(ids_list, gens)):
-            tokens = torch.cat([ids, new[i]])[:min(int(full[i].sum()), len(ids) + gen.completion_tokens)]
-            positions = full[i].nonzero().squeeze(1)[:len(tokens)]
-            self.kv.add(tokens, row_kv(cache, i, positions))
-            pre = self._prefix_ids(prefixes[i], ids)
-            if pre is not None and not self.kv.has(pre):
-                self.kv.add(pre, row_kv(cache, i, positions[:len(pre)]), pinned=True)
+        tokens = torch.cat([ids, torch.tensor(row.tokens[:-1], dtype=torch.long)])  # the last one was never run
+        self.kv.add(tokens, row.kv)
+        pre = self._prefix_ids(prefix, ids)
+        if pre is not None and not self.kv.has(pre):
+            self.kv.add(pre, [(k[:, :, :len(pre)].clone(), v[:, :, :len(pre)].clone()) for k, v in row.kv],
+                        pinned=True)
 
     def _prefix_ids(self, prefix: str, ids: Any) -> Any:
         """The shared prefix's tokens if the prompt's tokens start with them (tokenization can merge

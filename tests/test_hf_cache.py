@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from trajdistill.agents import make_policy
-from trajdistill.agents._hf import HFPolicy, KVStore
+from trajdistill.agents._decode import Sampling, decode
+from trajdistill.agents._hf import HFPolicy, KVStore, pack_batch
 from trajdistill.agents._models import build_tiny_llama, load_causal_lm
 from trajdistill.envs import PolicyRequest, Task
 
@@ -106,3 +107,32 @@ def test_the_cache_is_an_agent_option(peaked):
     assert make_policy(f"hf:{peaked}").kv is not None
     with pytest.raises(ValueError, match="kv_cache_tokens must be >= 0"):
         make_policy(f"hf:{peaked}", kv_cache_tokens=-1)
+
+
+def test_decode_drops_finished_rows_and_the_others_write_what_generate_writes(peaked):
+    """Rows that end early leave the batch; each row's tokens are generate's, cut after its first end token,
+    and the keys and values it hands back are those of a fresh forward over its prompt and tokens."""
+    model, tok = load_causal_lm(peaked)
+    prompts = [SYSTEM + "count " * (2 * i + 1) for i in range(5)]
+    ids_list = [torch.tensor(tok(p, add_special_tokens=False).input_ids) for p in prompts]
+    packed = pack_batch(ids_list, [(None, 0)] * len(ids_list), pad_id=0)
+    with torch.inference_mode():
+        full = model.generate(input_ids=packed.input_ids, attention_mask=packed.attention_mask, do_sample=False,
+                              max_new_tokens=12, pad_token_id=0)[:, packed.input_ids.shape[1]:].tolist()
+    firsts = {}
+    for row in full:
+        for pos, t in enumerate(row):
+            firsts.setdefault(t, []).append(pos)
+    end = max(firsts, key=lambda t: len(set(firsts[t])))  # a token that ends rows at different steps
+    with torch.inference_mode():
+        rows = decode(model, packed.input_ids, packed.attention_mask, None,
+                      Sampling(max_new=12, temperature=0.0, eos={end}, stopped=lambda new: False))
+    want = [row[:row.index(end) + 1] if end in row else row for row in full]
+    assert [r.tokens for r in rows] == want
+    assert len({len(r.tokens) for r in rows}) > 1  # rows really finished at different steps
+    for r, ids in zip(rows, ids_list):
+        seq = torch.cat([ids, torch.tensor(r.tokens[:-1], dtype=torch.long)]).unsqueeze(0)
+        with torch.inference_mode():
+            fresh = model(input_ids=seq, use_cache=True).past_key_values
+        assert r.kv[0][0].shape[2] == seq.shape[1]
+        torch.testing.assert_close(r.kv[0][0], fresh.layers[0].keys, atol=1e-4, rtol=1e-4)

@@ -1,0 +1,84 @@
+"""Batched decoding that drops each row as it finishes.
+
+`model.generate` decodes a batch in lockstep: a row that stopped after 40 tokens is still run, as
+padding, until the longest row reaches its limit. Here a finished row leaves the batch (its keys and
+values are handed to `on_done` first), so every decode step runs only live rows. Greedy, or
+temperature sampling; the generation config's other logits processors are not applied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass
+class Finished:
+    """One row's result: the tokens it wrote, and the keys and values of every token that was run."""
+
+    row: int
+    tokens: list[int]
+    kv: list[tuple[Any, Any]]  # per layer, [1, kv_heads, prompt + len(tokens) - 1, head_dim]
+
+
+@dataclass
+class Sampling:
+    max_new: int
+    temperature: float
+    eos: set[int]
+    stopped: Callable[[list[int]], bool]  # True once the row's new tokens hold a stop string
+
+
+def decode(model: Any, input_ids: Any, mask: Any, cache: Any, s: Sampling) -> list[Finished]:
+    """Run the uncached columns of `input_ids` (those past the cache's length), then decode; one
+    `Finished` per row, in row order. `mask` marks the real tokens (0 in holes and padding)."""
+    import torch  # heavy: loaded only once a model runs
+    from transformers import DynamicCache
+
+    cache = cache if cache is not None else DynamicCache()
+    done = cache.get_seq_length()
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=input_ids[:, done:], attention_mask=mask, position_ids=positions[:, done:],
+                   cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+    live = list(range(input_ids.shape[0]))
+    written: list[list[int]] = [[] for _ in live]
+    out: list[Finished] = []
+    while live:
+        nxt = _pick(logits, s.temperature)
+        for i, tok in zip(live, nxt.tolist()):
+            written[i].append(tok)
+        ended = [j for j, i in enumerate(live) if _ended(written[i], s)]
+        for j in ended:  # the last token was sampled, never run: it has no keys
+            keep = mask[j].nonzero().squeeze(1)
+            out.append(Finished(live[j], written[live[j]], row_kv(cache, j, keep)))
+        if ended:
+            stay = [j for j in range(len(live)) if j not in set(ended)]
+            if not stay:
+                break
+            index = torch.tensor(stay)
+            cache.batch_select_indices(index)
+            mask, nxt, live = mask[index], nxt[index], [live[j] for j in stay]
+        mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
+        logits = model(input_ids=nxt.view(-1, 1), attention_mask=mask,
+                       position_ids=(mask.sum(-1, keepdim=True) - 1), cache=cache,
+                       use_cache=True).logits[:, -1]
+    return sorted(out, key=lambda f: f.row)
+
+
+def _pick(logits: Any, temperature: float) -> Any:
+    import torch
+
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    return torch.multinomial(probs, 1).squeeze(1)
+
+
+def _ended(tokens: list[int], s: Sampling) -> bool:
+    return tokens[-1] in s.eos or len(tokens) >= s.max_new or s.stopped(tokens)
+
+
+def row_kv(cache: Any, row: int, positions: Any) -> list[tuple[Any, Any]]:
+    """One row's keys and values at `positions` (its unmasked ones), contiguous: [1, heads, n, dim]."""
+    return [(layer.keys[row:row + 1, :, positions].clone(), layer.values[row:row + 1, :, positions].clone())
+            for layer in cache.layers]
