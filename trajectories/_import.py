@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from pydantic import ValidationError
 
@@ -44,7 +44,7 @@ def import_messages(path: str | Path, env: str, out: str | Path, *, teacher: str
         raise OutputError(f"--out {out} exists and is not empty; choose a new run directory")
     ref = EnvRef(name=env, version=envs.get(env.partition(":")[0]).version)
     label = teacher or f"import:{path.stem}"
-    rows = list(read_rows(path))
+    rows = read_rows(path)
     trajs = [to_trajectory(row, f"{path}:{n}", ref, label) for n, row in rows]
     trajs = _number_samples(trajs)
     tools = next((row["tools"] for _, row in rows if isinstance(row.get("tools"), list)), None)
@@ -61,19 +61,21 @@ def import_messages(path: str | Path, env: str, out: str | Path, *, teacher: str
     return len(trajs)
 
 
-def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, conversation) per non-blank line; a corrupt line is refused with its number."""
     with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RunError(f"{path}:{n}: not valid JSON ({e})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("messages"), list) or not row["messages"]:
-                raise RunError(f"{path}:{n}: expected an object with a non-empty `messages` list")
-            yield n, row
+        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    return [(n, _row(line, f"{path}:{n}")) for n, line in lines]
+
+
+def _row(line: str, where: str) -> dict[str, Any]:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise RunError(f"{where}: not valid JSON ({e})") from None
+    if not isinstance(row, dict) or not isinstance(row.get("messages"), list) or not row["messages"]:
+        raise RunError(f"{where}: expected an object with a non-empty `messages` list")
+    return row
 
 
 def to_trajectory(row: dict[str, Any], where: str, env: EnvRef, teacher: str) -> Trajectory:
