@@ -44,7 +44,7 @@ def curate_command(
     blend) applied in order; each records what it removed and why in OUT/curate_report.json."""
     from trajdistill.trajectories._curate import PLOT_FILE, REPORT_FILE, CurateConfig, curate, parse_mix
 
-    from ._app import console
+    from ._app import console, err_console
     from ._config import load_yaml
 
     cfg = CurateConfig.from_mapping(runs, str(out), load_yaml(config) if config else {})
@@ -56,6 +56,8 @@ def curate_command(
         report = curate(cfg, lambda stage, done, total: bar.update(job, description=f"curate: {stage}",
                                                                    completed=done, total=total))
     steps_table(console, report)
+    for line in report.warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
     console.print(f"run written to [bold]{escape(str(out))}[/] ({report.total_out} of {report.total_in} "
                   f"trajectories kept); report {REPORT_FILE}, plot {PLOT_FILE}")
 

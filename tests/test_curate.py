@@ -14,7 +14,7 @@ from conftest import cli, one_line_error
 from trajdistill.agents._collector import CollectConfig, collect
 from trajdistill.trajectories import RunStore, Trajectory, curate_steps, export_run, import_messages
 from trajdistill.trajectories._curate import PLOT_FILE, REPORT_FILE, CurateConfig, curate
-from trajdistill.trajectories._curate_steps import Drop, Item, Step, shingles, jaccard
+from trajdistill.trajectories._curate_steps import Drop, Item, Step, jaccard, shingles
 
 EDIT = ("arithmetic exactly", "arithmetic precisely")
 PADDING = "Let me go over the plan once more before I run it, to be sure it is right. " * 12
@@ -71,8 +71,8 @@ def reasoner(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dirty(coder, tmp_path_factory):
-    clean = RunStore.open(coder).load()
-    long = {clean[i].id for i in (3, 10, 26)}
+    clean = sorted(RunStore.open(coder).load(), key=lambda t: t.task_id)  # collect writes in finishing order
+    long = {clean[i].id for i in (3, 10, 26)}  # tasks of three different groups
     trajs = [_edited(t, "", "", PADDING) if t.id in long else t for t in clean]
     copies = [_as_sample(clean[i], 1) for i in (1, 5)]
     edits = [_as_sample(_edited(clean[i], *EDIT), 2) for i in (2, 7)]
@@ -163,7 +163,12 @@ def test_blend_takes_each_run_by_its_weight(coder, reasoner, tmp_path):
     assert counts == report.kept_by_run == {"synthetic": 35, "real": 15}  # real is scarce: 15 / 0.3 = 50 in all
     _, sized = _curate(runs, tmp_path / "sized", ["blend:size=20"], mix={"synthetic": 0.7, "real": 0.3})
     assert {k: sum(t.teacher.spec == v for t in sized) for k, v in spec.items()} == {"synthetic": 14, "real": 6}
-    assert report.steps[0].reasons == {"over its share": 10}
+    assert report.steps[0].reasons == {"over its share": 10} and report.warnings == []
+    # imported traces have no verifier: after `verified` the real run is gone, and the blend says so
+    empty, none = _curate(runs, tmp_path / "empty", ["verified"], mix={"synthetic": 0.7, "real": 0.3})
+    assert none == [] and empty.warnings == [
+        "run real has a --mix weight but no trajectories left for blend (earlier steps removed them)",
+        "no trajectory is left: the run written is empty"]
 
 
 def test_the_output_is_a_run_with_the_steps_in_its_provenance(dirty, tmp_path):

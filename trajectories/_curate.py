@@ -162,6 +162,7 @@ class CurateReport:
     steps: list[StepReport] = field(default_factory=list)
     kept_by_run: dict[str, int] = field(default_factory=dict)
     lengths: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def total_in(self) -> int:
@@ -175,7 +176,7 @@ class CurateReport:
         """The JSON document; no output path and no times, so equal inputs give equal bytes."""
         return {"runs": self.runs, "seed": self.seed, "steps": [s.to_dict() for s in self.steps],
                 "total": {"in": self.total_in, "out": self.total_out, "out_by_run": self.kept_by_run},
-                "lengths": self.lengths}
+                "lengths": self.lengths, "warnings": self.warnings}
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
@@ -281,6 +282,15 @@ def run_config(cfg: CurateConfig, runs: dict[str, str], steps: list[tuple[str, S
     return config
 
 
+def _empty_shares(step: Step, items: list[Item]) -> list[str]:
+    """A blend weight whose run has nothing left: the earlier steps removed it all."""
+    if not isinstance(step, Blend):
+        return []
+    left = {it.label for it in items}
+    return [f"run {label} has a --mix weight but no trajectories left for blend (earlier steps removed them)"
+            for label, w in step.mix.items() if w > 0 and label not in left]
+
+
 def _check_out(out: str, runs: dict[str, str]) -> None:
     check_output(out, runs.values(), kind="dir")
     path = Path(out)
@@ -314,11 +324,14 @@ def curate(cfg: CurateConfig, progress: Progress | None = None) -> CurateReport:
     report = CurateReport(runs=counts, seed=cfg.seed)
     for n, (name, step) in enumerate(steps, 1):
         note(name, n, total)
+        report.warnings += _empty_shares(step, items)
         items, step_report = apply_step(name, step, items, cfg.seed)
         report.steps.append(step_report)
     note("write", total - 1, total)
     report.kept_by_run = {label: sum(it.label == label for it in items) for label in runs}
     report.lengths = length_distributions(before, items)
+    if not items:
+        report.warnings.append("no trajectory is left: the run written is empty")
     write_run(cfg.out, run_config(cfg, runs, steps, items, stores), items)
     report.write(Path(cfg.out) / REPORT_FILE)
     from ._curate_plot import plot_lengths
