@@ -212,6 +212,15 @@ def test_yaml_and_flags_give_the_same_run(dirty, tmp_path):
     assert [s["name"] for s in json.loads((tmp_path / "c" / REPORT_FILE).read_text())["steps"]] == ["dedupe"]
 
 
+def test_two_runs_of_one_teacher_over_the_same_tasks_are_both_kept(coder, tmp_path):
+    again = _write(tmp_path / "again", [t.model_copy(update={"id": f"{t.id}-again"})
+                                        for t in RunStore.open(coder).load()])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a reader that met one (task, teacher) twice would warn and drop one
+        _, kept = _curate([coder, again], tmp_path / "out", ["verified"])
+    assert len(kept) == 90 and len({t.id for t in kept}) == 90
+
+
 @curate_steps.register("test-drop-teacher")
 @dataclass
 class DropCoder(Step):
