@@ -19,7 +19,7 @@ def cli(*args, ok=True, timeout=300):
 
 
 @pytest.mark.parametrize("cmd", [[], ["envs"], ["sandbox"], ["collect"], ["inspect"], ["export"],
-                                 ["sandbox", "run"], ["sandbox", "build-image"]])
+                                 ["sandbox", "run"], ["sandbox", "build-image"], ["curate"], ["import"]])
 def test_help_on_every_command(cmd):
     res = cli(*cmd, "--help")
     assert "Usage:" in res.stdout
