@@ -11,12 +11,12 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Literal, Protocol, runtime_checkable
 
-from trajdistill.envs import Env, PolicyRequest, Registry, Turn, UnknownNameError
+from trajdistill.envs import Env, PolicyRequest, Registry, TrajdistillError, Turn, UnknownNameError
 
 ActionFormat = Literal["react", "tools"]
 
 
-class PolicyError(RuntimeError):
+class PolicyError(TrajdistillError, RuntimeError):
     """The policy could not produce a turn (endpoint down after retries, model failed to load).
 
     The episode is recorded as errored with this reason; other episodes go on.

@@ -23,7 +23,7 @@ console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # one error, one line
 
 
-class UsageError(ValueError):
+class UsageError(ConfigError):
     """Bad input given on the command line."""
 
 

@@ -1,5 +1,6 @@
 """Environments: tasks, typed tools, verifiers, experts and sandboxes."""
 
+from ._errors import ConfigError, TrajdistillError
 from ._env import FINAL_ANSWER, Env, Episode, ToolError, envs, final_answer_spec, make_env
 from ._registry import Registry, UnknownNameError
 from ._tools import ToolSchemaError, ToolSpec, tool, tool_spec
@@ -8,6 +9,7 @@ from ._types import SPLITS, Observation, Outcome, PolicyRequest, Task, ToolCall,
 __all__ = [
     "FINAL_ANSWER",
     "SPLITS",
+    "ConfigError",
     "Env",
     "Episode",
     "Observation",
@@ -19,6 +21,7 @@ __all__ = [
     "ToolError",
     "ToolSchemaError",
     "ToolSpec",
+    "TrajdistillError",
     "Turn",
     "UnknownNameError",
     "envs",

@@ -6,6 +6,7 @@ import abc
 import inspect
 from typing import Any, Callable, ClassVar
 
+from ._errors import TrajdistillError
 from ._registry import Registry
 from ._tools import ToolSpec, tool_spec
 from ._types import SPLITS, Observation, Outcome, Task
@@ -13,7 +14,7 @@ from ._types import SPLITS, Observation, Outcome, Task
 FINAL_ANSWER = "final_answer"
 
 
-class ToolError(Exception):
+class ToolError(TrajdistillError):
     """Raised by a tool for a recoverable failure; the message becomes an observation."""
 
 

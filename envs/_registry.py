@@ -10,10 +10,12 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
+from ._errors import ConfigError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(LookupError):
+class UnknownNameError(ConfigError, LookupError):
     """Raised for a name no registry entry answers to; the message lists the known names."""
 
 

@@ -8,13 +8,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, JsonValue, field_validator, model_validator
 
+from trajdistill.envs import TrajdistillError
 from trajdistill.envs._types import Outcome
 
 SCHEMA_VERSION = 1
 SpanKind = Literal["reason", "act", "answer", "context"]
 
 
-class SchemaVersionError(ValueError):
+class SchemaVersionError(TrajdistillError, ValueError):
     """A trajectory was written by a schema version this package does not read."""
 
 

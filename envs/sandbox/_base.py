@@ -16,13 +16,14 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import AsyncIterator, ClassVar, Sequence
 
+from .._errors import TrajdistillError
 from .._registry import Registry, UnknownNameError
 
 WORKDIR = "/work"
 TRUNCATION_MARKER = "\n[... output truncated: {dropped} bytes dropped ...]\n"
 
 
-class SandboxError(RuntimeError):
+class SandboxError(TrajdistillError, RuntimeError):
     """The backend itself cannot run (engine down, binary missing, image missing)."""
 
 
