@@ -20,7 +20,7 @@ from trajdistill.envs.sandbox import Limits, SandboxError, SandboxProvider, get_
 from trajdistill.trajectories import EnvRef, Message, Provenance, RunStore, Teacher, Trajectory, Usage
 
 from ._loop import EpisodeResult, ReActLoop
-from ._policy import Policy, PolicyError, make_policy
+from ._policy import Policy, PolicyError, make_policy, options_by_spec
 
 
 @dataclass
@@ -40,7 +40,7 @@ class CollectConfig:
     temperature: float = 0.0
     sandbox: str = "auto"
     env_params: dict[str, Any] = field(default_factory=dict)
-    teacher_options: dict[str, Any] = field(default_factory=dict)  # e.g. max_retries, timeout_s
+    teacher_options: dict[str, Any] = field(default_factory=dict)  # each teacher takes its backend's keys
     skills: list[str] = field(default_factory=list)  # skill boxes mounted over MCP (dir, URL or stdio command)
     preload_skills: bool = False  # put whole SKILL.md texts in the system prompt, not just names
     trust: list[str] = field(default_factory=list)  # extra trusted box signers (ed25519:...) or pins (sha256:...)
@@ -117,8 +117,9 @@ class Collector:
             self.env = mount_skills(self.env, cfg.skills, cfg.preload_skills, sandbox=cfg.sandbox, trust=cfg.trust,
                                     allow_unsigned=cfg.allow_unsigned)
         self.env.check_split(cfg.split)
-        options = {"temperature": cfg.temperature, "seed": cfg.seed, **cfg.teacher_options}
-        self.policies = {spec: make_policy(spec, env=self.env, **options) for spec in cfg.teachers}
+        options = options_by_spec(cfg.teachers, {"temperature": cfg.temperature, "seed": cfg.seed,
+                                                 **cfg.teacher_options})
+        self.policies = {spec: make_policy(spec, env=self.env, **options[spec]) for spec in cfg.teachers}
         self.loops = {spec: ReActLoop(self.env, p, max_steps=cfg.max_steps) for spec, p in self.policies.items()}
         self.provider: SandboxProvider | None = None
 

@@ -26,6 +26,7 @@ from trajdistill.trajectories import RunStore, Trajectory
 from trajdistill.trajectories._taxonomy import failure_counts
 
 from ._collector import CollectConfig, Collector, Progress, resolved_config
+from ._policy import options_by_spec
 
 RESULTS_FILE = "results.json"
 PLOT_FILE = "success.png"
@@ -50,7 +51,7 @@ class EvalConfig:
     temperature: float = 0.0
     sandbox: str = "auto"
     env_params: dict[str, Any] = field(default_factory=dict)
-    agent_options: dict[str, Any] = field(default_factory=dict)  # passed to every agent's policy
+    agent_options: dict[str, Any] = field(default_factory=dict)  # each agent takes its backend's keys
     options_by_agent: dict[str, dict[str, Any]] = field(default_factory=dict)  # spec -> extra options
     skills: list[str] = field(default_factory=list)  # skill boxes every agent mounts
     preload_skills: bool = False  # whole SKILL.md texts in the system prompt, not just names
@@ -155,7 +156,8 @@ def collect_config(cfg: EvalConfig, spec: str, out: Path) -> CollectConfig:
         env=cfg.env, teachers=[spec], out=str(out), tasks=cfg.tasks, split=cfg.split,
         concurrency=cfg.concurrency, seed=cfg.seed, max_steps=cfg.max_steps, temperature=cfg.temperature,
         sandbox=cfg.sandbox, env_params=dict(cfg.env_params),
-        teacher_options={**cfg.agent_options, **cfg.options_by_agent.get(spec, {})}, resume=cfg.resume, **extra)
+        teacher_options={**options_by_spec(cfg.agents, cfg.agent_options)[spec], **cfg.options_by_agent.get(spec, {})},
+        resume=cfg.resume, **extra)
 
 
 # ---- scoring ---------------------------------------------------------------------------------------
