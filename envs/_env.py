@@ -6,7 +6,7 @@ import abc
 import inspect
 from typing import Any, Callable, ClassVar
 
-from ._errors import TrajdistillError
+from ._errors import ConfigError, TrajdistillError
 from ._registry import Registry
 from ._tools import ToolSpec, tool_spec
 from ._types import SPLITS, Observation, Outcome, Task
@@ -131,7 +131,7 @@ class Env(abc.ABC):
 
     async def start(self, task: Task, sandbox: Any = None) -> Episode:
         if self.needs_sandbox and sandbox is None:
-            raise ValueError(f"env {self.id!r} runs code and needs a sandbox")
+            raise ConfigError(f"env {self.id!r} runs code and needs a sandbox")
         return self.episode_cls(self, task, sandbox)
 
     async def close(self) -> None:
@@ -140,7 +140,7 @@ class Env(abc.ABC):
     @staticmethod
     def check_split(split: str) -> None:
         if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+            raise ConfigError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
 
 
 envs: Registry[type[Env]] = Registry("env", "trajdistill.envs")

@@ -16,7 +16,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import AsyncIterator, ClassVar, Sequence
 
-from .._errors import TrajdistillError
+from .._errors import ConfigError, TrajdistillError
 from .._registry import Registry, UnknownNameError
 
 WORKDIR = "/work"
@@ -43,7 +43,7 @@ class Limits:
         bad = [f"{name} must be > 0, got {getattr(self, name)}"
                for name in ("timeout_s", "memory_mb", "pids", "output_bytes", "cpus") if not getattr(self, name) > 0]
         if bad:
-            raise ValueError(f"sandbox limits: {'; '.join(bad)}")
+            raise ConfigError(f"sandbox limits: {'; '.join(bad)}")
 
 
 @dataclass
