@@ -65,7 +65,7 @@ class Episode(abc.ABC):
             if inspect.isawaitable(result):
                 result = await result
         except ToolError as e:
-            return Observation(f"Error: {e}")
+            return Observation(f"Error: {e}", error_kind="tool_error")
         return result if isinstance(result, Observation) else Observation(str(result))
 
     def valid_tools(self) -> str:

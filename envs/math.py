@@ -28,7 +28,7 @@ from ._env import Env, Episode, ToolError
 from ._errors import ConfigError
 from ._react_text import format_action, format_final
 from ._tools import tool
-from ._types import SPLITS, Outcome, PolicyRequest, Task, Turn
+from ._types import SPLITS, Observation, Outcome, PolicyRequest, Task, Turn
 
 CATEGORIES = ("arithmetic", "modular", "combinatorics", "sequences", "word")
 LEVELS = (1, 2, 3)
@@ -791,7 +791,7 @@ def _short(text: str) -> str:
 
 class MathEpisode(Episode):
     @tool
-    async def python(self, code: str) -> str:
+    async def python(self, code: str) -> Observation:
         """Run a Python 3 program in a sandbox and return what it prints (stdout, then stderr).
 
         Args:
@@ -800,7 +800,7 @@ class MathEpisode(Episode):
         if self.sandbox is None:
             raise ToolError("no sandbox is attached to this episode, so code cannot run")
         result = await self.sandbox.exec_python(code)
-        return _short(result.observation())
+        return Observation(_short(result.observation()), error_kind=result.error_kind)
 
     async def finish(self, answer: str | None) -> Outcome:
         expected = self.task.data["answer"]

@@ -227,15 +227,18 @@ class McpConnection:
         """Call a tool; a tool error or a broken transport becomes an observation."""
         if not self.alive:
             why = f": {_describe(self._error)}" if self._error else ""
-            return Observation(f"Error: the MCP server is not connected{why}{self._stderr_tail()}")
+            return Observation(f"Error: the MCP server is not connected{why}{self._stderr_tail()}",
+                               error_kind="tool_error")
         try:
             result = await self.client.call_tool(name, arguments)
         except Exception as e:  # noqa: BLE001 - transport failure, timeout or protocol error: the agent sees it
             if _broken(e):
                 self._stop.set()  # retire this session; the env's next call starts a fresh one
-            return Observation(f"Error: MCP call {name!r} failed: {_describe(e)}")
+            return Observation(f"Error: MCP call {name!r} failed: {_describe(e)}", error_kind="tool_error")
         text = result_text(result)
-        return Observation(f"Error: {text}" if result.is_error else text)
+        if result.is_error:
+            return Observation(f"Error: {text}", error_kind="tool_error")
+        return Observation(text)
 
     async def close(self) -> None:
         if self.loop is asyncio.get_running_loop():
@@ -353,7 +356,7 @@ class McpEpisode(Episode):
         try:
             conn = await self.env.connection()  # reconnects when the server went away
         except McpConnectionError as e:
-            return Observation(f"Error: {e}")
+            return Observation(f"Error: {e}", error_kind="tool_error")
         return await conn.call(name, arguments)
 
     def valid_tools(self) -> str:

@@ -114,7 +114,7 @@ class Source:
         try:
             conn = await self.connection()
         except McpConnectionError as e:
-            return Observation(f"Error: {e}")
+            return Observation(f"Error: {e}", error_kind="tool_error")
         return await conn.call(tool, arguments)
 
     async def read(self, uri: str) -> Observation:
@@ -122,7 +122,7 @@ class Source:
             conn = await self.connection()
             return Observation(await _skill_text(conn, uri))
         except Exception as e:  # noqa: BLE001 - a failed read is something the agent can see and work around
-            return Observation(f"Error: reading {uri} failed: {_describe(e)}")
+            return Observation(f"Error: reading {uri} failed: {_describe(e)}", error_kind="tool_error")
 
     async def close(self) -> None:
         await self._live.close()

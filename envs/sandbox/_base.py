@@ -18,6 +18,7 @@ from typing import AsyncIterator, ClassVar, Sequence
 
 from .._errors import ConfigError, TrajdistillError
 from .._registry import Registry, UnknownNameError
+from .._types import ErrorKind
 
 WORKDIR = "/work"
 TRUNCATION_MARKER = "\n[... output truncated: {dropped} bytes dropped ...]\n"
@@ -59,6 +60,15 @@ class ExecResult:
     @property
     def ok(self) -> bool:
         return self.exit_code == 0 and not self.timed_out and not self.killed
+
+    @property
+    def error_kind(self) -> ErrorKind | None:
+        """Why the command failed, as an observation's error kind; None when it worked."""
+        if self.timed_out:
+            return "timeout"
+        if self.killed:
+            return "out_of_memory"
+        return "tool_error" if self.exit_code != 0 else None
 
     def observation(self) -> str:
         """The text an agent sees for this result."""
