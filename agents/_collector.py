@@ -2,7 +2,10 @@
 
 Each finished trajectory is one fsynced line in the run store before the pair
 counts as done, so a crash at any point loses at most the episodes in flight,
-and `--resume` skips exactly the pairs already on disk.
+and `--resume` skips exactly the pairs already on disk. An episode that fails
+with a library error (endpoint down, bad tool server) is recorded in
+errors.jsonl and the run goes on; any other exception is a bug and stops the
+run with its traceback.
 """
 
 from __future__ import annotations
@@ -15,12 +18,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from trajdistill import __version__
-from trajdistill.envs import Env, Task, make_env
+from trajdistill.envs import ConfigError, Env, Task, TrajdistillError, make_env
 from trajdistill.envs.sandbox import Limits, SandboxError, SandboxProvider, get_provider
 from trajdistill.trajectories import EnvRef, Message, Provenance, RunStore, Teacher, Trajectory, Usage
 
 from ._loop import EpisodeResult, ReActLoop
-from ._policy import Policy, PolicyError, make_policy
+from ._policy import Policy, PolicyError, make_policy, options_by_spec
 
 
 @dataclass
@@ -40,7 +43,7 @@ class CollectConfig:
     temperature: float = 0.0
     sandbox: str = "auto"
     env_params: dict[str, Any] = field(default_factory=dict)
-    teacher_options: dict[str, Any] = field(default_factory=dict)  # e.g. max_retries, timeout_s
+    teacher_options: dict[str, Any] = field(default_factory=dict)  # each teacher takes its backend's keys
     skills: list[str] = field(default_factory=list)  # skill boxes mounted over MCP (dir, URL or stdio command)
     preload_skills: bool = False  # put whole SKILL.md texts in the system prompt, not just names
     trust: list[str] = field(default_factory=list)  # extra trusted box signers (ed25519:...) or pins (sha256:...)
@@ -48,20 +51,20 @@ class CollectConfig:
 
     def __post_init__(self) -> None:
         if not self.teachers:
-            raise ValueError("give at least one --teacher SPEC")
+            raise ConfigError("give at least one --teacher SPEC")
         if self.tasks < 1:
-            raise ValueError(f"--tasks must be at least 1, got {self.tasks}")
+            raise ConfigError(f"--tasks must be at least 1, got {self.tasks}")
         if self.concurrency < 1:
-            raise ValueError(f"--concurrency must be at least 1, got {self.concurrency}")
+            raise ConfigError(f"--concurrency must be at least 1, got {self.concurrency}")
         if len(set(self.teachers)) != len(self.teachers):
-            raise ValueError("each --teacher may be given once")
+            raise ConfigError("each --teacher may be given once")
         parse_shard(self.shard)
 
 
 def parse_shard(shard: str) -> tuple[int, int]:
     i, sep, n = shard.partition("/")
     if not sep or not i.isdigit() or not n.isdigit() or not 0 <= int(i) < int(n):
-        raise ValueError(f"--shard must be I/N with 0 <= I < N, got {shard!r}")
+        raise ConfigError(f"--shard must be I/N with 0 <= I < N, got {shard!r}")
     return int(i), int(n)
 
 
@@ -117,8 +120,9 @@ class Collector:
             self.env = mount_skills(self.env, cfg.skills, cfg.preload_skills, sandbox=cfg.sandbox, trust=cfg.trust,
                                     allow_unsigned=cfg.allow_unsigned)
         self.env.check_split(cfg.split)
-        options = {"temperature": cfg.temperature, "seed": cfg.seed, **cfg.teacher_options}
-        self.policies = {spec: make_policy(spec, env=self.env, **options) for spec in cfg.teachers}
+        options = options_by_spec(cfg.teachers, {"temperature": cfg.temperature, "seed": cfg.seed,
+                                                 **cfg.teacher_options})
+        self.policies = {spec: make_policy(spec, env=self.env, **options[spec]) for spec in cfg.teachers}
         self.loops = {spec: ReActLoop(self.env, p, max_steps=cfg.max_steps) for spec, p in self.policies.items()}
         self.provider: SandboxProvider | None = None
 
@@ -177,8 +181,8 @@ class Collector:
         except PolicyError as e:
             store.record_error(task.id, spec, str(e), "policy")
             return None
-        except Exception as e:  # noqa: BLE001 - one bad episode must not end a long run; it is recorded
-            store.record_error(task.id, spec, f"{type(e).__name__}: {e}", "exception")
+        except TrajdistillError as e:  # an expected failure ends this episode only; any other exception is a bug
+            store.record_error(task.id, spec, f"{type(e).__name__}: {e}", "error")
             return None
         backend = self.provider.name if self.provider else None
         traj = to_trajectory(result, task, self.env, self.policies[spec], backend, self.cfg.seed)

@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from trajdistill.envs import Task
+from trajdistill.envs import ConfigError, Task
 from trajdistill.trajectories import RunStore, Trajectory
 from trajdistill.trajectories._taxonomy import failure_counts
 
 from ._collector import CollectConfig, Collector, Progress, resolved_config
+from ._policy import options_by_spec
 
 RESULTS_FILE = "results.json"
 PLOT_FILE = "success.png"
@@ -50,7 +51,7 @@ class EvalConfig:
     temperature: float = 0.0
     sandbox: str = "auto"
     env_params: dict[str, Any] = field(default_factory=dict)
-    agent_options: dict[str, Any] = field(default_factory=dict)  # passed to every agent's policy
+    agent_options: dict[str, Any] = field(default_factory=dict)  # each agent takes its backend's keys
     options_by_agent: dict[str, dict[str, Any]] = field(default_factory=dict)  # spec -> extra options
     skills: list[str] = field(default_factory=list)  # skill boxes every agent mounts
     preload_skills: bool = False  # whole SKILL.md texts in the system prompt, not just names
@@ -60,20 +61,20 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         if self.resume and self.out is None:
-            raise ValueError("--resume needs the --out of the evaluation to continue")
+            raise ConfigError("--resume needs the --out of the evaluation to continue")
         if not self.agents:
-            raise ValueError("give at least one --agent SPEC")
+            raise ConfigError("give at least one --agent SPEC")
         if len(set(self.agents)) != len(self.agents):
-            raise ValueError("each --agent may be given once")
+            raise ConfigError("each --agent may be given once")
         if self.tasks < 1:
-            raise ValueError(f"--tasks must be at least 1, got {self.tasks}")
+            raise ConfigError(f"--tasks must be at least 1, got {self.tasks}")
         if self.concurrency < 1:
-            raise ValueError(f"--concurrency must be at least 1, got {self.concurrency}")
+            raise ConfigError(f"--concurrency must be at least 1, got {self.concurrency}")
         unknown = sorted(set(self.options_by_agent) - set(self.agents))
         if unknown:
-            raise ValueError(f"options given for agent(s) not evaluated: {', '.join(unknown)}")
+            raise ConfigError(f"options given for agent(s) not evaluated: {', '.join(unknown)}")
         if self.skills and "skills" not in {f.name for f in dataclasses.fields(CollectConfig)}:
-            raise ValueError("--skills is not supported by this version of the collector")
+            raise ConfigError("--skills is not supported by this version of the collector")
 
 
 @dataclass
@@ -155,7 +156,8 @@ def collect_config(cfg: EvalConfig, spec: str, out: Path) -> CollectConfig:
         env=cfg.env, teachers=[spec], out=str(out), tasks=cfg.tasks, split=cfg.split,
         concurrency=cfg.concurrency, seed=cfg.seed, max_steps=cfg.max_steps, temperature=cfg.temperature,
         sandbox=cfg.sandbox, env_params=dict(cfg.env_params),
-        teacher_options={**cfg.agent_options, **cfg.options_by_agent.get(spec, {})}, resume=cfg.resume, **extra)
+        teacher_options={**options_by_spec(cfg.agents, cfg.agent_options)[spec], **cfg.options_by_agent.get(spec, {})},
+        resume=cfg.resume, **extra)
 
 
 # ---- scoring ---------------------------------------------------------------------------------------
@@ -221,7 +223,7 @@ async def _run_agent(collector: Collector, total: int, listener: EvalListener | 
 
 def _prepare_out(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"--out {out} exists and is not empty; pass --resume to continue it, or choose a new "
+        raise ConfigError(f"--out {out} exists and is not empty; pass --resume to continue it, or choose a new "
                          "directory")
 
 

@@ -6,6 +6,8 @@ from typing import Any
 
 from trajdistill.envs import Env, PolicyRequest, Turn, UnknownNameError
 
+from ._options import ExpertOptions
+
 
 class ExpertPolicy:
     backend = "expert"
@@ -33,7 +35,9 @@ class ExpertPolicy:
         pass
 
 
-def make_expert(target: str, *, env: Env | None = None, spec: str = "", **_: Any) -> ExpertPolicy:
+def make_expert(target: str, *, env: Env | None = None, spec: str = "", options: ExpertOptions | None = None
+                ) -> ExpertPolicy:
+    """The expert reads no option; `options` (shared sampling settings) are accepted so one set fits every agent."""
     if env is None:
         raise UnknownNameError(f"policy {spec!r} is an env's expert and needs --env")
     return ExpertPolicy(target, env, spec or f"expert:{target}")

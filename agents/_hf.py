@@ -17,6 +17,7 @@ from trajdistill.envs import PolicyRequest, Turn
 
 from ._decode import Sampling, decode
 from ._openai import REACT_STOP, chat_messages
+from ._options import HFOptions
 from ._policy import PolicyError
 
 In = TypeVar("In")
@@ -221,7 +222,7 @@ class _Gen:
     completion_tokens: int
 
 
-_models: dict[tuple[str, str], tuple[Any, Any]] = {}  # (path, device) -> (model, tokenizer): once per process
+_models: dict[tuple[str, str, str], tuple[Any, Any]] = {}  # (path, device, dtype) -> (model, tokenizer): once per process
 _models_lock = threading.Lock()
 
 
@@ -231,17 +232,18 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_cached(target: str, device: str) -> tuple[Any, Any]:
-    """Load a model once per process; float32 on CPU, bfloat16 on CUDA."""
+def load_cached(target: str, device: str, dtype: str = "auto") -> tuple[Any, Any]:
+    """Load a model once per process; `auto` dtype is bfloat16 on CUDA, float32 elsewhere."""
     import torch
 
     from ._models import load_causal_lm, resolve_model
 
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
     with _models_lock:
-        key = (str(resolve_model(target, allow_hub=True)), device)
+        key = (str(resolve_model(target, allow_hub=True)), device, dtype)
         if key not in _models:
-            dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-            _models[key] = load_causal_lm(key[0], device=device, dtype=dtype)
+            _models[key] = load_causal_lm(key[0], device=device, dtype=getattr(torch, dtype))
         return _models[key]
 
 
@@ -249,24 +251,23 @@ class HFPolicy:
     backend = "hf"
     action_format = "react"
 
-    def __init__(self, target: str, *, env: Any = None, spec: str = "", temperature: float = 0.0,
-                 max_new_tokens: int = 256, batch_size: int = 8, seed: int | None = None,
-                 device: str | None = None, batch_wait_s: float = 0.005, kv_cache_tokens: int = 32768):
+    def __init__(self, target: str, *, env: Any = None, spec: str = "", options: HFOptions | None = None,
+                 **fields: Any):
         from ._models import ALIASES, resolve_model
 
+        o = options or HFOptions.parse(fields)
         if target not in ALIASES:  # aliases convert lazily, on first use; a bad path fails now
             resolve_model(target, allow_hub=True)
+        self.options = o
         self.spec = spec or f"hf:{target}"
         self.model = target
-        self.temperature, self.max_new_tokens, self.seed = temperature, max_new_tokens, seed
-        self.batch_size = batch_size
-        self.device = device
+        self.temperature, self.max_new_tokens, self.seed = o.temperature, o.max_new_tokens, o.seed
+        self.batch_size = o.batch_size
+        self.device = o.device
         self.hf_model: Any = None  # loaded on first call
         self.tokenizer: Any = None
-        self._batcher: Batcher[_Item, _Gen] = Batcher(self._generate, batch_size, batch_wait_s)
-        if kv_cache_tokens < 0:
-            raise ValueError(f"kv_cache_tokens must be >= 0 (0 turns the KV cache off), got {kv_cache_tokens}")
-        self.kv = KVStore(kv_cache_tokens) if kv_cache_tokens else None  # only the worker thread touches it
+        self._batcher: Batcher[_Item, _Gen] = Batcher(self._generate, o.batch_size, o.batch_wait_s)
+        self.kv = KVStore(o.kv_cache_tokens) if o.kv_cache_tokens else None  # only the worker thread touches it
 
     def sampling(self) -> dict[str, Any]:
         out: dict[str, Any] = {"temperature": self.temperature, "max_new_tokens": self.max_new_tokens}
@@ -283,7 +284,8 @@ class HFPolicy:
     def _ensure_loaded(self) -> None:
         if self.hf_model is None:
             try:
-                self.hf_model, self.tokenizer = load_cached(self.model, self.device or _default_device())
+                self.hf_model, self.tokenizer = load_cached(self.model, self.device or _default_device(),
+                                                            self.options.dtype)
             except (OSError, ValueError) as err:
                 raise PolicyError(f"hf policy could not load {self.model}: {' '.join(str(err).split())}") from err
 

@@ -152,7 +152,7 @@ class ReActLoop:
         if step.error is not None:
             usage["invalid_actions"] += 1
             text = f"Error: {step.error}. Valid tools: {ctx.episode.valid_tools()}."
-            messages.append({"role": "tool", "name": "parse_error", "content": text})
+            messages.append({"role": "tool", "name": "parse_error", "content": text, "error_kind": "invalid_action"})
             return {"messages": messages, "usage": usage}
         call_ids = [c["id"] for c in messages[-1].get("tool_calls") or []]
         for i, action in enumerate(step.actions):
@@ -166,6 +166,8 @@ class ReActLoop:
                 obs = await ctx.episode.call(action.tool, action.arguments)
             usage["invalid_actions"] += obs.invalid
             msg = {"role": "tool", "name": action.tool, "content": obs.text}
+            if obs.error_kind:
+                msg["error_kind"] = obs.error_kind
             if i < len(call_ids):
                 msg["tool_call_id"] = call_ids[i]
             messages.append(msg)

@@ -17,8 +17,9 @@ from typing import Any
 
 import openai
 
-from trajdistill.envs import PolicyRequest, ToolCall, Turn
+from trajdistill.envs import ConfigError, PolicyRequest, ToolCall, Turn
 
+from ._options import OpenAIOptions
 from ._policy import ActionFormat, PolicyError
 
 REACT_STOP = ["\nObservation:"]
@@ -36,15 +37,17 @@ class _Retryable(Exception):
         self.wait_s = wait_s
 
 
-def parse_target(target: str) -> tuple[str, str]:
-    """`model@http://host:port/v1` -> (model, base_url); no `@` means OPENAI_BASE_URL or OpenAI itself."""
+def parse_target(target: str, base_url: str | None = None) -> tuple[str, str]:
+    """`model@http://host:port/v1` -> (model, base_url); no `@` means `base_url`, OPENAI_BASE_URL or OpenAI itself."""
     m = _URL.match(target)
     if m:
+        if base_url:
+            raise ConfigError(f"openai:{target} names its URL; drop the base_url option or the @URL")
         return m.group(1), m.group(2).rstrip("/")
     if "@" in target:
         raise PolicyError(f"openai policy target {target!r}: the part after @ must be an http(s) URL, "
                           "e.g. openai:MODEL@http://127.0.0.1:8000/v1")
-    return target, os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1").rstrip("/")
+    return target, (base_url or os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1")).rstrip("/")
 
 
 def chat_messages(messages: list[dict[str, Any]], action_format: ActionFormat) -> list[dict[str, Any]]:
@@ -85,21 +88,17 @@ def split_think(content: str, reasoning: str | None) -> tuple[str, str | None]:
 class OpenAIPolicy:
     backend = "openai"
 
-    def __init__(self, target: str, *, env: Any = None, spec: str = "", action_format: ActionFormat = "react",
-                 temperature: float = 0.0, max_tokens: int = 512, max_retries: int = 4, timeout_s: float = 60.0,
-                 concurrency: int = 32, seed: int | None = None, backoff_s: float = 0.5,
-                 api_key: str | None = None):
-        if action_format not in ("react", "tools"):
-            raise PolicyError(f"action_format must be 'react' or 'tools', got {action_format!r}")
-        if concurrency < 1 or max_retries < 0:
-            raise PolicyError("openai policy: concurrency must be >= 1 and max_retries >= 0")
-        self.model, self.base_url = parse_target(target)
+    def __init__(self, target: str, *, env: Any = None, spec: str = "", options: OpenAIOptions | None = None,
+                 **fields: Any):
+        o = options or OpenAIOptions.parse(fields)
+        self.options = o
+        self.model, self.base_url = parse_target(target, o.base_url)
         self.spec = spec or f"openai:{target}"
-        self.action_format: ActionFormat = action_format
-        self.temperature, self.max_tokens, self.seed = temperature, max_tokens, seed
-        self.max_retries, self.timeout_s, self.backoff_s = max_retries, timeout_s, backoff_s
-        self.concurrency = concurrency
-        self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        self.action_format: ActionFormat = o.action_format
+        self.temperature, self.max_tokens, self.seed = o.temperature, o.max_new_tokens, o.seed
+        self.max_retries, self.timeout_s, self.backoff_s = o.max_retries, o.timeout_s, o.backoff_s
+        self.concurrency = o.concurrency
+        self._api_key = o.api_key or os.environ.get(o.api_key_env) or "EMPTY"
         self._per_loop: dict[Any, tuple[openai.AsyncOpenAI, asyncio.Semaphore]] = {}
 
     def sampling(self) -> dict[str, Any]:

@@ -11,12 +11,14 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Literal, Protocol, runtime_checkable
 
-from trajdistill.envs import Env, PolicyRequest, Registry, Turn, UnknownNameError
+from trajdistill.envs import Env, PolicyRequest, Registry, TrajdistillError, Turn, UnknownNameError
+
+from ._options import ExpertOptions, GenerationConfig, HFOptions, OpenAIOptions, VLLMOptions, unknown_options
 
 ActionFormat = Literal["react", "tools"]
 
 
-class PolicyError(RuntimeError):
+class PolicyError(TrajdistillError, RuntimeError):
     """The policy could not produce a turn (endpoint down after retries, model failed to load).
 
     The episode is recorded as errored with this reason; other episodes go on.
@@ -40,10 +42,13 @@ class Policy(Protocol):
 
 PolicyFactory = Callable[..., Policy]
 policies: Registry[PolicyFactory] = Registry("policy backend", "trajdistill.policies")
-policies.register_lazy("expert", "trajdistill.agents._expert:make_expert")
-policies.register_lazy("openai", "trajdistill.agents._openai:OpenAIPolicy", install_hint="pip install openai")
-policies.register_lazy("hf", "trajdistill.agents._hf:HFPolicy", install_hint="pip install transformers peft")
-policies.register_lazy("vllm", "trajdistill.agents._vllm:VLLMPolicy", install_hint="pip install 'trajdistill[vllm]'")
+policies.register_lazy("expert", "trajdistill.agents._expert:make_expert", options=ExpertOptions)
+policies.register_lazy("openai", "trajdistill.agents._openai:OpenAIPolicy", install_hint="pip install openai",
+                       options=OpenAIOptions)
+policies.register_lazy("hf", "trajdistill.agents._hf:HFPolicy", install_hint="pip install transformers peft",
+                       options=HFOptions)
+policies.register_lazy("vllm", "trajdistill.agents._vllm:VLLMPolicy", install_hint="pip install 'trajdistill[vllm]'",
+                       options=VLLMOptions)
 
 
 def split_spec(spec: str) -> tuple[str, str]:
@@ -56,11 +61,37 @@ def split_spec(spec: str) -> tuple[str, str]:
 
 
 def make_policy(spec: str, *, env: Env | None = None, **options: Any) -> Policy:
-    """Build the policy a spec string names. `env` is needed for `expert:` specs."""
+    """Build the policy a spec string names. `env` is needed for `expert:` specs. `options` are the fields of
+    the backend's options class (see `policies.options(backend)`), as values or as text."""
     backend, target = split_spec(spec)
     factory = policies.get(backend)
-    check_options(backend, factory, options)
-    return factory(target, env=env, spec=spec, **options)
+    typed = policies.options(backend)
+    if typed is None:  # a plug-in backend without an options class
+        check_options(backend, factory, options)
+        return factory(target, env=env, spec=spec, **options)
+    return factory(target, env=env, spec=spec, options=typed.parse(options))
+
+
+def options_by_spec(specs: list[str], options: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Options given for several agents at once: each agent gets the keys its backend takes, and a key that
+    none of them takes is a ConfigError listing the keys each one does."""
+    classes = {spec: policies.options(split_spec(spec)[0]) for spec in specs}
+    if any(c is None for c in classes.values()):  # a plug-in backend checks its own keys
+        return {spec: dict(options) for spec in specs}
+    known = {spec: set(c.names()) for spec, c in classes.items()}
+    unknown = sorted(set(options).difference(*known.values()))
+    if unknown:
+        raise unknown_options(list(dict.fromkeys(classes.values())), unknown)
+    return {spec: {k: v for k, v in options.items() if k in known[spec]} for spec in specs}
+
+
+def option_help() -> str:
+    """One line per backend with the option keys it takes, for --help texts."""
+    shared = GenerationConfig.names()
+    own = {name: [k for k in cls.names() if k not in shared] for name, cls in policies.registered_options().items()}
+    aliases = ", ".join(f"{a} = {n}" for a, n in GenerationConfig.aliases.items())
+    return "; ".join([f"Every backend: {', '.join(k for k in shared if k not in GenerationConfig.aliases)} "
+                      f"({aliases})"] + [f"{n}: {', '.join(keys)}" for n, keys in own.items() if keys])
 
 
 def check_options(backend: str, factory: PolicyFactory, options: dict[str, Any]) -> None:

@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 import yaml
 
+from trajdistill.envs import ConfigError
 from trajdistill.trajectories import OutputError, RunStore, Trajectory, check_output
 from trajdistill.trajectories._store import setting_difference
 from trajdistill.trajectories._spans import assistant_text
@@ -89,7 +90,7 @@ class SelfDistillConfig:
         except OutputError as e:
             problems.append(str(e))
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ConfigError("; ".join(problems))
         self.train_args = {k: _typed(k, v) for k, v in self.train_args.items()}
 
 
@@ -149,7 +150,7 @@ def parse_train_args(args: list[str]) -> dict[str, Any]:
     while i < len(args):
         arg = args[i]
         if not arg.startswith(TRAIN_PREFIX) or len(arg) == len(TRAIN_PREFIX):
-            raise ValueError(f"unexpected argument {arg!r}; trainer settings take a {TRAIN_PREFIX} prefix, "
+            raise ConfigError(f"unexpected argument {arg!r}; trainer settings take a {TRAIN_PREFIX} prefix, "
                              f"e.g. {TRAIN_PREFIX}max-steps 50")
         name, eq, value = arg[len(TRAIN_PREFIX):].partition("=")
         name = name.replace("-", "_")
@@ -197,7 +198,7 @@ def _typed(name: str, value: Any) -> Any:
         try:
             return type(default)(float(value)) if isinstance(default, float) else int(value)
         except ValueError:
-            raise ValueError(f"{_flag(name)} must be a number, got {value!r}") from None
+            raise ConfigError(f"{_flag(name)} must be a number, got {value!r}") from None
     return value
 
 
@@ -396,10 +397,10 @@ class SelfDistiller:
 
         problems = _student_problems(self.cfg.student)  # checked before hours of sampling, not after
         if problems:
-            raise ValueError(f"--student: {'; '.join(problems)}")
+            raise ConfigError(f"--student: {'; '.join(problems)}")
         if self.root.exists() and any(self.root.iterdir()):
             if not self.cfg.resume:
-                raise ValueError(f"{self.root} is not empty; pass --resume to continue it, or choose a new --out")
+                raise ConfigError(f"{self.root} is not empty; pass --resume to continue it, or choose a new --out")
             self._check_resumable()
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / CONFIG_FILE).write_text(yaml.safe_dump(self._settings(), sort_keys=False))
@@ -410,15 +411,15 @@ class SelfDistiller:
     def _check_resumable(self) -> None:
         path = self.root / CONFIG_FILE
         if not path.is_file():
-            raise ValueError(f"--resume: {self.root} holds no {CONFIG_FILE}; it is not a self-distill directory")
+            raise ConfigError(f"--resume: {self.root} holds no {CONFIG_FILE}; it is not a self-distill directory")
         try:
             old = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
-            raise ValueError(f"--resume: {path} is corrupt: {e}") from None
+            raise ConfigError(f"--resume: {path} is corrupt: {e}") from None
         new = json.loads(json.dumps(self._settings()))  # tuples and the like as YAML stored them
         diff = setting_difference(old if isinstance(old, dict) else {}, new, ignore=frozenset({"rounds"}))
         if diff is not None:
-            raise ValueError(f"--resume: settings differ from {path}: {diff}; only --rounds may change")
+            raise ConfigError(f"--resume: settings differ from {path}: {diff}; only --rounds may change")
 
     def _finished_rounds(self) -> tuple[list[RoundStats], str]:
         path = self.root / ROUNDS_FILE
@@ -429,7 +430,7 @@ class SelfDistiller:
             stats = [RoundStats(**r) for r in doc["rounds"]]
             student = doc["final_student"]
         except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"--resume: {path} is corrupt ({e}); delete it to redo every round") from None
+            raise ConfigError(f"--resume: {path} is corrupt ({e}); delete it to redo every round") from None
         return stats, student
 
     def _write_rounds(self, stats: list[RoundStats], student: str) -> None:

@@ -17,6 +17,7 @@ from trajdistill.envs import PolicyRequest, Turn
 
 from ._hf import Batcher, cut_at_stop, render_prompt
 from ._openai import REACT_STOP
+from ._options import VLLMOptions
 from ._policy import PolicyError
 
 FIX = ("pip install 'trajdistill[vllm]' on a CUDA machine, or serve the model with `vllm serve` "
@@ -44,22 +45,22 @@ class VLLMPolicy:
     backend = "vllm"
     action_format = "react"
 
-    def __init__(self, target: str, *, env: Any = None, spec: str = "", temperature: float = 0.0,
-                 max_tokens: int = 512, batch_size: int = 64, seed: int | None = None,
-                 gpu_memory_utilization: float = 0.85, max_model_len: int | None = None,
-                 batch_wait_s: float = 0.005):
+    def __init__(self, target: str, *, env: Any = None, spec: str = "", options: VLLMOptions | None = None,
+                 **fields: Any):
+        o = options or VLLMOptions.parse(fields)
         why = vllm_unavailable()
         if why:
             raise PolicyError(f"vllm:{target} cannot run: {why}; {FIX}")
+        self.options = o
         self.spec = spec or f"vllm:{target}"
         self.model = target
-        self.temperature, self.max_tokens, self.seed = temperature, max_tokens, seed
-        self._engine_options = {"gpu_memory_utilization": gpu_memory_utilization}
-        if max_model_len:
-            self._engine_options["max_model_len"] = max_model_len
+        self.temperature, self.max_tokens, self.seed = o.temperature, o.max_new_tokens, o.seed
+        self._engine_options: dict[str, Any] = {"gpu_memory_utilization": o.gpu_memory_utilization}
+        if o.max_model_len:
+            self._engine_options["max_model_len"] = o.max_model_len
         self._llm: Any = None
         self._lora: Any = None
-        self._batcher: Batcher[_Item, Any] = Batcher(self._generate, batch_size, batch_wait_s)
+        self._batcher: Batcher[_Item, Any] = Batcher(self._generate, o.batch_size, o.batch_wait_s)
 
     def sampling(self) -> dict[str, Any]:
         out: dict[str, Any] = {"temperature": self.temperature, "max_tokens": self.max_tokens}

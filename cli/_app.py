@@ -10,7 +10,9 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from ._config import AllowUnsignedOption, ConfigError, ConfigOption, TrustOption
+from trajdistill.envs import ConfigError, TrajdistillError
+
+from ._config import AllowUnsignedOption, ConfigOption, TrustOption
 
 app = typer.Typer(help="Agentic trajectory distillation: collect, compose, train, mine skills, evaluate.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -23,7 +25,7 @@ console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # one error, one line
 
 
-class UsageError(ValueError):
+class UsageError(ConfigError):
     """Bad input given on the command line."""
 
 
@@ -167,35 +169,15 @@ def _register_commands() -> None:
 _register_commands()
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, UsageError)
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from pydantic import ValidationError
-
-    from trajdistill.envs import UnknownNameError
-    from trajdistill.envs.sandbox import SandboxError
-
-    extra: list[type[BaseException]] = [UnknownNameError, SandboxError, ValidationError, FileNotFoundError,
-                                        ValueError]
-    try:
-        from trajdistill.trajectories import RunError
-
-        extra.append(RunError)
-    except ImportError:
-        pass
-    return USER_ERRORS + tuple(extra)
-
-
 def run() -> None:
     try:
         app()
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")
         sys.exit(130)
-    except Exception as e:  # noqa: BLE001 - only user errors are turned into one line
-        if isinstance(e, _user_errors()) and not os.environ.get("TRAJDISTILL_DEBUG"):
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            err_console.print(f"[red]error:[/] {first}", highlight=False)
-            sys.exit(2)
-        raise
+    except TrajdistillError as e:  # the user's to fix: one line; anything else is a bug and keeps its traceback
+        if os.environ.get("TRAJDISTILL_DEBUG"):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        err_console.print(f"[red]error:[/] {first}", highlight=False)
+        sys.exit(2)

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from trajdistill.agents._policy import option_help
 from trajdistill.trajectories._taxonomy import as_row
 
 from ._config import AllowUnsignedOption, ConfigOption, TrustOption
@@ -37,8 +38,8 @@ def eval_command(
     skills: list[str] = typer.Option([], help="Skill box every agent mounts; repeatable."),
     preload_skills: bool = typer.Option(False, "--preload-skills", help="Put whole SKILL.md texts in the system "
                                         "prompt, not just the skill names (for agents that will not call read_skill)."),
-    agent_option: list[str] = typer.Option([], help="KEY=VALUE policy option for every agent (YAML value), "
-                                                    "e.g. max_new_tokens=64; repeatable."),
+    agent_option: list[str] = typer.Option([], help="KEY=VALUE policy option, e.g. max_new_tokens=64; each agent "
+                                           "takes the keys its backend knows; repeatable. " + option_help()),
     resume: bool = typer.Option(False, help="Continue an interrupted --out with the same settings: finished "
                                 "episodes are kept, the rest run."),
     trust: list[str] = TrustOption,

@@ -39,6 +39,7 @@ def mine_cmd(
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Mine a skill box (SKILL.md docs and sandboxed tools) from trajectories, self-check it, and sign it."""
+    from trajdistill.skills._box import BoxError
     from trajdistill.skills._mine import MineConfig, mine_async
 
     cfg = MineConfig(runs=[str(r) for r in runs], out=str(out), analyst=analyst, mode=mode, workers=workers,
@@ -55,7 +56,7 @@ def mine_cmd(
     console.print(f"box written to [bold]{out}[/]: {result.summary()}", highlight=False)
     if not result.check["ok"]:
         bad = [f"{n} ({r.get('first_failure')})" for n, r in result.check["tools"].items() if r["failed"]]
-        raise ValueError(f"the mined box failed its own validation: {'; '.join(bad)}")
+        raise BoxError(f"the mined box failed its own validation: {'; '.join(bad)}")
 
 
 @skills_app.command("inspect")

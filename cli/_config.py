@@ -9,9 +9,7 @@ import click
 import typer
 import yaml
 
-
-class ConfigError(ValueError):
-    """The config file is missing, malformed or names unknown settings."""
+from trajdistill.envs import ConfigError
 
 
 def load_yaml(path: Path) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from trajdistill.envs import ConfigError
 from trajdistill.envs._react_text import _MARK
 from trajdistill.trajectories import Message, RunError, RunStore, Trajectory, assistant_text, segment
 
@@ -26,7 +27,7 @@ UNTRAINED = "dim"
 
 def inspect_run(console: Console, run_path: str | Path, show: str | None = None, spans: bool = False) -> None:
     if spans and show is None:
-        raise ValueError("--spans needs --show TRAJ_ID")
+        raise ConfigError("--spans needs --show TRAJ_ID")
     store = RunStore.open(run_path)
     trajs = store.load()
     if show is not None:

@@ -447,7 +447,7 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
+        raise RunError(f"{path} is not valid JSON: {e}") from None
 
 
 NUMERIC = re.compile(r"^[-+]?[\d.,]+%?( [–-] [-+]?[\d.,]+%?)?( \(n=\d+\))?$")

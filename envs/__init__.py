@@ -1,15 +1,18 @@
 """Environments: tasks, typed tools, verifiers, experts and sandboxes."""
 
+from ._errors import ConfigError, TrajdistillError
 from ._env import FINAL_ANSWER, Env, Episode, ToolError, envs, final_answer_spec, make_env
 from ._registry import Registry, UnknownNameError
 from ._tools import ToolSchemaError, ToolSpec, tool, tool_spec
-from ._types import SPLITS, Observation, Outcome, PolicyRequest, Task, ToolCall, Turn
+from ._types import SPLITS, ErrorKind, Observation, Outcome, PolicyRequest, Task, ToolCall, Turn
 
 __all__ = [
     "FINAL_ANSWER",
     "SPLITS",
+    "ConfigError",
     "Env",
     "Episode",
+    "ErrorKind",
     "Observation",
     "Outcome",
     "PolicyRequest",
@@ -19,6 +22,7 @@ __all__ = [
     "ToolError",
     "ToolSchemaError",
     "ToolSpec",
+    "TrajdistillError",
     "Turn",
     "UnknownNameError",
     "envs",

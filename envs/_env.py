@@ -6,6 +6,7 @@ import abc
 import inspect
 from typing import Any, Callable, ClassVar
 
+from ._errors import ConfigError, TrajdistillError
 from ._registry import Registry
 from ._tools import ToolSpec, tool_spec
 from ._types import SPLITS, Observation, Outcome, Task
@@ -13,7 +14,7 @@ from ._types import SPLITS, Observation, Outcome, Task
 FINAL_ANSWER = "final_answer"
 
 
-class ToolError(Exception):
+class ToolError(TrajdistillError):
     """Raised by a tool for a recoverable failure; the message becomes an observation."""
 
 
@@ -64,7 +65,7 @@ class Episode(abc.ABC):
             if inspect.isawaitable(result):
                 result = await result
         except ToolError as e:
-            return Observation(f"Error: {e}")
+            return Observation(f"Error: {e}", error_kind="tool_error")
         return result if isinstance(result, Observation) else Observation(str(result))
 
     def valid_tools(self) -> str:
@@ -130,7 +131,7 @@ class Env(abc.ABC):
 
     async def start(self, task: Task, sandbox: Any = None) -> Episode:
         if self.needs_sandbox and sandbox is None:
-            raise ValueError(f"env {self.id!r} runs code and needs a sandbox")
+            raise ConfigError(f"env {self.id!r} runs code and needs a sandbox")
         return self.episode_cls(self, task, sandbox)
 
     async def close(self) -> None:
@@ -139,7 +140,7 @@ class Env(abc.ABC):
     @staticmethod
     def check_split(split: str) -> None:
         if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+            raise ConfigError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
 
 
 envs: Registry[type[Env]] = Registry("env", "trajdistill.envs")

@@ -10,10 +10,12 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
+from ._errors import ConfigError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(LookupError):
+class UnknownNameError(ConfigError, LookupError):
     """Raised for a name no registry entry answers to; the message lists the known names."""
 
 
@@ -23,11 +25,12 @@ class Registry(Generic[T]):
         self.group = entry_point_group
         self._items: dict[str, T | str] = {}
         self._hints: dict[str, str] = {}
+        self._options: dict[str, type] = {}
 
-    def register(self, name: str, obj: T | None = None, *, install_hint: str = ""):
-        """Register `obj` under `name`; without `obj`, return a decorator."""
-        if install_hint:
-            self._hints[name] = install_hint
+    def register(self, name: str, obj: T | None = None, *, install_hint: str = "", options: type | None = None):
+        """Register `obj` under `name`; without `obj`, return a decorator. `options` is the typed options class
+        the entry takes (a dataclass with a `parse` classmethod), if it has one."""
+        self._note(name, install_hint, options)
         if obj is not None:
             self._items[name] = obj
             return obj
@@ -38,11 +41,24 @@ class Registry(Generic[T]):
 
         return deco
 
-    def register_lazy(self, name: str, target: str, *, install_hint: str = "") -> None:
+    def register_lazy(self, name: str, target: str, *, install_hint: str = "", options: type | None = None) -> None:
         """Register "module:attr", imported on first lookup."""
         self._items[name] = target
+        self._note(name, install_hint, options)
+
+    def _note(self, name: str, install_hint: str, options: type | None) -> None:
         if install_hint:
             self._hints[name] = install_hint
+        if options is not None:
+            self._options[name] = options
+
+    def registered_options(self) -> dict[str, type]:
+        """Options classes registered by name (those of plug-ins that carry their own are not imported)."""
+        return dict(sorted(self._options.items()))
+
+    def options(self, name: str) -> type | None:
+        """The typed options class registered with `name`, or the entry's own `options` attribute, or None."""
+        return self._options.get(name) or getattr(self.get(name), "options", None)
 
     def _load_entry_points(self) -> None:
         for ep in entry_points(group=self.group):

@@ -9,6 +9,8 @@ from pydantic import BaseModel, Field
 
 Split = Literal["train", "dev", "test"]
 SPLITS: tuple[str, ...] = ("train", "dev", "test")
+# Why an observation reports a failure: the tool failed, ran out of time or memory, or the action was malformed.
+ErrorKind = Literal["tool_error", "timeout", "out_of_memory", "invalid_action"]
 
 
 class Task(BaseModel):
@@ -40,6 +42,11 @@ class Observation:
     done: bool = False
     invalid: bool = False  # the action itself was malformed (unknown tool, bad arguments, parse error)
     outcome: Outcome | None = None
+    error_kind: ErrorKind | None = None  # None: the call worked
+
+    def __post_init__(self) -> None:
+        if self.invalid and self.error_kind is None:
+            self.error_kind = "invalid_action"
 
 
 @dataclass

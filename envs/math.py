@@ -25,9 +25,10 @@ from fractions import Fraction
 from typing import Any, Callable
 
 from ._env import Env, Episode, ToolError
+from ._errors import ConfigError
 from ._react_text import format_action, format_final
 from ._tools import tool
-from ._types import SPLITS, Outcome, PolicyRequest, Task, Turn
+from ._types import SPLITS, Observation, Outcome, PolicyRequest, Task, Turn
 
 CATEGORIES = ("arithmetic", "modular", "combinatorics", "sequences", "word")
 LEVELS = (1, 2, 3)
@@ -790,7 +791,7 @@ def _short(text: str) -> str:
 
 class MathEpisode(Episode):
     @tool
-    async def python(self, code: str) -> str:
+    async def python(self, code: str) -> Observation:
         """Run a Python 3 program in a sandbox and return what it prints (stdout, then stderr).
 
         Args:
@@ -799,7 +800,7 @@ class MathEpisode(Episode):
         if self.sandbox is None:
             raise ToolError("no sandbox is attached to this episode, so code cannot run")
         result = await self.sandbox.exec_python(code)
-        return _short(result.observation())
+        return Observation(_short(result.observation()), error_kind=result.error_kind)
 
     async def finish(self, answer: str | None) -> Outcome:
         expected = self.task.data["answer"]
@@ -822,15 +823,15 @@ class MathEnv(Env):
     def __init__(self, variant: str | None = None, **params: Any):
         # as twx does: a key or variant nothing reads would be recorded in run.yaml as if it had an effect
         if variant:
-            raise ValueError(f"env math has no variant {variant!r}; use --env math")
+            raise ConfigError(f"env math has no variant {variant!r}; use --env math")
         if params:
-            raise ValueError(f"env math has no parameter {', '.join(sorted(params))}; it accepts none")
+            raise ConfigError(f"env math has no parameter {', '.join(sorted(params))}; it accepts none")
         super().__init__()
 
     def tasks(self, split: str, n: int | None = None, offset: int = 0) -> list[Task]:
         self.check_split(split)
         if offset < 0 or (n is not None and n < 0):
-            raise ValueError(f"n and offset must not be negative (got n={n}, offset={offset})")
+            raise ConfigError(f"n and offset must not be negative (got n={n}, offset={offset})")
         size = SPLIT_SIZES[split]
         stop = size if n is None else min(size, offset + n)
         return list(_bank().get(split, stop)[offset:stop])

@@ -43,6 +43,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED
 
 from ._env import FINAL_ANSWER, Env, Episode, final_answer_spec
+from ._errors import ConfigError
 from ._react_text import format_action, format_final
 from ._tools import ToolSpec, parse_docstring
 from ._types import SPLITS, Observation, Outcome, PolicyRequest, Task, Turn
@@ -63,11 +64,11 @@ class McpConnectionError(ConnectionError):
 def load_tasks(path: Path, env_name: str = "mcp", split_by: str = "field") -> list[Task]:
     """Read and check a tasks file; any problem is one ValueError naming the file and line."""
     if split_by not in ("field", "hash"):
-        raise ValueError(f"split_by must be 'field' (use a task's split, else hash) or 'hash'; got {split_by!r}")
+        raise ConfigError(f"split_by must be 'field' (use a task's split, else hash) or 'hash'; got {split_by!r}")
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as e:
-        raise ValueError(f"mcp tasks file {path} cannot be read: {e.strerror or e}") from None
+        raise ConfigError(f"mcp tasks file {path} cannot be read: {e.strerror or e}") from None
     tasks: list[Task] = []
     seen: dict[str, int] = {}
     for lineno, line in enumerate(lines, 1):
@@ -76,13 +77,13 @@ def load_tasks(path: Path, env_name: str = "mcp", split_by: str = "field") -> li
         try:
             task = _parse_task(line, env_name, split_by)
         except ValueError as e:
-            raise ValueError(f"{path}:{lineno}: {e}") from None
+            raise ConfigError(f"{path}:{lineno}: {e}") from None
         if task.id in seen:
-            raise ValueError(f"{path}:{lineno}: duplicate task id {task.id!r} (first on line {seen[task.id]})")
+            raise ConfigError(f"{path}:{lineno}: duplicate task id {task.id!r} (first on line {seen[task.id]})")
         seen[task.id] = lineno
         tasks.append(task)
     if not tasks:
-        raise ValueError(f"mcp tasks file {path} holds no tasks")
+        raise ConfigError(f"mcp tasks file {path} holds no tasks")
     return tasks
 
 
@@ -90,42 +91,42 @@ def _parse_task(line: str, env_name: str, split_by: str) -> Task:
     try:
         raw = json.loads(line)
     except json.JSONDecodeError as e:
-        raise ValueError(f"not valid JSON ({e.msg} at column {e.colno})") from None
+        raise ConfigError(f"not valid JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(raw, dict):
-        raise ValueError("each line must be a JSON object")
+        raise ConfigError("each line must be a JSON object")
     for key in ("id", "prompt"):
         if not isinstance(raw.get(key), str) or not raw[key].strip():
-            raise ValueError(f"field {key!r} must be a non-empty string")
+            raise ConfigError(f"field {key!r} must be a non-empty string")
     split = raw.get("split") if split_by == "field" else None
     if split is not None and split not in SPLITS:
-        raise ValueError(f"split {split!r} is not one of {', '.join(SPLITS)}")
+        raise ConfigError(f"split {split!r} is not one of {', '.join(SPLITS)}")
     verify = _check_verify(raw.get("verify"))
     data: dict[str, Any] = {"verify": verify, "needs_sandbox": verify["type"] == "python"}
     if raw.get("solution") is not None:
         data["solution"] = _check_solution(raw["solution"], raw.get("answer"))
     difficulty = raw.get("difficulty")
     if difficulty is not None and not isinstance(difficulty, int):
-        raise ValueError("field 'difficulty' must be an integer")
+        raise ConfigError("field 'difficulty' must be an integer")
     return Task(id=raw["id"], env=env_name, split=split or hash_split(raw["id"]), prompt=raw["prompt"],
                 category=raw.get("category"), difficulty=difficulty, data=data)
 
 
 def _check_verify(verify: Any) -> dict[str, Any]:
     if not isinstance(verify, dict) or verify.get("type") not in VERIFY_TYPES:
-        raise ValueError('field "verify" must be an object whose "type" is exact, regex or python')
+        raise ConfigError('field "verify" must be an object whose "type" is exact, regex or python')
     need = {"exact": "answer", "regex": "pattern", "python": "code"}[verify["type"]]
     if not isinstance(verify.get(need), str):
-        raise ValueError(f'a {verify["type"]} verifier needs a string "{need}"')
+        raise ConfigError(f'a {verify["type"]} verifier needs a string "{need}"')
     if verify["type"] == "regex":
         try:
             re.compile(verify["pattern"])
         except re.error as e:
-            raise ValueError(f"verify pattern is not a valid regex: {e}") from None
+            raise ConfigError(f"verify pattern is not a valid regex: {e}") from None
     if verify["type"] == "python":
         try:
             compile(PYTHON_PRELUDE + verify["code"], "<verify>", "exec")
         except SyntaxError as e:
-            raise ValueError(f"verify code is not valid Python: {e.msg} (line {e.lineno})") from None
+            raise ConfigError(f"verify code is not valid Python: {e.msg} (line {e.lineno})") from None
     return verify
 
 
@@ -134,13 +135,13 @@ def _check_solution(solution: Any, answer: Any) -> dict[str, Any]:
     if isinstance(solution, list):
         solution = {"steps": solution, "answer": answer}
     if not isinstance(solution, dict) or not isinstance(solution.get("steps", []), list):
-        raise ValueError('field "solution" must be {"steps": [...], "answer": ...}')
+        raise ConfigError('field "solution" must be {"steps": [...], "answer": ...}')
     if solution.get("answer") is None:
-        raise ValueError('a solution needs an "answer"')
+        raise ConfigError('a solution needs an "answer"')
     for i, step in enumerate(solution.get("steps", [])):
         if not (isinstance(step, dict) and isinstance(step.get("tool"), str)
                 and isinstance(step.get("arguments", {}), dict)):
-            raise ValueError(f'solution step {i} must be {{"tool": NAME, "arguments": {{...}}}}')
+            raise ConfigError(f'solution step {i} must be {{"tool": NAME, "arguments": {{...}}}}')
     return {"steps": solution.get("steps", []), "answer": str(solution["answer"])}
 
 
@@ -160,9 +161,9 @@ def server_target(server: str) -> str | StdioServerParameters:
     try:
         argv = shlex.split(server)
     except ValueError as e:
-        raise ValueError(f"mcp server command {server!r} cannot be parsed: {e}") from None
+        raise ConfigError(f"mcp server command {server!r} cannot be parsed: {e}") from None
     if not argv:
-        raise ValueError("mcp server command is empty")
+        raise ConfigError("mcp server command is empty")
     # The SDK scrubs the server's environment; the user config (a skill box server's trusted keys) must follow.
     config = {k: os.environ[k] for k in CONFIG_ENV if k in os.environ}
     return StdioServerParameters(command=argv[0], args=argv[1:], env=config or None)
@@ -226,15 +227,18 @@ class McpConnection:
         """Call a tool; a tool error or a broken transport becomes an observation."""
         if not self.alive:
             why = f": {_describe(self._error)}" if self._error else ""
-            return Observation(f"Error: the MCP server is not connected{why}{self._stderr_tail()}")
+            return Observation(f"Error: the MCP server is not connected{why}{self._stderr_tail()}",
+                               error_kind="tool_error")
         try:
             result = await self.client.call_tool(name, arguments)
         except Exception as e:  # noqa: BLE001 - transport failure, timeout or protocol error: the agent sees it
             if _broken(e):
                 self._stop.set()  # retire this session; the env's next call starts a fresh one
-            return Observation(f"Error: MCP call {name!r} failed: {_describe(e)}")
+            return Observation(f"Error: MCP call {name!r} failed: {_describe(e)}", error_kind="tool_error")
         text = result_text(result)
-        return Observation(f"Error: {text}" if result.is_error else text)
+        if result.is_error:
+            return Observation(f"Error: {text}", error_kind="tool_error")
+        return Observation(text)
 
     async def close(self) -> None:
         if self.loop is asyncio.get_running_loop():
@@ -333,7 +337,7 @@ async def verify(spec: dict[str, Any], answer: str, sandbox: Any) -> tuple[bool,
         ok = re.fullmatch(spec["pattern"], answer.strip()) is not None
         return ok, f"{answer.strip()!r} {'matches' if ok else 'does not match'} /{spec['pattern']}/"
     if sandbox is None:
-        raise ValueError("a python check must run in a sandbox; start the episode with one")
+        raise ConfigError("a python check must run in a sandbox; start the episode with one")
     res = await sandbox.exec([sandbox.python, "-c", PYTHON_PRELUDE + spec["code"]], stdin=answer)
     return res.ok, f"python check: {res.observation()[-500:]}"
 
@@ -352,7 +356,7 @@ class McpEpisode(Episode):
         try:
             conn = await self.env.connection()  # reconnects when the server went away
         except McpConnectionError as e:
-            return Observation(f"Error: {e}")
+            return Observation(f"Error: {e}", error_kind="tool_error")
         return await conn.call(name, arguments)
 
     def valid_tools(self) -> str:
@@ -455,7 +459,7 @@ class McpEnv(Env):
 
     async def start(self, task: Task, sandbox: Any = None) -> Episode:
         if task.data.get("needs_sandbox") and sandbox is None:
-            raise ValueError(f"task {task.id!r} of env {self.id!r} has a python check and needs a sandbox")
+            raise ConfigError(f"task {task.id!r} of env {self.id!r} has a python check and needs a sandbox")
         await self.connection()
         return self.episode_cls(self, task, sandbox)
 
@@ -471,7 +475,7 @@ def _default_server(tasks_path: Path) -> str:
     candidate = tasks_path.parent / "server.py"
     if candidate.is_file():
         return shlex.join([sys.executable, str(candidate)])
-    raise ValueError(f"mcp env needs server=COMMAND_OR_URL: no server.py next to {tasks_path}")
+    raise ConfigError(f"mcp env needs server=COMMAND_OR_URL: no server.py next to {tasks_path}")
 
 
 # ---------------------------------------------------------------- replay expert

@@ -25,6 +25,7 @@ from py4j.protocol import Py4JJavaError  # noqa: E402
 from textworld_express import TextWorldExpressEnv  # noqa: E402
 
 from ._env import Env, Episode  # noqa: E402
+from ._errors import ConfigError  # noqa: E402
 from ._react_text import format_action  # noqa: E402
 from ._registry import UnknownNameError  # noqa: E402
 from ._tools import tool  # noqa: E402
@@ -70,7 +71,7 @@ def parse_params(text: str) -> dict[str, int]:
     for item in filter(None, (p.strip() for p in text.split(","))):
         key, sep, value = item.partition("=")
         if not sep or not value.strip().lstrip("-").isdigit():
-            raise ValueError(f"bad game parameter {item!r}; write NAME=INTEGER, e.g. numLocations=5")
+            raise ConfigError(f"bad game parameter {item!r}; write NAME=INTEGER, e.g. numLocations=5")
         out[key.strip()] = int(value)
     return out
 
@@ -82,7 +83,7 @@ def resolve_params(game: str, params: str | None = None, **overrides: Any) -> st
     unknown = sorted(set(merged) - set(GAME_PARAMS[game]))
     if unknown:
         known = ", ".join(GAME_PARAMS[game]) or "(none)"
-        raise ValueError(f"twx game {game!r} has no parameter {', '.join(unknown)}; it accepts: {known}")
+        raise ConfigError(f"twx game {game!r} has no parameter {', '.join(unknown)}; it accepts: {known}")
     return ",".join(f"{k}={v}" for k, v in merged.items())
 
 
@@ -109,7 +110,7 @@ def reset(twx: TextWorldExpressEnv, seed: int, fold: str, gold: bool = False) ->
         return twx.reset(seed=seed, gameFold=fold, generateGoldPath=gold)
     except Py4JJavaError as e:
         reason = str(e.java_exception.getMessage()).strip()
-        raise ValueError(f"twx {twx.gameName} ({twx.gameParams or 'default parameters'}) cannot make "
+        raise ConfigError(f"twx {twx.gameName} ({twx.gameParams or 'default parameters'}) cannot make "
                          f"{fold} game {seed}: {reason}") from None
 
 
@@ -368,7 +369,7 @@ class TwxEnv(Env):
 
     async def start(self, task: Task, sandbox: Any = None) -> TwxEpisode:
         if (task.data.get("game"), task.data.get("params")) != (self.variant, self.param_str):
-            raise ValueError(f"task {task.id!r} is not a {self.id} task with parameters {self.param_str!r}")
+            raise ConfigError(f"task {task.id!r} is not a {self.id} task with parameters {self.param_str!r}")
         episode = TwxEpisode(self, task, sandbox)
         await episode.begin()
         return episode

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import yaml
 
+from trajdistill.envs import TrajdistillError
 from trajdistill.envs._tools import ToolSchemaError, ToolSpec, tool_spec
 
 from ._trust import SIGNATURE, SIGNED_SECTIONS, Trust, Verdict, check_trust, local_key, manifest_digest, sign_manifest
@@ -45,7 +46,7 @@ MAX_DESCRIPTION = 1024
 REFERENCE_LINK = re.compile(r"\]\((references/[^)\s]+)\)")
 
 
-class BoxError(ValueError):
+class BoxError(TrajdistillError, ValueError):
     """A box is missing a file, was tampered with, holds an extra file, or does not parse."""
 
 

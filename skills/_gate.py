@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from trajdistill.envs import ConfigError
+
 from ._box import SkillBox
 from ._trust import Trust
 
@@ -46,7 +48,7 @@ class GateConfig:
 
     def __post_init__(self) -> None:
         if self.tasks < 1:
-            raise ValueError(f"--tasks must be at least 1, got {self.tasks}")
+            raise ConfigError(f"--tasks must be at least 1, got {self.tasks}")
 
 
 def rate_diff_ci(a: tuple[int, int], b: tuple[int, int]) -> tuple[float, float]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from trajdistill import __version__
+from trajdistill.envs import ConfigError
 from trajdistill.envs.sandbox import Limits, get_provider
 from trajdistill.trajectories import RunStore, Trajectory
 
@@ -39,13 +40,13 @@ class MineConfig:
 
     def __post_init__(self) -> None:
         if not self.runs:
-            raise ValueError("give at least one RUN directory to mine")
+            raise ConfigError("give at least one RUN directory to mine")
         if self.mode not in MODES:
-            raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+            raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.workers < 1:
-            raise ValueError(f"--workers must be at least 1, got {self.workers}")
+            raise ConfigError(f"--workers must be at least 1, got {self.workers}")
         if self.min_support < 1:
-            raise ValueError(f"--min-support must be at least 1, got {self.min_support}")
+            raise ConfigError(f"--min-support must be at least 1, got {self.min_support}")
 
 
 @dataclass
@@ -69,10 +70,10 @@ def load_runs(runs: list[str]) -> tuple[list[tuple[str, Trajectory]], str]:
     """(run, trajectory) pairs of every run, and the one env they share."""
     pairs = [(str(Path(r).resolve()), t) for r in runs for t in RunStore.open(r).load()]
     if not pairs:
-        raise ValueError(f"the run(s) {', '.join(runs)} hold no trajectories")
+        raise ConfigError(f"the run(s) {', '.join(runs)} hold no trajectories")
     envs = sorted({t.env.name for _, t in pairs})
     if len(envs) > 1:
-        raise ValueError(f"the runs mix envs ({', '.join(envs)}); a box is mined from one env")
+        raise ConfigError(f"the runs mix envs ({', '.join(envs)}); a box is mined from one env")
     return pairs, envs[0]
 
 

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from trajdistill.envs import PolicyRequest, Task
 from trajdistill.envs._react_text import ParsedAction, ParsedFinal, parse_react
-from trajdistill.trajectories import Trajectory
+from trajdistill.trajectories import Message, Trajectory
 
 from ._box import ToolDraft, ToolResult, ToolRunner, spec_from_source
 
@@ -60,39 +60,43 @@ class StepRecord:
     observation: str
     thought: str = ""
     index: int = 0  # message index of the assistant turn
-
-    @property
-    def failed(self) -> bool:
-        return is_error(self.observation)
+    failed: bool = False  # the call failed (see `tool_failed`)
 
 
-def is_error(observation: str) -> bool:
-    return any(mark in observation for mark in ERROR_MARKS)
+def tool_failed(msg: Message | None, kinds_recorded: bool) -> bool:
+    """A tool call failed: its message has an error kind. Runs recorded before error kinds existed carry
+    none, so for them the sandbox's and env's wording in the output is the sign."""
+    if msg is None:
+        return False
+    return msg.error_kind is not None if kinds_recorded else any(mark in msg.content for mark in ERROR_MARKS)
 
 
 def trajectory_steps(traj: Trajectory) -> list[StepRecord]:
     """Actions in order, for both ReAct text and native tool calls; a final answer is the last step."""
     msgs = traj.messages
+    kinds = any(m.error_kind for m in msgs)
     steps: list[StepRecord] = []
     for i, m in enumerate(msgs):
         if m.role != "assistant":
             continue
         following = _tool_messages(msgs, i)
         if m.tool_calls:
-            by_id = {t.tool_call_id: t.content for t in following if t.tool_call_id}
+            by_id = {t.tool_call_id: t for t in following if t.tool_call_id}
             for k, call in enumerate(m.tool_calls):
-                obs = by_id.get(call.id, following[k].content if k < len(following) else "")
-                steps.append(StepRecord(call.function.name, _json_or_raw(call.function.arguments), obs,
-                                        m.reasoning or m.content, i))
+                reply = by_id.get(call.id, following[k] if k < len(following) else None)
+                steps.append(StepRecord(call.function.name, _json_or_raw(call.function.arguments),
+                                        reply.content if reply else "", m.reasoning or m.content, i,
+                                        tool_failed(reply, kinds)))
             continue
         parsed = parse_react(m.content)
-        obs = following[0].content if following else ""
+        reply = following[0] if following else None
+        obs, failed = (reply.content if reply else ""), tool_failed(reply, kinds)
         if isinstance(parsed, ParsedAction):
-            steps.append(StepRecord(parsed.tool, parsed.arguments, obs, parsed.thought, i))
+            steps.append(StepRecord(parsed.tool, parsed.arguments, obs, parsed.thought, i, failed))
         elif isinstance(parsed, ParsedFinal):
             steps.append(StepRecord("final_answer", {"answer": parsed.answer}, "", parsed.thought, i))
         elif following:  # a malformed action: the loop answered with a parse error
-            steps.append(StepRecord("(malformed)", m.content[:200], obs, "", i))
+            steps.append(StepRecord("(malformed)", m.content[:200], obs, "", i, failed))
         elif m.content.strip():  # a plain reply in native tool mode is the answer
             steps.append(StepRecord("final_answer", {"answer": m.content.strip()}, "", m.reasoning or "", i))
     return steps

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from trajdistill.envs import FINAL_ANSWER, Env, Episode, Observation, Outcome, Task, ToolSpec, tool_spec
+from trajdistill.envs import FINAL_ANSWER, ConfigError, Env, Episode, Observation, Outcome, Task, ToolSpec, tool_spec
 from trajdistill.envs.mcp_env import (LiveConnection, McpConnection, McpConnectionError, _describe, _run_sync,
                                       server_target)
 
@@ -114,7 +114,7 @@ class Source:
         try:
             conn = await self.connection()
         except McpConnectionError as e:
-            return Observation(f"Error: {e}")
+            return Observation(f"Error: {e}", error_kind="tool_error")
         return await conn.call(tool, arguments)
 
     async def read(self, uri: str) -> Observation:
@@ -122,7 +122,7 @@ class Source:
             conn = await self.connection()
             return Observation(await _skill_text(conn, uri))
         except Exception as e:  # noqa: BLE001 - a failed read is something the agent can see and work around
-            return Observation(f"Error: reading {uri} failed: {_describe(e)}")
+            return Observation(f"Error: reading {uri} failed: {_describe(e)}", error_kind="tool_error")
 
     async def close(self) -> None:
         await self._live.close()
@@ -191,7 +191,7 @@ class MountedEnv(Env):
                  timeout_s: float = 60.0, trust: Trust | None = None):
         super().__init__(env.variant, **env.params)
         if not sources:
-            raise ValueError("give at least one skill box (a directory, an http(s) URL or a stdio command)")
+            raise ConfigError("give at least one skill box (a directory, an http(s) URL or a stdio command)")
         self.inner = env
         self.name, self.version = env.name, env.version  # type: ignore[misc]
         self.needs_sandbox, self.answer_tool = env.needs_sandbox, env.answer_tool  # type: ignore[misc]
@@ -217,7 +217,7 @@ class MountedEnv(Env):
         try:
             infos = _run_sync(describe_all)
         except McpConnectionError as e:  # a bad --skills value is the user's to fix: one line
-            raise ValueError(f"cannot mount skills: {e}") from e
+            raise ConfigError(f"cannot mount skills: {e}") from e
         inner = self.inner.tools()
         answer = [t for t in inner if t.name == FINAL_ANSWER]
         own = [t for t in inner if t.name != FINAL_ANSWER]

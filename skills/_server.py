@@ -25,6 +25,7 @@ from mcp.server.mcpserver.utilities.func_metadata import func_metadata
 from mcp_types import CallToolResult, TextContent
 from pydantic import Field
 
+from trajdistill.envs import ConfigError
 from trajdistill.envs.sandbox import Limits, SandboxProvider, get_provider
 
 from ._box import BoxTool, Skill, SkillBox, run_tool_in_sandbox
@@ -102,7 +103,7 @@ def build_server(box: SkillBox, sandbox_provider: SandboxProvider, *, exclude: I
     skip = set(exclude)
     unknown = skip - {s.name for s in box.skills} - {t.name for t in box.tools}
     if unknown:
-        raise ValueError(f"box {box.name!r} has no skill or tool named {', '.join(sorted(unknown))}")
+        raise ConfigError(f"box {box.name!r} has no skill or tool named {', '.join(sorted(unknown))}")
     tools = [_tool(box, t, sandbox_provider, timeout_s) for t in box.tools if t.name not in skip]
     skills = [s for s in box.skills if s.name not in skip]
     listing = "; ".join(f"{s.name}: {s.description}" for s in skills)
@@ -127,7 +128,7 @@ async def serve_async(box_path: str | Path, *, transport: str = "stdio", host: s
                       exclude: Iterable[str] = (), trust: Trust | None = None) -> None:
     """Verify the box, then serve it until the transport closes (stdio) or the process is stopped (http)."""
     if transport not in TRANSPORTS:
-        raise ValueError(f"--transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
+        raise ConfigError(f"--transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
     box = load_verified(box_path, trust)
     provider = get_provider(sandbox, Limits(timeout_s=timeout_s, memory_mb=memory_mb))
     async with provider:

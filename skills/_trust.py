@@ -28,6 +28,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from trajdistill.envs import ConfigError
+
 SIGNATURE = "signature"  # the manifest field that holds the signature, outside what it signs
 SIGNED_SECTIONS = ("self_check",)  # validation sections the signature covers
 KEY_FILE = "signing-key.pem"
@@ -59,7 +61,7 @@ def public_key(kid: str) -> Ed25519PublicKey:
         raw = base64.b64decode(kid.removeprefix(KEY_PREFIX), validate=True)
         return Ed25519PublicKey.from_public_bytes(raw)
     except (binascii.Error, ValueError):
-        raise ValueError(f"{kid!r} is not an Ed25519 key id (ed25519:<base64 of 32 bytes>)") from None
+        raise ConfigError(f"{kid!r} is not an Ed25519 key id (ed25519:<base64 of 32 bytes>)") from None
 
 
 def load_private_key(path: str | Path) -> Ed25519PrivateKey:
@@ -67,10 +69,10 @@ def load_private_key(path: str | Path) -> Ed25519PrivateKey:
     try:
         key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as e:
-        raise ValueError(f"cannot read a signing key from {path}: {str(e).splitlines()[0] if str(e) else e}") \
+        raise ConfigError(f"cannot read a signing key from {path}: {str(e).splitlines()[0] if str(e) else e}") \
             from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError(f"{path} holds a {type(key).__name__}, not an Ed25519 key")
+        raise ConfigError(f"{path} holds a {type(key).__name__}, not an Ed25519 key")
     return key
 
 
@@ -149,18 +151,18 @@ def normalize(value: str) -> str:
     if value.startswith(DIGEST_PREFIX):
         hexpart = value.removeprefix(DIGEST_PREFIX)
         if len(hexpart) != 64 or any(c not in "0123456789abcdef" for c in hexpart):
-            raise ValueError(f"{value!r} is not a manifest digest (sha256:<64 hex digits>)")
+            raise ConfigError(f"{value!r} is not a manifest digest (sha256:<64 hex digits>)")
         return value
     path = Path(value).expanduser()
     if not path.is_file():
-        raise ValueError(f"--trust {value!r} is not ed25519:KEY, sha256:DIGEST or a key file")
+        raise ConfigError(f"--trust {value!r} is not ed25519:KEY, sha256:DIGEST or a key file")
     data = path.read_bytes()
     try:
         key = serialization.load_pem_public_key(data)
     except ValueError:
         return key_id(load_private_key(path).public_key())
     if not isinstance(key, Ed25519PublicKey):
-        raise ValueError(f"{path} holds a {type(key).__name__}, not an Ed25519 key")
+        raise ConfigError(f"{path} holds a {type(key).__name__}, not an Ed25519 key")
     return key_id(key)
 
 
@@ -228,4 +230,4 @@ def check_trust(path: Path, manifest: dict[str, Any], trust: Trust) -> Verdict:
         return Verdict(f"signed by {sig['key']}{mine}", True)
     if trust.allow_unsigned:
         return Verdict(f"NOT VERIFIED, allowed for development: {problem.split(';')[0]}", False)
-    raise ValueError(f"{problem}, or pass --allow-unsigned for development")
+    raise ConfigError(f"{problem}, or pass --allow-unsigned for development")

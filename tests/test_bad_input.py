@@ -41,15 +41,17 @@ def run(collected, tmp_path):
 
 
 def test_an_unknown_policy_option_is_named_with_the_backends_known_ones(dead_url):
-    with pytest.raises(UnknownNameError, match=r"openai policy has no option 'max_new_tokens'; known: .*max_tokens"):
-        make_policy(f"openai:m@{dead_url}", max_new_tokens=64)
+    # kv_cache_tokens is an hf: option; max_new_tokens, once refused here, is now shared by every backend
+    with pytest.raises(UnknownNameError, match=r"openai policy has no option 'kv_cache_tokens'; known: .*max_tokens"):
+        make_policy(f"openai:m@{dead_url}", kv_cache_tokens=64)
     make_policy(f"openai:m@{dead_url}", max_tokens=64)  # a known option still builds
+    make_policy(f"openai:m@{dead_url}", max_new_tokens=64)
 
 
 def test_eval_with_an_option_of_another_backend_is_one_line(dead_url, tmp_path):
     one_line_error(cli("eval", "--env", "math", "--agent", f"openai:m@{dead_url}", "--tasks", "1",
-                       "--sandbox", "none", "--agent-option", "max_new_tokens=64"),
-                   "max_new_tokens", "max_tokens")
+                       "--sandbox", "none", "--agent-option", "kv_cache_tokens=64"),
+                   "kv_cache_tokens", "max_tokens")
 
 
 # ---- a dead endpoint ---------------------------------------------------------------------------------

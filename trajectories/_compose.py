@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from trajdistill import __version__
+from trajdistill.envs import ConfigError
 
 from ._schema import Message, Provenance, Span, Teacher, Trajectory, Usage
 from ._spans import THINK_OPEN, assistant_text, segment
@@ -90,13 +91,13 @@ class ComposeConfig:
     def __post_init__(self) -> None:
         self.runs = [str(r) for r in self.runs]
         if not self.runs:
-            raise ValueError("give at least one RUN to compose")
+            raise ConfigError("give at least one RUN to compose")
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+            raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if self.max_prefix_steps < 1:
-            raise ValueError(f"max_prefix_steps must be at least 1, got {self.max_prefix_steps}")
+            raise ConfigError(f"max_prefix_steps must be at least 1, got {self.max_prefix_steps}")
         if self.transition is not None and not self.transition.strip():
-            raise ValueError("--transition must not be empty")
+            raise ConfigError("--transition must not be empty")
 
 
 # ---- the report ---------------------------------------------------------------------------------
@@ -400,12 +401,12 @@ def compose(runs: list[str | Path], strategy: Strategy = "dual", out: str | Path
 
 def compose_config(cfg: ComposeConfig) -> ComposeReport:
     if not cfg.out:
-        raise ValueError("give --out, the run directory to write")
+        raise ConfigError("give --out, the run directory to write")
     groups = load_groups(cfg.runs)
     check_output(cfg.out, cfg.runs, kind="dir")
     teachers = sorted({t.teacher.spec for ts in groups.values() for t in ts})
     if cfg.prefer is not None and cfg.prefer not in teachers:
-        raise ValueError(f"--prefer {cfg.prefer!r} is not a teacher of these runs; teachers: {', '.join(teachers)}")
+        raise ConfigError(f"--prefer {cfg.prefer!r} is not a teacher of these runs; teachers: {', '.join(teachers)}")
     first = next(iter(groups.values()))[0]
     splits = sorted({str(t.split) for ts in groups.values() for t in ts})
     config = {"command": "compose", **asdict(cfg), "env": first.env.name, "split": ",".join(splits),

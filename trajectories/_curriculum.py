@@ -21,6 +21,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from trajdistill.envs import ConfigError
+
 from ._schema import Trajectory
 
 CURRICULA = ("none", "complexity", "staged:K")
@@ -62,7 +64,7 @@ def parse_curriculum(mode: str) -> tuple[str, int]:
     name, sep, k = mode.partition(":")
     if name == "staged" and sep and k.isdigit() and int(k) >= 1:
         return "staged", int(k)
-    raise ValueError(f"curriculum must be one of none, complexity, staged:K (K >= 1), got {mode!r}")
+    raise ConfigError(f"curriculum must be one of none, complexity, staged:K (K >= 1), got {mode!r}")
 
 
 @dataclass

@@ -19,6 +19,8 @@ from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from typing import Any
 
+from trajdistill.envs import ConfigError
+
 from ._schema import Message, Span, Trajectory
 from ._spans import SegmentRules, assistant_text, segment
 
@@ -55,7 +57,7 @@ def encode(traj: Trajectory, tokenizer: Any, *, max_length: int | None = None,
     With `max_length`, only the first `max_length` tokens are kept.
     """
     if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(f"encode needs a fast tokenizer with offset mapping; {type(tokenizer).__name__} is slow")
+        raise ConfigError(f"encode needs a fast tokenizer with offset mapping; {type(tokenizer).__name__} is slow")
     text, ranges = render(traj, tokenizer)
     spans = _spans_for(traj, rules)
     bounds = _absolute_spans(spans, ranges)
@@ -100,7 +102,7 @@ def chat_dicts(traj: Trajectory, tokenizer: Any) -> list[dict[str, str]]:
 def render(traj: Trajectory, tokenizer: Any) -> tuple[str, dict[int, tuple[int, int]]]:
     """The rendered conversation and, per assistant message index, its text's char range in it."""
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError("the student tokenizer has no chat template; give a tokenizer with one")
+        raise ConfigError("the student tokenizer has no chat template; give a tokenizer with one")
     dicts = chat_dicts(traj, tokenizer)
     text = tokenizer.apply_chat_template(dicts, tokenize=False)
     return text, locate(text, traj.messages, dicts, _turn_starts(text, dicts, tokenizer))
@@ -138,7 +140,7 @@ def locate(text: str, messages: list[Message], dicts: list[dict[str, str]],
                 cursor = at + len(content)
             continue
         if at < 0:
-            raise ValueError(f"message {i}: the chat template changed the assistant text, so it cannot be "
+            raise ConfigError(f"message {i}: the chat template changed the assistant text, so it cannot be "
                              "located in the rendered conversation")
         ranges[i] = (at, at + len(content))
         cursor = at + len(content)

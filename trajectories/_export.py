@@ -46,6 +46,8 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
+from trajdistill.envs import ConfigError
+
 from ._features import trajectory_features
 from ._schema import Message, Trajectory
 from ._store import RunStore, check_output
@@ -61,7 +63,7 @@ def export_run(run_path: str | Path, fmt: str, out_path: str | Path, *, only_suc
     number of rows written."""
     writer = EXPORTERS.get(fmt)
     if writer is None:
-        raise ValueError(f"unknown export format {fmt!r}; formats: {', '.join(EXPORTERS)}")
+        raise ConfigError(f"unknown export format {fmt!r}; formats: {', '.join(EXPORTERS)}")
     store = RunStore.open(run_path)
     check_output(out_path, [run_path], force=force)
     trajs = [t for t in store.load() if t.outcome.success or not only_success]

@@ -24,7 +24,7 @@ def trajectory_features() -> "Features":
     tool_call = {"id": string, "type": string, "function": {"name": string, "arguments": string}}
     message = {
         "role": string, "content": string, "reasoning": string,
-        "tool_calls": List(tool_call), "tool_call_id": string, "name": string,
+        "tool_calls": List(tool_call), "tool_call_id": string, "name": string, "error_kind": string,
     }
     span = {"message": i64, "start": i64, "end": i64, "kind": string, "field": string}
     return Features({

@@ -8,13 +8,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, JsonValue, field_validator, model_validator
 
-from trajdistill.envs._types import Outcome
+from trajdistill.envs import TrajdistillError
+from trajdistill.envs._types import ErrorKind, Outcome
 
 SCHEMA_VERSION = 1
 SpanKind = Literal["reason", "act", "answer", "context"]
 
 
-class SchemaVersionError(ValueError):
+class SchemaVersionError(TrajdistillError, ValueError):
     """A trajectory was written by a schema version this package does not read."""
 
 
@@ -38,6 +39,7 @@ class Message(BaseModel):
     tool_calls: list[ToolCallMsg] | None = None
     tool_call_id: str | None = None
     name: str | None = None
+    error_kind: ErrorKind | None = None  # on a tool message: why the call failed (absent in older runs)
 
     def openai(self) -> dict[str, Any]:
         d: dict[str, Any] = {"role": self.role, "content": self.content}
@@ -129,7 +131,11 @@ class Trajectory(BaseModel):
         return (self.task_id, self.teacher.spec)
 
     def to_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), ensure_ascii=False, separators=(",", ":"))
+        data = self.model_dump(mode="json")
+        for m in data["messages"]:  # written only where set, so lines without failures read as before
+            if m["error_kind"] is None:
+                del m["error_kind"]
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, line: str) -> "Trajectory":

@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trajdistill.envs import ConfigError
+
 from ._curriculum import Complexity, Plan, kind_counts, order, parse_curriculum, steps_of
 from ._store import OutputError, check_output
 
@@ -91,7 +93,7 @@ class TrainConfig:
             self.learning_rate = 1e-4 if self.full_finetune else 2e-4
         problems = _problems(self)
         if problems:
-            raise ValueError(f"invalid train config: {'; '.join(problems)}")
+            raise ConfigError(f"invalid train config: {'; '.join(problems)}")
 
     @property
     def span_weights(self) -> tuple[float, float, float]:
@@ -191,7 +193,7 @@ def load_trajectories(cfg: TrainConfig) -> tuple[list[Any], list[dict[str, Any]]
         kept += use
     if not kept:
         what = "successful trajectories" if cfg.only_success else "trajectories"
-        raise ValueError(f"data: no {what} in {', '.join(cfg.data)}"
+        raise ConfigError(f"data: no {what} in {', '.join(cfg.data)}"
                          + (" (try --no-only-success)" if cfg.only_success else ""))
     return kept, provenance
 
@@ -215,7 +217,7 @@ def build_data(cfg: TrainConfig, tokenizer: Any) -> TrainData:
                      "labels": list(enc.labels), "span_kinds": list(enc.span_kinds)})
         tokens = {k: tokens[k] + counts[k] for k in tokens}
     if not rows:
-        raise ValueError(f"max_length {cfg.max_length} leaves no trained tokens in any trajectory; raise max_length")
+        raise ConfigError(f"max_length {cfg.max_length} leaves no trained tokens in any trajectory; raise max_length")
     plan = order(scores, cfg.curriculum, seed=cfg.seed)
     ordered = [rows[i] for i in plan.order]
     if cfg.packing:
@@ -533,7 +535,7 @@ def _load_teacher(cfg: TrainConfig, student: Any) -> Any:
     path = resolve_model(cfg.teacher_model)
     teacher = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     if teacher.config.vocab_size != student.config.vocab_size:
-        raise ValueError(f"teacher_model {cfg.teacher_model} has vocab size {teacher.config.vocab_size}, the student "
+        raise ConfigError(f"teacher_model {cfg.teacher_model} has vocab size {teacher.config.vocab_size}, the student "
                          f"{student.config.vocab_size}: white-box KD needs the same tokenizer")
     teacher.requires_grad_(False)
     return teacher

@@ -34,6 +34,8 @@ from typing import Any, Iterable, Iterator, Literal
 import yaml
 from pydantic import ValidationError
 
+from trajdistill.envs import ConfigError, TrajdistillError
+
 from ._schema import SchemaVersionError, Trajectory
 
 log = logging.getLogger(__name__)
@@ -56,11 +58,11 @@ def run_key(traj: Trajectory) -> tuple[str, ...]:
     return traj.key if sample is None else (*traj.key, str(sample))
 
 
-class RunError(ValueError):
+class RunError(TrajdistillError, ValueError):
     """The run directory is missing, corrupt, or does not match the requested config."""
 
 
-class OutputError(ValueError):
+class OutputError(ConfigError):
     """An output path would destroy an input, would overwrite a file without `force`, or cannot be written."""
 
 

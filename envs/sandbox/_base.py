@@ -16,13 +16,15 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import AsyncIterator, ClassVar, Sequence
 
+from .._errors import ConfigError, TrajdistillError
 from .._registry import Registry, UnknownNameError
+from .._types import ErrorKind
 
 WORKDIR = "/work"
 TRUNCATION_MARKER = "\n[... output truncated: {dropped} bytes dropped ...]\n"
 
 
-class SandboxError(RuntimeError):
+class SandboxError(TrajdistillError, RuntimeError):
     """The backend itself cannot run (engine down, binary missing, image missing)."""
 
 
@@ -42,7 +44,7 @@ class Limits:
         bad = [f"{name} must be > 0, got {getattr(self, name)}"
                for name in ("timeout_s", "memory_mb", "pids", "output_bytes", "cpus") if not getattr(self, name) > 0]
         if bad:
-            raise ValueError(f"sandbox limits: {'; '.join(bad)}")
+            raise ConfigError(f"sandbox limits: {'; '.join(bad)}")
 
 
 @dataclass
@@ -58,6 +60,15 @@ class ExecResult:
     @property
     def ok(self) -> bool:
         return self.exit_code == 0 and not self.timed_out and not self.killed
+
+    @property
+    def error_kind(self) -> ErrorKind | None:
+        """Why the command failed, as an observation's error kind; None when it worked."""
+        if self.timed_out:
+            return "timeout"
+        if self.killed:
+            return "out_of_memory"
+        return "tool_error" if self.exit_code != 0 else None
 
     def observation(self) -> str:
         """The text an agent sees for this result."""

@@ -1,0 +1,134 @@
+"""Typed policy options: every backend takes the shared generation settings and its own fields, converts
+KEY=VALUE text to each field's type, and refuses an unknown key by name with the known ones (issue 12, item 4)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from trajdistill.agents import PolicyError, make_policy, policies
+from trajdistill.agents._models import build_tiny_llama
+from trajdistill.agents._options import (ExpertOptions, GenerationConfig, HFOptions, OpenAIOptions,
+                                         VLLMOptions)
+from trajdistill.agents._policy import options_by_spec
+from trajdistill.envs import ConfigError, UnknownNameError, make_env
+
+from conftest import cli
+
+DEAD = "http://127.0.0.1:9/v1"  # discard port: nothing answers, and building an openai policy sends nothing
+CLASSES = {"expert": ExpertOptions, "hf": HFOptions, "openai": OpenAIOptions, "vllm": VLLMOptions}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama")
+
+
+@pytest.fixture(scope="module")
+def specs(tiny):
+    """A spec per backend that builds here without loading a model (vllm builds only on a GPU machine)."""
+    return {"expert": "expert:coder", "hf": f"hf:{tiny}", "openai": f"openai:m@{DEAD}", "vllm": "vllm:smollm2-135m"}
+
+
+def build(spec: str, **options):
+    """The real policy, or for vllm without a GPU the PolicyError that says so: the options passed their check."""
+    try:
+        return make_policy(spec, env=make_env("math"), **options)
+    except PolicyError as e:
+        assert spec.startswith("vllm:") and "cannot run" in str(e), e
+        return None
+
+
+def test_each_backend_registers_its_options_class():
+    assert {name: policies.options(name) for name in CLASSES} == CLASSES
+    for cls in CLASSES.values():
+        assert issubclass(cls, GenerationConfig)
+        assert all(f.metadata.get("help") for f in dataclasses.fields(cls)), cls
+
+
+@pytest.mark.parametrize("backend", sorted(CLASSES))
+def test_the_help_example_works_for_every_backend(backend, specs):
+    policy = build(specs[backend], max_new_tokens="64")  # as `--agent-option max_new_tokens=64` gives it
+    if policy is not None and backend != "expert":
+        assert 64 in policy.sampling().values()
+
+
+@pytest.mark.parametrize("backend", ["openai", "vllm"])
+def test_max_tokens_stays_an_alias_where_it_was_the_name(backend):
+    cls = CLASSES[backend]
+    assert cls.parse({"max_tokens": 7}).max_new_tokens == 7
+    with pytest.raises(ConfigError, match="max_tokens and max_new_tokens are the same setting"):
+        cls.parse({"max_tokens": 7, "max_new_tokens": 8})
+
+
+@pytest.mark.parametrize("backend", sorted(CLASSES))
+def test_each_backend_takes_its_fields_and_the_shared_ones(backend, specs):
+    text = {"max_new_tokens": "5", "temperature": "0.5", "seed": "3"}
+    own = {"hf": {"batch_size": "2", "kv_cache_tokens": "0", "device": "cpu", "dtype": "float32",
+                  "batch_wait_s": "0.01"},
+           "openai": {"action_format": "tools", "timeout_s": "2", "concurrency": "3", "max_retries": "0",
+                      "backoff_s": "0.1", "api_key": "k", "api_key_env": "NOPE"},
+           "vllm": {"batch_size": "4", "gpu_memory_utilization": "0.5", "max_model_len": "none"}}.get(backend, {})
+    opts = CLASSES[backend].parse({**text, **own})
+    assert (opts.max_new_tokens, opts.temperature, opts.seed) == (5, 0.5, 3)
+    policy = build(specs[backend], **text, **own)
+    if backend == "hf":
+        assert (policy.batch_size, policy.kv, policy.device, policy.options.dtype) == (2, None, "cpu", "float32")
+    if backend == "openai":
+        assert (policy.action_format, policy.timeout_s, policy.concurrency, policy.max_retries) == ("tools", 2.0, 3, 0)
+        assert policy.sampling() == {"temperature": 0.5, "max_tokens": 5, "seed": 3}
+
+
+@pytest.mark.parametrize("backend", sorted(CLASSES))
+def test_an_unknown_key_is_refused_by_name_with_the_known_keys(backend, specs):
+    with pytest.raises(UnknownNameError) as info:
+        build(specs[backend], max_new_tokenz=64)
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"{backend} policy has no option 'max_new_tokenz'; known: " in message
+    assert all(name in message for name in CLASSES[backend].names())
+
+
+def test_values_are_converted_to_the_fields_type():
+    opts = OpenAIOptions.parse({"timeout_s": "2", "concurrency": "3", "seed": "none",
+                                "base_url": "http://h:1/v1"})
+    assert (opts.timeout_s, opts.concurrency, opts.seed, opts.base_url) == (2.0, 3, None, "http://h:1/v1")
+    assert isinstance(opts.timeout_s, float)
+    assert HFOptions.parse({"batch_size": 4, "temperature": 1}).temperature == 1.0
+    assert OpenAIOptions.parse({"api_key": 123}).api_key == "123"  # a YAML number where text is meant
+
+
+@pytest.mark.parametrize("options, fragment", [
+    ({"timeout_s": "soon"}, "openai policy option timeout_s must be a number, got 'soon'"),
+    ({"concurrency": "1.5"}, "openai policy option concurrency must be an integer, got '1.5'"),
+    ({"concurrency": True}, "openai policy option concurrency must be an integer, got True"),
+    ({"action_format": "json"}, "action_format must be one of react, tools, got 'json'"),
+    ({"concurrency": "0", "timeout_s": "0"}, "concurrency must be >= 1, got 0; timeout_s must be > 0, got 0.0"),
+])
+def test_a_bad_value_is_one_config_error_naming_the_option(options, fragment):
+    with pytest.raises(ConfigError) as info:
+        OpenAIOptions.parse(options)
+    assert fragment in str(info.value)
+
+
+def test_options_for_several_agents_go_to_the_backends_that_take_them(specs):
+    shared = options_by_spec([specs["expert"], specs["openai"]], {"max_retries": 0, "max_new_tokens": 9})
+    assert shared == {specs["expert"]: {"max_new_tokens": 9}, specs["openai"]: {"max_retries": 0, "max_new_tokens": 9}}
+    with pytest.raises(UnknownNameError, match=r"no policy of expert, openai has option 'kv_cache_tokens'; "
+                                               r"known: expert: .*; openai: .*max_retries"):
+        options_by_spec([specs["expert"], specs["openai"]], {"kv_cache_tokens": 0})
+
+
+def test_the_eval_help_example_runs_on_an_expert_and_an_openai_agent(tmp_path):
+    res = cli("eval", "--env", "math", "--agent", "expert:coder", "--agent", f"openai:m@{DEAD}", "--tasks", "1",
+              "--sandbox", "none", "--agent-option", "max_new_tokens=64", "--agent-option", "max_retries=0",
+              "--out", tmp_path / "e")
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr  # 1: the dead endpoint errored
+    assert f"every episode of openai:m@{DEAD} errored" in res.stderr
+
+
+def test_a_base_url_option_and_an_at_url_are_one_setting_given_twice():
+    with pytest.raises(ConfigError, match="drop the base_url option or the @URL"):
+        make_policy(f"openai:m@{DEAD}", base_url=DEAD)
+    assert make_policy("openai:m", base_url=DEAD + "/").base_url == DEAD
