@@ -26,6 +26,7 @@ from typing import Any, Callable
 import yaml
 
 from trajdistill import __version__
+from trajdistill.envs import ConfigError
 
 from ._curate_steps import Blend, Drop, Item, Step, curate_steps, make_step
 from ._schema import Trajectory
@@ -55,19 +56,19 @@ class CurateConfig:
     def __post_init__(self) -> None:
         self.runs = [str(r) for r in self.runs]
         if not self.runs:
-            raise ValueError("give at least one RUN to curate")
+            raise ConfigError("give at least one RUN to curate")
         if not isinstance(self.steps, list):
-            raise ValueError(f"steps must be a list of steps, got {self.steps!r}")
+            raise ConfigError(f"steps must be a list of steps, got {self.steps!r}")
         if not isinstance(self.mix, dict):
-            raise ValueError(f"mix must be a mapping of run label: weight, got {self.mix!r}")
+            raise ConfigError(f"mix must be a mapping of run label: weight, got {self.mix!r}")
         if not isinstance(self.seed, int):
-            raise ValueError(f"seed must be a whole number, got {self.seed!r}")
+            raise ConfigError(f"seed must be a whole number, got {self.seed!r}")
 
     @classmethod
     def from_mapping(cls, runs: list[str], out: str, data: dict[str, Any]) -> "CurateConfig":
         unknown = sorted(set(data) - set(CONFIG_KEYS))
         if unknown:
-            raise ValueError(f"unknown curate setting(s) {', '.join(map(str, unknown))}; "
+            raise ConfigError(f"unknown curate setting(s) {', '.join(map(str, unknown))}; "
                              f"known: {', '.join(CONFIG_KEYS)}")
         return cls(runs=runs, out=out, **data)
 
@@ -81,7 +82,7 @@ class CurateConfig:
                 specs.append(("blend", {}))
             specs = [(n, {**p, "mix": self.mix} if n == "blend" else p) for n, p in specs]
         if not specs:
-            raise ValueError(f"give at least one step (--step NAME); steps: {', '.join(curate_steps.names())}")
+            raise ConfigError(f"give at least one step (--step NAME); steps: {', '.join(curate_steps.names())}")
         return [(name, make_step(name, params)) for name, params in specs]
 
 
@@ -90,16 +91,16 @@ def parse_step(entry: Any) -> tuple[str, dict[str, Any]]:
     if isinstance(entry, dict) and len(entry) == 1:
         ((name, params),) = entry.items()
         if not isinstance(params, (dict, type(None))):
-            raise ValueError(f"step {name!r}: its settings must be a mapping, got {params!r}")
+            raise ConfigError(f"step {name!r}: its settings must be a mapping, got {params!r}")
         return str(name), {str(k).replace("-", "_"): v for k, v in (params or {}).items()}
     if not isinstance(entry, str) or not entry.strip():
-        raise ValueError(f"a step is NAME, NAME:KEY=VALUE,... or {{NAME: {{KEY: VALUE}}}}; got {entry!r}")
+        raise ConfigError(f"a step is NAME, NAME:KEY=VALUE,... or {{NAME: {{KEY: VALUE}}}}; got {entry!r}")
     name, _, rest = entry.strip().partition(":")
     params = {}
     for pair in filter(None, (p.strip() for p in rest.split(","))):
         key, sep, value = pair.partition("=")
         if not sep:
-            raise ValueError(f"step {entry!r}: {pair!r} is not KEY=VALUE")
+            raise ConfigError(f"step {entry!r}: {pair!r} is not KEY=VALUE")
         params[key.strip().replace("-", "_")] = _scalar(value.strip())
     return name.strip(), params
 
@@ -119,9 +120,9 @@ def parse_mix(pairs: list[str]) -> dict[str, float]:
         try:
             out[label.strip()] = float(weight)
         except ValueError:
-            raise ValueError(f"--mix must be LABEL=WEIGHT with a number, got {pair!r}") from None
+            raise ConfigError(f"--mix must be LABEL=WEIGHT with a number, got {pair!r}") from None
         if not sep or not label.strip():
-            raise ValueError(f"--mix must be LABEL=WEIGHT, got {pair!r}")
+            raise ConfigError(f"--mix must be LABEL=WEIGHT, got {pair!r}")
     return out
 
 
@@ -133,7 +134,7 @@ def parse_runs(runs: list[str]) -> dict[str, str]:
         if not sep or not _LABEL.fullmatch(label) or Path(run).exists():
             label, path = Path(run).resolve().name, run
         if label in out:
-            raise ValueError(f"two runs are labelled {label!r}; name them LABEL=PATH")
+            raise ConfigError(f"two runs are labelled {label!r}; name them LABEL=PATH")
         out[label] = path
     return out
 
@@ -302,7 +303,7 @@ def _check_mix(steps: list[tuple[str, Step]], runs: dict[str, str]) -> None:
     for _, step in steps:
         unknown = sorted(set(step.mix) - set(runs)) if isinstance(step, Blend) else []
         if unknown:
-            raise ValueError(f"--mix {unknown[0]}: no run is labelled {unknown[0]!r}; labels: "
+            raise ConfigError(f"--mix {unknown[0]}: no run is labelled {unknown[0]!r}; labels: "
                              f"{', '.join(runs)} (name a run LABEL=PATH)")
 
 

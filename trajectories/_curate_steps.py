@@ -16,7 +16,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from functools import cached_property
 from typing import Any, ClassVar
 
-from trajdistill.envs import Registry
+from trajdistill.envs import ConfigError, Registry
 
 from ._schema import Trajectory
 from ._spans import assistant_text, segment
@@ -74,12 +74,12 @@ def make_step(name: str, params: dict[str, Any] | None = None) -> Step:
     known = [f.name for f in fields(cls)] if hasattr(cls, "__dataclass_fields__") else []
     unknown = sorted(set(params) - set(known))
     if unknown:
-        raise ValueError(f"step {name!r} has no setting(s) {', '.join(unknown)}; "
+        raise ConfigError(f"step {name!r} has no setting(s) {', '.join(unknown)}; "
                          f"its settings: {', '.join(known) or '(none)'}")
     missing = [f.name for f in fields(cls) if f.name not in params and f.default is MISSING
                and f.default_factory is MISSING] if known else []
     if missing:
-        raise ValueError(f"step {name!r} needs setting(s) {', '.join(missing)}, e.g. {name}:{missing[0]}=...")
+        raise ConfigError(f"step {name!r} needs setting(s) {', '.join(missing)}, e.g. {name}:{missing[0]}=...")
     return cls(**params)
 
 
@@ -139,11 +139,11 @@ class NearDup(Step):
 
     def __post_init__(self) -> None:
         if not 0 < self.threshold <= 1:
-            raise ValueError(f"near-dup threshold must be in (0, 1], got {self.threshold}")
+            raise ConfigError(f"near-dup threshold must be in (0, 1], got {self.threshold}")
         if self.ngram < 1 or self.num_perm < 16:
-            raise ValueError("near-dup needs ngram >= 1 and num_perm >= 16")
+            raise ConfigError("near-dup needs ngram >= 1 and num_perm >= 16")
         if self.scope not in ("all", "task"):
-            raise ValueError(f"near-dup scope must be all or task, got {self.scope!r}")
+            raise ConfigError(f"near-dup scope must be all or task, got {self.scope!r}")
 
     def __call__(self, items: list[Item], seed: int) -> Verdicts:
         from datasketch import MinHashLSH
@@ -206,7 +206,7 @@ class LengthBalance(Step):
 
     def __post_init__(self) -> None:
         if self.k <= 0 or self.min_ratio < 1:
-            raise ValueError("length-balance needs k > 0 and min_ratio >= 1")
+            raise ConfigError("length-balance needs k > 0 and min_ratio >= 1")
 
     def __call__(self, items: list[Item], seed: int) -> Verdicts:
         out: Verdicts = [None] * len(items)
@@ -231,7 +231,7 @@ class Balance(Step):
 
     def __post_init__(self) -> None:
         if not isinstance(self.cap, int) or self.cap < 1:
-            raise ValueError(f"balance cap must be a whole number >= 1, got {self.cap!r}")
+            raise ConfigError(f"balance cap must be a whole number >= 1, got {self.cap!r}")
 
     def __call__(self, items: list[Item], seed: int) -> Verdicts:
         out: Verdicts = [None] * len(items)
@@ -255,11 +255,11 @@ class Blend(Step):
 
     def __post_init__(self) -> None:
         if not self.mix:
-            raise ValueError("blend needs weights: --mix LABEL=WEIGHT (or mix: {LABEL: WEIGHT} in the config)")
+            raise ConfigError("blend needs weights: --mix LABEL=WEIGHT (or mix: {LABEL: WEIGHT} in the config)")
         if any(not isinstance(w, (int, float)) or w < 0 for w in self.mix.values()) or not sum(self.mix.values()):
-            raise ValueError(f"blend weights must be numbers >= 0, not all 0; got {self.mix}")
+            raise ConfigError(f"blend weights must be numbers >= 0, not all 0; got {self.mix}")
         if self.size is not None and self.size < 1:
-            raise ValueError(f"blend size must be >= 1, got {self.size}")
+            raise ConfigError(f"blend size must be >= 1, got {self.size}")
 
     def __call__(self, items: list[Item], seed: int) -> Verdicts:
         pools: dict[str, list[int]] = defaultdict(list)
