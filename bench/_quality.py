@@ -19,7 +19,7 @@ from typing import Any
 from trajdistill.agents._collector import CollectConfig, collect
 from trajdistill.agents._eval import EvalConfig, evaluate, slug
 from trajdistill.trajectories import RunStore
-from trajdistill.trajectories._sft import TrainConfig, train
+from trajdistill.train._sft import TrainConfig, train
 
 STUDENT = "hf:smollm2-135m"
 CODER_STUDENT = "coder: span-aware SFT + curriculum"  # the issue-4 student the other benches reuse

@@ -28,7 +28,7 @@ from _quality import called, tool_use
 
 from trajdistill.agents._collector import CollectConfig, collect
 from trajdistill.agents._eval import EvalConfig, evaluate, slug
-from trajdistill.trajectories._sft import TrainConfig, build_data, train
+from trajdistill.train._sft import TrainConfig, build_data, train
 from trajdistill.trajectories._taxonomy import FAILURE_KINDS
 
 STUDENT = "hf:smollm2-135m"

@@ -25,7 +25,7 @@ import torch
 
 from trajdistill.agents._collector import CollectConfig, collect
 from trajdistill.agents._models import build_tiny_llama
-from trajdistill.trajectories._sft import (SpanCollator, TrainConfig, _load_student, build_data, lora_config,
+from trajdistill.train._sft import (SpanCollator, TrainConfig, _load_student, build_data, lora_config,
                                            sft_args, trainer_class)
 
 

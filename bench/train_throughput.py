@@ -30,7 +30,7 @@ import torch
 from transformers import TrainerCallback
 
 from trajdistill.agents._collector import CollectConfig, collect
-from trajdistill.trajectories._sft import (SpanCollator, TrainConfig, _load_student, build_data, lora_config,
+from trajdistill.train._sft import (SpanCollator, TrainConfig, _load_student, build_data, lora_config,
                                            sft_args, trainer_class)
 
 VARIANTS = {

@@ -105,7 +105,7 @@ def self_distill_command(
 
     Trainer settings take a --train- prefix on the names of `trajdistill train`, e.g.
     `--train-max-steps 50 --train-lora-r 8 --train-curriculum none`."""
-    from trajdistill.agents._self_distill import SelfDistillConfig, parse_train_args, self_distill
+    from trajdistill.train._self_distill import SelfDistillConfig, parse_train_args, self_distill
 
     from ._app import _env_params, console
 

@@ -42,7 +42,7 @@ def view_command(
 ) -> None:
     """Write a self-contained HTML trajectory viewer for a run (or every run under a directory)."""
     from ._app import console
-    from ._report import write_viewer
+    from .report._report import write_viewer
 
     written = write_viewer(path, out, force=force)
     console.print(str(written), highlight=False, soft_wrap=True)

@@ -117,7 +117,7 @@ class Demo:
         return {"line": line, "run": str(out), "report": report.to_dict()}
 
     def train(self) -> dict[str, Any]:
-        from trajdistill.trajectories._sft import TrainConfig, train
+        from trajdistill.train._sft import TrainConfig, train
 
         out = self.path("student")
         shutil.rmtree(out, ignore_errors=True)
@@ -268,7 +268,7 @@ def _summary(results: dict[str, dict[str, Any]], quick: bool, wall: float, work:
 
 
 def _report(demo: Demo, summary: dict[str, Any]) -> Path:
-    from ._report import build_report
+    from .report._report import build_report
 
     header = {"wall (s)": summary["wall_s"], "student": STUDENT,
               **{name: {"result": s.get("line", ""), "seconds": s.get("seconds")}

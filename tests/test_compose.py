@@ -236,7 +236,7 @@ def tiny(tmp_path_factory):
 def test_encoder_never_trains_the_failed_prefix_but_trains_the_transition(dual, tiny):
     from transformers import AutoTokenizer
 
-    from trajdistill.trajectories._encode import encode, render
+    from trajdistill.train._encode import encode, render
 
     tok = AutoTokenizer.from_pretrained(str(tiny))
     checked = 0

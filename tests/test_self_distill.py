@@ -11,7 +11,7 @@ import pytest
 
 from trajdistill.agents import policies
 from trajdistill.agents._collector import CollectConfig, collect
-from trajdistill.agents._self_distill import (SelfDistillConfig, SelfDistiller, merge_buffer, parse_train_args,
+from trajdistill.train._self_distill import (SelfDistillConfig, SelfDistiller, merge_buffer, parse_train_args,
                                               self_distill)
 from trajdistill.envs import PolicyRequest, Turn
 from trajdistill.envs._react_text import format_final
@@ -92,7 +92,7 @@ async def test_disputed_tasks_keep_only_samples_the_confirm_policy_agrees_with(t
 
 
 def test_buffer_run_holds_several_samples_of_one_task_and_student(tmp_path):
-    from trajdistill.agents._self_distill import write_run
+    from trajdistill.train._self_distill import write_run
 
     import asyncio
 

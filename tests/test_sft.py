@@ -19,8 +19,8 @@ from trajdistill.agents import make_policy
 from trajdistill.agents._collector import CollectConfig, collect
 from trajdistill.agents._models import build_tiny_llama, is_peft_adapter, load_causal_lm
 from trajdistill.envs import PolicyRequest, Task
-from trajdistill.trajectories._encode import SPAN_KINDS
-from trajdistill.trajectories._sft import (SpanCollator, TrainConfig, build_trainer, kd_divergence, pack,
+from trajdistill.train._encode import SPAN_KINDS
+from trajdistill.train._sft import (SpanCollator, TrainConfig, build_trainer, kd_divergence, pack,
                                            trainer_class, train)
 
 

@@ -15,7 +15,7 @@ from importlib.util import find_spec
 import pytest
 
 from conftest import require
-from trajdistill._report import (NOT_RUN, build_report, cut, find_runs, render_viewer, viewer_data,
+from trajdistill.report._report import (NOT_RUN, build_report, cut, find_runs, render_viewer, viewer_data,
                                  write_viewer)
 from trajdistill.agents._collector import CollectConfig, collect
 from trajdistill.trajectories import RunError, RunStore, Span, assistant_text, segment

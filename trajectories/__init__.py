@@ -1,10 +1,6 @@
-"""Trajectories: the schema, the run directory store, the exports and span segmentation."""
+"""Trajectories: the schema, the run directory store, the exports, composition and span segmentation."""
 
 from ._compose import ComposeConfig, ComposeReport, compose
-from ._curriculum import Complexity
-from ._curriculum import Plan as CurriculumPlan
-from ._curriculum import order as curriculum_order
-from ._encode import SPAN_KINDS, Encoded, encode
 from ._export import export_run
 from ._features import trajectory_features
 from ._schema import (
@@ -20,7 +16,6 @@ from ._schema import (
     Trajectory,
     Usage,
 )
-from ._sft import TrainConfig, TrainResult, train
 from ._spans import SegmentRules, assistant_text, segment, segment_run
 from ._store import OutputError, RunError, RunStore, check_output
 from ._taxonomy import FAILURE_KINDS, failure_counts, failure_kind
@@ -28,12 +23,8 @@ from ._taxonomy import FAILURE_KINDS, failure_counts, failure_kind
 __all__ = [
     "FAILURE_KINDS",
     "SCHEMA_VERSION",
-    "SPAN_KINDS",
-    "Complexity",
     "ComposeConfig",
     "ComposeReport",
-    "CurriculumPlan",
-    "Encoded",
     "EnvRef",
     "FunctionCall",
     "Message",
@@ -48,18 +39,13 @@ __all__ = [
     "Span",
     "Teacher",
     "ToolCallMsg",
-    "TrainConfig",
-    "TrainResult",
     "Trajectory",
     "Usage",
     "assistant_text",
     "check_output",
     "compose",
-    "curriculum_order",
-    "encode",
     "export_run",
     "segment",
     "segment_run",
-    "train",
     "trajectory_features",
 ]

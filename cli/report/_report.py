@@ -309,7 +309,7 @@ def _final_losses(history: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def _drawn_losses(history: list[dict[str, Any]], stage_steps: list[int]) -> str:
-    from trajdistill.trajectories._sft import plot_losses
+    from trajdistill.train._sft import plot_losses
 
     with tempfile.TemporaryDirectory() as tmp:
         png = Path(tmp) / "loss.png"

@@ -21,7 +21,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from ._schema import Trajectory
+from trajdistill.trajectories._schema import Trajectory
 
 CURRICULA = ("none", "complexity", "staged:K")
 

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Callable
 
-from ._env import Env, Episode, ToolError
-from ._react_text import format_action, format_final
-from ._tools import tool
-from ._types import SPLITS, Outcome, PolicyRequest, Task, Turn
+from .._env import Env, Episode, ToolError
+from .._react_text import format_action, format_final
+from .._tools import tool
+from .._types import SPLITS, Outcome, PolicyRequest, Task, Turn
 
 CATEGORIES = ("arithmetic", "modular", "combinatorics", "sequences", "word")
 LEVELS = (1, 2, 3)

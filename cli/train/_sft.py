@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ._curriculum import Complexity, Plan, kind_counts, order, parse_curriculum, steps_of
-from ._store import OutputError, check_output
+from trajdistill.trajectories._store import OutputError, check_output
 
 SPAN_NAMES = ("reason", "act", "answer")  # span kind ids 1, 2, 3 (0: untrained)
 KL_MODES = ("forward", "reverse")
@@ -177,7 +177,7 @@ class TrainData:
 
 def load_trajectories(cfg: TrainConfig) -> tuple[list[Any], list[dict[str, Any]]]:
     """Trajectories of every run (successful only, unless told otherwise) and per-run provenance."""
-    from ._store import RunStore
+    from trajdistill.trajectories._store import RunStore
 
     kept, provenance = [], []
     for run in cfg.data:
