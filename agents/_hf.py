@@ -15,6 +15,7 @@ from typing import Any, Callable, Generic, TypeVar
 
 from trajdistill.envs import PolicyRequest, Turn
 
+from ._models import ALIASES, load_causal_lm, resolve_model
 from ._openai import REACT_STOP, chat_messages
 from ._policy import PolicyError
 
@@ -240,8 +241,6 @@ def load_cached(target: str, device: str) -> tuple[Any, Any]:
     """Load a model once per process; float32 on CPU, bfloat16 on CUDA."""
     import torch
 
-    from ._models import load_causal_lm, resolve_model
-
     with _models_lock:
         key = (str(resolve_model(target, allow_hub=True)), device)
         if key not in _models:
@@ -257,8 +256,6 @@ class HFPolicy:
     def __init__(self, target: str, *, env: Any = None, spec: str = "", temperature: float = 0.0,
                  max_new_tokens: int = 256, batch_size: int = 8, seed: int | None = None,
                  device: str | None = None, batch_wait_s: float = 0.005, kv_cache_tokens: int = 32768):
-        from ._models import ALIASES, resolve_model
-
         if target not in ALIASES:  # aliases convert lazily, on first use; a bad path fails now
             resolve_model(target, allow_hub=True)
         self.spec = spec or f"hf:{target}"

@@ -12,10 +12,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from ._config import AllowUnsignedOption, ConfigOption, TrustOption
+from ._config import AllowUnsignedOption, ConfigOption, TrustOption, env_params
+from ._console import console
+
+# Each command imports its library modules when it runs, so that `trajdistill --help` stays fast.
 
 skills_app = typer.Typer(help="Mine, inspect, validate and serve skill boxes.", no_args_is_help=True)
-console = Console()
 
 
 def register(app: typer.Typer) -> None:
@@ -230,11 +232,10 @@ def validate_command(
     """Run the agent with and without the box; record the delta (95% CI) in the manifest."""
     from trajdistill.skills._gate import GateConfig
 
-    from ._app import _env_params
 
     cfg = GateConfig(box=str(box), env=env, agent=agent, split=split, tasks=tasks, ablate=ablate,
                      concurrency=concurrency, max_steps=max_steps, seed=seed, sandbox=sandbox,
-                     env_params=_env_params(env_param))
+                     env_params=env_params(env_param))
     raise typer.Exit(validate_cmd(console, cfg))
 
 

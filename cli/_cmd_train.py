@@ -14,6 +14,10 @@ from rich.console import Console
 from rich.table import Table
 
 from ._config import ConfigOption
+from ._console import console
+
+# Each command imports its library modules when it runs, so that `trajdistill --help` stays fast.
+
 
 def _field(name: str):
     from trajdistill.train._sft import TrainConfig
@@ -69,7 +73,7 @@ def register(app: typer.Typer) -> None:
 
         settings = {k: v for k, v in locals().items() if k in TrainConfig.__dataclass_fields__}
         cfg = TrainConfig(**{**settings, "data": [str(d) for d in data], "out": str(out)})
-        train_cmd(Console(), cfg)
+        train_cmd(console, cfg)
 
 
 def train_cmd(console: Console, cfg) -> None:

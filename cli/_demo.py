@@ -160,6 +160,7 @@ class Demo:
 
     def evaluate(self) -> dict[str, Any]:
         from trajdistill.agents._eval import EvalConfig, evaluate
+        from trajdistill.skills import mount_skills
 
         student = f"hf:{self.path('student')}"
         common = dict(env="math", split="test", tasks=self.size.test_tasks, max_steps=self.size.student_steps,
@@ -169,7 +170,7 @@ class Demo:
                                     options_by_agent=options, **common))
         boxed = evaluate(EvalConfig(agents=[student], out=str(self.path("eval/box")),
                                     skills=[str(self.path("box"))], options_by_agent={student: self.box_options},
-                                    **common))
+                                    **common), mount=mount_skills)
         rows = _merge_results(plain, boxed, student)
         merged = {"env": "math", "split": "test", "tasks": self.size.test_tasks, "agents": rows}
         (self.path("eval")).mkdir(exist_ok=True)

@@ -188,7 +188,7 @@ def test_hf_agent_mounts_a_box_and_runs_an_episode_with_its_tools_in_the_prompt(
     model = build_tiny_llama(tmp_path / "tiny")
     cfg = CollectConfig(env="math", teachers=[f"hf:{model}"], out=str(tmp_path / "run"), tasks=1, max_steps=2,
                         sandbox="nsjail", teacher_options={"max_new_tokens": 8}, skills=[str(box.path)])
-    store, progress = collect(cfg)
+    store, progress = collect(cfg, mount=mount_skills)
     (traj,) = store.load()
     assert progress.errors == 0 and traj.usage.steps == 2
     system = traj.messages[0].content

@@ -17,11 +17,13 @@ from ._schema import (
     Usage,
 )
 from ._spans import SegmentRules, assistant_text, segment, segment_run
-from ._store import OutputError, RunError, RunStore, check_output
-from ._taxonomy import FAILURE_KINDS, failure_counts, failure_kind
+from ._store import RUN_FILE, OutputError, RunError, RunStore, check_output, setting_difference
+from ._taxonomy import FAILURE_KINDS, PARSE_ERROR_TOOL, failure_counts, failure_kind
 
 __all__ = [
     "FAILURE_KINDS",
+    "PARSE_ERROR_TOOL",
+    "RUN_FILE",
     "SCHEMA_VERSION",
     "ComposeConfig",
     "ComposeReport",
@@ -47,5 +49,6 @@ __all__ = [
     "export_run",
     "segment",
     "segment_run",
+    "setting_difference",
     "trajectory_features",
 ]

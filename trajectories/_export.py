@@ -46,6 +46,8 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
+from trajdistill.envs import make_env
+
 from ._features import trajectory_features
 from ._schema import Message, Trajectory
 from ._store import RunStore, check_output
@@ -140,8 +142,6 @@ class _ToolLookup:
 
 
 def _env_tools(name: str) -> list[dict[str, Any]] | None:
-    from trajdistill.envs import make_env
-
     try:
         return [spec.openai() for spec in make_env(name).tools()]
     except (LookupError, ValueError, OSError, ImportError) as e:  # unknown or unavailable env

@@ -21,7 +21,9 @@ import random
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from trajdistill.trajectories._schema import Trajectory
+from trajdistill.trajectories import Trajectory
+
+from ._encode import SPAN_KINDS
 
 CURRICULA = ("none", "complexity", "staged:K")
 
@@ -40,8 +42,6 @@ class Complexity:
 
 def kind_counts(span_kinds: Sequence[int], labels: Sequence[int]) -> dict[str, int]:
     """Trained tokens of each span kind (reason, act, answer) in one encoded example."""
-    from ._encode import SPAN_KINDS
-
     names = {v: k for k, v in SPAN_KINDS.items()}
     counts = dict.fromkeys(SPAN_KINDS, 0)
     for kind, label in zip(span_kinds, labels):

@@ -35,11 +35,12 @@ from typing import Any, Callable
 
 import yaml
 
-from trajdistill.trajectories import OutputError, RunStore, Trajectory, check_output
-from trajdistill.trajectories._store import setting_difference
-from trajdistill.trajectories._spans import assistant_text
+from trajdistill.agents import (CollectConfig, Collector, EvalConfig, Progress, collect_async, evaluate_async,
+                               resolved_config)
+from trajdistill.trajectories import (OutputError, RunStore, Trajectory, assistant_text, check_output,
+                                      setting_difference)
 
-from trajdistill.agents._collector import CollectConfig, Collector, Progress, collect_async, resolved_config
+from ._sft import TrainConfig, student_problems, train
 
 ROUNDS_FILE = "rounds.json"
 TRAIN_PREFIX = "--train-"
@@ -167,8 +168,6 @@ def parse_train_args(args: list[str]) -> dict[str, Any]:
 
 
 def _train_fields() -> dict[str, Any]:
-    from ._sft import TrainConfig
-
     return {f.name: f for f in fields(TrainConfig) if f.name not in ("data", "student", "out")}
 
 
@@ -326,8 +325,6 @@ class SelfDistiller:
         return answers
 
     def train(self, round_no: int, buffer_dir: Path) -> Any:
-        from ._sft import TrainConfig, train
-
         tc = TrainConfig(data=[str(buffer_dir)], student=self.cfg.student,
                          out=str(self.root / f"round-{round_no}" / "model"), **self.cfg.train_args)
         return train(tc)
@@ -335,8 +332,6 @@ class SelfDistiller:
     async def dev_success(self, round_no: int, student: str) -> float | None:
         if self.cfg.dev_tasks == 0:
             return None
-        from trajdistill.agents._eval import EvalConfig, evaluate_async
-
         c = self.cfg
         ec = EvalConfig(env=c.env, agents=[student], split="dev", tasks=c.dev_tasks,
                         out=str(self.root / f"round-{round_no}" / "dev"), concurrency=c.concurrency,
@@ -392,9 +387,7 @@ class SelfDistiller:
         return SelfDistillResult(stats, student)
 
     def _start(self) -> None:
-        from ._sft import _student_problems
-
-        problems = _student_problems(self.cfg.student)  # checked before hours of sampling, not after
+        problems = student_problems(self.cfg.student)  # checked before hours of sampling, not after
         if problems:
             raise ValueError(f"--student: {'; '.join(problems)}")
         if self.root.exists() and any(self.root.iterdir()):

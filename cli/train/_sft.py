@@ -30,12 +30,22 @@ import functools
 import json
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from trajdistill import __version__
+from trajdistill.agents import ALIASES, adapter_base, is_peft_adapter, resolve_model
+from trajdistill.trajectories import OutputError, RunStore, check_output
+
 from ._curriculum import Complexity, Plan, kind_counts, order, parse_curriculum, steps_of
-from trajdistill.trajectories._store import OutputError, check_output
+from ._encode import encode
+
+# torch, transformers, trl, peft, datasets and matplotlib are imported inside the functions that use them:
+# they take seconds to import, and the CLI reads TrainConfig for every `train --help`.
 
 SPAN_NAMES = ("reason", "act", "answer")  # span kind ids 1, 2, 3 (0: untrained)
 KL_MODES = ("forward", "reverse")
@@ -118,7 +128,7 @@ def _problems(cfg: TrainConfig) -> list[str]:
             check_output(cfg.out, cfg.data, kind="dir")
         except OutputError as e:
             out.append(str(e))
-    out += _student_problems(cfg.student)
+    out += student_problems(cfg.student)
     for name in ("reason_weight", "act_weight", "answer_weight", "complexity_alpha", "complexity_beta",
                  "complexity_gamma", "kd_weight", "lora_dropout"):
         if getattr(cfg, name) < 0:
@@ -144,9 +154,7 @@ def _problems(cfg: TrainConfig) -> list[str]:
     return out
 
 
-def _student_problems(student: str) -> list[str]:
-    from trajdistill.agents._models import ALIASES, resolve_model
-
+def student_problems(student: str) -> list[str]:
     backend, sep, target = student.partition(":")
     if sep and backend != "hf" and len(backend) > 1:  # `C:\...` style paths are not specs
         return [f"student must be an hf:<path|alias> spec (only local transformers models train), got {student!r}"]
@@ -177,8 +185,6 @@ class TrainData:
 
 def load_trajectories(cfg: TrainConfig) -> tuple[list[Any], list[dict[str, Any]]]:
     """Trajectories of every run (successful only, unless told otherwise) and per-run provenance."""
-    from trajdistill.trajectories._store import RunStore
-
     kept, provenance = [], []
     for run in cfg.data:
         trajs = RunStore.open(run).load()
@@ -199,8 +205,6 @@ def load_trajectories(cfg: TrainConfig) -> tuple[list[Any], list[dict[str, Any]]
 def build_data(cfg: TrainConfig, tokenizer: Any) -> TrainData:
     """Encode, score, order (curriculum) and optionally pack the runs' trajectories."""
     from datasets import Dataset
-
-    from ._encode import encode
 
     trajs, provenance = load_trajectories(cfg)
     rows, scores, tokens = [], [], dict.fromkeys(SPAN_NAMES, 0)
@@ -449,8 +453,6 @@ class _KDOutputs:
 def kd_divergence(student_logits: Any, teacher_logits: Any, kl: str, temperature: float) -> Any:
     """Per-token KL at temperature T, times T^2 (Hinton et al. 2015); forward = KL(teacher || student),
     reverse = KL(student || teacher). TRL's GKD generalized JSD with beta 0 / 1 is exactly these."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # trl.experimental announces itself on import
         from trl.experimental.gkd import GKDTrainer
@@ -492,8 +494,6 @@ def _load_student(cfg: TrainConfig) -> tuple[Any, Any, Path]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trajdistill.agents._models import is_peft_adapter, resolve_model
-
     path = resolve_model(cfg.student_target)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     if is_peft_adapter(path):
@@ -508,8 +508,6 @@ def _load_adapter_student(path: Path, cfg: TrainConfig) -> Any:
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
-
-    from trajdistill.agents._models import adapter_base
 
     base = AutoModelForCausalLM.from_pretrained(str(adapter_base(path)), dtype=torch.float32)
     model = PeftModel.from_pretrained(base, str(path), is_trainable=not cfg.full_finetune)
@@ -527,8 +525,6 @@ def _load_teacher(cfg: TrainConfig, student: Any) -> Any:
         return None
     import torch
     from transformers import AutoModelForCausalLM
-
-    from trajdistill.agents._models import resolve_model
 
     path = resolve_model(cfg.teacher_model)
     teacher = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
@@ -631,8 +627,6 @@ def _save_model(trainer: Any, cfg: TrainConfig, student_path: Path, out: Path) -
 
 def _name_base_portably(out: Path, cfg: TrainConfig) -> None:
     """An adapter of the embedded model names the alias, not this machine's cache path."""
-    from trajdistill.agents._models import ALIASES
-
     path = out / "adapter_config.json"
     if path.is_file() and cfg.student_target in ALIASES:
         adapter = json.loads(path.read_text())
@@ -652,8 +646,6 @@ def final_losses(history: list[dict[str, Any]]) -> dict[str, float]:
 
 def _write_reports(cfg: TrainConfig, trainer: Any, data: TrainData, student_path: Path, out: Path,
                    losses: dict[str, float]) -> None:
-    import yaml
-
     (out / "train_config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
     curriculum = {"mode": cfg.curriculum, "examples": len(data.plan.scores), "rows": len(data.dataset),
                   "stage_sizes": data.plan.stage_sizes(), "stage_rows": data.stage_rows,
@@ -690,8 +682,6 @@ def plot_losses(history: list[dict[str, Any]], stage_steps: list[int], path: Pat
 
 def model_card(cfg: TrainConfig, data: TrainData, student_path: Path, losses: dict[str, float], steps: int,
                stage_steps: list[int]) -> str:
-    from trajdistill import __version__
-
     kind = "full fine-tune" if cfg.full_finetune else f"LoRA r={cfg.lora_r} alpha={cfg.lora_alpha} (all-linear)"
     lines = [f"# {Path(cfg.out).name}", "",
              f"A student agent trained by trajdistill {__version__} with span-aware curriculum SFT "
