@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from trajdistill.envs import Task
-from trajdistill.trajectories import RunStore, Trajectory
-from trajdistill.trajectories._taxonomy import failure_counts
+from trajdistill.trajectories import RunStore, Trajectory, failure_counts
 
 from ._collector import CollectConfig, Collector, Mount, Progress, resolved_config
 

@@ -16,10 +16,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from trajdistill.agents._collector import CollectConfig, collect
-from trajdistill.agents._eval import EvalConfig, evaluate, slug
+from trajdistill.agents import CollectConfig, EvalConfig, collect, evaluate
+from trajdistill.agents._eval import slug
 from trajdistill.trajectories import RunStore
-from trajdistill.train._sft import TrainConfig, train
+from trajdistill.train import TrainConfig, train
 
 STUDENT = "hf:smollm2-135m"
 CODER_STUDENT = "coder: span-aware SFT + curriculum"  # the issue-4 student the other benches reuse

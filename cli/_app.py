@@ -98,7 +98,7 @@ def collect(
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Run teacher agents on an env's tasks and record every episode as a trajectory."""
-    from trajdistill.agents._collector import CollectConfig
+    from trajdistill.agents import CollectConfig
 
     from ._collect_cmd import collect_cmd
 

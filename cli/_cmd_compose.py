@@ -40,7 +40,7 @@ def compose_command(
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Compose several teachers' trajectories into one training run (DualDistill)."""
-    from trajdistill.trajectories._compose import compose
+    from trajdistill.trajectories import compose
 
     report = compose([str(r) for r in runs], strategy, str(out), prefer=prefer,  # type: ignore[arg-type]
                      transition=transition, seed=seed, max_prefix_steps=max_prefix_steps)
@@ -106,7 +106,7 @@ def self_distill_command(
 
     Trainer settings take a --train- prefix on the names of `trajdistill train`, e.g.
     `--train-max-steps 50 --train-lora-r 8 --train-curriculum none`."""
-    from trajdistill.train._self_distill import SelfDistillConfig, parse_train_args, self_distill
+    from trajdistill.train import SelfDistillConfig, parse_train_args, self_distill
 
 
     cfg = SelfDistillConfig(

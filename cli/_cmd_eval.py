@@ -49,7 +49,7 @@ def eval_command(
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Evaluate agents on the same held-out tasks: success with 95% CI, steps, invalid actions, tokens."""
-    from trajdistill.agents._eval import EvalConfig
+    from trajdistill.agents import EvalConfig
 
     if not env:
         raise UsageError("give --env ENV, e.g. --env math")
@@ -77,7 +77,7 @@ def _agent_options(pairs: list[str]) -> dict:
 
 
 def eval_cmd(console: Console, cfg) -> int:
-    from trajdistill.agents._eval import evaluate_async
+    from trajdistill.agents import evaluate_async
     from trajdistill.skills import mount_skills
 
     with Progress(*episode_columns("eval"), console=console, transient=False) as bar:

@@ -41,7 +41,7 @@ def mine_cmd(
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Mine a skill box (SKILL.md docs and sandboxed tools) from trajectories, self-check it, and sign it."""
-    from trajdistill.skills._mine import MineConfig, mine_async
+    from trajdistill.skills import MineConfig, mine_async
 
     cfg = MineConfig(runs=[str(r) for r in runs], out=str(out), analyst=analyst, mode=mode, workers=workers,
                      sandbox=sandbox, name=name, force=force, min_support=min_support,
@@ -75,7 +75,7 @@ def inspect_cmd(box: Path = typer.Argument(..., help="Skill box directory."),
     loaded = SkillBox.load(box, trust=Trust.of(trust, allow_unsigned))
     fresh = None
     if check:
-        from trajdistill.skills._check import check_box_async
+        from trajdistill.skills import check_box_async
 
         fresh = asyncio.run(check_box_async(loaded, sandbox=sandbox, record=False))
     show_box(console, loaded, fresh)
@@ -89,8 +89,7 @@ def sign_cmd(box: Path = typer.Argument(..., help="Skill box directory."),
                                                       "none."),
              config: Optional[Path] = ConfigOption) -> None:
     """Run the box's self-check afresh, then sign its manifest (file hashes and that result)."""
-    from trajdistill.skills import SkillBox
-    from trajdistill.skills._check import check_box_async
+    from trajdistill.skills import SkillBox, check_box_async
     from trajdistill.skills._trust import load_private_key, local_key
 
     signer = load_private_key(key) if key else local_key()
@@ -207,7 +206,7 @@ def serve_command(
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Serve a box over MCP: tools run in the sandbox, SKILL.md files are resources and prompts."""
-    from trajdistill.skills._server import serve
+    from trajdistill.skills import serve
     from trajdistill.skills._trust import Trust
 
     serve(box, transport=transport, host=host, port=port, sandbox=sandbox, timeout_s=timeout,
@@ -230,7 +229,7 @@ def validate_command(
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Run the agent with and without the box; record the delta (95% CI) in the manifest."""
-    from trajdistill.skills._gate import GateConfig
+    from trajdistill.skills import GateConfig
 
 
     cfg = GateConfig(box=str(box), env=env, agent=agent, split=split, tasks=tasks, ablate=ablate,
@@ -244,7 +243,7 @@ def validate_cmd(console, cfg) -> int:
 
     from rich.progress import Progress
 
-    from trajdistill.skills._gate import validate_async
+    from trajdistill.skills import validate_async
 
     from ._progress import EpisodeRow, episode_columns
 

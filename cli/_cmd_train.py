@@ -20,7 +20,7 @@ from ._console import console
 
 
 def _field(name: str):
-    from trajdistill.train._sft import TrainConfig
+    from trajdistill.train import TrainConfig
 
     return TrainConfig.__dataclass_fields__[name]
 
@@ -69,7 +69,7 @@ def register(app: typer.Typer) -> None:
         config: Optional[Path] = ConfigOption,
     ) -> None:
         """Span-aware SFT of a student on trajectories (full fine-tuning in bf16 where the hardware has it, packed)."""
-        from trajdistill.train._sft import TrainConfig
+        from trajdistill.train import TrainConfig
 
         settings = {k: v for k, v in locals().items() if k in TrainConfig.__dataclass_fields__}
         cfg = TrainConfig(**{**settings, "data": [str(d) for d in data], "out": str(out)})
@@ -77,7 +77,7 @@ def register(app: typer.Typer) -> None:
 
 
 def train_cmd(console: Console, cfg) -> None:
-    from trajdistill.train._sft import train
+    from trajdistill.train import train
 
     result = train(cfg)
     table = Table(title=f"trained {result.steps} steps on {result.examples} trajectories")

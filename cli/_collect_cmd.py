@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from trajdistill.agents._collector import CollectConfig, Collector, resolved_config
+from trajdistill.agents import CollectConfig, Collector, resolved_config
 from trajdistill.skills import mount_skills
 from trajdistill.trajectories import RunStore
 

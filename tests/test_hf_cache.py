@@ -9,7 +9,7 @@ import torch
 
 from trajdistill.agents import make_policy
 from trajdistill.agents._hf import HFPolicy, KVStore
-from trajdistill.agents._models import build_tiny_llama, load_causal_lm
+from trajdistill.agents import build_tiny_llama, load_causal_lm
 from trajdistill.envs import PolicyRequest, Task
 
 SYSTEM = "Solve the task. Reply with Thought: then Action: and Action Input: as JSON, or Final Answer:. " * 3

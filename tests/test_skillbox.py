@@ -10,9 +10,8 @@ import pytest
 from conftest import require
 from trajdistill.envs import tool_spec
 from trajdistill.envs.sandbox import Limits, get_provider, sandboxes
-from trajdistill.skills import (BoxError, SkillBox, SkillDraft, ToolDraft, parse_skill_md, run_source,
+from trajdistill.skills import (BoxError, SkillBox, SkillDraft, ToolDraft, check_box, parse_skill_md, run_source,
                                 run_tool_in_sandbox, spec_from_source)
-from trajdistill.skills._check import check_box
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # the `none` sandbox warns that it is unconfined
 

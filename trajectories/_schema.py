@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, JsonValue, field_validator, model_validator
 
-from trajdistill.envs._types import Outcome
+from trajdistill.envs import Outcome
 
 SCHEMA_VERSION = 1
 SpanKind = Literal["reason", "act", "answer", "context"]

@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from trajdistill.trajectories import RunError, RunStore, Span, Trajectory, assistant_text, check_output, segment
-from trajdistill.trajectories._store import RUN_FILE
+from trajdistill.trajectories import (RUN_FILE, RunError, RunStore, Span, Trajectory, assistant_text, check_output,
+                                      segment)
 
 VIEW_FILE = "view.html"
 REPORT_FILE = "report.html"
@@ -309,7 +309,7 @@ def _final_losses(history: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def _drawn_losses(history: list[dict[str, Any]], stage_steps: list[int]) -> str:
-    from trajdistill.train._sft import plot_losses
+    from trajdistill.train import plot_losses
 
     with tempfile.TemporaryDirectory() as tmp:
         png = Path(tmp) / "loss.png"

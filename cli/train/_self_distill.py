@@ -40,7 +40,8 @@ from trajdistill.agents import (CollectConfig, Collector, EvalConfig, Progress, 
 from trajdistill.trajectories import (OutputError, RunStore, Trajectory, assistant_text, check_output,
                                       setting_difference)
 
-from ._sft import TrainConfig, student_problems, train
+from ._config import TrainConfig, student_problems
+from ._sft import train
 
 ROUNDS_FILE = "rounds.json"
 TRAIN_PREFIX = "--train-"
