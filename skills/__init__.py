@@ -15,6 +15,7 @@ from ._box import (
     parse_skill_md,
     render_skill,
     run_source,
+    run_source_many,
     run_tool_in_sandbox,
     spec_from_source,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "parse_skill_md",
     "render_skill",
     "run_source",
+    "run_source_many",
     "run_tool_in_sandbox",
     "serve",
     "serve_async",

@@ -535,13 +535,13 @@ def _literal_default(fn: str, arg: str, node: ast.expr) -> Any:
 
 RESULT_MARK = "\x1e__trajdistill_tool_result__"
 # Runs inside the sandbox: import the tool file, call the function with JSON args from stdin, print the result.
+# With a third argument `many`, stdin is a JSON list of argument objects: one result line per call, in order,
+# each call on a freshly imported module (as if it ran alone), all in one process (one sandbox exec).
 DRIVER = r"""
 import contextlib, importlib.util, json, sys
 MARK = "\x1e__trajdistill_tool_result__"
-def main():
-    path, name = sys.argv[1], sys.argv[2]
+def call(path, name, args):
     try:
-        args = json.loads(sys.stdin.read() or "{}")
         with contextlib.redirect_stdout(sys.stderr):
             spec = importlib.util.spec_from_file_location("skilltool", path)
             mod = importlib.util.module_from_spec(spec)
@@ -549,12 +549,21 @@ def main():
             value = getattr(mod, name)(**args)
         text = str(value)
         try:
-            line = json.dumps({"ok": True, "value": value, "text": text})
+            return json.dumps({"ok": True, "value": value, "text": text})
         except (TypeError, ValueError):
-            line = json.dumps({"ok": True, "value": text, "text": text})
+            return json.dumps({"ok": True, "value": text, "text": text})
     except BaseException as e:
-        line = json.dumps({"ok": False, "error": type(e).__name__ + ": " + str(e)})
-    sys.stdout.write(MARK + line + "\n")
+        return json.dumps({"ok": False, "error": type(e).__name__ + ": " + str(e)})
+def main():
+    path, name = sys.argv[1], sys.argv[2]
+    try:
+        given = json.loads(sys.stdin.read() or "{}")
+    except ValueError as e:
+        sys.stdout.write(MARK + json.dumps({"ok": False, "error": "ValueError: " + str(e)}) + "\n")
+        return
+    for args in (given if sys.argv[3:] == ["many"] else [given]):
+        sys.stdout.write(MARK + call(path, name, args) + "\n")
+        sys.stdout.flush()
 main()
 """
 
@@ -574,21 +583,51 @@ async def run_source(source: str, function: str, args: dict[str, Any], sandbox: 
     Every failure of the tool (exception, timeout, memory kill, garbage output) is a ToolResult with
     ok=False and a one-line error; only a broken sandbox backend raises.
     """
+    res = await _exec_driver(source, function, json.dumps(args), sandbox, timeout)
+    lines = _result_lines(res.stdout)
+    if res.timed_out or res.killed or not lines:
+        return _failed(res, function, timeout or sandbox.limits.timeout_s)
+    return _parsed(lines[-1], function)
+
+
+async def run_source_many(source: str, function: str, calls: list[dict[str, Any]], sandbox: Any, *,
+                          timeout: float | None = None) -> list[ToolResult] | None:
+    """`run_source` for many argument sets in one sandbox exec (each on a fresh import of the tool).
+    None when the batch did not give one result per call (a timeout, a kill, a forged line): run them singly."""
+    res = await _exec_driver(source, function, json.dumps(calls), sandbox, timeout, many=True)
+    lines = _result_lines(res.stdout)
+    if res.timed_out or res.killed or len(lines) != len(calls):
+        return None
+    return [_parsed(line, function) for line in lines]
+
+
+async def _exec_driver(source: str, function: str, stdin: str, sandbox: Any, timeout: float | None,
+                       many: bool = False) -> Any:
     file = f"skilltool_{function}.py"
     await sandbox.write_file(file, source)
-    res = await sandbox.exec([sandbox.python, "-c", DRIVER, file, function], stdin=json.dumps(args),
-                             timeout=timeout)
+    # -B: no .pyc beside the tool file; its mtime has 1 s resolution, so a rewrite of the same size within
+    # that second (another tool of the same name) would run the stale bytecode
+    argv = [sandbox.python, "-B", "-c", DRIVER, file, function, *(["many"] if many else [])]
+    return await sandbox.exec(argv, stdin=stdin, timeout=timeout)
+
+
+def _result_lines(stdout: str) -> list[str]:
+    # split on newlines only: str.splitlines() also splits at the \x1e in the marker
+    return [line for line in stdout.split("\n") if line.startswith(RESULT_MARK)]
+
+
+def _failed(res: Any, function: str, timeout: float) -> ToolResult:
     if res.timed_out:
-        return ToolResult(False, error=f"tool {function} timed out after {timeout or sandbox.limits.timeout_s:g}s")
+        return ToolResult(False, error=f"tool {function} timed out after {timeout:g}s")
     if res.killed:
         return ToolResult(False, error=f"tool {function} was killed: out of memory or a resource limit")
-    # split on newlines only: str.splitlines() also splits at the \x1e in the marker
-    lines = [line for line in res.stdout.split("\n") if line.startswith(RESULT_MARK)]
-    if not lines:
-        tail = (res.stderr.strip().splitlines() or [f"exit code {res.exit_code}"])[-1]
-        return ToolResult(False, error=f"tool {function} failed: {tail[:500]}")
+    tail = (res.stderr.strip().splitlines() or [f"exit code {res.exit_code}"])[-1]
+    return ToolResult(False, error=f"tool {function} failed: {tail[:500]}")
+
+
+def _parsed(line: str, function: str) -> ToolResult:
     try:
-        out = json.loads(lines[-1][len(RESULT_MARK):])
+        out = json.loads(line[len(RESULT_MARK):])
     except ValueError as e:
         return ToolResult(False, error=f"tool {function} gave an unreadable result ({e})")
     if not out.get("ok"):
@@ -635,6 +674,17 @@ class ToolRunner:
             return await run_source(source, function, args, sb, timeout=self.timeout)
         finally:
             self._free.put_nowait(sb)
+
+    async def run_many(self, source: str, function: str, calls: list[dict[str, Any]]) -> list[ToolResult]:
+        """One result per argument set: one sandbox exec for all, or one each where the batch broke."""
+        sb = await self._take()
+        try:
+            results = await run_source_many(source, function, calls, sb, timeout=self.timeout)
+        finally:
+            self._free.put_nowait(sb)
+        if results is None:
+            results = list(await asyncio.gather(*(self.run(source, function, args) for args in calls)))
+        return results
 
     async def close(self) -> None:
         for sb in self._made:

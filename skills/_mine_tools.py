@@ -494,18 +494,21 @@ class _Replay:
         self.runner = runner
         self.cache: dict[tuple[str, str], ToolResult] = {}
 
-    async def run(self, cand: Candidate, args: dict[str, Any]) -> ToolResult:
-        key = (cand.source, json.dumps(args, sort_keys=True))
-        if key not in self.cache:
-            res = await self.runner.run(cand.source, cand.name, args)
-            if not res.ok and "timed out" in res.error:  # a loaded machine, not the code: try once more
-                res = await self.runner.run(cand.source, cand.name, args)
-            self.cache[key] = res
-        return self.cache[key]
+    async def run_all(self, cand: Candidate, calls: list[dict[str, Any]]) -> list[ToolResult]:
+        """Results for every argument set; the ones not cached run in one sandbox exec."""
+        keys = [(cand.source, json.dumps(args, sort_keys=True)) for args in calls]
+        todo = {k: args for k, args in zip(keys, calls) if k not in self.cache}
+        if todo:
+            results = await self.runner.run_many(cand.source, cand.name, list(todo.values()))
+            for key, args, res in zip(todo, todo.values(), results):
+                if not res.ok and "timed out" in res.error:  # a loaded machine, not the code: try once more
+                    res = await self.runner.run(cand.source, cand.name, args)
+                self.cache[key] = res
+        return [self.cache[k] for k in keys]
 
-    async def reproduces(self, cand: Candidate, call: SourceCall, args: dict[str, Any]) -> bool:
-        res = await self.run(cand, args)
-        return res.ok and matches_output(res.text, call.expected)
+    async def reproduce_all(self, cand: Candidate, calls: list[tuple[SourceCall, dict[str, Any]]]) -> list[bool]:
+        results = await self.run_all(cand, [args for _, args in calls])
+        return [res.ok and matches_output(res.text, call.expected) for res, (call, _) in zip(results, calls)]
 
 
 def matches_output(text: str, expected: str) -> bool:
@@ -565,7 +568,7 @@ async def _replayed(cands: list[Candidate], replay: _Replay, dropped: Counter,
 
     async def check(c: Candidate) -> Candidate | None:
         nonlocal done
-        ok = await asyncio.gather(*(replay.reproduces(c, call, args) for call, args in c.calls))
+        ok = await replay.reproduce_all(c, c.calls)
         done += 1
         if listener:
             listener("replay", done, len(cands))
@@ -605,7 +608,7 @@ async def _cluster(cands: list[Candidate], replay: _Replay,
 
 async def _behaviour(c: Candidate, inputs: list[list[Any]], replay: _Replay) -> tuple:
     names = [n for n, _ in c.params]
-    results = await asyncio.gather(*(replay.run(c, dict(zip(names, values))) for values in inputs))
+    results = await replay.run_all(c, [dict(zip(names, values)) for values in inputs])
     return tuple((r.ok, r.text if r.ok else "") for r in results)
 
 
@@ -636,11 +639,8 @@ async def _covers(general: Candidate, special: Candidate, replay: _Replay) -> li
         binding = unify(general.pattern, concrete, set(general.pnames))
         if binding is None or set(binding) != set(general.pnames):
             return None
-        args = {general.pnames[k]: v for k, v in binding.items()}
-        if not await replay.reproduces(general, call, args):
-            return None
-        moved.append((call, args))
-    return moved
+        moved.append((call, {general.pnames[k]: v for k, v in binding.items()}))
+    return moved if all(await replay.reproduce_all(general, moved)) else None
 
 
 def _supported(cands: list[Candidate], min_support: int, dropped: Counter) -> list[Candidate]:

@@ -31,7 +31,7 @@ def test_summary_has_every_stage_and_the_eval_table(demo):
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["stages"]) == STAGES
     labels = [row["label"] for row in summary["eval"]]
-    assert labels[:3] == ["base student", "distilled student", "distilled student + box"]
+    assert labels[:2] == ["base student", "distilled student"]  # the box is measured by the gate, on dev
     assert {"expert:reasoner", "expert:coder"} <= set(labels)
     coder = next(r for r in summary["eval"] if r["label"] == "expert:coder")
     assert coder["success_rate"] == 1.0

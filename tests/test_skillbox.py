@@ -10,8 +10,8 @@ import pytest
 from conftest import require
 from trajdistill.envs import tool_spec
 from trajdistill.envs.sandbox import Limits, get_provider, sandboxes
-from trajdistill.skills import (BoxError, SkillBox, SkillDraft, ToolDraft, check_box, parse_skill_md, run_source,
-                                run_tool_in_sandbox, spec_from_source)
+from trajdistill.skills import (BoxError, SkillBox, SkillDraft, ToolDraft, ToolRunner, check_box, parse_skill_md,
+                                run_source, run_source_many, run_tool_in_sandbox, spec_from_source)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # the `none` sandbox warns that it is unconfined
 
@@ -170,6 +170,33 @@ async def test_tools_run_in_the_sandbox_and_failures_are_results(box):
             assert not res.ok and "timed out" in res.error
             res = await run_source("import sys\n\ndef leave():\n    '''Doc.'''\n    sys.exit(3)\n", "leave", {}, sb)
             assert not res.ok and res.error.startswith("SystemExit")
+
+
+async def test_many_calls_in_one_exec_equal_single_calls_and_a_broken_batch_runs_singly():
+    src = "def half(x: int) -> float:\n    '''Doc.'''\n    return 10 / x\n"
+    calls = [{"x": 4}, {"x": 0}, {"x": 5}]
+    async with get_provider("none", Limits(timeout_s=5)) as provider:
+        async with provider.acquire() as sb:
+            batch = await run_source_many(src, "half", calls, sb)
+            singles = [await run_source(src, "half", args, sb) for args in calls]
+        assert batch == singles and [r.ok for r in batch] == [True, False, True]
+        assert batch[1].error.startswith("ZeroDivisionError") and batch[2].value == 2.0
+        # the second call hangs: the batch times out, and each call then runs alone with its own result
+        nap = "import time\n\ndef nap(s: float) -> float:\n    '''Doc.'''\n    time.sleep(s)\n    return s\n"
+        runner = ToolRunner(provider, 2, timeout=1)
+        try:
+            results = await runner.run_many(nap, "nap", [{"s": 0}, {"s": 30}, {"s": 0.1}])
+        finally:
+            await runner.close()
+    assert [r.ok for r in results] == [True, False, True] and "timed out" in results[1].error
+
+
+async def test_a_rewritten_tool_file_of_the_same_size_never_runs_stale_bytecode():
+    async with get_provider("none", Limits(timeout_s=5)) as provider:
+        async with provider.acquire() as sb:
+            for want in range(1, 6):  # same name, same length, within one second of each other
+                src = f"def f() -> int:\n    '''Doc.'''\n    return {want}\n"
+                assert (await run_source(src, "f", {}, sb)).value == want
 
 
 def test_self_check_replays_tests_and_records_the_result(box):
