@@ -1,8 +1,39 @@
-"""Agents: policy backends, the ReAct loop, the collector and the evaluator."""
+"""Agents: model loading, policy backends, the ReAct loop, the collector and the evaluator."""
 
-from ._eval import EvalConfig, evaluate, evaluate_async
+from ._collector import CollectConfig, Collector, Mount, Progress, collect, collect_async, resolved_config
+from ._eval import AgentResult, EvalConfig, EvalResults, evaluate, evaluate_async, wilson_ci
+from ._loop import EpisodeResult, ReActLoop
+from ._models import (ALIASES, ModelNotFoundError, adapter_base, build_tiny_llama, is_peft_adapter, load_causal_lm,
+                      resolve_model)
 from ._policy import ActionFormat, Policy, PolicyError, make_policy, policies, split_spec
-from ._self_distill import RoundStats, SelfDistillConfig, self_distill, self_distill_async
 
-__all__ = ["ActionFormat", "EvalConfig", "Policy", "PolicyError", "RoundStats", "SelfDistillConfig", "evaluate",
-           "evaluate_async", "make_policy", "policies", "self_distill", "self_distill_async", "split_spec"]
+__all__ = [
+    "ALIASES",
+    "ActionFormat",
+    "AgentResult",
+    "CollectConfig",
+    "Collector",
+    "EpisodeResult",
+    "EvalConfig",
+    "EvalResults",
+    "ModelNotFoundError",
+    "Mount",
+    "Policy",
+    "PolicyError",
+    "Progress",
+    "ReActLoop",
+    "adapter_base",
+    "build_tiny_llama",
+    "collect",
+    "collect_async",
+    "evaluate",
+    "evaluate_async",
+    "is_peft_adapter",
+    "load_causal_lm",
+    "make_policy",
+    "policies",
+    "resolve_model",
+    "resolved_config",
+    "split_spec",
+    "wilson_ci",
+]

@@ -15,7 +15,7 @@ import hashlib
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, Sequence
 
 from trajdistill import __version__
 from trajdistill.envs import ConfigError, Env, Task, TrajdistillError, make_env
@@ -24,6 +24,13 @@ from trajdistill.trajectories import EnvRef, Message, Provenance, RunStore, Teac
 
 from ._loop import EpisodeResult, ReActLoop
 from ._policy import Policy, PolicyError, make_policy, options_by_spec
+
+
+class Mount(Protocol):
+    """Mounts skill sources in an env: `trajdistill.skills.mount_skills`, given by the layer above (skills)."""
+
+    def __call__(self, env: Env, sources: Sequence[str], preload: bool = False, *, sandbox: str = "auto",
+                 trust: Sequence[str] = (), allow_unsigned: bool = False) -> Env: ...
 
 
 @dataclass
@@ -74,6 +81,16 @@ def in_shard(task_id: str, shard: tuple[int, int]) -> bool:
     return n == 1 or int(hashlib.sha256(task_id.encode()).hexdigest(), 16) % n == i
 
 
+def mounted(env: Env, cfg: CollectConfig, mount: Mount | None) -> Env:
+    """`env` with the skill boxes of `cfg.skills` mounted by `mount`."""
+    if not cfg.skills:
+        return env
+    if mount is None:
+        raise ValueError("skills: pass mount=trajdistill.skills.mount_skills to mount skill boxes")
+    return mount(env, cfg.skills, cfg.preload_skills, sandbox=cfg.sandbox, trust=cfg.trust,
+                 allow_unsigned=cfg.allow_unsigned)
+
+
 def to_trajectory(result: EpisodeResult, task: Task, env: Env, policy: Policy,
                   sandbox: str | None, seed: int) -> Trajectory:
     usage = result.usage
@@ -109,16 +126,11 @@ Listener = Callable[[Progress], None]
 
 
 class Collector:
-    """Runs every (task, teacher) pair of a CollectConfig into a RunStore."""
+    """Runs every (task, teacher) pair of a CollectConfig into a RunStore; `mount` mounts `cfg.skills`."""
 
-    def __init__(self, cfg: CollectConfig):
+    def __init__(self, cfg: CollectConfig, mount: Mount | None = None):
         self.cfg = cfg
-        self.env = make_env(cfg.env, **cfg.env_params)
-        if cfg.skills:
-            from trajdistill.skills._mount import mount_skills
-
-            self.env = mount_skills(self.env, cfg.skills, cfg.preload_skills, sandbox=cfg.sandbox, trust=cfg.trust,
-                                    allow_unsigned=cfg.allow_unsigned)
+        self.env = mounted(make_env(cfg.env, **cfg.env_params), cfg, mount)
         self.env.check_split(cfg.split)
         options = options_by_spec(cfg.teachers, {"temperature": cfg.temperature, "seed": cfg.seed,
                                                  **cfg.teacher_options})
@@ -205,9 +217,10 @@ def resolved_config(cfg: CollectConfig) -> dict[str, Any]:
     return d
 
 
-async def collect_async(cfg: CollectConfig, listener: Listener | None = None) -> tuple[RunStore, Progress]:
-    """Library entry point: run the collection described by `cfg`."""
-    collector = Collector(cfg)
+async def collect_async(cfg: CollectConfig, listener: Listener | None = None, *,
+                        mount: Mount | None = None) -> tuple[RunStore, Progress]:
+    """Library entry point: run the collection described by `cfg` (`mount`: see `Collector`)."""
+    collector = Collector(cfg, mount)
     store = RunStore.create(Path(cfg.out), resolved_config(cfg), resume=cfg.resume)
     try:
         progress = await collector.run(store, listener)
@@ -217,8 +230,9 @@ async def collect_async(cfg: CollectConfig, listener: Listener | None = None) ->
     return store, progress
 
 
-def collect(cfg: CollectConfig, listener: Listener | None = None) -> tuple[RunStore, Progress]:
+def collect(cfg: CollectConfig, listener: Listener | None = None, *,
+            mount: Mount | None = None) -> tuple[RunStore, Progress]:
     """Sync wrapper of `collect_async`."""
-    return asyncio.run(collect_async(cfg, listener))
+    return asyncio.run(collect_async(cfg, listener, mount=mount))
 
 

@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from trajdistill.envs import ConfigError, Task
-from trajdistill.trajectories import RunStore, Trajectory
-from trajdistill.trajectories._taxonomy import failure_counts
+from trajdistill.trajectories import RunStore, Trajectory, failure_counts
 
-from ._collector import CollectConfig, Collector, Progress, resolved_config
+from ._collector import CollectConfig, Collector, Mount, Progress, resolved_config
 from ._policy import options_by_spec
 
 RESULTS_FILE = "results.json"
@@ -227,13 +226,14 @@ def _prepare_out(out: Path) -> None:
                          "directory")
 
 
-async def _evaluate_in(cfg: EvalConfig, root: Path, listener: EvalListener | None) -> EvalResults:
+async def _evaluate_in(cfg: EvalConfig, root: Path, listener: EvalListener | None,
+                       mount: Mount | None) -> EvalResults:
     names = run_dirs(cfg.agents)
     collectors: list[Collector] = []
     try:
         # Build every agent first, so a bad spec fails before any episode runs.
         for spec in cfg.agents:
-            collectors.append(Collector(collect_config(cfg, spec, root / RUNS_DIR / names[spec])))
+            collectors.append(Collector(collect_config(cfg, spec, root / RUNS_DIR / names[spec]), mount))
         tasks = [t for t, _ in collectors[0].pairs(set())]
     except BaseException:
         for c in collectors:
@@ -253,27 +253,30 @@ async def _evaluate_in(cfg: EvalConfig, root: Path, listener: EvalListener | Non
                        task_ids=[t.id for t in tasks], out=None)
 
 
-async def evaluate_async(cfg: EvalConfig, listener: EvalListener | None = None) -> EvalResults:
+async def evaluate_async(cfg: EvalConfig, listener: EvalListener | None = None, *,
+                         mount: Mount | None = None) -> EvalResults:
     """Library entry point: run every agent of `cfg` on the same tasks and score them.
 
     With `cfg.out`, writes results.json, success.png and one run directory per agent there.
     `listener(agent_spec, progress)` is called once as each agent starts, then after every episode.
+    `mount` mounts `cfg.skills` (`trajdistill.skills.mount_skills`).
     """
     if cfg.out is None:
         with tempfile.TemporaryDirectory(prefix="trajdistill-eval-") as tmp:
-            return await _evaluate_in(cfg, Path(tmp), listener)
+            return await _evaluate_in(cfg, Path(tmp), listener, mount)
     out = Path(cfg.out)
     if not cfg.resume:
         _prepare_out(out)
-    results = await _evaluate_in(cfg, out, listener)
+    results = await _evaluate_in(cfg, out, listener, mount)
     results.out = out
     write_results(results, out)
     return results
 
 
-def evaluate(cfg: EvalConfig, listener: EvalListener | None = None) -> EvalResults:
+def evaluate(cfg: EvalConfig, listener: EvalListener | None = None, *,
+             mount: Mount | None = None) -> EvalResults:
     """Sync wrapper of `evaluate_async`."""
-    return asyncio.run(evaluate_async(cfg, listener))
+    return asyncio.run(evaluate_async(cfg, listener, mount=mount))
 
 
 # ---- output ----------------------------------------------------------------------------------------

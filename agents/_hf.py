@@ -16,6 +16,7 @@ from typing import Any, Callable, Generic, TypeVar
 from trajdistill.envs import PolicyRequest, Turn
 
 from ._decode import Sampling, decode
+from ._models import ALIASES, load_causal_lm, resolve_model
 from ._openai import REACT_STOP, chat_messages
 from ._options import HFOptions
 from ._policy import PolicyError
@@ -236,8 +237,6 @@ def load_cached(target: str, device: str, dtype: str = "auto") -> tuple[Any, Any
     """Load a model once per process; `auto` dtype is bfloat16 on CUDA, float32 elsewhere."""
     import torch
 
-    from ._models import load_causal_lm, resolve_model
-
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
     with _models_lock:
@@ -253,8 +252,6 @@ class HFPolicy:
 
     def __init__(self, target: str, *, env: Any = None, spec: str = "", options: HFOptions | None = None,
                  **fields: Any):
-        from ._models import ALIASES, resolve_model
-
         o = options or HFOptions.parse(fields)
         if target not in ALIASES:  # aliases convert lazily, on first use; a bad path fails now
             resolve_model(target, allow_hub=True)

@@ -17,11 +17,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
-from langgraph.graph import END, START, StateGraph
-
 from trajdistill.envs import (FINAL_ANSWER, Env, Episode, Observation, Outcome, PolicyRequest, Task, Turn,
                               final_answer_spec)
 from trajdistill.envs._react_text import ParsedAction, ParsedFinal, parse_react
+from trajdistill.trajectories import PARSE_ERROR_TOOL
 
 from ._policy import Policy
 
@@ -123,12 +122,15 @@ class ReActLoop:
         self.graph = self._build()
 
     def _build(self):
+        # langgraph takes most of a second to import: loaded when a loop is built, not with the package
+        from langgraph.graph import END, START, StateGraph
+
         g = StateGraph(LoopState)
         g.add_node("policy", self._policy_node)
         g.add_node("tools", self._tool_node)
         g.add_edge(START, "policy")
         g.add_edge("policy", "tools")
-        g.add_conditional_edges("tools", self._route, {"policy": "policy", END: END})
+        g.add_conditional_edges("tools", self._route, {"policy": "policy", "end": END})
         return g.compile()
 
     async def _policy_node(self, state: LoopState, config) -> LoopState:
@@ -152,7 +154,7 @@ class ReActLoop:
         if step.error is not None:
             usage["invalid_actions"] += 1
             text = f"Error: {step.error}. Valid tools: {ctx.episode.valid_tools()}."
-            messages.append({"role": "tool", "name": "parse_error", "content": text, "error_kind": "invalid_action"})
+            messages.append({"role": "tool", "name": PARSE_ERROR_TOOL, "content": text, "error_kind": "invalid_action"})
             return {"messages": messages, "usage": usage}
         call_ids = [c["id"] for c in messages[-1].get("tool_calls") or []]
         for i, action in enumerate(step.actions):
@@ -178,7 +180,7 @@ class ReActLoop:
 
     def _route(self, state: LoopState) -> str:
         if state.get("outcome") is not None or state["steps"] >= self.max_steps:
-            return END
+            return "end"
         return "policy"
 
     async def run(self, task: Task, sandbox: Any = None) -> EpisodeResult:

@@ -16,6 +16,7 @@ from typing import Any
 from trajdistill.envs import PolicyRequest, Turn
 
 from ._hf import Batcher, cut_at_stop, render_prompt
+from ._models import is_peft_adapter, resolve_model
 from ._openai import REACT_STOP
 from ._options import VLLMOptions
 from ._policy import PolicyError
@@ -72,8 +73,6 @@ class VLLMPolicy:
         if self._llm is not None:
             return
         from vllm import LLM
-
-        from ._models import is_peft_adapter, resolve_model
 
         path = resolve_model(self.model, allow_hub=True)
         if is_peft_adapter(path):

@@ -16,10 +16,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from trajdistill.agents._collector import CollectConfig, collect
-from trajdistill.agents._eval import EvalConfig, evaluate, slug
+from trajdistill.agents import CollectConfig, EvalConfig, collect, evaluate
+from trajdistill.agents._eval import slug
+from trajdistill.skills import mount_skills
 from trajdistill.trajectories import RunStore
-from trajdistill.trajectories._sft import TrainConfig, train
+from trajdistill.train import TrainConfig, train
 
 STUDENT = "hf:smollm2-135m"
 CODER_STUDENT = "coder: span-aware SFT + curriculum"  # the issue-4 student the other benches reuse
@@ -76,7 +77,7 @@ def evaluated(args: argparse.Namespace, name: str, spec: str, skills: list[str] 
     res = evaluate(EvalConfig(env="math", agents=[spec], split="test", tasks=args.test_tasks,
                               max_steps=args.max_steps, sandbox=args.sandbox, concurrency=args.concurrency,
                               agent_options={"max_new_tokens": args.new_tokens}, skills=list(skills or []),
-                              preload_skills=preload, out=str(out), resume=True))
+                              preload_skills=preload, out=str(out), resume=True), mount=mount_skills)
     agent = res.agents[0]
     row = {"variant": name, **agent.to_dict(), "tool_use": tool_use(out / agent.run),
            "budget": {"steps": args.steps, "batch": args.batch, "max_length": args.max_length,

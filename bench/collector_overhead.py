@@ -21,7 +21,7 @@ import tempfile
 import time
 import warnings
 
-from trajdistill.agents._collector import CollectConfig, collect
+from trajdistill.agents import CollectConfig, collect
 from trajdistill.envs import make_env
 from trajdistill.envs._react_text import ParsedAction, parse_react
 from trajdistill.envs.twx import _close_game, new_game, reset, resolve_params

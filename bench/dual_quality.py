@@ -22,7 +22,7 @@ from pathlib import Path
 
 from _quality import arguments, evaluated, report, slug, teacher_run, trained
 
-from trajdistill.agents._self_distill import SelfDistillConfig, self_distill
+from trajdistill.train import SelfDistillConfig, self_distill
 from trajdistill.trajectories import compose
 
 

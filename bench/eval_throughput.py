@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from trajdistill.agents._eval import EvalConfig, evaluate
+from trajdistill.agents import EvalConfig, evaluate
 from trajdistill.agents._hf import HFPolicy
 from trajdistill.trajectories import RunStore
 

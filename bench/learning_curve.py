@@ -26,10 +26,10 @@ from typing import Any
 
 from _quality import called, tool_use
 
-from trajdistill.agents._collector import CollectConfig, collect
-from trajdistill.agents._eval import EvalConfig, evaluate, slug
-from trajdistill.trajectories._sft import TrainConfig, build_data, train
-from trajdistill.trajectories._taxonomy import FAILURE_KINDS
+from trajdistill.agents import CollectConfig, EvalConfig, collect, evaluate
+from trajdistill.agents._eval import slug
+from trajdistill.train import TrainConfig, build_data, train
+from trajdistill.trajectories import FAILURE_KINDS
 
 STUDENT = "hf:smollm2-135m"
 BUDGETS = "25000,50000,100000,200000,400000,800000,1600000"
@@ -85,7 +85,7 @@ def steps_for(run: Path, tokens: int, student: str) -> int:
     """Optimizer steps that train about `tokens` tokens with `train`'s defaults (packed rows, its batch)."""
     from transformers import AutoTokenizer
 
-    from trajdistill.agents._models import resolve_model
+    from trajdistill.agents import resolve_model
 
     cfg = TrainConfig(data=[str(run)], student=student, out=str(run.parent / "students"))
     data = build_data(cfg, AutoTokenizer.from_pretrained(str(resolve_model(cfg.student_target))))

@@ -23,10 +23,9 @@ from pathlib import Path
 
 import torch
 
-from trajdistill.agents._collector import CollectConfig, collect
-from trajdistill.agents._models import build_tiny_llama
-from trajdistill.trajectories._sft import (SpanCollator, TrainConfig, _load_student, build_data, lora_config,
-                                           sft_args, trainer_class)
+from trajdistill.agents import CollectConfig, build_tiny_llama, collect
+from trajdistill.train import SpanCollator, TrainConfig, build_data, trainer_class
+from trajdistill.train._trainer import _load_student, lora_config, sft_args
 
 
 def one_run(cfg: TrainConfig, rows, span: bool) -> dict:

@@ -21,7 +21,7 @@ from pathlib import Path
 from _quality import (CODER_STUDENT, STUDENT, arguments, called, evaluated, pct, rate_of, report, run_of, teacher_run,
                       trained)
 
-from trajdistill.skills._mine import MineConfig, mine
+from trajdistill.skills import MineConfig, mine
 from trajdistill.skills._mount import READ_SKILL
 from trajdistill.trajectories import RunStore
 

@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from trajdistill.agents._collector import CollectConfig, collect
-from trajdistill.trajectories._sft import (SpanCollator, TrainConfig, _load_student, build_data, lora_config,
-                                           sft_args, trainer_class)
+from trajdistill.agents import CollectConfig, collect
+from trajdistill.train import SpanCollator, TrainConfig, build_data, trainer_class
+from trajdistill.train._trainer import _load_student, lora_config, sft_args
 
 VARIANTS = {
     "baseline": dict(full_finetune=False, bf16=False, packing=False, plain=True),

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
-from trajdistill.envs import ConfigError, TrajdistillError
+from trajdistill.envs import TrajdistillError
 
-from ._config import AllowUnsignedOption, ConfigOption, TrustOption
+from ._config import AllowUnsignedOption, ConfigOption, TrustOption, UsageError, env_params
+from ._console import console, err_console
+
+# The command modules and the library load inside each command, so that `trajdistill --help` stays fast.
 
 app = typer.Typer(help="Agentic trajectory distillation: collect, compose, train, mine skills, evaluate.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -20,14 +22,6 @@ envs_app = typer.Typer(help="List and describe environments.", no_args_is_help=T
 sandbox_app = typer.Typer(help="Check and use the code sandboxes.", no_args_is_help=True)
 app.add_typer(envs_app, name="envs")
 app.add_typer(sandbox_app, name="sandbox")
-
-console = Console()
-err_console = Console(stderr=True, soft_wrap=True)  # one error, one line
-
-
-class UsageError(ConfigError):
-    """Bad input given on the command line."""
-
 
 @envs_app.command("list")
 def envs_list(config: Optional[Path] = ConfigOption) -> None:
@@ -83,16 +77,6 @@ def sandbox_build_image(
     build_image(tag=tag, method=method, base=base, console=console, force=force)
 
 
-def _env_params(pairs: list[str]) -> dict:
-    out = {}
-    for item in pairs:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UsageError(f"--env-param must be KEY=VALUE, got {item!r}")
-        out[key.replace("-", "_")] = value
-    return out
-
-
 @app.command()
 def collect(
     env: str = typer.Option(..., help="Env name, e.g. math, twx:coin, mcp."),
@@ -117,13 +101,13 @@ def collect(
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Run teacher agents on an env's tasks and record every episode as a trajectory."""
-    from trajdistill.agents._collector import CollectConfig
+    from trajdistill.agents import CollectConfig
 
     from ._collect_cmd import collect_cmd
 
     cfg = CollectConfig(env=env, teachers=list(teacher), out=str(out), tasks=tasks, split=split,
                         concurrency=concurrency, resume=resume, shard=shard, seed=seed, max_steps=max_steps,
-                        temperature=temperature, sandbox=sandbox, env_params=_env_params(env_param),
+                        temperature=temperature, sandbox=sandbox, env_params=env_params(env_param),
                         skills=list(skills), preload_skills=preload_skills, trust=list(trust),
                         allow_unsigned=allow_unsigned)
     raise typer.Exit(collect_cmd(console, cfg))

@@ -11,8 +11,11 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from ._config import ConfigOption
+from ._config import ConfigOption, env_params
+from ._console import console, err_console
 from ._progress import EpisodeRow, episode_columns
+
+# Each command imports its library modules when it runs, so that `trajdistill --help` stays fast.
 
 
 def register(app: typer.Typer) -> None:
@@ -37,9 +40,7 @@ def compose_command(
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Compose several teachers' trajectories into one training run (DualDistill)."""
-    from trajdistill.trajectories._compose import compose
-
-    from ._app import console, err_console
+    from trajdistill.trajectories import compose
 
     report = compose([str(r) for r in runs], strategy, str(out), prefer=prefer,  # type: ignore[arg-type]
                      transition=transition, seed=seed, max_prefix_steps=max_prefix_steps)
@@ -105,15 +106,14 @@ def self_distill_command(
 
     Trainer settings take a --train- prefix on the names of `trajdistill train`, e.g.
     `--train-max-steps 50 --train-lora-r 8 --train-curriculum none`."""
-    from trajdistill.agents._self_distill import SelfDistillConfig, parse_train_args, self_distill
+    from trajdistill.train import SelfDistillConfig, parse_train_args, self_distill
 
-    from ._app import _env_params, console
 
     cfg = SelfDistillConfig(
         student=student, env=env, samples=samples, out=str(out), rounds=rounds, temperature=temperature,
         tasks=tasks, compose_runs=[str(p) for p in compose_run], confirm=confirm, dev_tasks=dev_tasks,
         max_steps=max_steps, concurrency=concurrency, seed=seed, sandbox=sandbox,
-        env_params=_env_params(env_param), train_args=parse_train_args(list(ctx.args)), resume=resume)
+        env_params=env_params(env_param), train_args=parse_train_args(list(ctx.args)), resume=resume)
     with Progress(*episode_columns("self-distill"), console=console, transient=False) as bar:
         rows: dict[str, EpisodeRow] = {}
 

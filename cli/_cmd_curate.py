@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ._config import ConfigOption
+from ._console import console, err_console
 
 STEP_HELP = ("A step, applied in the order given; repeatable: NAME or NAME:KEY=VALUE,... e.g. verified, dedupe, "
              "near-dup:threshold=0.85, length-balance:k=3, balance:cap=50, blend:size=1000. Replaces the config's "
@@ -44,7 +45,6 @@ def curate_command(
     blend) applied in order; each records what it removed and why in OUT/curate_report.json."""
     from trajdistill.trajectories._curate import PLOT_FILE, REPORT_FILE, CurateConfig, curate, parse_mix
 
-    from ._app import console, err_console
     from ._config import load_yaml
 
     cfg = CurateConfig.from_mapping(runs, str(out), load_yaml(config) if config else {})
@@ -86,7 +86,6 @@ def import_command(
     """Import OpenAI messages JSONL (the inverse of `export --format openai`) as a run of typed trajectories."""
     from trajdistill.trajectories._import import import_messages
 
-    from ._app import console
 
     with _bar(console) as bar:
         job = bar.add_task("import", total=None)

@@ -8,6 +8,9 @@ from typing import Optional
 import typer
 
 from ._config import ConfigOption
+from ._console import console
+
+# Each command imports its library modules when it runs, so that `trajdistill --help` stays fast.
 
 
 def register(app: typer.Typer) -> None:
@@ -25,7 +28,6 @@ def demo_command(
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Run the whole pipeline on the embedded SmolLM2 student and write report.html."""
-    from ._app import console
     from ._demo import run_demo
 
     run_demo(out, quick=quick, sandbox=sandbox, console=console)
@@ -41,8 +43,7 @@ def view_command(
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Write a self-contained HTML trajectory viewer for a run (or every run under a directory)."""
-    from ._app import console
-    from ._report import write_viewer
+    from .report._report import write_viewer
 
     written = write_viewer(path, out, force=force)
     console.print(str(written), highlight=False, soft_wrap=True)

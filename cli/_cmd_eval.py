@@ -15,8 +15,11 @@ from rich.table import Table
 from trajdistill.agents._policy import option_help
 from trajdistill.trajectories._taxonomy import as_row
 
-from ._config import AllowUnsignedOption, ConfigOption, TrustOption
+from ._config import AllowUnsignedOption, ConfigOption, TrustOption, UsageError, env_params
+from ._console import console, err_console
 from ._progress import EpisodeRow, episode_columns
+
+# Each command imports its library modules when it runs, so that `trajdistill --help` stays fast.
 
 
 def register(app: typer.Typer) -> None:
@@ -47,15 +50,13 @@ def eval_command(
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Evaluate agents on the same held-out tasks: success with 95% CI, steps, invalid actions, tokens."""
-    from trajdistill.agents._eval import EvalConfig
-
-    from ._app import UsageError, _env_params, console
+    from trajdistill.agents import EvalConfig
 
     if not env:
         raise UsageError("give --env ENV, e.g. --env math")
     cfg = EvalConfig(env=env, agents=list(agent), split=split, tasks=tasks, out=str(out) if out else None,
                      concurrency=concurrency, max_steps=max_steps, seed=seed, temperature=temperature,
-                     sandbox=sandbox, env_params=_env_params(env_param), skills=list(skills),
+                     sandbox=sandbox, env_params=env_params(env_param), skills=list(skills),
                      preload_skills=preload_skills, agent_options=_agent_options(agent_option),
                      resume=resume, trust=list(trust), allow_unsigned=allow_unsigned)
     raise typer.Exit(eval_cmd(console, cfg))
@@ -63,8 +64,6 @@ def eval_command(
 
 def _agent_options(pairs: list[str]) -> dict:
     import yaml
-
-    from ._app import UsageError
 
     out = {}
     for item in pairs:
@@ -79,7 +78,8 @@ def _agent_options(pairs: list[str]) -> dict:
 
 
 def eval_cmd(console: Console, cfg) -> int:
-    from trajdistill.agents._eval import evaluate_async
+    from trajdistill.agents import evaluate_async
+    from trajdistill.skills import mount_skills
 
     with Progress(*episode_columns("eval"), console=console, transient=False) as bar:
         rows: dict[str, EpisodeRow] = {}
@@ -90,7 +90,7 @@ def eval_cmd(console: Console, cfg) -> int:
             rows[spec](p)
 
         try:
-            results = asyncio.run(evaluate_async(cfg, listener))
+            results = asyncio.run(evaluate_async(cfg, listener, mount=mount_skills))
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]: no results.json was written")
             return 130
@@ -102,8 +102,6 @@ def eval_cmd(console: Console, cfg) -> int:
 
 def _all_errored(results) -> int:
     """1 when every episode of some agent errored: its success rate measures the endpoint, not the agent."""
-    from ._app import err_console
-
     dead = [a for a in results.agents if a.all_errored]
     for a in dead:
         err_console.print(f"[red]error:[/] every episode of {a.spec} errored ({a.errors} of {a.n}), so it was "

@@ -12,10 +12,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from ._config import AllowUnsignedOption, ConfigOption, TrustOption
+from ._config import AllowUnsignedOption, ConfigOption, TrustOption, env_params
+from ._console import console
+
+# Each command imports its library modules when it runs, so that `trajdistill --help` stays fast.
 
 skills_app = typer.Typer(help="Mine, inspect, validate and serve skill boxes.", no_args_is_help=True)
-console = Console()
 
 
 def register(app: typer.Typer) -> None:
@@ -39,8 +41,7 @@ def mine_cmd(
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Mine a skill box (SKILL.md docs and sandboxed tools) from trajectories, self-check it, and sign it."""
-    from trajdistill.skills._box import BoxError
-    from trajdistill.skills._mine import MineConfig, mine_async
+    from trajdistill.skills import BoxError, MineConfig, mine_async
 
     cfg = MineConfig(runs=[str(r) for r in runs], out=str(out), analyst=analyst, mode=mode, workers=workers,
                      sandbox=sandbox, name=name, force=force, min_support=min_support,
@@ -74,7 +75,7 @@ def inspect_cmd(box: Path = typer.Argument(..., help="Skill box directory."),
     loaded = SkillBox.load(box, trust=Trust.of(trust, allow_unsigned))
     fresh = None
     if check:
-        from trajdistill.skills._check import check_box_async
+        from trajdistill.skills import check_box_async
 
         fresh = asyncio.run(check_box_async(loaded, sandbox=sandbox, record=False))
     show_box(console, loaded, fresh)
@@ -88,8 +89,7 @@ def sign_cmd(box: Path = typer.Argument(..., help="Skill box directory."),
                                                       "none."),
              config: Optional[Path] = ConfigOption) -> None:
     """Run the box's self-check afresh, then sign its manifest (file hashes and that result)."""
-    from trajdistill.skills import SkillBox
-    from trajdistill.skills._check import check_box_async
+    from trajdistill.skills import SkillBox, check_box_async
     from trajdistill.skills._trust import load_private_key, local_key
 
     signer = load_private_key(key) if key else local_key()
@@ -206,7 +206,7 @@ def serve_command(
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Serve a box over MCP: tools run in the sandbox, SKILL.md files are resources and prompts."""
-    from trajdistill.skills._server import serve
+    from trajdistill.skills import serve
     from trajdistill.skills._trust import Trust
 
     serve(box, transport=transport, host=host, port=port, sandbox=sandbox, timeout_s=timeout,
@@ -229,13 +229,12 @@ def validate_command(
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Run the agent with and without the box; record the delta (95% CI) in the manifest."""
-    from trajdistill.skills._gate import GateConfig
+    from trajdistill.skills import GateConfig
 
-    from ._app import _env_params
 
     cfg = GateConfig(box=str(box), env=env, agent=agent, split=split, tasks=tasks, ablate=ablate,
                      concurrency=concurrency, max_steps=max_steps, seed=seed, sandbox=sandbox,
-                     env_params=_env_params(env_param))
+                     env_params=env_params(env_param))
     raise typer.Exit(validate_cmd(console, cfg))
 
 
@@ -244,7 +243,7 @@ def validate_cmd(console, cfg) -> int:
 
     from rich.progress import Progress
 
-    from trajdistill.skills._gate import validate_async
+    from trajdistill.skills import validate_async
 
     from ._progress import EpisodeRow, episode_columns
 

@@ -14,9 +14,13 @@ from rich.console import Console
 from rich.table import Table
 
 from ._config import ConfigOption
+from ._console import console
+
+# Each command imports its library modules when it runs, so that `trajdistill --help` stays fast.
+
 
 def _field(name: str):
-    from trajdistill.trajectories._sft import TrainConfig
+    from trajdistill.train import TrainConfig
 
     return TrainConfig.__dataclass_fields__[name]
 
@@ -65,15 +69,15 @@ def register(app: typer.Typer) -> None:
         config: Optional[Path] = ConfigOption,
     ) -> None:
         """Span-aware SFT of a student on trajectories (full fine-tuning in bf16 where the hardware has it, packed)."""
-        from trajdistill.trajectories._sft import TrainConfig
+        from trajdistill.train import TrainConfig
 
         settings = {k: v for k, v in locals().items() if k in TrainConfig.__dataclass_fields__}
         cfg = TrainConfig(**{**settings, "data": [str(d) for d in data], "out": str(out)})
-        train_cmd(Console(), cfg)
+        train_cmd(console, cfg)
 
 
 def train_cmd(console: Console, cfg) -> None:
-    from trajdistill.trajectories._sft import train
+    from trajdistill.train import train
 
     result = train(cfg)
     table = Table(title=f"trained {result.steps} steps on {result.examples} trajectories")

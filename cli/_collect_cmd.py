@@ -8,14 +8,16 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from trajdistill.agents._collector import CollectConfig, Collector, resolved_config
+from trajdistill.agents import CollectConfig, Collector, resolved_config
+from trajdistill.skills import mount_skills
 from trajdistill.trajectories import RunStore
 
+from ._console import err_console
 from ._progress import EpisodeRow, episode_columns
 
 
 def collect_cmd(console: Console, cfg: CollectConfig) -> int:
-    collector = Collector(cfg)
+    collector = Collector(cfg, mount_skills)
     store = RunStore.create(cfg.out, resolved_config(cfg), resume=cfg.resume)
     with Progress(*episode_columns("collect"), console=console, transient=False) as bar:
         row = EpisodeRow(bar, f"{cfg.env} x {len(cfg.teachers)} teacher(s)")
@@ -36,8 +38,6 @@ def collect_cmd(console: Console, cfg: CollectConfig) -> int:
 
 def _all_errored(store: RunStore) -> int:
     """1 when some teacher has no trajectory and only errors: an endpoint that never answered is not a run."""
-    from ._app import err_console
-
     dead = [spec for spec, s in store.stats()["teachers"].items() if not s["done"] and s["errors"]]
     reasons = {r.get("teacher"): r.get("reason") for r in store.errors()}
     for spec in dead:

@@ -12,6 +12,21 @@ import yaml
 from trajdistill.envs import ConfigError
 
 
+class UsageError(ConfigError):
+    """Bad input given on the command line."""
+
+
+def env_params(pairs: list[str]) -> dict:
+    """`--env-param KEY=VALUE` pairs as env parameters."""
+    out = {}
+    for item in pairs:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--env-param must be KEY=VALUE, got {item!r}")
+        out[key.replace("-", "_")] = value
+    return out
+
+
 def load_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}

@@ -79,7 +79,7 @@ class Demo:
     # ---- stages -------------------------------------------------------------------------------------
 
     def collect(self) -> dict[str, Any]:
-        from trajdistill.agents._collector import CollectConfig
+        from trajdistill.agents import CollectConfig
 
         from ._collect_cmd import collect_cmd
 
@@ -93,7 +93,7 @@ class Demo:
         return {"line": f"{cfg.tasks} train tasks x 2 teachers: {line}", "success": rates, "run": cfg.out}
 
     def collect_twx(self) -> dict[str, Any]:
-        from trajdistill.agents._collector import CollectConfig
+        from trajdistill.agents import CollectConfig
 
         from ._collect_cmd import collect_cmd
 
@@ -105,7 +105,7 @@ class Demo:
                 "run": cfg.out}
 
     def compose(self) -> dict[str, Any]:
-        from trajdistill.trajectories._compose import compose
+        from trajdistill.trajectories import compose
 
         out = self.path("runs/math-dual")
         shutil.rmtree(out, ignore_errors=True)  # a half-written composition is redone whole
@@ -117,7 +117,7 @@ class Demo:
         return {"line": line, "run": str(out), "report": report.to_dict()}
 
     def train(self) -> dict[str, Any]:
-        from trajdistill.trajectories._sft import TrainConfig, train
+        from trajdistill.train import TrainConfig, train
 
         out = self.path("student")
         shutil.rmtree(out, ignore_errors=True)
@@ -131,7 +131,7 @@ class Demo:
                 "out": str(out), "losses": losses}
 
     def mine(self) -> dict[str, Any]:
-        from trajdistill.skills._mine import MineConfig, mine
+        from trajdistill.skills import MineConfig, mine
 
         # 300 short copy-only programs give ~60 tools, 40 of them one-offs that only lengthen every prompt
         cfg = MineConfig(runs=[str(self.path("runs/math-dual"))], out=str(self.path("box")), mode="both",
@@ -142,7 +142,7 @@ class Demo:
                 "tools": len(result.box.tools)}
 
     def gate(self) -> dict[str, Any]:
-        from trajdistill.skills._gate import GateConfig, validate
+        from trajdistill.skills import GateConfig, validate
 
         # The distilled student is the one the box is meant to help, and it stops on its own: cheaper to gate.
         cfg = GateConfig(box=str(self.path("box")), env="math", agent=f"hf:{self.path('student')}", split="dev",
@@ -159,7 +159,7 @@ class Demo:
                         f"{' ...' if len(tools) > 6 else ''}", "tools": tools}
 
     def evaluate(self) -> dict[str, Any]:
-        from trajdistill.agents._eval import EvalConfig, evaluate
+        from trajdistill.agents import EvalConfig, evaluate
 
         student = f"hf:{self.path('student')}"
         options = {STUDENT: self.student_options, student: self.student_options}
@@ -254,7 +254,7 @@ def _summary(results: dict[str, dict[str, Any]], quick: bool, wall: float, work:
 
 
 def _report(demo: Demo, summary: dict[str, Any]) -> Path:
-    from ._report import build_report
+    from .report._report import build_report
 
     header = {"wall (s)": summary["wall_s"], "student": STUDENT,
               **{name: {"result": s.get("line", ""), "seconds": s.get("seconds")}

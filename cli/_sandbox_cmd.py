@@ -7,7 +7,7 @@ import asyncio
 from rich.console import Console
 from rich.table import Table
 
-from trajdistill.envs.sandbox import Limits, get_provider
+from trajdistill.envs.sandbox import Limits, get_provider, self_check
 
 
 def run_one(console: Console, backend: str, argv: list[str], timeout: float, memory_mb: int) -> int:
@@ -30,8 +30,6 @@ def run_one(console: Console, backend: str, argv: list[str], timeout: float, mem
 
 
 def check(console: Console, backend: str) -> int:
-    from trajdistill.envs.sandbox import self_check
-
     results = asyncio.run(self_check(backend))
     table = Table(title=f"sandbox self-test ({results.backend})")
     for col in ("attack", "contained", "detail"):

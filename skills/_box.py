@@ -33,8 +33,7 @@ from typing import Any, Literal
 
 import yaml
 
-from trajdistill.envs import TrajdistillError
-from trajdistill.envs._tools import ToolSchemaError, ToolSpec, tool_spec
+from trajdistill.envs import ToolSchemaError, ToolSpec, TrajdistillError, tool_spec
 
 from ._trust import SIGNATURE, SIGNED_SECTIONS, Trust, Verdict, check_trust, local_key, manifest_digest, sign_manifest
 

@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from trajdistill.agents import EvalConfig, evaluate_async, wilson_ci
 from trajdistill.envs import ConfigError
 
 from ._box import SkillBox
+from ._mount import mount_skills
 from ._trust import Trust
 
 HARMFUL_NOTE = "harmful: overly broad skills may hijack the agent"
@@ -53,8 +55,6 @@ class GateConfig:
 
 def rate_diff_ci(a: tuple[int, int], b: tuple[int, int]) -> tuple[float, float]:
     """95% interval of rate(a) - rate(b), each given as (successes, n): Newcombe's method 10."""
-    from trajdistill.agents._eval import wilson_ci
-
     (sa, na), (sb, nb) = a, b
     pa, pb = sa / na if na else 0.0, sb / nb if nb else 0.0
     (la, ua), (lb, ub) = wilson_ci(sa, na), wilson_ci(sb, nb)
@@ -98,14 +98,12 @@ class Gate:
         self.listener = listener
 
     async def arm(self, label: str, skills: list[str]) -> dict[str, Any]:
-        from trajdistill.agents._eval import EvalConfig, evaluate_async  # the agents stack loads only when used
-
         c = self.cfg
         eval_cfg = EvalConfig(env=c.env, agents=[c.agent], split=c.split, tasks=c.tasks, concurrency=c.concurrency,
                               max_steps=c.max_steps, seed=c.seed, temperature=c.temperature, sandbox=c.sandbox,
                               env_params=dict(c.env_params), agent_options=dict(c.agent_options), skills=skills)
         listener = (lambda _spec, p: self.listener(label, p)) if self.listener else None
-        results = await evaluate_async(eval_cfg, listener)
+        results = await evaluate_async(eval_cfg, listener, mount=mount_skills)
         return _arm(results.agents[0])
 
     async def run(self) -> dict[str, Any]:

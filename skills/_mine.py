@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from trajdistill import __version__
+from trajdistill.agents import make_policy
 from trajdistill.envs import ConfigError
 from trajdistill.envs.sandbox import Limits, get_provider
 from trajdistill.trajectories import RunStore, Trajectory
@@ -83,8 +84,6 @@ async def mine_async(cfg: MineConfig, *, analyst: Any = None, listener: Listener
     trajs, env = load_runs(cfg.runs)
     own_analyst = analyst is None and bool(cfg.analyst)
     if own_analyst:
-        from trajdistill.agents import make_policy
-
         analyst = make_policy(cfg.analyst)
     provider = runner = None
     try:

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trajdistill.agents._collector import CollectConfig, collect, in_shard, parse_shard
+from trajdistill.agents import CollectConfig, collect
+from trajdistill.agents._collector import in_shard, parse_shard
 from trajdistill.trajectories import RunStore
 
 from fault_server import Error, FaultServer, Malformed, Reply, Stall
@@ -128,7 +129,7 @@ def test_bad_input_gets_one_line_and_nonzero_exit(tmp_path):
 
 
 def test_hf_teacher_collects_with_batched_generation(tmp_path):
-    from trajdistill.agents._models import build_tiny_llama
+    from trajdistill.agents import build_tiny_llama
 
     model = build_tiny_llama(tmp_path / "tiny")
     out = tmp_path / "run"

@@ -10,12 +10,12 @@ import warnings
 
 import pytest
 
-from trajdistill.agents._collector import CollectConfig, collect
+from trajdistill.agents import CollectConfig, collect
 from trajdistill.envs import Outcome
 from trajdistill.envs._react_text import ParsedAction, ParsedFinal, parse_react
-from trajdistill.trajectories import EnvRef, Message, RunStore, Teacher, Trajectory, Usage
-from trajdistill.trajectories._compose import (REPORT_FILE, TO_TOOL, compose, cut_before_answer, pick, text_tokens)
-from trajdistill.trajectories._spans import assistant_text
+from trajdistill.trajectories import EnvRef, Message, RunStore, Teacher, Trajectory, Usage, compose
+from trajdistill.trajectories._compose import REPORT_FILE, TO_TOOL, cut_before_answer, pick, text_tokens
+from trajdistill.trajectories import assistant_text
 
 TEACHERS = ["expert:reasoner", "expert:coder"]
 
@@ -228,7 +228,7 @@ def test_cli_compose_prints_the_report_table(run, tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from trajdistill.agents._models import build_tiny_llama
+    from trajdistill.agents import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama")
 
@@ -236,7 +236,8 @@ def tiny(tmp_path_factory):
 def test_encoder_never_trains_the_failed_prefix_but_trains_the_transition(dual, tiny):
     from transformers import AutoTokenizer
 
-    from trajdistill.trajectories._encode import encode, render
+    from trajdistill.train import encode
+    from trajdistill.train._encode import render
 
     tok = AutoTokenizer.from_pretrained(str(tiny))
     checked = 0

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trajdistill.trajectories._curriculum import Complexity, kind_counts, order, parse_curriculum
-from trajdistill.trajectories._sft import stage_steps
+from trajdistill.train import Complexity
+from trajdistill.train._curriculum import kind_counts, order, parse_curriculum
+from trajdistill.train import stage_steps
 
 SCORES = [50.0, 10.0, 30.0, 10.0, 90.0, 70.0, 20.0, 60.0]
 

@@ -7,9 +7,9 @@ import copy
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from trajdistill.trajectories import (SPAN_KINDS, Message, SegmentRules, Span, assistant_text, encode, segment,
-                                      segment_run)
-from trajdistill.trajectories._encode import IGNORE_INDEX, _spans_for, render
+from trajdistill.trajectories import Message, SegmentRules, Span, assistant_text, segment, segment_run
+from trajdistill.train import SPAN_KINDS, encode
+from trajdistill.train._encode import IGNORE_INDEX, _spans_for, render
 
 from test_spans import call, expert_run, expert_store, make_traj, trajectories  # noqa: F401  (fixtures)
 

@@ -9,8 +9,7 @@ from collections import Counter
 
 import pytest
 
-from trajdistill.envs import Observation, Outcome, PolicyRequest, Task, make_env
-from trajdistill.envs import math as math_env
+from trajdistill.envs import Observation, Outcome, PolicyRequest, Task, make_env, math as math_env
 from trajdistill.envs._react_text import ParsedAction, ParsedFinal, parse_react
 from trajdistill.envs.sandbox import Limits, get_provider, sandboxes
 from trajdistill.envs.sandbox._host import UnsandboxedWarning
@@ -251,8 +250,7 @@ def test_reasoner_writes_steps_consistent_with_its_slip(env):
 
 
 async def test_experts_through_the_react_loop(env, host):
-    from trajdistill.agents import make_policy
-    from trajdistill.agents._loop import ReActLoop
+    from trajdistill.agents import ReActLoop, make_policy
 
     task = env.tasks("test", n=20)[6]  # a level-2 modular task
     for name, turns in (("coder", 2), ("reasoner", 1)):

@@ -64,8 +64,7 @@ async def test_gold_expert_solves_sample(game, n):
 
 
 async def test_gold_expert_through_react_loop(coin):
-    from trajdistill.agents import make_policy
-    from trajdistill.agents._loop import ReActLoop
+    from trajdistill.agents import ReActLoop, make_policy
 
     loop = ReActLoop(coin, make_policy("expert:gold", env=coin), max_steps=30)
     results = [await loop.run(task) for task in coin.tasks("dev", n=2)]
@@ -141,7 +140,7 @@ def test_raw_gold_steps():
 
 
 async def test_the_gold_path_is_only_for_policies_that_read_hints_and_only_before_the_first_move(coin):
-    from trajdistill.agents._loop import ReActLoop
+    from trajdistill.agents import ReActLoop
     from trajdistill.envs import Turn
     from trajdistill.envs._react_text import format_action, format_final
 

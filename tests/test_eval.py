@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from trajdistill.agents import EvalConfig, evaluate
-from trajdistill.agents._eval import slug, wilson_ci
+from trajdistill.agents import EvalConfig, evaluate, wilson_ci
+from trajdistill.agents._eval import slug
 from trajdistill.trajectories import RunStore
 
 from fault_server import Error, FaultServer
@@ -84,7 +84,8 @@ def test_success_plot_is_a_png(experts):
 
 
 def test_success_plot_at_100_percent(tmp_path):
-    from trajdistill.agents._eval import AgentResult, EvalResults, plot_success
+    from trajdistill.agents import AgentResult, EvalResults
+    from trajdistill.agents._eval import plot_success
 
     lo, hi = wilson_ci(10, 10)
     assert hi < 1.0  # float rounding: the upper bound sits just below the rate
@@ -126,7 +127,7 @@ def test_a_cut_off_eval_resumes_without_losing_or_repeating_episodes(tmp_path):
 
 
 def test_tiny_hf_agent_writes_invalid_actions_and_never_succeeds(tmp_path):
-    from trajdistill.agents._models import build_tiny_llama
+    from trajdistill.agents import build_tiny_llama
 
     model = build_tiny_llama(tmp_path / "tiny")
     spec = f"hf:{model}"
@@ -199,7 +200,7 @@ def test_cli_prints_the_table_and_writes_results(tmp_path):
 
 
 def test_cli_agent_options_reach_the_policy(tmp_path):
-    from trajdistill.agents._models import build_tiny_llama
+    from trajdistill.agents import build_tiny_llama
 
     model = build_tiny_llama(tmp_path / "tiny")
     out = tmp_path / "o"

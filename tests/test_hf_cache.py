@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from trajdistill.agents import make_policy
+from trajdistill.agents import build_tiny_llama, load_causal_lm
 from trajdistill.agents._decode import Sampling, decode
 from trajdistill.agents._hf import HFPolicy, KVStore, pack_batch
-from trajdistill.agents._models import build_tiny_llama, load_causal_lm
 from trajdistill.envs import PolicyRequest, Task
 
 SYSTEM = "Solve the task. Reply with Thought: then Action: and Action Input: as JSON, or Final Answer:. " * 3

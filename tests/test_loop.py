@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trajdistill.agents import PolicyError
-from trajdistill.agents._loop import ReActLoop
+from trajdistill.agents import PolicyError, ReActLoop
 from trajdistill.envs import Env, Episode, Outcome, Task, ToolCall, Turn, tool
 from trajdistill.envs._react_text import format_action, format_final
 

@@ -14,13 +14,11 @@ import pytest
 
 from conftest import require
 from fault_server import FaultServer, Reply
-from trajdistill.agents._collector import CollectConfig, collect
+from trajdistill.agents import CollectConfig, collect
 from trajdistill.envs import Outcome, Turn
 from trajdistill.envs._react_text import format_action, format_final
 from trajdistill.envs.sandbox import Limits, get_provider, sandboxes
-from trajdistill.skills import SkillBox, ToolRunner, parse_skill_md, run_tool_in_sandbox
-from trajdistill.skills._check import check_box
-from trajdistill.skills._mine import MineConfig, mine
+from trajdistill.skills import MineConfig, SkillBox, ToolRunner, check_box, mine, parse_skill_md, run_tool_in_sandbox
 from trajdistill.skills._mine_docs import Edit, hierarchical_merge, keep, mine_docs
 from trajdistill.skills._mine_tools import abstract, mine_tools, source_calls, unify, prepare
 from trajdistill.trajectories import EnvRef, Message, Teacher, Trajectory
@@ -268,7 +266,7 @@ def test_scripted_analyst_writes_tools_and_patches_docs(tmp_path):
 
 
 async def _mine_async(cfg, analyst):
-    from trajdistill.skills._mine import mine_async
+    from trajdistill.skills import mine_async
 
     return await mine_async(cfg, analyst=analyst)
 

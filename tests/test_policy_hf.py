@@ -9,8 +9,8 @@ import torch
 
 from trajdistill.agents import PolicyError, make_policy
 from trajdistill.agents._hf import HFPolicy, render_prompt
-from trajdistill.agents._models import (ModelNotFoundError, build_tiny_llama, ensure_smollm2, is_peft_adapter,
-                                        load_causal_lm)
+from trajdistill.agents import ModelNotFoundError, build_tiny_llama, is_peft_adapter, load_causal_lm
+from trajdistill.agents._models import ensure_smollm2
 from trajdistill.agents._vllm import vllm_unavailable
 from trajdistill.envs import PolicyRequest, Task
 

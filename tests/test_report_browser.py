@@ -14,8 +14,8 @@ import pytest
 
 from conftest import require
 from test_view import XSS, box_fixture, eval_fixture, train_fixture, xss_run
-from trajdistill._report import build_report, render_viewer
-from trajdistill.agents._collector import CollectConfig, collect
+from trajdistill.report import build_report, render_viewer
+from trajdistill.agents import CollectConfig, collect
 
 pytestmark = pytest.mark.slow
 

@@ -16,9 +16,9 @@ import pytest
 from conftest import require
 from trajdistill.envs import UnknownNameError
 from trajdistill.envs.sandbox import ExecResult, Limits, get_provider, sandboxes, self_check
-from trajdistill.envs.sandbox._selfcheck import (DAEMON, DISK_FILL, ESCAPE_CALLS, ESCAPE_PROBES, FORK_BOMB,
-                                                 MEMORY_BOMB, NET_SCRIPT, SPREAD_MEMORY, WORK_CAP_MB,
-                                                 find_processes, kill_processes, peak_memory_mb, work_usage_mb)
+from trajdistill.envs.sandbox._selfcheck import (DAEMON, DISK_FILL, ESCAPE_CALLS, ESCAPE_PROBES, FORK_BOMB, MEMORY_BOMB,
+                                                 NET_SCRIPT, SPREAD_MEMORY, WORK_CAP_MB, find_processes, kill_processes,
+                                                 peak_memory_mb, work_usage_mb)
 
 LIMITS = Limits(timeout_s=5.0, memory_mb=256, pids=32, output_bytes=64_000)
 BACKENDS = [pytest.param("nsjail", marks=pytest.mark.nsjail),

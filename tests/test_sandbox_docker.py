@@ -17,9 +17,8 @@ from trajdistill.envs.sandbox import Limits, SandboxError
 pytestmark = pytest.mark.docker
 
 docker = pytest.importorskip("docker")
-from trajdistill.envs.sandbox._docker import (  # noqa: E402 - after the importorskip
-    LABEL, OWNER_LABEL, DockerProvider, _check, build_image, debian_mirror, image_name, remove_stale,
-)
+from trajdistill.envs.sandbox._docker import (LABEL, OWNER_LABEL, DockerProvider, _check, build_image, debian_mirror,
+                                              image_name, remove_stale)
 
 LIMITS = Limits(timeout_s=5.0, memory_mb=256, pids=48, output_bytes=10_000, cpus=0.5)
 

@@ -9,14 +9,12 @@ from typing import Any
 
 import pytest
 
-from trajdistill.agents import policies
-from trajdistill.agents._collector import CollectConfig, collect
-from trajdistill.agents._self_distill import (SelfDistillConfig, SelfDistiller, merge_buffer, parse_train_args,
-                                              self_distill)
+from trajdistill.agents import CollectConfig, collect, policies
+from trajdistill.train import SelfDistillConfig, parse_train_args, self_distill
+from trajdistill.train._self_distill import SelfDistiller, merge_buffer
 from trajdistill.envs import PolicyRequest, Turn
 from trajdistill.envs._react_text import format_final
-from trajdistill.trajectories import RunStore
-from trajdistill.trajectories._compose import compose
+from trajdistill.trajectories import RunStore, compose
 
 
 class FlipPolicy:
@@ -92,7 +90,7 @@ async def test_disputed_tasks_keep_only_samples_the_confirm_policy_agrees_with(t
 
 
 def test_buffer_run_holds_several_samples_of_one_task_and_student(tmp_path):
-    from trajdistill.agents._self_distill import write_run
+    from trajdistill.train._self_distill import write_run
 
     import asyncio
 
@@ -125,7 +123,7 @@ def test_parse_train_args():
 
 
 def test_one_round_with_a_tiny_model_student(tmp_path, coder_compose):
-    from trajdistill.agents._models import build_tiny_llama
+    from trajdistill.agents import build_tiny_llama
 
     tiny = build_tiny_llama(tmp_path / "tiny")
     cfg = _cfg(tmp_path, student=f"hf:{tiny}", compose_runs=[str(coder_compose)], dev_tasks=2, max_steps=2,
@@ -169,7 +167,7 @@ class Crash(Exception):
 
 
 def _tiny_cfg(tmp_path, compose_run, **kw) -> SelfDistillConfig:
-    from trajdistill.agents._models import build_tiny_llama
+    from trajdistill.agents import build_tiny_llama
 
     tiny = build_tiny_llama(tmp_path / "tiny") if not (tmp_path / "tiny").exists() else tmp_path / "tiny"
     base = dict(student=f"hf:{tiny}", compose_runs=[str(compose_run)], max_steps=2, temperature=1.0,

@@ -15,13 +15,10 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from trajdistill.agents import make_policy
-from trajdistill.agents._collector import CollectConfig, collect
-from trajdistill.agents._models import build_tiny_llama, is_peft_adapter, load_causal_lm
+from trajdistill.agents import CollectConfig, build_tiny_llama, collect, is_peft_adapter, load_causal_lm, make_policy
 from trajdistill.envs import PolicyRequest, Task
-from trajdistill.trajectories._encode import SPAN_KINDS
-from trajdistill.trajectories._sft import (SpanCollator, TrainConfig, build_trainer, kd_divergence, pack,
-                                           trainer_class, train)
+from trajdistill.train import SPAN_KINDS, SpanCollator, TrainConfig, build_trainer, pack, train, trainer_class
+from trajdistill.train._trainer import kd_divergence
 
 
 @pytest.fixture(scope="module")

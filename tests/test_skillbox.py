@@ -10,9 +10,8 @@ import pytest
 from conftest import require
 from trajdistill.envs import tool_spec
 from trajdistill.envs.sandbox import Limits, get_provider, sandboxes
-from trajdistill.skills import (BoxError, SkillBox, SkillDraft, ToolDraft, ToolRunner, parse_skill_md, run_source,
-                                run_source_many, run_tool_in_sandbox, spec_from_source)
-from trajdistill.skills._check import check_box
+from trajdistill.skills import (BoxError, SkillBox, SkillDraft, ToolDraft, ToolRunner, check_box, parse_skill_md,
+                                run_source, run_source_many, run_tool_in_sandbox, spec_from_source)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # the `none` sandbox warns that it is unconfined
 

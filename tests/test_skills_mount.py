@@ -12,15 +12,14 @@ import sys
 import pytest
 from test_skills_serve import SKILLS, make_box, need_nsjail, serve_argv
 
-from trajdistill.agents import _policy
-from trajdistill.agents._collector import CollectConfig, collect
-from trajdistill.agents._loop import ReActLoop
+from trajdistill.agents import CollectConfig, ReActLoop, _policy, collect
 from trajdistill.envs import PolicyRequest, Turn, make_env
 from trajdistill.envs._react_text import format_action, format_final
 from trajdistill.envs.sandbox import Limits, get_provider
-from trajdistill.skills import SkillBox
-from trajdistill.skills._gate import GateConfig, HARMFUL_NOTE, rate_diff_ci, validate, verdict
-from trajdistill.skills._mount import READ_SKILL, MountedEnv, mount_skills
+from trajdistill.skills import GateConfig, SkillBox, validate
+from trajdistill.skills._gate import HARMFUL_NOTE, rate_diff_ci, verdict
+from trajdistill.skills import MountedEnv, mount_skills
+from trajdistill.skills._mount import READ_SKILL
 from trajdistill.trajectories import RunStore
 
 
@@ -183,12 +182,12 @@ async def test_mounts_a_url_and_a_stdio_command(box):
 def test_hf_agent_mounts_a_box_and_runs_an_episode_with_its_tools_in_the_prompt(box, tmp_path):
     """Collector + CollectConfig.skills + a tiny hf model: the box is in the prompt the model saw."""
     need_nsjail()
-    from trajdistill.agents._models import build_tiny_llama
+    from trajdistill.agents import build_tiny_llama
 
     model = build_tiny_llama(tmp_path / "tiny")
     cfg = CollectConfig(env="math", teachers=[f"hf:{model}"], out=str(tmp_path / "run"), tasks=1, max_steps=2,
                         sandbox="nsjail", teacher_options={"max_new_tokens": 8}, skills=[str(box.path)])
-    store, progress = collect(cfg)
+    store, progress = collect(cfg, mount=mount_skills)
     (traj,) = store.load()
     assert progress.errors == 0 and traj.usage.steps == 2
     system = traj.messages[0].content

@@ -18,8 +18,7 @@ from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 
 from trajdistill.envs.sandbox import Limits, get_provider, sandboxes
-from trajdistill.skills import SkillBox, SkillDraft, ToolDraft
-from trajdistill.skills._server import build_server
+from trajdistill.skills import SkillBox, SkillDraft, ToolDraft, build_server
 
 NPM_PREFIX = Path(os.environ.get("TRAJDISTILL_NPM_PREFIX", Path.home() / ".cache" / "trajdistill" / "npm"))
 INSPECTOR = NPM_PREFIX / "node_modules" / ".bin" / "mcp-inspector-cli"

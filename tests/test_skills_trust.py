@@ -21,8 +21,7 @@ from mcp.client.stdio import StdioServerParameters
 from test_skills_serve import make_box
 
 from trajdistill.envs import make_env
-from trajdistill.skills import BoxError, SkillBox
-from trajdistill.skills._mount import mount_skills
+from trajdistill.skills import BoxError, SkillBox, mount_skills
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # the `none` sandbox warns that it is unconfined
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trajdistill.envs._types import Outcome
+from trajdistill.envs import Outcome
 from trajdistill.trajectories import (EnvRef, FunctionCall, Message, SegmentRules, Span, Teacher, ToolCallMsg,
                                       Trajectory, assistant_text, segment, segment_run)
 from trajdistill.trajectories._spans import react_spans
@@ -290,7 +290,7 @@ def test_property_native_kinds(msg):
 
 @pytest.fixture(scope="module")
 def expert_store(tmp_path_factory):
-    from trajdistill.agents._collector import CollectConfig, collect
+    from trajdistill.agents import CollectConfig, collect
 
     out = tmp_path_factory.mktemp("spans") / "run"
     with pytest.warns(Warning):  # the `none` sandbox warns that it does not confine anything

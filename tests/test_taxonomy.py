@@ -7,12 +7,12 @@ import warnings
 import pytest
 
 from trajdistill.agents._collector import to_trajectory
-from trajdistill.agents._loop import ReActLoop
+from trajdistill.agents import ReActLoop
 from trajdistill.envs import Turn, make_env
 from trajdistill.envs._react_text import format_action, format_final
 from trajdistill.envs.sandbox import Limits, get_provider
 from trajdistill.envs.sandbox._host import UnsandboxedWarning
-from trajdistill.trajectories._taxonomy import FAILURE_KINDS, failure_counts, failure_kind
+from trajdistill.trajectories import FAILURE_KINDS, failure_counts, failure_kind
 
 pytestmark = pytest.mark.filterwarnings("ignore::trajdistill.envs.sandbox._host.UnsandboxedWarning")
 

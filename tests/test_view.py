@@ -15,9 +15,9 @@ from importlib.util import find_spec
 import pytest
 
 from conftest import require
-from trajdistill._report import (NOT_RUN, build_report, cut, find_runs, render_viewer, viewer_data,
-                                 write_viewer)
-from trajdistill.agents._collector import CollectConfig, collect
+from trajdistill.report import build_report, render_viewer, write_viewer
+from trajdistill.report._report import NOT_RUN, cut, find_runs, viewer_data
+from trajdistill.agents import CollectConfig, collect
 from trajdistill.trajectories import RunError, RunStore, Span, assistant_text, segment
 
 XSS = '<img src=x onerror="document.title=\'pwned\'"> </script><script>document.title=\'pwned2\'</script> <!--'

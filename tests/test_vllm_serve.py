@@ -38,7 +38,7 @@ def _up(url: str) -> bool:
 def vllm_server(tmp_path_factory):
     python = VENV / "bin" / "python"
     require(python.exists(), f"vLLM CPU venv missing at {VENV} (run .ci/vllm.sh)")
-    from trajdistill.agents._models import resolve_model
+    from trajdistill.agents import resolve_model
 
     model = resolve_model("smollm2-135m")  # the embedded model, converted to safetensors once
     port = _free_port()

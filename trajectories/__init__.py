@@ -1,4 +1,4 @@
-"""Trajectories: the schema, the run directory store, the exports and span segmentation."""
+"""Trajectories: the schema, the run directory store, the exports, composition and span segmentation."""
 
 from ._compose import ComposeConfig, ComposeReport, compose
 from ._curate import CurateConfig, CurateReport, curate
@@ -6,10 +6,6 @@ from ._curate_steps import Drop as CurateDrop
 from ._curate_steps import Item as CurateItem
 from ._curate_steps import Step as CurateStep
 from ._curate_steps import curate_steps
-from ._curriculum import Complexity
-from ._curriculum import Plan as CurriculumPlan
-from ._curriculum import order as curriculum_order
-from ._encode import SPAN_KINDS, Encoded, encode
 from ._export import export_run
 from ._features import trajectory_features
 from ._import import import_messages
@@ -26,16 +22,15 @@ from ._schema import (
     Trajectory,
     Usage,
 )
-from ._sft import TrainConfig, TrainResult, train
 from ._spans import SegmentRules, assistant_text, segment, segment_run
-from ._store import OutputError, RunError, RunStore, check_output
-from ._taxonomy import FAILURE_KINDS, failure_counts, failure_kind
+from ._store import RUN_FILE, OutputError, RunError, RunStore, check_output, setting_difference
+from ._taxonomy import FAILURE_KINDS, PARSE_ERROR_TOOL, failure_counts, failure_kind
 
 __all__ = [
     "FAILURE_KINDS",
+    "PARSE_ERROR_TOOL",
+    "RUN_FILE",
     "SCHEMA_VERSION",
-    "SPAN_KINDS",
-    "Complexity",
     "ComposeConfig",
     "ComposeReport",
     "CurateConfig",
@@ -43,8 +38,6 @@ __all__ = [
     "CurateItem",
     "CurateReport",
     "CurateStep",
-    "CurriculumPlan",
-    "Encoded",
     "EnvRef",
     "FunctionCall",
     "Message",
@@ -59,8 +52,6 @@ __all__ = [
     "Span",
     "Teacher",
     "ToolCallMsg",
-    "TrainConfig",
-    "TrainResult",
     "Trajectory",
     "Usage",
     "assistant_text",
@@ -68,12 +59,10 @@ __all__ = [
     "compose",
     "curate",
     "curate_steps",
-    "curriculum_order",
-    "encode",
     "export_run",
     "import_messages",
     "segment",
     "segment_run",
-    "train",
+    "setting_difference",
     "trajectory_features",
 ]

@@ -43,16 +43,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from trajdistill import __version__
-from trajdistill.envs import ConfigError
+from trajdistill.envs import FINAL_ANSWER, ConfigError
 
 from ._schema import Message, Provenance, Span, Teacher, Trajectory, Usage
 from ._spans import THINK_OPEN, assistant_text, segment
 from ._store import RunError, RunStore, check_output
+from ._taxonomy import PARSE_ERROR_TOOL
 
 Strategy = Literal["best", "dual"]
 STRATEGIES = ("best", "dual")
 REPORT_FILE = "compose_report.json"
-TOOL_EXEMPT = frozenset({"final_answer", "parse_error"})  # tool messages that are not a real tool use
+TOOL_EXEMPT = frozenset({FINAL_ANSWER, PARSE_ERROR_TOOL})  # tool messages that are not a real tool use
 
 # Built-in transition phrases, by the direction of the switch.
 TO_TOOL = (

@@ -46,7 +46,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
-from trajdistill.envs import ConfigError
+from trajdistill.envs import ConfigError, make_env
 
 from ._features import trajectory_features
 from ._schema import Message, Trajectory
@@ -142,8 +142,6 @@ class _ToolLookup:
 
 
 def _env_tools(name: str) -> list[dict[str, Any]] | None:
-    from trajdistill.envs import make_env
-
     try:
         return [spec.openai() for spec in make_env(name).tools()]
     except (LookupError, ValueError, OSError, ImportError) as e:  # unknown or unavailable env

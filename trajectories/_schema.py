@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, JsonValue, field_validator, model_validator
 
-from trajdistill.envs import TrajdistillError
-from trajdistill.envs._types import ErrorKind, Outcome
+from trajdistill.envs import Outcome, TrajdistillError
+from trajdistill.envs._types import ErrorKind
 
 SCHEMA_VERSION = 1
 SpanKind = Literal["reason", "act", "answer", "context"]

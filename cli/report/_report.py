@@ -9,6 +9,7 @@ goes through `html.escape`.
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import json
 import re
@@ -17,8 +18,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from trajdistill.trajectories import RunError, RunStore, Span, Trajectory, assistant_text, check_output, segment
-from trajdistill.trajectories._store import RUN_FILE
+import jinja2
+from markupsafe import Markup
+
+from trajdistill.skills import BoxError, SkillBox
+from trajdistill.train import final_losses, plot_losses
+from trajdistill.trajectories import (RUN_FILE, RunError, RunStore, Span, Trajectory, assistant_text, check_output,
+                                      segment)
 
 VIEW_FILE = "view.html"
 REPORT_FILE = "report.html"
@@ -146,7 +152,7 @@ def _script_json(data: Any) -> str:
 
 
 def viewer_fragment(runs: RunsArg, *, element_id: str = "td-viewer") -> str:
-    """The viewer as a block of HTML for any page that also includes VIEWER_CSS and VIEWER_JS."""
+    """The viewer as a block of HTML for any page that also has static/viewer.css and static/viewer.js."""
     data = _script_json(viewer_data(runs))
     return (f'<div class="td-viewer" data-source="{element_id}-data">'
             f'<p class="td-noscript">the trajectory viewer needs JavaScript</p></div>\n'
@@ -155,8 +161,8 @@ def viewer_fragment(runs: RunsArg, *, element_id: str = "td-viewer") -> str:
 
 def render_viewer(runs: RunsArg, *, title: str = "trajectories") -> str:
     """One self-contained HTML page that browses the trajectories of `runs` (paths, or name -> path)."""
-    body = f'<header class="td-top"><h1>{_e(title)}</h1>{_legend()}</header>\n{viewer_fragment(runs)}'
-    return _page(title, body, page_class="td-view-page")
+    return _page("viewer.html.j2", title=title, page_class="td-view-page", legend=Markup(_legend()),
+                 viewer=Markup(viewer_fragment(runs)))
 
 
 def write_viewer(path: str | Path, out: str | Path | None = None, *, force: bool = False) -> Path:
@@ -198,12 +204,10 @@ def build_report(out_dir: str | Path, summary: dict[str, Any], *, runs: Mapping[
         ("skills", "Skill box", box_section(box_dir)),
         ("viewer", "Trajectories", viewer_section(runs)),
     ]
-    nav = "".join(f'<a href="#{key}">{_e(name)}</a>' for key, name, _ in sections)
-    body = [f'<header class="td-top"><h1>{_e(title)}</h1><nav>{nav}</nav></header>',
-            f'<section id="summary"><h2>Summary</h2>{summary_html(summary)}</section>']
-    body += [f'<section id="{key}"><h2>{_e(name)}</h2>{content}</section>' for key, name, content in sections]
+    page = _page("report.html.j2", title=f"{title} report", heading=title, page_class="td-report",
+                 summary=Markup(summary_html(summary)), sections=[(k, name, Markup(part)) for k, name, part in sections])
     path = out / REPORT_FILE
-    path.write_text(_page(f"{title} report", "\n".join(body), page_class="td-report"), encoding="utf-8")
+    path.write_text(page, encoding="utf-8")
     return path
 
 
@@ -280,7 +284,7 @@ def training_section(train_dir: str | Path | None) -> str:
         parts.append(_image(loss_png, "per-span loss curves with the curriculum stages marked"))
     elif history:
         parts.append(_drawn_losses(history, curriculum.get("stage_steps") or []))
-    final = _final_losses(history)
+    final = final_losses(history)
     if final:
         parts.append("<h3>Final losses</h3>" + _table(["loss", "value"], [[k, f"{v:.4f}"] for k, v in final.items()]))
     return "".join(parts) or _not_run("no loss curves or trainer state in " + str(train_dir))
@@ -299,18 +303,7 @@ def _log_history(train_dir: Path) -> list[dict[str, Any]]:
     return []
 
 
-def _final_losses(history: list[dict[str, Any]]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for entry in history:
-        for key in ("loss", "loss_reason", "loss_act", "loss_answer", "loss_kd"):
-            if isinstance(entry.get(key), (int, float)):
-                out[key] = float(entry[key])
-    return out
-
-
 def _drawn_losses(history: list[dict[str, Any]], stage_steps: list[int]) -> str:
-    from trajdistill.trajectories._sft import plot_losses
-
     with tempfile.TemporaryDirectory() as tmp:
         png = Path(tmp) / "loss.png"
         plot_losses(history, stage_steps, png)
@@ -347,8 +340,6 @@ def compose_section(path: str | Path | None) -> str:
 def box_section(box_dir: str | Path | None) -> str:
     if box_dir is None or not Path(box_dir).is_dir():
         return _not_run()
-    from trajdistill.skills import BoxError, SkillBox
-
     try:
         box = SkillBox.load(box_dir)
     except BoxError as e:  # the report still shows everything else
@@ -483,273 +474,21 @@ def _legend() -> str:
     return (f'<div class="td-legend">spans: {items}<span class="td-obs-chip">observation</span></div>')
 
 
-def _page(title: str, body: str, *, page_class: str) -> str:
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f'<title>{_e(title)}</title><style>{PAGE_CSS}{VIEWER_CSS}</style></head>\n'
-            f'<body class="{page_class}">\n{body}\n<script>{VIEWER_JS}</script>\n</body></html>\n')
+# ---- templates (templates/*.html.j2) and their CSS and JS (static/) ----------------------------------------
+
+HERE = Path(__file__).parent
+TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
+                               keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+TEMPLATES.filters["h"] = lambda value: Markup(_e(value))  # html.escape, as every other part of the page
 
 
-PAGE_CSS = """
-:root { --fg:#1f2328; --muted:#656d76; --line:#d8dee4; --bg:#f6f8fa; --accent:#0969da;
-  --reason:#dbeafe; --reason-b:#60a5fa; --act:#ffedd5; --act-b:#fb923c; --answer:#dcfce7; --answer-b:#22c55e;
-  --context:#f3f4f6; --context-b:#9ca3af; --ok:#1a7f37; --fail:#cf222e; }
-* { box-sizing: border-box; }
-body { margin:0; font:14px/1.5 -apple-system, "Segoe UI", "DejaVu Sans", Helvetica, Arial, sans-serif;
-  color:var(--fg); background:#fff; }
-code, pre, .td-mono { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size:12.5px; }
-h1 { font-size:20px; margin:0; }
-h2 { font-size:18px; margin:0 0 12px; padding-bottom:6px; border-bottom:1px solid var(--line); }
-h3 { font-size:15px; margin:18px 0 8px; }
-.td-top { display:flex; align-items:center; gap:24px; flex-wrap:wrap; padding:12px 24px; background:#24292f;
-  color:#fff; }
-.td-top nav a { color:#c9d1d9; margin-right:16px; text-decoration:none; } .td-top nav a:hover { color:#fff; }
-.td-top .td-legend { color:#c9d1d9; }
-section { max-width:1400px; margin:24px auto; padding:0 24px; }
-.td-caption { color:var(--muted); margin:4px 0 10px; }
-.td-notrun { color:var(--muted); font-style:italic; background:var(--bg); border:1px dashed var(--line);
-  padding:10px 14px; border-radius:6px; }
-.td-warn { color:var(--fail); font-weight:600; }
-.td-cards { display:flex; flex-wrap:wrap; gap:12px; margin-bottom:12px; }
-.td-card { border:1px solid var(--line); border-radius:8px; padding:10px 14px; background:#fff; }
-.td-stat { min-width:140px; }
-.td-num { font-size:22px; font-weight:600; } .td-label { color:var(--muted); font-size:12px; }
-.td-good .td-num { color:var(--ok); } .td-bad .td-num { color:var(--fail); }
-.td-stages { display:grid; grid-template-columns:repeat(auto-fill, minmax(260px, 1fr)); gap:12px; }
-.td-stage h3 { margin:0 0 6px; } .td-stage table { border-collapse:collapse; width:100%; }
-.td-stage th { text-align:left; font-weight:normal; color:var(--muted); padding:1px 8px 1px 0; vertical-align:top; }
-.td-stage td { text-align:right; padding:1px 0; word-break:break-word; }
-.td-tablewrap { overflow-x:auto; }
-.td-table { border-collapse:collapse; margin:6px 0 12px; }
-.td-table th, .td-table td { border-bottom:1px solid var(--line); padding:5px 12px; text-align:left;
-  vertical-align:top; }
-.td-table th { background:var(--bg); font-weight:600; }
-.td-table td.td-n { text-align:right; font-variant-numeric:tabular-nums; white-space:nowrap; }
-.td-agent { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size:12.5px; }
-figure { margin:10px 0; } .td-img { max-width:100%; border:1px solid var(--line); border-radius:6px; }
-figcaption { color:var(--muted); font-size:12px; }
-.td-skill { border:1px solid var(--line); border-radius:6px; padding:6px 10px; margin:6px 0; }
-.td-pre { white-space:pre-wrap; background:var(--bg); padding:8px; border-radius:4px; }
-"""
+@functools.cache
+def _static() -> dict[str, Markup]:
+    """page_css, viewer_css and viewer_js: the page's inline style and script."""
+    files = ("page.css", "viewer.css", "viewer.js")
+    return {name.replace(".", "_"): Markup((HERE / "static" / name).read_text(encoding="utf-8")) for name in files}
 
-VIEWER_CSS = """
-.td-legend { display:flex; align-items:center; gap:6px; flex-wrap:wrap; font-size:12px; }
-.span { border-radius:3px; padding:0 1px; }
-.span-reason, .chip-reason { background:var(--reason); box-shadow: inset 0 -2px 0 var(--reason-b); }
-.span-act, .chip-act { background:var(--act); box-shadow: inset 0 -2px 0 var(--act-b); }
-.span-answer, .chip-answer { background:var(--answer); box-shadow: inset 0 -2px 0 var(--answer-b); }
-.span-context, .chip-context { background:var(--context); color:#57606a; box-shadow: inset 0 -2px 0 var(--context-b); }
-.td-legend .span { padding:1px 6px; color:var(--fg); font-weight:600; }
-.td-obs-chip { background:#eaeef2; border-left:3px solid #8c959f; padding:1px 6px; color:var(--fg);
-  font-family: ui-monospace, "DejaVu Sans Mono", monospace; }
-.td-viewer { display:grid; grid-template-columns:340px 1fr; border:1px solid var(--line); border-radius:8px;
-  height:calc(100vh - 120px); min-height:560px; overflow:hidden; background:#fff; }
-.td-view-page .td-viewer { margin:12px; height:calc(100vh - 80px); }
-.td-report .td-viewer { height:85vh; max-height:1000px; }
-.td-side { border-right:1px solid var(--line); display:flex; flex-direction:column; min-height:0;
-  background:var(--bg); }
-.td-filters { padding:10px; display:grid; grid-template-columns:1fr 1fr; gap:6px; border-bottom:1px solid var(--line); }
-.td-filters input, .td-filters select { width:100%; font:inherit; font-size:12px; padding:4px 6px;
-  border:1px solid var(--line); border-radius:4px; background:#fff; }
-.td-filters input { grid-column: 1 / span 2; }
-.td-count { grid-column: 1 / span 2; color:var(--muted); font-size:12px; }
-.td-list { list-style:none; margin:0; padding:0; overflow-y:auto; flex:1; position:relative; }
-.td-list li { padding:6px 10px; border-bottom:1px solid var(--line); cursor:pointer; font-size:12.5px; }
-.td-list li:hover { background:#eef2f6; }
-.td-list li.td-sel { background:#ddf4ff; border-left:3px solid var(--accent); }
-.td-list .td-task { font-family: ui-monospace, "DejaVu Sans Mono", monospace; }
-.td-list .td-meta { color:var(--muted); font-size:11.5px; }
-.td-more { margin:8px; font:inherit; font-size:12px; }
-.td-badge { display:inline-block; border-radius:10px; padding:0 7px; font-size:11px; font-weight:600; color:#fff; }
-.td-badge.td-ok { background:var(--ok); } .td-badge.td-fail { background:var(--fail); }
-.td-detail { overflow-y:auto; padding:14px 18px; min-width:0; }
-.td-head h3 { margin:0 0 4px; font-family: ui-monospace, "DejaVu Sans Mono", monospace; }
-.td-kv { display:flex; flex-wrap:wrap; gap:4px 14px; color:var(--muted); font-size:12px; margin-bottom:8px; }
-.td-kv b { color:var(--fg); font-weight:600; }
-.td-outcome { border:1px solid var(--line); border-radius:6px; padding:8px 12px; margin:8px 0 12px; }
-.td-outcome.td-ok { border-left:4px solid var(--ok); } .td-outcome.td-fail { border-left:4px solid var(--fail); }
-.td-msg { margin:10px 0; }
-.td-role { font-size:11px; text-transform:uppercase; letter-spacing:.05em; color:var(--muted); margin-bottom:2px; }
-.td-text { white-space:pre-wrap; word-break:break-word; margin:0; line-height:1.6; font-size:13px; }
-.td-assistant .td-text { border:1px solid var(--line); border-radius:6px; padding:8px 10px; background:#fff; }
-details.td-prompt { border:1px solid var(--line); border-radius:6px; padding:4px 10px; background:#fff; }
-details.td-prompt summary { cursor:pointer; color:var(--muted); font-size:12.5px; white-space:nowrap;
-  overflow:hidden; text-overflow:ellipsis; }
-details.td-prompt .td-text { font-size:12.5px; margin-top:6px; }
-.td-obs .td-text { background:#eaeef2; border-left:3px solid #8c959f; border-radius:0 6px 6px 0; padding:8px 10px;
-  font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size:12px; color:#24292f;
-  max-height:320px; overflow:auto; }
-.td-usage { border-collapse:collapse; font-size:12px; margin-top:8px; }
-.td-usage td { padding:1px 12px 1px 0; } .td-usage td:first-child { color:var(--muted); }
-.td-noscript { padding:12px; color:var(--muted); }
-"""
 
-# Renders one trajectory at a time and at most PAGE list rows, so thousands of trajectories stay fast.
-# Only textContent is ever set from data: trajectory text cannot inject markup.
-VIEWER_JS = r"""
-(function () {
-  "use strict";
-  var PAGE = 300;
-  var KIND_LABEL = {reason: "[REASON]", act: "[ACT]", answer: "[ANSWER]", context: "context"};
-  function el(tag, cls, text) {
-    var e = document.createElement(tag);
-    if (cls) e.className = cls;
-    if (text !== undefined && text !== null) e.textContent = String(text);
-    return e;
-  }
-  function option(select, value, label) {
-    var o = el("option", null, label); o.value = value; select.appendChild(o);
-  }
-  function uniq(values) {
-    var seen = {}, out = [];
-    values.forEach(function (v) { if (v !== null && v !== undefined && !seen[v]) { seen[v] = 1; out.push(v); } });
-    return out.sort();
-  }
-  function badge(ok) { return el("span", "td-badge " + (ok ? "td-ok" : "td-fail"), ok ? "success" : "fail"); }
-
-  function Viewer(root) {
-    var data = JSON.parse(document.getElementById(root.getAttribute("data-source")).textContent);
-    this.data = data; this.root = root; this.shown = PAGE; this.current = null;
-    root.textContent = "";
-    var side = el("div", "td-side"), filters = el("div", "td-filters");
-    this.search = el("input"); this.search.type = "search"; this.search.placeholder = "search task or trajectory id";
-    filters.appendChild(this.search);
-    this.selects = {};
-    var self = this, T = data.trajectories;
-    function choices(key) {
-      return uniq(T.map(function (t) { return t[key]; })).map(function (v) { return [v, v]; });
-    }
-    var fields = [["run", "all runs", data.runs.map(function (r, i) { return [String(i), r]; })],
-                  ["teacher", "all teachers", choices("teacher")],
-                  ["ok", "any outcome", [["1", "success"], ["0", "fail"]]],
-                  ["cat", "all categories", choices("cat")]];
-    fields.forEach(function (f) {
-      var s = el("select"); s.setAttribute("data-filter", f[0]);
-      option(s, "", f[1]); f[2].forEach(function (p) { option(s, p[0], p[1]); });
-      self.selects[f[0]] = s; filters.appendChild(s);
-      s.addEventListener("change", function () { self.shown = PAGE; self.renderList(); });
-    });
-    this.search.addEventListener("input", function () { self.shown = PAGE; self.renderList(); });
-    this.count = el("div", "td-count"); filters.appendChild(this.count);
-    this.list = el("ul", "td-list");
-    this.more = el("button", "td-more", "show more");
-    this.more.addEventListener("click", function () { self.shown += PAGE; self.renderList(); });
-    side.appendChild(filters); side.appendChild(this.list); side.appendChild(this.more);
-    this.detail = el("div", "td-detail");
-    root.appendChild(side); root.appendChild(this.detail);
-    var wanted = (location.hash.match(/traj=([^&]+)/) || [])[1], first = data.first || 0;
-    T.forEach(function (t, i) { if (wanted && t.id.indexOf(decodeURIComponent(wanted)) === 0) first = i; });
-    this.shown = Math.max(PAGE, first + 1);
-    this.renderList();
-    this.show(first);
-    var picked = this.list.querySelector("li.td-sel");  // scroll the list only, never the page
-    if (picked) this.list.scrollTop = Math.max(0, picked.offsetTop - 60);
-  }
-
-  Viewer.prototype.matches = function (t) {
-    var s = this.selects, q = this.search.value.trim().toLowerCase();
-    if (s.run.value !== "" && String(t.run) !== s.run.value) return false;
-    if (s.teacher.value !== "" && t.teacher !== s.teacher.value) return false;
-    if (s.ok.value !== "" && (t.ok ? "1" : "0") !== s.ok.value) return false;
-    if (s.cat.value !== "" && t.cat !== s.cat.value) return false;
-    return !q || t.task.toLowerCase().indexOf(q) >= 0 || t.id.indexOf(q) === 0;
-  };
-
-  Viewer.prototype.renderList = function () {
-    var self = this, T = this.data.trajectories, hits = [];
-    for (var i = 0; i < T.length; i++) if (this.matches(T[i])) hits.push(i);
-    this.list.textContent = "";
-    hits.slice(0, this.shown).forEach(function (i) {
-      var t = T[i], li = el("li");
-      li.setAttribute("data-index", i);
-      if (i === self.current) li.className = "td-sel";
-      var top = el("div");
-      top.appendChild(el("span", "td-task", t.task));
-      top.appendChild(document.createTextNode(" "));
-      top.appendChild(badge(t.ok)); li.appendChild(top);
-      li.appendChild(el("div", "td-meta", t.teacher + " · " + self.data.runs[t.run] + (t.cat ? " · " + t.cat : "") +
-                        " · " + t.usage.steps + " steps"));
-      li.addEventListener("click", function () { self.show(i); });
-      self.list.appendChild(li);
-    });
-    this.count.textContent = hits.length + " of " + T.length + " trajectories" +
-      (hits.length > this.shown ? " (showing " + this.shown + ")" : "");
-    this.more.style.display = hits.length > this.shown ? "" : "none";
-  };
-
-  Viewer.prototype.show = function (i) {
-    var t = this.data.trajectories[i], d = this.detail, self = this;
-    this.current = i;
-    Array.prototype.forEach.call(this.list.children, function (li) {
-      li.className = Number(li.getAttribute("data-index")) === i ? "td-sel" : "";
-    });
-    d.textContent = "";
-    d.setAttribute("data-trajectory", t.id);
-    var head = el("div", "td-head"); head.appendChild(el("h3", null, t.task));
-    var kv = el("div", "td-kv");
-    [["id", t.id], ["teacher", t.teacher], ["run", this.data.runs[t.run]], ["env", t.env], ["split", t.split],
-     ["category", t.cat], ["difficulty", t.diff], ["strategy", t.strategy],
-     ["composed from", (t.from || []).join(", ")], ["skills", (t.skills || []).join(", ")]].forEach(function (p) {
-      if (p[1] === null || p[1] === undefined || p[1] === "") return;
-      var s = el("span", null, p[0] + ": "); s.appendChild(el("b", null, p[1])); kv.appendChild(s);
-    });
-    head.appendChild(kv); d.appendChild(head);
-    d.appendChild(this.outcome(t));
-    var turn = 0;
-    t.msgs.forEach(function (m) {
-      if (m.r === "assistant") turn += 1;
-      d.appendChild(self.message(m, turn));
-    });
-  };
-
-  Viewer.prototype.outcome = function (t) {
-    var box = el("div", "td-outcome " + (t.ok ? "td-ok" : "td-fail"));
-    var line = el("div"); line.appendChild(badge(t.ok));
-    line.appendChild(document.createTextNode(" reward " + t.reward + " · answer: "));
-    line.appendChild(el("code", null, t.answer === null ? "(none)" : t.answer));
-    box.appendChild(line);
-    if (t.detail) box.appendChild(el("div", "td-kv", "verifier: " + t.detail));
-    if (t.error) box.appendChild(el("div", "td-kv", "error: " + t.error));
-    var table = el("table", "td-usage"), row = el("tr");
-    Object.keys(t.usage).forEach(function (k) {
-      row.appendChild(el("td", null, k)); row.appendChild(el("td", null, t.usage[k]));
-    });
-    table.appendChild(row); box.appendChild(table);
-    return box;
-  };
-
-  Viewer.prototype.message = function (m, turn) {
-    if (m.r === "system" || m.r === "user") {
-      var text = m.r === "system" ? this.data.prompts[m.s] : m.t;
-      var det = el("details", "td-msg td-prompt td-" + m.r);
-      det.appendChild(el("summary", null, m.r + " · " + text.split("\n")[0].slice(0, 160)));
-      det.appendChild(el("pre", "td-text", text));
-      return det;
-    }
-    if (m.r === "tool") {
-      var obs = el("div", "td-msg td-obs");
-      obs.setAttribute("data-role", "tool");
-      obs.appendChild(el("div", "td-role", "observation" + (m.n ? " · " + m.n : "")));
-      obs.appendChild(el("pre", "td-text", m.t));
-      return obs;
-    }
-    var msg = el("div", "td-msg td-assistant"), pre = el("pre", "td-text");
-    msg.appendChild(el("div", "td-role", "assistant · turn " + turn));
-    m.p.forEach(function (part) {
-      if (!part[0]) { pre.appendChild(document.createTextNode(part[1])); return; }
-      var s = el("span", "span span-" + part[0], part[1]);
-      s.setAttribute("data-kind", part[0]); s.title = KIND_LABEL[part[0]] || part[0];
-      pre.appendChild(s);
-    });
-    msg.appendChild(pre);
-    return msg;
-  };
-
-  function start() {
-    Array.prototype.forEach.call(document.querySelectorAll(".td-viewer[data-source]"), function (root) {
-      new Viewer(root);
-    });
-  }
-  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start); else start();
-})();
-"""
+def _page(template: str, **values: Any) -> str:
+    """`template` rendered with the page's CSS and JS; HTML built here comes in as Markup."""
+    return TEMPLATES.get_template(template).render(**_static(), **values)

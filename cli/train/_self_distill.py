@@ -9,7 +9,7 @@ Each round r (1-based) of `self_distill` writes under OUT/round-<r>/:
     buffer/        the replay buffer as a run directory: the previous round's buffer (round 1: the
                    --compose-run trajectories) plus this round's kept samples, deduplicated by
                    (task, normalised assistant text)
-    model/         the trainer's output (`trajectories._sft.train` on buffer/)
+    model/         the trainer's output (`train._sft.train` on buffer/)
     dev/           the eval of the new student on dev tasks
 
 A sample is kept when the verifier says it succeeded; on a disputed task with a confirm policy it must
@@ -35,12 +35,14 @@ from typing import Any, Callable
 
 import yaml
 
+from trajdistill.agents import (CollectConfig, Collector, EvalConfig, Progress, collect_async, evaluate_async,
+                               resolved_config)
 from trajdistill.envs import ConfigError
-from trajdistill.trajectories import OutputError, RunStore, Trajectory, check_output
-from trajdistill.trajectories._store import setting_difference
-from trajdistill.trajectories._spans import assistant_text
+from trajdistill.trajectories import (OutputError, RunStore, Trajectory, assistant_text, check_output,
+                                      setting_difference)
 
-from ._collector import CollectConfig, Collector, Progress, collect_async, resolved_config
+from ._config import TrainConfig, student_problems
+from ._sft import train
 
 ROUNDS_FILE = "rounds.json"
 TRAIN_PREFIX = "--train-"
@@ -168,8 +170,6 @@ def parse_train_args(args: list[str]) -> dict[str, Any]:
 
 
 def _train_fields() -> dict[str, Any]:
-    from trajdistill.trajectories._sft import TrainConfig
-
     return {f.name: f for f in fields(TrainConfig) if f.name not in ("data", "student", "out")}
 
 
@@ -327,8 +327,6 @@ class SelfDistiller:
         return answers
 
     def train(self, round_no: int, buffer_dir: Path) -> Any:
-        from trajdistill.trajectories._sft import TrainConfig, train
-
         tc = TrainConfig(data=[str(buffer_dir)], student=self.cfg.student,
                          out=str(self.root / f"round-{round_no}" / "model"), **self.cfg.train_args)
         return train(tc)
@@ -336,8 +334,6 @@ class SelfDistiller:
     async def dev_success(self, round_no: int, student: str) -> float | None:
         if self.cfg.dev_tasks == 0:
             return None
-        from ._eval import EvalConfig, evaluate_async
-
         c = self.cfg
         ec = EvalConfig(env=c.env, agents=[student], split="dev", tasks=c.dev_tasks,
                         out=str(self.root / f"round-{round_no}" / "dev"), concurrency=c.concurrency,
@@ -393,9 +389,7 @@ class SelfDistiller:
         return SelfDistillResult(stats, student)
 
     def _start(self) -> None:
-        from trajdistill.trajectories._sft import _student_problems
-
-        problems = _student_problems(self.cfg.student)  # checked before hours of sampling, not after
+        problems = student_problems(self.cfg.student)  # checked before hours of sampling, not after
         if problems:
             raise ConfigError(f"--student: {'; '.join(problems)}")
         if self.root.exists() and any(self.root.iterdir()):

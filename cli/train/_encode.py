@@ -20,9 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trajdistill.envs import ConfigError
-
-from ._schema import Message, Span, Trajectory
-from ._spans import SegmentRules, assistant_text, segment
+from trajdistill.trajectories import Message, SegmentRules, Span, Trajectory, assistant_text, segment
 
 SPAN_KINDS = {"reason": 1, "act": 2, "answer": 3}  # span_kinds ids; 0 is untrained (prompt, context)
 IGNORE_INDEX = -100

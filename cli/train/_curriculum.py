@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from trajdistill.envs import ConfigError
+from trajdistill.trajectories import Trajectory
 
-from ._schema import Trajectory
+from ._encode import SPAN_KINDS
 
 CURRICULA = ("none", "complexity", "staged:K")
 
@@ -42,8 +43,6 @@ class Complexity:
 
 def kind_counts(span_kinds: Sequence[int], labels: Sequence[int]) -> dict[str, int]:
     """Trained tokens of each span kind (reason, act, answer) in one encoded example."""
-    from ._encode import SPAN_KINDS
-
     names = {v: k for k, v in SPAN_KINDS.items()}
     counts = dict.fromkeys(SPAN_KINDS, 0)
     for kind, label in zip(span_kinds, labels):

@@ -1,0 +1,40 @@
+"""Training: span-aware curriculum SFT (with optional white-box KD) and self-distillation."""
+
+from ._config import TrainConfig
+from ._curriculum import Complexity
+from ._curriculum import Plan as CurriculumPlan
+from ._curriculum import order as curriculum_order
+from ._data import SpanCollator, TrainData, build_data, pack
+from ._encode import SPAN_KINDS, Encoded, encode
+from ._losses import final_losses, plot_losses
+from ._self_distill import (RoundStats, SelfDistillConfig, SelfDistillResult, parse_train_args, self_distill,
+                            self_distill_async)
+from ._sft import TrainResult, train
+from ._trainer import build_trainer, stage_steps, trainer_class
+
+__all__ = [
+    "SPAN_KINDS",
+    "Complexity",
+    "CurriculumPlan",
+    "Encoded",
+    "RoundStats",
+    "SelfDistillConfig",
+    "SelfDistillResult",
+    "SpanCollator",
+    "TrainConfig",
+    "TrainData",
+    "TrainResult",
+    "build_data",
+    "build_trainer",
+    "curriculum_order",
+    "encode",
+    "final_losses",
+    "pack",
+    "parse_train_args",
+    "plot_losses",
+    "self_distill",
+    "self_distill_async",
+    "stage_steps",
+    "train",
+    "trainer_class",
+]

@@ -1,0 +1,130 @@
+"""The training set: trajectories encoded with span kinds, curriculum-ordered, optionally packed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trajdistill.envs import ConfigError
+from trajdistill.trajectories import RunStore
+
+from ._config import SPAN_NAMES, TrainConfig
+from ._curriculum import Plan, kind_counts, order, steps_of
+from ._encode import encode
+
+# datasets and torch are imported inside the functions that use them: they take seconds to import.
+
+
+@dataclass
+class TrainData:
+    """The tokenized, curriculum-ordered training set and where it came from."""
+
+    dataset: Any  # datasets.Dataset: input_ids, attention_mask, labels, span_kinds (+ position_ids if packed)
+    plan: Plan
+    stage_rows: list[int]  # dataset row where each curriculum stage begins
+    provenance: list[dict[str, Any]]
+    trained_tokens: dict[str, int]
+
+
+def load_trajectories(cfg: TrainConfig) -> tuple[list[Any], list[dict[str, Any]]]:
+    """Trajectories of every run (successful only, unless told otherwise) and per-run provenance."""
+    kept, provenance = [], []
+    for run in cfg.data:
+        trajs = RunStore.open(run).load()
+        use = [t for t in trajs if t.outcome.success or not cfg.only_success]
+        teachers: dict[str, int] = {}
+        for t in use:
+            teachers[t.teacher.spec] = teachers.get(t.teacher.spec, 0) + 1
+        provenance.append({"run": str(Path(run).resolve()), "trajectories": len(trajs), "used": len(use),
+                           "envs": sorted({t.env.name for t in use}), "teachers": teachers})
+        kept += use
+    if not kept:
+        what = "successful trajectories" if cfg.only_success else "trajectories"
+        raise ConfigError(f"data: no {what} in {', '.join(cfg.data)}"
+                         + (" (try --no-only-success)" if cfg.only_success else ""))
+    return kept, provenance
+
+
+def build_data(cfg: TrainConfig, tokenizer: Any) -> TrainData:
+    """Encode, score, order (curriculum) and optionally pack the runs' trajectories."""
+    from datasets import Dataset
+
+    trajs, provenance = load_trajectories(cfg)
+    rows, scores, tokens = [], [], dict.fromkeys(SPAN_NAMES, 0)
+    weights = cfg.complexity()
+    for traj in trajs:
+        enc = encode(traj, tokenizer, max_length=cfg.max_length)
+        if all(label == -100 for label in enc.labels):
+            continue  # truncation left nothing to train on
+        counts = kind_counts(enc.span_kinds, enc.labels)
+        scores.append(weights.score(counts["reason"], counts["act"], steps_of(traj)))
+        rows.append({"input_ids": list(enc.input_ids), "attention_mask": list(enc.attention_mask),
+                     "labels": list(enc.labels), "span_kinds": list(enc.span_kinds)})
+        tokens = {k: tokens[k] + counts[k] for k in tokens}
+    if not rows:
+        raise ConfigError(f"max_length {cfg.max_length} leaves no trained tokens in any trajectory; raise max_length")
+    plan = order(scores, cfg.curriculum, seed=cfg.seed)
+    ordered = [rows[i] for i in plan.order]
+    if cfg.packing:
+        ordered, first_row = pack(ordered, cfg.max_length)
+        stage_rows = [first_row[s] for s in plan.stage_starts]
+    else:
+        stage_rows = list(plan.stage_starts)
+    return TrainData(Dataset.from_list(ordered), plan, stage_rows, provenance, tokens)
+
+
+def pack(rows: list[dict[str, list[int]]], max_length: int) -> tuple[list[dict[str, list[int]]], list[int]]:
+    """Concatenate rows, in order, into rows of at most max_length tokens.
+
+    Greedy and order-preserving (so a curriculum survives packing). `position_ids` restart at 0 for
+    each trajectory; with no attention_mask (the collator sends none for packed rows) and no cache
+    (training), transformers reads the restarts as packed sequences and builds a block-diagonal
+    causal mask, so trajectories never attend to each other (eager, sdpa, flex and flash
+    attention alike; a test checks it for sdpa against separate forwards). The first label of each
+    trajectory is masked: it would be predicted from the previous one. Returns the packed rows and,
+    for each input row, the packed row it went into.
+    """
+    packed: list[dict[str, list[int]]] = []
+    where: list[int] = []
+    cur: dict[str, list[int]] | None = None
+    for row in rows:
+        n = len(row["input_ids"])
+        if cur is None or len(cur["input_ids"]) + n > max_length:
+            cur = {"input_ids": [], "labels": [], "span_kinds": [], "position_ids": []}
+            packed.append(cur)
+        cur["input_ids"] += row["input_ids"]
+        cur["labels"] += [-100] + row["labels"][1:]
+        cur["span_kinds"] += [0] + row["span_kinds"][1:]
+        cur["position_ids"] += list(range(n))
+        where.append(len(packed) - 1)
+    return packed, where
+
+
+@dataclass
+class SpanCollator:
+    """Pads input_ids, labels, span_kinds and attention_mask (or position_ids, for packed rows) on the right."""
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(e["input_ids"]) for e in examples)
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+
+        def padded(key: str, value: int) -> torch.Tensor:
+            return torch.tensor([list(e[key]) + [value] * (width - len(e[key])) for e in examples])
+
+        batch = {"input_ids": padded("input_ids", self.pad_token_id), "labels": padded("labels", -100),
+                 "span_kinds": padded("span_kinds", 0)}
+        if "position_ids" in examples[0]:
+            # the padding becomes its own short "sequence", so it never joins a real trajectory's mask
+            batch["position_ids"] = torch.tensor([list(e["position_ids"]) + list(range(width - len(e["input_ids"])))
+                                                  for e in examples])
+        else:
+            batch["attention_mask"] = torch.tensor(
+                [[1] * len(e["input_ids"]) + [0] * (width - len(e["input_ids"])) for e in examples])
+        return batch

@@ -1,0 +1,121 @@
+"""The `math` env: its episode (a python tool) and the exact verifier of final answers."""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+from typing import Any, Callable
+
+from .._env import Env, Episode, ToolError
+from .._errors import ConfigError
+from .._tools import tool
+from .._types import Observation, Outcome, Task
+from ._bank import SPLIT_SIZES, _bank
+from ._experts import coder, reasoner
+
+MAX_OBS_LINES = 40
+MAX_OBS_CHARS = 4000
+
+
+_NUMBER_WITH_UNIT = re.compile(r"^(-?\d+(?:\.\d+)?(?:/\d+)?)\s*[A-Za-z][A-Za-z ]*$")
+
+
+def parse_answer(text: str | None) -> Fraction | None:
+    """Read a final answer as an exact number; None when it is not one.
+
+    Accepts `1,234`, `1 234`, `42.0`, `x = 42`, `$42`, `\\boxed{42}`, `42 dollars`, `84/2`.
+    """
+    if text is None:
+        return None
+    s = text.strip()
+    boxed = re.search(r"\\boxed\{([^{}]*)\}", s)
+    if boxed:
+        s = boxed.group(1)
+    s = s.split("=")[-1]
+    s = re.sub(r"[$*`\\()]|\\[()]", "", s).strip().rstrip(".").strip()
+    s = re.sub(r"(?<=\d)[,_ ](?=\d{3}\b)", "", s)
+    m = _NUMBER_WITH_UNIT.match(s)
+    if m:
+        s = m.group(1)
+    try:
+        value = Fraction(s)
+    except (ValueError, ZeroDivisionError):
+        return None
+    return value
+
+
+def check_answer(expected: str, got: str | None) -> bool:
+    value = parse_answer(got)
+    return value is not None and value == Fraction(expected)
+
+
+def _short(text: str) -> str:
+    """Cap an observation: keep the head and the tail of long output."""
+    lines = text.splitlines()
+    if len(lines) > MAX_OBS_LINES:
+        half = MAX_OBS_LINES // 2
+        lines = lines[:half] + [f"[... {len(lines) - MAX_OBS_LINES} lines cut ...]"] + lines[-half:]
+    out = "\n".join(lines)
+    if len(out) > MAX_OBS_CHARS:
+        half = MAX_OBS_CHARS // 2
+        out = out[:half] + f"\n[... {len(out) - MAX_OBS_CHARS} characters cut ...]\n" + out[-half:]
+    return out
+
+
+class MathEpisode(Episode):
+    @tool
+    async def python(self, code: str) -> Observation:
+        """Run a Python 3 program in a sandbox and return what it prints (stdout, then stderr).
+
+        Args:
+            code: The full program. Use print() for every value you want to see.
+        """
+        if self.sandbox is None:
+            raise ToolError("no sandbox is attached to this episode, so code cannot run")
+        result = await self.sandbox.exec_python(code)
+        return Observation(_short(result.observation()), error_kind=result.error_kind)
+
+    async def finish(self, answer: str | None) -> Outcome:
+        expected = self.task.data["answer"]
+        ok = check_answer(expected, answer)
+        self.done = True
+        self.outcome = Outcome(success=ok, reward=1.0 if ok else 0.0, final_answer=answer,
+                               detail=f"expected {expected}, got {answer if answer is not None else 'no answer'}")
+        return self.outcome
+
+
+class MathEnv(Env):
+    """Integer math problems in five categories and three levels; a python tool; exact verification."""
+
+    name = "math"
+    version = "1"
+    episode_cls = MathEpisode
+    needs_sandbox = True
+    answer_tool = True
+
+    def __init__(self, variant: str | None = None, **params: Any):
+        # as twx does: a key or variant nothing reads would be recorded in run.yaml as if it had an effect
+        if variant:
+            raise ConfigError(f"env math has no variant {variant!r}; use --env math")
+        if params:
+            raise ConfigError(f"env math has no parameter {', '.join(sorted(params))}; it accepts none")
+        super().__init__()
+
+    def tasks(self, split: str, n: int | None = None, offset: int = 0) -> list[Task]:
+        self.check_split(split)
+        if offset < 0 or (n is not None and n < 0):
+            raise ConfigError(f"n and offset must not be negative (got n={n}, offset={offset})")
+        size = SPLIT_SIZES[split]
+        stop = size if n is None else min(size, offset + n)
+        return list(_bank().get(split, stop)[offset:stop])
+
+    def split_sizes(self) -> dict[str, int]:
+        return dict(SPLIT_SIZES)
+
+    def system_prompt(self) -> str:
+        return ("Solve the math problem. Every answer is an exact integer. The `python` tool runs a Python 3 "
+                "program in a sandbox and returns what it prints, so print the values you need. "
+                "Give the final answer as just the number: no units, words or working.")
+
+    def experts(self) -> dict[str, Callable[[], Any]]:
+        return {"reasoner": lambda: reasoner, "coder": lambda: coder}
