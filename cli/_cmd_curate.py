@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ._config import ConfigOption
+from ._config import ConfigOption, load_yaml
 from ._console import console, err_console
 
 STEP_HELP = ("A step, applied in the order given; repeatable: NAME or NAME:KEY=VALUE,... e.g. verified, dedupe, "
@@ -45,7 +45,6 @@ def curate_command(
     blend) applied in order; each records what it removed and why in OUT/curate_report.json."""
     from trajdistill.trajectories._curate import PLOT_FILE, REPORT_FILE, CurateConfig, curate, parse_mix
 
-    from ._config import load_yaml
 
     cfg = CurateConfig.from_mapping(runs, str(out), load_yaml(config) if config else {})
     cfg.steps = list(step) or cfg.steps
