@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from trajdistill.agents import PolicyError, make_policy
+from trajdistill.agents import _hf as hf_module
 from trajdistill.agents._hf import HFPolicy, render_prompt
 from trajdistill.agents import ModelNotFoundError, build_tiny_llama, is_peft_adapter, load_causal_lm
 from trajdistill.agents._models import ensure_smollm2
@@ -31,17 +32,23 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture
 def count_generate(monkeypatch):
-    """Wrap a loaded model's generate to record the batch size of every call (observation only)."""
+    """Record the batch size of every batched model call (observation only): `generate` without the KV
+    cache, the row-dropping `decode` with it."""
     calls: list[int] = []
 
     def install(model):
-        real = model.generate
+        real_generate, real_decode = model.generate, hf_module.decode
 
         def generate(*args, **kwargs):
             calls.append(kwargs["input_ids"].shape[0])
-            return real(*args, **kwargs)
+            return real_generate(*args, **kwargs)
+
+        def decode(model, input_ids, *args, **kwargs):
+            calls.append(input_ids.shape[0])
+            return real_decode(model, input_ids, *args, **kwargs)
 
         monkeypatch.setattr(model, "generate", generate)
+        monkeypatch.setattr(hf_module, "decode", decode)
         return calls
 
     return install
