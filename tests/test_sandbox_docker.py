@@ -10,6 +10,7 @@ import socket
 import subprocess
 
 import pytest
+import requests.exceptions
 
 from conftest import require
 from trajdistill.envs.sandbox import Limits, SandboxError
@@ -17,7 +18,7 @@ from trajdistill.envs.sandbox import Limits, SandboxError
 pytestmark = pytest.mark.docker
 
 docker = pytest.importorskip("docker")
-from trajdistill.envs.sandbox._docker import (LABEL, OWNER_LABEL, DockerProvider, _check, build_image, debian_mirror,
+from trajdistill.envs.sandbox._docker import (LABEL, OWNER_LABEL, DockerProvider, _check, _remove, build_image, debian_mirror,
                                               image_name, remove_stale)
 
 LIMITS = Limits(timeout_s=5.0, memory_mb=256, pids=48, output_bytes=10_000, cpus=0.5)
@@ -177,3 +178,17 @@ def test_build_from_missing_base_fails_in_one_line(client):
 
 def test_debian_mirror_is_a_url():
     assert debian_mirror().startswith(("http://", "https://", "file:/"))
+
+
+class _SlowEngineContainer:
+    """A container whose engine does not answer the removal in time (what a loaded dockerd did in a demo run)."""
+
+    id = "0123456789abcdef"
+
+    def remove(self, **_):
+        raise requests.exceptions.ReadTimeout("UnixHTTPConnectionPool(host='localhost'): Read timed out.")
+
+
+def test_an_engine_too_slow_to_remove_a_container_is_one_sandbox_error():
+    with pytest.raises(SandboxError, match=r"cannot remove container 0123456789ab: .*Read timed out"):
+        _remove(_SlowEngineContainer())

@@ -35,6 +35,7 @@ from typing import Sequence
 
 import docker
 import docker.errors
+import requests.exceptions
 from docker.types import DriverConfig, Mount
 
 from ._base import WORKDIR, Command, ExecResult, Limits, OutputBuffer, Sandbox, SandboxError, SandboxProvider
@@ -285,6 +286,8 @@ def _remove(container) -> None:
     except docker.errors.APIError as e:
         if "already in progress" not in str(e):
             raise SandboxError(f"cannot remove container {container.id[:12]}: {_short(e)}") from e
+    except requests.exceptions.RequestException as e:  # an engine too slow to answer: the stale sweep retries
+        raise SandboxError(f"cannot remove container {container.id[:12]}: {_short(e)}") from e
 
 
 # --------------------------------------------------------------------------- provider
@@ -354,7 +357,10 @@ class DockerProvider(SandboxProvider):
                 self._idle.append(sandbox)
                 return
             self._all.pop(sandbox.id, None)
-        await sandbox.cleanup()
+        try:
+            await sandbox.cleanup()
+        except SandboxError:
+            pass  # the episode is done; the container is labelled, and the next provider start removes it
 
     async def close(self) -> None:
         await asyncio.to_thread(self._close_blocking)
