@@ -166,7 +166,7 @@ class Demo:
         # the box is measured by the gate on dev (with and without it); a second box eval here cost 5.5 minutes
         result = evaluate(EvalConfig(env="math", split="test", tasks=self.size.test_tasks, agents=[STUDENT, student, *TEACHERS],
                                      max_steps=self.size.student_steps, sandbox=self.sandbox, concurrency=20,
-                                     out=str(self.path("eval")), options_by_agent=options))
+                                     out=str(self.path("eval")), options_by_agent=options, resume=True))
         rows = _labelled(result, student)
         _plot(rows, self.path("eval/success.png"))
         line = "; ".join(f"{r['label']} {r['success_rate']:.0%}" for r in rows)
