@@ -52,7 +52,8 @@ def decode(model: Any, input_ids: Any, mask: Any, cache: Any, s: Sampling) -> li
             keep = mask[j].nonzero().squeeze(1)
             out.append(Finished(live[j], written[live[j]], row_kv(cache, j, keep)))
         if ended:
-            stay = [j for j in range(len(live)) if j not in set(ended)]
+            gone = set(ended)
+            stay = [j for j in range(len(live)) if j not in gone]
             if not stay:
                 break
             index = torch.tensor(stay)

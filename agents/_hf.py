@@ -345,7 +345,7 @@ class HFPolicy:
         if seed is not None:
             torch.manual_seed(seed)
         eos = _eos_ids(model, tok)
-        sampling = Sampling(max_new, temperature, eos, lambda new: self._stopped(new))
+        sampling = Sampling(max_new, temperature, eos, self._stopped)
         with torch.inference_mode():
             rows = decode(model, packed.input_ids.to(model.device), packed.attention_mask.to(model.device),
                           packed.cache, sampling)
