@@ -3,8 +3,8 @@
 from ._collector import CollectConfig, Collector, Mount, Progress, collect, collect_async, resolved_config
 from ._eval import AgentResult, EvalConfig, EvalResults, evaluate, evaluate_async, wilson_ci
 from ._loop import EpisodeResult, ReActLoop
-from ._models import (ALIASES, ModelNotFoundError, adapter_base, build_tiny_llama, is_peft_adapter, load_causal_lm,
-                      resolve_model)
+from ._models import (ALIASES, ModelNotFoundError, adapter_base, bf16_is_fast, build_tiny_llama, is_peft_adapter,
+                      load_causal_lm, resolve_model)
 from ._policy import ActionFormat, Policy, PolicyError, make_policy, policies, split_spec
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "Progress",
     "ReActLoop",
     "adapter_base",
+    "bf16_is_fast",
     "build_tiny_llama",
     "collect",
     "collect_async",

@@ -136,7 +136,8 @@ class HFOptions(GenerationConfig):
                                 min=0)
     device: str | None = _opt(None, "torch device, e.g. cpu or cuda:0 (default: cuda when present).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = _opt(
-        "auto", "Weights' dtype; auto is bfloat16 on CUDA, float32 elsewhere.")
+        "auto", "Weights' dtype; auto is bfloat16 on CUDA and on CPUs with bf16 dot products (avx512_bf16, "
+        "AMX), else float32.")
 
     backend: ClassVar[str] = "hf"
     default_max_new_tokens: ClassVar[int] = 256
