@@ -11,7 +11,9 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from ._config import ConfigOption, env_params
+from trajdistill.train import SelfDistillConfig
+
+from ._config import ConfigOption, config_option, rollout_options
 from ._console import console, err_console
 from ._progress import EpisodeRow, episode_columns
 
@@ -81,39 +83,31 @@ def report_table(console: Console, report) -> None:
 # ---- self-distill --------------------------------------------------------------------------------
 
 
+@rollout_options(SelfDistillConfig, "env", "tasks", "max_steps", "concurrency", "seed", "temperature", "sandbox",
+                 "env_params")
 def self_distill_command(
     ctx: typer.Context,
-    student: str = typer.Option(..., help="Student policy spec, e.g. hf:smollm2-135m."),
-    env: str = typer.Option(..., help="Env name, e.g. math."),
-    samples: int = typer.Option(4, help="Trajectories the student samples per train task (K)."),
-    out: Path = typer.Option(..., help="Directory for the rounds (samples, buffers, adapters, rounds.json)."),
-    rounds: int = typer.Option(1, help="Sample, filter, retrain: how many times."),
-    temperature: float = typer.Option(0.7, help="Sampling temperature of the student."),
-    tasks: int = typer.Option(100, help="Train tasks sampled each round."),
-    compose_run: list[Path] = typer.Option([], help="Composed run merged into the replay buffer; repeatable."),
-    confirm: Optional[str] = typer.Option(None, help="Policy spec that re-checks tasks whose samples disagree."),
-    dev_tasks: int = typer.Option(50, help="Dev tasks to score each round's student on (0: skip)."),
-    max_steps: int = typer.Option(10, help="Policy turns per episode."),
-    concurrency: int = typer.Option(8, help="Episodes in flight at once (the hf backend batches them)."),
-    seed: int = typer.Option(0, help="Base sampling seed; sample k of round r uses a seed of its own."),
-    sandbox: str = typer.Option("auto", help="Sandbox backend: auto, docker, nsjail, none."),
-    env_param: list[str] = typer.Option([], help="KEY=VALUE env parameter; repeatable."),
-    resume: bool = typer.Option(False, help="Continue an interrupted --out with the same settings (--rounds may "
-                                "grow): finished rounds are kept, sampling goes on where it stopped."),
+    student: str = config_option(SelfDistillConfig, "student"),
+    samples: int = config_option(SelfDistillConfig, "samples"),
+    out: Path = config_option(SelfDistillConfig, "out"),
+    rounds: int = config_option(SelfDistillConfig, "rounds"),
+    compose_run: list[Path] = config_option(SelfDistillConfig, "compose_runs"),
+    confirm: Optional[str] = config_option(SelfDistillConfig, "confirm"),
+    dev_tasks: int = config_option(SelfDistillConfig, "dev_tasks"),
+    resume: bool = config_option(SelfDistillConfig, "resume"),
     config: Optional[Path] = ConfigOption,
+    *, rollout: dict,
 ) -> None:
     """Self-distillation: the student samples, the verifier keeps successes, the student retrains.
 
     Trainer settings take a --train- prefix on the names of `trajdistill train`, e.g.
     `--train-max-steps 50 --train-lora-r 8 --train-curriculum none`."""
-    from trajdistill.train import SelfDistillConfig, parse_train_args, self_distill
-
+    from trajdistill.train import parse_train_args, self_distill
 
     cfg = SelfDistillConfig(
-        student=student, env=env, samples=samples, out=str(out), rounds=rounds, temperature=temperature,
-        tasks=tasks, compose_runs=[str(p) for p in compose_run], confirm=confirm, dev_tasks=dev_tasks,
-        max_steps=max_steps, concurrency=concurrency, seed=seed, sandbox=sandbox,
-        env_params=env_params(env_param), train_args=parse_train_args(list(ctx.args)), resume=resume)
+        **rollout, student=student, samples=samples, out=str(out), rounds=rounds,
+        compose_runs=[str(p) for p in compose_run], confirm=confirm, dev_tasks=dev_tasks,
+        train_args=parse_train_args(list(ctx.args)), resume=resume)
     with Progress(*episode_columns("self-distill"), console=console, transient=False) as bar:
         rows: dict[str, EpisodeRow] = {}
 

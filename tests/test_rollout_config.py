@@ -121,3 +121,9 @@ def test_an_eval_config_file_of_before_still_loads(tmp_path):
     run = yaml.safe_load((tmp_path / "o" / doc["agents"][0]["run"] / "run.yaml").read_text())
     assert (run["max_steps"], run["seed"], run["concurrency"]) == (6, 3, 1)
 
+
+def test_each_command_describes_a_shared_setting_in_the_same_words():
+    shared = RolloutConfig.__dataclass_fields__["max_steps"].metadata["help"]
+    for command in (["collect"], ["eval"], ["self-distill"], ["skills", "validate"]):
+        res = cli(*command, "--help")
+        assert res.returncode == 0 and shared in " ".join(res.stdout.split()), command
