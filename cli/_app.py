@@ -11,8 +11,9 @@ import typer
 
 from trajdistill.agents import CollectConfig
 from trajdistill.envs import TrajdistillError
+from trajdistill.trajectories import export_formats, segmenters
 
-from ._config import ConfigOption, UsageError, config_option, rollout_options
+from ._config import ConfigOption, UsageError, config_option, registry_help, rollout_options
 from ._console import console, err_console
 
 # The command modules and the library load inside each command, so that `trajdistill --help` stays fast.
@@ -100,20 +101,22 @@ def inspect(run: Path = typer.Argument(..., help="Run directory."),
             show: Optional[str] = typer.Option(None, help="Trajectory id (or prefix) to print turn by turn."),
             spans: bool = typer.Option(False, "--spans", help="With --show: colour the assistant text by span "
                                        "kind (reason, act, answer, context); untrained text is dim."),
+            segmenter: Optional[str] = typer.Option(None, help=registry_help(
+                "With --show: the segmenter that --spans uses (default: the one the env names)", segmenters)),
             config: Optional[Path] = ConfigOption) -> None:
     """Stats per teacher and difficulty; --show prints one trajectory (--spans colours its spans)."""
     from ._inspect_cmd import inspect_run
 
-    inspect_run(console, run, show, spans)
+    inspect_run(console, run, show, spans, segmenter)
 
 
 @app.command()
 def export(run: Path = typer.Argument(..., help="Run directory."),
-           format: str = typer.Option(..., "--format", help="parquet, sharegpt or openai."),
+           format: str = typer.Option(..., "--format", help=registry_help("Export format", export_formats)),
            out: Path = typer.Option(..., help="Output file, outside the run."),
            force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
            config: Optional[Path] = ConfigOption) -> None:
-    """Export a run for trainers: parquet (HF datasets), sharegpt, or OpenAI messages JSONL."""
+    """Export a run for trainers: parquet (HF datasets), sharegpt, OpenAI messages JSONL, or a plug-in's format."""
     from ._export_cmd import export_cmd
 
     export_cmd(console, run, format, out, force=force)

@@ -12,8 +12,9 @@ from rich.progress import Progress
 from rich.table import Table
 
 from trajdistill.train import SelfDistillConfig
+from trajdistill.trajectories import compose_strategies
 
-from ._config import ConfigOption, config_option, rollout_options
+from ._config import ConfigOption, config_option, registry_help, rollout_options
 from ._console import console, err_console
 from ._progress import EpisodeRow, episode_columns
 
@@ -31,8 +32,9 @@ def register(app: typer.Typer) -> None:
 
 def compose_command(
     runs: list[Path] = typer.Argument(..., help="Run directories over the same tasks (one or several)."),
-    strategy: str = typer.Option(..., help="best: one cheapest success per task; dual: failed prefix, "
-                                           "transition, then the successful teacher."),
+    strategy: str = typer.Option(..., help=registry_help("How teachers' trajectories of a task combine (best: one "
+                                                        "cheapest success; dual: failed prefix, transition, then "
+                                                        "the successful teacher)", compose_strategies)),
     out: Path = typer.Option(..., help="Run directory to write."),
     prefer: Optional[str] = typer.Option(None, help="Teacher spec to keep whenever it succeeded."),
     transition: Optional[str] = typer.Option(None, help="Transition phrase for every task (dual); "
@@ -44,7 +46,7 @@ def compose_command(
     """Compose several teachers' trajectories into one training run (DualDistill)."""
     from trajdistill.trajectories import compose
 
-    report = compose([str(r) for r in runs], strategy, str(out), prefer=prefer,  # type: ignore[arg-type]
+    report = compose([str(r) for r in runs], strategy, str(out), prefer=prefer,
                      transition=transition, seed=seed, max_prefix_steps=max_prefix_steps)
     report_table(console, report)
     if len(report.teachers) == 1:

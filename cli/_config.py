@@ -81,6 +81,11 @@ def _as_setting(name: str, value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
+def registry_help(lead: str, registry: Any) -> str:
+    """Option help that lists a registry's names, plug-ins included (so it never goes stale)."""
+    return f"{lead}: {', '.join(registry.names())} (plug-ins add more: entry-point group {registry.group})."
+
+
 def env_params(pairs: list[str]) -> dict:
     """`--env-param KEY=VALUE` pairs as env parameters."""
     out = {}
