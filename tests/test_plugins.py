@@ -11,8 +11,10 @@ import textwrap
 
 import pytest
 
-from trajdistill.envs import UnknownNameError
-from trajdistill.trajectories import RunStore, compose_strategies, export_formats, segmenters
+from trajdistill.envs import UnknownNameError, envs
+from trajdistill.envs.math import MathEnv
+from trajdistill.trajectories import (CurateItem, RunStore, Span, assistant_text, compose_strategies, env_segmenter,
+                                      export_formats, segment, segment_as_env, segmenters)
 
 from conftest import collect_math
 
@@ -130,3 +132,26 @@ def test_the_built_ins_register_by_name():
     assert "react" in segmenters.names()
     with pytest.raises(UnknownNameError, match="unknown segmenter 'nope'; known: .*react"):
         segmenters.get("nope")
+
+
+@segmenters.register("test-all-act")
+def _all_act(traj):
+    return [Span(message=i, start=0, end=len(assistant_text(m)), kind="act")
+            for i, m in enumerate(traj.messages) if m.role == "assistant"]
+
+
+@envs.register("test-act-math")
+class ActMath(MathEnv):
+    """The math env, with a span grammar of its own."""
+
+    segmenter = "test-all-act"
+
+
+def test_an_env_names_the_segmenter_its_trajectories_are_read_with(run):
+    traj = RunStore.open(run).load()[0]
+    assert env_segmenter("math") == "react" and env_segmenter("not-installed") == "react"
+    assert segment_as_env(traj) == segment(traj)
+    act = traj.model_copy(update={"env": traj.env.model_copy(update={"name": "test-act-math"})})
+    spans = segment_as_env(act)
+    assert spans and {s.kind for s in spans} == {"act"}
+    assert CurateItem(act, "run").reasoning == 0 < CurateItem(traj, "run").reasoning

@@ -23,7 +23,8 @@ from ._schema import (
     Trajectory,
     Usage,
 )
-from ._spans import SegmentRules, Segmenter, assistant_text, env_segmenter, segment, segment_run, segmenters
+from ._spans import (SegmentRules, Segmenter, assistant_text, env_segmenter, segment, segment_as_env, segment_run,
+                     segmenters)
 from ._store import RUN_FILE, OutputError, RunError, RunStore, check_output, setting_difference
 from ._taxonomy import FAILURE_KINDS, PARSE_ERROR_TOOL, failure_counts, failure_kind
 
@@ -70,6 +71,7 @@ __all__ = [
     "export_run",
     "import_messages",
     "segment",
+    "segment_as_env",
     "segment_run",
     "segmenters",
     "setting_difference",

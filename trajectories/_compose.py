@@ -50,7 +50,7 @@ from trajdistill import __version__
 from trajdistill.envs import FINAL_ANSWER, ConfigError, Registry, UnknownNameError
 
 from ._schema import Message, Provenance, Span, Teacher, Trajectory, Usage
-from ._spans import THINK_OPEN, assistant_text, segment
+from ._spans import THINK_OPEN, assistant_text, segment_as_env
 from ._store import RunError, RunStore, check_output
 from ._taxonomy import PARSE_ERROR_TOOL
 
@@ -335,9 +335,9 @@ def compose_dual(failed: Trajectory, success: Trajectory, cfg: ComposeConfig) ->
 
 
 def _spans(traj: Trajectory, switch_at: int, context_len: int) -> list[Span]:
-    """Spans tiling every assistant text: the segmenter's, with the switch turn's prefix made context."""
+    """Spans tiling every assistant text: the env's segmenter's, with the switch turn's prefix made context."""
     out = []
-    for s in segment(traj):
+    for s in segment_as_env(traj):
         if s.message != switch_at or context_len == 0:
             out.append(s)
         elif s.end > context_len:

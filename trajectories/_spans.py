@@ -20,6 +20,7 @@ through the `trajdistill.segmenters` entry-point group.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -158,12 +159,18 @@ def _overlay_context(pieces: list[tuple[SpanKind, int, int]], context: list[tupl
     return sorted(out, key=lambda p: (p[1], p[2]))
 
 
+@functools.lru_cache(maxsize=None)
 def env_segmenter(env: str) -> str:
     """The segmenter that env `env` (`name` or `name:variant`) names; `react` for an env not installed here."""
     try:
         return getattr(envs.get(env.partition(":")[0]), "segmenter", "react")
     except UnknownNameError:
         return "react"
+
+
+def segment_as_env(traj: Trajectory) -> list[Span]:
+    """Spans by the segmenter that the trajectory's env names (`react` for every built-in env)."""
+    return segmenters.get(env_segmenter(traj.env.name))(traj)
 
 
 def segment_run(trajs: Iterable[Trajectory], rules: SegmentRules | None = None) -> list[Trajectory]:
