@@ -16,7 +16,7 @@ from trajdistill.trajectories import compose_strategies
 
 from ._config import ConfigOption, config_option, registry_help, rollout_options
 from ._console import console, err_console
-from ._progress import EpisodeRow, episode_columns
+from ._progress import EpisodeRows, episode_columns
 
 # Each command imports its library modules when it runs, so that `trajdistill --help` stays fast.
 
@@ -111,19 +111,13 @@ def self_distill_command(
         compose_runs=[str(p) for p in compose_run], confirm=confirm, dev_tasks=dev_tasks,
         train_args=parse_train_args(list(ctx.args)), resume=resume)
     with Progress(*episode_columns("self-distill"), console=console, transient=False) as bar:
-        rows: dict[str, EpisodeRow] = {}
-
-        def listener(label: str, p) -> None:
-            if label not in rows:
-                rows[label] = EpisodeRow(bar, label)
-            rows[label](p)
 
         def on_round(s) -> None:
             dev = f"{s.dev_success_rate:.1%}" if s.dev_success_rate is not None else "-"
             bar.console.print(f"round {s.round}: kept {s.kept}/{s.sampled} samples, buffer {s.buffer_size}, "
                               f"dev success {dev}")
 
-        result = self_distill(cfg, listener, on_round)
+        result = self_distill(cfg, EpisodeRows(bar), on_round)
     rounds_table(console, result)
     console.print(f"rounds written to [bold]{out}[/] (rounds.json); final student: {result.final_student}")
 

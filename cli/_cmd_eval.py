@@ -18,7 +18,7 @@ from trajdistill.trajectories._taxonomy import as_row
 
 from ._config import ConfigOption, UsageError, config_option, rollout_options
 from ._console import console, err_console
-from ._progress import EpisodeRow, episode_columns
+from ._progress import EpisodeRows, episode_columns
 
 # Each command imports its library modules when it runs, so that `trajdistill --help` stays fast.
 
@@ -65,15 +65,8 @@ def eval_cmd(console: Console, cfg) -> int:
     from trajdistill.skills import mount_skills
 
     with Progress(*episode_columns("eval"), console=console, transient=False) as bar:
-        rows: dict[str, EpisodeRow] = {}
-
-        def listener(spec: str, p) -> None:
-            if spec not in rows:
-                rows[spec] = EpisodeRow(bar, spec)
-            rows[spec](p)
-
         try:
-            results = asyncio.run(evaluate_async(cfg, listener, mount=mount_skills))
+            results = asyncio.run(evaluate_async(cfg, EpisodeRows(bar), mount=mount_skills))
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]: no results.json was written")
             return 130

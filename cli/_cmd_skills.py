@@ -239,17 +239,10 @@ def validate_cmd(console, cfg) -> int:
 
     from trajdistill.skills import validate_async
 
-    from ._progress import EpisodeRow, episode_columns
+    from ._progress import EpisodeRows, episode_columns
 
     with Progress(*episode_columns("validate"), console=console, transient=False) as bar:
-        rows: dict = {}
-
-        def listener(label: str, p) -> None:
-            if label not in rows:
-                rows[label] = EpisodeRow(bar, label)
-            rows[label](p)
-
-        section = asyncio.run(validate_async(cfg, listener))
+        section = asyncio.run(validate_async(cfg, EpisodeRows(bar)))
     gate_table(console, section)
     return 0
 
