@@ -4,7 +4,7 @@ files written before it (run.yaml, self_distill.yaml, --config YAML) still load.
 from __future__ import annotations
 
 import json
-from dataclasses import fields
+from dataclasses import MISSING, fields
 
 import pytest
 import yaml
@@ -127,3 +127,24 @@ def test_each_command_describes_a_shared_setting_in_the_same_words():
     for command in (["collect"], ["eval"], ["self-distill"], ["skills", "validate"]):
         res = cli(*command, "--help")
         assert res.returncode == 0 and shared in " ".join(res.stdout.split()), command
+
+
+def test_each_commands_rollout_defaults_are_its_configs():
+    import typer
+
+    from trajdistill._app import app
+    from trajdistill._config import ROLLOUT_PARAMS
+
+    root = typer.main.get_command(app)
+    commands = {("collect",): CollectConfig, ("eval",): EvalConfig, ("self-distill",): SelfDistillConfig,
+                ("skills", "validate"): GateConfig}
+    for path, cls in commands.items():
+        command = root
+        for name in path:
+            command = command.commands[name]
+        given = {p.name: p.default for p in command.params}
+        for name, (param, _) in ROLLOUT_PARAMS.items():
+            default = cls.__dataclass_fields__[name].default
+            if param in given and name != "env":  # env: required, or given as a check of its own (eval)
+                expected = [] if default is MISSING else default
+                assert given[param] == expected, (path, name)
