@@ -91,7 +91,7 @@ def assistant_text(message: Message) -> str:
 # ---- segmentation -------------------------------------------------------------------------------
 
 
-Segmenter = Callable[[Trajectory], "list[Span]"]
+Segmenter = Callable[[Trajectory], list[Span]]
 segmenters: Registry[Segmenter] = Registry("segmenter", "trajdistill.segmenters")
 
 
@@ -159,7 +159,7 @@ def _overlay_context(pieces: list[tuple[SpanKind, int, int]], context: list[tupl
     return sorted(out, key=lambda p: (p[1], p[2]))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=None)  # once per env name: the lookup imports the env's module
 def env_segmenter(env: str) -> str:
     """The segmenter that env `env` (`name` or `name:variant`) names; `react` for an env not installed here."""
     try:
