@@ -1,4 +1,4 @@
-"""Agents: model loading, policy backends, the ReAct loop, the collector and the evaluator."""
+"""Agents: model loading, policy backends, the ReAct loop, the rollout settings, the collector and the evaluator."""
 
 from ._collector import CollectConfig, Collector, Mount, Progress, collect, collect_async, resolved_config
 from ._eval import AgentResult, EvalConfig, EvalResults, evaluate, evaluate_async, wilson_ci
@@ -6,6 +6,7 @@ from ._loop import EpisodeResult, ReActLoop
 from ._models import (ALIASES, ModelNotFoundError, adapter_base, bf16_is_fast, build_tiny_llama, is_peft_adapter,
                       load_causal_lm, resolve_model)
 from ._policy import ActionFormat, Policy, PolicyError, make_policy, policies, split_spec
+from ._rollout import RolloutConfig, config_field, rollout_default
 
 __all__ = [
     "ALIASES",
@@ -22,11 +23,13 @@ __all__ = [
     "PolicyError",
     "Progress",
     "ReActLoop",
+    "RolloutConfig",
     "adapter_base",
     "bf16_is_fast",
     "build_tiny_llama",
     "collect",
     "collect_async",
+    "config_field",
     "evaluate",
     "evaluate_async",
     "is_peft_adapter",
@@ -35,6 +38,7 @@ __all__ = [
     "policies",
     "resolve_model",
     "resolved_config",
+    "rollout_default",
     "split_spec",
     "wilson_ci",
 ]

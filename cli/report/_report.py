@@ -24,7 +24,7 @@ from markupsafe import Markup
 from trajdistill.skills import BoxError, SkillBox
 from trajdistill.train import final_losses, plot_losses
 from trajdistill.trajectories import (RUN_FILE, RunError, RunStore, Span, Trajectory, assistant_text, check_output,
-                                      segment)
+                                      segment_as_env)
 
 VIEW_FILE = "view.html"
 REPORT_FILE = "report.html"
@@ -63,7 +63,7 @@ def _named(runs: RunsArg) -> dict[str, Path]:
 
 
 def message_spans(traj: Trajectory) -> dict[int, list[Span]]:
-    """Spans per assistant message: the trajectory's own where they fit the text, else `segment`'s."""
+    """Spans per assistant message: the trajectory's own where they fit the text, else the env's segmenter's."""
     texts = {i: assistant_text(m) for i, m in enumerate(traj.messages) if m.role == "assistant"}
     stored: dict[int, list[Span]] = {}
     for s in traj.spans:
@@ -72,7 +72,7 @@ def message_spans(traj: Trajectory) -> dict[int, list[Span]]:
               if i in texts and all(s.field == "content" and s.end <= len(texts[i]) for s in ss)}
     out = dict(usable)
     if len(usable) < len(texts):
-        for s in segment(traj):
+        for s in segment_as_env(traj):
             if s.message not in usable:
                 out.setdefault(s.message, []).append(s)
     return out
