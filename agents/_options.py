@@ -182,7 +182,7 @@ class VLLMServeOptions(GenerationConfig):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = _opt(
         "auto", "Weights' dtype; auto is bfloat16 where it is fast (as for hf:), else float32.")
     max_model_len: int = _opt(4096, "Context length the server allows.", min=16)
-    kv_cache_gb: float = _opt(2.0, "KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE on CPU).", above=0)
+    kv_cache_gb: int = _opt(2, "KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE on CPU, a whole number).", min=1)
     concurrency: int = _opt(64, "Requests in flight at once.", min=1)
     timeout_s: float = _opt(300.0, "Seconds one request may take.", above=0)
     startup_timeout_s: float = _opt(900.0, "Seconds the server may take to come up.", above=0)

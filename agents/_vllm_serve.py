@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -115,7 +116,7 @@ def _answers(url: str) -> bool:
 
 def _last_error(log: Path) -> str:
     lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-    errors = [ln for ln in lines if "Error" in ln or "error" in ln]
+    errors = [ln for ln in lines if re.search(r"(Error|error)[:,]", ln)]
     return (errors or lines or ["(no output)"])[-1][:300]
 
 
