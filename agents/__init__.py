@@ -6,7 +6,10 @@ from ._loop import EpisodeResult, ReActLoop
 from ._models import (ALIASES, ModelNotFoundError, adapter_base, bf16_is_fast, build_tiny_llama, is_peft_adapter,
                       load_causal_lm, resolve_model)
 from ._policy import ActionFormat, Policy, PolicyError, make_policy, policies, split_spec
+from ._readiness import (GateConfig, GateReport, expected_calibration_error, gate, ks_statistic, psi,
+                         read_gate)
 from ._rollout import RolloutConfig, config_field, rollout_default
+from ._scoring import EpisodeScores, score_episodes
 
 __all__ = [
     "ALIASES",
@@ -15,8 +18,11 @@ __all__ = [
     "CollectConfig",
     "Collector",
     "EpisodeResult",
+    "EpisodeScores",
     "EvalConfig",
     "EvalResults",
+    "GateConfig",
+    "GateReport",
     "ModelNotFoundError",
     "Mount",
     "Policy",
@@ -32,13 +38,19 @@ __all__ = [
     "config_field",
     "evaluate",
     "evaluate_async",
+    "expected_calibration_error",
+    "gate",
     "is_peft_adapter",
+    "ks_statistic",
     "load_causal_lm",
     "make_policy",
     "policies",
+    "psi",
+    "read_gate",
     "resolve_model",
     "resolved_config",
     "rollout_default",
+    "score_episodes",
     "split_spec",
     "wilson_ci",
 ]

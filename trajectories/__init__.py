@@ -26,7 +26,7 @@ from ._schema import (
 from ._spans import (SegmentRules, Segmenter, assistant_text, env_segmenter, segment, segment_as_env, segment_run,
                      segmenters)
 from ._store import RUN_FILE, OutputError, RunError, RunStore, check_output, setting_difference
-from ._taxonomy import FAILURE_KINDS, PARSE_ERROR_TOOL, failure_counts, failure_kind
+from ._taxonomy import FAILURE_KINDS, PARSE_ERROR_TOOL, actions, failure_counts, failure_kind
 
 __all__ = [
     "FAILURE_KINDS",
@@ -50,6 +50,7 @@ __all__ = [
     "Provenance",
     "RunError",
     "RunStore",
+    "actions",
     "failure_counts",
     "failure_kind",
     "SchemaVersionError",
