@@ -84,7 +84,7 @@ def steps_for(data: list[Path], tokens: int, student: str, **settings: Any) -> i
 def evaluated(args: argparse.Namespace, name: str, spec: str, skills: list[str] | None = None,
               preload: bool = False) -> dict[str, Any]:
     """The result row of `spec` on the test tasks (evaluated once), with its tool-use rates."""
-    rows = {r["variant"]: r for r in results(args.out)}
+    rows = {r["variant"]: r for r in results(args)}
     if name in rows:
         return rows[name]
     out = args.out / "eval" / slug(name)
@@ -97,16 +97,26 @@ def evaluated(args: argparse.Namespace, name: str, spec: str, skills: list[str] 
     row = {"variant": name, **agent.to_dict(), "tool_use": tool_use(out / agent.run),
            "budget": {"tokens": args.tokens},
            "eval": {"max_steps": args.max_steps, "new_tokens": args.new_tokens}, "date": time.strftime("%Y-%m-%d")}
-    with open(args.out / "results.jsonl", "a") as fh:
+    with open(rows_file(args), "a") as fh:
         fh.write(json.dumps(row) + "\n")
     print(f"{name}: success {row['success_rate']:.1%} invalid {row['invalid_action_rate']:.1%} "
           f"failures {row['failures']}", flush=True)
     return row
 
 
-def results(root: Path) -> list[dict[str, Any]]:
-    path = root / "results.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+def rows_file(args: argparse.Namespace) -> Path:
+    """The committed result rows of this budget (a later session, on a fresh machine, keeps them)."""
+    path = Path(__file__).parent / "results" / f"quality-{args.tokens}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def results(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The rows so far: the committed file, plus OUT/results.jsonl where an older version of the bench wrote."""
+    rows = []
+    for path in (rows_file(args), args.out / "results.jsonl"):
+        rows += [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return rows
 
 
 def called(traj: Any, names: set[str]) -> bool:

@@ -7,7 +7,7 @@ Trains on expert:coder trajectories from the train split at one token budget for
   coder: span-aware SFT         train's defaults (weights 1 / 2 / 2, no curriculum)
   coder: span-aware SFT + curriculum   the default weights, --curriculum complexity
   teacher expert:coder          for reference
-Rows are appended to OUT/results.jsonl as each variant finishes, so a cut-off run keeps what it has.
+Rows are appended to bench/results/quality-<tokens>.jsonl as each variant finishes, so a cut-off run keeps what it has.
 
     python bench/sft_quality.py [--tokens 50000] [--test-tasks 100] [--sandbox nsjail]
 """
