@@ -148,3 +148,21 @@ async def test_auto_dtype_is_bf16_where_bf16_is_fast(peaked):
     want = torch.bfloat16 if bf16_is_fast() else torch.float32
     assert next(policy.hf_model.parameters()).dtype == want
     assert (await policy(request([{"role": "user", "content": "hi"}]))).content is not None
+
+
+def test_a_model_no_policy_holds_is_freed_and_the_last_one_is_kept(peaked, tmp_path):
+    import gc
+    import shutil
+    import weakref
+
+    from trajdistill.agents._hf import load_cached
+
+    other = shutil.copytree(peaked, tmp_path / "other")
+    first = weakref.ref(load_cached(str(peaked), "cpu", "float32")[0])
+    assert load_cached(str(peaked), "cpu", "float32")[0] is first()  # loaded once while held
+    load_cached(str(other), "cpu", "float32")  # now the last one loaded
+    gc.collect()
+    assert first() is None  # nobody holds the first model: freed
+    kept = weakref.ref(load_cached(str(other), "cpu", "float32")[0])
+    gc.collect()
+    assert kept() is not None  # the last one loaded stays for the next run of the same model
