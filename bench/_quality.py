@@ -90,7 +90,8 @@ def evaluated(args: argparse.Namespace, name: str, spec: str, skills: list[str] 
     out = args.out / "eval" / slug(name)
     res = evaluate(EvalConfig(env="math", agents=[spec], split="test", tasks=args.test_tasks,
                               max_steps=args.max_steps, sandbox=args.sandbox, concurrency=args.concurrency,
-                              agent_options={"max_new_tokens": args.new_tokens, "batch_size": args.concurrency},
+                              agent_options={"max_new_tokens": args.new_tokens,
+                                             **({"batch_size": args.concurrency} if spec.startswith("hf:") else {})},
                               skills=list(skills or []),
                               preload_skills=preload, out=str(out), resume=True), mount=mount_skills)
     agent = res.agents[0]
