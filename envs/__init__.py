@@ -1,6 +1,6 @@
 """Environments: tasks, typed tools, verifiers, experts and sandboxes."""
 
-from ._errors import ConfigError, TrajdistillError
+from ._errors import CannotActError, ConfigError, TrajdistillError
 from ._env import FINAL_ANSWER, Env, Episode, ToolError, envs, final_answer_spec, make_env
 from ._registry import Registry, UnknownNameError
 from ._tools import ToolSchemaError, ToolSpec, tool, tool_spec
@@ -9,6 +9,7 @@ from ._types import SPLITS, ErrorKind, Observation, Outcome, PolicyRequest, Task
 __all__ = [
     "FINAL_ANSWER",
     "SPLITS",
+    "CannotActError",
     "ConfigError",
     "Env",
     "Episode",
