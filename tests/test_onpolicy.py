@@ -19,7 +19,7 @@ import pytest
 from conftest import cli, one_line_error, require
 from trajdistill.agents import policies
 from trajdistill.envs import CannotActError, PolicyRequest, Turn, make_env
-from trajdistill.envs._react_text import ParsedAction, ParsedFinal, format_action, format_final, parse_react
+from trajdistill.envs._react_text import ParsedAction, format_action, format_final, parse_react
 from trajdistill.train import OnPolicyConfig, beta_at
 from trajdistill.train._onpolicy import OnPolicyDistiller, records_of
 from trajdistill.trajectories import RunStore
@@ -349,7 +349,8 @@ def test_cli_rounds_survive_a_kill_mid_round(tmp_path):
     assert r2["student"] == r1["model"] and doc["final_student"] == r2["model"]
     for r, stats in ((1, r1), (2, r2)):
         relabels = RunStore.open(out / f"round-{r}" / "relabels").load()
-        turns = [rec for x in _lines(out / f"round-{r}" / "rollouts") for rec in x["teacher"]["sampling"]["dagger"]["turns"]]
+        rollouts_r = _lines(out / f"round-{r}" / "rollouts")
+        turns = [rec for x in rollouts_r for rec in x["teacher"]["sampling"]["dagger"]["turns"]]
         assert len(relabels) == stats["labelled"] == sum(rec["label"] is not None for rec in turns)
         assert stats["relabel_failures"] == 0 and stats["episodes"] == 6
         assert {t.teacher.spec for t in relabels} == {"expert:coder"}
@@ -362,6 +363,8 @@ def test_cli_rounds_survive_a_kill_mid_round(tmp_path):
     assert res.returncode == 0 and "expert:coder" in res.stdout
     res = cli("export", out / "round-1" / "relabels", "--format", "openai", "--out", tmp_path / "r1.jsonl")
     assert res.returncode == 0 and len((tmp_path / "r1.jsonl").read_text().splitlines()) == r1["labelled"]
+    res = cli("view", out, "--out", tmp_path / "view.html")
+    assert res.returncode == 0 and (tmp_path / "view.html").is_file()
 
 
 def test_cli_bad_input_is_one_line(tmp_path):

@@ -260,7 +260,10 @@ class MixedPolicy:
 
 
 def records_of(traj: Trajectory) -> list[TurnRecord]:
-    return [TurnRecord(**r) for r in traj.teacher.sampling.get("dagger", {}).get("turns", [])]  # type: ignore[union-attr, arg-type]
+    """The per-turn records a rollout holds (none for a trajectory that is not a rollout)."""
+    dagger = traj.teacher.sampling.get("dagger")
+    turns = dagger.get("turns", []) if isinstance(dagger, dict) else []
+    return [TurnRecord(**r) for r in turns]  # type: ignore[arg-type]
 
 
 def relabel(rollout: Trajectory, teachers: dict[str, Teacher], round_no: int) -> list[Trajectory]:
@@ -440,7 +443,8 @@ class OnPolicyDistiller:
             task_id=task.id, split=task.split, category=task.category, difficulty=task.difficulty,
             env=EnvRef(name=env.id, version=env.version),
             teacher=Teacher(spec=mixed.spec, backend=mixed.backend, model=mixed.model, sampling={
-                **mixed.sampling(), "dagger": {"round": round_no, "beta": beta, "turns": [asdict(r) for r in records]}}),
+                **mixed.sampling(),
+                "dagger": {"round": round_no, "beta": beta, "turns": [asdict(r) for r in records]}}),
             messages=[Message.model_validate(m) for m in result.messages], outcome=result.outcome,
             usage=Usage(prompt_tokens=int(usage["prompt_tokens"]), completion_tokens=int(usage["completion_tokens"]),
                         total_tokens=int(usage["prompt_tokens"] + usage["completion_tokens"]),
@@ -452,7 +456,8 @@ class OnPolicyDistiller:
         store.append(traj)  # one fsynced line, labels inside: from here on the episode is finished
         return traj
 
-    def write_relabels(self, round_no: int, student: str, rollouts: list[Trajectory]) -> tuple[int, int, dict[str, int]]:
+    def write_relabels(self, round_no: int, student: str,
+                       rollouts: list[Trajectory]) -> tuple[int, int, dict[str, int]]:
         """Write round-<r>/relabels; (labelled turns, relabel failures, labelled turns per teacher)."""
         path = self.root / f"round-{round_no}" / "relabels"
         refs = self._teacher_refs()
