@@ -11,11 +11,14 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from ._config import ConfigOption, UsageError, env_params
-from ._console import console
-from ._progress import EpisodeRow, episode_columns
+from trajdistill.train import OnPolicyConfig
 
-# Each command imports its library modules when it runs, so that `trajdistill --help` stays fast.
+from ._config import ConfigOption, UsageError, config_option, rollout_options
+from ._console import console
+from ._progress import EpisodeRows, episode_columns
+
+# The options take their help and defaults from OnPolicyConfig; the library's functions load when the command
+# runs.
 
 
 def register(app: typer.Typer) -> None:
@@ -34,38 +37,24 @@ def pairs(items: list[str], flag: str) -> dict[str, str]:
     return out
 
 
+@rollout_options(OnPolicyConfig, "env", "tasks", "max_steps", "concurrency", "seed", "temperature", "sandbox",
+                 "env_params")
 def onpolicy_command(
     ctx: typer.Context,
-    student: str = typer.Option(..., help="Student policy spec, e.g. hf:smollm2-135m (or a trained model dir)."),
-    teacher: list[str] = typer.Option(..., help="Teacher policy spec (expert:NAME, openai:MODEL@URL, hf:PATH); "
-                                      "repeat for several, routed per task by --route (default: the first)."),
-    env: str = typer.Option(..., help="Env name, e.g. math or twx:coin."),
-    out: Path = typer.Option(..., help="Directory for the rounds (rollouts, relabels, models, rounds.json)."),
-    mode: str = typer.Option("dagger", help="dagger: black-box relabelling; any policy spec can teach. "
-                             "reverse-kl (white-box, per-token reverse KL on the student's samples) is not "
-                             "implemented yet and is refused."),
-    rounds: int = typer.Option(2, help="Roll out, relabel, retrain: how many times."),
-    tasks: int = typer.Option(100, help="Train tasks rolled out each round (the same ones every round)."),
-    beta_schedule: str = typer.Option("exp:1:0.5", help="Probability that the teacher's turn is executed instead "
-                                      "of the student's, per round: exp:B0:DECAY (B0*DECAY^(r-1)), "
-                                      "linear:B0:STEP, a list B1,B2,... (the last repeats) or one number."),
-    route: list[str] = typer.Option([], help="CATEGORY=TEACHER: tasks of this category are labelled by that "
-                                    "--teacher; repeatable."),
-    data: list[Path] = typer.Option([], help="Run directory trained on every round next to the relabels "
-                                    "(e.g. the teacher's SFT data); repeatable."),
-    dev_tasks: int = typer.Option(50, help="Dev tasks to score each round's student on (0: skip)."),
-    max_steps: int = typer.Option(10, help="Policy turns per episode."),
-    concurrency: int = typer.Option(8, help="Episodes in flight at once (the hf backend batches them)."),
-    temperature: float = typer.Option(0.7, help="Sampling temperature of the student in rollouts."),
-    seed: int = typer.Option(0, help="Base seed of the student's sampling and of the beta draws."),
-    sandbox: str = typer.Option("auto", help="Sandbox backend: auto, docker, nsjail, none."),
-    env_param: list[str] = typer.Option([], help="KEY=VALUE env parameter; repeatable."),
-    student_option: list[str] = typer.Option([], help="KEY=VALUE option of the student's backend, e.g. "
-                                             "max_new_tokens=256; repeatable."),
-    teacher_option: list[str] = typer.Option([], help="KEY=VALUE option of the teachers' backends; repeatable."),
-    resume: bool = typer.Option(False, help="Continue an interrupted --out with the same settings (--rounds may "
-                                "grow): finished rounds are kept, rollouts go on where they stopped."),
+    student: str = config_option(OnPolicyConfig, "student"),
+    teacher: list[str] = config_option(OnPolicyConfig, "teachers"),
+    out: Path = config_option(OnPolicyConfig, "out"),
+    mode: str = config_option(OnPolicyConfig, "mode"),
+    rounds: int = config_option(OnPolicyConfig, "rounds"),
+    beta_schedule: str = config_option(OnPolicyConfig, "beta_schedule"),
+    route: list[str] = config_option(OnPolicyConfig, "routes"),
+    data: list[Path] = config_option(OnPolicyConfig, "data"),
+    dev_tasks: int = config_option(OnPolicyConfig, "dev_tasks"),
+    student_option: list[str] = config_option(OnPolicyConfig, "student_options"),
+    teacher_option: list[str] = config_option(OnPolicyConfig, "teacher_options"),
+    resume: bool = config_option(OnPolicyConfig, "resume"),
     config: Optional[Path] = ConfigOption,
+    *, rollout: dict,
 ) -> None:
     """On-policy distillation: the student acts in the env, the teacher labels the student's own states.
 
@@ -79,29 +68,22 @@ def onpolicy_command(
 
     Trainer settings take a --train- prefix on the names of `trajdistill train`, e.g.
     `--train-max-steps 50 --train-curriculum none`; only_success is off unless --train-only-success."""
-    from trajdistill.train import OnPolicyConfig, onpolicy, parse_train_args
+    from trajdistill.train import onpolicy, parse_train_args
 
     cfg = OnPolicyConfig(
-        student=student, teachers=list(teacher), env=env, out=str(out), mode=mode, rounds=rounds, tasks=tasks,
-        beta_schedule=beta_schedule, routes=pairs(route, "--route"), data=[str(d) for d in data],
-        dev_tasks=dev_tasks, max_steps=max_steps, concurrency=concurrency, temperature=temperature, seed=seed,
-        sandbox=sandbox, env_params=env_params(env_param), student_options=pairs(student_option, "--student-option"),
+        **rollout, student=student, teachers=list(teacher), out=str(out), mode=mode, rounds=rounds,
+        beta_schedule=beta_schedule, routes=pairs(route, "--route"), data=[str(d) for d in data], dev_tasks=dev_tasks,
+        student_options=pairs(student_option, "--student-option"),
         teacher_options=pairs(teacher_option, "--teacher-option"), train_args=parse_train_args(list(ctx.args)),
         resume=resume)
     with Progress(*episode_columns("onpolicy"), console=console, transient=False) as bar:
-        rows: dict[str, EpisodeRow] = {}
-
-        def listener(label: str, p) -> None:
-            if label not in rows:
-                rows[label] = EpisodeRow(bar, label)
-            rows[label](p)
 
         def on_round(s) -> None:
             dev = f"{s.dev_success_rate:.1%}" if s.dev_success_rate is not None else "-"
             bar.console.print(f"round {s.round} (beta {s.beta:g}): {s.labelled} turns relabelled, "
                               f"{s.relabel_failures} relabel failures, dev success {dev}")
 
-        result = onpolicy(cfg, listener, on_round)
+        result = onpolicy(cfg, EpisodeRows(bar), on_round)
     rounds_table(console, result)
     console.print(f"rounds written to [bold]{out}[/] (rounds.json); final student: {result.final_student}")
 

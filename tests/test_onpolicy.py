@@ -367,6 +367,19 @@ def test_cli_rounds_survive_a_kill_mid_round(tmp_path):
     assert res.returncode == 0 and (tmp_path / "view.html").is_file()
 
 
+def test_the_commands_rollout_options_are_the_configs():
+    from dataclasses import fields
+
+    cfg = OnPolicyConfig(student="hf:x", teachers=["expert:coder"], env="math", out="o")
+    res = cli("onpolicy", "--help")
+    assert res.returncode == 0
+    text = " ".join(res.stdout.replace("│", " ").split())
+    for f in fields(OnPolicyConfig):
+        if f.name in ("sandbox", "beta_schedule", "mode", "max_steps", "temperature", "dev_tasks"):
+            assert f"--{f.name.replace('_', '-')}" in text and str(getattr(cfg, f.name)) in text
+    assert "Sandbox backend: auto, docker, nsjail, none." in text  # RolloutConfig's words, as every stage has them
+
+
 def test_cli_bad_input_is_one_line(tmp_path):
     one_line_error(cli("onpolicy", "--student", "hf:x", "--teacher", "expert:coder", "--env", "math", "--out",
                        tmp_path / "o", "--route", "word"), "--route must be KEY=VALUE")

@@ -43,7 +43,8 @@ from typing import Any, Callable
 import yaml
 
 from trajdistill import __version__
-from trajdistill.agents import EvalConfig, Policy, PolicyError, Progress, ReActLoop, evaluate_async, make_policy
+from trajdistill.agents import (EvalConfig, Policy, PolicyError, Progress, ReActLoop, RolloutConfig, config_field,
+                               evaluate_async, make_policy, rollout_default)
 from trajdistill.envs import (CannotActError, ConfigError, Env, Outcome, PolicyRequest, Task, TrajdistillError, Turn,
                               make_env)
 from trajdistill.envs._react_text import ParsedAction, ParsedFinal, parse_react
@@ -59,6 +60,7 @@ ROUNDS_FILE = "rounds.json"
 CONFIG_FILE = "onpolicy.yaml"
 MODES = ("dagger", "reverse-kl")
 RELABEL_KIND = "relabel"
+UNSTORED = frozenset({"resume", "skills", "preload_skills", "trust", "allow_unsigned"})  # how to run, not what
 
 Listener = Callable[[str, Progress], None]  # (stage description, episode progress)
 
@@ -93,34 +95,37 @@ def beta_at(schedule: str, round_no: int) -> float:
 # ---- settings -----------------------------------------------------------------------------------
 
 
-@dataclass
-class OnPolicyConfig:
+@dataclass(kw_only=True)
+class OnPolicyConfig(RolloutConfig):
     """Settings of one on-policy distillation; OUT/onpolicy.yaml holds them."""
 
-    student: str
-    teachers: list[str]
-    env: str
-    out: str
-    mode: str = "dagger"
-    rounds: int = 2
-    tasks: int = 100
-    split: str = "train"
-    beta_schedule: str = "exp:1:0.5"
-    routes: dict[str, str] = field(default_factory=dict)  # task category -> teacher spec (else the first teacher)
-    data: list[str] = field(default_factory=list)  # runs trained on in every round, next to the relabels
-    dev_tasks: int = 50
-    max_steps: int = 10
-    concurrency: int = 8
-    temperature: float = 0.7  # the student's, in rollouts; teachers act greedily unless teacher_options say not
-    seed: int = 0
-    sandbox: str = "auto"
-    env_params: dict[str, Any] = field(default_factory=dict)
-    student_options: dict[str, Any] = field(default_factory=dict)  # e.g. max_new_tokens, batch_size
-    teacher_options: dict[str, Any] = field(default_factory=dict)
-    train_args: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields, e.g. max_steps
-    resume: bool = False  # continue an interrupted OUT (see the module doc); not part of the stored settings
+    student: str = field(metadata={"help": "Student policy spec, e.g. hf:smollm2-135m (or a trained model dir)."})
+    teachers: list[str] = field(metadata={
+        "help": "Teacher policy spec (expert:NAME, openai:MODEL@URL, hf:PATH); repeat for several, routed per task "
+                "by --route (default: the first)."})
+    out: str = field(metadata={"help": "Directory for the rounds (rollouts, relabels, models, rounds.json)."})
+    mode: str = config_field("dagger", "dagger: black-box relabelling, any policy spec can teach. reverse-kl "
+                                       "(white-box, per-token reverse KL on the student's samples) is not "
+                                       "implemented yet and is refused.")
+    rounds: int = config_field(2, "Roll out, relabel, retrain: how many times.")
+    beta_schedule: str = config_field("exp:1:0.5", "Probability that the teacher's turn is executed instead of the "
+                                      "student's, per round: exp:B0:DECAY (B0*DECAY^(r-1)), linear:B0:STEP, a list "
+                                      "B1,B2,... (the last repeats) or one number.")
+    routes: dict[str, str] = config_field({}, "CATEGORY=TEACHER: tasks of this category are labelled by that "
+                                              "--teacher (others by the first); repeatable.")
+    data: list[str] = config_field([], "Run directory trained on every round next to the relabels (e.g. the "
+                                       "teacher's SFT data); repeatable.")
+    dev_tasks: int = config_field(50, "Dev tasks to score each round's student on (0: skip).")
+    max_steps: int = rollout_default("max_steps", 10)
+    temperature: float = rollout_default("temperature", 0.7)  # the student's; teachers act greedily by default
+    student_options: dict[str, Any] = config_field({}, "KEY=VALUE option of the student's backend, e.g. "
+                                                       "max_new_tokens=256; repeatable.")
+    teacher_options: dict[str, Any] = config_field({}, "KEY=VALUE option of the teachers' backends; repeatable.")
+    train_args: dict[str, Any] = config_field({}, "TrainConfig fields, e.g. max_steps.")
+    resume: bool = config_field(False, "Continue an interrupted --out with the same settings (--rounds may grow): "
+                                       "finished rounds are kept, rollouts go on where they stopped.")
 
-    def __post_init__(self) -> None:
+    def own_problems(self) -> list[str]:
         problems = []
         if self.mode not in MODES:
             problems.append(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
@@ -133,13 +138,12 @@ class OnPolicyConfig:
             problems.append("each --teacher may be given once")
         problems += [f"--route {cat}={spec}: {spec!r} is not one of the --teacher specs"
                      for cat, spec in self.routes.items() if spec not in self.teachers]
-        for name in ("rounds", "tasks", "concurrency", "max_steps"):
-            if getattr(self, name) < 1:
-                problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.rounds < 1:
+            problems.append(f"--rounds must be at least 1, got {self.rounds}")
         if self.dev_tasks < 0:
             problems.append(f"--dev-tasks must be >= 0, got {self.dev_tasks}")
-        if self.temperature < 0:
-            problems.append(f"--temperature must be >= 0, got {self.temperature}")
+        if self.skills:
+            problems.append("onpolicy mounts no skill boxes; give no skills")
         try:
             for r in range(1, self.rounds + 1):
                 beta_at(self.beta_schedule, r)
@@ -152,8 +156,10 @@ class OnPolicyConfig:
             check_output(self.out, [*self.data, *_local_model(self.student)], kind="dir")
         except OutputError as e:
             problems.append(str(e))
-        if problems:
-            raise ConfigError("; ".join(problems))
+        return problems
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         self.train_args = {k: _typed(k, v) for k, v in self.train_args.items()}
 
     def teacher_for(self, task: Task) -> str:
@@ -558,7 +564,7 @@ class OnPolicyDistiller:
         (self.root / CONFIG_FILE).write_text(yaml.safe_dump(self._settings(), sort_keys=False))
 
     def _settings(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self.cfg).items() if k != "resume"}
+        return {k: v for k, v in asdict(self.cfg).items() if k not in UNSTORED}
 
     def _check_resumable(self) -> None:
         path = self.root / CONFIG_FILE
