@@ -167,6 +167,10 @@ async def test_relabelled_turns_are_the_teachers_at_the_students_states(tmp_path
             assert isinstance(action, ParsedAction) and action.tool == "python"  # re-planned: runs its own program
             assert "Nothing so far has run a program" in action.thought
     assert turns == len(trajs) == 10
+    from trajdistill.train._onpolicy import agreement_by_turn
+
+    first, second = agreement_by_turn(rollouts)
+    assert len(first) == len(second) == 5 and not any(first)  # a different program from the coder's, every time
 
 
 async def test_beta_one_executes_only_the_teacher_and_never_asks_the_student(tmp_path):
@@ -356,7 +360,8 @@ def test_cli_rounds_survive_a_kill_mid_round(tmp_path):
         assert {t.teacher.spec for t in relabels} == {"expert:coder"}
     assert r2["aggregate"] == r1["labelled"] + r2["labelled"]
     assert r2["student_turns"] == r2["turns"]  # beta 0: the student acts at every turn
-    assert (out / "round-2" / "model" / "model.safetensors").is_file()
+    assert (out / "round-2" / "model" / "model.safetensors").is_file() and (out / "agreement.png").is_file()
+    assert len(r2["agreement_by_turn"]) == 2 and r2["agreement"] is not None  # beta 0: the student took both turns
     assert 0.0 <= r2["dev_success_rate"] <= 1.0
 
     res = cli("inspect", out / "round-2" / "relabels")

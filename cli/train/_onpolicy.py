@@ -19,7 +19,8 @@ Each round r (1-based) of `onpolicy` writes under OUT/round-<r>/:
     dev/       the eval of the new student on dev tasks
 
 The next round rolls out the new model. OUT/rounds.json holds the per-round stats, rewritten after each
-round; β_r comes from the β schedule (`beta_at`).
+round, among them the agreement (the share of the student's turns where it took the teacher's action) per
+turn position, which OUT/agreement.png plots across rounds; β_r comes from the β schedule (`beta_at`).
 
 `resume` continues an interrupted OUT with the same settings (only --rounds may grow): finished rounds are
 kept as they are; in the cut-off round the rollouts go on where they stopped (an episode is on disk as one
@@ -60,6 +61,7 @@ ROUNDS_FILE = "rounds.json"
 CONFIG_FILE = "onpolicy.yaml"
 MODES = ("dagger", "reverse-kl")
 RELABEL_KIND = "relabel"
+AGREEMENT_PLOT = "agreement.png"
 UNSTORED = frozenset({"resume", "skills", "preload_skills", "trust", "allow_unsigned"})  # how to run, not what
 
 Listener = Callable[[str, Progress], None]  # (stage description, episode progress)
@@ -189,6 +191,8 @@ class OnPolicyRound:
     train_steps: int = 0
     train_loss: float | None = None
     teachers: dict[str, int] = field(default_factory=dict)  # labelled turns per teacher
+    # agreement at the k-th assistant turn of an episode (k = 1, 2, ...), None where the student never acted there
+    agreement_by_turn: list[float | None] = field(default_factory=list)
 
 
 @dataclass
@@ -312,6 +316,41 @@ def same_action(student: Message, label: Message) -> bool:
 
     a = action(student)
     return a is not None and a == action(label)
+
+
+def agreement_by_turn(rollouts: list[Trajectory]) -> list[list[bool]]:
+    """Per assistant-turn position (1st, 2nd, ...): for each labelled turn the student took there, whether it
+    took the teacher's action. The black-box view of the per-turn teacher-student divergence."""
+    out: list[list[bool]] = []
+    for t in rollouts:
+        for k, r in enumerate(records_of(t)):
+            if r.acted == "student" and r.label is not None:
+                out.extend([] for _ in range(k + 1 - len(out)))
+                out[k].append(same_action(t.messages[r.message], Message.model_validate(r.label)))
+    return out
+
+
+def plot_agreement(stats: list[OnPolicyRound], path: Path) -> None:
+    """Per round, the share of the student's turns that took the teacher's action, by turn position."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for s in stats:
+        points = [(k + 1, a) for k, a in enumerate(s.agreement_by_turn) if a is not None]
+        if points:
+            ax.plot(*zip(*points), marker="o", label=f"round {s.round} (beta {s.beta:g})")
+    ax.set_xlabel("assistant turn of the episode")
+    ax.set_ylabel("student took the teacher's action")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title("teacher-student agreement at the student's states")
+    if any(s.agreement_by_turn for s in stats):
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 # ---- the rounds ---------------------------------------------------------------------------------
@@ -521,8 +560,8 @@ class OnPolicyDistiller:
         model = f"hf:{Path(result.out).resolve()}" if result is not None else None
         dev = await self.dev_success(round_no, model or student)
         records = [(t, r) for t in rollouts for r in records_of(t)]
-        judged = [same_action(t.messages[r.message], Message.model_validate(r.label))
-                  for t, r in records if r.acted == "student" and r.label is not None]
+        by_turn = agreement_by_turn(rollouts)
+        judged = [ok for turn in by_turn for ok in turn]
         successes = sum(t.outcome.success for t in rollouts)
         return OnPolicyRound(
             round=round_no, student=student, beta=beta, episodes=len(rollouts), errored=errored, successes=successes,
@@ -532,7 +571,7 @@ class OnPolicyDistiller:
             relabel_failures=failures, agreement=sum(judged) / len(judged) if judged else None,
             aggregate=aggregate + labelled, trained=result is not None, model=model, dev_success_rate=dev,
             train_steps=result.steps if result else 0, train_loss=result.losses.get("loss") if result else None,
-            teachers=per_teacher)
+            teachers=per_teacher, agreement_by_turn=[sum(t) / len(t) if t else None for t in by_turn])
 
     async def run(self, on_round: Callable[[OnPolicyRound], None] | None = None) -> OnPolicyResult:
         self._start()
@@ -544,6 +583,7 @@ class OnPolicyDistiller:
                 stats.append(s)
                 student = s.model or student
                 self._write_rounds(stats, student)
+                plot_agreement(stats, self.root / AGREEMENT_PLOT)
                 if on_round:
                     on_round(s)
         finally:
