@@ -51,7 +51,7 @@ from trajdistill.envs import (CannotActError, ConfigError, Env, Outcome, PolicyR
 from trajdistill.envs._react_text import ParsedAction, ParsedFinal, parse_react
 from trajdistill.envs.sandbox import Limits, SandboxError, SandboxProvider, get_provider
 from trajdistill.trajectories import (EnvRef, Message, OutputError, Provenance, RunStore, Span, Teacher, Trajectory,
-                                      Usage, assistant_text, check_output, segment, setting_difference)
+                                      Usage, assistant_text, check_output, segment_as_env, setting_difference)
 
 from ._config import TrainConfig, student_problems
 from ._self_distill import _local_model, _train_arg_problems, _typed
@@ -298,7 +298,9 @@ def relabel(rollout: Trajectory, teachers: dict[str, Teacher], round_no: int) ->
             usage=Usage(steps=sum(m.role == "assistant" for m in messages)),
             provenance=rollout.provenance.model_copy(update={"composed_from": [rollout.id], "strategy": "dagger"}),
             created_at=time.time())
-        out.append(draft.model_copy(update={"spans": segment(draft)}))
+        last = len(messages) - 1  # the env's segmenter splits the teacher's turn; the rest stays context
+        spans = context + [sp for sp in segment_as_env(draft) if sp.message == last]
+        out.append(draft.model_copy(update={"spans": spans}))
     return out
 
 
