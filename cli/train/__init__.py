@@ -9,8 +9,8 @@ from ._encode import SPAN_KINDS, Encoded, encode
 from ._losses import final_losses, plot_losses
 from ._onpolicy import (MixedPolicy, OnPolicyConfig, OnPolicyResult, OnPolicyRound, TurnRecord, beta_at, onpolicy,
                         onpolicy_async)
-from ._self_distill import (RoundStats, SelfDistillConfig, SelfDistillResult, parse_train_args, self_distill,
-                            self_distill_async)
+from ._rounds import parse_train_args
+from ._self_distill import RoundStats, SelfDistillConfig, SelfDistillResult, self_distill, self_distill_async
 from ._sft import TrainResult, train
 from ._trainer import build_trainer, stage_steps, trainer_class
 

@@ -41,7 +41,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
 
 from trajdistill import __version__
 from trajdistill.agents import (EvalConfig, Policy, PolicyError, Progress, ReActLoop, RolloutConfig, config_field,
@@ -51,18 +50,16 @@ from trajdistill.envs import (CannotActError, ConfigError, Env, Outcome, PolicyR
 from trajdistill.envs._react_text import ParsedAction, ParsedFinal, parse_react
 from trajdistill.envs.sandbox import Limits, SandboxError, SandboxProvider, get_provider
 from trajdistill.trajectories import (EnvRef, Message, OutputError, Provenance, RunStore, Span, Teacher, Trajectory,
-                                      Usage, assistant_text, check_output, segment_as_env, setting_difference)
+                                      Usage, assistant_text, check_output, segment_as_env)
 
-from ._config import TrainConfig, student_problems
-from ._self_distill import _local_model, _train_arg_problems, _typed
+from ._config import TrainConfig
+from ._rounds import RoundsDir, local_model, train_arg_problems, typed_train_arg
 from ._sft import train
 
-ROUNDS_FILE = "rounds.json"
 CONFIG_FILE = "onpolicy.yaml"
 MODES = ("dagger", "reverse-kl")
 RELABEL_KIND = "relabel"
 AGREEMENT_PLOT = "agreement.png"
-UNSTORED = frozenset({"resume", "skills", "preload_skills", "trust", "allow_unsigned"})  # how to run, not what
 
 Listener = Callable[[str, Progress], None]  # (stage description, episode progress)
 
@@ -153,16 +150,16 @@ class OnPolicyConfig(RolloutConfig):
             problems.append(str(e))
         problems += [f"--data {r} is not a run directory (no run.yaml)"
                      for r in self.data if not (Path(r) / "run.yaml").is_file()]
-        problems += _train_arg_problems(self.train_args)
+        problems += train_arg_problems(self.train_args)
         try:
-            check_output(self.out, [*self.data, *_local_model(self.student)], kind="dir")
+            check_output(self.out, [*self.data, *local_model(self.student)], kind="dir")
         except OutputError as e:
             problems.append(str(e))
         return problems
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.train_args = {k: _typed(k, v) for k, v in self.train_args.items()}
+        self.train_args = {k: typed_train_arg(k, v) for k, v in self.train_args.items()}
 
     def teacher_for(self, task: Task) -> str:
         """The teacher routed to `task`: by its category, else the first teacher."""
@@ -358,11 +355,11 @@ def plot_agreement(stats: list[OnPolicyRound], path: Path) -> None:
 # ---- the rounds ---------------------------------------------------------------------------------
 
 
-class OnPolicyDistiller:
+class OnPolicyDistiller(RoundsDir):
+    config_file, kind, round_class = CONFIG_FILE, "onpolicy", OnPolicyRound
+
     def __init__(self, cfg: OnPolicyConfig, listener: Listener | None = None):
-        self.cfg = cfg
-        self.listener = listener
-        self.root = Path(cfg.out)
+        super().__init__(cfg, listener)
         self.env: Env | None = None
         self.teachers: dict[str, Policy] = {}
         self.provider: SandboxProvider | None = None
@@ -398,9 +395,6 @@ class OnPolicyDistiller:
     def _teacher_refs(self) -> dict[str, Teacher]:
         return {s: Teacher(spec=s, backend=p.backend, model=p.model, sampling=p.sampling())
                 for s, p in self.teachers.items()}
-
-    def _listen(self, label: str) -> Callable[[Progress], None] | None:
-        return (lambda p: self.listener(label, p)) if self.listener else None
 
     # -- one round --
 
@@ -592,52 +586,8 @@ class OnPolicyDistiller:
             await self.close()
         return OnPolicyResult(stats, student)
 
-    # -- the output directory --
-
-    def _start(self) -> None:
-        problems = student_problems(self.cfg.student)  # checked before hours of rollouts, not after
-        if problems:
-            raise ConfigError(f"--student: {'; '.join(problems)}")
-        if self.root.exists() and any(self.root.iterdir()):
-            if not self.cfg.resume:
-                raise ConfigError(f"{self.root} is not empty; pass --resume to continue it, or choose a new --out")
-            self._check_resumable()
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / CONFIG_FILE).write_text(yaml.safe_dump(self._settings(), sort_keys=False))
-
-    def _settings(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self.cfg).items() if k not in UNSTORED}
-
-    def _check_resumable(self) -> None:
-        path = self.root / CONFIG_FILE
-        if not path.is_file():
-            raise ConfigError(f"--resume: {self.root} holds no {CONFIG_FILE}; it is not an onpolicy directory")
-        try:
-            old = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--resume: {path} is corrupt: {e}") from None
-        new = json.loads(json.dumps(self._settings()))
-        diff = setting_difference(old if isinstance(old, dict) else {}, new, ignore=frozenset({"rounds"}))
-        if diff is not None:
-            raise ConfigError(f"--resume: settings differ from {path}: {diff}; only --rounds may change")
-
-    def _finished_rounds(self) -> tuple[list[OnPolicyRound], str]:
-        path = self.root / ROUNDS_FILE
-        if not path.is_file():
-            return [], self.cfg.student
-        try:
-            doc = json.loads(path.read_text())
-            stats = [OnPolicyRound(**r) for r in doc["rounds"]]
-            student = doc["final_student"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise ConfigError(f"--resume: {path} is corrupt ({e}); delete it to redo every round") from None
-        return stats, student
-
-    def _write_rounds(self, stats: list[OnPolicyRound], student: str) -> None:
-        doc = {"mode": self.cfg.mode, "rounds": [asdict(s) for s in stats], "final_student": student}
-        tmp = self.root / (ROUNDS_FILE + ".tmp")
-        tmp.write_text(json.dumps(doc, indent=2) + "\n")
-        tmp.replace(self.root / ROUNDS_FILE)
+    def _rounds_header(self) -> dict[str, Any]:
+        return {"mode": self.cfg.mode}
 
 
 async def onpolicy_async(cfg: OnPolicyConfig, listener: Listener | None = None,
