@@ -1,6 +1,7 @@
 """Agents: model loading, policy backends, the ReAct loop, the rollout settings, the collector and the evaluator."""
 
-from ._collector import CollectConfig, Collector, Mount, Progress, collect, collect_async, resolved_config
+from ._collector import (CollectConfig, Collector, Mount, Progress, collect, collect_async, play_episode,
+                         resolved_config, to_trajectory)
 from ._eval import AgentResult, EvalConfig, EvalResults, evaluate, evaluate_async, wilson_ci
 from ._loop import EpisodeResult, ReActLoop
 from ._models import (ALIASES, ModelNotFoundError, adapter_base, bf16_is_fast, build_tiny_llama, is_peft_adapter,
@@ -44,6 +45,7 @@ __all__ = [
     "ks_statistic",
     "load_causal_lm",
     "make_policy",
+    "play_episode",
     "policies",
     "psi",
     "read_gate",
@@ -52,5 +54,6 @@ __all__ = [
     "rollout_default",
     "score_episodes",
     "split_spec",
+    "to_trajectory",
     "wilson_ci",
 ]

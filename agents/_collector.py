@@ -101,6 +101,25 @@ def to_trajectory(result: EpisodeResult, task: Task, env: Env, policy: Policy,
     )
 
 
+async def play_episode(loop: ReActLoop, task: Task, provider: SandboxProvider | None, store: RunStore,
+                       spec: str) -> EpisodeResult | None:
+    """One episode, in a sandbox from `provider` when the env needs one. An expected failure (the policy's
+    endpoint, a library error) is recorded in the store's errors.jsonl and ends only this episode (None);
+    a broken sandbox backend and any other exception (a bug) stop the run."""
+    try:
+        if provider is None:
+            return await loop.run(task)
+        async with provider.acquire() as sb:
+            return await loop.run(task, sb)
+    except SandboxError:
+        raise  # a broken backend stops the run; finished trajectories are already on disk
+    except PolicyError as e:
+        store.record_error(task.id, spec, str(e), "policy")
+    except TrajdistillError as e:
+        store.record_error(task.id, spec, f"{type(e).__name__}: {e}", "error")
+    return None
+
+
 @dataclass
 class Progress:
     """Counters the live display reads."""
@@ -171,20 +190,8 @@ class Collector:
                 listener(progress)
 
     async def _episode(self, task: Task, spec: str, store: RunStore) -> Trajectory | None:
-        loop = self.loops[spec]
-        try:
-            if self.provider is None:
-                result = await loop.run(task)
-            else:
-                async with self.provider.acquire() as sb:
-                    result = await loop.run(task, sb)
-        except SandboxError:
-            raise  # a broken backend stops the run; finished trajectories are already on disk
-        except PolicyError as e:
-            store.record_error(task.id, spec, str(e), "policy")
-            return None
-        except TrajdistillError as e:  # an expected failure ends this episode only; any other exception is a bug
-            store.record_error(task.id, spec, f"{type(e).__name__}: {e}", "error")
+        result = await play_episode(self.loops[spec], task, self.provider, store, spec)
+        if result is None:
             return None
         backend = self.provider.name if self.provider else None
         traj = to_trajectory(result, task, self.env, self.policies[spec], backend, self.cfg.seed)

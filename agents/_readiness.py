@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 from trajdistill.envs import ConfigError
 from trajdistill.trajectories import RunError, RunStore, Trajectory, actions
 
-from ._eval import EvalConfig, evaluate, slug, wilson_ci
+from ._eval import EvalConfig, evaluate, wilson_ci
 from ._policy import split_spec
 from ._rollout import RolloutConfig, config_field, rollout_default
 from ._scoring import EpisodeScores, score_episodes

@@ -109,7 +109,8 @@ def test_local_students_and_teachers_get_entropy_compared(tmp_path):
     b = shutil.copytree(a, tmp_path / "b")
     out = tmp_path / "gate"
     res = cli("gate", "--env", "math", "--student", f"hf:{a}", "--teacher", f"hf:{b}", "--tasks", "2",
-              "--max-steps", "1", "--agent-option", "max_new_tokens=6", "--agent-option", "dtype=float32", "--sandbox", "nsjail", "--out", out)
+              "--max-steps", "1", "--agent-option", "max_new_tokens=6", "--agent-option", "dtype=float32",
+              "--sandbox", "nsjail", "--out", out)
     report = json.loads((out / "gate.json").read_text())
     assert res.returncode in (0, 1) and report["decision"] in ("promote", "hold")
     beh = report["behaviour"]

@@ -43,17 +43,15 @@ from typing import Any, Callable
 
 
 from trajdistill import __version__
-from trajdistill.agents import (EvalConfig, Policy, PolicyError, Progress, ReActLoop, RolloutConfig, config_field,
-                               evaluate_async, make_policy, rollout_default)
-from trajdistill.envs import (CannotActError, ConfigError, Env, Outcome, PolicyRequest, Task, TrajdistillError, Turn,
-                              make_env)
+from trajdistill.agents import (EvalConfig, Policy, Progress, ReActLoop, RolloutConfig, config_field, evaluate_async,
+                               make_policy, play_episode, rollout_default, to_trajectory)
+from trajdistill.envs import CannotActError, ConfigError, Env, Outcome, PolicyRequest, Task, Turn, make_env
 from trajdistill.envs._react_text import ParsedAction, ParsedFinal, parse_react
-from trajdistill.envs.sandbox import Limits, SandboxError, SandboxProvider, get_provider
-from trajdistill.trajectories import (EnvRef, Message, OutputError, Provenance, RunStore, Span, Teacher, Trajectory,
-                                      Usage, assistant_text, check_output, segment_as_env)
+from trajdistill.envs.sandbox import Limits, SandboxProvider, get_provider
+from trajdistill.trajectories import Message, RunStore, Span, Teacher, Trajectory, Usage, assistant_text, segment_as_env
 
 from ._config import TrainConfig
-from ._rounds import RoundsDir, local_model, train_arg_problems, typed_train_arg
+from ._rounds import RoundsDir, recipe_problems, typed_train_arg
 from ._sft import train
 
 CONFIG_FILE = "onpolicy.yaml"
@@ -139,23 +137,12 @@ class OnPolicyConfig(RolloutConfig):
                      for cat, spec in self.routes.items() if spec not in self.teachers]
         if self.rounds < 1:
             problems.append(f"--rounds must be at least 1, got {self.rounds}")
-        if self.dev_tasks < 0:
-            problems.append(f"--dev-tasks must be >= 0, got {self.dev_tasks}")
-        if self.skills:
-            problems.append("onpolicy mounts no skill boxes; give no skills")
         try:
             for r in range(1, self.rounds + 1):
                 beta_at(self.beta_schedule, r)
         except ConfigError as e:
             problems.append(str(e))
-        problems += [f"--data {r} is not a run directory (no run.yaml)"
-                     for r in self.data if not (Path(r) / "run.yaml").is_file()]
-        problems += train_arg_problems(self.train_args)
-        try:
-            check_output(self.out, [*self.data, *local_model(self.student)], kind="dir")
-        except OutputError as e:
-            problems.append(str(e))
-        return problems
+        return problems + recipe_problems(self, "onpolicy", self.data, "--data")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -464,36 +451,14 @@ class OnPolicyDistiller(RoundsDir):
     async def _episode(self, loop: ReActLoop, mixed: MixedPolicy, task: Task, store: RunStore, round_no: int,
                        beta: float) -> Trajectory | None:
         try:
-            if self.provider is None:
-                result = await loop.run(task)
-            else:
-                async with self.provider.acquire() as sb:
-                    result = await loop.run(task, sb)
-        except SandboxError:
-            raise  # a broken backend stops the run; finished episodes are already on disk
-        except PolicyError as e:
-            store.record_error(task.id, mixed.spec, str(e), "policy")
-            return None
-        except TrajdistillError as e:  # an expected failure ends this episode only; any other exception is a bug
-            store.record_error(task.id, mixed.spec, f"{type(e).__name__}: {e}", "error")
-            return None
+            result = await play_episode(loop, task, self.provider, store, mixed.spec)
         finally:
             records = mixed.records.pop(task.id, [])
-        usage, env = result.usage, loop.env
-        traj = Trajectory(
-            task_id=task.id, split=task.split, category=task.category, difficulty=task.difficulty,
-            env=EnvRef(name=env.id, version=env.version),
-            teacher=Teacher(spec=mixed.spec, backend=mixed.backend, model=mixed.model, sampling={
-                **mixed.sampling(),
-                "dagger": {"round": round_no, "beta": beta, "turns": [asdict(r) for r in records]}}),
-            messages=[Message.model_validate(m) for m in result.messages], outcome=result.outcome,
-            usage=Usage(prompt_tokens=int(usage["prompt_tokens"]), completion_tokens=int(usage["completion_tokens"]),
-                        total_tokens=int(usage["prompt_tokens"] + usage["completion_tokens"]),
-                        latency_s=usage["latency_s"], wall_s=result.wall_s, steps=int(usage["steps"]),
-                        invalid_actions=int(usage["invalid_actions"])),
-            provenance=Provenance(sandbox=self.provider.name if self.provider else None, package_version=__version__,
-                                  seed=self.cfg.seed + 1000 * round_no),
-            created_at=time.time())
+        if result is None:
+            return None
+        traj = to_trajectory(result, task, loop.env, mixed, self.provider.name if self.provider else None,
+                             self.cfg.seed + 1000 * round_no)
+        traj.teacher.sampling["dagger"] = {"round": round_no, "beta": beta, "turns": [asdict(r) for r in records]}
         store.append(traj)  # one fsynced line, labels inside: from here on the episode is finished
         return traj
 

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import yaml
 
 from trajdistill.envs import ConfigError
-from trajdistill.trajectories import setting_difference
+from trajdistill.trajectories import OutputError, check_output, setting_difference
 
 from ._config import TrainConfig, student_problems
 
@@ -90,6 +90,22 @@ def typed_train_arg(name: str, value: Any) -> Any:
     return value
 
 
+
+
+def recipe_problems(cfg: Any, kind: str, runs: list[str], runs_flag: str) -> list[str]:
+    """The checks every round-based recipe's config makes: dev tasks, no skill boxes, the run directories it
+    trains on (`runs`, given by `runs_flag`), its trainer settings, and an output that overwrites none of them."""
+    problems = [f"--dev-tasks must be >= 0, got {cfg.dev_tasks}"] if cfg.dev_tasks < 0 else []
+    if cfg.skills:
+        problems.append(f"{kind} mounts no skill boxes; give no skills")
+    problems += [f"{runs_flag} {r} is not a run directory (no run.yaml)"
+                 for r in runs if not (Path(r) / "run.yaml").is_file()]
+    problems += train_arg_problems(cfg.train_args)
+    try:
+        check_output(cfg.out, [*runs, *local_model(cfg.student)], kind="dir")
+    except OutputError as e:
+        problems.append(str(e))
+    return problems
 
 
 class RoundsDir:

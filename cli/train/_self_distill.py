@@ -35,10 +35,10 @@ from typing import Any, Callable
 
 from trajdistill.agents import (CollectConfig, Collector, EvalConfig, Progress, RolloutConfig, collect_async,
                                config_field, evaluate_async, resolved_config, rollout_default)
-from trajdistill.trajectories import OutputError, RunStore, Trajectory, assistant_text, check_output
+from trajdistill.trajectories import RunStore, Trajectory, assistant_text
 
 from ._config import TrainConfig
-from ._rounds import RoundsDir, local_model, train_arg_problems, typed_train_arg
+from ._rounds import RoundsDir, recipe_problems, typed_train_arg
 from ._sft import train
 
 CONFIG_FILE = "self_distill.yaml"
@@ -68,18 +68,7 @@ class SelfDistillConfig(RolloutConfig):
     def own_problems(self) -> list[str]:
         problems = [f"--{name} must be at least 1, got {getattr(self, name)}"
                     for name in ("samples", "rounds") if getattr(self, name) < 1]
-        if self.dev_tasks < 0:
-            problems.append(f"--dev-tasks must be >= 0, got {self.dev_tasks}")
-        if self.skills:
-            problems.append("self-distill mounts no skill boxes; give no skills")
-        problems += [f"--compose-run {r} is not a run directory (no run.yaml)"
-                     for r in self.compose_runs if not (Path(r) / "run.yaml").is_file()]
-        problems += train_arg_problems(self.train_args)
-        try:
-            check_output(self.out, [*self.compose_runs, *local_model(self.student)], kind="dir")
-        except OutputError as e:
-            problems.append(str(e))
-        return problems
+        return problems + recipe_problems(self, "self-distill", self.compose_runs, "--compose-run")
 
     def __post_init__(self) -> None:
         super().__post_init__()
