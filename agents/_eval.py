@@ -54,6 +54,7 @@ class EvalConfig:
     options_by_agent: dict[str, dict[str, Any]] = field(default_factory=dict)  # spec -> extra options
     skills: list[str] = field(default_factory=list)  # skill boxes every agent mounts
     preload_skills: bool = False  # whole SKILL.md texts in the system prompt, not just names
+    skills_top_k: int = 3  # box tools and skills listed per task, the most relevant first; 0 lists all
     trust: list[str] = field(default_factory=list)  # extra trusted box signers or pinned digests
     allow_unsigned: bool = False  # mount boxes no trusted key signed (development only)
     resume: bool = False  # continue an interrupted `out`: each agent's run goes on where it stopped
@@ -149,8 +150,8 @@ def run_dirs(agents: list[str]) -> dict[str, str]:
 
 
 def collect_config(cfg: EvalConfig, spec: str, out: Path) -> CollectConfig:
-    extra = {"skills": list(cfg.skills), "preload_skills": cfg.preload_skills, "trust": list(cfg.trust),
-             "allow_unsigned": cfg.allow_unsigned} if cfg.skills else {}
+    extra = {"skills": list(cfg.skills), "preload_skills": cfg.preload_skills, "skills_top_k": cfg.skills_top_k,
+             "trust": list(cfg.trust), "allow_unsigned": cfg.allow_unsigned} if cfg.skills else {}
     return CollectConfig(
         env=cfg.env, teachers=[spec], out=str(out), tasks=cfg.tasks, split=cfg.split,
         concurrency=cfg.concurrency, seed=cfg.seed, max_steps=cfg.max_steps, temperature=cfg.temperature,

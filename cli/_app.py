@@ -11,7 +11,7 @@ import typer
 
 from trajdistill.envs import TrajdistillError
 
-from ._config import AllowUnsignedOption, ConfigOption, TrustOption, UsageError, env_params
+from ._config import AllowUnsignedOption, ConfigOption, SkillsTopKOption, TrustOption, UsageError, env_params
 from ._console import console, err_console
 
 # The command modules and the library load inside each command, so that `trajdistill --help` stays fast.
@@ -96,6 +96,7 @@ def collect(
                                      "http(s) URL or a stdio command; repeatable."),
     preload_skills: bool = typer.Option(False, "--preload-skills", help="Put whole SKILL.md texts in the system "
                                         "prompt, not just names and descriptions."),
+    skills_top_k: int = SkillsTopKOption,
     trust: list[str] = TrustOption,
     allow_unsigned: bool = AllowUnsignedOption,
     config: Optional[Path] = ConfigOption,
@@ -108,7 +109,8 @@ def collect(
     cfg = CollectConfig(env=env, teachers=list(teacher), out=str(out), tasks=tasks, split=split,
                         concurrency=concurrency, resume=resume, shard=shard, seed=seed, max_steps=max_steps,
                         temperature=temperature, sandbox=sandbox, env_params=env_params(env_param),
-                        skills=list(skills), preload_skills=preload_skills, trust=list(trust),
+                        skills=list(skills), preload_skills=preload_skills, skills_top_k=skills_top_k,
+                        trust=list(trust),
                         allow_unsigned=allow_unsigned)
     raise typer.Exit(collect_cmd(console, cfg))
 

@@ -15,7 +15,7 @@ from rich.table import Table
 from trajdistill.agents._policy import option_help
 from trajdistill.trajectories._taxonomy import as_row
 
-from ._config import AllowUnsignedOption, ConfigOption, TrustOption, UsageError, env_params
+from ._config import AllowUnsignedOption, ConfigOption, SkillsTopKOption, TrustOption, UsageError, env_params
 from ._console import console, err_console
 from ._progress import EpisodeRow, episode_columns
 
@@ -41,6 +41,7 @@ def eval_command(
     skills: list[str] = typer.Option([], help="Skill box every agent mounts; repeatable."),
     preload_skills: bool = typer.Option(False, "--preload-skills", help="Put whole SKILL.md texts in the system "
                                         "prompt, not just the skill names (for agents that will not call read_skill)."),
+    skills_top_k: int = SkillsTopKOption,
     agent_option: list[str] = typer.Option([], help="KEY=VALUE policy option, e.g. max_new_tokens=64; each agent "
                                            "takes the keys its backend knows; repeatable. " + option_help()),
     resume: bool = typer.Option(False, help="Continue an interrupted --out with the same settings: finished "
@@ -57,7 +58,7 @@ def eval_command(
     cfg = EvalConfig(env=env, agents=list(agent), split=split, tasks=tasks, out=str(out) if out else None,
                      concurrency=concurrency, max_steps=max_steps, seed=seed, temperature=temperature,
                      sandbox=sandbox, env_params=env_params(env_param), skills=list(skills),
-                     preload_skills=preload_skills, agent_options=_agent_options(agent_option),
+                     preload_skills=preload_skills, skills_top_k=skills_top_k, agent_options=_agent_options(agent_option),
                      resume=resume, trust=list(trust), allow_unsigned=allow_unsigned)
     raise typer.Exit(eval_cmd(console, cfg))
 

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from ._config import AllowUnsignedOption, ConfigOption, TrustOption, env_params
+from ._config import AllowUnsignedOption, ConfigOption, SkillsTopKOption, TrustOption, env_params
 from ._console import console
 
 # Each command imports its library modules when it runs, so that `trajdistill --help` stays fast.
@@ -226,6 +226,7 @@ def validate_command(
     seed: int = typer.Option(0, help="Sampling seed passed to model policies."),
     sandbox: str = typer.Option("auto", help="Sandbox backend: auto, docker, nsjail, none."),
     env_param: list[str] = typer.Option([], help="KEY=VALUE env parameter; repeatable."),
+    skills_top_k: int = SkillsTopKOption,
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Run the agent with and without the box; record the delta (95% CI) in the manifest."""
@@ -234,7 +235,7 @@ def validate_command(
 
     cfg = GateConfig(box=str(box), env=env, agent=agent, split=split, tasks=tasks, ablate=ablate,
                      concurrency=concurrency, max_steps=max_steps, seed=seed, sandbox=sandbox,
-                     env_params=env_params(env_param))
+                     env_params=env_params(env_param), skills_top_k=skills_top_k)
     raise typer.Exit(validate_cmd(console, cfg))
 
 

@@ -45,6 +45,7 @@ class GateConfig:
     seed: int = 0
     temperature: float = 0.0
     sandbox: str = "auto"
+    skills_top_k: int = 3  # box tools and skills listed per task; 0 lists all
     env_params: dict[str, Any] = field(default_factory=dict)
     agent_options: dict[str, Any] = field(default_factory=dict)
 
@@ -101,7 +102,8 @@ class Gate:
         c = self.cfg
         eval_cfg = EvalConfig(env=c.env, agents=[c.agent], split=c.split, tasks=c.tasks, concurrency=c.concurrency,
                               max_steps=c.max_steps, seed=c.seed, temperature=c.temperature, sandbox=c.sandbox,
-                              env_params=dict(c.env_params), agent_options=dict(c.agent_options), skills=skills)
+                              env_params=dict(c.env_params), agent_options=dict(c.agent_options), skills=skills,
+                              skills_top_k=c.skills_top_k)
         listener = (lambda _spec, p: self.listener(label, p)) if self.listener else None
         results = await evaluate_async(eval_cfg, listener, mount=mount_skills)
         return _arm(results.agents[0])
