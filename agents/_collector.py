@@ -30,7 +30,7 @@ class Mount(Protocol):
     """Mounts skill sources in an env: `trajdistill.skills.mount_skills`, given by the layer above (skills)."""
 
     def __call__(self, env: Env, sources: Sequence[str], preload: bool = False, *, sandbox: str = "auto",
-                 trust: Sequence[str] = (), allow_unsigned: bool = False, top_k: int = 3) -> Env: ...
+                 trust: Sequence[str] = (), allow_unsigned: bool = False, top_k: int = 2) -> Env: ...
 
 
 @dataclass
@@ -53,7 +53,7 @@ class CollectConfig:
     teacher_options: dict[str, Any] = field(default_factory=dict)  # each teacher takes its backend's keys
     skills: list[str] = field(default_factory=list)  # skill boxes mounted over MCP (dir, URL or stdio command)
     preload_skills: bool = False  # put whole SKILL.md texts in the system prompt, not just names
-    skills_top_k: int = 3  # box tools and skills listed per task, the most relevant first; 0 lists all
+    skills_top_k: int = 2  # box tools and skills listed per task, the most relevant first; 0 lists all
     trust: list[str] = field(default_factory=list)  # extra trusted box signers (ed25519:...) or pins (sha256:...)
     allow_unsigned: bool = False  # mount boxes no trusted key signed (development only)
 

@@ -54,7 +54,7 @@ class EvalConfig:
     options_by_agent: dict[str, dict[str, Any]] = field(default_factory=dict)  # spec -> extra options
     skills: list[str] = field(default_factory=list)  # skill boxes every agent mounts
     preload_skills: bool = False  # whole SKILL.md texts in the system prompt, not just names
-    skills_top_k: int = 3  # box tools and skills listed per task, the most relevant first; 0 lists all
+    skills_top_k: int = 2  # box tools and skills listed per task, the most relevant first; 0 lists all
     trust: list[str] = field(default_factory=list)  # extra trusted box signers or pinned digests
     allow_unsigned: bool = False  # mount boxes no trusted key signed (development only)
     resume: bool = False  # continue an interrupted `out`: each agent's run goes on where it stopped

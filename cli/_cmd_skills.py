@@ -32,8 +32,9 @@ def mine_cmd(
     mode: str = typer.Option("both", help="tools, docs or both."),
     workers: int = typer.Option(4, help="Analysts and sandboxed tool runs in flight at once."),
     sandbox: str = typer.Option("auto", help="Sandbox backend for tool replay: auto, docker, nsjail, none."),
-    min_support: int = typer.Option(1, help="Distinct source calls a tool must cover to be kept; 2 drops "
-                                            "one-off snippets, which otherwise crowd every agent's prompt."),
+    min_support: Optional[int] = typer.Option(None, help="Distinct source calls a tool must cover to be kept; "
+                                                      "default: 1 below 100 code calls, 2 below 1,000, 3 below "
+                                                      "10,000 (one per order of magnitude beyond the first)."),
     name: Optional[str] = typer.Option(None, help="Box name; default: <env>-skills."),
     force: bool = typer.Option(False, "--force", help="Replace an existing box at OUT."),
     key: Optional[Path] = typer.Option(None, help="PEM file of the Ed25519 key that signs the box; default: "

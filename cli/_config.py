@@ -67,6 +67,6 @@ TrustOption = typer.Option(
 AllowUnsignedOption = typer.Option(
     False, "--allow-unsigned", help="Use skill boxes that no trusted key signed (for development only).")
 SkillsTopKOption = typer.Option(
-    3, "--skills-top-k", help="Box tools and skills listed per task: the k most relevant to it (BM25 over their "
+    2, "--skills-top-k", help="Box tools and skills listed per task: the k most relevant to it (BM25 over their "
                               "names, descriptions and source tasks); read_skill still reads any skill; 0 lists "
                               "them all.")

@@ -45,7 +45,7 @@ class GateConfig:
     seed: int = 0
     temperature: float = 0.0
     sandbox: str = "auto"
-    skills_top_k: int = 3  # box tools and skills listed per task; 0 lists all
+    skills_top_k: int = 2  # box tools and skills listed per task; 0 lists all
     env_params: dict[str, Any] = field(default_factory=dict)
     agent_options: dict[str, Any] = field(default_factory=dict)
 

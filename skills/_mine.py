@@ -36,7 +36,7 @@ class MineConfig:
     name: str | None = None
     force: bool = False
     timeout_s: float = 10.0  # per tool run in the sandbox
-    min_support: int = 1  # distinct source calls a mined tool must cover to be kept
+    min_support: int | None = None  # distinct source calls a mined tool must cover; None: grows with the run
     key: str | None = None  # PEM file of the Ed25519 key that signs the box; None: this machine's key
 
     def __post_init__(self) -> None:
@@ -46,7 +46,7 @@ class MineConfig:
             raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.workers < 1:
             raise ConfigError(f"--workers must be at least 1, got {self.workers}")
-        if self.min_support < 1:
+        if self.min_support is not None and self.min_support < 1:
             raise ConfigError(f"--min-support must be at least 1, got {self.min_support}")
 
 
@@ -154,7 +154,7 @@ def _sources(trajs: list[tuple[str, Trajectory]]) -> list[dict[str, Any]]:
 
 def _generator(cfg: MineConfig, tools: ToolMining | None, docs: DocsMining | None) -> dict[str, Any]:
     gen: dict[str, Any] = {"package_version": __version__, "analyst": cfg.analyst, "mode": cfg.mode,
-                           "min_support": cfg.min_support}
+                           "min_support": tools.min_support if tools is not None else cfg.min_support}
     if tools is not None:
         gen["tool_mining"] = {"code_calls": tools.calls, "candidates": tools.candidates, "kept": len(tools.tools),
                               "merged": tools.merged, "dropped": dict(tools.dropped)}

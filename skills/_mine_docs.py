@@ -151,12 +151,10 @@ def prompt_patterns(prompts: list[str], k: int = 2) -> list[str]:
 
 
 def describe(env: str, category: str, items: list[_Item]) -> str:
-    patterns = prompt_patterns([task_prompt(i.traj) for i in items])
-    ok = sum(i.traj.outcome.success for i in items)
-    shown = " or ".join(f'"{p}…"' for p in patterns)
-    return _clip(f"Use for {env} tasks of type {category}, phrased like {shown}. "
-                 f"Gives the steps that solved {ok} of {len(items)} such tasks, typical arguments, "
-                 f"and fixes for common errors.", 1000)
+    """One short line (a mounted box lists it in every prompt the skill is relevant to): when to use it."""
+    patterns = prompt_patterns([task_prompt(i.traj) for i in items], k=1)
+    shown = f', like "{patterns[0]}…"' if patterns else ""
+    return _clip(f"Use for {env} tasks of type {category}{shown}: steps and fixes.", 1000)
 
 
 def summarise(env: str, category: str, items: list[_Item]) -> tuple[Snapshot, str]:

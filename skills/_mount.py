@@ -11,9 +11,10 @@ name gets a `<box>__` prefix) plus `read_skill`, and its system prompt lists the
 holds them, with preload).
 
 A box does not put all of that in every prompt. With `top_k` (default 3), a task is shown only the
-k box tools and the k skills most relevant to it, ranked by BM25 over their names, descriptions and
-the tasks they were mined from (see _retrieve.py); `read_skill` still reads every skill, and a box
-tool left out of the list still answers when called. `top_k=0` lists everything.
+k box tools and skills most relevant to it, ranked together by BM25 over their names, descriptions
+and the tasks they were mined from (see _retrieve.py); `read_skill` is listed when a skill is, and
+reads every skill; a box tool left out of the list still answers when called. `top_k=0` lists
+everything.
 """
 
 from __future__ import annotations
@@ -36,11 +37,11 @@ from ._server import SKILL_SCHEME, TASKS_META
 from ._trust import Trust
 
 READ_SKILL = "read_skill"
-TOP_K = 3
+TOP_K = 2  # with the math box mined from 200 tasks: 1.5x the box-less system prompt (bench/box_prompt_tokens.py)
 
 
 def _read_skill(name: str) -> str:
-    """Read the full text of a skill (its SKILL.md) before you follow it.
+    """Read a skill in full.
 
     Args:
         name: The skill's name, as listed under Skills.
@@ -151,6 +152,12 @@ class Source:
         await self._live.close()
 
 
+def _summary(description: str) -> str:
+    """A box tool's description as listed: its first paragraph (the rest, provenance and examples, is for people
+    and for retrieval, and would cost every prompt tokens)."""
+    return description.strip().split("\n\n")[0].strip()
+
+
 def _prefix(name: str) -> str:
     return re.sub(r"\W+", "_", name).strip("_") or "box"
 
@@ -227,8 +234,8 @@ class MountedEnv(Env):
         self.skill_routes: dict[str, tuple[Source, str]] = {}  # exposed skill name -> (source, uri)
         self._tools: list[ToolSpec] | None = None
         self.inner_tool_names: set[str] = set()
-        self._tool_index = self._skill_index = BM25([])
-        self._boxed: list[str] = []  # exposed box tool names, in index order
+        self._index = BM25([])
+        self._items: list[tuple[str, str]] = []  # ("tool" | "skill", exposed name), in index order
 
     @property
     def id(self) -> str:
@@ -260,13 +267,13 @@ class MountedEnv(Env):
             for spec in info.tools:
                 name = _free_name(spec.name, info.name, taken)
                 self.routes[name] = (source, spec.name)
-                boxed.append(ToolSpec(name, spec.description, spec.parameters))
+                boxed.append(ToolSpec(name, _summary(spec.description), spec.parameters))
                 tool_docs.append("\n".join([spec.name, spec.description, *info.tasks.get(spec.name, [])]))
             for skill, (desc, uri) in info.skills.items():
                 self.skill_routes[_free_name(skill, info.name, set(self.skill_routes))] = (source, uri)
                 skill_docs.append("\n".join([skill, desc, info.texts.get(skill, "")]))
-        self._boxed = [t.name for t in boxed]
-        self._tool_index, self._skill_index = BM25(tool_docs), BM25(skill_docs)
+        self._items = [("tool", t.name) for t in boxed] + [("skill", n) for n in self.skill_routes]
+        self._index = BM25(tool_docs + skill_docs)
         reader = [read_skill_spec()] if self.skill_routes else []
         self._tools = own + boxed + reader + answer
         return self._tools
@@ -274,13 +281,21 @@ class MountedEnv(Env):
     def tools(self) -> list[ToolSpec]:
         return list(self._discover())
 
+    def relevant(self, task: Task) -> tuple[list[str], list[str]]:
+        """(box tools, skills) listed for `task`: the top_k most relevant to it, best first (all with top_k=0)."""
+        self._discover()
+        ranked = range(len(self._items)) if not self.top_k else self._index.top(task.prompt, self.top_k)
+        items = [self._items[i] for i in ranked]
+        return [n for kind, n in items if kind == "tool"], [n for kind, n in items if kind == "skill"]
+
     def tools_for(self, task: Task) -> list[ToolSpec]:
-        """The env's tools, the top-k box tools for `task` (all of them with top_k=0), read_skill, final_answer."""
+        """The env's tools, the box tools relevant to `task`, read_skill when a skill is listed, final_answer."""
         tools = self._discover()
         if not self.top_k:
             return list(tools)
-        keep = {self._boxed[i] for i in self._tool_index.top(task.prompt, self.top_k)}
-        return [t for t in tools if t.name not in self.routes or t.name in keep]
+        boxed, skills = self.relevant(task)
+        keep = set(boxed) | ({READ_SKILL} if skills else set())
+        return [t for t in tools if (t.name not in self.routes and t.name != READ_SKILL) or t.name in keep]
 
     def spec_of(self, name: str) -> ToolSpec | None:
         return next((t for t in self._discover() if t.name == name), None)
@@ -299,8 +314,7 @@ class MountedEnv(Env):
         """The env's prompt and the top-k skills for `task` (every skill with top_k=0)."""
         if not self.top_k:
             return self.system_prompt()
-        names = list(self.skills())
-        return self._prompt([names[i] for i in self._skill_index.top(task.prompt, self.top_k)])
+        return self._prompt(self.relevant(task)[1])
 
     def _prompt(self, names: list[str]) -> str:
         base = self.inner.system_prompt().strip()
@@ -314,8 +328,7 @@ class MountedEnv(Env):
             block = "Skills you have (follow the one that fits the task):\n\n" + "\n\n".join(t.strip() for t in texts)
         else:
             lines = "\n".join(f"- {name}: {desc}" for name, desc in skills.items())
-            block = (f"Skills you have. When one fits the task, call {READ_SKILL} with its name to read it "
-                     f"in full, then follow it:\n{lines}")
+            block = f"Skills you have ({READ_SKILL} reads one in full):\n{lines}"
         return f"{base}\n\n{block}" if base else block
 
     async def read_skill(self, name: str) -> Observation:
