@@ -29,7 +29,9 @@ def mine_cmd(
     runs: list[Path] = typer.Argument(..., help="Run directories to mine (one env)."),
     out: Path = typer.Option(..., help="Box directory to write."),
     analyst: Optional[str] = typer.Option(None, help="Policy spec of an analyst LLM; default: deterministic."),
-    mode: str = typer.Option("both", help="tools, docs or both."),
+    mode: str = typer.Option("both", help="Miners to run, comma-separated, from the `trajdistill.miners` registry "
+                                          "(built in: tools, docs); both is tools,docs. An unknown name lists the "
+                                          "registered ones."),
     workers: int = typer.Option(4, help="Analysts and sandboxed tool runs in flight at once."),
     sandbox: str = typer.Option("auto", help="Sandbox backend for tool replay: auto, docker, nsjail, none."),
     min_support: Optional[int] = typer.Option(None, help="Distinct source calls a tool must cover to be kept; "

@@ -57,6 +57,14 @@ class DocsMining:
     kept: int = 0  # patches applied after the merge
     unusable: int = 0  # analyst replies that held no valid patch list
 
+    @property
+    def tools(self) -> list:
+        return []
+
+    def report(self) -> dict[str, Any]:
+        return {"trajectories": self.trajectories, "skills": len(self.skills), "patches_proposed": self.proposed,
+                "patches_kept": self.kept, "unusable_replies": self.unusable}
+
     def summary(self) -> str:
         s = f"{len(self.skills)} skills from {self.trajectories} trajectories"
         if self.proposed or self.unusable:
@@ -454,3 +462,8 @@ async def _refine(analyst: Any, title: str, snapshot: Snapshot, items: list[_Ite
     merged = keep(await hierarchical_merge(groups, merge_with=analyst if analyst_merge else None))
     result.kept += len(merged)
     return apply_edits(snapshot, merged)
+
+
+async def docs_miner(job: Any) -> DocsMining:
+    """The `docs` miner (a MineJob in, see _miners.py)."""
+    return await mine_docs(job.trajs, env=job.env, analyst=job.analyst, workers=job.workers, listener=job.listener)

@@ -619,10 +619,18 @@ class ToolMining:
     merged: int = 0  # candidates folded into another by dedupe, clustering or consolidation
     min_support: int = 1
 
+    @property
+    def skills(self) -> list:
+        return []
+
     def summary(self) -> str:
         why = ", ".join(f"{n} {r}" for r, n in self.dropped.most_common()) or "none"
         return (f"{len(self.tools)} tools kept from {self.candidates} candidates ({self.calls} code calls); "
                 f"{self.merged} merged; min support {self.min_support}; dropped: {why}")
+
+    def report(self) -> dict[str, Any]:
+        return {"code_calls": self.calls, "candidates": self.candidates, "kept": len(self.tools),
+                "merged": self.merged, "min_support": self.min_support, "dropped": dict(self.dropped)}
 
 
 def default_min_support(calls: int) -> int:
@@ -688,6 +696,12 @@ async def mine_tools(trajs: list[tuple[str, Trajectory]], runner: ToolRunner, *,
     cands = _supported(cands, min_support, dropped)
     tools = [_draft(c) for c in _unique_names(cands, dropped)]
     return ToolMining(tools, len(calls), total, dropped, merged + m2 + m3 + m4, min_support)
+
+
+async def tools_miner(job: Any) -> ToolMining:
+    """The `tools` miner (a MineJob in, see _miners.py)."""
+    return await mine_tools(job.trajs, job.runner, analyst=job.analyst, workers=job.workers,
+                            min_support=job.min_support, listener=job.listener)
 
 
 def _deterministic(calls: list[SourceCall], dropped: Counter) -> list[Candidate]:

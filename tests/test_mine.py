@@ -400,11 +400,13 @@ def test_openai_analyst_against_a_scripted_server(tmp_path):
 # --------------------------------------------------------------------------- CLI
 
 
-def cli(*args):
+def cli(*args, pythonpath=None):
+    env = {"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HOME": "/root", "PYTHONWARNINGS": "ignore",
+           "TRAJDISTILL_CONFIG_DIR": os.environ["TRAJDISTILL_CONFIG_DIR"]}
+    if pythonpath:
+        env["PYTHONPATH"] = str(pythonpath)
     return subprocess.run([sys.executable, "-m", "trajdistill", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HOME": "/root",
-                                            "PYTHONWARNINGS": "ignore",
-                                            "TRAJDISTILL_CONFIG_DIR": os.environ["TRAJDISTILL_CONFIG_DIR"]})
+                          timeout=300, env=env)
 
 
 def test_cli_mine_then_inspect(math_run, tmp_path):
@@ -424,3 +426,57 @@ def test_cli_mine_then_inspect(math_run, tmp_path):
     (tmp_path / "box" / "tools" / f"{tool.name}.py").write_text("def x():\n    pass\n")
     bad = cli("skills", "inspect", tmp_path / "box")
     assert bad.returncode == 2 and f"tools/{tool.name}.py was tampered with" in bad.stderr
+
+
+# --------------------------------------------------------------------------- the miners registry
+
+FAKE_MINER = '''
+from trajdistill.skills import SkillDraft
+
+
+class Found:
+    def __init__(self, skills):
+        self.skills, self.tools = skills, []
+
+    def summary(self):
+        return f"{len(self.skills)} notes"
+
+    def report(self):
+        return {"notes": len(self.skills)}
+
+
+async def notes_miner(job):
+    """A third party's miner: one skill that counts the successful trajectories."""
+    ok = sum(t.outcome.success for _, t in job.trajs)
+    return Found([SkillDraft("notes", "Use for any task: what the runs hold.", f"# Notes\\n{ok} successful runs.")])
+'''
+
+
+def test_a_miner_from_an_entry_point_runs_with_the_built_ins(math_run, tmp_path):
+    site = tmp_path / "site"
+    (site / "fake_miners-0.1.dist-info").mkdir(parents=True)
+    (site / "fake_miners-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-miners\nVersion: 0.1\n")
+    (site / "fake_miners-0.1.dist-info" / "entry_points.txt").write_text(
+        "[trajdistill.miners]\nnotes = fake_miners:notes_miner\n")
+    (site / "fake_miners.py").write_text(FAKE_MINER)
+    res = cli("skills", "mine", math_run, "--out", tmp_path / "box", "--sandbox", "none", "--mode", "tools,notes",
+              pythonpath=site)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "notes: 1 notes" in " ".join(res.stdout.split())
+    box = SkillBox.load(tmp_path / "box")
+    assert [s.name for s in box.skills] == ["notes"] and "12 successful runs" in box.skills[0].body
+    gen = box.manifest["generator"]
+    assert gen["miners"] == ["tools", "notes"] and gen["notes_mining"] == {"notes": 1} and gen["tool_mining"]["kept"]
+
+
+def test_an_unknown_miner_is_one_line_that_lists_the_registered_ones(math_run, tmp_path):
+    from conftest import one_line_error
+    from trajdistill.envs import UnknownNameError
+    from trajdistill.skills import miners
+
+    assert {"tools", "docs"} <= set(miners.names())
+    with pytest.raises(UnknownNameError, match="unknown miner 'tool'; known: docs, tools"):
+        MineConfig(runs=[str(math_run)], out=str(tmp_path / "box"), mode="tool")
+    res = cli("skills", "mine", math_run, "--out", tmp_path / "box", "--sandbox", "none", "--mode", "docs,nope")
+    one_line_error(res, "unknown miner 'nope'", "known: docs, tools")
+    assert not (tmp_path / "box").exists()
