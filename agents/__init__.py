@@ -1,11 +1,15 @@
-"""Agents: model loading, policy backends, the ReAct loop, the collector and the evaluator."""
+"""Agents: model loading, policy backends, the ReAct loop, the rollout settings, the collector and the evaluator."""
 
 from ._collector import CollectConfig, Collector, Mount, Progress, collect, collect_async, resolved_config
 from ._eval import AgentResult, EvalConfig, EvalResults, evaluate, evaluate_async, wilson_ci
 from ._loop import EpisodeResult, ReActLoop
-from ._models import (ALIASES, ModelNotFoundError, adapter_base, build_tiny_llama, is_peft_adapter, load_causal_lm,
-                      resolve_model)
+from ._models import (ALIASES, ModelNotFoundError, adapter_base, bf16_is_fast, build_tiny_llama, is_peft_adapter,
+                      load_causal_lm, resolve_model)
 from ._policy import ActionFormat, Policy, PolicyError, make_policy, policies, split_spec
+from ._readiness import (GateConfig, GateReport, expected_calibration_error, gate, ks_statistic, psi,
+                         read_gate)
+from ._rollout import RolloutConfig, config_field, rollout_default
+from ._scoring import EpisodeScores, score_episodes
 
 __all__ = [
     "ALIASES",
@@ -14,26 +18,39 @@ __all__ = [
     "CollectConfig",
     "Collector",
     "EpisodeResult",
+    "EpisodeScores",
     "EvalConfig",
     "EvalResults",
+    "GateConfig",
+    "GateReport",
     "ModelNotFoundError",
     "Mount",
     "Policy",
     "PolicyError",
     "Progress",
     "ReActLoop",
+    "RolloutConfig",
     "adapter_base",
+    "bf16_is_fast",
     "build_tiny_llama",
     "collect",
     "collect_async",
+    "config_field",
     "evaluate",
     "evaluate_async",
+    "expected_calibration_error",
+    "gate",
     "is_peft_adapter",
+    "ks_statistic",
     "load_causal_lm",
     "make_policy",
     "policies",
+    "psi",
+    "read_gate",
     "resolve_model",
     "resolved_config",
+    "rollout_default",
+    "score_episodes",
     "split_spec",
     "wilson_ci",
 ]

@@ -24,6 +24,7 @@ from trajdistill.trajectories import EnvRef, Message, Provenance, RunStore, Teac
 
 from ._loop import EpisodeResult, ReActLoop
 from ._policy import Policy, PolicyError, make_policy, options_by_spec
+from ._rollout import RolloutConfig, config_field
 
 
 class Mount(Protocol):
@@ -33,40 +34,28 @@ class Mount(Protocol):
                  trust: Sequence[str] = (), allow_unsigned: bool = False, top_k: int = 2) -> Env: ...
 
 
-@dataclass
-class CollectConfig:
+@dataclass(kw_only=True)
+class CollectConfig(RolloutConfig):
     """Settings of one collection run; `run.yaml` holds them resolved."""
 
-    env: str
-    teachers: list[str]
-    out: str
-    tasks: int = 100
-    split: str = "train"
-    concurrency: int = 8
-    resume: bool = False
-    shard: str = "0/1"
-    seed: int = 0
-    max_steps: int = 20
-    temperature: float = 0.0
-    sandbox: str = "auto"
-    env_params: dict[str, Any] = field(default_factory=dict)
-    teacher_options: dict[str, Any] = field(default_factory=dict)  # each teacher takes its backend's keys
-    skills: list[str] = field(default_factory=list)  # skill boxes mounted over MCP (dir, URL or stdio command)
-    preload_skills: bool = False  # put whole SKILL.md texts in the system prompt, not just names
-    skills_top_k: int = 2  # box tools and skills listed per task, the most relevant first; 0 lists all
-    trust: list[str] = field(default_factory=list)  # extra trusted box signers (ed25519:...) or pins (sha256:...)
-    allow_unsigned: bool = False  # mount boxes no trusted key signed (development only)
+    teachers: list[str] = field(metadata={"help": "Policy spec; repeat for several teachers (each runs every "
+                                                  "task)."})
+    out: str = field(metadata={"help": "Run directory to write."})
+    resume: bool = config_field(False, "Skip (task, teacher) pairs already finished in OUT.")
+    shard: str = config_field("0/1", "I/N: take a deterministic slice of the tasks.")
+    teacher_options: dict[str, Any] = config_field({}, "Policy options; each teacher takes its backend's keys.")
 
-    def __post_init__(self) -> None:
+    def own_problems(self) -> list[str]:
+        problems = []
         if not self.teachers:
-            raise ConfigError("give at least one --teacher SPEC")
-        if self.tasks < 1:
-            raise ConfigError(f"--tasks must be at least 1, got {self.tasks}")
-        if self.concurrency < 1:
-            raise ConfigError(f"--concurrency must be at least 1, got {self.concurrency}")
+            problems.append("give at least one --teacher SPEC")
         if len(set(self.teachers)) != len(self.teachers):
-            raise ConfigError("each --teacher may be given once")
-        parse_shard(self.shard)
+            problems.append("each --teacher may be given once")
+        try:
+            parse_shard(self.shard)
+        except ConfigError as e:
+            problems.append(str(e))
+        return problems
 
 
 def parse_shard(shard: str) -> tuple[int, int]:
@@ -214,6 +203,8 @@ def resolved_config(cfg: CollectConfig) -> dict[str, Any]:
     d = asdict(cfg)
     for key in ("trust", "allow_unsigned"):  # how this invocation checks boxes, not what the run holds
         d.pop(key, None)
+    if not cfg.skills:  # no box, nothing listed: a run.yaml written before the setting existed still resumes
+        d.pop("skills_top_k", None)
     d["package_version"] = __version__
     return d
 

@@ -26,6 +26,7 @@ from trajdistill.trajectories import RunStore, Trajectory, failure_counts
 
 from ._collector import CollectConfig, Collector, Mount, Progress, resolved_config
 from ._policy import options_by_spec
+from ._rollout import RolloutConfig, config_field, rollout_default
 
 RESULTS_FILE = "results.json"
 PLOT_FILE = "success.png"
@@ -35,46 +36,31 @@ Z95 = 1.959963984540054
 EvalListener = Callable[[str, Progress], None]
 
 
-@dataclass
-class EvalConfig:
+@dataclass(kw_only=True)
+class EvalConfig(RolloutConfig):
     """Settings of one evaluation; every agent gets the same tasks, seeds and limits."""
 
-    env: str
-    agents: list[str]
-    split: str = "test"
-    tasks: int = 100
-    out: str | None = None  # None: the trajectories go to a temp dir that is removed afterwards
-    concurrency: int = 8
-    max_steps: int = 20
-    seed: int = 0
-    temperature: float = 0.0
-    sandbox: str = "auto"
-    env_params: dict[str, Any] = field(default_factory=dict)
-    agent_options: dict[str, Any] = field(default_factory=dict)  # each agent takes its backend's keys
-    options_by_agent: dict[str, dict[str, Any]] = field(default_factory=dict)  # spec -> extra options
-    skills: list[str] = field(default_factory=list)  # skill boxes every agent mounts
-    preload_skills: bool = False  # whole SKILL.md texts in the system prompt, not just names
-    skills_top_k: int = 2  # box tools and skills listed per task, the most relevant first; 0 lists all
-    trust: list[str] = field(default_factory=list)  # extra trusted box signers or pinned digests
-    allow_unsigned: bool = False  # mount boxes no trusted key signed (development only)
-    resume: bool = False  # continue an interrupted `out`: each agent's run goes on where it stopped
+    agents: list[str] = field(metadata={"help": "Policy spec to evaluate; repeat to compare several agents."})
+    split: str = rollout_default("split", "test")
+    out: str | None = config_field(None, "Directory for results.json, success.png and runs/; unset: a temp dir "
+                                         "that is removed afterwards.")
+    agent_options: dict[str, Any] = config_field({}, "Policy options; each agent takes its backend's keys.")
+    options_by_agent: dict[str, dict[str, Any]] = config_field({}, "Agent spec -> extra policy options of that agent.")
+    resume: bool = config_field(False, "Continue an interrupted --out with the same settings: finished episodes are "
+                                  "kept, the rest run.")
 
-    def __post_init__(self) -> None:
+    def own_problems(self) -> list[str]:
+        problems = []
         if self.resume and self.out is None:
-            raise ConfigError("--resume needs the --out of the evaluation to continue")
+            problems.append("--resume needs the --out of the evaluation to continue")
         if not self.agents:
-            raise ConfigError("give at least one --agent SPEC")
+            problems.append("give at least one --agent SPEC")
         if len(set(self.agents)) != len(self.agents):
-            raise ConfigError("each --agent may be given once")
-        if self.tasks < 1:
-            raise ConfigError(f"--tasks must be at least 1, got {self.tasks}")
-        if self.concurrency < 1:
-            raise ConfigError(f"--concurrency must be at least 1, got {self.concurrency}")
+            problems.append("each --agent may be given once")
         unknown = sorted(set(self.options_by_agent) - set(self.agents))
         if unknown:
-            raise ConfigError(f"options given for agent(s) not evaluated: {', '.join(unknown)}")
-        if self.skills and "skills" not in {f.name for f in dataclasses.fields(CollectConfig)}:
-            raise ConfigError("--skills is not supported by this version of the collector")
+            problems.append(f"options given for agent(s) not evaluated: {', '.join(unknown)}")
+        return problems
 
 
 @dataclass
@@ -150,14 +136,9 @@ def run_dirs(agents: list[str]) -> dict[str, str]:
 
 
 def collect_config(cfg: EvalConfig, spec: str, out: Path) -> CollectConfig:
-    extra = {"skills": list(cfg.skills), "preload_skills": cfg.preload_skills, "skills_top_k": cfg.skills_top_k,
-             "trust": list(cfg.trust), "allow_unsigned": cfg.allow_unsigned} if cfg.skills else {}
-    return CollectConfig(
-        env=cfg.env, teachers=[spec], out=str(out), tasks=cfg.tasks, split=cfg.split,
-        concurrency=cfg.concurrency, seed=cfg.seed, max_steps=cfg.max_steps, temperature=cfg.temperature,
-        sandbox=cfg.sandbox, env_params=dict(cfg.env_params),
-        teacher_options={**options_by_spec(cfg.agents, cfg.agent_options)[spec], **cfg.options_by_agent.get(spec, {})},
-        resume=cfg.resume, **extra)
+    options = {**options_by_spec(cfg.agents, cfg.agent_options)[spec], **cfg.options_by_agent.get(spec, {})}
+    return CollectConfig(**cfg.rollout(), teachers=[spec], out=str(out), teacher_options=options,
+                         resume=cfg.resume)
 
 
 # ---- scoring ---------------------------------------------------------------------------------------

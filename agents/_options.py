@@ -136,7 +136,8 @@ class HFOptions(GenerationConfig):
                                 min=0)
     device: str | None = _opt(None, "torch device, e.g. cpu or cuda:0 (default: cuda when present).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = _opt(
-        "auto", "Weights' dtype; auto is bfloat16 on CUDA, float32 elsewhere.")
+        "auto", "Weights' dtype; auto is bfloat16 on CUDA and on CPUs with bf16 dot products (avx512_bf16, "
+        "AMX), else float32.")
 
     backend: ClassVar[str] = "hf"
     default_max_new_tokens: ClassVar[int] = 256
@@ -169,3 +170,23 @@ class VLLMOptions(GenerationConfig):
     max_model_len: int | None = _opt(None, "Context length (default: the model's).", min=1)
 
     backend: ClassVar[str] = "vllm"
+
+
+@dataclass
+class VLLMServeOptions(GenerationConfig):
+    """`vllm-serve:`: a `vllm serve` subprocess started for this run (a CPU or GPU build of vLLM in its own venv),
+    queried like `openai:` and stopped when the run ends."""
+
+    python: str | None = _opt(None, "The vLLM venv's python (default: $TRAJDISTILL_VLLM_VENV/bin/python, else "
+                                    "~/.cache/trajdistill/vllm-venv/bin/python, made by .ci/vllm.sh).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = _opt(
+        "auto", "Weights' dtype; auto is bfloat16 where it is fast (as for hf:), else float32.")
+    max_model_len: int = _opt(4096, "Context length the server allows.", min=16)
+    kv_cache_gb: int = _opt(2, "KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE on CPU, a whole number).", min=1)
+    concurrency: int = _opt(64, "Requests in flight at once.", min=1)
+    timeout_s: float = _opt(300.0, "Seconds one request may take.", above=0)
+    startup_timeout_s: float = _opt(900.0, "Seconds the server may take to come up.", above=0)
+    extra_args: str = _opt("", "More `vllm serve` flags, as one shell-quoted string.")
+
+    backend: ClassVar[str] = "vllm-serve"
+

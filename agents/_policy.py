@@ -3,6 +3,7 @@
     expert:<name>                 an env's scripted expert
     openai:<model>@<base_url>     any OpenAI-compatible server (vllm serve first of all)
     vllm:<path>                   the offline vLLM engine (GPU machines)
+    vllm-serve:<path|alias>       a `vllm serve` subprocess started for the run (vLLM's CPU build in its own venv)
     hf:<path|alias>               transformers on the local device; may be a PEFT adapter dir
 """
 
@@ -13,7 +14,8 @@ from typing import Any, Callable, Literal, Protocol, runtime_checkable
 
 from trajdistill.envs import Env, PolicyRequest, Registry, TrajdistillError, Turn, UnknownNameError
 
-from ._options import ExpertOptions, GenerationConfig, HFOptions, OpenAIOptions, VLLMOptions, unknown_options
+from ._options import (ExpertOptions, GenerationConfig, HFOptions, OpenAIOptions, VLLMOptions, VLLMServeOptions,
+                       unknown_options)
 
 ActionFormat = Literal["react", "tools"]
 
@@ -49,6 +51,8 @@ policies.register_lazy("hf", "trajdistill.agents._hf:HFPolicy", install_hint="pi
                        options=HFOptions)
 policies.register_lazy("vllm", "trajdistill.agents._vllm:VLLMPolicy", install_hint="pip install 'trajdistill[vllm]'",
                        options=VLLMOptions)
+policies.register_lazy("vllm-serve", "trajdistill.agents._vllm_serve:VLLMServePolicy",
+                       install_hint="a venv with vLLM (.ci/vllm.sh builds the CPU one)", options=VLLMServeOptions)
 
 
 def split_spec(spec: str) -> tuple[str, str]:

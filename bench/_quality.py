@@ -1,29 +1,32 @@
 """Shared pieces of the quality benches (sft_quality, dual_quality, skills_quality).
 
-Every trained variant gets the same token budget: packed rows of `max_length` tokens, `batch` rows
-per optimizer step, `steps` steps, so steps * batch * max_length tokens whatever the data. Every
-evaluation uses the same test tasks, turn limit and generation length. The benches share one output
-folder, so a student trained by one (the coder student, the base eval) is reused by the others, and
-a cut-off run resumes: runs, adapters and result rows already there are kept.
+Every trained variant starts from the base model and trains with `train`'s defaults (full fine-tuning,
+packed 1024-token rows, lr 1e-4 with linear decay) for the same number of training tokens (`--tokens`;
+the optimizer steps are worked out from each data set's packed rows). Every evaluation uses the same
+test tasks, turn limit and generation length. The benches share one output folder per budget, so a
+student trained by one (the coder student, the base eval) is reused by the others, and a cut-off run
+resumes: runs, checkpoints and result rows already there are kept.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import shutil
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from trajdistill.agents import CollectConfig, EvalConfig, collect, evaluate
+from trajdistill.agents import CollectConfig, EvalConfig, collect, evaluate, resolve_model
 from trajdistill.agents._eval import slug
 from trajdistill.skills import mount_skills
 from trajdistill.trajectories import RunStore
-from trajdistill.train import TrainConfig, train
+from trajdistill.train import TrainConfig, build_data, train
 
 STUDENT = "hf:smollm2-135m"
-CODER_STUDENT = "coder: span-aware SFT + curriculum"  # the issue-4 student the other benches reuse
+CODER_STUDENT = "coder: span-aware SFT"  # train's defaults on the coder run; the other benches reuse it
 
 
 def arguments(doc: str, extra: dict[str, int] | None = None) -> argparse.Namespace:
@@ -31,17 +34,16 @@ def arguments(doc: str, extra: dict[str, int] | None = None) -> argparse.Namespa
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     for flag, default in (extra or {}).items():
         ap.add_argument(flag, type=int, default=default)
-    ap.add_argument("--out", type=Path, default=Path("bench-out/quality"))
-    ap.add_argument("--train-tasks", type=int, default=200)
-    ap.add_argument("--steps", type=int, default=12)
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument("--out", type=Path, default=None, help="default: bench-out/quality-<tokens>")
+    ap.add_argument("--train-tasks", type=int, default=3000)
+    ap.add_argument("--tokens", type=int, default=50000, help="training tokens of every trained variant")
     ap.add_argument("--test-tasks", type=int, default=100)
     ap.add_argument("--max-steps", type=int, default=2, help="ReAct turns per eval episode")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--sandbox", default="auto")
     args = ap.parse_args()
+    args.out = args.out or Path(f"bench-out/quality-{args.tokens}")
     args.out.mkdir(parents=True, exist_ok=True)
     return args
 
@@ -50,48 +52,72 @@ def teacher_run(args: argparse.Namespace, teacher: str) -> Path:
     """The teacher's run on the train split (collected once)."""
     out = args.out / "runs" / slug(teacher)
     if not (out / "stats.json").exists():
-        collect(CollectConfig(env="math", teachers=[teacher], out=str(out), tasks=args.train_tasks,
-                              sandbox=args.sandbox, resume=out.exists()))
+        collect(CollectConfig(env="math", teachers=[teacher], out=str(out), tasks=args.train_tasks, split="train",
+                              sandbox=args.sandbox, concurrency=8, resume=out.exists()))
     return out
 
 
-def trained(args: argparse.Namespace, name: str, data: list[Path], student: str = STUDENT, **weights: Any) -> str:
-    """The policy spec of `student` trained on `data` at the shared token budget (trained once)."""
+def trained(args: argparse.Namespace, name: str, data: list[Path], student: str = STUDENT, **settings: Any) -> str:
+    """The policy spec of `student` trained on `data` for `args.tokens` tokens (trained once)."""
     out = args.out / "students" / slug(name)
-    if not (out / "adapter_config.json").exists():
+    if not (out / "train_config.yaml").exists():
+        shutil.rmtree(out, ignore_errors=True)  # a cut-off training runs again whole
         start = time.monotonic()
-        result = train(TrainConfig(data=[str(d) for d in data], student=student, out=str(out), max_steps=args.steps,
-                                   batch_size=args.batch, max_length=args.max_length, packing=True,
-                                   learning_rate=5e-4, **weights))
-        print(f"{name}: trained {result.steps} steps in {time.monotonic() - start:.0f} s, losses {result.losses}")
+        steps = steps_for(data, args.tokens, student, **settings)
+        result = train(TrainConfig(data=[str(d) for d in data], student=student, out=str(out), max_steps=steps,
+                                   logging_steps=max(1, steps // 10), **settings))
+        print(f"{name}: trained {result.steps} steps in {time.monotonic() - start:.0f} s, losses {result.losses}",
+              flush=True)
     return f"hf:{out.resolve()}"
+
+
+def steps_for(data: list[Path], tokens: int, student: str, **settings: Any) -> int:
+    """Optimizer steps that train about `tokens` tokens of `data` with `train`'s defaults and `settings`."""
+    from transformers import AutoTokenizer  # heavy; only a bench that trains needs it
+
+    cfg = TrainConfig(data=[str(d) for d in data], student=student, out=str(data[0].parent / "steps-probe"), **settings)
+    rows = build_data(cfg, AutoTokenizer.from_pretrained(str(resolve_model(cfg.student_target)))).dataset
+    per_row = sum(len(r) for r in rows["input_ids"]) / len(rows)
+    return max(1, math.ceil(tokens / (per_row * cfg.batch_size * cfg.grad_accum)))
 
 
 def evaluated(args: argparse.Namespace, name: str, spec: str, skills: list[str] | None = None,
               preload: bool = False) -> dict[str, Any]:
     """The result row of `spec` on the test tasks (evaluated once), with its tool-use rates."""
-    rows = {r["variant"]: r for r in results(args.out)}
+    rows = {r["variant"]: r for r in results(args)}
     if name in rows:
         return rows[name]
     out = args.out / "eval" / slug(name)
     res = evaluate(EvalConfig(env="math", agents=[spec], split="test", tasks=args.test_tasks,
                               max_steps=args.max_steps, sandbox=args.sandbox, concurrency=args.concurrency,
-                              agent_options={"max_new_tokens": args.new_tokens}, skills=list(skills or []),
+                              agent_options={"max_new_tokens": args.new_tokens,
+                                             **({"batch_size": args.concurrency} if spec.startswith("hf:") else {})},
+                              skills=list(skills or []),
                               preload_skills=preload, out=str(out), resume=True), mount=mount_skills)
     agent = res.agents[0]
     row = {"variant": name, **agent.to_dict(), "tool_use": tool_use(out / agent.run),
-           "budget": {"steps": args.steps, "batch": args.batch, "max_length": args.max_length,
-                      "tokens": args.steps * args.batch * args.max_length},
+           "budget": {"tokens": args.tokens},
            "eval": {"max_steps": args.max_steps, "new_tokens": args.new_tokens}, "date": time.strftime("%Y-%m-%d")}
-    with open(args.out / "results.jsonl", "a") as fh:
+    with open(rows_file(args), "a") as fh:
         fh.write(json.dumps(row) + "\n")
-    print(f"{name}: success {row['success_rate']:.1%} invalid {row['invalid_action_rate']:.1%}")
+    print(f"{name}: success {row['success_rate']:.1%} invalid {row['invalid_action_rate']:.1%} "
+          f"failures {row['failures']}", flush=True)
     return row
 
 
-def results(root: Path) -> list[dict[str, Any]]:
-    path = root / "results.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+def rows_file(args: argparse.Namespace) -> Path:
+    """The committed result rows of this budget (a later session, on a fresh machine, keeps them)."""
+    path = Path(__file__).parent / "results" / f"quality-{args.tokens}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def results(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The rows so far: the committed file, plus OUT/results.jsonl where an older version of the bench wrote."""
+    rows = []
+    for path in (rows_file(args), args.out / "results.jsonl"):
+        rows += [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return rows
 
 
 def called(traj: Any, names: set[str]) -> bool:

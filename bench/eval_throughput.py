@@ -1,15 +1,19 @@
-"""Evaluation throughput of the hf student: the KV cache off (before) and on (after), in one run.
+"""Evaluation throughput of a student: hf before (fp32, no KV reuse), hf now (defaults), vllm-serve, in one run.
 
-N `math` test episodes of an `hf:` student, at most 2 turns of at most 128 new tokens, through the
-real `evaluate` (collector, ReAct loop, sandbox, batched generation). Each setting is one
-`--agent-option` set: `before` is today's default (cache off, batch 8, concurrency 8), `after` turns
-the cache on at the batch size and concurrency given. Runs alternate (before, after, before, ...)
-so that load drift on a shared machine hits both alike; the model loads once per process, before
-the first timed run. Also counts the episodes whose assistant turns differ between the settings (greedy; a batch size
-change alone can flip a near-tie, so a few may).
+N `math` test episodes of a student, at most 2 turns of at most 128 new tokens, through the real
+`evaluate` (collector, ReAct loop, sandbox, batched generation). Settings:
+  before      hf:, float32, KV cache off, batch 8, concurrency 8 (the defaults before issue 11)
+  after       hf: with today's defaults (bf16 where the CPU has bf16 dot products, KV reuse, row-dropping
+              decode) at the batch size and concurrency given
+  vllm-serve  the `vllm-serve:` backend: a `vllm serve` from the CPU venv (prefix caching), started once
+              before its timed runs; its start-up is reported on its own (`startup_s`)
+Runs alternate (before, after, vllm-serve, before, ...) so that load drift on a shared machine hits all
+alike; the hf model loads once per process, before the first timed run. Also counts the episodes whose
+assistant turns differ from `before`'s (greedy; a batch size or dtype change can flip a near-tie).
 
     python bench/eval_throughput.py [--model /work/runs/st_full_a] [--episodes 200] [--repeats 1]
                                     [--batch-size 32] [--sandbox nsjail] [--threads 1]
+                                    [--settings before,after,vllm-serve]
 """
 
 from __future__ import annotations
@@ -29,19 +33,22 @@ import torch
 
 from trajdistill.agents import EvalConfig, evaluate
 from trajdistill.agents._hf import HFPolicy
+from trajdistill.agents._options import VLLMServeOptions
+from trajdistill.agents._vllm_serve import SERVED_NAME, VLLMServePolicy
 from trajdistill.trajectories import RunStore
 
 
 def settings(args) -> dict[str, dict]:
     base = {"max_new_tokens": args.max_new_tokens}
-    return {"before": {**base, "batch_size": 8, "kv_cache_tokens": 0, "concurrency": 8},
-            "after": {**base, "batch_size": args.batch_size, "concurrency": args.concurrency or args.batch_size}}
+    return {"before": {**base, "batch_size": 8, "kv_cache_tokens": 0, "dtype": "float32", "concurrency": 8},
+            "after": {**base, "batch_size": args.batch_size, "concurrency": args.concurrency or args.batch_size},
+            "vllm-serve": {**base, "concurrency": args.concurrency or args.batch_size}}
 
 
-def one_run(args, name: str, options: dict, out: Path) -> dict:
+def one_run(args, name: str, options: dict, out: Path, spec: str) -> dict:
     options = dict(options)
     concurrency = options.pop("concurrency")
-    cfg = EvalConfig(env="math", agents=[f"hf:{args.model}"], split="test", tasks=args.episodes,
+    cfg = EvalConfig(env="math", agents=[spec], split="test", tasks=args.episodes,
                      max_steps=args.turns, concurrency=concurrency, sandbox=args.sandbox, out=str(out),
                      agent_options=options)
     start = time.perf_counter()
@@ -69,26 +76,39 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--sandbox", default="nsjail")
     ap.add_argument("--threads", type=int, default=0, help="torch threads; 0: torch's default (one per core)")
-    ap.add_argument("--only", choices=["before", "after"], help="run one setting (profiling)")
+    ap.add_argument("--settings", default="before,after,vllm-serve", help="which settings to run, in this order")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)  # on cores other jobs share, OpenMP workers can spin-wait on each other
-    asyncio.run(HFPolicy(args.model).load())  # loads once per process, outside the timings
-    names = [args.only] if args.only else ["before", "after"]
+    names = args.settings.split(",")
+    specs, startup, server = {name: f"hf:{args.model}" for name in names}, None, None
+    if "before" in names or "after" in names:
+        asyncio.run(HFPolicy(args.model).load())  # loads once per process, outside the timings
+    if "vllm-serve" in names:
+        start = time.perf_counter()
+        server = VLLMServePolicy(args.model, options=VLLMServeOptions(max_new_tokens=args.max_new_tokens))
+        specs["vllm-serve"] = f"openai:{SERVED_NAME}@{asyncio.run(server.load())}"  # the backend's own server
+        startup = round(time.perf_counter() - start, 1)
     runs, texts = [], {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.repeats):
-            for name in names:
-                out = Path(tmp) / f"{name}-{r}"
-                runs.append(one_run(args, name, settings(args)[name], out))
-                print(json.dumps(runs[-1]), flush=True)
-                texts.setdefault(name, assistant_turns(out))
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for r in range(args.repeats):
+                for name in names:
+                    out = Path(tmp) / f"{name}-{r}"
+                    runs.append(one_run(args, name, settings(args)[name], out, specs[name]))
+                    print(json.dumps(runs[-1]), flush=True)
+                    texts.setdefault(name, assistant_turns(out))
+    finally:
+        if server is not None:
+            asyncio.run(server.close())
     summary = {name: statistics.median(r["wall_s"] for r in runs if r["setting"] == name) for name in names}
-    differ = (sum(texts["before"].get(k) != v for k, v in texts["after"].items()) if len(texts) == 2 else None)
+    differ = {name: sum(texts["before"].get(k) != v for k, v in texts[name].items())
+              for name in names if name != "before" and "before" in texts}
     print(json.dumps({"model": args.model, "episodes": args.episodes, "turns": args.turns,
                       "max_new_tokens": args.max_new_tokens, "sandbox": args.sandbox, "repeats": args.repeats,
-                      "median_wall_s": summary, "speedup": round(summary["before"] / summary["after"], 2)
-                      if len(summary) == 2 else None, "episodes_whose_turns_differ": differ,
+                      "median_wall_s": summary, "vllm_serve_startup_s": startup,
+                      "speedup_over_before": {n: round(summary["before"] / w, 2) for n, w in summary.items()}
+                      if "before" in summary else None, "episodes_whose_turns_differ_from_before": differ,
                       "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "machine": platform.machine(),
                       "date": datetime.date.today().isoformat()}))
 

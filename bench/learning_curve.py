@@ -17,18 +17,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from _quality import called, tool_use
+from _quality import called, steps_for, tool_use
 
 from trajdistill.agents import CollectConfig, EvalConfig, collect, evaluate
 from trajdistill.agents._eval import slug
-from trajdistill.train import TrainConfig, build_data, train
+from trajdistill.train import TrainConfig, train
 from trajdistill.trajectories import FAILURE_KINDS
 
 STUDENT = "hf:smollm2-135m"
@@ -73,24 +72,12 @@ def checkpoint(args: argparse.Namespace, run: Path, budget: int, previous: tuple
         shutil.rmtree(out, ignore_errors=True)  # a cut-off segment is trained again whole
         done, student = previous
         start = time.monotonic()
-        steps = steps_for(run, budget - done, student)
+        steps = steps_for([run], budget - done, student)
         result = train(TrainConfig(data=[str(run)], student=student, out=str(out), max_steps=steps,
                                    seed=budget, logging_steps=max(1, steps // 10)))
         print(f"tokens-{budget}: {result.steps} steps in {time.monotonic() - start:.0f} s, losses {result.losses}",
               flush=True)
     return f"hf:{out.resolve()}"
-
-
-def steps_for(run: Path, tokens: int, student: str) -> int:
-    """Optimizer steps that train about `tokens` tokens with `train`'s defaults (packed rows, its batch)."""
-    from transformers import AutoTokenizer
-
-    from trajdistill.agents import resolve_model
-
-    cfg = TrainConfig(data=[str(run)], student=student, out=str(run.parent / "students"))
-    data = build_data(cfg, AutoTokenizer.from_pretrained(str(resolve_model(cfg.student_target))))
-    per_row = sum(len(r) for r in data.dataset["input_ids"]) / len(data.dataset)
-    return max(1, math.ceil(tokens / (per_row * cfg.batch_size * cfg.grad_accum)))
 
 
 def evaluated(args: argparse.Namespace, budget: int, spec: str) -> dict[str, Any]:

@@ -1,15 +1,15 @@
 """Quality of span-aware curriculum SFT (issue 4 evidence), on math with the embedded SmolLM2-135M.
 
 Trains on expert:coder trajectories from the train split at one token budget for every variant
-(packed rows: steps * batch * max_length tokens) and evaluates each on the same held-out test tasks:
+(`--tokens`, with `train`'s defaults otherwise) and evaluates each on the same held-out test tasks:
   base                          the untrained student
-  coder: plain SFT              --reason-weight 1 --act-weight 1 --answer-weight 1 --curriculum none
-  coder: span-aware SFT         the default weights (1 / 2 / 2), --curriculum none
+  coder: plain SFT              --reason-weight 1 --act-weight 1 --answer-weight 1
+  coder: span-aware SFT         train's defaults (weights 1 / 2 / 2, no curriculum)
   coder: span-aware SFT + curriculum   the default weights, --curriculum complexity
   teacher expert:coder          for reference
-Rows are appended to OUT/results.jsonl as each variant finishes, so a cut-off run keeps what it has.
+Rows are appended to bench/results/quality-<tokens>.jsonl as each variant finishes, so a cut-off run keeps what it has.
 
-    python bench/sft_quality.py [--out bench-out/quality] [--steps 16] [--test-tasks 100] [--sandbox nsjail]
+    python bench/sft_quality.py [--tokens 50000] [--test-tasks 100] [--sandbox nsjail]
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import warnings
 from _quality import CODER_STUDENT, STUDENT, arguments, evaluated, report, teacher_run, trained
 
 VARIANTS = {
-    "coder: plain SFT": dict(reason_weight=1.0, act_weight=1.0, answer_weight=1.0, curriculum="none"),
-    "coder: span-aware SFT": dict(curriculum="none"),
-    CODER_STUDENT: dict(curriculum="complexity"),
+    "coder: plain SFT": dict(reason_weight=1.0, act_weight=1.0, answer_weight=1.0),
+    CODER_STUDENT: {},
+    "coder: span-aware SFT + curriculum": dict(curriculum="complexity"),
 }
 
 
@@ -29,9 +29,9 @@ def main() -> None:
     args = arguments(__doc__)
     warnings.simplefilter("ignore")
     coder = teacher_run(args, "expert:coder")
-    specs = {"base": STUDENT}
-    specs.update({name: trained(args, name, [coder], **weights) for name, weights in VARIANTS.items()})
+    specs = {name: trained(args, name, [coder], **weights) for name, weights in VARIANTS.items()}
     specs["teacher expert:coder"] = "expert:coder"
+    specs["base"] = STUDENT  # last: the base model writes every token it may, so its eval costs the most
     rows = [evaluated(args, name, spec) for name, spec in specs.items()]
     report(args, rows, "sft-quality")
 

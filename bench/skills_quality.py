@@ -5,11 +5,11 @@ sandbox, --min-support 2: a tool must cover two distinct calls; at 1 the 200-tas
 them one-off arithmetic expressions, and a ~5,000-token system prompt) and evaluates on the same held-out test tasks, without and with the box mounted over MCP
 (the default mount: its tools next to the env's, skill names and descriptions in the system prompt,
 `read_skill` to fetch a SKILL.md; --preload 1 puts every SKILL.md in the prompt instead, ~3.5k tokens):
-  base · base + box · coder student (sft_quality's span-aware SFT + curriculum) · coder student + box
+  base · base + box · coder student (sft_quality's span-aware SFT) · coder student + box
 The rows without a box are shared with sft_quality when it ran first. With a box, it also reports how many
 episodes called one of the box's tools or read_skill.
 
-    python bench/skills_quality.py [--out bench-out/quality] [--test-tasks 100] [--sandbox nsjail]
+    python bench/skills_quality.py [--tokens 50000] [--test-tasks 100] [--sandbox nsjail]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def main() -> None:
     if not (box / "skillbox.json").exists():
         mine(MineConfig(runs=[str(coder)], out=str(box), sandbox=args.sandbox, force=box.exists(),
                         min_support=args.min_support))
-    student = trained(args, CODER_STUDENT, [coder], curriculum="complexity")
+    student = trained(args, CODER_STUDENT, [coder])
     rows = []
     for name, spec in (("base", STUDENT), (CODER_STUDENT, student)):
         rows.append(evaluated(args, name, spec))

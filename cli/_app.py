@@ -9,9 +9,11 @@ from typing import Optional
 
 import typer
 
+from trajdistill.agents import CollectConfig
 from trajdistill.envs import TrajdistillError
+from trajdistill.trajectories import export_formats, segmenters
 
-from ._config import AllowUnsignedOption, ConfigOption, SkillsTopKOption, TrustOption, UsageError, env_params
+from ._config import ConfigOption, UsageError, config_option, registry_help, rollout_options
 from ._console import console, err_console
 
 # The command modules and the library load inside each command, so that `trajdistill --help` stays fast.
@@ -78,40 +80,19 @@ def sandbox_build_image(
 
 
 @app.command()
+@rollout_options(CollectConfig)
 def collect(
-    env: str = typer.Option(..., help="Env name, e.g. math, twx:coin, mcp."),
-    teacher: list[str] = typer.Option(..., help="Policy spec; repeat for several teachers (each runs every task)."),
-    tasks: int = typer.Option(100, help="Number of tasks from the split."),
-    split: str = typer.Option("train", help="train, dev or test."),
-    out: Path = typer.Option(..., help="Run directory to write."),
-    concurrency: int = typer.Option(8, help="Episodes in flight at once."),
-    resume: bool = typer.Option(False, help="Skip (task, teacher) pairs already finished in OUT."),
-    shard: str = typer.Option("0/1", help="I/N: take a deterministic slice of the tasks."),
-    seed: int = typer.Option(0, help="Sampling seed passed to model policies."),
-    max_steps: int = typer.Option(20, help="Policy turns per episode before it is cut off."),
-    temperature: float = typer.Option(0.0, help="Sampling temperature for model policies."),
-    sandbox: str = typer.Option("auto", help="Sandbox backend: auto, docker, nsjail, none."),
-    env_param: list[str] = typer.Option([], help="KEY=VALUE env parameter; repeatable."),
-    skills: list[str] = typer.Option([], "--skills", help="Skill box to mount over MCP: a box directory, an "
-                                     "http(s) URL or a stdio command; repeatable."),
-    preload_skills: bool = typer.Option(False, "--preload-skills", help="Put whole SKILL.md texts in the system "
-                                        "prompt, not just names and descriptions."),
-    skills_top_k: int = SkillsTopKOption,
-    trust: list[str] = TrustOption,
-    allow_unsigned: bool = AllowUnsignedOption,
+    teacher: list[str] = config_option(CollectConfig, "teachers"),
+    out: Path = config_option(CollectConfig, "out"),
+    resume: bool = config_option(CollectConfig, "resume"),
+    shard: str = config_option(CollectConfig, "shard"),
     config: Optional[Path] = ConfigOption,
+    *, rollout: dict,
 ) -> None:
     """Run teacher agents on an env's tasks and record every episode as a trajectory."""
-    from trajdistill.agents import CollectConfig
-
     from ._collect_cmd import collect_cmd
 
-    cfg = CollectConfig(env=env, teachers=list(teacher), out=str(out), tasks=tasks, split=split,
-                        concurrency=concurrency, resume=resume, shard=shard, seed=seed, max_steps=max_steps,
-                        temperature=temperature, sandbox=sandbox, env_params=env_params(env_param),
-                        skills=list(skills), preload_skills=preload_skills, skills_top_k=skills_top_k,
-                        trust=list(trust),
-                        allow_unsigned=allow_unsigned)
+    cfg = CollectConfig(**rollout, teachers=list(teacher), out=str(out), resume=resume, shard=shard)
     raise typer.Exit(collect_cmd(console, cfg))
 
 
@@ -120,27 +101,30 @@ def inspect(run: Path = typer.Argument(..., help="Run directory."),
             show: Optional[str] = typer.Option(None, help="Trajectory id (or prefix) to print turn by turn."),
             spans: bool = typer.Option(False, "--spans", help="With --show: colour the assistant text by span "
                                        "kind (reason, act, answer, context); untrained text is dim."),
+            segmenter: Optional[str] = typer.Option(None, help=registry_help(
+                "With --show: the segmenter that --spans uses (default: the one the env names)", segmenters)),
             config: Optional[Path] = ConfigOption) -> None:
     """Stats per teacher and difficulty; --show prints one trajectory (--spans colours its spans)."""
     from ._inspect_cmd import inspect_run
 
-    inspect_run(console, run, show, spans)
+    inspect_run(console, run, show, spans, segmenter)
 
 
 @app.command()
 def export(run: Path = typer.Argument(..., help="Run directory."),
-           format: str = typer.Option(..., "--format", help="parquet, sharegpt or openai."),
+           format: str = typer.Option(..., "--format", help=registry_help("Export format", export_formats)),
            out: Path = typer.Option(..., help="Output file, outside the run."),
            force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
            config: Optional[Path] = ConfigOption) -> None:
-    """Export a run for trainers: parquet (HF datasets), sharegpt, or OpenAI messages JSONL."""
+    """Export a run for trainers: parquet (HF datasets), sharegpt, OpenAI messages JSONL, or a plug-in's format."""
     from ._export_cmd import export_cmd
 
     export_cmd(console, run, format, out, force=force)
 
 
 # Commands of later stages live in their own modules, each with `register(app)`.
-COMMAND_MODULES = ("_cmd_train", "_cmd_eval", "_cmd_compose", "_cmd_curate", "_cmd_skills", "_cmd_demo")
+COMMAND_MODULES = ("_cmd_train", "_cmd_eval", "_cmd_gate", "_cmd_compose", "_cmd_curate", "_cmd_skills",
+                   "_cmd_demo")
 
 
 def _register_commands() -> None:

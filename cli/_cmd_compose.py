@@ -11,9 +11,12 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from ._config import ConfigOption, env_params
+from trajdistill.train import SelfDistillConfig
+from trajdistill.trajectories import compose_strategies
+
+from ._config import ConfigOption, config_option, registry_help, rollout_options
 from ._console import console, err_console
-from ._progress import EpisodeRow, episode_columns
+from ._progress import EpisodeRows, episode_columns
 
 # Each command imports its library modules when it runs, so that `trajdistill --help` stays fast.
 
@@ -29,8 +32,9 @@ def register(app: typer.Typer) -> None:
 
 def compose_command(
     runs: list[Path] = typer.Argument(..., help="Run directories over the same tasks (one or several)."),
-    strategy: str = typer.Option(..., help="best: one cheapest success per task; dual: failed prefix, "
-                                           "transition, then the successful teacher."),
+    strategy: str = typer.Option(..., help=registry_help("How teachers' trajectories of a task combine (best: one "
+                                                        "cheapest success; dual: failed prefix, transition, then "
+                                                        "the successful teacher)", compose_strategies)),
     out: Path = typer.Option(..., help="Run directory to write."),
     prefer: Optional[str] = typer.Option(None, help="Teacher spec to keep whenever it succeeded."),
     transition: Optional[str] = typer.Option(None, help="Transition phrase for every task (dual); "
@@ -42,7 +46,7 @@ def compose_command(
     """Compose several teachers' trajectories into one training run (DualDistill)."""
     from trajdistill.trajectories import compose
 
-    report = compose([str(r) for r in runs], strategy, str(out), prefer=prefer,  # type: ignore[arg-type]
+    report = compose([str(r) for r in runs], strategy, str(out), prefer=prefer,
                      transition=transition, seed=seed, max_prefix_steps=max_prefix_steps)
     report_table(console, report)
     if len(report.teachers) == 1:
@@ -81,53 +85,39 @@ def report_table(console: Console, report) -> None:
 # ---- self-distill --------------------------------------------------------------------------------
 
 
+@rollout_options(SelfDistillConfig, "env", "tasks", "max_steps", "concurrency", "seed", "temperature", "sandbox",
+                 "env_params")
 def self_distill_command(
     ctx: typer.Context,
-    student: str = typer.Option(..., help="Student policy spec, e.g. hf:smollm2-135m."),
-    env: str = typer.Option(..., help="Env name, e.g. math."),
-    samples: int = typer.Option(4, help="Trajectories the student samples per train task (K)."),
-    out: Path = typer.Option(..., help="Directory for the rounds (samples, buffers, adapters, rounds.json)."),
-    rounds: int = typer.Option(1, help="Sample, filter, retrain: how many times."),
-    temperature: float = typer.Option(0.7, help="Sampling temperature of the student."),
-    tasks: int = typer.Option(100, help="Train tasks sampled each round."),
-    compose_run: list[Path] = typer.Option([], help="Composed run merged into the replay buffer; repeatable."),
-    confirm: Optional[str] = typer.Option(None, help="Policy spec that re-checks tasks whose samples disagree."),
-    dev_tasks: int = typer.Option(50, help="Dev tasks to score each round's student on (0: skip)."),
-    max_steps: int = typer.Option(10, help="Policy turns per episode."),
-    concurrency: int = typer.Option(8, help="Episodes in flight at once (the hf backend batches them)."),
-    seed: int = typer.Option(0, help="Base sampling seed; sample k of round r uses a seed of its own."),
-    sandbox: str = typer.Option("auto", help="Sandbox backend: auto, docker, nsjail, none."),
-    env_param: list[str] = typer.Option([], help="KEY=VALUE env parameter; repeatable."),
-    resume: bool = typer.Option(False, help="Continue an interrupted --out with the same settings (--rounds may "
-                                "grow): finished rounds are kept, sampling goes on where it stopped."),
+    student: str = config_option(SelfDistillConfig, "student"),
+    samples: int = config_option(SelfDistillConfig, "samples"),
+    out: Path = config_option(SelfDistillConfig, "out"),
+    rounds: int = config_option(SelfDistillConfig, "rounds"),
+    compose_run: list[Path] = config_option(SelfDistillConfig, "compose_runs"),
+    confirm: Optional[str] = config_option(SelfDistillConfig, "confirm"),
+    dev_tasks: int = config_option(SelfDistillConfig, "dev_tasks"),
+    resume: bool = config_option(SelfDistillConfig, "resume"),
     config: Optional[Path] = ConfigOption,
+    *, rollout: dict,
 ) -> None:
     """Self-distillation: the student samples, the verifier keeps successes, the student retrains.
 
     Trainer settings take a --train- prefix on the names of `trajdistill train`, e.g.
     `--train-max-steps 50 --train-lora-r 8 --train-curriculum none`."""
-    from trajdistill.train import SelfDistillConfig, parse_train_args, self_distill
-
+    from trajdistill.train import parse_train_args, self_distill
 
     cfg = SelfDistillConfig(
-        student=student, env=env, samples=samples, out=str(out), rounds=rounds, temperature=temperature,
-        tasks=tasks, compose_runs=[str(p) for p in compose_run], confirm=confirm, dev_tasks=dev_tasks,
-        max_steps=max_steps, concurrency=concurrency, seed=seed, sandbox=sandbox,
-        env_params=env_params(env_param), train_args=parse_train_args(list(ctx.args)), resume=resume)
+        **rollout, student=student, samples=samples, out=str(out), rounds=rounds,
+        compose_runs=[str(p) for p in compose_run], confirm=confirm, dev_tasks=dev_tasks,
+        train_args=parse_train_args(list(ctx.args)), resume=resume)
     with Progress(*episode_columns("self-distill"), console=console, transient=False) as bar:
-        rows: dict[str, EpisodeRow] = {}
-
-        def listener(label: str, p) -> None:
-            if label not in rows:
-                rows[label] = EpisodeRow(bar, label)
-            rows[label](p)
 
         def on_round(s) -> None:
             dev = f"{s.dev_success_rate:.1%}" if s.dev_success_rate is not None else "-"
             bar.console.print(f"round {s.round}: kept {s.kept}/{s.sampled} samples, buffer {s.buffer_size}, "
                               f"dev success {dev}")
 
-        result = self_distill(cfg, listener, on_round)
+        result = self_distill(cfg, EpisodeRows(bar), on_round)
     rounds_table(console, result)
     console.print(f"rounds written to [bold]{out}[/] (rounds.json); final student: {result.final_student}")
 

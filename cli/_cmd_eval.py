@@ -12,12 +12,13 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from trajdistill.agents import EvalConfig
 from trajdistill.agents._policy import option_help
 from trajdistill.trajectories._taxonomy import as_row
 
-from ._config import AllowUnsignedOption, ConfigOption, SkillsTopKOption, TrustOption, UsageError, env_params
+from ._config import ConfigOption, UsageError, config_option, rollout_options
 from ._console import console, err_console
-from ._progress import EpisodeRow, episode_columns
+from ._progress import EpisodeRows, episode_columns
 
 # Each command imports its library modules when it runs, so that `trajdistill --help` stays fast.
 
@@ -26,40 +27,21 @@ def register(app: typer.Typer) -> None:
     app.command("eval")(eval_command)
 
 
+@rollout_options(EvalConfig, env=None)
 def eval_command(
-    env: Optional[str] = typer.Option(None, help="Env name, e.g. math, twx:coin, mcp."),
-    agent: list[str] = typer.Option([], help="Policy spec to evaluate; repeat to compare several agents."),
-    split: str = typer.Option("test", help="train, dev or test."),
-    tasks: int = typer.Option(100, help="Number of tasks from the split; every agent gets the same ones."),
-    out: Optional[Path] = typer.Option(None, help="Directory for results.json, success.png and runs/."),
-    concurrency: int = typer.Option(8, help="Episodes in flight at once."),
-    max_steps: int = typer.Option(20, help="Policy turns per episode before it is cut off."),
-    seed: int = typer.Option(0, help="Sampling seed passed to model policies."),
-    temperature: float = typer.Option(0.0, help="Sampling temperature for model policies."),
-    sandbox: str = typer.Option("auto", help="Sandbox backend: auto, docker, nsjail, none."),
-    env_param: list[str] = typer.Option([], help="KEY=VALUE env parameter; repeatable."),
-    skills: list[str] = typer.Option([], help="Skill box every agent mounts; repeatable."),
-    preload_skills: bool = typer.Option(False, "--preload-skills", help="Put whole SKILL.md texts in the system "
-                                        "prompt, not just the skill names (for agents that will not call read_skill)."),
-    skills_top_k: int = SkillsTopKOption,
+    agent: list[str] = config_option(EvalConfig, "agents", default=[]),
+    out: Optional[Path] = config_option(EvalConfig, "out"),
     agent_option: list[str] = typer.Option([], help="KEY=VALUE policy option, e.g. max_new_tokens=64; each agent "
                                            "takes the keys its backend knows; repeatable. " + option_help()),
-    resume: bool = typer.Option(False, help="Continue an interrupted --out with the same settings: finished "
-                                "episodes are kept, the rest run."),
-    trust: list[str] = TrustOption,
-    allow_unsigned: bool = AllowUnsignedOption,
+    resume: bool = config_option(EvalConfig, "resume"),
     config: Optional[Path] = ConfigOption,
+    *, rollout: dict,
 ) -> None:
     """Evaluate agents on the same held-out tasks: success with 95% CI, steps, invalid actions, tokens."""
-    from trajdistill.agents import EvalConfig
-
-    if not env:
+    if not rollout["env"]:
         raise UsageError("give --env ENV, e.g. --env math")
-    cfg = EvalConfig(env=env, agents=list(agent), split=split, tasks=tasks, out=str(out) if out else None,
-                     concurrency=concurrency, max_steps=max_steps, seed=seed, temperature=temperature,
-                     sandbox=sandbox, env_params=env_params(env_param), skills=list(skills),
-                     preload_skills=preload_skills, skills_top_k=skills_top_k, agent_options=_agent_options(agent_option),
-                     resume=resume, trust=list(trust), allow_unsigned=allow_unsigned)
+    cfg = EvalConfig(**rollout, agents=list(agent), out=str(out) if out else None,
+                     agent_options=_agent_options(agent_option), resume=resume)
     raise typer.Exit(eval_cmd(console, cfg))
 
 
@@ -83,15 +65,8 @@ def eval_cmd(console: Console, cfg) -> int:
     from trajdistill.skills import mount_skills
 
     with Progress(*episode_columns("eval"), console=console, transient=False) as bar:
-        rows: dict[str, EpisodeRow] = {}
-
-        def listener(spec: str, p) -> None:
-            if spec not in rows:
-                rows[spec] = EpisodeRow(bar, spec)
-            rows[spec](p)
-
         try:
-            results = asyncio.run(evaluate_async(cfg, listener, mount=mount_skills))
+            results = asyncio.run(evaluate_async(cfg, EpisodeRows(bar), mount=mount_skills))
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]: no results.json was written")
             return 130

@@ -12,7 +12,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from ._config import AllowUnsignedOption, ConfigOption, SkillsTopKOption, TrustOption, env_params
+from trajdistill.agents import RolloutConfig
+
+from ._config import AllowUnsignedOption, ConfigOption, TrustOption, rollout_options
 from ._console import console
 
 # Each command imports its library modules when it runs, so that `trajdistill --help` stays fast.
@@ -217,28 +219,19 @@ def serve_command(
 
 
 @skills_app.command("validate")
+@rollout_options(RolloutConfig, "env", "split", "tasks", "concurrency", "max_steps", "seed", "sandbox", "env_params",
+                 "skills_top_k", split="dev", tasks=50, concurrency=4)  # GateConfig's defaults: `skills` is slow to import
 def validate_command(
     box: Path = typer.Argument(..., help="Skill box directory."),
-    env: str = typer.Option(..., help="Env name, e.g. math or twx:coin."),
     agent: str = typer.Option(..., help="Policy spec of the agent that mounts the box."),
-    split: str = typer.Option("dev", help="train, dev or test."),
-    tasks: int = typer.Option(50, help="Number of tasks; both arms get the same ones."),
     ablate: bool = typer.Option(False, "--ablate", help="Also run the box minus each skill and tool."),
-    concurrency: int = typer.Option(4, help="Episodes in flight at once."),
-    max_steps: int = typer.Option(20, help="Policy turns per episode before it is cut off."),
-    seed: int = typer.Option(0, help="Sampling seed passed to model policies."),
-    sandbox: str = typer.Option("auto", help="Sandbox backend: auto, docker, nsjail, none."),
-    env_param: list[str] = typer.Option([], help="KEY=VALUE env parameter; repeatable."),
-    skills_top_k: int = SkillsTopKOption,
     config: Optional[Path] = ConfigOption,
+    *, rollout: dict,
 ) -> None:
     """Run the agent with and without the box; record the delta (95% CI) in the manifest."""
     from trajdistill.skills import GateConfig
 
-
-    cfg = GateConfig(box=str(box), env=env, agent=agent, split=split, tasks=tasks, ablate=ablate,
-                     concurrency=concurrency, max_steps=max_steps, seed=seed, sandbox=sandbox,
-                     env_params=env_params(env_param), skills_top_k=skills_top_k)
+    cfg = GateConfig(**rollout, box=str(box), agent=agent, ablate=ablate)
     raise typer.Exit(validate_cmd(console, cfg))
 
 
@@ -249,17 +242,10 @@ def validate_cmd(console, cfg) -> int:
 
     from trajdistill.skills import validate_async
 
-    from ._progress import EpisodeRow, episode_columns
+    from ._progress import EpisodeRows, episode_columns
 
     with Progress(*episode_columns("validate"), console=console, transient=False) as bar:
-        rows: dict = {}
-
-        def listener(label: str, p) -> None:
-            if label not in rows:
-                rows[label] = EpisodeRow(bar, label)
-            rows[label](p)
-
-        section = asyncio.run(validate_async(cfg, listener))
+        section = asyncio.run(validate_async(cfg, EpisodeRows(bar)))
     gate_table(console, section)
     return 0
 

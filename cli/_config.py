@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import MISSING
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional, get_type_hints
 
 import click
 import typer
@@ -14,6 +16,74 @@ from trajdistill.envs import ConfigError
 
 class UsageError(ConfigError):
     """Bad input given on the command line."""
+
+
+def config_option(cls: type, name: str, *decls: str, default: Any = MISSING, **kw: Any) -> Any:
+    """A typer option with the help and default of config field `name`: each setting is described once.
+
+    A field without a default is a required option; one with a list or dict factory starts empty (the
+    flag is repeatable)."""
+    f = cls.__dataclass_fields__[name]
+    if default is MISSING:
+        default = f.default if f.default is not MISSING else [] if f.default_factory is not MISSING else ...
+    return typer.Option(default, *decls, help=f.metadata["help"], **kw)
+
+
+# RolloutConfig field -> (the command's parameter, its type on the command line)
+ROLLOUT_PARAMS: dict[str, tuple[str, Any]] = {
+    "env": ("env", str), "split": ("split", str), "tasks": ("tasks", int), "max_steps": ("max_steps", int),
+    "concurrency": ("concurrency", int), "seed": ("seed", int), "temperature": ("temperature", float),
+    "sandbox": ("sandbox", str), "env_params": ("env_param", list[str]), "skills": ("skills", list[str]),
+    "preload_skills": ("preload_skills", bool), "skills_top_k": ("skills_top_k", int), "trust": ("trust", list[str]),
+    "allow_unsigned": ("allow_unsigned", bool),
+}
+
+
+def rollout_options(cls: type, *fields: str, **defaults: Any) -> Callable[[Callable], Callable]:
+    """Give a command one option per rollout setting of config class `cls` (`fields`, or all of them).
+
+    Each option has the field's help and default (`defaults` override one by field name); the command
+    receives them as `rollout`, keywords for `cls`, and so never lists or translates them itself."""
+    chosen = [name for name in ROLLOUT_PARAMS if name in (fields or ROLLOUT_PARAMS)]
+    extra = [_rollout_parameter(cls, name, defaults) for name in chosen]
+
+    def deco(fn: Callable) -> Callable:
+        hints = get_type_hints(fn)
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints[p.name])
+               for p in inspect.signature(fn).parameters.values() if p.name != "rollout"]
+
+        def command(**kw: Any) -> Any:
+            rollout = {name: _as_setting(name, kw.pop(ROLLOUT_PARAMS[name][0])) for name in chosen}
+            return fn(**kw, rollout=rollout)
+
+        params = [*extra, *own]
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        command.__name__, command.__doc__ = fn.__name__, fn.__doc__
+        return command
+
+    return deco
+
+
+def _rollout_parameter(cls: type, name: str, defaults: dict[str, Any]) -> inspect.Parameter:
+    param, kind = ROLLOUT_PARAMS[name]
+    decls = [f"--{name.replace('_', '-')}"] if kind is bool else []  # a switch, not --x/--no-x
+    option = {"trust": TrustOption, "allow_unsigned": AllowUnsignedOption}.get(name)
+    if option is None:
+        option = config_option(cls, name, *decls, **({"default": defaults[name]} if name in defaults else {}))
+    annotation = Optional[kind] if option.default is None else kind
+    return inspect.Parameter(param, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+
+
+def _as_setting(name: str, value: Any) -> Any:
+    if name == "env_params":
+        return env_params(value)
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def registry_help(lead: str, registry: Any) -> str:
+    """Option help that lists a registry's names, plug-ins included (so it never goes stale)."""
+    return f"{lead}: {', '.join(registry.names())} (plug-ins add more: entry-point group {registry.group})."
 
 
 def env_params(pairs: list[str]) -> dict:
@@ -66,7 +136,3 @@ TrustOption = typer.Option(
                         "the user config's trusted-keys file are always trusted.")
 AllowUnsignedOption = typer.Option(
     False, "--allow-unsigned", help="Use skill boxes that no trusted key signed (for development only).")
-SkillsTopKOption = typer.Option(
-    2, "--skills-top-k", help="Box tools and skills listed per task: the k most relevant to it (BM25 over their "
-                              "names, descriptions and source tasks); read_skill still reads any skill; 0 lists "
-                              "them all.")

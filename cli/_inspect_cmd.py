@@ -13,27 +13,29 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from trajdistill.envs import ConfigError
+from trajdistill.envs import REACT_MARKERS, ConfigError
 from trajdistill.envs._react_text import _MARK
-from trajdistill.trajectories import Message, RunError, RunStore, Trajectory, assistant_text, segment
+from trajdistill.trajectories import (Message, RunError, RunStore, Trajectory, assistant_text, env_segmenter,
+                                      segmenters)
 
 THOUGHT, ACTION, ANSWER, CONTEXT = "cyan", "bold magenta", "bold green", "dim"
-MARK_STYLE = {"Thought": THOUGHT, "Reasoning": THOUGHT, "Action": ACTION, "Action Input": ACTION,
-              "Final Answer": ANSWER}
+KIND_STYLE = {"thought": THOUGHT, "action": ACTION, "input": ACTION, "answer": ANSWER}
+MARK_STYLE = {m.rstrip(":"): KIND_STYLE[kind] for kind in KIND_STYLE for m in REACT_MARKERS[kind]}
 # --spans: one colour per span kind; text the student is never trained on (prompts, observations) is dim
 SPAN_STYLE = {"reason": "cyan", "act": "bold magenta", "answer": "bold green", "context": "yellow"}
 UNTRAINED = "dim"
 
 
-def inspect_run(console: Console, run_path: str | Path, show: str | None = None, spans: bool = False) -> None:
-    if spans and show is None:
-        raise ConfigError("--spans needs --show TRAJ_ID")
+def inspect_run(console: Console, run_path: str | Path, show: str | None = None, spans: bool = False,
+                segmenter: str | None = None) -> None:
+    if (spans or segmenter) and show is None:
+        raise ConfigError(f"{'--spans' if spans else '--segmenter'} needs --show TRAJ_ID")
     store = RunStore.open(run_path)
     trajs = store.load()
     if show is not None:
         traj = find_trajectory(trajs, show)
-        if spans:
-            show_spans(console, traj)
+        if spans or segmenter:
+            show_spans(console, traj, segmenter)
         else:
             show_trajectory(console, traj)
         return
@@ -150,10 +152,13 @@ def react_text(content: str) -> Text:
     return out
 
 
-def show_spans(console: Console, traj: Trajectory) -> None:
-    """Each assistant turn as the text the student is trained on, coloured by span kind."""
-    spans = segment(traj)
-    console.print(Text(traj.id, style="bold") + Text(f"  task {traj.task_id}  teacher {traj.teacher.spec}"))
+def show_spans(console: Console, traj: Trajectory, segmenter: str | None = None) -> None:
+    """Each assistant turn as the text the student is trained on, coloured by span kind; `segmenter`:
+    a name in `segmenters` (default: the one the trajectory's env names)."""
+    name = segmenter or env_segmenter(traj.env.name)
+    spans = segmenters.get(name)(traj)
+    console.print(Text(traj.id, style="bold") + Text(f"  task {traj.task_id}  teacher {traj.teacher.spec}  "
+                                                     f"segmenter {name}"))
     console.print(Text("spans: ") + Text("  ").join(Text(kind, style=style) for kind, style in SPAN_STYLE.items())
                   + Text("  untrained", style=UNTRAINED))
     chars = {kind: 0 for kind in SPAN_STYLE}

@@ -1,4 +1,5 @@
-"""The live episode bar that `collect` and `eval` share: one row per run, fed by collector counters."""
+"""The live episode bar that collect, eval, self-distill and the gate share: one row per run, fed by collector
+counters."""
 
 from __future__ import annotations
 
@@ -25,3 +26,16 @@ class EpisodeRow:
         rate = f"{p.success / max(1, p.done - p.errors):.0%}" if p.done > p.errors else "-"
         sps = f"{p.steps / max(1e-9, time.monotonic() - self.start):.1f}"
         self.bar.update(self.job, total=p.total, completed=p.done, rate=rate, errors=p.errors, sps=sps)
+
+
+class EpisodeRows:
+    """A listener `(label, progress)` for stages that run several collections: one row per label."""
+
+    def __init__(self, bar: Progress):
+        self.bar = bar
+        self.rows: dict[str, EpisodeRow] = {}
+
+    def __call__(self, label: str, p) -> None:
+        if label not in self.rows:
+            self.rows[label] = EpisodeRow(self.bar, label)
+        self.rows[label](p)

@@ -2,12 +2,14 @@
 
 from ._errors import ConfigError, TrajdistillError
 from ._env import FINAL_ANSWER, Env, Episode, ToolError, envs, final_answer_spec, make_env
+from ._react_text import REACT_MARKERS
 from ._registry import Registry, UnknownNameError
 from ._tools import ToolSchemaError, ToolSpec, tool, tool_spec
 from ._types import SPLITS, ErrorKind, Observation, Outcome, PolicyRequest, Task, ToolCall, Turn
 
 __all__ = [
     "FINAL_ANSWER",
+    "REACT_MARKERS",
     "SPLITS",
     "ConfigError",
     "Env",

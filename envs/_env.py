@@ -100,6 +100,7 @@ class Env(abc.ABC):
     episode_cls: ClassVar[type[Episode]]
     needs_sandbox: ClassVar[bool] = False
     answer_tool: ClassVar[bool] = True  # the `final_answer` tool ends episodes
+    segmenter: ClassVar[str] = "react"  # how its trajectories split into spans: a name in trajectories.segmenters
 
     def __init__(self, variant: str | None = None, **params: Any):
         self.variant = variant

@@ -18,8 +18,19 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-THOUGHT_MARKERS = ("Thought:", "Reasoning:")
-_MARK = re.compile(r"^(Thought|Reasoning|Action Input|Action|Final Answer)\s*:", re.MULTILINE)
+# The one ReAct grammar: the parser here, span segmentation (`SegmentRules`) and `inspect` read these.
+REACT_MARKERS: dict[str, tuple[str, ...]] = {
+    "thought": ("Thought:", "Reasoning:"),
+    "action": ("Action:",),
+    "input": ("Action Input:",),
+    "answer": ("Final Answer:",),
+    "stop": ("Observation:",),  # what the env says; a model that writes it is inventing observations
+}
+THOUGHT_MARKERS = REACT_MARKERS["thought"]
+# longest first, so "Action Input" is never read as "Action"
+_NAMES = sorted((m[:-1] for k in ("thought", "action", "input", "answer") for m in REACT_MARKERS[k]), key=len,
+                reverse=True)
+_MARK = re.compile(rf"^({'|'.join(map(re.escape, _NAMES))})\s*:", re.MULTILINE)
 
 
 @dataclass

@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from trajdistill.agents import EvalConfig, evaluate_async, wilson_ci
-from trajdistill.envs import ConfigError
+from trajdistill.agents import EvalConfig, RolloutConfig, config_field, evaluate_async, rollout_default, wilson_ci
 
 from ._box import SkillBox
 from ._mount import mount_skills
@@ -30,28 +29,18 @@ from ._trust import Trust
 HARMFUL_NOTE = "harmful: overly broad skills may hijack the agent"
 
 
-@dataclass
-class GateConfig:
-    """Settings of one validation run; the with- and without-box runs share every one of them."""
+@dataclass(kw_only=True)
+class GateConfig(RolloutConfig):
+    """Settings of one validation run; the with- and without-box runs share every one of them
+    (`skills`: boxes mounted in every arm, under the one being validated)."""
 
-    box: str
-    env: str
-    agent: str
-    split: str = "dev"
-    tasks: int = 50
-    ablate: bool = False
-    concurrency: int = 4
-    max_steps: int = 20
-    seed: int = 0
-    temperature: float = 0.0
-    sandbox: str = "auto"
-    skills_top_k: int = 2  # box tools and skills listed per task; 0 lists all
-    env_params: dict[str, Any] = field(default_factory=dict)
-    agent_options: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.tasks < 1:
-            raise ConfigError(f"--tasks must be at least 1, got {self.tasks}")
+    box: str = field(metadata={"help": "Skill box directory to validate."})
+    agent: str = field(metadata={"help": "Policy spec that runs with and without the box."})
+    split: str = rollout_default("split", "dev")
+    tasks: int = rollout_default("tasks", 50)
+    concurrency: int = rollout_default("concurrency", 4)
+    ablate: bool = config_field(False, "Also run the box without each skill and tool in turn.")
+    agent_options: dict[str, Any] = config_field({}, "Policy options of the agent's backend.")
 
 
 def rate_diff_ci(a: tuple[int, int], b: tuple[int, int]) -> tuple[float, float]:
@@ -100,10 +89,8 @@ class Gate:
 
     async def arm(self, label: str, skills: list[str]) -> dict[str, Any]:
         c = self.cfg
-        eval_cfg = EvalConfig(env=c.env, agents=[c.agent], split=c.split, tasks=c.tasks, concurrency=c.concurrency,
-                              max_steps=c.max_steps, seed=c.seed, temperature=c.temperature, sandbox=c.sandbox,
-                              env_params=dict(c.env_params), agent_options=dict(c.agent_options), skills=skills,
-                              skills_top_k=c.skills_top_k)
+        eval_cfg = EvalConfig(**{**c.rollout(), "skills": [*c.skills, *skills]}, agents=[c.agent],
+                              agent_options=dict(c.agent_options))
         listener = (lambda _spec, p: self.listener(label, p)) if self.listener else None
         results = await evaluate_async(eval_cfg, listener, mount=mount_skills)
         return _arm(results.agents[0])

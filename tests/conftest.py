@@ -10,9 +10,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 
 import pytest
 from hypothesis import settings
+
+from trajdistill.agents import CollectConfig, collect
 
 # CI runs property tests on a fixed example sequence, so a landing never hinges on a lucky draw; local runs explore
 settings.register_profile("ci", derandomize=True)
@@ -60,3 +63,11 @@ def one_line_error(res, *fragments: str) -> str:
     for f in fragments:
         assert f in lines[0], lines[0]
     return lines[0]
+
+
+def collect_math(out, teachers, tasks: int, **settings):
+    """A real run of math tasks by the given (expert) teachers, in the unconfined `none` sandbox."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the `none` sandbox warns that it is unconfined
+        collect(CollectConfig(env="math", teachers=teachers, out=str(out), tasks=tasks, sandbox="none", **settings))
+    return out

@@ -202,7 +202,7 @@ def test_several_runs_compose_like_one_run_with_several_teachers(dual, tmp_path)
 
 
 def test_bad_input(run, tmp_path):
-    with pytest.raises(ValueError, match="--strategy must be one of best, dual"):
+    with pytest.raises(ValueError, match="unknown compose strategy 'worst'; known: best, dual"):
         compose([run], "worst", tmp_path / "x")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="not a run directory"):
         compose([tmp_path], "dual", tmp_path / "y")

@@ -113,7 +113,7 @@ def test_sharegpt_merges_observations_of_a_multi_call_turn(tmp_path):
 
 def test_unknown_format_lists_the_formats(run, tmp_path):
     path, _ = run
-    with pytest.raises(ValueError, match="unknown export format 'csv'; formats: parquet, sharegpt, openai"):
+    with pytest.raises(ValueError, match="unknown export format 'csv'; known: openai, parquet, sharegpt"):
         export_run(path, "csv", tmp_path / "x.csv")
 
 

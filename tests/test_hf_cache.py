@@ -8,11 +8,14 @@ import pytest
 import torch
 
 from trajdistill.agents import make_policy
-from trajdistill.agents import build_tiny_llama, load_causal_lm
+from trajdistill.agents import bf16_is_fast, build_tiny_llama, load_causal_lm
 from trajdistill.agents._decode import Sampling, decode
 from trajdistill.agents._hf import HFPolicy, KVStore, pack_batch
 from trajdistill.envs import PolicyRequest, Task
 
+# Exact equality is a float32 property: in bf16 (the default on CPUs with bf16 dot products) rounding depends
+# on the matmul shapes, so a cached and an uncached run can break a near-tie differently on random weights.
+EXACT = "float32"
 SYSTEM = "Solve the task. Reply with Thought: then Action: and Action Input: as JSON, or Final Answer:. " * 3
 
 
@@ -64,8 +67,9 @@ def record_matches(monkeypatch, policy: HFPolicy) -> list[tuple[int, int]]:
 
 @pytest.mark.parametrize("batch_size", [2, 8])
 async def test_greedy_outputs_equal_with_and_without_the_cache(peaked, monkeypatch, batch_size):
-    plain = await episodes(HFPolicy(str(peaked), max_new_tokens=10, batch_size=batch_size, kv_cache_tokens=0), 5, 3)
-    cached = HFPolicy(str(peaked), max_new_tokens=10, batch_size=batch_size)
+    plain = await episodes(HFPolicy(str(peaked), max_new_tokens=10, batch_size=batch_size, kv_cache_tokens=0,
+                                    dtype=EXACT), 5, 3)
+    cached = HFPolicy(str(peaked), max_new_tokens=10, batch_size=batch_size, dtype=EXACT)
     seen = record_matches(monkeypatch, cached)
     got = await episodes(cached, 5, 3)
     assert got == plain
@@ -136,3 +140,29 @@ def test_decode_drops_finished_rows_and_the_others_write_what_generate_writes(pe
             fresh = model(input_ids=seq, use_cache=True).past_key_values
         assert r.kv[0][0].shape[2] == seq.shape[1]
         torch.testing.assert_close(r.kv[0][0], fresh.layers[0].keys, atol=1e-4, rtol=1e-4)
+
+
+async def test_auto_dtype_is_bf16_where_bf16_is_fast(peaked):
+    policy = HFPolicy(str(peaked), max_new_tokens=2)
+    await policy.load()
+    want = torch.bfloat16 if bf16_is_fast() else torch.float32
+    assert next(policy.hf_model.parameters()).dtype == want
+    assert (await policy(request([{"role": "user", "content": "hi"}]))).content is not None
+
+
+def test_a_model_no_policy_holds_is_freed_and_the_last_one_is_kept(peaked, tmp_path):
+    import gc
+    import shutil
+    import weakref
+
+    from trajdistill.agents._hf import load_cached
+
+    other = shutil.copytree(peaked, tmp_path / "other")
+    first = weakref.ref(load_cached(str(peaked), "cpu", "float32")[0])
+    assert load_cached(str(peaked), "cpu", "float32")[0] is first()  # loaded once while held
+    load_cached(str(other), "cpu", "float32")  # now the last one loaded
+    gc.collect()
+    assert first() is None  # nobody holds the first model: freed
+    kept = weakref.ref(load_cached(str(other), "cpu", "float32")[0])
+    gc.collect()
+    assert kept() is not None  # the last one loaded stays for the next run of the same model

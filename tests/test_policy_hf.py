@@ -115,7 +115,7 @@ async def test_peft_adapter_dir_loads_base_plus_adapter(tiny, tmp_path):
         plain = load_causal_lm(tiny)[0](ids).logits
     assert is_peft_adapter(adapter) and not is_peft_adapter(tiny)
 
-    policy = make_policy(f"hf:{adapter}", max_new_tokens=4)
+    policy = make_policy(f"hf:{adapter}", max_new_tokens=4, dtype="float32")  # compared with fp32 logits
     model = await policy.load()
     with torch.no_grad():
         got = model(ids).logits

@@ -10,14 +10,15 @@ import pytest
 from trajdistill.agents import PolicyError, make_policy, policies
 from trajdistill.agents._models import build_tiny_llama
 from trajdistill.agents._options import (ExpertOptions, GenerationConfig, HFOptions, OpenAIOptions,
-                                         VLLMOptions)
+                                         VLLMOptions, VLLMServeOptions)
 from trajdistill.agents._policy import options_by_spec
 from trajdistill.envs import ConfigError, UnknownNameError, make_env
 
-from conftest import cli
+from conftest import cli, one_line_error
 
 DEAD = "http://127.0.0.1:9/v1"  # discard port: nothing answers, and building an openai policy sends nothing
-CLASSES = {"expert": ExpertOptions, "hf": HFOptions, "openai": OpenAIOptions, "vllm": VLLMOptions}
+CLASSES = {"expert": ExpertOptions, "hf": HFOptions, "openai": OpenAIOptions, "vllm": VLLMOptions,
+           "vllm-serve": VLLMServeOptions}
 
 
 @pytest.fixture(scope="module")
@@ -27,16 +28,20 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def specs(tiny):
-    """A spec per backend that builds here without loading a model (vllm builds only on a GPU machine)."""
-    return {"expert": "expert:coder", "hf": f"hf:{tiny}", "openai": f"openai:m@{DEAD}", "vllm": "vllm:smollm2-135m"}
+    """A spec per backend that builds here without loading a model (vllm builds only on a GPU machine;
+    vllm-serve builds without starting its server, which waits for the first request)."""
+    return {"expert": "expert:coder", "hf": f"hf:{tiny}", "openai": f"openai:m@{DEAD}", "vllm": "vllm:smollm2-135m",
+            "vllm-serve": f"vllm-serve:{tiny}"}
 
 
 def build(spec: str, **options):
-    """The real policy, or for vllm without a GPU the PolicyError that says so: the options passed their check."""
+    """The real policy, or for vllm without a GPU (vllm-serve without a vLLM venv) the PolicyError that says so:
+    the options passed their check."""
     try:
         return make_policy(spec, env=make_env("math"), **options)
     except PolicyError as e:
-        assert spec.startswith("vllm:") and "cannot run" in str(e), e
+        assert spec.startswith("vllm:") and "cannot run" in str(e) or (
+            spec.startswith("vllm-serve:") and "no vLLM python" in str(e)), e
         return None
 
 
@@ -132,3 +137,10 @@ def test_a_base_url_option_and_an_at_url_are_one_setting_given_twice():
     with pytest.raises(ConfigError, match="drop the base_url option or the @URL"):
         make_policy(f"openai:m@{DEAD}", base_url=DEAD)
     assert make_policy("openai:m", base_url=DEAD + "/").base_url == DEAD
+
+
+def test_vllm_serve_without_a_vllm_python_is_one_line_and_exit_2(tmp_path):
+    res = cli("eval", "--env", "math", "--tasks", "1", "--agent", "vllm-serve:smollm2-135m",
+              "--agent-option", f"python={tmp_path / 'nope' / 'python'}", "--out", str(tmp_path / "e"))
+    assert res.returncode == 2
+    one_line_error(res, "no vLLM python", "TRAJDISTILL_VLLM_VENV")

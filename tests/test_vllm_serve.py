@@ -82,3 +82,34 @@ def test_collect_with_openai_teacher_on_real_vllm(vllm_server, tmp_path):
         assert row["usage"]["prompt_tokens"] > 0 and row["usage"]["completion_tokens"] > 0
         assistant = [m for m in row["messages"] if m["role"] == "assistant"]
         assert assistant and all(m["content"] for m in assistant)
+
+
+def _served_students() -> list[str]:
+    """Running `vllm serve` processes that serve a model under the vllm-serve backend's name."""
+    res = subprocess.run(["pgrep", "-f", "vllm.entrypoints.openai.api_server.*--served-model-name student"],
+                         capture_output=True, text=True)
+    return res.stdout.split()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_eval_with_the_vllm_serve_backend_starts_and_stops_its_server(tmp_path):
+    """`vllm-serve:` starts a real `vllm serve` from the CPU venv for the run, plays every episode through
+    it, and stops it when the run ends."""
+    require((VENV / "bin" / "python").exists(), f"vLLM CPU venv missing at {VENV} (run .ci/vllm.sh)")
+    assert not _served_students()
+    out = tmp_path / "eval"
+    res = subprocess.run(
+        [sys.executable, "-m", "trajdistill", "eval", "--env", "math", "--split", "test", "--tasks", "3",
+         "--max-steps", "2", "--agent", "vllm-serve:smollm2-135m", "--agent-option", "max_new_tokens=24",
+         "--agent-option", "max_model_len=2048", "--agent-option", "kv_cache_gb=1", "--agent-option",
+         f"python={VENV / 'bin' / 'python'}", "--sandbox", "nsjail", "--out", str(out)],
+        capture_output=True, text=True, timeout=1200)
+    assert res.returncode == 0, res.stderr[-2000:]
+    agent = json.loads((out / "results.json").read_text())["agents"][0]
+    assert agent["spec"] == "vllm-serve:smollm2-135m" and agent["n"] == 3 and agent["errors"] == 0
+    rows = [json.loads(line) for f in out.glob("runs/*/trajectories-*.jsonl") for line in f.read_text().splitlines()]
+    assert len(rows) == 3
+    for row in rows:
+        assert row["usage"]["completion_tokens"] > 0
+        assert all(m["content"] for m in row["messages"] if m["role"] == "assistant")
+    assert not _served_students()  # the run stopped its server

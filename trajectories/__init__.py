@@ -1,12 +1,13 @@
 """Trajectories: the schema, the run directory store, the exports, composition and span segmentation."""
 
-from ._compose import ComposeConfig, ComposeReport, compose
+from ._compose import ComposeConfig, ComposeReport, ComposeStrategy, compose, compose_strategies
+from ._compose import TaskResult as ComposeTaskResult
 from ._curate import CurateConfig, CurateReport, curate
 from ._curate_steps import Drop as CurateDrop
 from ._curate_steps import Item as CurateItem
 from ._curate_steps import Step as CurateStep
 from ._curate_steps import curate_steps
-from ._export import export_run
+from ._export import ExportWriter, export_formats, export_run
 from ._features import trajectory_features
 from ._import import import_messages
 from ._schema import (
@@ -22,9 +23,10 @@ from ._schema import (
     Trajectory,
     Usage,
 )
-from ._spans import SegmentRules, assistant_text, segment, segment_run
+from ._spans import (SegmentRules, Segmenter, assistant_text, env_segmenter, segment, segment_as_env, segment_run,
+                     segmenters)
 from ._store import RUN_FILE, OutputError, RunError, RunStore, check_output, setting_difference
-from ._taxonomy import FAILURE_KINDS, PARSE_ERROR_TOOL, failure_counts, failure_kind
+from ._taxonomy import FAILURE_KINDS, PARSE_ERROR_TOOL, actions, failure_counts, failure_kind
 
 __all__ = [
     "FAILURE_KINDS",
@@ -33,22 +35,27 @@ __all__ = [
     "SCHEMA_VERSION",
     "ComposeConfig",
     "ComposeReport",
+    "ComposeStrategy",
+    "ComposeTaskResult",
     "CurateConfig",
     "CurateDrop",
     "CurateItem",
     "CurateReport",
     "CurateStep",
     "EnvRef",
+    "ExportWriter",
     "FunctionCall",
     "Message",
     "OutputError",
     "Provenance",
     "RunError",
     "RunStore",
+    "actions",
     "failure_counts",
     "failure_kind",
     "SchemaVersionError",
     "SegmentRules",
+    "Segmenter",
     "Span",
     "Teacher",
     "ToolCallMsg",
@@ -57,12 +64,17 @@ __all__ = [
     "assistant_text",
     "check_output",
     "compose",
+    "compose_strategies",
     "curate",
     "curate_steps",
+    "env_segmenter",
+    "export_formats",
     "export_run",
     "import_messages",
     "segment",
+    "segment_as_env",
     "segment_run",
+    "segmenters",
     "setting_difference",
     "trajectory_features",
 ]

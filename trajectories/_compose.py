@@ -28,6 +28,10 @@ experts report none, so when any candidate of a task reports no completion token
 of that task is measured the same way from its assistant text: one token per word piece
 (`\\w+` run or single punctuation character), close to what BPE tokenizers give on English and code.
 
+Strategies register by name in `compose_strategies`: a strategy is called as `strategy(candidates, cfg)`
+with one task's trajectories and returns a `TaskResult`. Third parties add their own with
+`@compose_strategies.register("name")` or through the `trajdistill.compose_strategies` entry-point group.
+
 Composition is deterministic: ids are hashes of the source ids and the strategy, trajectories are
 written in task order, and transition variants are picked by a hash of (seed, task id).
 """
@@ -40,18 +44,16 @@ import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable
 
 from trajdistill import __version__
-from trajdistill.envs import FINAL_ANSWER, ConfigError
+from trajdistill.envs import FINAL_ANSWER, ConfigError, Registry, UnknownNameError
 
 from ._schema import Message, Provenance, Span, Teacher, Trajectory, Usage
-from ._spans import THINK_OPEN, assistant_text, segment
+from ._spans import THINK_OPEN, assistant_text, segment_as_env
 from ._store import RunError, RunStore, check_output
 from ._taxonomy import PARSE_ERROR_TOOL
 
-Strategy = Literal["best", "dual"]
-STRATEGIES = ("best", "dual")
 REPORT_FILE = "compose_report.json"
 TOOL_EXEMPT = frozenset({FINAL_ANSWER, PARSE_ERROR_TOOL})  # tool messages that are not a real tool use
 
@@ -83,7 +85,7 @@ class ComposeConfig:
 
     runs: list[str]
     out: str
-    strategy: Strategy = "dual"
+    strategy: str = "dual"  # a name in `compose_strategies`
     prefer: str | None = None  # teacher spec to keep whenever it succeeded
     transition: str | None = None  # one phrase for every task instead of the built-in variants
     seed: int = 0  # picks the built-in transition variant per task
@@ -93,8 +95,10 @@ class ComposeConfig:
         self.runs = [str(r) for r in self.runs]
         if not self.runs:
             raise ConfigError("give at least one RUN to compose")
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        try:
+            compose_strategies.get(self.strategy)
+        except UnknownNameError as e:
+            raise UnknownNameError(f"--strategy: {e}") from None
         if self.max_prefix_steps < 1:
             raise ConfigError(f"max_prefix_steps must be at least 1, got {self.max_prefix_steps}")
         if self.transition is not None and not self.transition.strip():
@@ -331,9 +335,9 @@ def compose_dual(failed: Trajectory, success: Trajectory, cfg: ComposeConfig) ->
 
 
 def _spans(traj: Trajectory, switch_at: int, context_len: int) -> list[Span]:
-    """Spans tiling every assistant text: the segmenter's, with the switch turn's prefix made context."""
+    """Spans tiling every assistant text: the env's segmenter's, with the switch turn's prefix made context."""
     out = []
-    for s in segment(traj):
+    for s in segment_as_env(traj):
         if s.message != switch_at or context_len == 0:
             out.append(s)
         elif s.end > context_len:
@@ -373,25 +377,46 @@ class TaskResult:
     pair: str | None = None  # "failed->successful" teachers when composed
 
 
+ComposeStrategy = Callable[[list[Trajectory], ComposeConfig], TaskResult]
+compose_strategies: Registry[ComposeStrategy] = Registry("compose strategy", "trajdistill.compose_strategies")
+
+
 def compose_task(cands: list[Trajectory], cfg: ComposeConfig) -> TaskResult:
-    cost = costs(cands)
+    return compose_strategies.get(cfg.strategy)(cands, cfg)
+
+
+def winner(cands: list[Trajectory], prefer: str | None) -> Trajectory | None:
+    """The successful trajectory a task keeps (see `pick`), or None when no teacher succeeded."""
     successes = [t for t in cands if t.outcome.success]
-    if not successes:
+    return pick(successes, prefer, costs(cands)) if successes else None
+
+
+@compose_strategies.register("best")
+def compose_best(cands: list[Trajectory], cfg: ComposeConfig) -> TaskResult:
+    """One cheapest success per task (the --prefer teacher's when it succeeded)."""
+    success = winner(cands, cfg.prefer)
+    if success is None:
         return TaskResult(None)
-    success = pick(successes, cfg.prefer, cost)
-    kept = TaskResult(kept_copy(success, cfg.strategy), success.teacher.spec)
-    if cfg.strategy == "best" or len({t.teacher.spec for t in successes}) > 1:
-        return kept
+    return TaskResult(kept_copy(success, cfg.strategy), success.teacher.spec)
+
+
+@compose_strategies.register("dual")
+def compose_dual_task(cands: list[Trajectory], cfg: ComposeConfig) -> TaskResult:
+    """A failed teacher's prefix, a transition, then the successful teacher; else as `best`."""
+    success = winner(cands, cfg.prefer)
+    several = len({t.teacher.spec for t in cands if t.outcome.success}) > 1
+    if success is None or several or not any(m.role == "assistant" for m in success.messages):
+        return compose_best(cands, cfg)
     failures = [t for t in cands if not t.outcome.success and t.teacher.spec != success.teacher.spec]
-    if not failures or not any(m.role == "assistant" for m in success.messages):
-        return kept
+    if not failures:
+        return compose_best(cands, cfg)
     # a real wrong answer first, then the teacher order, so the choice is stable
     failed = min(failures, key=lambda t: (t.outcome.final_answer is None, t.teacher.spec, t.id))
     pair = f"{failed.teacher.spec}->{success.teacher.spec}"
     return TaskResult(compose_dual(failed, success, cfg), success.teacher.spec, pair)
 
 
-def compose(runs: list[str | Path], strategy: Strategy = "dual", out: str | Path = "", *,
+def compose(runs: list[str | Path], strategy: str = "dual", out: str | Path = "", *,
             prefer: str | None = None, transition: str | None = None, seed: int = 0,
             max_prefix_steps: int = 4) -> ComposeReport:
     """Compose the runs into a new run dir `out` (with compose_report.json); see the module doc."""

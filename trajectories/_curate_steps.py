@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 from trajdistill.envs import ConfigError, Registry
 
 from ._schema import Trajectory
-from ._spans import assistant_text, segment
+from ._spans import assistant_text, segment_as_env
 
 _WORD_PIECE = re.compile(r"\w+|[^\w\s]")
 
@@ -38,8 +38,8 @@ class Item:
 
     @cached_property
     def reasoning(self) -> int:
-        """Characters of reasoning: the `reason` spans of the segmenter."""
-        return sum(s.end - s.start for s in segment(self.traj) if s.kind == "reason")
+        """Characters of reasoning: the `reason` spans of the env's segmenter."""
+        return sum(s.end - s.start for s in segment_as_env(self.traj) if s.kind == "reason")
 
     @property
     def group(self) -> tuple[str, str]:

@@ -37,6 +37,10 @@ sharegpt
     into one `observation` turn so human/gpt turns keep alternating.
     `function_call` (LLaMA-Factory's JSON call role) is not emitted: calls are
     text inside `gpt` turns so that they are trained on.
+
+Formats register by name in `export_formats`: a writer is called as `writer(store, trajectories, out)`.
+Third parties add their own with `@export_formats.register("name")` or through the
+`trajdistill.export_formats` entry-point group.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
-from trajdistill.envs import ConfigError, make_env
+from trajdistill.envs import Registry, make_env
 
 from ._features import trajectory_features
 from ._schema import Message, Trajectory
@@ -57,13 +61,15 @@ log = logging.getLogger(__name__)
 ROLE_TO_FROM = {"system": "system", "user": "human", "assistant": "gpt", "tool": "observation"}
 
 
+ExportWriter = Callable[[RunStore, list[Trajectory], Path], None]
+export_formats: Registry[ExportWriter] = Registry("export format", "trajdistill.export_formats")
+
+
 def export_run(run_path: str | Path, fmt: str, out_path: str | Path, *, only_success: bool = False,
                force: bool = False) -> int:
     """Write the run's trajectories to `out_path` in `fmt` (an existing file only with `force`); returns the
     number of rows written."""
-    writer = EXPORTERS.get(fmt)
-    if writer is None:
-        raise ConfigError(f"unknown export format {fmt!r}; formats: {', '.join(EXPORTERS)}")
+    writer = export_formats.get(fmt)
     store = RunStore.open(run_path)
     check_output(out_path, [run_path], force=force)
     trajs = [t for t in store.load() if t.outcome.success or not only_success]
@@ -73,6 +79,7 @@ def export_run(run_path: str | Path, fmt: str, out_path: str | Path, *, only_suc
     return len(trajs)
 
 
+@export_formats.register("parquet")
 def _write_parquet(store: RunStore, trajs: list[Trajectory], out: Path) -> None:
     from datasets import Dataset
     from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
@@ -86,20 +93,15 @@ def _write_parquet(store: RunStore, trajs: list[Trajectory], out: Path) -> None:
             enable_progress_bars()
 
 
+@export_formats.register("openai")
 def _write_openai(store: RunStore, trajs: list[Trajectory], out: Path) -> None:
     tools = _ToolLookup(store)
     _write_jsonl(out, (openai_row(t, tools(t)) for t in trajs))
 
 
+@export_formats.register("sharegpt")
 def _write_sharegpt(store: RunStore, trajs: list[Trajectory], out: Path) -> None:
     _write_jsonl(out, (sharegpt_row(t) for t in trajs))
-
-
-EXPORTERS: dict[str, Callable[[RunStore, list[Trajectory], Path], None]] = {
-    "parquet": _write_parquet,
-    "sharegpt": _write_sharegpt,
-    "openai": _write_openai,
-}
 
 
 def _write_jsonl(out: Path, rows: Any) -> None:

@@ -11,14 +11,22 @@ For a native turn it follows the Qwen/Hermes convention:
 
 Spans cover every character of every assistant text exactly once, never overlap and are sorted;
 whitespace between two sections belongs to the preceding span. Non-assistant messages get no spans.
+
+Segmenters register by name in `segmenters`: a segmenter is called as `segmenter(trajectory)` and returns
+its spans. `react` (`segment` with the default rules) reads the one ReAct grammar and native tool calls;
+an env names its own in `Env.segmenter`. Third parties add theirs with `@segmenters.register("name")` or
+through the `trajdistill.segmenters` entry-point group.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
-from typing import Iterable, Literal
+from typing import Callable, Iterable, Literal
+
+from trajdistill.envs import REACT_MARKERS, Registry, UnknownNameError, envs
 
 from ._schema import Message, Span, SpanKind, Trajectory
 
@@ -28,14 +36,14 @@ TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>\n", "\n</tool_call>"
 
 @dataclass(frozen=True)
 class SegmentRules:
-    """How one env's assistant turns are read; the defaults match `envs._react_text`."""
+    """How one env's assistant turns are read; the defaults are the ReAct grammar of `envs.REACT_MARKERS`."""
 
-    thought_markers: tuple[str, ...] = ("Thought:", "Reasoning:")
-    action_markers: tuple[str, ...] = ("Action:",)
-    input_markers: tuple[str, ...] = ("Action Input:",)
-    answer_markers: tuple[str, ...] = ("Final Answer:",)
+    thought_markers: tuple[str, ...] = REACT_MARKERS["thought"]
+    action_markers: tuple[str, ...] = REACT_MARKERS["action"]
+    input_markers: tuple[str, ...] = REACT_MARKERS["input"]
+    answer_markers: tuple[str, ...] = REACT_MARKERS["answer"]
     # A line starting with one of these ends the current section; what follows is never trained.
-    stop_markers: tuple[str, ...] = ("Observation:",)
+    stop_markers: tuple[str, ...] = REACT_MARKERS["stop"]
     stray: Literal["reason", "context"] = "reason"  # ReAct text before the first marker
     answer_tools: tuple[str, ...] = ("final_answer",)  # native tool calls that give the answer
     action_format: Literal["auto", "react", "tools"] = "auto"  # auto: native if any turn looks native
@@ -83,6 +91,10 @@ def assistant_text(message: Message) -> str:
 # ---- segmentation -------------------------------------------------------------------------------
 
 
+Segmenter = Callable[[Trajectory], list[Span]]
+segmenters: Registry[Segmenter] = Registry("segmenter", "trajdistill.segmenters")
+
+
 def segment(traj: Trajectory, rules: SegmentRules | None = None) -> list[Span]:
     """Spans over the assistant turns; stored context spans are kept, every other stored span is replaced.
 
@@ -106,6 +118,9 @@ def segment(traj: Trajectory, rules: SegmentRules | None = None) -> list[Span]:
             pieces = _overlay_context(pieces, ranges or [], len(text))
         spans.extend(Span(message=i, start=s, end=e, kind=k, field="content") for k, s, e in _merge(pieces))
     return spans
+
+
+segmenters.register("react", segment)  # the default rules: the one ReAct grammar
 
 
 def _stored_context(traj: Trajectory) -> dict[int, "list[tuple[int, int]] | str"]:
@@ -142,6 +157,20 @@ def _overlay_context(pieces: list[tuple[SpanKind, int, int]], context: list[tupl
         out.append((kind, s, e))
     out.extend(("context", s, e) for s, e in marks)
     return sorted(out, key=lambda p: (p[1], p[2]))
+
+
+@functools.lru_cache(maxsize=None)  # once per env name: the lookup imports the env's module
+def env_segmenter(env: str) -> str:
+    """The segmenter that env `env` (`name` or `name:variant`) names; `react` for an env not installed here."""
+    try:
+        return getattr(envs.get(env.partition(":")[0]), "segmenter", "react")
+    except UnknownNameError:
+        return "react"
+
+
+def segment_as_env(traj: Trajectory) -> list[Span]:
+    """Spans by the segmenter that the trajectory's env names (`react` for every built-in env)."""
+    return segmenters.get(env_segmenter(traj.env.name))(traj)
 
 
 def segment_run(trajs: Iterable[Trajectory], rules: SegmentRules | None = None) -> list[Trajectory]:

@@ -90,6 +90,13 @@ def _react_input(text: str) -> str:
         return raw
 
 
+def actions(traj: Trajectory) -> list[tuple[str, str]]:
+    """The episode's tool calls in order: (tool name, argument text); a turn that did not parse is
+    (PARSE_ERROR_TOOL, "")."""
+    return [(PARSE_ERROR_TOOL, "") if call is None else (obs.name or "", " ".join(call.split()))
+            for call, obs in _calls(traj.messages)]
+
+
 def failure_counts(pairs: Iterable[tuple[Trajectory, str | None]]) -> dict[str, int]:
     """Failure kind -> number of failed episodes, every kind listed (0 when none)."""
     counts = Counter(kind for traj, expected in pairs if (kind := failure_kind(traj, expected)) is not None)

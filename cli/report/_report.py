@@ -21,10 +21,11 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
+from trajdistill.agents import GateReport
 from trajdistill.skills import BoxError, SkillBox
 from trajdistill.train import final_losses, plot_losses
 from trajdistill.trajectories import (RUN_FILE, RunError, RunStore, Span, Trajectory, assistant_text, check_output,
-                                      segment)
+                                      segment_as_env)
 
 VIEW_FILE = "view.html"
 REPORT_FILE = "report.html"
@@ -63,7 +64,7 @@ def _named(runs: RunsArg) -> dict[str, Path]:
 
 
 def message_spans(traj: Trajectory) -> dict[int, list[Span]]:
-    """Spans per assistant message: the trajectory's own where they fit the text, else `segment`'s."""
+    """Spans per assistant message: the trajectory's own where they fit the text, else the env's segmenter's."""
     texts = {i: assistant_text(m) for i, m in enumerate(traj.messages) if m.role == "assistant"}
     stored: dict[int, list[Span]] = {}
     for s in traj.spans:
@@ -72,7 +73,7 @@ def message_spans(traj: Trajectory) -> dict[int, list[Span]]:
               if i in texts and all(s.field == "content" and s.end <= len(texts[i]) for s in ss)}
     out = dict(usable)
     if len(usable) < len(texts):
-        for s in segment(traj):
+        for s in segment_as_env(traj):
             if s.message not in usable:
                 out.setdefault(s.message, []).append(s)
     return out
@@ -209,6 +210,74 @@ def build_report(out_dir: str | Path, summary: dict[str, Any], *, runs: Mapping[
     path = out / REPORT_FILE
     path.write_text(page, encoding="utf-8")
     return path
+
+
+GATE_REPORT_FILE = "gate.html"
+
+
+def build_gate_report(out_dir: str | Path, report: GateReport) -> Path:
+    """Write `out_dir/gate.html`: the decision and its reasons, agreement, calibration, behaviour, drift."""
+    out = Path(out_dir)
+    verdict = {"decision": report.decision, "student success": report.student_success,
+               "teacher success": report.teacher_success, "tasks": report.agreement.tasks}
+    sections = [("gate-decision", "Decision", gate_decision_html(report)),
+                ("gate-agreement", "Agreement (shadow mode)", gate_agreement_html(report)),
+                ("gate-calibration", "Calibration", gate_calibration_html(report, out)),
+                ("gate-behaviour", "Behaviour", gate_behaviour_html(report, out)),
+                ("gate-drift", "Drift against the baseline", gate_drift_html(report))]
+    page = _page("report.html.j2", title="trajdistill gate", heading=f"gate: {report.student} vs {report.teacher}",
+                 page_class="td-report", summary=Markup(summary_html(verdict)),
+                 sections=[(k, name, Markup(part)) for k, name, part in sections])
+    path = out / GATE_REPORT_FILE
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def gate_decision_html(r: GateReport) -> str:
+    items = "".join(f"<li>{_e(x)}</li>" for x in r.reasons) or "<li>every check passed</li>"
+    notes = "".join(f"<li>{_e(x)}</li>" for x in r.notes)
+    return (f'<p class="td-caption">{_e(r.env)} / {_e(r.split)}: <b>{_e(r.decision)}</b></p><ul>{items}</ul>'
+            + (f'<p class="td-caption">not measured</p><ul>{notes}</ul>' if notes else ""))
+
+
+def gate_agreement_html(r: GateReport) -> str:
+    a = r.agreement
+    wrong = "–" if a.student_wrong_on_disagreement is None else f"{a.student_wrong_on_disagreement:.1%}"
+    return _table(["tasks", "same final answer", "same tool calls", "disagreements", "student wrong on them",
+                   "threshold"], [[a.tasks, f"{a.final_answer:.1%}", f"{a.actions:.1%}", a.disagreements, wrong,
+                                   f"{r.thresholds['max_wrong_on_disagreement']:.0%}"]])
+
+
+def gate_calibration_html(r: GateReport, out: Path) -> str:
+    c = r.calibration
+    if not c.measured:
+        return _not_run(c.why_not or NOT_RUN)
+    rows = [[f"{b['lo']:.1f}–{b['hi']:.1f}", int(b["n"]), f"{b['confidence']:.3f}", f"{b['accuracy']:.3f}"]
+            for b in c.bins]
+    return (f'<p class="td-caption">ECE {c.ece:.2%} over {c.episodes} answered episodes (target below '
+            f'{r.thresholds["max_ece"]:.0%})</p>' + _table(["confidence bin", "episodes", "mean confidence",
+                                                            "accuracy"], rows)
+            + _image(out / "reliability.png", "reliability diagram"))
+
+
+def gate_behaviour_html(r: GateReport, out: Path) -> str:
+    b = r.behaviour
+    rows = [[who, *(f"{d.get(k, 0):.0f}" for k in ("p10", "p50", "p90", "mean")), "–" if e is None else f"{e:.3f}"]
+            for who, d, e in (("student", b.student_length, b.student_entropy),
+                              ("teacher", b.teacher_length, b.teacher_entropy))]
+    return (_table(["agent", "length p10", "p50", "p90", "mean", "token entropy (nats)"], rows)
+            + _image(out / "lengths.png", "characters written per episode"))
+
+
+def gate_drift_html(r: GateReport) -> str:
+    d = r.drift
+    if d is None:
+        return _not_run("no --baseline given")
+    rows = [[name, f"{d.psi[name]:.3f}", f"{d.ks.get(name, 0):.3f}"] for name in d.psi]
+    acc = ("–" if d.accuracy_now is None else f"{d.accuracy_then:.1%} → {d.accuracy_now:.1%} on "
+           f"{d.shared_tasks} shared tasks")
+    return (f'<p class="td-caption">baseline {_e(d.baseline)}; accuracy {_e(acc)}</p>'
+            + _table(["signal", "PSI", "KS"], rows))
 
 
 def summary_html(summary: Mapping[str, Any]) -> str:

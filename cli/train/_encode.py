@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trajdistill.envs import ConfigError
-from trajdistill.trajectories import Message, SegmentRules, Span, Trajectory, assistant_text, segment
+from trajdistill.trajectories import (Message, SegmentRules, Span, Trajectory, assistant_text, segment,
+                                      segment_as_env)
 
 SPAN_KINDS = {"reason": 1, "act": 2, "answer": 3}  # span_kinds ids; 0 is untrained (prompt, context)
 IGNORE_INDEX = -100
@@ -51,7 +52,8 @@ def encode(traj: Trajectory, tokenizer: Any, *, max_length: int | None = None,
            rules: SegmentRules | None = None) -> Encoded:
     """Tokenize `traj` for SFT with per-token span kinds. Needs a fast tokenizer (offset mapping).
 
-    Spans come from `traj.spans` when they cover the assistant turns, else from `segment(traj, rules)`.
+    Spans come from `segment(traj, rules)` when `rules` are given, else from `traj.spans` when they cover the
+    assistant turns, else from the segmenter the trajectory's env names.
     With `max_length`, only the first `max_length` tokens are kept.
     """
     if not getattr(tokenizer, "is_fast", False):
@@ -149,9 +151,9 @@ def locate(text: str, messages: list[Message], dicts: list[dict[str, str]],
 
 
 def _spans_for(traj: Trajectory, rules: SegmentRules | None) -> list[Span]:
-    if rules is None and _covers(traj):
-        return traj.spans
-    return segment(traj, rules)
+    if rules is not None:
+        return segment(traj, rules)
+    return traj.spans if _covers(traj) else segment_as_env(traj)
 
 
 def _covers(traj: Trajectory) -> bool:

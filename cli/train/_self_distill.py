@@ -35,8 +35,8 @@ from typing import Any, Callable
 
 import yaml
 
-from trajdistill.agents import (CollectConfig, Collector, EvalConfig, Progress, collect_async, evaluate_async,
-                               resolved_config)
+from trajdistill.agents import (CollectConfig, Collector, EvalConfig, Progress, RolloutConfig, collect_async,
+                               config_field, evaluate_async, resolved_config, rollout_default)
 from trajdistill.envs import ConfigError
 from trajdistill.trajectories import (OutputError, RunStore, Trajectory, assistant_text, check_output,
                                       setting_difference)
@@ -47,43 +47,37 @@ from ._sft import train
 ROUNDS_FILE = "rounds.json"
 TRAIN_PREFIX = "--train-"
 CONFIG_FILE = "self_distill.yaml"
+UNSTORED = frozenset({"resume", "skills", "preload_skills", "skills_top_k", "trust", "allow_unsigned"})
 
 Listener = Callable[[str, Progress], None]  # (stage description, collector progress)
 
 
-@dataclass
-class SelfDistillConfig:
+@dataclass(kw_only=True)
+class SelfDistillConfig(RolloutConfig):
     """Settings of one self-distillation; OUT/self_distill.yaml holds them."""
 
-    student: str
-    env: str
-    out: str
-    samples: int = 4
-    rounds: int = 1
-    temperature: float = 0.7
-    tasks: int = 100
-    split: str = "train"
-    compose_runs: list[str] = field(default_factory=list)
-    confirm: str | None = None
-    dev_tasks: int = 50
-    max_steps: int = 10
-    concurrency: int = 8
-    seed: int = 0
-    sandbox: str = "auto"
-    env_params: dict[str, Any] = field(default_factory=dict)
-    student_options: dict[str, Any] = field(default_factory=dict)  # e.g. max_new_tokens, batch_size
-    train_args: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields, e.g. max_steps
-    resume: bool = False  # continue an interrupted OUT (see the module doc); not part of the stored settings
+    student: str = field(metadata={"help": "Student policy spec, e.g. hf:smollm2-135m."})
+    out: str = field(metadata={"help": "Directory for the rounds (samples, buffers, adapters, rounds.json)."})
+    samples: int = config_field(4, "Trajectories the student samples per train task (K).")
+    rounds: int = config_field(1, "Sample, filter, retrain: how many times.")
+    temperature: float = rollout_default("temperature", 0.7)
+    compose_runs: list[str] = config_field([], "Composed run merged into the replay buffer; repeatable.")
+    confirm: str | None = config_field(None, "Policy spec that re-checks tasks whose samples disagree.")
+    dev_tasks: int = config_field(50, "Dev tasks to score each round's student on (0: skip).")
+    max_steps: int = rollout_default("max_steps", 10)
+    student_options: dict[str, Any] = config_field({}, "Policy options of the student, e.g. max_new_tokens, "
+                                                       "batch_size.")
+    train_args: dict[str, Any] = config_field({}, "TrainConfig fields, e.g. max_steps.")
+    resume: bool = config_field(False, "Continue an interrupted --out with the same settings (--rounds may "
+                                       "grow): finished rounds are kept, sampling goes on where it stopped.")
 
-    def __post_init__(self) -> None:
-        problems = []
-        for name in ("samples", "rounds", "tasks", "concurrency", "max_steps"):
-            if getattr(self, name) < 1:
-                problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+    def own_problems(self) -> list[str]:
+        problems = [f"--{name} must be at least 1, got {getattr(self, name)}"
+                    for name in ("samples", "rounds") if getattr(self, name) < 1]
         if self.dev_tasks < 0:
             problems.append(f"--dev-tasks must be >= 0, got {self.dev_tasks}")
-        if self.temperature < 0:
-            problems.append(f"--temperature must be >= 0, got {self.temperature}")
+        if self.skills:
+            problems.append("self-distill mounts no skill boxes; give no skills")
         problems += [f"--compose-run {r} is not a run directory (no run.yaml)"
                      for r in self.compose_runs if not (Path(r) / "run.yaml").is_file()]
         problems += _train_arg_problems(self.train_args)
@@ -91,8 +85,10 @@ class SelfDistillConfig:
             check_output(self.out, [*self.compose_runs, *_local_model(self.student)], kind="dir")
         except OutputError as e:
             problems.append(str(e))
-        if problems:
-            raise ConfigError("; ".join(problems))
+        return problems
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         self.train_args = {k: _typed(k, v) for k, v in self.train_args.items()}
 
 
@@ -290,12 +286,9 @@ class SelfDistiller:
 
     def _collect_config(self, spec: str, out: Path, seed: int, temperature: float,
                         options: dict[str, Any] | None = None) -> CollectConfig:
-        c = self.cfg
+        rollout = {**self.cfg.rollout(), "seed": seed, "temperature": temperature}
         # resume=True: a new directory starts empty; one cut off by a crash goes on where it stopped.
-        return CollectConfig(env=c.env, teachers=[spec], out=str(out), tasks=c.tasks, split=c.split,
-                             concurrency=c.concurrency, seed=seed, max_steps=c.max_steps, temperature=temperature,
-                             sandbox=c.sandbox, env_params=dict(c.env_params), teacher_options=options or {},
-                             resume=True)
+        return CollectConfig(**rollout, teachers=[spec], out=str(out), teacher_options=options or {}, resume=True)
 
     def _listen(self, label: str) -> Callable[[Progress], None] | None:
         return (lambda p: self.listener(label, p)) if self.listener else None
@@ -335,10 +328,8 @@ class SelfDistiller:
         if self.cfg.dev_tasks == 0:
             return None
         c = self.cfg
-        ec = EvalConfig(env=c.env, agents=[student], split="dev", tasks=c.dev_tasks,
-                        out=str(self.root / f"round-{round_no}" / "dev"), concurrency=c.concurrency,
-                        max_steps=c.max_steps, seed=c.seed, temperature=0.0, sandbox=c.sandbox,
-                        env_params=dict(c.env_params),
+        ec = EvalConfig(**{**c.rollout(), "split": "dev", "tasks": c.dev_tasks, "temperature": 0.0}, agents=[student],
+                        out=str(self.root / f"round-{round_no}" / "dev"),
                         agent_options={k: v for k, v in c.student_options.items() if k != "temperature"})
         results = await evaluate_async(ec, self.listener)
         return results.agents[0].success_rate
@@ -400,7 +391,9 @@ class SelfDistiller:
         (self.root / CONFIG_FILE).write_text(yaml.safe_dump(self._settings(), sort_keys=False))
 
     def _settings(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self.cfg).items() if k != "resume"}
+        # The skill-box settings are always unset here; left out, a self_distill.yaml written before they
+        # were shared settings still resumes.
+        return {k: v for k, v in asdict(self.cfg).items() if k not in UNSTORED}
 
     def _check_resumable(self) -> None:
         path = self.root / CONFIG_FILE

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trajdistill.agents import adapter_base, is_peft_adapter, resolve_model
+from trajdistill.agents import adapter_base, bf16_is_fast, is_peft_adapter, resolve_model
 from trajdistill.envs import ConfigError
 
 from ._config import SPAN_NAMES, TrainConfig
@@ -225,23 +225,8 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _cuda_bf16() -> bool:
-    import torch
-
-    return _cuda() and torch.cuda.is_bf16_supported()
-
-
-def _cpu_bf16() -> bool:
-    """The CPU has bf16 dot-product instructions, so autocast to bf16 runs about twice as fast as fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
-
-
 def default_bf16() -> bool:
-    return _cuda_bf16() if _cuda() else _cpu_bf16()
+    return bf16_is_fast()
 
 
 def _load_student(cfg: TrainConfig) -> tuple[Any, Any, Path]:

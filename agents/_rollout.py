@@ -1,0 +1,77 @@
+"""The settings every rollout shares: which tasks, how long an episode may run, where tools run.
+
+Collect, eval, the skill-box gate and self-distillation all run agents on an env's tasks. Their
+configs inherit `RolloutConfig`, so each shared setting has one name, one help text and one check;
+the fields stay flat, so `run.yaml`, `--config` files and constructor keywords keep their keys.
+A stage changes a default by `rollout_default(name, value)` and adds checks in `own_problems`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from trajdistill.envs import ConfigError
+
+
+def config_field(default: Any, help: str) -> Any:
+    """A field with help text; lists and dicts get a fresh copy per instance."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(kw_only=True)
+class RolloutConfig:
+    """Settings of running agents on an env's tasks; the stages' configs inherit them."""
+
+    env: str = field(metadata={"help": "Env name, e.g. math, twx:coin, mcp."})
+    split: str = config_field("train", "train, dev or test.")
+    tasks: int = config_field(100, "Number of tasks from the split.")
+    max_steps: int = config_field(20, "Policy turns per episode before it is cut off.")
+    concurrency: int = config_field(8, "Episodes in flight at once.")
+    seed: int = config_field(0, "Sampling seed passed to model policies.")
+    temperature: float = config_field(0.0, "Sampling temperature for model policies.")
+    sandbox: str = config_field("auto", "Sandbox backend: auto, docker, nsjail, none.")
+    env_params: dict[str, Any] = config_field({}, "KEY=VALUE env parameter; repeatable.")
+    skills: list[str] = config_field([], "Skill box to mount over MCP: a box directory, an http(s) URL or a stdio "
+                                    "command; repeatable.")
+    preload_skills: bool = config_field(False, "Put whole SKILL.md texts in the system prompt, not just the skill "
+                                          "names (for agents that will not call read_skill).")
+    skills_top_k: int = config_field(2, "Box tools and skills listed per task: the k most relevant to it (BM25 over "
+                                        "their names, descriptions and source tasks); read_skill still reads any "
+                                        "skill; 0 lists them all.")
+    # how this invocation checks boxes, not what a run holds (left out of run.yaml)
+    trust: list[str] = config_field([], "Extra trusted box signers (ed25519:...) or pinned digests (sha256:...).")
+    allow_unsigned: bool = config_field(False, "Mount boxes that no trusted key signed (development only).")
+
+    def __post_init__(self) -> None:
+        problems = [*self.rollout_problems(), *self.own_problems()]
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    def rollout_problems(self) -> list[str]:
+        out = [f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
+               for name in ("tasks", "concurrency", "max_steps") if getattr(self, name) < 1]
+        if self.temperature < 0:
+            out.append(f"--temperature must be >= 0, got {self.temperature}")
+        if self.skills_top_k < 0:
+            out.append(f"--skills-top-k must be 0 (list every tool and skill) or more, got {self.skills_top_k}")
+        return out
+
+    def own_problems(self) -> list[str]:
+        """A stage's checks of its own settings; all problems are reported together."""
+        return []
+
+    def rollout(self) -> dict[str, Any]:
+        """The shared settings as keywords for another stage's config (lists and dicts copied)."""
+        return {f.name: _copy(getattr(self, f.name)) for f in fields(RolloutConfig)}
+
+
+def rollout_default(name: str, default: Any) -> Any:
+    """The field `name` of RolloutConfig with another default (for a stage whose usual value differs)."""
+    return config_field(default, RolloutConfig.__dataclass_fields__[name].metadata["help"])
+
+
+def _copy(value: Any) -> Any:
+    return type(value)(value) if isinstance(value, (list, dict)) else value
