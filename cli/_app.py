@@ -123,8 +123,8 @@ def export(run: Path = typer.Argument(..., help="Run directory."),
 
 
 # Commands of later stages live in their own modules, each with `register(app)`.
-COMMAND_MODULES = ("_cmd_train", "_cmd_eval", "_cmd_gate", "_cmd_compose", "_cmd_curate", "_cmd_skills",
-                   "_cmd_demo")
+COMMAND_MODULES = ("_cmd_train", "_cmd_eval", "_cmd_gate", "_cmd_compose", "_cmd_onpolicy", "_cmd_curate",
+                   "_cmd_skills", "_cmd_demo")
 
 
 def _register_commands() -> None:

@@ -1,6 +1,6 @@
 """Environments: tasks, typed tools, verifiers, experts and sandboxes."""
 
-from ._errors import ConfigError, TrajdistillError
+from ._errors import CannotActError, ConfigError, TrajdistillError
 from ._env import FINAL_ANSWER, Env, Episode, ToolError, envs, final_answer_spec, make_env
 from ._react_text import REACT_MARKERS
 from ._registry import Registry, UnknownNameError
@@ -11,6 +11,7 @@ __all__ = [
     "FINAL_ANSWER",
     "REACT_MARKERS",
     "SPLITS",
+    "CannotActError",
     "ConfigError",
     "Env",
     "Episode",

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import weakref
+from collections import deque
+from dataclasses import dataclass, field
 from importlib.metadata import version as _pkg_version
 from typing import Any, Callable, Iterable
 
@@ -25,8 +28,8 @@ from py4j.protocol import Py4JJavaError  # noqa: E402
 from textworld_express import TextWorldExpressEnv  # noqa: E402
 
 from ._env import Env, Episode  # noqa: E402
-from ._errors import ConfigError  # noqa: E402
-from ._react_text import format_action  # noqa: E402
+from ._errors import CannotActError, ConfigError  # noqa: E402
+from ._react_text import ParsedAction, format_action, parse_react  # noqa: E402
 from ._registry import UnknownNameError  # noqa: E402
 from ._tools import tool  # noqa: E402
 from ._types import Observation, Outcome, PolicyRequest, Task, Turn  # noqa: E402
@@ -382,15 +385,31 @@ class TwxEnv(Env):
 
 
 # ---- the gold expert: the clean gold path, with a rationale built from what it sees ----
+#
+# It acts from any state. While the commands that took effect so far are a prefix of the gold path it
+# plays the next gold action; off that path it re-plans from what the observations have shown (coin:
+# explore the map they reveal, breadth first, until the coin is in sight). A game with no re-planner
+# raises CannotActError off the path, which on-policy relabelling records as a relabel failure.
 
 def gold_expert(request: PolicyRequest) -> Turn:
-    """Play the next gold action, explained from the goal and the latest observation."""
+    """Play the next gold action, or re-plan from the current state when the episode left the gold path."""
     path = request.hints.get("gold_path")
     if path is None:
         raise ValueError("the gold expert needs hints['gold_path'] from a twx episode")
-    step = sum(1 for m in request.messages if m.get("role") == "assistant")
-    if step >= len(path):
-        raise ValueError(f"gold path exhausted after {len(path)} actions; the game should have ended")
+    done = effective_commands(request.messages)
+    step = len(done)
+    game = request.task.data.get("game", "")
+    if step < len(path) and done == [_normalize(a) for a in path[:step]]:
+        return _gold_turn(request, path, step)
+    replan = REPLANNERS.get(game)
+    if replan is None:
+        where = f"after {step} moves" if step < len(path) else f"after the {len(path)}-move gold path"
+        raise CannotActError(f"the twx:{game} gold expert only follows the gold path and the episode left it "
+                             f"{where} (took {done[-3:]}); it has no planner for other states")
+    return replan(request)
+
+
+def _gold_turn(request: PolicyRequest, path: list[str], step: int) -> Turn:
     action = path[step]
     seen = _last_observation(request.messages)
     thought = " ".join(filter(None, (
@@ -399,6 +418,152 @@ def gold_expert(request: PolicyRequest) -> Turn:
         _why(request.task.data.get("game", ""), action, path, step, seen),
     )))
     return Turn(content=format_action(thought, "act", {"command": action}))
+
+
+def _act_commands(message: dict[str, Any]) -> list[str]:
+    """The commands an assistant message gives the `act` tool (ReAct text or native tool calls)."""
+    out = []
+    parsed = parse_react(str(message.get("content") or ""))
+    if isinstance(parsed, ParsedAction) and parsed.tool == "act" and isinstance(parsed.arguments, dict):
+        out.append(str(parsed.arguments.get("command", "")))
+    for call in message.get("tool_calls") or []:
+        fn = call.get("function") or {}
+        if fn.get("name") == "act":
+            with contextlib.suppress(ValueError, AttributeError):
+                out.append(str(json.loads(fn.get("arguments") or "{}").get("command", "")))
+    return out
+
+
+def replayed(messages: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(command, observation) for each command that reached the game, in order: rejected ones
+    (invalid, unparsable) left the game as it was and are skipped."""
+    out = []
+    for i, m in enumerate(messages):
+        if m.get("role") != "assistant":
+            continue
+        replies = [r for r in messages[i + 1:i + 1 + len(m.get("tool_calls") or [None])] if r.get("role") == "tool"]
+        for command, reply in zip(_act_commands(m), replies):
+            if not reply.get("error_kind"):
+                out.append((_normalize(command), str(reply.get("content") or "")))
+    return out
+
+
+def effective_commands(messages: list[dict[str, Any]]) -> list[str]:
+    """The commands that reached the game so far."""
+    return [c for c, _ in replayed(messages)]
+
+
+# ---- coin: explore the map the observations reveal ----
+
+_ROOM = re.compile(r"You are in the ([^.]+?)\.")
+_EXIT = re.compile(r"To the (North|South|East|West) you see (?:the ([^.]+?)|an? (open|closed) [^.]*?door)\.")
+_OPPOSITE = {"north": "south", "south": "north", "east": "west", "west": "east"}
+
+
+@dataclass
+class _Map:
+    room: str | None = None  # where the agent is now
+    exits: dict[str, dict[str, str | None]] = field(default_factory=dict)  # room -> direction -> room (None: unseen)
+    doors: dict[tuple[str, str], str] = field(default_factory=dict)  # (room, direction) -> open/closed
+    described: set[str] = field(default_factory=set)  # rooms whose description the agent has read
+    coin_at: str | None = None
+
+    def read(self, text: str) -> None:
+        """Take in one observation: a room description (where the agent is, exits, doors, a coin)."""
+        rooms = _ROOM.findall(text)
+        if not rooms:
+            return
+        self.room = rooms[-1].strip()
+        desc = text[text.rfind(f"You are in the {self.room}."):]
+        self.described.add(self.room)
+        exits = self.exits.setdefault(self.room, {})
+        for direction, neighbour, door in _EXIT.findall(desc):
+            d = direction.lower()
+            if neighbour:
+                self._link(self.room, d, neighbour.strip())
+            else:
+                exits.setdefault(d, None)
+                self.doors[(self.room, d)] = door
+        if re.search(r"\bcoin\b", desc.split("\n")[0]):
+            self.coin_at = self.room
+        elif self.coin_at == self.room:
+            self.coin_at = None
+
+    def _link(self, room: str, d: str, other: str) -> None:
+        self.exits.setdefault(room, {})[d] = other
+        self.exits.setdefault(other, {}).setdefault(_OPPOSITE[d], room)
+
+    def apply(self, command: str, observation: str) -> None:
+        """Take in one command that reached the game and what it answered."""
+        verb, _, rest = command.partition(" ")
+        before = self.room
+        self.read(observation)
+        if verb == "move" and before is not None and self.room != before:
+            self._link(before, rest, str(self.room))
+        elif command.startswith(("open door to ", "close door to ")) and before is not None:
+            if not observation.startswith(("You can't", "That ", "Unknown")):
+                self.doors[(before, command.split()[-1])] = "open" if verb == "open" else "closed"
+                revealed = re.search(r"revealing the ([^.]+?)\.", observation)
+                if revealed:
+                    self._link(before, command.split()[-1], revealed.group(1).strip())
+
+    def route(self) -> tuple[list[str], str] | None:
+        """(directions, what is there) to the coin, else to the nearest place not yet seen; None: nowhere left."""
+        if self.room is None:
+            return None
+        goal = (lambda r: r == self.coin_at) if self.coin_at else (lambda r: r is None or r not in self.described)
+        queue, seen = deque([(self.room, [])]), {self.room}
+        while queue:
+            room, dirs = queue.popleft()
+            for d, other in sorted(self.exits.get(room, {}).items()):
+                if goal(other):
+                    return dirs + [d], other or f"what lies {d} of the {room}"
+                if other is not None and other not in seen:
+                    seen.add(other)
+                    queue.append((other, dirs + [d]))
+        return None
+
+
+def _valid_actions(messages: list[dict[str, Any]]) -> list[str]:
+    for m in reversed(messages):
+        text = str(m.get("content") or "") if m.get("role") in ("tool", "user") else ""
+        if "Valid actions: " in text:
+            listed = text.rsplit("Valid actions: ", 1)[1]
+            return [a.strip() for a in re.sub(r" \(and \d+ more\)\s*$", "", listed.strip()).split(", ")]
+    return []
+
+
+def coin_planner(request: PolicyRequest) -> Turn:
+    """Find the coin from any state: take it when in sight, else head for it or for the nearest unexplored
+    exit, breadth first over the rooms and exits the observations have shown."""
+    world = _Map()
+    first = next((m for m in request.messages if m.get("role") == "user"), {})
+    world.read(str(first.get("content") or ""))
+    for command, observation in replayed(request.messages):
+        world.apply(command, observation)
+    valid = _valid_actions(request.messages)
+    if "take coin" in valid:
+        return _turn("The coin is right here, so I take it.", "take coin")
+    if world.room is None:
+        return _turn("I do not know where I am yet, so I look around.", "look around")
+    route = world.route()
+    if route is None:
+        raise CannotActError(f"the coin planner explored every room it has seen ({', '.join(sorted(world.described))}) "
+                             "and found no coin")
+    (d, *rest), target = route
+    why = (f"The coin is in the {target}" if world.coin_at else f"I have not found the coin yet; the nearest place "
+           f"I have not explored is {'the ' + target if not target.startswith('what') else target}")
+    if world.doors.get((world.room, d)) == "closed" and f"open door to {d}" in valid:
+        return _turn(f"I am in the {world.room}. {why}, and the door to the {d} is closed, so I open it.",
+                     f"open door to {d}")
+    return _turn(f"I am in the {world.room}. {why}, so I move {d}.", f"move {d}")
+
+
+def _turn(thought: str, command: str) -> Turn:
+    return Turn(content=format_action(thought, "act", {"command": command}))
+
+
+REPLANNERS: dict[str, Callable[[PolicyRequest], Turn]] = {"coin": coin_planner}
 
 
 def _last_observation(messages: list[dict[str, Any]]) -> str:

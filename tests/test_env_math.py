@@ -204,7 +204,8 @@ async def test_coder_under_nsjail(env):
 def test_coder_answers_what_it_has_when_the_program_fails(env):
     task = env.tasks("test", n=1)[0]
     coder = env.experts()["coder"]()
-    base = [{"role": "user", "content": task.prompt}, {"role": "assistant", "content": "Thought: x\nAction: python"}]
+    first = coder(PolicyRequest(messages=[{"role": "user", "content": task.prompt}], tools=env.tools(), task=task))
+    base = [{"role": "user", "content": task.prompt}, {"role": "assistant", "content": first.content}]
     failed = base + [{"role": "tool", "content": "Traceback (most recent call last):\nNameError: x\n[exit code 1]"}]
     parsed = parse_react(coder(PolicyRequest(messages=failed, tools=env.tools(), task=task)).content)
     assert isinstance(parsed, ParsedFinal) and parsed.answer == "unknown"

@@ -1,4 +1,4 @@
-"""Training: span-aware curriculum SFT (with optional white-box KD) and self-distillation."""
+"""Training: span-aware curriculum SFT (with optional white-box KD), self-distillation and on-policy distillation."""
 
 from ._config import TrainConfig
 from ._curriculum import Complexity
@@ -7,8 +7,10 @@ from ._curriculum import order as curriculum_order
 from ._data import SpanCollator, TrainData, build_data, pack
 from ._encode import SPAN_KINDS, Encoded, encode
 from ._losses import final_losses, plot_losses
-from ._self_distill import (RoundStats, SelfDistillConfig, SelfDistillResult, parse_train_args, self_distill,
-                            self_distill_async)
+from ._onpolicy import (MixedPolicy, OnPolicyConfig, OnPolicyResult, OnPolicyRound, TurnRecord, beta_at, onpolicy,
+                        onpolicy_async)
+from ._rounds import parse_train_args
+from ._self_distill import RoundStats, SelfDistillConfig, SelfDistillResult, self_distill, self_distill_async
 from ._sft import TrainResult, train
 from ._trainer import build_trainer, stage_steps, trainer_class
 
@@ -17,6 +19,10 @@ __all__ = [
     "Complexity",
     "CurriculumPlan",
     "Encoded",
+    "MixedPolicy",
+    "OnPolicyConfig",
+    "OnPolicyResult",
+    "OnPolicyRound",
     "RoundStats",
     "SelfDistillConfig",
     "SelfDistillResult",
@@ -24,11 +30,15 @@ __all__ = [
     "TrainConfig",
     "TrainData",
     "TrainResult",
+    "TurnRecord",
+    "beta_at",
     "build_data",
     "build_trainer",
     "curriculum_order",
     "encode",
     "final_losses",
+    "onpolicy",
+    "onpolicy_async",
     "pack",
     "parse_train_args",
     "plot_losses",

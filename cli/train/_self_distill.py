@@ -26,28 +26,22 @@ derived from them, are rebuilt.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import shutil
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
 
 from trajdistill.agents import (CollectConfig, Collector, EvalConfig, Progress, RolloutConfig, collect_async,
                                config_field, evaluate_async, resolved_config, rollout_default)
-from trajdistill.envs import ConfigError
-from trajdistill.trajectories import (OutputError, RunStore, Trajectory, assistant_text, check_output,
-                                      setting_difference)
+from trajdistill.trajectories import OutputError, RunStore, Trajectory, assistant_text, check_output
 
-from ._config import TrainConfig, student_problems
+from ._config import TrainConfig
+from ._rounds import RoundsDir, local_model, train_arg_problems, typed_train_arg
 from ._sft import train
 
-ROUNDS_FILE = "rounds.json"
-TRAIN_PREFIX = "--train-"
 CONFIG_FILE = "self_distill.yaml"
-UNSTORED = frozenset({"resume", "skills", "preload_skills", "skills_top_k", "trust", "allow_unsigned"})
 
 Listener = Callable[[str, Progress], None]  # (stage description, collector progress)
 
@@ -80,16 +74,16 @@ class SelfDistillConfig(RolloutConfig):
             problems.append("self-distill mounts no skill boxes; give no skills")
         problems += [f"--compose-run {r} is not a run directory (no run.yaml)"
                      for r in self.compose_runs if not (Path(r) / "run.yaml").is_file()]
-        problems += _train_arg_problems(self.train_args)
+        problems += train_arg_problems(self.train_args)
         try:
-            check_output(self.out, [*self.compose_runs, *_local_model(self.student)], kind="dir")
+            check_output(self.out, [*self.compose_runs, *local_model(self.student)], kind="dir")
         except OutputError as e:
             problems.append(str(e))
         return problems
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.train_args = {k: _typed(k, v) for k, v in self.train_args.items()}
+        self.train_args = {k: typed_train_arg(k, v) for k, v in self.train_args.items()}
 
 
 @dataclass
@@ -127,75 +121,6 @@ class Gathered:
 class SelfDistillResult:
     rounds: list[RoundStats]
     final_student: str
-
-
-def _local_model(spec: str) -> list[str]:
-    """The student's directory when the spec names one: rounds written over it would replace it."""
-    target = spec.partition(":")[2]
-    return [target] if target and Path(target).exists() else []
-
-
-# ---- the trainer's extra arguments ----------------------------------------------------------------
-
-
-def parse_train_args(args: list[str]) -> dict[str, Any]:
-    """Trainer settings from the command line, each with a `--train-` prefix (the self-distill options
-    keep their own names, e.g. --max-steps is episode turns): `--train-max-steps 50 --train-lora-r=8
-    --train-packing --train-no-only-success` -> {"max_steps": "50", "lora_r": "8", "packing": True,
-    "only_success": False}. Values are typed later, by the TrainConfig field."""
-    out: dict[str, Any] = {}
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if not arg.startswith(TRAIN_PREFIX) or len(arg) == len(TRAIN_PREFIX):
-            raise ConfigError(f"unexpected argument {arg!r}; trainer settings take a {TRAIN_PREFIX} prefix, "
-                             f"e.g. {TRAIN_PREFIX}max-steps 50")
-        name, eq, value = arg[len(TRAIN_PREFIX):].partition("=")
-        name = name.replace("-", "_")
-        if eq:
-            out[name] = value
-        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
-            out[name] = args[i + 1]
-            i += 1
-        elif name.startswith("no_"):
-            out[name[3:]] = False
-        else:
-            out[name] = True
-        i += 1
-    return out
-
-
-def _train_fields() -> dict[str, Any]:
-    return {f.name: f for f in fields(TrainConfig) if f.name not in ("data", "student", "out")}
-
-
-def _flag(name: str) -> str:
-    return TRAIN_PREFIX + name.replace("_", "-")
-
-
-def _train_arg_problems(args: dict[str, Any]) -> list[str]:
-    known = _train_fields()
-    unknown = sorted(set(args) - set(known))
-    if unknown:
-        return [f"unknown trainer setting(s) {', '.join(map(_flag, unknown))}; known: {', '.join(map(_flag, known))}"]
-    return []
-
-
-def _typed(name: str, value: Any) -> Any:
-    """A CLI string as the type of the TrainConfig field's default (YAML rules for the rest)."""
-    if not isinstance(value, str):
-        return value
-    default = _train_fields()[name].default
-    if name == "learning_rate":
-        default = 0.0  # None means "derived from the method"; a given value is a float
-    if isinstance(default, bool) or default is None:
-        return yaml.safe_load(value)
-    if isinstance(default, (int, float)):
-        try:
-            return type(default)(float(value)) if isinstance(default, float) else int(value)
-        except ValueError:
-            raise ConfigError(f"{_flag(name)} must be a number, got {value!r}") from None
-    return value
 
 
 # ---- sampling and filtering ---------------------------------------------------------------------
@@ -278,20 +203,8 @@ class _TaskCollector(Collector):
 # ---- one round ----------------------------------------------------------------------------------
 
 
-class SelfDistiller:
-    def __init__(self, cfg: SelfDistillConfig, listener: Listener | None = None):
-        self.cfg = cfg
-        self.listener = listener
-        self.root = Path(cfg.out)
-
-    def _collect_config(self, spec: str, out: Path, seed: int, temperature: float,
-                        options: dict[str, Any] | None = None) -> CollectConfig:
-        rollout = {**self.cfg.rollout(), "seed": seed, "temperature": temperature}
-        # resume=True: a new directory starts empty; one cut off by a crash goes on where it stopped.
-        return CollectConfig(**rollout, teachers=[spec], out=str(out), teacher_options=options or {}, resume=True)
-
-    def _listen(self, label: str) -> Callable[[Progress], None] | None:
-        return (lambda p: self.listener(label, p)) if self.listener else None
+class SelfDistiller(RoundsDir):
+    config_file, kind, round_class = CONFIG_FILE, "self-distill", RoundStats
 
     async def sample(self, round_no: int, student: str) -> list[Trajectory]:
         out = []
@@ -318,6 +231,12 @@ class SelfDistiller:
         for t in store.load():
             answers[t.task_id] = norm_answer(t.outcome.final_answer)
         return answers
+
+    def _collect_config(self, spec: str, out: Path, seed: int, temperature: float,
+                        options: dict[str, Any] | None = None) -> CollectConfig:
+        rollout = {**self.cfg.rollout(), "seed": seed, "temperature": temperature}
+        # resume=True: a new directory starts empty; one cut off by a crash goes on where it stopped.
+        return CollectConfig(**rollout, teachers=[spec], out=str(out), teacher_options=options or {}, resume=True)
 
     def train(self, round_no: int, buffer_dir: Path) -> Any:
         tc = TrainConfig(data=[str(buffer_dir)], student=self.cfg.student,
@@ -378,52 +297,6 @@ class SelfDistiller:
             if on_round:
                 on_round(s)
         return SelfDistillResult(stats, student)
-
-    def _start(self) -> None:
-        problems = student_problems(self.cfg.student)  # checked before hours of sampling, not after
-        if problems:
-            raise ConfigError(f"--student: {'; '.join(problems)}")
-        if self.root.exists() and any(self.root.iterdir()):
-            if not self.cfg.resume:
-                raise ConfigError(f"{self.root} is not empty; pass --resume to continue it, or choose a new --out")
-            self._check_resumable()
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / CONFIG_FILE).write_text(yaml.safe_dump(self._settings(), sort_keys=False))
-
-    def _settings(self) -> dict[str, Any]:
-        # The skill-box settings are always unset here; left out, a self_distill.yaml written before they
-        # were shared settings still resumes.
-        return {k: v for k, v in asdict(self.cfg).items() if k not in UNSTORED}
-
-    def _check_resumable(self) -> None:
-        path = self.root / CONFIG_FILE
-        if not path.is_file():
-            raise ConfigError(f"--resume: {self.root} holds no {CONFIG_FILE}; it is not a self-distill directory")
-        try:
-            old = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--resume: {path} is corrupt: {e}") from None
-        new = json.loads(json.dumps(self._settings()))  # tuples and the like as YAML stored them
-        diff = setting_difference(old if isinstance(old, dict) else {}, new, ignore=frozenset({"rounds"}))
-        if diff is not None:
-            raise ConfigError(f"--resume: settings differ from {path}: {diff}; only --rounds may change")
-
-    def _finished_rounds(self) -> tuple[list[RoundStats], str]:
-        path = self.root / ROUNDS_FILE
-        if not path.is_file():
-            return [], self.cfg.student
-        try:
-            doc = json.loads(path.read_text())
-            stats = [RoundStats(**r) for r in doc["rounds"]]
-            student = doc["final_student"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise ConfigError(f"--resume: {path} is corrupt ({e}); delete it to redo every round") from None
-        return stats, student
-
-    def _write_rounds(self, stats: list[RoundStats], student: str) -> None:
-        doc = {"rounds": [asdict(s) for s in stats], "final_student": student}
-        (self.root / ROUNDS_FILE).write_text(json.dumps(doc, indent=2) + "\n")
-
 
 async def self_distill_async(cfg: SelfDistillConfig, listener: Listener | None = None,
                              on_round: Callable[[RoundStats], None] | None = None) -> SelfDistillResult:

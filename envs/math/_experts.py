@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from typing import Any
 
-from .._react_text import format_action, format_final
+from .._react_text import ParsedAction, format_action, format_final, parse_react
 from .._types import PolicyRequest, Task, Turn
 from ._kinds import KINDS, Kind, Mind
 
@@ -28,16 +29,23 @@ def reasoner(request: PolicyRequest) -> Turn:
 
 
 def coder(request: PolicyRequest) -> Turn:
-    """Turn 1 writes and runs a program; turn 2 answers with what it printed."""
+    """Runs its program, then answers with what the program printed.
+
+    It acts from any state of an episode, not only along its own path: it looks back over what the
+    episode has shown so far for a run of its own program (whoever made the call), answers from the
+    latest one, and runs the program when there is none (after another policy's turns, say).
+    """
     task = request.task
-    if not any(m.get("role") == "assistant" for m in request.messages):
-        kind = _kind_of(task)
-        if kind is None:
-            return Turn(content=format_final("I do not recognise this kind of problem.", "0"))
-        params = task.data["params"]
+    kind = _kind_of(task)
+    if kind is None:
+        return Turn(content=format_final("I do not recognise this kind of problem.", "0"))
+    params = task.data["params"]
+    output = _output_of(request.messages, kind.program(params))
+    if output is None:
         thought = f"Plan: {kind.plan(params)}. Python does the arithmetic exactly, so I'll run a short program."
+        if any(m.get("role") == "assistant" for m in request.messages):
+            thought = "Nothing so far has run a program that computes this, so I start from the problem. " + thought
         return Turn(content=format_action(thought, "python", {"code": kind.program(params)}))
-    output = _last_observation(request.messages)
     # only lines that are a bare number: tracebacks and exit codes hold digits too
     numbers = re.findall(r"^\s*(-?\d+(?:/\d+)?)\s*$", output, re.MULTILINE)
     if not numbers:
@@ -49,10 +57,38 @@ def coder(request: PolicyRequest) -> Turn:
     return Turn(content=format_final(thought, numbers[-1]))
 
 
-def _last_observation(messages: list[dict[str, Any]]) -> str:
-    for m in reversed(messages):
+def _output_of(messages: list[dict[str, Any]], program: str) -> str | None:
+    """What the latest run of `program` printed, or None when the episode holds no run of it."""
+    for i in range(len(messages) - 1, -1, -1):
+        m = messages[i]
+        if m.get("role") == "assistant" and program in _python_calls(m):
+            return _observation_after(messages, i)
+    return None
+
+
+def _python_calls(message: dict[str, Any]) -> list[str]:
+    """The code of each python call an assistant message makes, in ReAct text or as native tool calls."""
+    codes = []
+    parsed = parse_react(str(message.get("content") or ""))
+    if isinstance(parsed, ParsedAction) and parsed.tool == "python" and isinstance(parsed.arguments, dict):
+        codes.append(parsed.arguments.get("code"))
+    for call in message.get("tool_calls") or []:
+        fn = call.get("function") or {}
+        if fn.get("name") == "python":
+            try:
+                codes.append(json.loads(fn.get("arguments") or "{}").get("code"))
+            except (ValueError, AttributeError):
+                continue
+    return codes
+
+
+def _observation_after(messages: list[dict[str, Any]], i: int) -> str | None:
+    """The observation that answered assistant message i; None when it has none (yet)."""
+    for m in messages[i + 1:]:
         if m.get("role") == "tool":
             return str(m.get("content") or "")
         if m.get("role") == "user" and str(m.get("content", "")).startswith("Observation:"):
             return str(m["content"])[len("Observation:"):]
-    return ""
+        if m.get("role") == "assistant":
+            break
+    return None

@@ -1,0 +1,114 @@
+"""On-policy distillation (DAgger) against more SFT, from the same unsaturated SFT student (issue 13 evidence).
+
+Start: a learning-curve checkpoint that has risen but not saturated (default the 25k-token student, ~20%
+on math). Then, at equal teacher calls and equal training tokens:
+  more SFT   the start student trains on from expert:coder trajectories of the first `--tasks` train tasks
+  DAgger     `trajdistill onpolicy` from the start student, one round, beta 0 (the student acts everywhere),
+             the coder labelling every student turn on the same `--tasks` train tasks; the start student
+             trains on the relabels
+Both train for `--tokens` tokens with `train`'s defaults and are evaluated on the same held-out test tasks.
+Rows go to bench/results/onpolicy-<env>.jsonl as each arm finishes; a cut-off run resumes.
+
+    python bench/onpolicy_quality.py [--start bench-out/curve/math/students/tokens-25000] [--tasks 200]
+                                     [--tokens 25000] [--test-tasks 100] [--sandbox nsjail] [--report]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from _quality import steps_for
+
+from trajdistill.agents import CollectConfig, EvalConfig, collect, evaluate
+from trajdistill.train import OnPolicyConfig, TrainConfig, onpolicy, train
+
+
+def arguments() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--start", type=Path, default=Path("bench-out/curve/math/students/tokens-25000"))
+    ap.add_argument("--out", type=Path, default=Path("bench-out/onpolicy"))
+    ap.add_argument("--tasks", type=int, default=200, help="train tasks each arm's teacher labels")
+    ap.add_argument("--tokens", type=int, default=25000, help="training tokens of each arm")
+    ap.add_argument("--test-tasks", type=int, default=100)
+    ap.add_argument("--max-steps", type=int, default=2)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--sandbox", default="auto")
+    ap.add_argument("--rows", type=Path, default=Path(__file__).parent / "results" / "onpolicy-math.jsonl")
+    ap.add_argument("--report", action="store_true")
+    return ap.parse_args()
+
+
+def sft_arm(args: argparse.Namespace, start: str) -> str:
+    run = args.out / "sft-data"
+    if not (run / "stats.json").exists():
+        collect(CollectConfig(env="math", teachers=["expert:coder"], out=str(run), tasks=args.tasks, split="train",
+                              sandbox=args.sandbox, concurrency=8, resume=run.exists()))
+    out = args.out / "sft"
+    if not (out / "train_config.yaml").exists():
+        shutil.rmtree(out, ignore_errors=True)
+        train(TrainConfig(data=[str(run)], student=start, out=str(out),
+                          max_steps=steps_for([run], args.tokens, start)))
+    return f"hf:{out.resolve()}"
+
+
+def dagger_arm(args: argparse.Namespace, start: str) -> str:
+    out = args.out / "dagger"
+    model = out / "round-1" / "model"
+    if not (out / "rounds.json").exists() or not (model / "train_config.yaml").exists():
+        onpolicy(OnPolicyConfig(env="math", student=start, teachers=["expert:coder"], out=str(out), rounds=1,
+                                beta_schedule="0", tasks=args.tasks, split="train", max_steps=args.max_steps,
+                                temperature=0.0, dev_tasks=0, sandbox=args.sandbox, concurrency=args.concurrency,
+                                student_options={"max_new_tokens": args.new_tokens, "batch_size": args.concurrency},
+                                # the SFT arm's steps: the relabels are the same teacher's turns, packed alike
+                                train_args={"max_steps": steps_for([args.out / "sft-data"], args.tokens, start)},
+                                resume=out.exists()))
+    return f"hf:{model.resolve()}"
+
+
+def evaluated(args: argparse.Namespace, arm: str, spec: str) -> dict[str, Any]:
+    rows = {r["arm"]: r for r in map(json.loads, args.rows.read_text().splitlines())} if args.rows.exists() else {}
+    if arm in rows:
+        return rows[arm]
+    res = evaluate(EvalConfig(env="math", agents=[spec], split="test", tasks=args.test_tasks, max_steps=args.max_steps,
+                              sandbox=args.sandbox, concurrency=args.concurrency, out=str(args.out / "eval" / arm),
+                              agent_options={"max_new_tokens": args.new_tokens, "batch_size": args.concurrency},
+                              resume=True))
+    row = {"arm": arm, **res.agents[0].to_dict(), "tokens": args.tokens, "teacher_tasks": args.tasks,
+           "start": str(args.start), "date": time.strftime("%Y-%m-%d")}
+    args.rows.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.rows, "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    return row
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| arm | success | 95% CI | invalid actions | failures |", "|---|---|---|---|---|"]
+    for r in rows:
+        lo, hi = r["ci95"]
+        lines.append(f"| {r['arm']} | {r['successes']}/{r['n']} ({r['success_rate']:.1%}) | {lo:.1%}–{hi:.1%} | "
+                     f"{r['invalid_action_rate']:.1%} | {r['failures']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = arguments()
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    if not args.report:
+        start = f"hf:{args.start.resolve()}"
+        rows.append(evaluated(args, "start (SFT checkpoint)", start))
+        rows.append(evaluated(args, "more SFT", sft_arm(args, start)))
+        rows.append(evaluated(args, "DAgger, 1 round", dagger_arm(args, start)))
+    else:
+        rows = [json.loads(line) for line in args.rows.read_text().splitlines()]
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

