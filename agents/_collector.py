@@ -31,7 +31,7 @@ class Mount(Protocol):
     """Mounts skill sources in an env: `trajdistill.skills.mount_skills`, given by the layer above (skills)."""
 
     def __call__(self, env: Env, sources: Sequence[str], preload: bool = False, *, sandbox: str = "auto",
-                 trust: Sequence[str] = (), allow_unsigned: bool = False) -> Env: ...
+                 trust: Sequence[str] = (), allow_unsigned: bool = False, top_k: int = 2) -> Env: ...
 
 
 @dataclass(kw_only=True)
@@ -78,7 +78,7 @@ def mounted(env: Env, cfg: CollectConfig, mount: Mount | None) -> Env:
     if mount is None:
         raise ValueError("skills: pass mount=trajdistill.skills.mount_skills to mount skill boxes")
     return mount(env, cfg.skills, cfg.preload_skills, sandbox=cfg.sandbox, trust=cfg.trust,
-                 allow_unsigned=cfg.allow_unsigned)
+                 allow_unsigned=cfg.allow_unsigned, top_k=cfg.skills_top_k)
 
 
 def to_trajectory(result: EpisodeResult, task: Task, env: Env, policy: Policy,
@@ -210,6 +210,8 @@ def resolved_config(cfg: CollectConfig) -> dict[str, Any]:
     d = asdict(cfg)
     for key in ("trust", "allow_unsigned"):  # how this invocation checks boxes, not what the run holds
         d.pop(key, None)
+    if not cfg.skills:  # no box, nothing listed: a run.yaml written before the setting existed still resumes
+        d.pop("skills_top_k", None)
     d["package_version"] = __version__
     return d
 

@@ -66,8 +66,9 @@ class EpisodeResult:
     wall_s: float
 
 
-def system_prompt(env: Env, policy: Policy, tools: list) -> str:
-    parts = [env.system_prompt().strip()] if env.system_prompt() else []
+def system_prompt(env: Env, policy: Policy, tools: list, task: Task | None = None) -> str:
+    head = env.system_prompt() if task is None else env.system_prompt_for(task)
+    parts = [head.strip()] if head else []
     if policy.action_format == "react":
         lines = [f"- {t.signature()}: {t.description}" for t in tools]
         parts.append("Tools:\n" + "\n".join(lines))
@@ -106,6 +107,7 @@ class _Ctx:
     episode: Episode
     task: Task
     hints: dict[str, Any]
+    tools: list
 
 
 class ReActLoop:
@@ -135,7 +137,7 @@ class ReActLoop:
 
     async def _policy_node(self, state: LoopState, config) -> LoopState:
         ctx: _Ctx = config["configurable"]["ctx"]
-        request = PolicyRequest(messages=state["messages"], tools=self.tools, task=ctx.task,
+        request = PolicyRequest(messages=state["messages"], tools=ctx.tools, task=ctx.task,
                                 hints=ctx.hints, sampling=self.sampling)
         turn = await self.policy(request)
         usage = dict(state["usage"])
@@ -189,7 +191,9 @@ class ReActLoop:
         episode = await self.env.start(task, sandbox)
         try:
             initial = await episode.start()
-            messages = [{"role": "system", "content": self.system}] if self.system else []
+            tools = self.env.tools_for(task)  # a mounted box lists only the tools relevant to this task
+            system = system_prompt(self.env, self.policy, tools, task)
+            messages = [{"role": "system", "content": system}] if system else []
             messages.append({"role": "user", "content": task.prompt + (f"\n\n{initial}" if initial else "")})
             state: LoopState = {
                 "messages": messages, "steps": 0, "step": None, "outcome": None,
@@ -197,7 +201,7 @@ class ReActLoop:
             }
             # privileged hints can be costly to work out (twx samples gold paths): only for policies that read them
             hints = await asyncio.to_thread(episode.hints) if getattr(self.policy, "uses_hints", False) else {}
-            ctx = _Ctx(episode, task, hints)
+            ctx = _Ctx(episode, task, hints, tools)
             final = await self.graph.ainvoke(
                 state, {"configurable": {"ctx": ctx}, "recursion_limit": 2 * self.max_steps + 5})
             outcome = final.get("outcome")

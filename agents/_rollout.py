@@ -38,6 +38,9 @@ class RolloutConfig:
                                     "command; repeatable.")
     preload_skills: bool = config_field(False, "Put whole SKILL.md texts in the system prompt, not just the skill "
                                           "names (for agents that will not call read_skill).")
+    skills_top_k: int = config_field(2, "Box tools and skills listed per task: the k most relevant to it (BM25 over "
+                                        "their names, descriptions and source tasks); read_skill still reads any "
+                                        "skill; 0 lists them all.")
     # how this invocation checks boxes, not what a run holds (left out of run.yaml)
     trust: list[str] = config_field([], "Extra trusted box signers (ed25519:...) or pinned digests (sha256:...).")
     allow_unsigned: bool = config_field(False, "Mount boxes that no trusted key signed (development only).")
@@ -52,6 +55,8 @@ class RolloutConfig:
                for name in ("tasks", "concurrency", "max_steps") if getattr(self, name) < 1]
         if self.temperature < 0:
             out.append(f"--temperature must be >= 0, got {self.temperature}")
+        if self.skills_top_k < 0:
+            out.append(f"--skills-top-k must be 0 (list every tool and skill) or more, got {self.skills_top_k}")
         return out
 
     def own_problems(self) -> list[str]:

@@ -31,11 +31,14 @@ def mine_cmd(
     runs: list[Path] = typer.Argument(..., help="Run directories to mine (one env)."),
     out: Path = typer.Option(..., help="Box directory to write."),
     analyst: Optional[str] = typer.Option(None, help="Policy spec of an analyst LLM; default: deterministic."),
-    mode: str = typer.Option("both", help="tools, docs or both."),
+    mode: str = typer.Option("both", help="Miners to run, comma-separated, from the `trajdistill.miners` registry "
+                                          "(built in: tools, docs); both is tools,docs. An unknown name lists the "
+                                          "registered ones."),
     workers: int = typer.Option(4, help="Analysts and sandboxed tool runs in flight at once."),
     sandbox: str = typer.Option("auto", help="Sandbox backend for tool replay: auto, docker, nsjail, none."),
-    min_support: int = typer.Option(1, help="Distinct source calls a tool must cover to be kept; 2 drops "
-                                            "one-off snippets, which otherwise crowd every agent's prompt."),
+    min_support: Optional[int] = typer.Option(None, help="Distinct source calls a tool must cover to be kept; "
+                                                      "default: 1 below 100 code calls, 2 below 1,000, 3 below "
+                                                      "10,000 (one per order of magnitude beyond the first)."),
     name: Optional[str] = typer.Option(None, help="Box name; default: <env>-skills."),
     force: bool = typer.Option(False, "--force", help="Replace an existing box at OUT."),
     key: Optional[Path] = typer.Option(None, help="PEM file of the Ed25519 key that signs the box; default: "
@@ -217,7 +220,7 @@ def serve_command(
 
 @skills_app.command("validate")
 @rollout_options(RolloutConfig, "env", "split", "tasks", "concurrency", "max_steps", "seed", "sandbox", "env_params",
-                 split="dev", tasks=50, concurrency=4)  # GateConfig's defaults: `skills` is slow to import
+                 "skills_top_k", split="dev", tasks=50, concurrency=4)  # GateConfig's defaults: `skills` is slow to import
 def validate_command(
     box: Path = typer.Argument(..., help="Skill box directory."),
     agent: str = typer.Option(..., help="Policy spec of the agent that mounts the box."),

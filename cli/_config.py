@@ -34,7 +34,7 @@ ROLLOUT_PARAMS: dict[str, tuple[str, Any]] = {
     "env": ("env", str), "split": ("split", str), "tasks": ("tasks", int), "max_steps": ("max_steps", int),
     "concurrency": ("concurrency", int), "seed": ("seed", int), "temperature": ("temperature", float),
     "sandbox": ("sandbox", str), "env_params": ("env_param", list[str]), "skills": ("skills", list[str]),
-    "preload_skills": ("preload_skills", bool), "trust": ("trust", list[str]),
+    "preload_skills": ("preload_skills", bool), "skills_top_k": ("skills_top_k", int), "trust": ("trust", list[str]),
     "allow_unsigned": ("allow_unsigned", bool),
 }
 

@@ -114,6 +114,10 @@ class Env(abc.ABC):
         specs = self.episode_cls.tool_specs()
         return specs + [final_answer_spec()] if self.answer_tool else specs
 
+    def tools_for(self, task: Task) -> list[ToolSpec]:
+        """The tools an agent is shown for `task`: all of them, unless the env narrows them per task."""
+        return self.tools()
+
     @abc.abstractmethod
     def tasks(self, split: str, n: int | None = None, offset: int = 0) -> list[Task]:
         """The first `n` tasks of `split` (after `offset`), the same on every call."""
@@ -129,6 +133,10 @@ class Env(abc.ABC):
     def system_prompt(self) -> str:
         """What every agent is told about this env, before the tools."""
         return ""
+
+    def system_prompt_for(self, task: Task) -> str:
+        """The system prompt for `task`: the env's own, unless the env narrows it per task."""
+        return self.system_prompt()
 
     async def start(self, task: Task, sandbox: Any = None) -> Episode:
         if self.needs_sandbox and sandbox is None:

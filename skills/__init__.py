@@ -22,6 +22,7 @@ from ._box import (
 from ._check import check_box, check_box_async
 from ._gate import GateConfig, validate, validate_async
 from ._mine import MineConfig, MineResult, mine, mine_async
+from ._miners import Mined, MineJob, miners
 from ._mount import MountedEnv, mount_skills
 from ._server import build_server, serve, serve_async
 
@@ -32,7 +33,9 @@ __all__ = [
     "BoxTool",
     "GateConfig",
     "MineConfig",
+    "MineJob",
     "MineResult",
+    "Mined",
     "MountedEnv",
     "Skill",
     "SkillBox",
@@ -46,6 +49,7 @@ __all__ = [
     "check_box_async",
     "mine",
     "mine_async",
+    "miners",
     "mount_skills",
     "parse_skill_md",
     "render_skill",

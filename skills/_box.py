@@ -6,7 +6,8 @@
       skills/<name>/SKILL.md        Agent Skills format: YAML frontmatter (name, description), then the body
       skills/<name>/references/*.md optional documents the body links to
       tools/<name>.py               one typed, documented function per file
-      tests/<name>.jsonl            {"tool", "args", "expected"} examples replayed from the source trajectories
+      tests/<name>.jsonl            {"tool", "args", "expected", "task"} examples replayed from the source
+                                    trajectories ("task": the source task's prompt, optional)
 
 The manifest is signed (see _trust.py); loading with a `Trust` refuses a box that no trusted key
 signed and no pinned digest matches. Box code is written by a model, so it never runs in this
@@ -83,6 +84,7 @@ class ToolTest:
     tool: str
     args: dict[str, Any]
     expected: Any
+    task: str = ""  # the prompt of the source task: tool retrieval matches new tasks against it
 
 
 @dataclass
@@ -102,7 +104,7 @@ class ToolDraft:
 
     name: str
     source: str
-    tests: list[dict[str, Any]] = field(default_factory=list)  # {"args", "expected"}
+    tests: list[dict[str, Any]] = field(default_factory=list)  # {"args", "expected", "task"}
     sources: dict[str, list[str]] = field(default_factory=dict)
 
 
@@ -270,7 +272,8 @@ def _render_files(skills: list[SkillDraft], tools: list[ToolDraft]) -> dict[str,
         if not TOOL_NAME.match(t.name):
             raise BoxError(f"tool name {t.name!r} must be a lowercase Python identifier")
         files[f"tools/{t.name}.py"] = t.source.encode()
-        lines = [json.dumps({"tool": t.name, "args": c["args"], "expected": c["expected"]}) for c in t.tests]
+        lines = [json.dumps({"tool": t.name, "args": c["args"], "expected": c["expected"],
+                             **({"task": c["task"]} if c.get("task") else {})}) for c in t.tests]
         files[f"tests/{t.name}.jsonl"] = "".join(line + "\n" for line in lines).encode()
     return files
 
@@ -423,7 +426,7 @@ def _load_tests(path: Path, name: str, entry: dict[str, Any], files: dict[str, b
                 or "expected" not in rec:
             raise BoxError(f"skill box {path}: file {rel} line {lineno} must be "
                            f'{{"tool": "{name}", "args": {{...}}, "expected": ...}}')
-        out.append(ToolTest(name, rec["args"], rec["expected"]))
+        out.append(ToolTest(name, rec["args"], rec["expected"], str(rec.get("task") or "")))
     return out
 
 

@@ -1,4 +1,4 @@
-"""`skills mine`: runs in, a validated skill box out (tools, docs, or both)."""
+"""`skills mine`: runs in, a validated skill box out, from the miners `mode` names (see _miners.py)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,14 @@ from typing import Any
 from trajdistill import __version__
 from trajdistill.agents import make_policy
 from trajdistill.envs import ConfigError
-from trajdistill.envs.sandbox import Limits, get_provider
 from trajdistill.trajectories import RunStore, Trajectory
 
-from ._box import BoxError, SkillBox, SkillDraft, ToolDraft, ToolRunner, spec_from_source
+from ._box import BoxError, SkillBox, SkillDraft, ToolDraft, spec_from_source
 from ._check import check_box_async
-from ._mine_docs import DocsMining, mine_docs
-from ._mine_tools import Listener, ToolMining, mine_tools
+from ._mine_docs import DocsMining
+from ._mine_tools import Listener, ToolMining
+from ._miners import Mined, MineJob, miner_names, miners
 from ._trust import load_private_key, local_key
-
-MODES = ("tools", "docs", "both")
 
 
 @dataclass
@@ -30,39 +28,45 @@ class MineConfig:
     runs: list[str]
     out: str
     analyst: str | None = None  # a policy spec; None is the deterministic miner
-    mode: str = "both"
+    mode: str = "both"  # registered miners, comma-separated, run in order; "both" is tools,docs
     workers: int = 4
     sandbox: str = "auto"
     name: str | None = None
     force: bool = False
     timeout_s: float = 10.0  # per tool run in the sandbox
-    min_support: int = 1  # distinct source calls a mined tool must cover to be kept
+    min_support: int | None = None  # distinct source calls a mined tool must cover; None: grows with the run
     key: str | None = None  # PEM file of the Ed25519 key that signs the box; None: this machine's key
 
     def __post_init__(self) -> None:
         if not self.runs:
             raise ConfigError("give at least one RUN directory to mine")
-        if self.mode not in MODES:
-            raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if not miner_names(self.mode):  # an unknown name is an UnknownNameError that lists the known ones
+            raise ConfigError(f"--mode names no miner; miners: {', '.join(miners.names())}, or both")
         if self.workers < 1:
             raise ConfigError(f"--workers must be at least 1, got {self.workers}")
-        if self.min_support < 1:
+        if self.min_support is not None and self.min_support < 1:
             raise ConfigError(f"--min-support must be at least 1, got {self.min_support}")
 
 
 @dataclass
 class MineResult:
     box: SkillBox
-    tools: ToolMining | None
-    docs: DocsMining | None
+    mined: dict[str, Mined]  # miner name -> what it found, in the order they ran
     check: dict[str, Any]
+
+    @property
+    def tools(self) -> ToolMining | None:
+        return self.mined.get("tools")  # type: ignore[return-value]
+
+    @property
+    def docs(self) -> DocsMining | None:
+        return self.mined.get("docs")  # type: ignore[return-value]
 
     def summary(self) -> str:
         parts = [f"{len(self.box.skills)} skills, {len(self.box.tools)} tools"]
-        if self.tools is not None:
-            parts.append(f"tools: {self.tools.summary()}")
-        if self.docs is not None and (self.docs.proposed or self.docs.unusable):
-            parts.append(f"docs: {self.docs.summary()}")
+        for name, found in self.mined.items():
+            if name != "docs" or found.report().get("patches_proposed") or found.report().get("unusable_replies"):
+                parts.append(f"{name}: {found.summary()}")
         parts.append("self-check " + ("passed" if self.check["ok"] else "FAILED"))
         return "; ".join(parts)
 
@@ -85,33 +89,26 @@ async def mine_async(cfg: MineConfig, *, analyst: Any = None, listener: Listener
     own_analyst = analyst is None and bool(cfg.analyst)
     if own_analyst:
         analyst = make_policy(cfg.analyst)
-    provider = runner = None
+    job = MineJob(trajs, env, analyst=analyst, workers=cfg.workers, min_support=cfg.min_support,
+                  sandbox=cfg.sandbox, timeout_s=cfg.timeout_s, listener=listener)
     try:
-        if cfg.mode in ("tools", "both"):
-            provider = get_provider(cfg.sandbox, Limits(timeout_s=cfg.timeout_s))
-            runner = ToolRunner(provider, cfg.workers, timeout=cfg.timeout_s)
-        tools = await mine_tools(trajs, runner, analyst=analyst, workers=cfg.workers,
-                                 min_support=cfg.min_support, listener=listener) if runner is not None else None
-        docs = await mine_docs(trajs, env=env, analyst=analyst, workers=cfg.workers, listener=listener) \
-            if cfg.mode in ("docs", "both") else None
-        if docs and tools:
-            link_tools(docs.skills, tools.tools)
-        box = SkillBox.write(cfg.out, name=cfg.name or _box_name(env), env=env,
-                             skills=docs.skills if docs else [], tools=tools.tools if tools else [],
-                             sources=_sources(trajs), generator=_generator(cfg, tools, docs), overwrite=cfg.force,
+        mined = {name: await miners.get(name)(job) for name in miner_names(cfg.mode)}
+        skills = [s for m in mined.values() for s in m.skills]
+        tools = [t for m in mined.values() for t in m.tools]
+        if skills and tools:
+            link_tools(skills, tools)
+        box = SkillBox.write(cfg.out, name=cfg.name or _box_name(env), env=env, skills=skills, tools=tools,
+                             sources=_sources(trajs), generator=_generator(cfg, mined), overwrite=cfg.force,
                              sign=False)
         if listener:
             listener("self-check", 0, 1)
-        check = await check_box_async(box, runner=runner)
+        check = await check_box_async(box, runner=job.runner if tools else None)
         box.sign(key)  # after the check: the signature covers its result
     finally:
         if own_analyst:
             await analyst.close()
-        if runner is not None:
-            await runner.close()
-        if provider is not None:
-            await provider.close()
-    return MineResult(box, tools, docs, check)
+        await job.close()
+    return MineResult(box, mined, check)
 
 
 def mine(cfg: MineConfig, **kwargs: Any) -> MineResult:
@@ -152,14 +149,12 @@ def _sources(trajs: list[tuple[str, Trajectory]]) -> list[dict[str, Any]]:
     return list(out.values())
 
 
-def _generator(cfg: MineConfig, tools: ToolMining | None, docs: DocsMining | None) -> dict[str, Any]:
+def _generator(cfg: MineConfig, mined: dict[str, Mined]) -> dict[str, Any]:
     gen: dict[str, Any] = {"package_version": __version__, "analyst": cfg.analyst, "mode": cfg.mode,
-                           "min_support": cfg.min_support}
-    if tools is not None:
-        gen["tool_mining"] = {"code_calls": tools.calls, "candidates": tools.candidates, "kept": len(tools.tools),
-                              "merged": tools.merged, "dropped": dict(tools.dropped)}
-    if docs is not None:
-        gen["docs_mining"] = {"trajectories": docs.trajectories, "skills": len(docs.skills),
-                              "patches_proposed": docs.proposed, "patches_kept": docs.kept,
-                              "unusable_replies": docs.unusable}
+                           "miners": list(mined)}
+    for name, found in mined.items():
+        gen[f"{name}_mining"] = found.report()  # tool_mining and docs_mining keep their names
+    if "tools_mining" in gen:
+        gen["tool_mining"] = gen.pop("tools_mining")
+        gen["min_support"] = gen["tool_mining"]["min_support"]
     return gen

@@ -57,6 +57,14 @@ class DocsMining:
     kept: int = 0  # patches applied after the merge
     unusable: int = 0  # analyst replies that held no valid patch list
 
+    @property
+    def tools(self) -> list:
+        return []
+
+    def report(self) -> dict[str, Any]:
+        return {"trajectories": self.trajectories, "skills": len(self.skills), "patches_proposed": self.proposed,
+                "patches_kept": self.kept, "unusable_replies": self.unusable}
+
     def summary(self) -> str:
         s = f"{len(self.skills)} skills from {self.trajectories} trajectories"
         if self.proposed or self.unusable:
@@ -151,12 +159,10 @@ def prompt_patterns(prompts: list[str], k: int = 2) -> list[str]:
 
 
 def describe(env: str, category: str, items: list[_Item]) -> str:
-    patterns = prompt_patterns([task_prompt(i.traj) for i in items])
-    ok = sum(i.traj.outcome.success for i in items)
-    shown = " or ".join(f'"{p}…"' for p in patterns)
-    return _clip(f"Use for {env} tasks of type {category}, phrased like {shown}. "
-                 f"Gives the steps that solved {ok} of {len(items)} such tasks, typical arguments, "
-                 f"and fixes for common errors.", 1000)
+    """One short line (a mounted box lists it in every prompt the skill is relevant to): when to use it."""
+    patterns = prompt_patterns([task_prompt(i.traj) for i in items], k=1)
+    shown = f', like "{patterns[0]}…"' if patterns else ""
+    return _clip(f"Use for {env} tasks of type {category}{shown}: steps and fixes.", 1000)
 
 
 def summarise(env: str, category: str, items: list[_Item]) -> tuple[Snapshot, str]:
@@ -456,3 +462,8 @@ async def _refine(analyst: Any, title: str, snapshot: Snapshot, items: list[_Ite
     merged = keep(await hierarchical_merge(groups, merge_with=analyst if analyst_merge else None))
     result.kept += len(merged)
     return apply_edits(snapshot, merged)
+
+
+async def docs_miner(job: Any) -> DocsMining:
+    """The `docs` miner (a MineJob in, see _miners.py)."""
+    return await mine_docs(job.trajs, env=job.env, analyst=job.analyst, workers=job.workers, listener=job.listener)

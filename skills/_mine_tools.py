@@ -7,7 +7,14 @@
                    original call printed; a candidate that does not is dropped and counted
     clustering     one candidate per normalised AST, then per behaviour on the union of the inputs
                    of candidates with the same signature
-    consolidation  a candidate whose calls another (more general) one reproduces is folded into it
+    consolidation  a candidate whose calls another (more general) one reproduces is folded into it:
+                   by unifying the programs, or, for two tools of one name, by replaying every test
+                   of the special one through the general one with a parameter fixed (0 or 1)
+    naming         a name says what the tool computes (`evaluate_expression`, `modular_power`,
+                   `count_arrangements`), read from the program's idioms; two different tools never
+                   share a name, and no name gets a numeric suffix
+    support        a kept tool covers at least `min_support` distinct calls; by default
+                   `default_min_support(calls)`, which grows with the run (one-off tools go on large runs)
 
 Nothing here runs mined code on the host: every execution goes through a ToolRunner (sandbox).
 """
@@ -17,7 +24,9 @@ from __future__ import annotations
 import ast
 import asyncio
 import copy
+import itertools
 import json
+import math
 import re
 import textwrap
 from collections import Counter
@@ -37,15 +46,58 @@ ERROR_MARKS = ("Traceback (most recent call last)", "[exit code", "[timed out]",
                "is not a valid action")
 CALL_NAMES = {"comb": "count_combinations", "perm": "count_permutations", "Counter": "count_arrangements",
               "lcm": "least_common_multiple", "gcd": "greatest_common_divisor", "isqrt": "integer_square_root",
-              "factorial": "factorial_ratio"}
+              "factorial": "factorial"}
 ARG_NAMES = {"comb": ("n", "k"), "perm": ("n", "k"), "pow": ("base", "exponent", "modulus"),
              "range": ("start", "stop", "step"), "factorial": ("n",), "gcd": ("a", "b"), "lcm": ("a", "b")}
 CALL_SUMMARIES = {
     "count_combinations": "Count the ways to choose k of n items (a binomial coefficient, via math.comb).",
     "count_permutations": "Count ordered selections of items (via math.perm).",
     "count_arrangements": "Count the distinct arrangements of a multiset, e.g. the letters of a word.",
-    "power_mod": "Raise a number to a power modulo m, exactly (three-argument pow).",
+    "modular_power": "The remainder of base^exponent divided by modulus, exactly (three-argument pow).",
+    "count_multiples": "Count the integers in a range divisible by at least one of some divisors.",
+    "arithmetic_sequence_term": "The n-th term of an arithmetic sequence (constant difference) from its first terms.",
+    "geometric_sequence_term": "The n-th term of a geometric sequence (constant ratio) from its first terms.",
+    "recurrence_term": "The n-th term of a sequence defined by a linear recurrence on its previous terms.",
+    "evaluate_expression": "Evaluate an arithmetic expression exactly: + - * / // % ** (or ^) and parentheses.",
 }
+EXPRESSION = "evaluate_expression"
+# the one tool every literal arithmetic program becomes: it evaluates the expression it is given, exactly
+EXPRESSION_SOURCE = '''import ast
+import operator
+from fractions import Fraction
+
+
+def evaluate_expression(expression: str):
+    """{summary}
+
+    `/` divides exactly, and a whole result comes back as an integer; `^` is a power, as in 2^10.
+
+    Mined from successful trajectories of tasks like: {example}
+
+    Args:
+        expression: The expression, with numbers only; e.g. {expression}
+
+    Returns:
+        The value of the expression.
+    """
+    operators = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+                 ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
+
+    def value(node):
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            return Fraction(node.value)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            inner = value(node.operand)
+            return -inner if isinstance(node.op, ast.USub) else inner
+        if isinstance(node, ast.BinOp) and type(node.op) in operators:
+            return operators[type(node.op)](value(node.left), value(node.right))
+        raise ValueError(f"not an arithmetic expression of numbers: {ast.unparse(node)}")
+
+    result = value(ast.parse(expression.replace("^", "**"), mode="eval").body)
+    return int(result) if result.denominator == 1 else float(result)
+'''
+OP_WORDS = {ast.Add: "sum", ast.Sub: "difference", ast.Mult: "product", ast.Div: "quotient",
+            ast.FloorDiv: "quotient", ast.Mod: "remainder", ast.Pow: "power"}
 
 
 # --------------------------------------------------------------------------- steps of a trajectory
@@ -287,9 +339,17 @@ class _Lifter(ast.NodeTransformer):
         names = ARG_NAMES.get(fn, ())
         node.func = self.visit(node.func)
         node.args = [self._param(a, names[i] if i < len(names) else f"{fn}_arg") if literal_of(a)
-                     else self.visit(a) for i, a in enumerate(node.args)]
+                     else self._within(a, names[i] if i < len(names) else None) for i, a in enumerate(node.args)]
         node.keywords = [self.visit(k) for k in node.keywords]
         return node
+
+    def _within(self, node: ast.AST, hint: str | None) -> ast.AST:
+        """Visit an argument; a literal inside it (`range(1, 70410 + 1)`) is named after the argument."""
+        outer, self.context = self.context, hint or self.context
+        try:
+            return self.visit(node)
+        finally:
+            self.context = outer
 
     def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
         node.value = self.visit(node.value)  # indices stay: they say where, not what
@@ -297,6 +357,14 @@ class _Lifter(ast.NodeTransformer):
 
     def visit_JoinedStr(self, node: ast.JoinedStr) -> ast.AST:
         return node
+
+    def visit_Compare(self, node: ast.Compare) -> ast.AST:
+        """`len(terms) < 14`: the bound is a count, `n`."""
+        if isinstance(node.left, ast.Call) and _callee(node.left) == "len" and len(node.comparators) == 1:
+            node.left = self.visit(node.left)
+            node.comparators = [self._param(node.comparators[0], "n")]
+            return node
+        return self.generic_visit(node)
 
     def visit_Constant(self, node: ast.Constant) -> ast.AST:
         return self._param(node, self.context)
@@ -383,19 +451,61 @@ def _header_pairs(stmt: ast.stmt, names: dict[str, str], uses: Counter) -> list[
 
 
 def tool_name(category: str, body: list[ast.stmt]) -> str:
-    called = {}
-    for node in (n for s in body for n in ast.walk(s)):
-        if isinstance(node, ast.Call):
-            fn = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
-            called[fn] = "power_mod" if fn == "pow" and len(node.args) == 3 else CALL_NAMES.get(fn)
-    if called.get("pow"):
-        return "power_mod"
+    """What the program computes, read from its idioms; `solve_<category>` when none is known."""
+    nodes = [n for s in body for n in ast.walk(s)]
+    called = {_callee(n): n for n in nodes if isinstance(n, ast.Call)}
+    if "pow" in called and len(called["pow"].args) == 3:
+        return "modular_power"
+    if "factorial" in called and "count" in called:  # n! / (k1! k2! ...) over letter counts
+        return "count_arrangements"
     for fn, name in CALL_NAMES.items():  # in priority order: Counter before factorial
         if fn in called:
             return name
-    final = body[-1].value if isinstance(body[-1], ast.Return) else None
-    word = next((n.id for n in ast.walk(final) if isinstance(n, ast.Name)), "value") if final else "value"
-    return _ident(f"compute_{category}_{word}")
+    return _counting_name(nodes) or _sequence_name(body) or _ident(f"solve_{category}")
+
+
+def _callee(node: ast.Call) -> str:
+    return node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+
+
+def _counting_name(nodes: list[ast.AST]) -> str | None:
+    """`sum(1 for x in range(...) if ...)`: a count of the integers that pass a test."""
+    for n in nodes:
+        if isinstance(n, ast.Call) and _callee(n) == "sum" and n.args and isinstance(n.args[0], ast.GeneratorExp):
+            gen = n.args[0]
+            if isinstance(gen.elt, ast.Constant) and gen.elt.value == 1 and any(g.ifs for g in gen.generators):
+                mods = any(isinstance(x, ast.BinOp) and isinstance(x.op, ast.Mod) for g in gen.generators
+                           for c in g.ifs for x in ast.walk(c))
+                return "count_multiples" if mods else "count_matching"
+    return None
+
+
+def _sequence_name(body: list[ast.stmt]) -> str | None:
+    """`while len(terms) < n: terms.append(rule)`, then the last term: a term of a sequence, named by its rule."""
+    loop = next((s for s in body if isinstance(s, ast.While)), None)
+    if loop is None:
+        return None
+    appends = [n for s in loop.body for n in ast.walk(s) if isinstance(n, ast.Call) and _callee(n) == "append"]
+    if len(appends) != 1 or not appends[0].args:
+        return None
+    rule = appends[0].args[0]
+    lst = appends[0].func.value if isinstance(appends[0].func, ast.Attribute) else None
+    if not isinstance(lst, ast.Name):
+        return None
+    used = {_index(n) for n in ast.walk(rule) if isinstance(n, ast.Subscript) and getattr(n.value, "id", "") == lst.id}
+    ops = {type(n.op) for n in ast.walk(rule) if isinstance(n, ast.BinOp)}
+    if used >= {-1, -2} and not used & {0, 1}:
+        return "recurrence_term"
+    if used >= {0, 1} and ops & {ast.Div, ast.FloorDiv}:
+        return "geometric_sequence_term"
+    if used >= {0, 1} and ast.Sub in ops:
+        return "arithmetic_sequence_term"
+    return "sequence_term"
+
+
+def _index(node: ast.Subscript) -> int | None:
+    lit = literal_of(node.slice)
+    return lit[0] if lit and lit[1] == "int" else None
 
 
 def _ident(text: str) -> str:
@@ -417,9 +527,37 @@ def render_tool(name: str, imports: list[ast.stmt], body: list[ast.stmt], params
             f"{textwrap.indent(code, '    ')}\n")
 
 
+def is_expression(node: ast.AST) -> bool:
+    """An arithmetic expression of number literals only, with at least one operator."""
+    def ok(n: ast.AST) -> bool:
+        if isinstance(n, ast.Constant):
+            return type(n.value) in (int, float)
+        if isinstance(n, ast.UnaryOp):
+            return isinstance(n.op, (ast.USub, ast.UAdd)) and ok(n.operand)
+        return isinstance(n, ast.BinOp) and type(n.op) in OP_WORDS and ok(n.left) and ok(n.right)
+
+    return isinstance(node, ast.BinOp) and ok(node)
+
+
+def expression_candidate(call: SourceCall, expr: ast.expr) -> Candidate:
+    """A program that only prints a literal expression is a call of `evaluate_expression` with that expression."""
+    text = ast.unparse(expr)
+    fill = {"{summary}": CALL_SUMMARIES[EXPRESSION], "{expression}": _doc_text(json.dumps(text)),
+            "{example}": _doc_text(_clip(call.prompt, 160))}
+    source = re.sub("|".join(map(re.escape, fill)), lambda m: fill[m.group()], EXPRESSION_SOURCE)
+    return Candidate(EXPRESSION, source, [("expression", "str")], EXPRESSION, [(call, {"expression": text})])
+
+
+def _doc_text(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"""', "'''")
+
+
 def abstract(call: SourceCall) -> Candidate:
     """The deterministic abstraction of one code call. Raises AbstractionError with the reason."""
     imports, body = prepare(call.code)
+    if len(body) == 1 and isinstance(body[0], ast.Return) and body[0].value is not None \
+            and is_expression(body[0].value):
+        return expression_candidate(call, body[0].value)
     pattern, params = lift(body)
     if not params:
         raise AbstractionError("no literals to lift")
@@ -481,14 +619,25 @@ class ToolMining:
     merged: int = 0  # candidates folded into another by dedupe, clustering or consolidation
     min_support: int = 1
 
+    @property
+    def skills(self) -> list:
+        return []
+
     def summary(self) -> str:
         why = ", ".join(f"{n} {r}" for r, n in self.dropped.most_common()) or "none"
-        text = (f"{len(self.tools)} tools kept from {self.candidates} candidates ({self.calls} code calls); "
-                f"{self.merged} merged; dropped: {why}")
-        one_off = sum(len(t.tests) == 1 for t in self.tools)
-        if one_off and self.min_support < 2:  # each costs every mounting agent prompt tokens
-            text += f"; {one_off} of the kept tools cover a single call (--min-support 2 drops them)"
-        return text
+        return (f"{len(self.tools)} tools kept from {self.candidates} candidates ({self.calls} code calls); "
+                f"{self.merged} merged; min support {self.min_support}; dropped: {why}")
+
+    def report(self) -> dict[str, Any]:
+        return {"code_calls": self.calls, "candidates": self.candidates, "kept": len(self.tools),
+                "merged": self.merged, "min_support": self.min_support, "dropped": dict(self.dropped)}
+
+
+def default_min_support(calls: int) -> int:
+    """Distinct calls a tool must cover when the user sets none: one per order of magnitude of the run beyond
+    the first, i.e. 1 below 100 code calls, 2 up to 999, 3 up to 9,999. A small run still yields tools; on a
+    large one a program seen once is a one-off, not a reusable tool."""
+    return max(1, int(math.log10(calls))) if calls > 0 else 1
 
 
 class _Replay:
@@ -524,11 +673,14 @@ def matches_output(text: str, expected: str) -> bool:
 
 
 async def mine_tools(trajs: list[tuple[str, Trajectory]], runner: ToolRunner, *, analyst: Any = None,
-                     workers: int = 2, min_support: int = 1, listener: Listener | None = None) -> ToolMining:
+                     workers: int = 2, min_support: int | None = None,
+                     listener: Listener | None = None) -> ToolMining:
     """Mine tools from (run, trajectory) pairs; every kept tool reproduces its source calls in the sandbox.
-    A tool must cover at least `min_support` distinct source calls: one-off snippets are not reusable tools,
-    and each kept tool costs every agent prompt tokens."""
+    A tool must cover at least `min_support` distinct source calls (None: `default_min_support`): one-off
+    snippets are not reusable tools."""
     calls = source_calls(trajs)
+    if min_support is None:
+        min_support = default_min_support(len(calls))
     dropped: Counter = Counter()
     if analyst is None:
         cands = _deterministic(calls, dropped)
@@ -540,9 +692,16 @@ async def mine_tools(trajs: list[tuple[str, Trajectory]], runner: ToolRunner, *,
     cands = await _replayed(cands, replay, dropped, listener)
     cands, m2 = await _cluster(cands, replay, listener)
     cands, m3 = await _consolidate(cands, replay)
+    cands, m4 = await _merge_namesakes(cands, replay)
     cands = _supported(cands, min_support, dropped)
-    tools = [_draft(c) for c in _unique_names(cands)]
-    return ToolMining(tools, len(calls), total, dropped, merged + m2 + m3, min_support)
+    tools = [_draft(c) for c in _unique_names(cands, dropped)]
+    return ToolMining(tools, len(calls), total, dropped, merged + m2 + m3 + m4, min_support)
+
+
+async def tools_miner(job: Any) -> ToolMining:
+    """The `tools` miner (a MineJob in, see _miners.py)."""
+    return await mine_tools(job.trajs, job.runner, analyst=job.analyst, workers=job.workers,
+                            min_support=job.min_support, listener=job.listener)
 
 
 def _deterministic(calls: list[SourceCall], dropped: Counter) -> list[Candidate]:
@@ -597,17 +756,22 @@ async def _cluster(cands: list[Candidate], replay: _Replay,
         if len(group) == 1:
             out += group
             continue
-        inputs = [list(args.values()) for c in group for _, args in c.calls]  # positional: names may differ
+        inputs = [_positional(c, args) for c in group for _, args in c.calls]  # names may differ
         vectors = await asyncio.gather(*(_behaviour(c, inputs, replay) for c in group))
         clusters: dict[tuple, list[Candidate]] = {}
         for c, vec in zip(group, vectors):
             clusters.setdefault(vec, []).append(c)
         for members in clusters.values():
             best = max(members, key=lambda c: (len(c.calls), -len(c.source)))
-            best.calls = [ca for c in members for ca in c.calls]
+            names = [n for n, _ in best.params]  # the members agree by position; their names may differ
+            best.calls = [(call, dict(zip(names, _positional(c, args)))) for c in members for call, args in c.calls]
             merged += len(members) - 1
             out.append(best)
     return out, merged
+
+
+def _positional(c: Candidate, args: dict[str, Any]) -> list[Any]:
+    return [args.get(n) for n, _ in c.params]
 
 
 async def _behaviour(c: Candidate, inputs: list[list[Any]], replay: _Replay) -> tuple:
@@ -658,28 +822,128 @@ def _support(c: Candidate) -> int:
     return len({json.dumps(args, sort_keys=True) for _, args in c.calls})
 
 
-def _unique_names(cands: list[Candidate]) -> list[Candidate]:
-    seen: Counter = Counter()
-    for c in sorted(cands, key=lambda c: -len(c.calls)):
-        seen[c.name] += 1
-        if seen[c.name] > 1:
-            new = f"{c.name}_{seen[c.name]}"
+async def _merge_namesakes(cands: list[Candidate], replay: _Replay) -> tuple[list[Candidate], int]:
+    """Two tools of one name whose programs differ in shape (`a[-1] + 3 * a[-2]` against `2 * a[-1] + 3 * a[-2]`)
+    may still compute one function: the special one is folded into the general one when the general one,
+    with the special one's parameters in order and each extra parameter fixed to 1 or 0, reproduces every
+    test of the special one in the sandbox (the general one's own tests it reproduced already)."""
+    groups: dict[str, list[Candidate]] = {}
+    for c in cands:
+        groups.setdefault(c.name, []).append(c)
+    kept, merged = [], 0
+    for group in groups.values():
+        group.sort(key=lambda c: (-len(c.params), -len(c.calls), len(c.source)))
+        out: list[Candidate] = []
+        for c in group:
+            for general in out:
+                moved = await _embeds(general, c, replay)
+                if moved is not None:
+                    general.calls += moved
+                    merged += 1
+                    break
+            else:
+                out.append(c)
+        kept += out
+    return kept, merged
+
+
+MAX_FIXED = 2  # parameters of the general tool that may be fixed to a constant
+FIXED_VALUES = (1, 0)
+
+
+async def _embeds(general: Candidate, special: Candidate, replay: _Replay) -> list | None:
+    """The special tool's calls as calls of the general one, when the general one reproduces all of them."""
+    extra = len(general.params) - len(special.params)
+    if not 0 < extra <= MAX_FIXED:
+        return None
+    for positions in itertools.combinations(range(len(general.params)), len(special.params)):
+        if any(general.params[g][1] != special.params[s][1] for s, g in enumerate(positions)):
+            continue
+        free = [i for i in range(len(general.params)) if i not in positions]
+        if any(general.params[i][1] != "int" for i in free):
+            continue
+        for values in itertools.product(FIXED_VALUES, repeat=len(free)):
+            moved = [(call, _translate(general, special, positions, dict(zip(free, values)), args))
+                     for call, args in special.calls]
+            if all(await replay.reproduce_all(general, moved)):
+                return moved
+    return None
+
+
+def _translate(general: Candidate, special: Candidate, positions: tuple[int, ...], fixed: dict[int, Any],
+               args: dict[str, Any]) -> dict[str, Any]:
+    values = dict(fixed)
+    for s, g in enumerate(positions):
+        values[g] = args[special.params[s][0]]
+    return {general.params[i][0]: values[i] for i in range(len(general.params))}
+
+
+def _unique_names(cands: list[Candidate], dropped: Counter) -> list[Candidate]:
+    """Different tools that got one name are told apart by what differs (an operation, the task category, the
+    parameters), the best-supported keeping the plain name; one that cannot be told apart is dropped."""
+    groups: dict[str, list[Candidate]] = {}
+    for c in sorted(cands, key=lambda c: (-len(c.calls), len(c.source))):
+        groups.setdefault(c.name, []).append(c)
+    taken = set(groups)
+    out = []
+    for name, group in groups.items():
+        out.append(group[0])
+        for c in group[1:]:
+            new = next((n for n in _distinct_names(c, group) if n not in taken), None)
+            if new is None:
+                dropped["same name as a better-supported tool"] += 1
+                continue
+            taken.add(new)
             c.source = re.sub(rf"^def {c.name}\(", f"def {new}(", c.source, count=1, flags=re.MULTILINE)
             c.name = new
-    return cands
+            out.append(c)
+    return out
+
+
+def _distinct_names(c: Candidate, group: list[Candidate]) -> list[str]:
+    others = [o for o in group if o is not c]
+    names = []
+    ops = _op_words(c)
+    for word in sorted(ops - set().union(*(_op_words(o) for o in others))):
+        names.append(f"{c.name}_by_{word}")
+    category = c.calls[0][0].category
+    if all(o.calls[0][0].category != category for o in others):
+        names.append(_ident(f"{c.name}_for_{category}"))
+    params = [n for n, _ in c.params if not re.search(r"_\d+$", n)]
+    if params:
+        names.append(_ident(f"{c.name}_of_{'_'.join(params[:3])}"))
+    return names
+
+
+def _op_words(c: Candidate) -> set[str]:
+    try:
+        tree = ast.parse(c.source)
+    except SyntaxError:
+        return set()
+    return {OP_WORDS[type(n.op)] for n in ast.walk(tree) if isinstance(n, ast.BinOp) and type(n.op) in OP_WORDS}
 
 
 def _draft(c: Candidate) -> ToolDraft:
     tests, sources, seen = [], {}, set()
-    for call, args in c.calls:
+    for call, args in _by_category(c.calls):
         sources.setdefault(call.run, [])
         if call.traj_id not in sources[call.run]:
             sources[call.run].append(call.traj_id)
         key = json.dumps(args, sort_keys=True)
         if key not in seen:
             seen.add(key)
-            tests.append({"args": args, "expected": expected_value(call.expected)})
+            tests.append({"args": args, "expected": expected_value(call.expected), "task": call.prompt})
     return ToolDraft(c.name, c.source, tests, sources)
+
+
+def _by_category(calls: list[tuple[SourceCall, dict[str, Any]]]) -> list[tuple[SourceCall, dict[str, Any]]]:
+    """Calls taking the task categories in turn, so that the first tests (the source tasks that tool retrieval
+    reads) show every kind of task the tool solved."""
+    groups: dict[str, list] = {}
+    for item in calls:
+        groups.setdefault(item[0].category, []).append(item)
+    rounds = itertools.zip_longest(*groups.values())
+    return [item for r in rounds for item in r if item is not None]
 
 
 def expected_value(text: str) -> Any:

@@ -32,6 +32,8 @@ from ._box import BoxTool, Skill, SkillBox, run_tool_in_sandbox
 from ._trust import Trust
 
 SKILL_SCHEME = "skill://"
+TASKS_META = "trajdistill/tasks"  # a tool's `_meta` key: prompts of the tasks it was mined from, for retrieval
+MAX_META_TASKS = 8
 TRANSPORTS = ("stdio", "http")
 OUTER_GRACE_S = 15.0  # the sandbox's own limit fires first; this guards a stuck backend
 
@@ -73,8 +75,10 @@ def value_text(value: Any) -> str:
 
 
 def _tool(box: SkillBox, tool: BoxTool, provider: SandboxProvider, timeout_s: float | None) -> _BoxTool:
+    tasks = list(dict.fromkeys(t.task for t in box.tests.get(tool.name, []) if t.task))[:MAX_META_TASKS]
     return _BoxTool(fn=_placeholder, name=tool.name, description=tool.spec.description,
-                    parameters=tool.spec.parameters, fn_metadata=func_metadata(_placeholder, structured_output=False), is_async=True,
+                    parameters=tool.spec.parameters, fn_metadata=func_metadata(_placeholder, structured_output=False),
+                    is_async=True, meta={TASKS_META: tasks} if tasks else None,
                     box=box, provider=provider, timeout_s=timeout_s)
 
 

@@ -18,9 +18,10 @@ from trajdistill.agents import CollectConfig, collect
 from trajdistill.envs import Outcome, Turn
 from trajdistill.envs._react_text import format_action, format_final
 from trajdistill.envs.sandbox import Limits, get_provider, sandboxes
-from trajdistill.skills import MineConfig, SkillBox, ToolRunner, check_box, mine, parse_skill_md, run_tool_in_sandbox
+from trajdistill.skills import (MineConfig, SkillBox, ToolRunner, check_box, mine, parse_skill_md, run_source,
+                                run_tool_in_sandbox)
 from trajdistill.skills._mine_docs import Edit, hierarchical_merge, keep, mine_docs
-from trajdistill.skills._mine_tools import abstract, mine_tools, source_calls, unify, prepare
+from trajdistill.skills._mine_tools import abstract, default_min_support, mine_tools, prepare, source_calls, unify
 from trajdistill.trajectories import EnvRef, Message, Teacher, Trajectory
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # the `none` sandbox warns that it is unconfined
@@ -67,7 +68,10 @@ async def run_mining(trajs, **kwargs):
 def test_mined_math_box_verifies_and_its_tools_replay(math_box):
     box = SkillBox.load(math_box.box.path)
     assert math_box.check["ok"] and box.validation["self_check"]["ok"]
-    assert len(box.tools) >= 6 and {"count_combinations", "power_mod"} & {t.name for t in box.tools}
+    names = {t.name for t in box.tools}
+    # 12 tasks: one tool per kind of program, named for what it computes; every arithmetic program is one tool
+    assert len(names) >= 4 and {"evaluate_expression", "modular_power"} <= names, names
+    assert not any(re.search(r"_\d+$", n) for n in names), names
     assert {s.name for s in box.skills} >= {"math-arithmetic", "math-modular", "math-word"}
     covered = sum(len(tests) for tests in box.tests.values())
     assert covered + sum(math_box.tools.dropped.values()) == math_box.tools.calls == 12
@@ -83,14 +87,14 @@ def test_mined_math_box_verifies_and_its_tools_replay(math_box):
 
 def test_tools_are_typed_documented_functions_with_provenance(math_box):
     box = math_box.box
-    tool = next(t for t in box.tools if t.name.startswith("compute_word_budget") or t.name == "count_combinations")
+    tool = next(t for t in box.tools if t.name == "modular_power")
     props = tool.spec.parameters["properties"]
     assert props and all("type" in p and p.get("description") for p in props.values())
     runs = box.sources_of("tools", tool.name)
     assert len(runs) == 1 and all(len(ids) >= 1 for ids in runs.values())
     assert "def " in tool.source and "print(" not in tool.source  # the final print became a return
-    skill = box.skill("math-combinatorics")
-    assert "## Tools in this box" in skill.body and "count_" in skill.body
+    skill = box.skill("math-modular")
+    assert "## Tools in this box" in skill.body and "modular_power(" in skill.body
 
 
 @pytest.mark.nsjail
@@ -132,7 +136,7 @@ def test_clustering_merges_duplicates_and_special_cases():
     ]
     result = asyncio.run(run_mining(trajs))
     names = sorted(t.name for t in result.tools)
-    assert names == ["count_combinations", "power_mod"], result.summary()
+    assert names == ["count_combinations", "modular_power"], result.summary()
     comb_tool = next(t for t in result.tools if t.name == "count_combinations")
     assert len(comb_tool.tests) == 4 and result.merged == 3 and not result.dropped
     assert {json.dumps(c["expected"]) for c in comb_tool.tests} == {"120", "495", "21", "9"}
@@ -141,13 +145,17 @@ def test_clustering_merges_duplicates_and_special_cases():
 def test_min_support_drops_one_off_tools_and_counts_them():
     trajs = [traj("from math import comb\nprint(comb(10, 3))", "120"),
              traj("from math import comb\nprint(comb(12, 4))", "495"),
-             traj("print((3 + 4) * 5 - 2)", "33", category="arithmetic")]  # a one-off expression
-    every = asyncio.run(run_mining(trajs))
-    assert sorted(t.name for t in every.tools) == ["compute_arithmetic_x_4", "count_combinations"]
-    assert "1 of the kept tools cover a single call (--min-support 2 drops them)" in every.summary()
+             traj("print(pow(3, 4, 5))", "1", category="modular")]  # a one-off
+    every = asyncio.run(run_mining(trajs))  # 3 code calls: the default minimum support is 1
+    assert sorted(t.name for t in every.tools) == ["count_combinations", "modular_power"]
+    assert every.min_support == 1 and "min support 1" in every.summary()
     result = asyncio.run(run_mining(trajs, min_support=2))
     assert [t.name for t in result.tools] == ["count_combinations"]
-    assert result.dropped == {"support below 2": 1} and "single call" not in result.summary()
+    assert result.dropped == {"support below 2": 1}
+
+
+def test_default_min_support_grows_with_the_run():
+    assert [default_min_support(n) for n in (0, 1, 12, 99, 100, 200, 999, 1000, 50_000)] == [1, 1, 1, 1, 2, 2, 2, 3, 4]
 
 
 def test_a_candidate_that_fails_replay_is_dropped_and_counted():
@@ -156,9 +164,106 @@ def test_a_candidate_that_fails_replay_is_dropped_and_counted():
              traj("print(pow(3, 4, 5))", "1", category="modular"),
              traj("print(pow(2, 10, 1000))", "24", category="modular", success=False)]  # failed: not a source
     result = asyncio.run(run_mining(trajs))
-    assert [t.name for t in result.tools] == ["power_mod"]
+    assert [t.name for t in result.tools] == ["modular_power"]
     assert result.dropped == {"replay mismatch": 1, "program does not end with print(value)": 1}
     assert result.calls == 3 and "1 replay mismatch" in result.summary()
+
+
+# --------------------------------------------------------------------------- names and merges, in nsjail
+
+
+def need_nsjail() -> None:
+    why = sandboxes.get("nsjail").available()
+    require(why is None, f"nsjail cannot run here: {why}")
+
+
+def mine_in_nsjail(trajs, **kwargs):
+    async def go():
+        async with get_provider("nsjail", Limits(timeout_s=10)) as provider:
+            runner = ToolRunner(provider, 2, timeout=10)
+            try:
+                return await mine_tools(trajs, runner, **kwargs)
+            finally:
+                await runner.close()
+
+    return asyncio.run(go())
+
+
+def replay_in_nsjail(tool, tests) -> list[tuple[bool, object]]:
+    async def go():
+        async with get_provider("nsjail", Limits(timeout_s=10)) as provider, provider.acquire() as sb:
+            return [await run_source(tool.source, tool.name, t["args"], sb) for t in tests]
+
+    return [(r.ok, r.value) for r in asyncio.run(go())]
+
+
+def test_arithmetic_programs_of_any_shape_are_one_evaluate_expression_tool():
+    need_nsjail()
+    trajs = [traj("print((6 + 25) * 8)", "248", category="arithmetic", prompt="Evaluate (6 + 25) * 8."),
+             traj("print(30 + 30 + 9)", "69", category="arithmetic", prompt="What is 30 + 30 + 9?"),
+             traj("print((4 * 11 + 18) % 7)", "6", category="modular", prompt="Compute (4 * 11 + 18) mod 7."),
+             traj("print(8750 - 623 // 7 + 967 - 79 * 8)", "8996", category="arithmetic")]
+    result = mine_in_nsjail(trajs)
+    (tool,) = result.tools
+    assert tool.name == "evaluate_expression" and result.merged == 3, result.summary()
+    assert [t["args"] for t in tool.tests][:2] == [{"expression": "(6 + 25) * 8"}, {"expression": "(4 * 11 + 18) % 7"}]
+    assert tool.tests[1]["task"] == "Compute (4 * 11 + 18) mod 7."  # the source task, for retrieval
+    assert all(ok for ok, _ in replay_in_nsjail(tool, tool.tests))
+    # a person's evaluator: `/` divides exactly, `^` is a power, anything but arithmetic is refused
+    extra = [{"args": {"expression": "623 / 7 + 2^10"}}, {"args": {"expression": "__import__('os')"}}]
+    assert replay_in_nsjail(tool, extra)[0] == (True, 1113)
+    assert replay_in_nsjail(tool, extra)[1][0] is False
+
+
+ARRANGE_FACTORIAL = ("import math\nword = {w!r}\ncount = math.factorial(len(word))\nfor letter in set(word):\n"
+                     "    count //= math.factorial(word.count(letter))\nprint(count)")
+ARRANGE_COUNTER = ("from collections import Counter\nfrom math import factorial, prod\nletters = {w!r}\n"
+                   "print(factorial(len(letters)) // prod(factorial(c) for c in Counter(letters).values()))")
+RECURRENCE = "a = [{x}, {y}]\nwhile len(a) < {n}:\n    a.append({rule})\nprint(a[-1])"
+ARITH_SEQ = "terms = {t}\nwhile len(terms) < {n}:\n    terms.append(terms[-1] + terms[1] - terms[0])\nprint(terms[-1])"
+GEOM_SEQ = "terms = {t}\nwhile len(terms) < {n}:\n    terms.append(terms[-1] * terms[1] // terms[0])\nprint(terms[-1])"
+
+
+def recurrence(x, y, n, p, q):
+    a = [x, y]
+    while len(a) < n:
+        a.append(p * a[-1] + q * a[-2])
+    return a[-1]
+
+
+def test_two_programs_that_compute_one_function_are_merged_after_replaying_every_test():
+    need_nsjail()
+    trajs = [traj(ARRANGE_FACTORIAL.format(w="CCDDCD"), "20", prompt="Arrangements of CCDDCD?"),
+             traj(ARRANGE_FACTORIAL.format(w="ABBA"), "6", prompt="Arrangements of ABBA?"),
+             traj(ARRANGE_COUNTER.format(w="MISSISSIPPI"), "34650", prompt="Arrangements of MISSISSIPPI?"),
+             # one recurrence written with a coefficient of 1 left out, one with both coefficients
+             traj(RECURRENCE.format(x=1, y=1, n=10, rule="a[-1] + 3 * a[-2]"), str(recurrence(1, 1, 10, 1, 3)),
+                  category="sequences"),
+             traj(RECURRENCE.format(x=2, y=5, n=8, rule="2 * a[-1] + 3 * a[-2]"), str(recurrence(2, 5, 8, 2, 3)),
+                  category="sequences")]
+    result = mine_in_nsjail(trajs, min_support=1)
+    tools = {t.name: t for t in result.tools}
+    assert sorted(tools) == ["count_arrangements", "recurrence_term"], result.summary()
+    arrange, rec = tools["count_arrangements"], tools["recurrence_term"]
+    assert {json.dumps(t["expected"]) for t in arrange.tests} == {"20", "6", "34650"}
+    assert len(rec.tests) == 2 and sorted(rec.tests[0]["args"].values(), key=str)  # both source calls kept
+    # the merged tools pass every test of both source programs, in the sandbox
+    assert replay_in_nsjail(arrange, arrange.tests) == [(True, t["expected"]) for t in arrange.tests]
+    assert replay_in_nsjail(rec, rec.tests) == [(True, t["expected"]) for t in rec.tests]
+
+
+def test_programs_that_differ_in_behaviour_stay_apart_under_names_without_numbers():
+    need_nsjail()
+    trajs = [traj(ARITH_SEQ.format(t=[8, 15, 22, 29], n=8), "57", category="sequences"),
+             traj(GEOM_SEQ.format(t=[3, 6, 12, 24], n=6), "96", category="sequences"),
+             traj("x = 12\nprint(x * (x - 1))", "132", category="counting"),
+             traj("x = 12\nprint(x + (x - 1))", "23", category="counting")]
+    result = mine_in_nsjail(trajs, min_support=1)
+    names = sorted(t.name for t in result.tools)
+    assert len(names) == 4 and result.merged == 0, result.summary()
+    assert names[:2] == ["arithmetic_sequence_term", "geometric_sequence_term"]
+    assert names[2].startswith("solve_counting") and names[3].startswith("solve_counting_by_"), names
+    assert not any(re.search(r"_\d+$", n) for n in names)
 
 
 # --------------------------------------------------------------------------- twx: docs only
@@ -295,11 +400,13 @@ def test_openai_analyst_against_a_scripted_server(tmp_path):
 # --------------------------------------------------------------------------- CLI
 
 
-def cli(*args):
+def cli(*args, pythonpath=None):
+    env = {"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HOME": "/root", "PYTHONWARNINGS": "ignore",
+           "TRAJDISTILL_CONFIG_DIR": os.environ["TRAJDISTILL_CONFIG_DIR"]}
+    if pythonpath:
+        env["PYTHONPATH"] = str(pythonpath)
     return subprocess.run([sys.executable, "-m", "trajdistill", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HOME": "/root",
-                                            "PYTHONWARNINGS": "ignore",
-                                            "TRAJDISTILL_CONFIG_DIR": os.environ["TRAJDISTILL_CONFIG_DIR"]})
+                          timeout=300, env=env)
 
 
 def test_cli_mine_then_inspect(math_run, tmp_path):
@@ -319,3 +426,57 @@ def test_cli_mine_then_inspect(math_run, tmp_path):
     (tmp_path / "box" / "tools" / f"{tool.name}.py").write_text("def x():\n    pass\n")
     bad = cli("skills", "inspect", tmp_path / "box")
     assert bad.returncode == 2 and f"tools/{tool.name}.py was tampered with" in bad.stderr
+
+
+# --------------------------------------------------------------------------- the miners registry
+
+FAKE_MINER = '''
+from trajdistill.skills import SkillDraft
+
+
+class Found:
+    def __init__(self, skills):
+        self.skills, self.tools = skills, []
+
+    def summary(self):
+        return f"{len(self.skills)} notes"
+
+    def report(self):
+        return {"notes": len(self.skills)}
+
+
+async def notes_miner(job):
+    """A third party's miner: one skill that counts the successful trajectories."""
+    ok = sum(t.outcome.success for _, t in job.trajs)
+    return Found([SkillDraft("notes", "Use for any task: what the runs hold.", f"# Notes\\n{ok} successful runs.")])
+'''
+
+
+def test_a_miner_from_an_entry_point_runs_with_the_built_ins(math_run, tmp_path):
+    site = tmp_path / "site"
+    (site / "fake_miners-0.1.dist-info").mkdir(parents=True)
+    (site / "fake_miners-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-miners\nVersion: 0.1\n")
+    (site / "fake_miners-0.1.dist-info" / "entry_points.txt").write_text(
+        "[trajdistill.miners]\nnotes = fake_miners:notes_miner\n")
+    (site / "fake_miners.py").write_text(FAKE_MINER)
+    res = cli("skills", "mine", math_run, "--out", tmp_path / "box", "--sandbox", "none", "--mode", "tools,notes",
+              pythonpath=site)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "notes: 1 notes" in " ".join(res.stdout.split())
+    box = SkillBox.load(tmp_path / "box")
+    assert [s.name for s in box.skills] == ["notes"] and "12 successful runs" in box.skills[0].body
+    gen = box.manifest["generator"]
+    assert gen["miners"] == ["tools", "notes"] and gen["notes_mining"] == {"notes": 1} and gen["tool_mining"]["kept"]
+
+
+def test_an_unknown_miner_is_one_line_that_lists_the_registered_ones(math_run, tmp_path):
+    from conftest import one_line_error
+    from trajdistill.envs import UnknownNameError
+    from trajdistill.skills import miners
+
+    assert {"tools", "docs"} <= set(miners.names())
+    with pytest.raises(UnknownNameError, match="unknown miner 'tool'; known: docs, tools"):
+        MineConfig(runs=[str(math_run)], out=str(tmp_path / "box"), mode="tool")
+    res = cli("skills", "mine", math_run, "--out", tmp_path / "box", "--sandbox", "none", "--mode", "docs,nope")
+    one_line_error(res, "unknown miner 'nope'", "known: docs, tools")
+    assert not (tmp_path / "box").exists()

@@ -4,8 +4,10 @@ as observations, an hf agent with the box in its prompt, and the validation gate
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -13,13 +15,14 @@ import pytest
 from test_skills_serve import SKILLS, make_box, need_nsjail, serve_argv
 
 from trajdistill.agents import CollectConfig, ReActLoop, _policy, collect
-from trajdistill.envs import PolicyRequest, Turn, make_env
+from trajdistill.envs import ConfigError, PolicyRequest, Turn, make_env
 from trajdistill.envs._react_text import format_action, format_final
 from trajdistill.envs.sandbox import Limits, get_provider
 from trajdistill.skills import GateConfig, SkillBox, validate
 from trajdistill.skills._gate import HARMFUL_NOTE, rate_diff_ci, verdict
 from trajdistill.skills import MountedEnv, mount_skills
 from trajdistill.skills._mount import READ_SKILL
+from trajdistill.skills._retrieve import BM25
 from trajdistill.trajectories import RunStore
 
 
@@ -59,7 +62,7 @@ def observations(result) -> dict[str, str]:
 
 async def test_scripted_agent_calls_box_tools_through_the_react_loop(box):
     need_nsjail()
-    env = mount_skills(make_env("math"), [str(box.path)], sandbox="nsjail")
+    env = mount_skills(make_env("math"), [str(box.path)], sandbox="nsjail", top_k=0)  # every tool listed
     assert isinstance(env, MountedEnv) and env.id == "math" and mount_skills(env.inner, []) is env.inner
     names = [t.name for t in env.tools()]
     # the env's own tool keeps its name; the box's clashing `python` gets the box prefix
@@ -98,7 +101,87 @@ async def test_read_skill_of_an_unknown_name_lists_the_skills(box):
     finally:
         await env.close()
     assert obs.invalid and "Skills: adding, checking" in obs.text
-    assert unknown.invalid and "add_numbers" in unknown.text and READ_SKILL in unknown.text
+    # the valid tools named are those this task is shown: add_numbers does not fit a dev task, so it is left out
+    assert unknown.invalid and READ_SKILL in unknown.text and "add_numbers" not in unknown.text
+
+
+# ---- tool retrieval: the top-k box tools and skills per task ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mined_math_box(tmp_path_factory):
+    """A tools-only box mined, in nsjail, from a real expert:coder run of 60 math tasks."""
+    need_nsjail()
+    from trajdistill.skills import MineConfig, mine
+
+    root = tmp_path_factory.mktemp("mined")
+    collect(CollectConfig(env="math", teachers=["expert:coder"], out=str(root / "run"), tasks=60, sandbox="nsjail"))
+    return mine(MineConfig(runs=[str(root / "run")], out=str(root / "box"), mode="tools", sandbox="nsjail")).box
+
+
+def modular_task():
+    return next(t for t in make_env("math").tasks("test", 100) if "to the power" in t.prompt)
+
+
+async def test_top_k_lists_exactly_the_relevant_box_tools_and_the_loop_calls_one(mined_math_box):
+    box_tools = {t.name for t in mined_math_box.tools}
+    assert len(box_tools) >= 5 and {"modular_power", "evaluate_expression"} <= box_tools, box_tools
+    env = mount_skills(make_env("math"), [str(mined_math_box.path)], sandbox="nsjail", top_k=2)
+    task = modular_task()  # "Find A to the power B, modulo M."
+    base, exp, mod = map(int, re.findall(r"\d+", task.prompt)[:3])
+    policy = Scripted([("modular_power", {"base": base, "exponent": exp, "modulus": mod}),
+                       ("count_combinations", {"n": 5, "k": 2})], answer=str(pow(base, exp, mod)))
+    try:
+        async with get_provider("nsjail", Limits(timeout_s=5)) as provider, provider.acquire() as sb:
+            result = await ReActLoop(env, policy, max_steps=5).run(task, sb)
+    finally:
+        await env.close()
+    system = result.messages[0]["content"]
+    listed = {name for name in box_tools if f"- {name}(" in system}
+    assert listed == {"modular_power", "evaluate_expression"}, system
+    shown = [t.name for t in policy.requests[0].tools]  # what a native tool-calling agent is given
+    assert shown[0] == "python" and shown[-1] == "final_answer" and set(shown[1:-1]) == listed
+    calls = [m["content"] for m in result.messages if m["role"] == "tool"]
+    assert calls[0] == str(pow(base, exp, mod))  # the box tool ran in the box server's sandbox
+    assert calls[1] == "10"  # a box tool left out of the list still answers when called
+    assert result.outcome.success
+
+
+def test_top_k_ranks_skills_with_tools_and_read_skill_still_reads_every_skill(box):
+    env = mount_skills(make_env("math"), [str(box.path)], sandbox="none", top_k=2)
+    task = modular_task().model_copy(update={"prompt": "What is the sum of two numbers, 40 and 2?"})
+    try:
+        tools, skills = env.relevant(task)
+        assert (tools, skills) == (["add_numbers"], ["adding"])
+        names = [t.name for t in env.tools_for(task)]
+        assert names == ["python", "add_numbers", READ_SKILL, "final_answer"]
+        prompt = env.system_prompt_for(task)
+        assert "- adding: Use when a task asks for the sum" in prompt and "checking" not in prompt
+
+        async def read_unlisted():
+            episode = await env.start(task, sandbox=object())
+            return await episode.call(READ_SKILL, {"name": "checking"})
+
+        assert asyncio.run(read_unlisted()).text == (box.path / "skills/checking/SKILL.md").read_text()
+        # a task that shares no word with the box is shown none of it
+        other = task.model_copy(update={"prompt": "Zzz?"})
+        assert env.tools_for(other) == [t for t in make_env("math").tools()]
+        assert env.system_prompt_for(other) == make_env("math").system_prompt()
+        # top_k=0 lists everything, as before
+        every = mount_skills(make_env("math"), [str(box.path)], sandbox="none", top_k=0)
+        assert every.tools_for(task) == every.tools() and every.system_prompt_for(task) == every.system_prompt()
+    finally:
+        asyncio.run(env.close())
+    with pytest.raises(ConfigError, match="--skills-top-k"):
+        mount_skills(make_env("math"), [str(box.path)], sandbox="none", top_k=-1)
+
+
+def test_bm25_prefers_the_document_that_shares_the_rare_words():
+    index = BM25(["modular_power\nCompute 71^9 mod 69.", "evaluate_expression\nEvaluate (6 + 25) * 8.",
+                  "count_combinations\nChoose 3 of 10 stamps."])
+    assert index.top("Compute 32^27 mod 62.", 2) == [0, 1]
+    assert index.top("In how many ways can you choose 8 of 36 stamps?", 1) == [2]
+    assert index.top("nothing in common", 3) == []
 
 
 def test_preload_puts_whole_skills_in_the_prompt_and_tools_only_boxes_get_no_read_skill(tmp_path):
@@ -186,7 +269,8 @@ def test_hf_agent_mounts_a_box_and_runs_an_episode_with_its_tools_in_the_prompt(
 
     model = build_tiny_llama(tmp_path / "tiny")
     cfg = CollectConfig(env="math", teachers=[f"hf:{model}"], out=str(tmp_path / "run"), tasks=1, max_steps=2,
-                        sandbox="nsjail", teacher_options={"max_new_tokens": 8}, skills=[str(box.path)])
+                        sandbox="nsjail", teacher_options={"max_new_tokens": 8}, skills=[str(box.path)],
+                        skills_top_k=0)  # every box tool and skill in the prompt
     store, progress = collect(cfg, mount=mount_skills)
     (traj,) = store.load()
     assert progress.errors == 0 and traj.usage.steps == 2
@@ -230,7 +314,7 @@ def test_gate_flags_a_harmful_box_writes_the_manifest_and_inspect_shows_it(tmp_p
     need_nsjail()
     box = make_box(tmp_path / "box", tools=("add_numbers",), skills=[SKILLS[1]])
     section = validate(GateConfig(box=str(box.path), env="math", agent=hijackable, tasks=5, ablate=True,
-                                  sandbox="nsjail", concurrency=2))
+                                  sandbox="nsjail", concurrency=2, skills_top_k=0))  # the skill in every prompt
     assert section["without"]["successes"] == 5 and section["with"]["successes"] == 0
     assert section["delta"] == -1.0 and section["delta_ci95"][1] < 0
     assert section["verdict"] == "harmful" and section["flagged"] and section["note"] == HARMFUL_NOTE
@@ -273,7 +357,7 @@ def test_eval_cli_preload_skills_puts_the_skill_text_in_every_system_prompt(box,
     out = tmp_path / "eval"
     res = subprocess.run([sys.executable, "-m", "trajdistill", "eval", "--env", "math", "--agent", "expert:coder",
                           "--tasks", "2", "--sandbox", "none", "--skills", str(box.path), "--preload-skills",
-                          "--out", str(out)], capture_output=True, text=True, timeout=300)
+                          "--skills-top-k", "0", "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     (run,) = (out / "runs").iterdir()
     trajs = RunStore.open(run).load()

@@ -18,7 +18,7 @@ from ._config import TrainConfig, student_problems
 ROUNDS_FILE = "rounds.json"
 TRAIN_PREFIX = "--train-"
 # how to run, not what: left out of the stored settings, so a resume may change them
-UNSTORED = frozenset({"resume", "skills", "preload_skills", "trust", "allow_unsigned"})
+UNSTORED = frozenset({"resume", "skills", "preload_skills", "skills_top_k", "trust", "allow_unsigned"})
 
 
 def local_model(spec: str) -> list[str]:
