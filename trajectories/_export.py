@@ -3,7 +3,8 @@
 parquet
     One row per trajectory, typed by `trajectory_features()`; nested fields stay
     nested. `datasets.load_dataset("parquet", data_files=OUT)` reads it back and
-    `Trajectory.from_row(row)` rebuilds the model.
+    `Trajectory.from_row(row)` rebuilds the model. The `spans` column holds the
+    schema's spans: offsets into each assistant turn's trained text (`assistant_text`).
 
 openai
     `{"messages": [...], "tools": [...]}` per line, the conversational format of
@@ -14,9 +15,13 @@ openai
     call lives in the assistant's text). `tools` (OpenAI function specs) is
     given only for trajectories with native tool calls, taken from run.yaml's
     `tools` or else from the env registry; ReAct prompts already list the tools.
+    Each assistant message carries `spans`: `{"kind", "field", "start", "end"}`
+    character offsets into its `content` or `reasoning`, and
+    `{"kind", "field": "tool_calls", "index", "start", "end"}` for a whole call
+    (over its `arguments`). `import` reads them back.
 
 sharegpt
-    `{"conversations": [{"from", "value", "loss"}...], "system": ..., "id", "task_id", "teacher"}`
+    `{"conversations": [{"from", "value", "loss", "spans"}...], "system": ..., "id", "task_id", "teacher"}`
     per line, after AgentTuning / Agent-FLAN / AgentGym:
 
     =========================  =============  =====
@@ -37,6 +42,13 @@ sharegpt
     into one `observation` turn so human/gpt turns keep alternating.
     `function_call` (LLaMA-Factory's JSON call role) is not emitted: calls are
     text inside `gpt` turns so that they are trained on.
+    Each `gpt` turn carries `spans`, `{"kind", "start", "end"}` character offsets
+    into its `value` (other turns an empty list): a ReAct-text turn's stored spans,
+    a rendered native turn's from the ReAct grammar (all context where the stored
+    spans make the whole turn context).
+
+Every format carries spans: a trajectory stored without them (a run written before
+spans were stored) gets those of the segmenter its env names.
 
 Formats register by name in `export_formats`: a writer is called as `writer(store, trajectories, out)`.
 Third parties add their own with `@export_formats.register("name")` or through the
@@ -53,7 +65,8 @@ from typing import Any, Callable
 from trajdistill.envs import Registry, make_env
 
 from ._features import trajectory_features
-from ._schema import Message, Trajectory
+from ._schema import Message, Span, Trajectory
+from ._spans import field_spans, react_spans, with_spans
 from ._store import RunStore, check_output
 
 log = logging.getLogger(__name__)
@@ -72,7 +85,7 @@ def export_run(run_path: str | Path, fmt: str, out_path: str | Path, *, only_suc
     writer = export_formats.get(fmt)
     store = RunStore.open(run_path)
     check_output(out_path, [run_path], force=force)
-    trajs = [t for t in store.load() if t.outcome.success or not only_success]
+    trajs = [with_spans(t) for t in store.load() if t.outcome.success or not only_success]
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     writer(store, trajs, out)
@@ -119,10 +132,25 @@ def is_native(traj: Trajectory) -> bool:
 
 
 def openai_row(traj: Trajectory, tools: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    row: dict[str, Any] = {"messages": [m.openai() for m in traj.messages]}
+    spans = _by_message(traj)
+    row: dict[str, Any] = {"messages": [_openai_message(m, spans.get(i, [])) for i, m in enumerate(traj.messages)]}
     if tools and is_native(traj):
         row["tools"] = tools
     return row
+
+
+def _openai_message(m: Message, spans: list[Span]) -> dict[str, Any]:
+    d = m.openai()
+    if m.role == "assistant":
+        d["spans"] = field_spans(m, spans)
+    return d
+
+
+def _by_message(traj: Trajectory) -> dict[int, list[Span]]:
+    out: dict[int, list[Span]] = {}
+    for s in traj.spans:
+        out.setdefault(s.message, []).append(s)
+    return out
 
 
 class _ToolLookup:
@@ -157,17 +185,28 @@ def _env_tools(name: str) -> list[dict[str, Any]] | None:
 def sharegpt_row(traj: Trajectory) -> dict[str, Any]:
     messages = list(traj.messages)
     system = messages.pop(0).content if messages and messages[0].role == "system" else ""
+    first = len(traj.messages) - len(messages)
     native = is_native(traj)
+    spans = _by_message(traj)
     turns: list[dict[str, Any]] = []
-    for m in messages:
+    for i, m in enumerate(messages, first):
         value = render_react(m) if m.role == "assistant" and native else m.content
         frm = ROLE_TO_FROM[m.role]
         if frm == "observation" and turns and turns[-1]["from"] == "observation":
             turns[-1]["value"] += "\n" + value
             continue
-        turns.append({"from": frm, "value": value, "loss": frm == "gpt"})
+        turn_spans = _turn_spans(m, value, spans.get(i, []), native) if frm == "gpt" else []
+        turns.append({"from": frm, "value": value, "loss": frm == "gpt", "spans": turn_spans})
     return {"conversations": turns, "system": system, "id": traj.id, "task_id": traj.task_id,
             "teacher": traj.teacher.spec}
+
+
+def _turn_spans(m: Message, value: str, spans: list[Span], rendered: bool) -> list[dict[str, Any]]:
+    if not rendered:  # the value is the message's content
+        return [{k: e[k] for k in ("kind", "start", "end")} for e in field_spans(m, spans) if e["field"] == "content"]
+    if spans and all(s.kind == "context" for s in spans):
+        return [{"kind": "context", "start": 0, "end": len(value)}]
+    return [{"kind": k, "start": s, "end": e} for k, s, e in react_spans(value)]
 
 
 def render_react(m: Message) -> str:

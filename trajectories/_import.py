@@ -3,7 +3,9 @@
 One conversation per line: `{"messages": [...], "tools": [...]?, "metadata": {...}?}`. Messages keep their
 `reasoning` and `tool_calls` (arguments as a JSON string; a mapping is serialised), observations are `tool`
 messages. Common variants are read too: `content` as a list of text parts or null, `reasoning_content`,
-the `developer` role (a system message) and the `function` role (a tool message).
+the `developer` role (a system message) and the `function` role (a tool message). The `spans` that
+`export --format openai` writes on assistant messages are read back; a conversation without them gets the
+spans of the env's segmenter when it is stored.
 
 `metadata` may carry `id`, `task_id`, `split`, `category`, `difficulty` and `outcome` (the schema's
 fields). Without an outcome no verifier ran, so `success` is false: the `verified` curation step drops
@@ -25,6 +27,7 @@ from trajdistill import __version__
 from trajdistill.envs import Outcome, envs
 
 from ._schema import EnvRef, Message, Provenance, Teacher, Trajectory, Usage
+from ._spans import spans_from_fields
 from ._store import OutputError, RunError, RunStore, check_output
 
 ROLES = {"developer": "system", "function": "tool"}
@@ -83,15 +86,18 @@ def to_trajectory(row: dict[str, Any], where: str, env: EnvRef, teacher: str) ->
     meta = row.get("metadata") if isinstance(row.get("metadata"), dict) else {}
     try:
         messages = [Message.model_validate(_message(m)) for m in row["messages"]]
+        spans = [s for i, (raw, m) in enumerate(zip(row["messages"], messages))
+                 for s in spans_from_fields(m, i, raw.get("spans") or [])]
         outcome = Outcome.model_validate(meta["outcome"]) if "outcome" in meta else Outcome(detail=NO_VERIFIER)
         fields = {k: meta[k] for k in META_KEYS if meta.get(k) is not None}
         return Trajectory(
             id=str(meta.get("id") or _digest(teacher, where.rpartition(":")[2], json.dumps(row["messages"]))),
             task_id=fields.pop("task_id", None) or _task_id(messages), **fields, env=env,
-            teacher=Teacher(spec=teacher, backend="import", model=teacher), messages=messages, outcome=outcome,
+            teacher=Teacher(spec=teacher, backend="import", model=teacher), messages=messages, spans=spans,
+            outcome=outcome,
             usage=Usage(steps=sum(m.role == "assistant" for m in messages)),
             provenance=Provenance(package_version=__version__))
-    except (ValidationError, TypeError, AttributeError) as e:
+    except (ValidationError, TypeError, AttributeError, KeyError) as e:
         raise RunError(f"{where}: not a conversation this schema reads ({_first_line(e)})") from None
 
 

@@ -24,7 +24,7 @@ import functools
 import json
 import re
 from dataclasses import dataclass
-from typing import Callable, Iterable, Literal
+from typing import Any, Callable, Iterable, Literal
 
 from trajdistill.envs import REACT_MARKERS, Registry, UnknownNameError, envs
 
@@ -86,6 +86,77 @@ def assistant_text(message: Message) -> str:
     if not is_native(message):
         return message.content
     return "".join(text for _, text in _native_pieces(message))
+
+
+def field_spans(message: Message, spans: Iterable[Span]) -> list[dict[str, Any]]:
+    """One turn's spans as offsets into the message's own fields, for readers of OpenAI messages: a `content`
+    or `reasoning` entry indexes into that field; a `tool_calls` entry names the call by `index` and covers
+    its `arguments`. The think tags and tool-call wrapping that `assistant_text` adds belong to no field."""
+    out: list[dict[str, Any]] = []
+    for s in spans:
+        if s.field != "content" or not is_native(message):  # ReAct text: assistant_text is the content
+            out.append({"kind": s.kind, "field": s.field, "start": s.start, "end": s.end})
+            continue
+        for r in _field_regions(message):
+            lo, hi = max(s.start, r.body_start), min(s.end, r.body_end)
+            if hi <= lo:
+                continue
+            entry = {"kind": s.kind, "field": r.field, "start": lo - r.body_start, "end": hi - r.body_start}
+            if r.index is not None:  # a call is labelled whole, over its arguments string
+                entry = {"kind": s.kind, "field": r.field, "index": r.index, "start": 0, "end": r.length}
+            out.append(entry)
+    return out
+
+
+def spans_from_fields(message: Message, index: int, entries: Iterable[dict[str, Any]]) -> list[Span]:
+    """The inverse of `field_spans` for message `index`: an entry that reaches the edge of its field takes in
+    the wrapping next to it, so the spans `segment` wrote come back as they were."""
+    if not is_native(message):
+        return [Span(message=index, **e) for e in entries]
+    regions = {(r.field, r.index): r for r in _field_regions(message)}
+    pieces: list[tuple[SpanKind, int, int]] = []
+    kept: list[Span] = []
+    for e in entries:
+        r = regions.get((e["field"], e.get("index")))
+        if r is None:  # a span of another field than `segment` writes: kept as it was stored
+            kept.append(Span(message=index, **e))
+            continue
+        whole = r.index is not None
+        start = r.start if whole or e["start"] == 0 else r.body_start + e["start"]
+        end = r.end if whole or e["end"] >= r.length else r.body_start + e["end"]
+        pieces.append((e["kind"], start, end))
+    merged = [Span(message=index, start=s, end=t, kind=k) for k, s, t in _merge(sorted(pieces, key=lambda p: p[1]))]
+    return merged + kept
+
+
+@dataclass(frozen=True)
+class _Region:
+    """Where one field sits in `assistant_text`: its piece (with wrapping and separator) and its own text."""
+
+    field: str
+    index: int | None  # the tool call's, for a `tool_calls` region
+    start: int
+    end: int
+    body_start: int  # where the field's own text starts (a call's: its whole piece)
+    body_end: int
+    length: int  # of the field's own text (a call's: of its arguments string)
+
+
+def _field_regions(message: Message) -> list[_Region]:
+    heads = [f for f, text in (("reasoning", message.reasoning), ("content", message.content)) if text]
+    regions: list[_Region] = []
+    pos = 0
+    for k, (_, text) in enumerate(_native_pieces(message)):
+        end = pos + len(text)
+        if k < len(heads):
+            lead = len(THINK_OPEN) if heads[k] == "reasoning" else 0
+            body = (message.reasoning if heads[k] == "reasoning" else message.content) or ""
+            regions.append(_Region(heads[k], None, pos, end, pos + lead, pos + lead + len(body), len(body)))
+        else:
+            call = message.tool_calls[k - len(heads)]  # type: ignore[index]
+            regions.append(_Region("tool_calls", k - len(heads), pos, end, pos, end, len(call.function.arguments)))
+        pos = end
+    return regions
 
 
 # ---- segmentation -------------------------------------------------------------------------------
@@ -171,6 +242,12 @@ def env_segmenter(env: str) -> str:
 def segment_as_env(traj: Trajectory) -> list[Span]:
     """Spans by the segmenter that the trajectory's env names (`react` for every built-in env)."""
     return segmenters.get(env_segmenter(traj.env.name))(traj)
+
+
+def with_spans(traj: Trajectory) -> Trajectory:
+    """`traj` when it carries spans, else a copy with the spans of the segmenter its env names: what the store
+    writes, and what export and train read from runs written before spans were stored."""
+    return traj if traj.spans else traj.model_copy(update={"spans": segment_as_env(traj)})
 
 
 def segment_run(trajs: Iterable[Trajectory], rules: SegmentRules | None = None) -> list[Trajectory]:

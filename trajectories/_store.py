@@ -2,7 +2,7 @@
 
     RUN/
       run.yaml                          the resolved config
-      trajectories-<shard>-<n>.jsonl    one fsynced line per finished trajectory
+      trajectories-<shard>-<n>.jsonl    one fsynced line per finished trajectory, spans filled
       errors.jsonl                      (task, teacher) pairs that ended without a trajectory
       stats.json                        counts per teacher, replaced atomically
       .writer-<shard>.lock              flock(2)ed by the one process writing that shard slice
@@ -37,6 +37,7 @@ from pydantic import ValidationError
 from trajdistill.envs import ConfigError, TrajdistillError
 
 from ._schema import SchemaVersionError, Trajectory
+from ._spans import with_spans
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +163,9 @@ class RunStore:
         """Write one finished trajectory as one fsynced line.
 
         Thread-safe and safe from concurrent asyncio tasks; it blocks only for the write and the fsync.
+        A trajectory without spans is written with the spans of the segmenter its env names.
         """
-        line = (traj.to_json() + "\n").encode()
+        line = (with_spans(traj).to_json() + "\n").encode()
         with self._lock:
             self._check_writable()
             if self._fd is None:
