@@ -24,7 +24,7 @@ from ._schema import (
     Usage,
 )
 from ._spans import (SegmentRules, Segmenter, assistant_text, env_segmenter, segment, segment_as_env, segment_run,
-                     segmenters)
+                     segmenters, with_spans)
 from ._store import RUN_FILE, OutputError, RunError, RunStore, check_output, setting_difference
 from ._taxonomy import FAILURE_KINDS, PARSE_ERROR_TOOL, actions, failure_counts, failure_kind
 
@@ -77,4 +77,5 @@ __all__ = [
     "segmenters",
     "setting_difference",
     "trajectory_features",
+    "with_spans",
 ]
