@@ -12,9 +12,9 @@ from rich.progress import Progress
 from rich.table import Table
 
 from trajdistill.train import SelfDistillConfig
-from trajdistill.trajectories import compose_strategies
+from trajdistill.trajectories import ComposeConfig, compose_strategies
 
-from ._config import ConfigOption, config_option, registry_help, rollout_options
+from ._config import ConfigOption, config_argument, config_option, rollout_options
 from ._console import console, err_console
 from ._progress import EpisodeRows, episode_columns
 
@@ -31,16 +31,13 @@ def register(app: typer.Typer) -> None:
 
 
 def compose_command(
-    runs: list[Path] = typer.Argument(..., help="Run directories over the same tasks (one or several)."),
-    strategy: str = typer.Option(..., help=registry_help("How teachers' trajectories of a task combine (best: one "
-                                                        "cheapest success; dual: failed prefix, transition, then "
-                                                        "the successful teacher)", compose_strategies)),
-    out: Path = typer.Option(..., help="Run directory to write."),
-    prefer: Optional[str] = typer.Option(None, help="Teacher spec to keep whenever it succeeded."),
-    transition: Optional[str] = typer.Option(None, help="Transition phrase for every task (dual); "
-                                                        "default: built-in variants chosen per task."),
-    seed: int = typer.Option(0, help="Picks the built-in transition variant of each task."),
-    max_prefix_steps: int = typer.Option(4, help="Failed-attempt turns kept before the switch (dual)."),
+    runs: list[Path] = config_argument(ComposeConfig, "runs"),
+    strategy: str = config_option(ComposeConfig, "strategy", default=..., registry=compose_strategies),
+    out: Path = config_option(ComposeConfig, "out"),
+    prefer: Optional[str] = config_option(ComposeConfig, "prefer"),
+    transition: Optional[str] = config_option(ComposeConfig, "transition"),
+    seed: int = config_option(ComposeConfig, "seed"),
+    max_prefix_steps: int = config_option(ComposeConfig, "max_prefix_steps"),
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Compose several teachers' trajectories into one training run (DualDistill)."""

@@ -12,13 +12,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ._config import ConfigOption, load_yaml
+from trajdistill.trajectories import CurateConfig
+
+from ._config import ConfigOption, config_argument, config_option, load_yaml
 from ._console import console, err_console
-
-STEP_HELP = ("A step, applied in the order given; repeatable: NAME or NAME:KEY=VALUE,... e.g. verified, dedupe, "
-             "near-dup:threshold=0.85, length-balance:k=3, balance:cap=50, blend:size=1000. Replaces the config's "
-             "steps.")
-
 
 def register(app: typer.Typer) -> None:
     app.command("curate")(curate_command)
@@ -31,19 +28,17 @@ def _bar(console: Console) -> Progress:
 
 
 def curate_command(
-    runs: list[str] = typer.Argument(..., help="Runs to curate: PATH, or LABEL=PATH to name it for --mix "
-                                               "(default label: the directory name)."),
-    out: Path = typer.Option(..., help="Run directory to write (new or empty)."),
-    step: list[str] = typer.Option([], "--step", help=STEP_HELP),
-    mix: list[str] = typer.Option([], "--mix", help="LABEL=WEIGHT: blend the runs by weight (adds a blend step at "
-                                                    "the end when none is given); repeatable."),
-    seed: Optional[int] = typer.Option(None, help="Seed of the sampling steps (balance, blend); default 0."),
+    runs: list[str] = config_argument(CurateConfig, "runs"),
+    out: Path = config_option(CurateConfig, "out"),
+    step: list[str] = config_option(CurateConfig, "steps", "--step"),
+    mix: list[str] = config_option(CurateConfig, "mix", "--mix"),
+    seed: Optional[int] = config_option(CurateConfig, "seed", default=None),  # None: the config file's, else 0
     config: Optional[Path] = typer.Option(None, "--config", dir_okay=False,
                                           help="YAML with steps, mix and seed; flags override it."),
 ) -> None:
     """Curate runs into a training run: named steps (verified, dedupe, near-dup, length-balance, balance,
     blend) applied in order; each records what it removed and why in OUT/curate_report.json."""
-    from trajdistill.trajectories._curate import PLOT_FILE, REPORT_FILE, CurateConfig, curate, parse_mix
+    from trajdistill.trajectories._curate import PLOT_FILE, REPORT_FILE, curate, parse_mix
 
 
     cfg = CurateConfig.from_mapping(runs, str(out), load_yaml(config) if config else {})

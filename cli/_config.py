@@ -18,15 +18,25 @@ class UsageError(ConfigError):
     """Bad input given on the command line."""
 
 
-def config_option(cls: type, name: str, *decls: str, default: Any = MISSING, **kw: Any) -> Any:
+def config_option(cls: type, name: str, *decls: str, default: Any = MISSING, registry: Any = None,
+                  **kw: Any) -> Any:
     """A typer option with the help and default of config field `name`: each setting is described once.
 
     A field without a default is a required option; one with a list or dict factory starts empty (the
-    flag is repeatable)."""
+    flag is repeatable). With `registry`, the help ends with the registry's names."""
     f = cls.__dataclass_fields__[name]
     if default is MISSING:
         default = f.default if f.default is not MISSING else [] if f.default_factory is not MISSING else ...
-    return typer.Option(default, *decls, help=f.metadata["help"], **kw)
+    return typer.Option(default, *decls, help=_field_help(f, registry), **kw)
+
+
+def config_argument(cls: type, name: str, **kw: Any) -> Any:
+    """A required typer argument with the help of config field `name`."""
+    return typer.Argument(..., help=_field_help(cls.__dataclass_fields__[name], None), **kw)
+
+
+def _field_help(f: Any, registry: Any) -> str:
+    return registry_help(f.metadata["help"], registry) if registry is not None else f.metadata["help"]
 
 
 # RolloutConfig field -> (the command's parameter, its type on the command line)

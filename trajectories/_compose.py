@@ -83,13 +83,17 @@ _THOUGHT_MARK = re.compile(r"^\s*(Thought|Reasoning)\s*:[ \t]*")
 class ComposeConfig:
     """Settings of one composition; `run.yaml` of the output holds them."""
 
-    runs: list[str]
-    out: str
-    strategy: str = "dual"  # a name in `compose_strategies`
-    prefer: str | None = None  # teacher spec to keep whenever it succeeded
-    transition: str | None = None  # one phrase for every task instead of the built-in variants
-    seed: int = 0  # picks the built-in transition variant per task
-    max_prefix_steps: int = 4  # failed-attempt assistant turns kept before the switch
+    runs: list[str] = field(metadata={"help": "Run directories over the same tasks (one or several)."})
+    out: str = field(metadata={"help": "Run directory to write."})
+    strategy: str = field(default="dual", metadata={"help": (  # a name in `compose_strategies`
+        "How teachers' trajectories of a task combine (best: one cheapest success; dual: failed prefix, "
+        "transition, then the successful teacher)")})
+    prefer: str | None = field(default=None, metadata={"help": "Teacher spec to keep whenever it succeeded."})
+    transition: str | None = field(default=None, metadata={
+        "help": "Transition phrase for every task (dual); default: built-in variants chosen per task."})
+    seed: int = field(default=0, metadata={"help": "Picks the built-in transition variant of each task."})
+    max_prefix_steps: int = field(default=4, metadata={
+        "help": "Failed-attempt turns kept before the switch (dual)."})
 
     def __post_init__(self) -> None:
         self.runs = [str(r) for r in self.runs]

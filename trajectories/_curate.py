@@ -47,11 +47,15 @@ Progress = Callable[[str, int, int], None]  # (stage, done, total)
 class CurateConfig:
     """What `curate` does; `from_mapping` reads the YAML form."""
 
-    runs: list[str]  # PATH or LABEL=PATH
-    out: str
-    steps: list[Any] = field(default_factory=list)
-    mix: dict[str, float] = field(default_factory=dict)
-    seed: int = 0
+    runs: list[str] = field(metadata={"help": "Runs to curate: PATH, or LABEL=PATH to name it for --mix (default "
+                                              "label: the directory name)."})
+    out: str = field(metadata={"help": "Run directory to write (new or empty)."})
+    steps: list[Any] = field(default_factory=list, metadata={"help": (
+        "A step, applied in the order given; repeatable: NAME or NAME:KEY=VALUE,... e.g. verified, dedupe, "
+        "near-dup:threshold=0.85, length-balance:k=3, balance:cap=50, blend:size=1000. Replaces the config's steps.")})
+    mix: dict[str, float] = field(default_factory=dict, metadata={"help": (
+        "LABEL=WEIGHT: blend the runs by weight (adds a blend step at the end when none is given); repeatable.")})
+    seed: int = field(default=0, metadata={"help": "Seed of the sampling steps (balance, blend); default 0."})
 
     def __post_init__(self) -> None:
         self.runs = [str(r) for r in self.runs]
