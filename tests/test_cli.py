@@ -71,3 +71,27 @@ def test_unknown_config_key_is_refused(tmp_path):
     config.write_text("taskz: 3\n")
     res = cli("collect", "--config", config, "--out", tmp_path / "r", ok=False)
     assert res.returncode == 2 and "unknown setting(s) for 'collect': taskz" in res.stderr
+
+
+def test_compose_and_curate_options_are_their_configs_fields():
+    """One description per setting: the options of compose and curate carry their config field's help and default."""
+    import typer
+
+    from trajdistill._app import app
+    from trajdistill.trajectories import ComposeConfig, CurateConfig
+
+    root = typer.main.get_command(app)
+    flags = {"compose": (ComposeConfig, {"runs": "runs", "out": "out", "prefer": "prefer", "seed": "seed",
+                                         "transition": "transition", "max_prefix_steps": "max_prefix_steps",
+                                         "strategy": "strategy"}),
+             "curate": (CurateConfig, {"runs": "runs", "out": "out", "step": "steps", "mix": "mix", "seed": "seed"})}
+    for command, (cls, fields) in flags.items():
+        params = {p.name: p for p in root.commands[command].params}
+        for param, name in fields.items():
+            f = cls.__dataclass_fields__[name]
+            assert params[param].help.startswith(f.metadata["help"]), (command, param)
+    compose = {p.name: p for p in root.commands["compose"].params}
+    assert compose["strategy"].required and "best, dual (plug-ins add more" in compose["strategy"].help
+    assert compose["max_prefix_steps"].default == ComposeConfig.__dataclass_fields__["max_prefix_steps"].default
+    curate = {p.name: p for p in root.commands["curate"].params}
+    assert curate["seed"].default is None and curate["step"].default == [] and curate["out"].required
