@@ -38,7 +38,7 @@ def collect_cmd(console: Console, cfg: CollectConfig) -> int:
 
 def _all_errored(store: RunStore) -> int:
     """1 when some teacher has no trajectory and only errors: an endpoint that never answered is not a run."""
-    dead = [spec for spec, s in store.stats()["teachers"].items() if not s["done"] and s["errors"]]
+    dead = [spec for spec, s in store.stats().teachers.items() if not s.done and s.errors]
     reasons = {r.get("teacher"): r.get("reason") for r in store.errors()}
     for spec in dead:
         err_console.print(f"[red]error:[/] every episode of {spec} errored; last: {reasons.get(spec)}",
@@ -51,9 +51,8 @@ def summary_table(console: Console, store: RunStore) -> None:
     table = Table(title="collection summary")
     for col in ("teacher", "trajectories", "success", "mean steps", "mean tokens", "errors"):
         table.add_column(col, justify="left" if col == "teacher" else "right")
-    for spec, s in store.stats()["teachers"].items():
-        n = s["done"]
-        table.add_row(spec, str(n), f"{s['success'] / n:.1%}" if n else "-",
-                      f"{s['steps'] / n:.1f}" if n else "-", f"{s['tokens'] / n:.0f}" if n else "-",
-                      str(s["errors"]))
+    for spec, s in store.stats().teachers.items():
+        n = s.done
+        table.add_row(spec, str(n), f"{s.success / n:.1%}" if n else "-",
+                      f"{s.steps / n:.1f}" if n else "-", f"{s.tokens / n:.0f}" if n else "-", str(s.errors))
     console.print(table)

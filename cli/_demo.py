@@ -87,8 +87,8 @@ class Demo:
                             tasks=self.size.train_tasks, split="train", concurrency=8, resume=True,
                             sandbox=self.sandbox)
         collect_cmd(self.console, cfg)
-        stats = _store(cfg.out).stats()["teachers"]
-        rates = {t: s["success"] / max(1, s["done"]) for t, s in stats.items()}
+        stats = _store(cfg.out).stats().teachers
+        rates = {t: s.success / max(1, s.done) for t, s in stats.items()}
         line = ", ".join(f"{t} {r:.0%}" for t, r in rates.items())
         return {"line": f"{cfg.tasks} train tasks x 2 teachers: {line}", "success": rates, "run": cfg.out}
 
@@ -100,8 +100,8 @@ class Demo:
         cfg = CollectConfig(env="twx:coin", teachers=["expert:gold"], out=str(self.path("runs/twx-coin")),
                             tasks=self.size.twx_tasks, concurrency=2, resume=True)
         collect_cmd(self.console, cfg)
-        s = _store(cfg.out).stats()["total"]
-        return {"line": f"{s['done']} twx:coin episodes, {s['success']} solved, {s['steps']} steps",
+        s = _store(cfg.out).stats().total
+        return {"line": f"{s.done} twx:coin episodes, {s.success} solved, {s.steps} steps",
                 "run": cfg.out}
 
     def compose(self) -> dict[str, Any]:

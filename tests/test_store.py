@@ -9,7 +9,7 @@ import pytest
 import yaml
 from test_schema import native_traj, react_traj
 
-from trajdistill.trajectories import RunError, RunStore, Trajectory
+from trajdistill.trajectories import RunError, RunStore, TeacherStats, Trajectory
 
 CONFIG = {"env": "math", "teachers": ["expert:solver"], "split": "train", "tasks": 10, "max_steps": 20,
           "seed": 0, "shard": "0/1", "out": "RUN", "env_params": {"level": 1}}
@@ -159,7 +159,7 @@ def test_errors_are_not_finished_but_kept_as_history(tmp_path):
     assert [e["task_id"] for e in resumed.errors()] == ["t1", "t2"]
     assert resumed.errors()[0]["kind"] == "policy"
     assert resumed.finished_keys() == {("t0", "expert:solver"), ("t1", "expert:solver")}
-    assert resumed.write_stats()["teachers"]["expert:solver"]["errors"] == 1  # t1 was redone
+    assert resumed.write_stats().teachers["expert:solver"].errors == 1  # t1 was redone
 
 
 def test_torn_error_record_does_not_swallow_the_next(tmp_path):
@@ -180,7 +180,10 @@ def test_stats_json_counts_per_teacher(tmp_path):
     assert stats["teachers"]["expert:solver"] == {"done": 2, "success": 1, "errors": 0, "steps": 4, "tokens": 240}
     assert stats["teachers"]["openai:big@http://x/v1"]["tokens"] == 340
     assert stats["total"]["done"] == 3
-    assert RunStore.open(tmp_path / "run").stats()["teachers"] == stats["teachers"]
+    typed = RunStore.open(tmp_path / "run").stats()
+    assert typed.teachers["expert:solver"] == TeacherStats(done=2, success=1, steps=4, tokens=240)
+    assert typed.total.done == 3 and typed.doc()["teachers"] == stats["teachers"]
+    assert list(stats) == list(typed.doc()) == ["teachers", "total", "updated_at"]  # stats.json's keys, in order
     assert not list((tmp_path / "run").glob(".*.tmp"))
 
 

@@ -25,7 +25,8 @@ from ._schema import (
 )
 from ._spans import (SegmentRules, Segmenter, assistant_text, env_segmenter, segment, segment_as_env, segment_run,
                      segmenters, with_spans)
-from ._store import RUN_FILE, OutputError, RunError, RunStore, check_output, setting_difference
+from ._report import Report
+from ._store import RUN_FILE, OutputError, RunError, RunStats, RunStore, TeacherStats, check_output, setting_difference
 from ._taxonomy import FAILURE_KINDS, PARSE_ERROR_TOOL, actions, failure_counts, failure_kind
 
 __all__ = [
@@ -48,7 +49,9 @@ __all__ = [
     "Message",
     "OutputError",
     "Provenance",
+    "Report",
     "RunError",
+    "RunStats",
     "RunStore",
     "actions",
     "failure_counts",
@@ -58,6 +61,7 @@ __all__ = [
     "Segmenter",
     "Span",
     "Teacher",
+    "TeacherStats",
     "ToolCallMsg",
     "Trajectory",
     "Usage",

@@ -36,6 +36,7 @@ from pydantic import ValidationError
 
 from trajdistill.envs import ConfigError, TrajdistillError
 
+from ._report import Report
 from ._schema import SchemaVersionError, Trajectory
 from ._spans import with_spans
 
@@ -57,6 +58,24 @@ def run_key(traj: Trajectory) -> tuple[str, ...]:
     times (`teacher.sampling["sample"]`, as self-distillation's replay buffer writes)."""
     sample = traj.teacher.sampling.get("sample")
     return traj.key if sample is None else (*traj.key, str(sample))
+
+
+class TeacherStats(Report):
+    """Counts of one teacher's pairs (or of the whole run): `errors` are pairs errored and not redone since."""
+
+    done: int = 0
+    success: int = 0
+    errors: int = 0
+    steps: int = 0
+    tokens: int = 0
+
+
+class RunStats(Report):
+    """What stats.json holds."""
+
+    teachers: dict[str, TeacherStats]
+    total: TeacherStats
+    updated_at: float
 
 
 class RunError(TrajdistillError, ValueError):
@@ -193,7 +212,7 @@ class RunStore:
             self._teacher(teacher)
             self._maybe_write_stats()
 
-    def write_stats(self) -> dict[str, Any]:
+    def write_stats(self) -> RunStats:
         """Recount everything on disk (all writers) and replace stats.json."""
         with self._lock:
             self._stats, self._finished, self._error_keys = {}, set(), set()
@@ -271,7 +290,7 @@ class RunStore:
             out.append(rec)
         return out
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> RunStats:
         """What stats.json holds, computed from disk."""
         if not self._writable:
             self._stats, self._finished, self._error_keys = {}, set(), set()
@@ -302,24 +321,24 @@ class RunStore:
             self._error_keys.add((rec.get("task_id", ""), rec.get("teacher", "")))
             self._teacher(rec.get("teacher", ""))
 
-    def _stats_doc(self) -> dict[str, Any]:
+    def _stats_doc(self) -> RunStats:
         pending = defaultdict(int)
         for key in self._error_keys - self._finished:
             pending[key[1]] += 1
-        teachers = {spec: dict(s, errors=pending[spec]) for spec, s in sorted(self._stats.items())}
-        total = {k: sum(s[k] for s in teachers.values()) for k in ("done", "success", "errors", "steps", "tokens")}
-        return {"teachers": teachers, "total": total, "updated_at": time.time()}
+        teachers = {spec: TeacherStats(**dict(s, errors=pending[spec])) for spec, s in sorted(self._stats.items())}
+        total = {k: sum(getattr(s, k) for s in teachers.values()) for k in TeacherStats.model_fields}
+        return RunStats(teachers=teachers, total=TeacherStats(**total), updated_at=time.time())
 
     def _maybe_write_stats(self) -> None:
         # stats.json is a convenience view recomputable from disk: refresh it at most once a second.
         if time.monotonic() - self._stats_written >= STATS_INTERVAL_S:
             self._write_stats_locked()
 
-    def _write_stats_locked(self) -> dict[str, Any]:
+    def _write_stats_locked(self) -> RunStats:
         self._stats_written = time.monotonic()
-        doc = self._stats_doc()
-        _atomic_write(self.path / STATS_FILE, json.dumps(doc, indent=2) + "\n")
-        return doc
+        stats = self._stats_doc()
+        _atomic_write(self.path / STATS_FILE, json.dumps(stats.doc(), indent=2) + "\n")
+        return stats
 
 
 # ---- config ------------------------------------------------------------------------------------------
