@@ -60,8 +60,8 @@ def mine_cmd(
 
         result = asyncio.run(mine_async(cfg, listener=listener))
     console.print(f"box written to [bold]{out}[/]: {result.summary()}", highlight=False)
-    if not result.check["ok"]:
-        bad = [f"{n} ({r.get('first_failure')})" for n, r in result.check["tools"].items() if r["failed"]]
+    if not result.check.ok:
+        bad = [f"{n} ({r.first_failure})" for n, r in result.check.tools.items() if r.failed]
         raise BoxError(f"the mined box failed its own validation: {'; '.join(bad)}")
 
 
@@ -83,7 +83,7 @@ def inspect_cmd(box: Path = typer.Argument(..., help="Skill box directory."),
         from trajdistill.skills import check_box_async
 
         fresh = asyncio.run(check_box_async(loaded, sandbox=sandbox, record=False))
-    show_box(console, loaded, fresh)
+    show_box(console, loaded, fresh.doc() if fresh is not None else None)
 
 
 @skills_app.command("sign")
@@ -101,7 +101,7 @@ def sign_cmd(box: Path = typer.Argument(..., help="Skill box directory."),
     loaded = SkillBox.load(box)  # the files must match their hashes; the old signature does not matter
     result = asyncio.run(check_box_async(loaded, sandbox=sandbox))
     kid = loaded.sign(signer)
-    console.print(f"signed {box} by {kid}; self-check {'passed' if result['ok'] else 'FAILED'}; "
+    console.print(f"signed {box} by {kid}; self-check {'passed' if result.ok else 'FAILED'}; "
                   f"manifest digest {loaded.digest}", highlight=False, soft_wrap=True)
 
 
@@ -250,23 +250,24 @@ def validate_cmd(console, cfg) -> int:
     return 0
 
 
-def gate_table(console, section: dict) -> None:
+def gate_table(console, section) -> None:
+    """The arms of a `GateReport`, with the delta and verdict of each."""
     from rich.table import Table
 
-    table = Table(title=f"gate: {section['agent']} on {section['env']} / {section['split']}, {section['tasks']} tasks")
+    table = Table(title=f"gate: {section.agent} on {section.env} / {section.split}, {section.tasks} tasks")
     for col in ("arm", "success", "95% CI", "delta", "delta 95% CI", "verdict"):
         table.add_column(col, justify="left" if col in ("arm", "verdict") else "right")
-    base = section["without"]
-    table.add_row("without box", f"{base['success_rate']:.1%}", _ci(base["ci95"]), "", "", "")
-    table.add_row("with box", f"{section['with']['success_rate']:.1%}", _ci(section["with"]["ci95"]),
-                  f"{section['delta']:+.1%}", _ci(section["delta_ci95"], signed=True), section["verdict"])
-    for item, arm in (section.get("ablation") or {}).items():
-        table.add_row(f"box without {item}", f"{arm['success_rate']:.1%}", _ci(arm["ci95"]),
-                      f"{arm['delta']:+.1%}", _ci(arm["delta_ci95"], signed=True),
-                      arm["verdict"] + (" (better without it)" if arm["flagged"] else ""))
+    base = section.without
+    table.add_row("without box", f"{base.success_rate:.1%}", _ci(base.ci95), "", "", "")
+    table.add_row("with box", f"{section.with_.success_rate:.1%}", _ci(section.with_.ci95),
+                  f"{section.delta:+.1%}", _ci(section.delta_ci95, signed=True), section.verdict)
+    for item, arm in (section.ablation or {}).items():
+        table.add_row(f"box without {item}", f"{arm.success_rate:.1%}", _ci(arm.ci95),
+                      f"{arm.delta:+.1%}", _ci(arm.delta_ci95, signed=True),
+                      arm.verdict + (" (better without it)" if arm.flagged else ""))
     console.print(table)
-    if section["flagged"]:
-        console.print(f"[bold red]flagged[/]: the box lowers the success rate; {section['note']}")
+    if section.flagged:
+        console.print(f"[bold red]flagged[/]: the box lowers the success rate; {section.note}")
 
 
 def _ci(ci, signed: bool = False) -> str:

@@ -149,9 +149,9 @@ class Demo:
                          tasks=self.size.dev_tasks, max_steps=self.size.student_steps, sandbox=self.sandbox,
                          agent_options=self.box_options)
         section = validate(cfg)
-        line = (f"dev success {section['without']['success_rate']:.0%} without the box, "
-                f"{section['with']['success_rate']:.0%} with it ({section['verdict']})")
-        return {"line": line, "gate": section}
+        line = (f"dev success {section.without.success_rate:.0%} without the box, "
+                f"{section.with_.success_rate:.0%} with it ({section.verdict})")
+        return {"line": line, "gate": section.doc()}
 
     def serve(self) -> dict[str, Any]:
         tools = asyncio.run(_list_served_tools(self.path("box"), self.sandbox))

@@ -19,8 +19,8 @@ from ._box import (
     run_tool_in_sandbox,
     spec_from_source,
 )
-from ._check import check_box, check_box_async
-from ._gate import GateConfig, validate, validate_async
+from ._check import CheckReport, ToolCheck, check_box, check_box_async
+from ._gate import AblationArm, Arm, GateConfig, GateReport, validate, validate_async
 from ._mine import MineConfig, MineResult, mine, mine_async
 from ._miners import Mined, MineJob, miners
 from ._mount import MountedEnv, mount_skills
@@ -29,9 +29,13 @@ from ._server import build_server, serve, serve_async
 __all__ = [
     "FORMAT_VERSION",
     "MANIFEST",
+    "AblationArm",
+    "Arm",
     "BoxError",
     "BoxTool",
+    "CheckReport",
     "GateConfig",
+    "GateReport",
     "MineConfig",
     "MineJob",
     "MineResult",
@@ -40,6 +44,7 @@ __all__ = [
     "Skill",
     "SkillBox",
     "SkillDraft",
+    "ToolCheck",
     "ToolDraft",
     "ToolResult",
     "ToolRunner",

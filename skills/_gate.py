@@ -20,7 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from pydantic import Field
+
 from trajdistill.agents import EvalConfig, RolloutConfig, config_field, evaluate_async, rollout_default, wilson_ci
+from trajdistill.trajectories import Report
 
 from ._box import SkillBox
 from ._mount import mount_skills
@@ -43,6 +46,46 @@ class GateConfig(RolloutConfig):
     agent_options: dict[str, Any] = config_field({}, "Policy options of the agent's backend.")
 
 
+class Arm(Report):
+    """One arm of the gate: the agent's success on the dev tasks with one set of skills mounted."""
+
+    success_rate: float
+    ci95: list[float]
+    n: int
+    successes: int
+    mean_steps: float
+    errors: int
+
+
+class AblationArm(Arm):
+    """The box without one skill or tool, against the full box; `flagged` when it did better without it."""
+
+    delta: float
+    delta_ci95: list[float]
+    verdict: str
+    flagged: bool
+
+
+class GateReport(Report):
+    """The gate's result, as `validation.gate` of the box's manifest holds it."""
+
+    omit_none = ("ablation", "note")
+    env: str
+    agent: str
+    split: str
+    tasks: int
+    without: Arm
+    with_: Arm = Field(alias="with")
+    delta: float
+    delta_ci95: list[float]
+    verdict: str
+    ablation: dict[str, AblationArm] | None = None
+    flagged: bool
+    note: str | None = None
+    wall_s: float
+    at: str
+
+
 def rate_diff_ci(a: tuple[int, int], b: tuple[int, int]) -> tuple[float, float]:
     """95% interval of rate(a) - rate(b), each given as (successes, n): Newcombe's method 10."""
     (sa, na), (sb, nb) = a, b
@@ -62,14 +105,14 @@ def verdict(delta: float, ci: tuple[float, float]) -> str:
     return "no clear effect"
 
 
-def _arm(result: Any) -> dict[str, Any]:
-    return {"success_rate": result.success_rate, "ci95": list(result.ci95), "n": result.n,
-            "successes": result.successes, "mean_steps": result.mean_steps, "errors": result.errors}
+def _arm(result: Any) -> Arm:
+    return Arm(success_rate=result.success_rate, ci95=list(result.ci95), n=result.n, successes=result.successes,
+               mean_steps=result.mean_steps, errors=result.errors)
 
 
-def _compare(arm: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
-    delta = arm["success_rate"] - base["success_rate"]
-    ci = rate_diff_ci((arm["successes"], arm["n"]), (base["successes"], base["n"]))
+def _compare(arm: Arm, base: Arm) -> dict[str, Any]:
+    delta = arm.success_rate - base.success_rate
+    ci = rate_diff_ci((arm.successes, arm.n), (base.successes, base.n))
     return {"delta": delta, "delta_ci95": list(ci), "verdict": verdict(delta, ci)}
 
 
@@ -87,7 +130,7 @@ class Gate:
         self.box = SkillBox.load(cfg.box, verify=True, trust=Trust())
         self.listener = listener
 
-    async def arm(self, label: str, skills: list[str]) -> dict[str, Any]:
+    async def arm(self, label: str, skills: list[str]) -> Arm:
         c = self.cfg
         eval_cfg = EvalConfig(**{**c.rollout(), "skills": [*c.skills, *skills]}, agents=[c.agent],
                               agent_options=dict(c.agent_options))
@@ -95,45 +138,41 @@ class Gate:
         results = await evaluate_async(eval_cfg, listener, mount=mount_skills)
         return _arm(results.agents[0])
 
-    async def run(self) -> dict[str, Any]:
+    async def run(self) -> GateReport:
         box_dir = self.box.path.resolve()
         start = time.monotonic()
         base = await self.arm("without box", [])
         full = await self.arm("with box", [str(box_dir)])
-        section: dict[str, Any] = {
-            "env": self.cfg.env, "agent": self.cfg.agent, "split": self.cfg.split, "tasks": base["n"],
-            "without": base, "with": full, **_compare(full, base),
-        }
-        if self.cfg.ablate:
-            section["ablation"] = await self._ablate(box_dir, full)
-        section["flagged"] = section["delta"] < 0
-        if section["flagged"]:
-            section["note"] = HARMFUL_NOTE
-        section["wall_s"] = round(time.monotonic() - start, 1)
-        section["at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        return section
+        compared = _compare(full, base)
+        ablation = await self._ablate(box_dir, full) if self.cfg.ablate else None
+        flagged = compared["delta"] < 0
+        return GateReport(env=self.cfg.env, agent=self.cfg.agent, split=self.cfg.split, tasks=base.n, without=base,
+                          with_=full, **compared, ablation=ablation, flagged=flagged,
+                          note=HARMFUL_NOTE if flagged else None, wall_s=round(time.monotonic() - start, 1),
+                          at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
-    async def _ablate(self, box_dir: Path, full: dict[str, Any]) -> dict[str, Any]:
+    async def _ablate(self, box_dir: Path, full: Arm) -> dict[str, AblationArm]:
         """Per skill and tool: the box without it. A positive delta means the box is better without it."""
         out = {}
         names = [f"skill:{s.name}" for s in self.box.skills] + [f"tool:{t.name}" for t in self.box.tools]
         for item in names:
             name = item.split(":", 1)[1]
             arm = await self.arm(f"without {item}", [ablation_source(box_dir, name, self.cfg.sandbox, self.box.digest)])
-            entry = {**arm, **_compare(arm, full)}
-            entry["flagged"] = entry["delta"] > 0  # removing it helped: it pulls the agent the wrong way
-            out[item] = entry
+            compared = _compare(arm, full)
+            # removing it helped: it pulls the agent the wrong way
+            out[item] = AblationArm(**arm.model_dump(), **compared, flagged=compared["delta"] > 0)
         return out
 
 
-async def validate_async(cfg: GateConfig, listener: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
+async def validate_async(cfg: GateConfig, listener: Callable[[str, Any], None] | None = None) -> GateReport:
     """Library entry point: run the gate and write `validation.gate` into the box's manifest."""
     gate = Gate(cfg, listener)
     section = await gate.run()
-    SkillBox.load(cfg.box, verify=True).record_validation("gate", section)  # re-read: the files must still match
+    # re-read: the files must still match
+    SkillBox.load(cfg.box, verify=True).record_validation("gate", section.doc())
     return section
 
 
-def validate(cfg: GateConfig, listener: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
+def validate(cfg: GateConfig, listener: Callable[[str, Any], None] | None = None) -> GateReport:
     """Sync wrapper of `validate_async`."""
     return asyncio.run(validate_async(cfg, listener))

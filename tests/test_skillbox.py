@@ -10,8 +10,8 @@ import pytest
 from conftest import require
 from trajdistill.envs import tool_spec
 from trajdistill.envs.sandbox import Limits, get_provider, sandboxes
-from trajdistill.skills import (BoxError, SkillBox, SkillDraft, ToolDraft, ToolRunner, check_box, parse_skill_md,
-                                run_source, run_source_many, run_tool_in_sandbox, spec_from_source)
+from trajdistill.skills import (BoxError, SkillBox, SkillDraft, ToolCheck, ToolDraft, ToolRunner, check_box,
+                                parse_skill_md, run_source, run_source_many, run_tool_in_sandbox, spec_from_source)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # the `none` sandbox warns that it is unconfined
 
@@ -201,17 +201,20 @@ async def test_a_rewritten_tool_file_of_the_same_size_never_runs_stale_bytecode(
 
 def test_self_check_replays_tests_and_records_the_result(box):
     result = check_box(box.path, sandbox="none")
-    assert result["ok"] and result["tools"]["count_combinations"] == {"passed": 2, "failed": 0}
-    assert SkillBox.load(box.path).validation["self_check"]["ok"] is True
+    assert result.ok and result.tools["count_combinations"] == ToolCheck(passed=2, failed=0)
+    recorded = SkillBox.load(box.path).validation["self_check"]
+    assert recorded["ok"] is True and recorded == result.doc()
+    assert list(recorded) == ["ok", "checked_at", "sandbox", "files", "skills", "tools"]  # the manifest's keys
+    assert recorded["tools"]["count_combinations"] == {"passed": 2, "failed": 0}  # no first_failure key
 
 
 def test_self_check_reports_a_tool_that_fails_its_tests(tmp_path):
     bad = ToolDraft("count_combinations", COMB, [{"args": {"n": 5, "k": 2}, "expected": 11}])
     path = SkillBox.write(tmp_path / "bad", name="bad", env="math", tools=[bad]).path
     result = check_box(path, sandbox="none")
-    assert not result["ok"]
-    assert result["tools"]["count_combinations"]["failed"] == 1
-    assert "expected 11" in result["tools"]["count_combinations"]["first_failure"]
+    assert not result.ok
+    assert result.tools["count_combinations"].failed == 1
+    assert "expected 11" in result.tools["count_combinations"].first_failure
 
 
 @pytest.mark.nsjail

@@ -11,7 +11,8 @@ class Report(BaseModel):
     """A typed result whose `doc()` is the JSON it is written as, key for key and in order.
 
     Fields named in `omit_none` are left out of the JSON while None, as the dicts these models replace left
-    them out. `report["key"]` reads a field by its JSON key, for callers written against those dicts."""
+    them out. `report["key"]` and `report.get("key")` read a field by its JSON key, for callers written against
+    those dicts."""
 
     model_config = ConfigDict(populate_by_name=True)
     omit_none: ClassVar[tuple[str, ...]] = ()
@@ -34,3 +35,10 @@ class Report(BaseModel):
             if (f.alias or name) == key:
                 return getattr(self, name)
         raise KeyError(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            value = self[key]
+        except KeyError:
+            return default
+        return default if value is None else value

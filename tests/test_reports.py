@@ -1,0 +1,41 @@
+"""Typed reports (pydantic) that are also JSON files: the gate, the box self-check and run stats."""
+
+from __future__ import annotations
+
+import json
+
+from test_skills_serve import SKILLS, make_box, need_nsjail
+
+from trajdistill.skills import Arm, GateConfig, GateReport, SkillBox, validate
+from trajdistill.trajectories import Report
+
+GATE_KEYS = ["env", "agent", "split", "tasks", "without", "with", "delta", "delta_ci95", "verdict", "flagged",
+             "wall_s", "at"]
+ARM_KEYS = ["success_rate", "ci95", "n", "successes", "mean_steps", "errors"]
+
+
+def test_the_gate_returns_a_typed_report_and_writes_the_same_keys(tmp_path):
+    need_nsjail()
+    box = make_box(tmp_path / "box", tools=("add_numbers",), skills=[SKILLS[0]])
+    report = validate(GateConfig(box=str(box.path), env="math", agent="expert:coder", tasks=2, sandbox="nsjail"))
+    assert isinstance(report, GateReport) and isinstance(report.with_, Arm)
+    assert report.without.n == report.with_.n == report.tasks == 2
+    assert report.verdict == "no clear effect" and not report.flagged and report.note is None
+    written = json.loads((box.path / "skillbox.json").read_text())["validation"]["gate"]
+    assert written == report.doc() and list(written) == GATE_KEYS  # no ablation, no note: left out, as before
+    assert list(written["with"]) == ARM_KEYS
+    assert GateReport.model_validate(SkillBox.load(box.path).validation["gate"]) == report  # reads back typed
+
+
+class _Example(Report):
+    omit_none = ("note",)
+    count: int
+    note: str | None = None
+    other: str | None = None
+
+
+def test_a_report_leaves_out_only_the_fields_it_names_and_reads_by_json_key():
+    assert _Example(count=1).doc() == {"count": 1, "other": None}
+    assert _Example(count=1, note="n").doc() == {"count": 1, "note": "n", "other": None}
+    example = _Example(count=2)
+    assert example["count"] == 2 and example.get("note", "-") == "-" and example.get("missing") is None
