@@ -6,11 +6,15 @@ import json
 
 import pytest
 from conftest import collect_math
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_schema import native_traj, react_traj
+from test_spans import make_traj, native_turn
 
 from trajdistill.envs._react_text import parse_react
-from trajdistill.trajectories import (RunStore, Span, Trajectory, assistant_text, export_run, import_messages,
-                                      segment_as_env)
+from trajdistill.trajectories import (Message, RunStore, Span, Trajectory, assistant_text, export_run,
+                                      import_messages, segment, segment_as_env)
+from trajdistill.trajectories._spans import field_spans, spans_from_fields
 
 
 def _fresh(traj: Trajectory) -> list[Span]:
@@ -90,7 +94,8 @@ def test_import_of_a_marked_switch_turn_keeps_its_context(tmp_path):
     """A stored context range inside a native turn (the DualDistill switch) survives export and import."""
     t = native_traj("t1")
     lead = len("<think>\n") + 9
-    marks = [Span(message=2, start=0, end=lead, kind="context"), Span(message=2, start=lead, end=lead + 1, kind="reason")]
+    marks = [Span(message=2, start=0, end=lead, kind="context"),
+             Span(message=2, start=lead, end=lead + 1, kind="reason")]
     t = t.model_copy(update={"spans": marks})  # a context range inside the turn, as `compose` marks the switch
     with RunStore.create(tmp_path / "run", {"env": "math"}) as store:
         store.append(t.model_copy(update={"spans": segment_as_env(t)}))
@@ -133,3 +138,23 @@ def test_store_keeps_spans_it_is_given_and_fills_missing_ones(tmp_path):
     assert filled.spans == _fresh(bare)
     text = assistant_text(filled.messages[2])
     assert [text[s.start:s.end].startswith(p) for s, p in zip(filled.spans, ("<think>", "<tool_call>"))] == [True, True]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(native_turn(), min_size=1, max_size=3))
+def test_property_field_offsets_point_into_the_fields_and_read_back_exactly(turns):
+    messages = [m for t in turns for m in (t, Message(role="tool", content="x", name="python", tool_call_id="call_0"))]
+    traj = make_traj(messages)
+    spans = segment(traj)
+    for i, m in enumerate(traj.messages):
+        if m.role != "assistant":
+            continue
+        mine = [s for s in spans if s.message == i]
+        entries = field_spans(m, mine)
+        for e in entries:
+            text = m.tool_calls[e["index"]].function.arguments if e["field"] == "tool_calls" else getattr(m, e["field"])
+            assert 0 <= e["start"] < e["end"] <= len(text)
+        covered = {e["field"] for e in entries}
+        fields = {f for f in ("reasoning", "content") if getattr(m, f)}
+        assert covered == fields | ({"tool_calls"} if m.tool_calls else set())
+        assert spans_from_fields(m, i, entries) == mine
