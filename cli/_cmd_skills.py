@@ -251,7 +251,7 @@ def validate_cmd(console, cfg) -> int:
 
 
 def gate_table(console, section) -> None:
-    """The arms of a `GateReport`, with the delta and verdict of each."""
+    """The arms of a `ValidationReport`, with the delta and verdict of each."""
     from rich.table import Table
 
     table = Table(title=f"gate: {section.agent} on {section.env} / {section.split}, {section.tasks} tasks")

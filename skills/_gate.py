@@ -66,8 +66,8 @@ class AblationArm(Arm):
     flagged: bool
 
 
-class GateReport(Report):
-    """The gate's result, as `validation.gate` of the box's manifest holds it."""
+class ValidationReport(Report):
+    """What `skills validate` finds (the box's gate), as `validation.gate` of the box's manifest holds it."""
 
     omit_none = ("ablation", "note")
     env: str
@@ -138,7 +138,7 @@ class Gate:
         results = await evaluate_async(eval_cfg, listener, mount=mount_skills)
         return _arm(results.agents[0])
 
-    async def run(self) -> GateReport:
+    async def run(self) -> ValidationReport:
         box_dir = self.box.path.resolve()
         start = time.monotonic()
         base = await self.arm("without box", [])
@@ -146,7 +146,7 @@ class Gate:
         compared = _compare(full, base)
         ablation = await self._ablate(box_dir, full) if self.cfg.ablate else None
         flagged = compared["delta"] < 0
-        return GateReport(env=self.cfg.env, agent=self.cfg.agent, split=self.cfg.split, tasks=base.n, without=base,
+        return ValidationReport(env=self.cfg.env, agent=self.cfg.agent, split=self.cfg.split, tasks=base.n, without=base,
                           with_=full, **compared, ablation=ablation, flagged=flagged,
                           note=HARMFUL_NOTE if flagged else None, wall_s=round(time.monotonic() - start, 1),
                           at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -164,7 +164,7 @@ class Gate:
         return out
 
 
-async def validate_async(cfg: GateConfig, listener: Callable[[str, Any], None] | None = None) -> GateReport:
+async def validate_async(cfg: GateConfig, listener: Callable[[str, Any], None] | None = None) -> ValidationReport:
     """Library entry point: run the gate and write `validation.gate` into the box's manifest."""
     gate = Gate(cfg, listener)
     section = await gate.run()
@@ -173,6 +173,6 @@ async def validate_async(cfg: GateConfig, listener: Callable[[str, Any], None] |
     return section
 
 
-def validate(cfg: GateConfig, listener: Callable[[str, Any], None] | None = None) -> GateReport:
+def validate(cfg: GateConfig, listener: Callable[[str, Any], None] | None = None) -> ValidationReport:
     """Sync wrapper of `validate_async`."""
     return asyncio.run(validate_async(cfg, listener))
