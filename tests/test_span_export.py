@@ -90,6 +90,23 @@ def test_import_reads_the_spans_back_as_the_segmenter_wrote_them(old_run, tmp_pa
     assert [t.spans for t in back] == [_fresh(t) for t in trajs]
 
 
+def test_an_export_without_spans_imports_as_the_same_traces(old_run, tmp_path):
+    """A messages file written before exports carried spans names its conversations as a new one does."""
+    path, trajs = old_run
+    export_run(path, "openai", tmp_path / "new.jsonl")
+    rows = [json.loads(line) for line in (tmp_path / "new.jsonl").read_text().splitlines()]
+    for row in rows:
+        for m in row["messages"]:
+            m.pop("spans", None)
+    (tmp_path / "old.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    runs = {}
+    for name in ("new", "old"):
+        import_messages(tmp_path / f"{name}.jsonl", "math", tmp_path / f"back-{name}", teacher="t")
+        runs[name] = RunStore.open(tmp_path / f"back-{name}").load()
+    assert [t.id for t in runs["new"]] == [t.id for t in runs["old"]]
+    assert [t.spans for t in runs["old"]] == [t.spans for t in runs["new"]] == [_fresh(t) for t in trajs]
+
+
 def test_import_of_a_marked_switch_turn_keeps_its_context(tmp_path):
     """A stored context range inside a native turn (the DualDistill switch) survives export and import."""
     t = native_traj("t1")

@@ -91,7 +91,7 @@ def to_trajectory(row: dict[str, Any], where: str, env: EnvRef, teacher: str) ->
         outcome = Outcome.model_validate(meta["outcome"]) if "outcome" in meta else Outcome(detail=NO_VERIFIER)
         fields = {k: meta[k] for k in META_KEYS if meta.get(k) is not None}
         return Trajectory(
-            id=str(meta.get("id") or _digest(teacher, where.rpartition(":")[2], json.dumps(row["messages"]))),
+            id=str(meta.get("id") or _digest(teacher, where.rpartition(":")[2], _unlabelled(row["messages"]))),
             task_id=fields.pop("task_id", None) or _task_id(messages), **fields, env=env,
             teacher=Teacher(spec=teacher, backend="import", model=teacher), messages=messages, spans=spans,
             outcome=outcome,
@@ -117,6 +117,11 @@ def _message(m: Any) -> dict[str, Any]:
     if d.get("tool_calls"):
         d["tool_calls"] = [_call(c) for c in d["tool_calls"]]
     return d
+
+
+def _unlabelled(messages: list[dict[str, Any]]) -> str:
+    """The messages as JSON without their span labels: an export with spans and one without name a trace alike."""
+    return json.dumps([{k: v for k, v in m.items() if k != "spans"} for m in messages])
 
 
 def _call(c: dict[str, Any]) -> dict[str, Any]:
