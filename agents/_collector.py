@@ -130,6 +130,15 @@ class Progress:
     errors: int = 0
     steps: int = 0
 
+    def count(self, traj: Trajectory | None) -> None:
+        """One episode finished: `traj`, or None when it errored."""
+        self.done += 1
+        if traj is None:
+            self.errors += 1
+        else:
+            self.success += traj.outcome.success
+            self.steps += traj.usage.steps
+
 
 Listener = Callable[[Progress], None]
 
@@ -179,13 +188,7 @@ class Collector:
     async def _worker(self, queue, store: RunStore, progress: Progress, listener: Listener | None) -> None:
         while not queue.empty():
             task, spec = queue.get_nowait()
-            traj = await self._episode(task, spec, store)
-            progress.done += 1
-            if traj is None:
-                progress.errors += 1
-            else:
-                progress.success += traj.outcome.success
-                progress.steps += traj.usage.steps
+            progress.count(await self._episode(task, spec, store))
             if listener:
                 listener(progress)
 

@@ -429,13 +429,7 @@ class OnPolicyDistiller(RoundsDir):
 
         async def one(task: Task) -> None:
             async with limit:
-                traj = await self._episode(loop, mixed, task, store, round_no, beta)
-            progress.done += 1
-            if traj is None:
-                progress.errors += 1
-            else:
-                progress.success += traj.outcome.success
-                progress.steps += traj.usage.steps
+                progress.count(await self._episode(loop, mixed, task, store, round_no, beta))
             if listen:
                 listen(progress)
 
