@@ -46,6 +46,9 @@ class GateConfig(RolloutConfig):
     baseline: str | None = config_field(None, "An earlier gate.json to measure drift against.")
     max_wrong_on_disagreement: float = config_field(
         0.35, "Hold when the student is wrong on more than this share of the tasks where the answers differ.")
+    min_disagreement_rate: float = config_field(
+        0.05, "Apply the disagreement rule only when the final answers differ on at least this share of the tasks "
+              "(against a verified teacher every disagreement is the student's mistake, so a few would hold it).")
     max_ece: float = config_field(0.05, "Hold when the student's expected calibration error is above this.")
     max_drift: float = config_field(0.1, "Hold when a PSI or KS statistic against the baseline is above this.")
     max_accuracy_drop: float = config_field(0.05, "Hold when accuracy on the baseline's tasks drops by more.")
@@ -63,7 +66,7 @@ class GateConfig(RolloutConfig):
             problems.append("--student and --teacher must differ")
         if self.baseline and not Path(self.baseline).is_file():
             problems.append(f"--baseline {self.baseline} is not a file")
-        for name in ("max_wrong_on_disagreement", "max_ece", "max_accuracy_drop"):
+        for name in ("max_wrong_on_disagreement", "min_disagreement_rate", "max_ece", "max_accuracy_drop"):
             if not 0 <= getattr(self, name) <= 1:
                 problems.append(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
         return problems
@@ -231,7 +234,8 @@ def _report(cfg: GateConfig, tasks: list[str], student: dict[str, Trajectory], t
         teacher_success=sum(teacher[t].outcome.success for t in tasks) / len(tasks) if tasks else 0.0,
         student_ci95=wilson_ci(n_ok, len(tasks)), agreement=agreement, calibration=calibration,
         behaviour=behaviour, drift=drift, episodes=episodes,
-        thresholds={k: getattr(cfg, k) for k in ("max_wrong_on_disagreement", "max_ece", "max_drift",
+        thresholds={k: getattr(cfg, k) for k in ("max_wrong_on_disagreement", "min_disagreement_rate", "max_ece",
+                                                 "max_drift",
                                                  "max_accuracy_drop", "max_length_ratio", "min_entropy_ratio")})
 
 
@@ -285,7 +289,10 @@ def _decide(cfg: GateConfig, ag: Agreement, cal: Calibration, beh: Behaviour, dr
             ) -> tuple[list[str], list[str]]:
     reasons, notes = [], []
     w = ag.student_wrong_on_disagreement
-    if w is not None and w > cfg.max_wrong_on_disagreement:
+    if w is not None and ag.disagreements < cfg.min_disagreement_rate * ag.tasks:
+        notes.append(f"disagreement rule not applied: the answers differ on {ag.disagreements} of {ag.tasks} tasks, "
+                     f"below {cfg.min_disagreement_rate:.0%}")
+    elif w is not None and w > cfg.max_wrong_on_disagreement:
         reasons.append(f"the student is wrong on {w:.0%} of the {ag.disagreements} tasks where the final answers "
                        f"differ (threshold {cfg.max_wrong_on_disagreement:.0%})")
     if cal.measured and cal.ece is not None and cal.ece > cfg.max_ece:

@@ -31,6 +31,7 @@ def gate_command(
                                            + option_help()),
     baseline: Optional[Path] = config_option(GateConfig, "baseline"),
     max_wrong_on_disagreement: float = config_option(GateConfig, "max_wrong_on_disagreement"),
+    min_disagreement_rate: float = config_option(GateConfig, "min_disagreement_rate"),
     max_ece: float = config_option(GateConfig, "max_ece"),
     max_drift: float = config_option(GateConfig, "max_drift"),
     max_accuracy_drop: float = config_option(GateConfig, "max_accuracy_drop"),
@@ -49,7 +50,8 @@ def gate_command(
         raise UsageError(f"give {', '.join(missing)}")
     cfg = GateConfig(**rollout, student=student, teacher=teacher, out=str(out),
                      agent_options=_agent_options(agent_option), baseline=str(baseline) if baseline else None,
-                     max_wrong_on_disagreement=max_wrong_on_disagreement, max_ece=max_ece, max_drift=max_drift,
+                     max_wrong_on_disagreement=max_wrong_on_disagreement,
+                     min_disagreement_rate=min_disagreement_rate, max_ece=max_ece, max_drift=max_drift,
                      max_accuracy_drop=max_accuracy_drop, max_length_ratio=max_length_ratio,
                      min_entropy_ratio=min_entropy_ratio, resume=resume)
     raise typer.Exit(gate_cmd(console, cfg))

@@ -118,6 +118,18 @@ def test_local_students_and_teachers_get_entropy_compared(tmp_path):
     assert beh["entropy_ratio"] == pytest.approx(1.0, rel=0.05)  # the same weights write the same text
 
 
+def test_too_few_disagreements_do_not_hold(tmp_path):
+    """Against a verified teacher every disagreement is the student's mistake: below the minimum rate the
+    disagreement rule is a note, not a reason (the reasoner disagrees with the coder on about 30% of tasks)."""
+    out = tmp_path / "gate"
+    res = cli("gate", "--env", "math", "--student", "expert:reasoner", "--teacher", "expert:coder", "--tasks", "20",
+              "--sandbox", "nsjail", "--out", out, "--min-disagreement-rate", "0.9")
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = read_gate(out / "gate.json")
+    assert report.decision == "promote" and report.agreement.disagreements > 0
+    assert any("disagreement rule not applied" in n for n in report.notes)
+
+
 def test_bad_gate_input_is_one_line(tmp_path):
     res = cli("gate", "--env", "math", "--student", "expert:coder", "--teacher", "expert:coder", "--out", tmp_path)
     one_line_error(res, "--student and --teacher must differ")
