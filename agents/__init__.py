@@ -1,7 +1,7 @@
 """Agents: model loading, policy backends, the ReAct loop, the rollout settings, the collector and the evaluator."""
 
-from ._collector import (CollectConfig, Collector, Mount, Progress, collect, collect_async, play_episode,
-                         resolved_config, to_trajectory)
+from ._collector import (CollectConfig, Collector, Mount, Progress, collect, collect_async, gather_or_cancel,
+                         play_episode, resolved_config, to_trajectory)
 from ._eval import AgentResult, EvalConfig, EvalResults, evaluate, evaluate_async, wilson_ci
 from ._loop import EpisodeResult, ReActLoop
 from ._models import (ALIASES, ModelNotFoundError, adapter_base, bf16_is_fast, build_tiny_llama, is_peft_adapter,
@@ -39,6 +39,7 @@ __all__ = [
     "config_field",
     "evaluate",
     "evaluate_async",
+    "gather_or_cancel",
     "expected_calibration_error",
     "gate",
     "is_peft_adapter",

@@ -120,6 +120,17 @@ async def play_episode(loop: ReActLoop, task: Task, provider: SandboxProvider | 
     return None
 
 
+async def gather_or_cancel(workers: list[asyncio.Task]) -> None:
+    """Wait for every worker; when one fails (or this is cancelled), cancel the others before re-raising."""
+    try:
+        await asyncio.gather(*workers)
+    except BaseException:
+        for w in workers:
+            w.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        raise
+
+
 @dataclass
 class Progress:
     """Counters the live display reads."""
@@ -174,13 +185,7 @@ class Collector:
         try:
             workers = [asyncio.create_task(self._worker(queue, store, progress, listener))
                        for _ in range(min(self.cfg.concurrency, max(1, len(todo))))]
-            try:
-                await asyncio.gather(*workers)
-            except BaseException:
-                for w in workers:
-                    w.cancel()
-                await asyncio.gather(*workers, return_exceptions=True)
-                raise
+            await gather_or_cancel(workers)
         finally:
             await self.close()
         return progress

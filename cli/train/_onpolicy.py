@@ -44,7 +44,7 @@ from typing import Any, Callable
 
 from trajdistill import __version__
 from trajdistill.agents import (EvalConfig, Policy, Progress, ReActLoop, RolloutConfig, config_field, evaluate_async,
-                               make_policy, play_episode, rollout_default, to_trajectory)
+                               gather_or_cancel, make_policy, play_episode, rollout_default, to_trajectory)
 from trajdistill.envs import CannotActError, ConfigError, Env, Outcome, PolicyRequest, Task, Turn, make_env
 from trajdistill.envs._react_text import ParsedAction, ParsedFinal, parse_react
 from trajdistill.envs.sandbox import Limits, SandboxProvider, get_provider
@@ -433,14 +433,7 @@ class OnPolicyDistiller(RoundsDir):
             if listen:
                 listen(progress)
 
-        workers = [asyncio.create_task(one(t)) for t in todo]
-        try:
-            await asyncio.gather(*workers)
-        except BaseException:
-            for w in workers:
-                w.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
-            raise
+        await gather_or_cancel([asyncio.create_task(one(t)) for t in todo])
 
     async def _episode(self, loop: ReActLoop, mixed: MixedPolicy, task: Task, store: RunStore, round_no: int,
                        beta: float) -> Trajectory | None:
