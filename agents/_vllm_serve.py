@@ -79,7 +79,7 @@ class Server:
 
     def _wait(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        while not _answers(self.base_url + "/models"):
+        while not answers(self.base_url + "/models"):
             if self.proc.poll() is not None:
                 self.stop()
                 raise PolicyError(f"vllm serve exited with code {self.proc.returncode} while starting: "
@@ -106,7 +106,8 @@ def _kill(proc: subprocess.Popen) -> None:
         pass
 
 
-def _answers(url: str) -> bool:
+def answers(url: str) -> bool:
+    """The URL answers 200 within 2 s."""
     try:
         with urllib.request.urlopen(url, timeout=2) as r:
             return r.status == 200

