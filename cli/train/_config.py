@@ -54,6 +54,12 @@ class TrainConfig:
     kl: str = field(default="forward", metadata={"help": "KD divergence: forward or reverse (MiniLLM) KL."})
     kd_temperature: float = field(default=2.0, metadata={"help": "KD softmax temperature T (loss scaled by T^2)."})
     kd_weight: float = field(default=0.5, metadata={"help": "Weight of the KD term next to the span CE."})
+    act_kl: str = field(default="", metadata={
+        "help": "KD divergence on [ACT] spans where it should differ from --kl, e.g. forward (mode-covering actions "
+                "under mode-seeking reverse KL elsewhere); empty: --kl everywhere."})
+    ce_weight: float = field(default=1.0, metadata={
+        "help": "Weight of the span CE on the data's tokens. 0 with --teacher-model: the KD term alone (on-policy "
+                "reverse KL on the student's own samples, GKD with lambda 1)."})
     bf16: bool | None = field(default=None, metadata={
         "help": "bf16 mixed precision; default: on when CUDA has it, or the CPU has bf16 dot products (avx512_bf16, AMX)."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for activation memory."})
@@ -95,7 +101,7 @@ def _problems(cfg: TrainConfig) -> list[str]:
             out.append(str(e))
     out += student_problems(cfg.student)
     for name in ("reason_weight", "act_weight", "answer_weight", "complexity_alpha", "complexity_beta",
-                 "complexity_gamma", "kd_weight", "lora_dropout"):
+                 "complexity_gamma", "kd_weight", "lora_dropout", "ce_weight"):
         if getattr(cfg, name) < 0:
             out.append(f"{name} must be >= 0, got {getattr(cfg, name)}")
     if max(cfg.reason_weight, cfg.act_weight, cfg.answer_weight) <= 0:
@@ -116,6 +122,10 @@ def _problems(cfg: TrainConfig) -> list[str]:
         out.append(str(e))
     if cfg.kl not in KL_MODES:
         out.append(f"kl must be forward or reverse, got {cfg.kl!r}")
+    if cfg.act_kl not in ("", *KL_MODES):
+        out.append(f"act_kl must be forward, reverse or empty (as --kl), got {cfg.act_kl!r}")
+    if cfg.ce_weight == 0 and not (cfg.teacher_model and cfg.kd_weight > 0):
+        out.append("ce_weight 0 trains on the KD term alone: give a teacher_model and a kd_weight > 0")
     return out
 
 

@@ -17,7 +17,10 @@ encoder should not produce one) counts with weight 1.
 
 With a white-box teacher (`teacher_model`), each trained token also gets
 kd_weight * T^2 * KL(teacher_T || student_T) (forward) or KL(student_T || teacher_T) (reverse,
-MiniLLM's mode-seeking form), at temperature T, weighted by the same span weights.
+MiniLLM's mode-seeking form), at temperature T, weighted by the same span weights; `act_kl` picks
+another direction for [ACT] tokens. The CE term is scaled by `ce_weight`: with 0 and the student's
+own samples as data, the loss is per-token reverse KL on the student's tokens (on-policy
+distillation, GKD with lambda 1). Both logits are computed only at the trained positions.
 
 Each span kind's mean CE over the logging window is logged as loss_reason, loss_act and
 loss_answer (console and trainer_state.json).
@@ -67,13 +70,14 @@ def _define_trainer(base: type) -> type:  # noqa: C901 - one class body
         def __init__(self, *args: Any, span_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
                      sequential: bool = False, stage_steps: list[int] | None = None, n_stages: int = 1,
                      teacher: Any = None, kl: str = "forward", kd_temperature: float = 1.0,
-                     kd_weight: float = 0.0, **kwargs: Any):
+                     kd_weight: float = 0.0, act_kl: str = "", ce_weight: float = 1.0, **kwargs: Any):
             super().__init__(*args, **kwargs)
             self.span_weights = torch.tensor([1.0, *span_weights])
             self.sequential = sequential
             self.stage_steps = sorted(stage_steps or [1])
             self.n_stages = n_stages
             self.kl, self.kd_temperature, self.kd_weight = kl, kd_temperature, kd_weight
+            self.act_kl, self.ce_weight = act_kl or kl, ce_weight
             self.teacher = None
             if teacher is not None:
                 self.teacher = self.accelerator.prepare_model(teacher.eval(), evaluation_mode=True)
@@ -88,13 +92,10 @@ def _define_trainer(base: type) -> type:  # noqa: C901 - one class body
             mode = "train" if self.model.training else "eval"
             kinds = inputs.pop("span_kinds")[:, 1:]
             inputs["use_cache"] = False
-            if self.teacher is not None:
-                outputs, ce, mask, kd = self._forward_kd(model, inputs)
-            else:
-                outputs, ce, mask = self._forward_trained(model, inputs)
-                kd = None
+            outputs, ce, mask, logits = self._forward_trained(model, inputs)
+            kd = self._kd(inputs, logits, kinds, mask) if self.teacher is not None else None
             weights = self.span_weights.to(ce.device, ce.dtype)[kinds] * mask
-            per_token = ce if kd is None else ce + self.kd_weight * kd
+            per_token = self.ce_weight * ce if kd is None else self.ce_weight * ce + self.kd_weight * kd
             num = mask.sum() if num_items_in_batch is None else num_items_in_batch
             loss = (per_token * weights).sum() / torch.as_tensor(num, device=ce.device).clamp(min=1)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
@@ -111,9 +112,7 @@ def _define_trainer(base: type) -> type:  # noqa: C901 - one class body
             the vocabulary projection is the costliest matmul of a small model, so the rest is never computed."""
             labels = inputs["labels"][:, 1:]
             mask = labels != -100
-            keep = F.pad(mask, (0, 1))  # position t predicts label t + 1
-            fwd = {k: v for k, v in inputs.items() if k != "labels"}
-            logits = model(**fwd, logits_to_keep=keep).logits.float()  # (trained tokens, vocab)
+            logits = model(**self._fwd(inputs), logits_to_keep=F.pad(mask, (0, 1))).logits.float()  # (trained, vocab)
             targets = labels[mask]
             logp = logits.log_softmax(-1)  # once: the CE and the logged entropy both read it
             ce = torch.zeros(mask.shape, dtype=logits.dtype, device=logits.device)
@@ -122,22 +121,24 @@ def _define_trainer(base: type) -> type:  # noqa: C901 - one class body
                 entropy = -(logp.exp() * logp).sum(-1)
             outputs = _KDOutputs(log_probs=-ce, label_mask=mask, entropy=entropy,
                                  is_top1=logits.argmax(-1) == targets)
-            return outputs, ce, mask
+            return outputs, ce, mask, logits
 
-        def _forward_kd(self, model, inputs):
-            """Full logits of student and teacher: per-token CE and T^2-scaled KL."""
-            labels = inputs["labels"][:, 1:]
-            fwd = {k: v for k, v in inputs.items() if k != "labels"}
-            logits = model(**fwd).logits[:, :-1].float()
+        @staticmethod
+        def _fwd(inputs):
+            return {k: v for k, v in inputs.items() if k != "labels"}  # position t predicts label t + 1
+
+        def _kd(self, inputs, logits, kinds, mask):
+            """Per-token T^2-scaled KL to the teacher at the trained positions (zero elsewhere); [ACT] tokens
+            use act_kl where it differs from kl."""
             with torch.no_grad():
-                t_logits = self.teacher(**fwd).logits[:, :-1].float()
-            mask = labels != -100
-            ce = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
-            kd = kd_divergence(logits, t_logits, self.kl, self.kd_temperature) * mask
-            log_probs = -ce
-            outputs = _KDOutputs(log_probs=log_probs, label_mask=mask,
-                                 entropy=None, is_top1=(logits.argmax(-1) == labels) & mask)
-            return outputs, ce, mask, kd
+                t_logits = self.teacher(**self._fwd(inputs), logits_to_keep=F.pad(mask, (0, 1))).logits.float()
+            flat = kd_divergence(logits, t_logits, self.kl, self.kd_temperature)
+            if self.act_kl != self.kl:
+                act = kinds[mask] == SPAN_NAMES.index("act") + 1
+                flat = torch.where(act, kd_divergence(logits, t_logits, self.act_kl, self.kd_temperature), flat)
+            kd = torch.zeros(mask.shape, dtype=flat.dtype, device=flat.device)
+            kd[mask] = flat
+            return kd
 
         def _record_spans(self, mode, ce, kd, kinds, mask):
             sums, counts, kd_sum, steps = self._span_window.get(mode) or [
@@ -325,5 +326,6 @@ def build_trainer(cfg: TrainConfig) -> tuple[Any, TrainData, Path]:
         peft_config=None if cfg.full_finetune or _is_peft_model(model) else lora_config(cfg),
         span_weights=cfg.span_weights, sequential=data.plan.sequential, stage_steps=plan_steps,
         n_stages=len(data.stage_rows),
-        teacher=teacher, kl=cfg.kl, kd_temperature=cfg.kd_temperature, kd_weight=cfg.kd_weight)
+        teacher=teacher, kl=cfg.kl, kd_temperature=cfg.kd_temperature, kd_weight=cfg.kd_weight,
+        act_kl=cfg.act_kl, ce_weight=cfg.ce_weight)
     return trainer, data, path
