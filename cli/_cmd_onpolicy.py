@@ -63,8 +63,12 @@ def onpolicy_command(
     next turn from the same prefix. Those turns, taken at the student's states, are the round's training
     trajectories (OUT/round-R/relabels, a run directory, teacher recorded per turn); they aggregate
     across rounds and the original student retrains on them with the span-aware loss, then a dev eval.
-    A teacher that cannot act from a state is recorded as a relabel failure. Mode reverse-kl (white-box)
-    is not implemented yet.
+    A teacher that cannot act from a state is recorded as a relabel failure.
+
+    Mode reverse-kl (white-box, one hf: teacher with the student's tokenizer): each round the student
+    alone samples its episodes (--temperature) and then trains on them with the per-token reverse KL to the
+    teacher on every token it sampled, prompt and tool tokens masked, span weights applied (GKD with
+    lambda 1; --train-act-kl forward for mode-covering [ACT] spans). The next round samples the new student.
 
     Trainer settings take a --train- prefix on the names of `trajdistill train`, e.g.
     `--train-max-steps 50 --train-curriculum none`; only_success is off unless --train-only-success."""
@@ -80,22 +84,36 @@ def onpolicy_command(
 
         def on_round(s) -> None:
             dev = f"{s.dev_success_rate:.1%}" if s.dev_success_rate is not None else "-"
+            if cfg.mode == "reverse-kl":
+                kd = f"{s.train_kd:.4f}" if s.train_kd is not None else "-"
+                bar.console.print(f"round {s.round}: {s.labelled} student turns distilled, mean KL {kd}, "
+                                  f"dev success {dev}")
+                return
             bar.console.print(f"round {s.round} (beta {s.beta:g}): {s.labelled} turns relabelled, "
                               f"{s.relabel_failures} relabel failures, dev success {dev}")
 
         result = onpolicy(cfg, EpisodeRows(bar), on_round)
-    rounds_table(console, result)
+    rounds_table(console, result, cfg.mode)
     console.print(f"rounds written to [bold]{out}[/] (rounds.json); final student: {result.final_student}")
 
 
-def rounds_table(console: Console, result) -> None:
-    table = Table(title="on-policy distillation (dagger)", box=box.SIMPLE_HEAD)
-    for col in ("round", "beta", "episodes", "rollout success", "student turns", "relabelled", "relabel failures",
-                "agreement", "aggregate", "dev success"):
+def rounds_table(console: Console, result, mode: str = "dagger") -> None:
+    table = Table(title=f"on-policy distillation ({mode})", box=box.SIMPLE_HEAD)
+    cols = ("round", "beta", "episodes", "rollout success", "student turns", "relabelled", "relabel failures",
+            "agreement", "aggregate", "dev success")
+    if mode == "reverse-kl":
+        cols = ("round", "episodes", "rollout success", "student turns", "mean KL", "dev success")
+    for col in cols:
         table.add_column(col, justify="right")
     for r in result.rounds:
-        dev = f"{r.dev_success_rate:.1%}" if r.dev_success_rate is not None else "-"
-        agree = f"{r.agreement:.1%}" if r.agreement is not None else "-"
-        table.add_row(str(r.round), f"{r.beta:g}", str(r.episodes), f"{r.rollout_success_rate:.1%}",
-                      str(r.student_turns), str(r.labelled), str(r.relabel_failures), agree, str(r.aggregate), dev)
+        cells = {"round": str(r.round), "beta": f"{r.beta:g}", "episodes": str(r.episodes),
+                 "rollout success": f"{r.rollout_success_rate:.1%}", "student turns": str(r.student_turns),
+                 "relabelled": str(r.labelled), "relabel failures": str(r.relabel_failures),
+                 "agreement": _pct(r.agreement), "aggregate": str(r.aggregate), "dev success": _pct(r.dev_success_rate),
+                 "mean KL": f"{r.train_kd:.4f}" if r.train_kd is not None else "-"}
+        table.add_row(*(cells[c] for c in cols))
     console.print(table)
+
+
+def _pct(x: float | None) -> str:
+    return f"{x:.1%}" if x is not None else "-"

@@ -124,8 +124,16 @@ def test_bad_settings_are_one_config_error():
     with pytest.raises(ValueError, match="--route word=expert:nobody: 'expert:nobody' is not one of"):
         OnPolicyConfig(student="hf:x", teachers=["expert:coder"], env="math", out="o",
                        routes={"word": "expert:nobody"})
-    with pytest.raises(ValueError, match="reverse-kl .* not implemented"):
+    with pytest.raises(ValueError, match="reverse-kl takes one white-box teacher, hf:<path|alias>, got expert:coder"):
         OnPolicyConfig(student="hf:x", teachers=["expert:coder"], env="math", out="o", mode="reverse-kl")
+    with pytest.raises(ValueError, match="reverse-kl takes one white-box teacher"):
+        OnPolicyConfig(student="hf:x", teachers=["hf:smollm2-135m", "expert:coder"], env="math", out="o",
+                       mode="reverse-kl")
+    with pytest.raises(ValueError, match="--teacher: .*nowhere"):
+        OnPolicyConfig(student="hf:x", teachers=["hf:/nowhere/model"], env="math", out="o", mode="reverse-kl")
+    with pytest.raises(ValueError, match="--data is a dagger option"):
+        OnPolicyConfig(student="hf:x", teachers=["hf:smollm2-135m"], env="math", out="o", mode="reverse-kl",
+                       data=["somewhere"])
     with pytest.raises(ValueError, match="unknown trainer setting.*--train-bogus"):
         OnPolicyConfig(student="hf:x", teachers=["expert:coder"], env="math", out="o", train_args={"bogus": 1})
 
@@ -393,3 +401,118 @@ def test_cli_bad_input_is_one_line(tmp_path):
     one_line_error(cli("onpolicy", "--student", "expert:coder", "--teacher", "expert:coder", "--env", "math",
                        "--out", tmp_path / "o"), "--student", "hf:")
     assert not (tmp_path / "o").exists()
+
+
+# ---- white-box: reverse KL on the student's own samples -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def white_box(tmp_path_factory):
+    """reverse-kl rollouts on math (nsjail) of the scripted WrongCoder, whose turns have [REASON], [ACT] and
+    answer spans (a tiny random model's rarely parse), and tiny SmolLM2-tokenizer student and teacher models."""
+    _nsjail()
+    import asyncio
+
+    from trajdistill.agents import build_tiny_llama
+
+    root = tmp_path_factory.mktemp("wb")
+    student, teacher = build_tiny_llama(root / "student"), build_tiny_llama(root / "teacher", seed=1)
+    cfg = OnPolicyConfig(student="wrongcoder:x", teachers=[f"hf:{teacher}"], env="math", out=str(root / "op"),
+                         mode="reverse-kl", tasks=3, dev_tasks=0, sandbox="nsjail", concurrency=1, max_steps=2)
+
+    async def gather():
+        d = OnPolicyDistiller(cfg)
+        await d.open()
+        try:
+            return (await d.gather(1, cfg.student))[0]
+        finally:
+            await d.close()
+
+    WrongCoder.calls = 0
+    rollouts = asyncio.run(gather())
+    return cfg, student, teacher, rollouts, root
+
+
+def test_reverse_kl_rollouts_are_the_students_alone(white_box):
+    cfg, _, _, rollouts, _ = white_box
+    assert len(rollouts) == 3 and all(t.teacher.spec == cfg.student for t in rollouts)
+    assert WrongCoder.calls == 6  # the student took both turns of every episode
+    assert all("dagger" not in t.teacher.sampling for t in rollouts)  # no teacher was asked to act
+    assert all({sp.kind for sp in t.spans} >= {"reason", "act", "answer"} for t in rollouts)  # stored segmented
+
+
+def test_reverse_kl_trains_only_the_students_sampled_tokens(white_box):
+    """ce_weight 0: the loss is the span-weighted per-token KL at the student's assistant tokens (reverse, and
+    forward on [ACT] with act_kl), and only those positions get a gradient; prompt and tool tokens none."""
+    import torch
+    import torch.nn.functional as F
+
+    from trajdistill.agents._models import smollm2_tokenizer
+    from trajdistill.train import TrainConfig, build_trainer, encode
+
+    cfg, student, teacher, rollouts, root = white_box
+    tok = smollm2_tokenizer()
+    for t in rollouts:  # what is trained is exactly what the student wrote
+        enc = encode(t, tok)
+        trained = "".join(enc.text[s:e] for (s, e), lab in zip(enc.offsets, enc.labels) if lab != -100)
+        wrote = "".join(m.content for m in t.messages if m.role == "assistant")
+        assert trained.replace("<|im_end|>", "").replace("\n", "") == wrote.replace("\n", "")
+
+    tc = TrainConfig(data=[cfg.out + "/round-1/rollouts"], student=f"hf:{student}", out=str(root / "m"),
+                     **{**cfg.kd_train_args(), "act_kl": "forward", "act_weight": 3.0, "max_steps": 1,
+                        "batch_size": 3, "packing": False, "max_length": 512, "bf16": False})
+    trainer, _, _ = build_trainer(tc)
+    batch = next(iter(trainer.get_train_dataloader()))
+    kinds, labels = batch["span_kinds"][:, 1:].clone(), batch["labels"][:, 1:]
+    model = trainer.model
+    hidden = {}
+    hook = model.model.norm.register_forward_hook(lambda m, i, o: hidden.setdefault("h", o))
+    loss = trainer.compute_loss(model, dict(batch))
+    hook.remove()
+    hidden["h"].retain_grad()
+    loss.backward()
+
+    fwd = {k: v for k, v in batch.items() if k not in ("labels", "span_kinds")}
+    with torch.no_grad():
+        s_logits = model(**fwd).logits[:, :-1].float()
+        t_logits = trainer.teacher(**fwd).logits[:, :-1].float()
+    ls, lt = F.log_softmax(s_logits, -1), F.log_softmax(t_logits, -1)
+    reverse = (ls.exp() * (ls - lt)).sum(-1)
+    forward = (lt.exp() * (lt - ls)).sum(-1)
+    mask = labels != -100
+    act = kinds == 2
+    per_token = torch.where(act, forward, reverse)
+    weights = torch.tensor([1.0, 1.0, 3.0, 2.0])[kinds] * mask
+    assert mask.any() and act.any() and (kinds[mask] > 0).all()
+    torch.testing.assert_close(loss.detach(), (per_token * weights).sum() / mask.sum(), rtol=1e-4, atol=1e-5)
+
+    grad_rows = hidden["h"].grad.abs().sum(-1)[:, :-1] > 0  # position t's hidden state feeds only its own logits
+    assert torch.equal(grad_rows, mask)
+
+
+def test_cli_reverse_kl_round_trains_and_records_the_kl(tmp_path):
+    _nsjail()
+    from trajdistill.agents import build_tiny_llama
+
+    student, teacher = build_tiny_llama(tmp_path / "student"), build_tiny_llama(tmp_path / "teacher", seed=1)
+    out = tmp_path / "op"
+    res = _cli("onpolicy", "--mode", "reverse-kl", "--student", f"hf:{student}", "--teacher", f"hf:{teacher}",
+               "--env", "math", "--out", out, "--rounds", "2", "--tasks", "2", "--dev-tasks", "1", "--max-steps", "2",
+               "--concurrency", "1", "--sandbox", "nsjail", "--temperature", "1.0",
+               "--student-option", "max_new_tokens=16", "--train-max-steps", "1", "--train-batch-size", "2",
+               "--train-max-length", "512", "--train-act-kl", "forward")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "on-policy distillation (reverse-kl)" in res.stdout and "mean KL" in res.stdout
+    doc = json.loads((out / "rounds.json").read_text())
+    assert doc["mode"] == "reverse-kl"
+    r1, r2 = doc["rounds"]
+    assert r1["train_kd"] > 0 and r1["relabel_failures"] == 0 and r1["teacher_turns"] == 0
+    assert r1["labelled"] == r1["student_turns"] == r1["turns"] > 0
+    assert r1["teachers"] == {f"hf:{teacher}": r1["labelled"]}
+    assert r2["student"] == r1["model"] and doc["final_student"] == r2["model"]  # on-policy: the new student samples
+    import yaml
+
+    tc = yaml.safe_load((out / "round-2" / "model" / "train_config.yaml").read_text())
+    assert tc["student"] == r1["model"] and tc["ce_weight"] == 0.0 and tc["kl"] == "reverse"
+    assert tc["act_kl"] == "forward" and tc["teacher_model"] == str(teacher)
+    assert not (out / "round-1" / "relabels").exists()

@@ -18,6 +18,14 @@ Each round r (1-based) of `onpolicy` writes under OUT/round-<r>/:
                turn it on, since a label is the teacher's turn whatever the rollout's outcome
     dev/       the eval of the new student on dev tasks
 
+With `mode="reverse-kl"` (white-box: one `hf:` teacher with the student's tokenizer) a round is on-policy
+distillation in the GKD / Tinker form instead: the student alone rolls out (temperature `temperature`, no β,
+no relabels), and the round's student trains on on from its own rollouts with the per-token reverse KL to the
+teacher on every token it sampled (`train`'s KD term with ce_weight 0: prompt, system and tool tokens are
+masked, the span weights apply, --train-act-kl forward makes [ACT] spans mode-covering). The teacher model
+is loaded by the trainer only, next to the student, and never generates. rounds.json records the mean
+per-token KL the trainer logged (`train_kd`).
+
 The next round rolls out the new model. OUT/rounds.json holds the per-round stats, rewritten after each
 round, among them the agreement (the share of the student's turns where it took the teacher's action) per
 turn position, which OUT/agreement.png plots across rounds; β_r comes from the β schedule (`beta_at`).
@@ -50,7 +58,7 @@ from trajdistill.envs._react_text import ParsedAction, ParsedFinal, parse_react
 from trajdistill.envs.sandbox import Limits, SandboxProvider, get_provider
 from trajdistill.trajectories import Message, RunStore, Span, Teacher, Trajectory, Usage, assistant_text, segment_as_env
 
-from ._config import TrainConfig
+from ._config import TrainConfig, student_problems
 from ._rounds import RoundsDir, recipe_problems, typed_train_arg
 from ._sft import train
 
@@ -101,9 +109,9 @@ class OnPolicyConfig(RolloutConfig):
         "help": "Teacher policy spec (expert:NAME, openai:MODEL@URL, hf:PATH); repeat for several, routed per task "
                 "by --route (default: the first)."})
     out: str = field(metadata={"help": "Directory for the rounds (rollouts, relabels, models, rounds.json)."})
-    mode: str = config_field("dagger", "dagger: black-box relabelling, any policy spec can teach. reverse-kl "
-                                       "(white-box, per-token reverse KL on the student's samples) is not "
-                                       "implemented yet and is refused.")
+    mode: str = config_field("dagger", "dagger: black-box relabelling, any policy spec can teach. reverse-kl: "
+                                       "white-box, per-token reverse KL to one hf: teacher on the student's own "
+                                       "sampled tokens (the teacher needs the student's tokenizer).")
     rounds: int = config_field(2, "Roll out, relabel, retrain: how many times.")
     beta_schedule: str = config_field("exp:1:0.5", "Probability that the teacher's turn is executed instead of the "
                                       "student's, per round: exp:B0:DECAY (B0*DECAY^(r-1)), linear:B0:STEP, a list "
@@ -126,9 +134,8 @@ class OnPolicyConfig(RolloutConfig):
         problems = []
         if self.mode not in MODES:
             problems.append(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        elif self.mode != "dagger":
-            problems.append("--mode reverse-kl (white-box, per-token reverse KL) is not implemented yet; "
-                            "use --mode dagger")
+        elif self.mode == "reverse-kl":
+            problems += self.white_box_problems()
         if not self.teachers:
             problems.append("give at least one --teacher SPEC")
         if len(set(self.teachers)) != len(self.teachers):
@@ -144,9 +151,26 @@ class OnPolicyConfig(RolloutConfig):
             problems.append(str(e))
         return problems + recipe_problems(self, "onpolicy", self.data, "--data")
 
+    def white_box_problems(self) -> list[str]:
+        """reverse-kl takes one local model as its teacher, and none of DAgger's data settings."""
+        problems = []
+        if len(self.teachers) != 1 or not self.teachers[0].startswith("hf:"):
+            problems.append(f"--mode reverse-kl takes one white-box teacher, hf:<path|alias>, got "
+                            f"{', '.join(self.teachers) or 'none'}; black-box teachers use --mode dagger")
+        else:
+            problems += [p.replace("student", "--teacher", 1) for p in student_problems(self.teachers[0])]
+        problems += [f"--mode reverse-kl trains on the student's own rollouts only; {flag} is a dagger option"
+                     for flag, value in (("--route", self.routes), ("--data", self.data)) if value]
+        return problems
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self.train_args = {k: typed_train_arg(k, v) for k, v in self.train_args.items()}
+
+    def kd_train_args(self) -> dict[str, Any]:
+        """The trainer settings of a reverse-kl round: KD alone, on every sampled token (--train-* override)."""
+        return {"teacher_model": self.teachers[0][3:], "kl": "reverse", "ce_weight": 0.0, "kd_weight": 1.0,
+                "kd_temperature": 1.0, "only_success": False, **self.train_args}
 
     def teacher_for(self, task: Task) -> str:
         """The teacher routed to `task`: by its category, else the first teacher."""
@@ -174,6 +198,7 @@ class OnPolicyRound:
     dev_success_rate: float | None
     train_steps: int = 0
     train_loss: float | None = None
+    train_kd: float | None = None  # the last logged mean per-token KL to a white-box teacher
     teachers: dict[str, int] = field(default_factory=dict)  # labelled turns per teacher
     # agreement at the k-th assistant turn of an episode (k = 1, 2, ...), None where the student never acted there
     agreement_by_turn: list[float | None] = field(default_factory=list)
@@ -365,9 +390,10 @@ class OnPolicyDistiller(RoundsDir):
             raise ConfigError(f"--route: no task of the {len(self.tasks)} {c.split} tasks has category "
                               f"{', '.join(map(repr, unrouted))}; their categories: "
                               f"{', '.join(sorted(str(x) for x in categories))}")
-        self.teachers = {spec: make_policy(spec, env=self.env, **{"temperature": 0.0, "seed": c.seed,
-                                                                  **c.teacher_options})
-                         for spec in c.teachers}
+        if c.mode == "dagger":  # a white-box teacher never acts: the trainer loads it next to the student
+            self.teachers = {spec: make_policy(spec, env=self.env, **{"temperature": 0.0, "seed": c.seed,
+                                                                      **c.teacher_options})
+                             for spec in c.teachers}
         if self.env.needs_sandbox:
             self.provider = get_provider(c.sandbox, Limits())
 
@@ -406,13 +432,15 @@ class OnPolicyDistiller(RoundsDir):
                   "student_options": dict(c.student_options), "teacher_options": dict(c.teacher_options),
                   "package_version": __version__}
         student = self.student_policy(student_spec, round_no)
-        mixed = MixedPolicy(student, self.teachers, c.teacher_for, beta, f"{c.seed}:{round_no}")
-        loop = ReActLoop(self.env, mixed, max_steps=c.max_steps)  # type: ignore[arg-type]
+        acting: Policy | MixedPolicy = student
+        if c.mode == "dagger":
+            acting = MixedPolicy(student, self.teachers, c.teacher_for, beta, f"{c.seed}:{round_no}")
+        loop = ReActLoop(self.env, acting, max_steps=c.max_steps)  # type: ignore[arg-type]
         store = RunStore.create(out, config, resume=True)
         try:
             finished = store.finished_keys()
             todo = [t for t in self.tasks if (t.id, student_spec) not in finished]
-            await self._run_episodes(loop, mixed, todo, store, round_no, beta)
+            await self._run_episodes(loop, acting, todo, store, round_no, beta)
         finally:
             await student.close()
             store.write_stats()
@@ -421,7 +449,7 @@ class OnPolicyDistiller(RoundsDir):
         errored = {e["task_id"] for e in run.errors()} - {t.task_id for t in run.load()}
         return run.load(), len(errored)
 
-    async def _run_episodes(self, loop: ReActLoop, mixed: MixedPolicy, todo: list[Task], store: RunStore,
+    async def _run_episodes(self, loop: ReActLoop, acting: Any, todo: list[Task], store: RunStore,
                             round_no: int, beta: float) -> None:
         progress = Progress(total=len(todo))
         listen = self._listen(f"round {round_no} rollouts (beta {beta:g})")
@@ -429,23 +457,25 @@ class OnPolicyDistiller(RoundsDir):
 
         async def one(task: Task) -> None:
             async with limit:
-                progress.count(await self._episode(loop, mixed, task, store, round_no, beta))
+                progress.count(await self._episode(loop, acting, task, store, round_no, beta))
             if listen:
                 listen(progress)
 
         await gather_or_cancel([asyncio.create_task(one(t)) for t in todo])
 
-    async def _episode(self, loop: ReActLoop, mixed: MixedPolicy, task: Task, store: RunStore, round_no: int,
+    async def _episode(self, loop: ReActLoop, acting: Any, task: Task, store: RunStore, round_no: int,
                        beta: float) -> Trajectory | None:
         try:
-            result = await play_episode(loop, task, self.provider, store, mixed.spec)
+            result = await play_episode(loop, task, self.provider, store, acting.spec)
         finally:
-            records = mixed.records.pop(task.id, [])
+            records = acting.records.pop(task.id, []) if isinstance(acting, MixedPolicy) else None
         if result is None:
             return None
-        traj = to_trajectory(result, task, loop.env, mixed, self.provider.name if self.provider else None,
+        traj = to_trajectory(result, task, loop.env, acting, self.provider.name if self.provider else None,
                              self.cfg.seed + 1000 * round_no)
-        traj.teacher.sampling["dagger"] = {"round": round_no, "beta": beta, "turns": [asdict(r) for r in records]}
+        if records is not None:
+            traj.teacher.sampling["dagger"] = {"round": round_no, "beta": beta,
+                                               "turns": [asdict(r) for r in records]}
         store.append(traj)  # one fsynced line, labels inside: from here on the episode is finished
         return traj
 
@@ -470,7 +500,13 @@ class OnPolicyDistiller(RoundsDir):
                                            f"{rollout.id}: {rec.error}", RELABEL_KIND)
         return labelled, failures, per_teacher
 
-    def train(self, round_no: int) -> Any:
+    def train(self, round_no: int, student: str) -> Any:
+        if self.cfg.mode == "reverse-kl":  # on-policy: the round's own student, on its own samples
+            rollouts = self.root / f"round-{round_no}" / "rollouts"
+            if not RunStore.open(rollouts).load():
+                return None
+            return train(TrainConfig(data=[str(rollouts)], student=student,
+                                     out=str(self.root / f"round-{round_no}" / "model"), **self.cfg.kd_train_args()))
         runs = [*self.cfg.data, *(str(self.root / f"round-{k}" / "relabels") for k in range(1, round_no + 1))]
         args = {"only_success": False, **self.cfg.train_args}
         usable = [t for r in runs for t in RunStore.open(r).load() if t.outcome.success or not args["only_success"]]
@@ -494,31 +530,39 @@ class OnPolicyDistiller(RoundsDir):
 
     async def gather(self, round_no: int, student: str) -> tuple[list[Trajectory], int]:
         """Roll out round `round_no` and write its relabels (the part of a round that needs no training)."""
-        beta = beta_at(self.cfg.beta_schedule, round_no)
+        beta = self.beta(round_no)
         rollouts, errored = await self.rollouts(round_no, student, beta)
         for derived in ("relabels", "model", "dev"):  # left by a cut-off attempt of this round: rebuilt
             shutil.rmtree(self.root / f"round-{round_no}" / derived, ignore_errors=True)
         return rollouts, errored
 
+    def beta(self, round_no: int) -> float:
+        """β of a round; in reverse-kl mode the student acts at every turn."""
+        return beta_at(self.cfg.beta_schedule, round_no) if self.cfg.mode == "dagger" else 0.0
+
     async def round(self, round_no: int, student: str, aggregate: int) -> OnPolicyRound:
-        beta = beta_at(self.cfg.beta_schedule, round_no)
         rollouts, errored = await self.gather(round_no, student)
-        labelled, failures, per_teacher = self.write_relabels(round_no, student, rollouts)
-        result = self.train(round_no)
+        if self.cfg.mode == "dagger":
+            labelled, failures, per_teacher = self.write_relabels(round_no, student, rollouts)
+            acted = [r.acted for t in rollouts for r in records_of(t)]
+        else:  # every turn the student sampled is scored by the one teacher
+            acted = ["student" for t in rollouts for m in t.messages if m.role == "assistant"]
+            labelled, failures, per_teacher = len(acted), 0, {self.cfg.teachers[0]: len(acted)}
+        result = self.train(round_no, student)
         model = f"hf:{Path(result.out).resolve()}" if result is not None else None
         dev = await self.dev_success(round_no, model or student)
-        records = [(t, r) for t in rollouts for r in records_of(t)]
         by_turn = agreement_by_turn(rollouts)
         judged = [ok for turn in by_turn for ok in turn]
         successes = sum(t.outcome.success for t in rollouts)
         return OnPolicyRound(
-            round=round_no, student=student, beta=beta, episodes=len(rollouts), errored=errored, successes=successes,
-            rollout_success_rate=successes / len(rollouts) if rollouts else 0.0, turns=len(records),
-            student_turns=sum(r.acted == "student" for _, r in records),
-            teacher_turns=sum(r.acted == "teacher" for _, r in records), labelled=labelled,
+            round=round_no, student=student, beta=self.beta(round_no), episodes=len(rollouts), errored=errored,
+            successes=successes, rollout_success_rate=successes / len(rollouts) if rollouts else 0.0,
+            turns=len(acted), student_turns=acted.count("student"), teacher_turns=acted.count("teacher"),
+            labelled=labelled,
             relabel_failures=failures, agreement=sum(judged) / len(judged) if judged else None,
             aggregate=aggregate + labelled, trained=result is not None, model=model, dev_success_rate=dev,
             train_steps=result.steps if result else 0, train_loss=result.losses.get("loss") if result else None,
+            train_kd=result.losses.get("loss_kd") if result else None,
             teachers=per_teacher, agreement_by_turn=[sum(t) / len(t) if t else None for t in by_turn])
 
     async def run(self, on_round: Callable[[OnPolicyRound], None] | None = None) -> OnPolicyResult:
