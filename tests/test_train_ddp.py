@@ -51,14 +51,14 @@ def run(tmp_path_factory):
     return out
 
 
-def train_args(run, tiny, out, batch_size):
+def train_args(run, tiny, out, batch_size, steps=STEPS):
     # fp32 and full fine-tuning (no LoRA dropout): the two runs differ only in summation order
-    return ["train", "--data", run, "--student", f"hf:{tiny}", "--out", out, "--max-steps", STEPS,
+    return ["train", "--data", run, "--student", f"hf:{tiny}", "--out", out, "--max-steps", steps,
             "--batch-size", batch_size, "--curriculum", "staged:3", "--no-bf16", "--full"]
 
 
-def launch(prefix, args, tmp_path):
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "COLUMNS": "200", "PYTHONWARNINGS": "ignore",
+def launch(prefix, args, tmp_path, warnings="ignore"):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "COLUMNS": "200", "PYTHONWARNINGS": warnings,
            "OMP_NUM_THREADS": "1"}  # HOME: no user accelerate config can join in
     res = subprocess.run([sys.executable, *map(str, prefix), "-m", "trajdistill", *map(str, args)], capture_output=True,
                          text=True, timeout=600, env=env)
@@ -117,6 +117,14 @@ def test_per_kind_losses_are_printed_once(runs):
     out = runs["two"][1].stdout
     assert out.count("'loss_act'") == STEPS  # the trainer's log lines come from the main process only
     assert out.count(f"trained {STEPS} steps") == 1  # and so does the command's summary table
+
+
+def test_fsdp_config_without_an_accelerator_trains_and_says_it_is_not_sharded(run, tiny, tmp_path):
+    res = launch(["-m", "accelerate.commands.launch", "--config_file", CONFIGS / "fsdp.yaml", "--num_processes", 1,
+                  "--main_process_port", free_port()], train_args(run, tiny, tmp_path / "o", 2, steps=1),
+                 tmp_path, warnings="default")
+    assert "asks for FSDP" in res.stderr and "plain DDP" in res.stderr
+    assert (tmp_path / "o" / "model.safetensors").is_file()
 
 
 def test_shipped_accelerate_configs_parse():

@@ -122,7 +122,8 @@ class SpanCollator:
             return torch.tensor([list(e[key]) + [value] * (width - len(e[key])) for e in examples])
 
         batch = {"input_ids": padded("input_ids", self.pad_token_id), "labels": padded("labels", -100),
-                 "span_kinds": padded("span_kinds", 0), "lengths": torch.tensor([len(e["input_ids"]) for e in examples])}
+                 "span_kinds": padded("span_kinds", 0),
+                 "lengths": torch.tensor([len(e["input_ids"]) for e in examples])}
         if "position_ids" in examples[0]:
             # the padding becomes its own short "sequence", so it never joins a real trajectory's mask
             batch["position_ids"] = torch.tensor([list(e["position_ids"]) + list(range(width - len(e["input_ids"])))

@@ -20,7 +20,9 @@ kd_weight * T^2 * KL(teacher_T || student_T) (forward) or KL(student_T || teache
 MiniLLM's mode-seeking form), at temperature T, weighted by the same span weights.
 
 Each span kind's mean CE over the logging window is logged as loss_reason, loss_act and
-loss_answer (console and trainer_state.json).
+loss_answer (console and trainer_state.json). Under several processes (`accelerate launch`) each
+kind's CE sum and token count are all-reduced before the division, so it is the mean over every
+trained token of that kind, not a mean of per-process means (docs/training-at-scale.md).
 """
 
 from __future__ import annotations
@@ -348,5 +350,4 @@ def _warn_unsharded(trainer: Any) -> None:
     if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not trainer.is_fsdp_enabled:
         if trainer.is_world_process_zero():
             warnings.warn("the accelerate config asks for FSDP, but accelerate shards only on accelerators: "
-                          f"here ({trainer.accelerator.distributed_type}) every process holds the whole model (DDP)",
-                          stacklevel=2)
+                          "on this machine every process holds the whole model (plain DDP)")
