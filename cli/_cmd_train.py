@@ -80,6 +80,8 @@ def train_cmd(console: Console, cfg) -> None:
     from trajdistill.train import train
 
     result = train(cfg)
+    if not result.main_process:
+        return  # under accelerate launch every process trains; one reports
     table = Table(title=f"trained {result.steps} steps on {result.examples} trajectories")
     table.add_column("loss")
     table.add_column("final", justify="right")

@@ -252,6 +252,7 @@ def test_collator_pads_all_four_columns():
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 2, 3], [4, -100, -100]]
     assert batch["span_kinds"].tolist() == [[0, 1, 2], [3, 0, 0]]
+    assert batch["lengths"].tolist() == [3, 1]  # the tokens seen, whatever the padding
 
 
 # ---- full fine-tuning, config, CLI --------------------------------------------------------------

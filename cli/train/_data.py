@@ -103,7 +103,10 @@ def pack(rows: list[dict[str, list[int]]], max_length: int) -> tuple[list[dict[s
 
 @dataclass
 class SpanCollator:
-    """Pads input_ids, labels, span_kinds and attention_mask (or position_ids, for packed rows) on the right."""
+    """Pads input_ids, labels, span_kinds and attention_mask (or position_ids, for packed rows) on the right.
+
+    `lengths` holds each row's unpadded length: the tokens seen, counted alike whatever the padding (which
+    depends on how rows are split into batches, so on the number of processes)."""
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
@@ -119,7 +122,8 @@ class SpanCollator:
             return torch.tensor([list(e[key]) + [value] * (width - len(e[key])) for e in examples])
 
         batch = {"input_ids": padded("input_ids", self.pad_token_id), "labels": padded("labels", -100),
-                 "span_kinds": padded("span_kinds", 0)}
+                 "span_kinds": padded("span_kinds", 0),
+                 "lengths": torch.tensor([len(e["input_ids"]) for e in examples])}
         if "position_ids" in examples[0]:
             # the padding becomes its own short "sequence", so it never joins a real trajectory's mask
             batch["position_ids"] = torch.tensor([list(e["position_ids"]) + list(range(width - len(e["input_ids"])))

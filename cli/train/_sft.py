@@ -19,7 +19,7 @@ from trajdistill.agents import ALIASES
 from ._config import TrainConfig
 from ._data import TrainData
 from ._losses import final_losses, plot_losses
-from ._trainer import build_trainer
+from ._trainer import build_trainer, rows_per_step
 
 
 @dataclass
@@ -31,6 +31,7 @@ class TrainResult:
     losses: dict[str, float]  # final logged loss, loss_reason, loss_act, loss_answer
     stage_steps: list[int]
     train_runtime: float
+    main_process: bool = True  # False on the other processes of a distributed run, which write nothing
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -45,7 +46,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         _write_reports(cfg, trainer, data, student_path, out, losses)
     return TrainResult(out=out, steps=trainer.state.global_step, examples=len(data.plan.scores),
                        rows=len(data.dataset), losses=losses, stage_steps=trainer.stage_steps,
-                       train_runtime=float(output.metrics.get("train_runtime", 0.0)))
+                       train_runtime=float(output.metrics.get("train_runtime", 0.0)),
+                       main_process=trainer.is_world_process_zero())
 
 
 def _save_model(trainer: Any, cfg: TrainConfig, student_path: Path, out: Path) -> None:
@@ -69,15 +71,17 @@ def _write_reports(cfg: TrainConfig, trainer: Any, data: TrainData, student_path
     (out / "train_config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
     curriculum = {"mode": cfg.curriculum, "examples": len(data.plan.scores), "rows": len(data.dataset),
                   "stage_sizes": data.plan.stage_sizes(), "stage_rows": data.stage_rows,
-                  "stage_steps": trainer.stage_steps}
+                  "stage_steps": trainer.stage_steps, "processes": trainer.args.world_size,
+                  "rows_per_step": rows_per_step(trainer.args)}
     (out / "curriculum.json").write_text(json.dumps(curriculum, indent=2))
     plot_losses(trainer.state.log_history, trainer.stage_steps, out / "loss.png")
-    card = model_card(cfg, data, student_path, losses, trainer.state.global_step, trainer.stage_steps)
+    card = model_card(cfg, data, student_path, losses, trainer.state.global_step, trainer.stage_steps,
+                      trainer.args.world_size, rows_per_step(trainer.args))
     (out / "README.md").write_text(card)
 
 
 def model_card(cfg: TrainConfig, data: TrainData, student_path: Path, losses: dict[str, float], steps: int,
-               stage_steps: list[int]) -> str:
+               stage_steps: list[int], processes: int, per_step: int) -> str:
     kind = "full fine-tune" if cfg.full_finetune else f"LoRA r={cfg.lora_r} alpha={cfg.lora_alpha} (all-linear)"
     lines = [f"# {Path(cfg.out).name}", "",
              f"A student agent trained by trajdistill {__version__} with span-aware curriculum SFT "
@@ -93,6 +97,7 @@ def model_card(cfg: TrainConfig, data: TrainData, student_path: Path, losses: di
               + ", ".join(f"{k} {v}" for k, v in data.trained_tokens.items()) + ".", "",
               "## Hyperparameters", "", "| setting | value |", "|---|---|"]
     lines += [f"| {f.name} | {getattr(cfg, f.name)} |" for f in dataclasses.fields(cfg) if f.name != "data"]
+    lines += [f"| processes | {processes} |", f"| rows per optimizer step | {per_step} |"]
     lines += ["", f"Curriculum `{cfg.curriculum}`: stages of {data.plan.stage_sizes()} examples, starting at "
               f"optimizer steps {', '.join(map(str, stage_steps))}.", "", "## Final losses", "",
               f"After {steps} optimizer steps (last logging window):", "", "| loss | value |", "|---|---|"]

@@ -23,13 +23,16 @@ own samples as data, the loss is per-token reverse KL on the student's tokens (o
 distillation, GKD with lambda 1). Both logits are computed only at the trained positions.
 
 Each span kind's mean CE over the logging window is logged as loss_reason, loss_act and
-loss_answer (console and trainer_state.json).
+loss_answer (console and trainer_state.json). Under several processes (`accelerate launch`) each
+kind's CE sum and token count are all-reduced before the division, so it is the mean over every
+trained token of that kind, not a mean of per-process means (docs/training-at-scale.md).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,13 +87,14 @@ def _define_trainer(base: type) -> type:  # noqa: C901 - one class body
             self._span_window: dict[str, list] = {}  # mode -> [sums(4), counts(4), kd_sum, micro-steps]
 
         def _get_train_sampler(self, train_dataset=None):
-            if self.sequential:  # keep the curriculum order
+            if self.sequential:  # keep the curriculum order; under several processes accelerate shards its batches
                 return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
             return super()._get_train_sampler(train_dataset)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             mode = "train" if self.model.training else "eval"
             kinds = inputs.pop("span_kinds")[:, 1:]
+            lengths = inputs.pop("lengths", None)
             inputs["use_cache"] = False
             outputs, ce, mask, logits = self._forward_trained(model, inputs)
             kd = self._kd(inputs, logits, kinds, mask) if self.teacher is not None else None
@@ -101,7 +105,7 @@ def _define_trainer(base: type) -> type:  # noqa: C901 - one class body
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * (self.accelerator.num_processes // self.get_tp_size())  # DDP averages grads, as TRL
             self._record_spans(mode, ce.detach(), kd, kinds, mask)
-            self._record_trl_metrics(mode, inputs, outputs, mask)
+            self._record_trl_metrics(mode, inputs, outputs, mask, lengths)
             if return_outputs:
                 with torch.no_grad():
                     outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
@@ -151,8 +155,8 @@ def _define_trainer(base: type) -> type:  # noqa: C901 - one class body
                 kd_sum = kd_sum + kd.detach()[mask].float().sum()
             self._span_window[mode] = [sums, counts, kd_sum, steps + 1]
 
-        def _record_trl_metrics(self, mode, inputs, outputs, mask):
-            """The metrics TRL's own compute_loss logs (entropy, token accuracy, tokens seen)."""
+        def _record_trl_metrics(self, mode, inputs, outputs, mask, lengths=None):
+            """The metrics TRL's own compute_loss logs (entropy, token accuracy, tokens seen: padding excluded)."""
             num_valid = self.accelerator.gather_for_metrics(mask.sum()).sum()
             if outputs.entropy is not None:
                 entropy = self.accelerator.gather_for_metrics(outputs.entropy.detach().sum()).sum()
@@ -160,7 +164,9 @@ def _define_trainer(base: type) -> type:  # noqa: C901 - one class body
             correct = self.accelerator.gather_for_metrics(outputs.is_top1.sum()).sum()
             self._metrics[mode]["mean_token_accuracy"].append((correct / num_valid).item() if num_valid > 0 else 0.0)
             if mode == "train":
-                if "attention_mask" in inputs:
+                if lengths is not None:
+                    local = lengths.sum()
+                elif "attention_mask" in inputs:
                     local = inputs["attention_mask"].sum()
                 else:
                     local = torch.tensor(inputs["position_ids"].numel(), device=inputs["position_ids"].device)
@@ -287,6 +293,8 @@ def sft_args(cfg: TrainConfig) -> Any:
         bf16=bf16, fp16=False, activation_checkpointing=cfg.gradient_checkpointing, max_length=cfg.max_length,
         dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False, packing=False,
         save_strategy="no", report_to="none", dataloader_pin_memory=_cuda(), dataloader_num_workers=0,
+        # every trainable weight gets a gradient each step, so DDP need not search the graph for unused ones
+        ddp_find_unused_parameters=False,
         use_cpu=not _cuda())  # bf16 autocast on CPU is refused unless the Trainer is told it runs there
 
 
@@ -297,17 +305,24 @@ def lora_config(cfg: TrainConfig) -> Any:
                       target_modules="all-linear", task_type="CAUSAL_LM")
 
 
+def rows_per_step(args: Any) -> int:
+    """Dataset rows in one optimizer step, over all processes (the global batch)."""
+    return args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
+
+
 def stage_steps(stage_rows: list[int], n_rows: int, args: Any, max_steps: int = -1) -> list[int]:
     """The first optimizer step (1-based, as `global_step` after it) that trains on each curriculum
-    stage, for every epoch; the sampler is sequential, so row r is in step r // rows_per_step + 1."""
+    stage, for every epoch. The sampler is sequential and accelerate deals its batches to the processes
+    in turn (process p gets batches p, p + N, ...), so step k trains rows [(k-1)*R, k*R) for R rows per
+    step, whatever the number of processes N, and row r is in step r // R + 1."""
     world = max(1, args.world_size)
-    rows_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * world
+    per_step = rows_per_step(args)
     batches = math.ceil(n_rows / (args.per_device_train_batch_size * world))
     per_epoch = max(1, math.ceil(batches / args.gradient_accumulation_steps))
     total = max_steps if max_steps > 0 else math.ceil(per_epoch * args.num_train_epochs)
     steps = []
     for epoch in range(math.ceil(total / per_epoch)):
-        steps += [epoch * per_epoch + r // rows_per_step + 1 for r in stage_rows]
+        steps += [epoch * per_epoch + r // per_step + 1 for r in stage_rows]
     return [s for s in steps if s <= total] or [1]
 
 
@@ -328,4 +343,13 @@ def build_trainer(cfg: TrainConfig) -> tuple[Any, TrainData, Path]:
         n_stages=len(data.stage_rows),
         teacher=teacher, kl=cfg.kl, kd_temperature=cfg.kd_temperature, kd_weight=cfg.kd_weight,
         act_kl=cfg.act_kl, ce_weight=cfg.ce_weight)
+    _warn_unsharded(trainer)
     return trainer, data, path
+
+
+def _warn_unsharded(trainer: Any) -> None:
+    """accelerate runs an FSDP config as plain DDP on a machine without an accelerator: say so once."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not trainer.is_fsdp_enabled:
+        if trainer.is_world_process_zero():
+            warnings.warn("the accelerate config asks for FSDP, but accelerate shards only on accelerators: "
+                          "on this machine every process holds the whole model (plain DDP)")
