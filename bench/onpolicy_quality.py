@@ -6,7 +6,10 @@ on math). Then, at equal teacher calls and equal training tokens:
   DAgger     `trajdistill onpolicy` from the start student, one round, beta 0 (the student acts everywhere),
              the coder labelling every student turn on the same `--tasks` train tasks; the start student
              trains on the relabels
-Both train for `--tokens` tokens with `train`'s defaults and are evaluated on the same held-out test tasks.
+  reverse KL `onpolicy --mode reverse-kl` from the start student, one round: it samples its own episodes on
+             the same train tasks (temperature 0.7) and trains on them with the per-token reverse KL to a
+             stronger white-box teacher (`--kl-teacher`, default the learning curve's 200k-token student)
+All train for `--tokens` tokens with `train`'s defaults and are evaluated on the same held-out test tasks.
 Rows go to bench/results/onpolicy-<env>.jsonl as each arm finishes; a cut-off run resumes.
 
     python bench/onpolicy_quality.py [--start bench-out/curve/math/students/tokens-25000] [--tasks 200]
@@ -31,6 +34,8 @@ from trajdistill.train import OnPolicyConfig, TrainConfig, onpolicy, train
 def arguments() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--start", type=Path, default=Path("bench-out/curve/math/students/tokens-25000"))
+    ap.add_argument("--kl-teacher", type=Path, default=Path("bench-out/curve/math/students/tokens-200000"),
+                    help="the white-box teacher of the reverse-KL arm (a model dir with the student's tokenizer)")
     ap.add_argument("--out", type=Path, default=Path("bench-out/onpolicy"))
     ap.add_argument("--tasks", type=int, default=200, help="train tasks each arm's teacher labels")
     ap.add_argument("--tokens", type=int, default=25000, help="training tokens of each arm")
@@ -71,6 +76,20 @@ def dagger_arm(args: argparse.Namespace, start: str) -> str:
     return f"hf:{model.resolve()}"
 
 
+def reverse_kl_arm(args: argparse.Namespace, start: str) -> str:
+    out = args.out / "reverse-kl"
+    model = out / "round-1" / "model"
+    if not (out / "rounds.json").exists() or not (model / "train_config.yaml").exists():
+        onpolicy(OnPolicyConfig(env="math", student=start, teachers=[f"hf:{args.kl_teacher.resolve()}"],
+                                out=str(out), mode="reverse-kl", rounds=1, tasks=args.tasks, split="train",
+                                max_steps=args.max_steps, temperature=0.7, dev_tasks=0, sandbox=args.sandbox,
+                                concurrency=args.concurrency,
+                                student_options={"max_new_tokens": args.new_tokens, "batch_size": args.concurrency},
+                                train_args={"max_steps": steps_for([args.out / "sft-data"], args.tokens, start)},
+                                resume=out.exists()))
+    return f"hf:{model.resolve()}"
+
+
 def evaluated(args: argparse.Namespace, arm: str, spec: str) -> dict[str, Any]:
     rows = {r["arm"]: r for r in map(json.loads, args.rows.read_text().splitlines())} if args.rows.exists() else {}
     if arm in rows:
@@ -105,6 +124,7 @@ def main() -> None:
         rows.append(evaluated(args, "start (SFT checkpoint)", start))
         rows.append(evaluated(args, "more SFT", sft_arm(args, start)))
         rows.append(evaluated(args, "DAgger, 1 round", dagger_arm(args, start)))
+        rows.append(evaluated(args, "reverse KL, 1 round", reverse_kl_arm(args, start)))
     else:
         rows = [json.loads(line) for line in args.rows.read_text().splitlines()]
     print(table(rows))
