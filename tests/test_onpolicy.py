@@ -20,9 +20,9 @@ from conftest import cli, one_line_error, require
 from trajdistill.agents import policies
 from trajdistill.envs import CannotActError, PolicyRequest, Turn, make_env
 from trajdistill.envs._react_text import ParsedAction, format_action, format_final, parse_react
-from trajdistill.train import OnPolicyConfig, beta_at
+from trajdistill.train import OnPolicyConfig, beta_at, read_token_kl, token_kl, write_token_kl
 from trajdistill.train._onpolicy import OnPolicyDistiller, records_of
-from trajdistill.trajectories import RunStore
+from trajdistill.trajectories import RunError, RunStore
 
 
 def _nsjail() -> None:
@@ -516,3 +516,33 @@ def test_cli_reverse_kl_round_trains_and_records_the_kl(tmp_path):
     assert tc["student"] == r1["model"] and tc["ce_weight"] == 0.0 and tc["kl"] == "reverse"
     assert tc["act_kl"] == "forward" and tc["teacher_model"] == str(teacher)
     assert not (out / "round-1" / "relabels").exists()
+    for r, stats in ((1, r1), (2, r2)):  # the sampled tokens' KL, beside the rollouts, summed up per turn
+        rollouts = RunStore.open(out / f"round-{r}" / "rollouts").load()
+        kl = read_token_kl(out / f"round-{r}" / "rollouts")
+        assert set(kl) == {t.id for t in rollouts}
+        assert len(stats["kl_by_turn"]) == max(len(k["turns"]) for k in kl.values()) and stats["kl_by_turn"][0] > 0
+    assert (out / "divergence.png").is_file() and not (out / "agreement.png").exists()
+    res = cli("view", out / "round-1" / "rollouts", "--out", tmp_path / "view.html")
+    assert res.returncode == 0 and '"kl":[[' in (tmp_path / "view.html").read_text()
+
+
+def test_token_kl_is_the_divergence_of_each_sampled_token(white_box):
+    """Every assistant character lies in a token with a KL; the KL of a model to itself is 0, to another > 0."""
+    cfg, student, teacher, rollouts, root = white_box
+    other = token_kl(rollouts, str(student), str(teacher))
+    same = token_kl(rollouts, str(student), str(student))
+    for t, rec, own in zip(rollouts, other, same):
+        assert rec["id"] == own["id"] == t.id
+        texts = {str(i): m.content for i, m in enumerate(t.messages) if m.role == "assistant"}
+        assert set(rec["messages"]) == set(texts) and len(rec["turns"]) == len(texts)
+        for i, ranges in rec["messages"].items():
+            covered = {c for a, b, _ in ranges for c in range(a, b)}
+            assert covered == set(range(len(texts[i])))  # tokens tile the text, nothing outside it
+            assert all(v > 0 for *_, v in ranges)
+            assert all(abs(v) < 1e-5 for *_, v in own["messages"][i])
+    (root / "kl-run").mkdir()
+    write_token_kl(root / "kl-run", other)
+    assert read_token_kl(root / "kl-run") == {r["id"]: r for r in other}
+    (root / "kl-run" / "token_kl.jsonl").write_text("{not json\n")
+    with pytest.raises(RunError, match="line 1 is not a token KL record"):
+        read_token_kl(root / "kl-run")

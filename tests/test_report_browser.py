@@ -133,3 +133,27 @@ def test_view_page_and_untrusted_text(pages, tmp_path):
     assert "&lt;img src=x onerror=" in text and "&lt;/script&gt;&lt;script&gt;" in text  # shown as text
     assert XSS in html.unescape(text)
     assert screenshot(tmp_path, pages["view"], tmp_path / "view.png") == (1400, 1000)
+
+
+def test_view_overlays_the_token_kl_of_an_onpolicy_rollout(tmp_path):
+    """A run with token_kl.jsonl beside it (as `onpolicy --mode reverse-kl` writes): the viewer shades each
+    scored token of the shown trajectory by its KL, with the value in the element."""
+    from trajdistill.agents import build_tiny_llama
+    from trajdistill.trajectories import RunStore
+    from trajdistill.train import token_kl, write_token_kl
+
+    run = tmp_path / "rollouts"
+    collect(CollectConfig(env="math", teachers=["expert:coder"], tasks=2, out=str(run), sandbox="none"))
+    trajs = RunStore.open(run).load()
+    student, teacher = build_tiny_llama(tmp_path / "s"), build_tiny_llama(tmp_path / "t", seed=1)
+    records = token_kl(trajs, str(student), str(teacher))
+    write_token_kl(run, records)
+    page = tmp_path / "view.html"
+    page.write_text(render_viewer([run]))
+    shown = records[0]
+    dom, text = dump_dom(tmp_path, page, f"#traj={shown['id']}")
+    assert dom.detail.get("data-trajectory") == shown["id"]
+    ranges = [r for rs in shown["messages"].values() for r in rs]
+    assert dom.count("td-kl") == len(shown["messages"])  # one overlay per scored assistant turn
+    assert dom.count("td-kl-token") == len(ranges) > 0
+    assert text.count('data-kl="') == len(ranges)

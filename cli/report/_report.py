@@ -23,7 +23,7 @@ from markupsafe import Markup
 
 from trajdistill.agents import GateReport
 from trajdistill.skills import BoxError, SkillBox
-from trajdistill.train import final_losses, plot_losses
+from trajdistill.train import final_losses, plot_losses, read_token_kl
 from trajdistill.trajectories import (RUN_FILE, RunError, RunStore, Span, Trajectory, assistant_text, check_output,
                                       segment_as_env)
 
@@ -95,15 +95,19 @@ def cut(text: str, spans: list[Span]) -> list[list[str]]:
     return parts
 
 
-def trajectory_record(traj: Trajectory, run: int, prompts: dict[str, int]) -> dict[str, Any]:
-    """What the viewer shows of one trajectory; repeated system prompts are stored once in `prompts`."""
+def trajectory_record(traj: Trajectory, run: int, prompts: dict[str, int],
+                      kl: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What the viewer shows of one trajectory; repeated system prompts are stored once in `prompts`. `kl`: its
+    token KL record (on-policy rollouts), overlaid on the assistant texts."""
     spans = message_spans(traj)
+    token_kl = (kl or {}).get("messages", {})
     msgs: list[dict[str, Any]] = []
     for i, m in enumerate(traj.messages):
         if m.role == "system":
             msgs.append({"r": "system", "s": prompts.setdefault(m.content, len(prompts))})
         elif m.role == "assistant":
-            msgs.append({"r": "assistant", "p": cut(assistant_text(m), spans.get(i, []))})
+            msgs.append({"r": "assistant", "p": cut(assistant_text(m), spans.get(i, [])),
+                         **({"kl": token_kl[str(i)]} if str(i) in token_kl else {})})
         else:
             msgs.append({"r": m.role, "t": m.content, **({"n": m.name} if m.name else {})})
     o, u = traj.outcome, traj.usage
@@ -140,7 +144,8 @@ def viewer_data(runs: RunsArg) -> dict[str, Any]:
     records: list[dict[str, Any]] = []
     for run_index, (name, path) in enumerate(named.items()):
         trajs = sorted(RunStore.open(path).iter_trajectories(), key=lambda t: (t.task_id, t.teacher.spec))
-        records += [trajectory_record(t, run_index, prompts) for t in trajs]
+        kl = read_token_kl(path)
+        records += [trajectory_record(t, run_index, prompts, kl.get(t.id)) for t in trajs]
     if not records:
         raise RunError(f"no trajectories in {', '.join(str(p) for p in named.values())}")
     return {"runs": list(named), "prompts": list(prompts), "trajectories": records, "first": _featured(records)}

@@ -5,6 +5,7 @@ from ._curriculum import Complexity
 from ._curriculum import Plan as CurriculumPlan
 from ._curriculum import order as curriculum_order
 from ._data import SpanCollator, TrainData, build_data, pack
+from ._divergence import TOKEN_KL_FILE, kl_by_turn, read_token_kl, token_kl, write_token_kl
 from ._encode import SPAN_KINDS, Encoded, encode
 from ._losses import final_losses, plot_losses
 from ._onpolicy import (MixedPolicy, OnPolicyConfig, OnPolicyResult, OnPolicyRound, TurnRecord, beta_at, onpolicy,
@@ -16,6 +17,7 @@ from ._trainer import build_trainer, stage_steps, trainer_class
 
 __all__ = [
     "SPAN_KINDS",
+    "TOKEN_KL_FILE",
     "Complexity",
     "CurriculumPlan",
     "Encoded",
@@ -37,14 +39,18 @@ __all__ = [
     "curriculum_order",
     "encode",
     "final_losses",
+    "kl_by_turn",
     "onpolicy",
     "onpolicy_async",
     "pack",
     "parse_train_args",
     "plot_losses",
+    "read_token_kl",
     "self_distill",
     "self_distill_async",
     "stage_steps",
+    "token_kl",
     "train",
     "trainer_class",
+    "write_token_kl",
 ]

@@ -23,8 +23,10 @@ distillation in the GKD / Tinker form instead: the student alone rolls out (temp
 no relabels), and the round's student trains on on from its own rollouts with the per-token reverse KL to the
 teacher on every token it sampled (`train`'s KD term with ce_weight 0: prompt, system and tool tokens are
 masked, the span weights apply, --train-act-kl forward makes [ACT] spans mode-covering). The teacher model
-is loaded by the trainer only, next to the student, and never generates. rounds.json records the mean
-per-token KL the trainer logged (`train_kd`).
+never generates. Before training, the reverse KL of every sampled token to the teacher is written beside the
+rollouts (rollouts/token_kl.jsonl, overlaid by `trajdistill view`); rounds.json records its mean per turn
+position (`kl_by_turn`, plotted across rounds in OUT/divergence.png) and the trainer's last logged KL
+(`train_kd`).
 
 The next round rolls out the new model. OUT/rounds.json holds the per-round stats, rewritten after each
 round, among them the agreement (the share of the student's turns where it took the teacher's action) per
@@ -59,6 +61,7 @@ from trajdistill.envs.sandbox import Limits, SandboxProvider, get_provider
 from trajdistill.trajectories import Message, RunStore, Span, Teacher, Trajectory, Usage, assistant_text, segment_as_env
 
 from ._config import TrainConfig, student_problems
+from ._divergence import kl_by_turn, token_kl, write_token_kl
 from ._rounds import RoundsDir, recipe_problems, typed_train_arg
 from ._sft import train
 
@@ -66,6 +69,7 @@ CONFIG_FILE = "onpolicy.yaml"
 MODES = ("dagger", "reverse-kl")
 RELABEL_KIND = "relabel"
 AGREEMENT_PLOT = "agreement.png"
+DIVERGENCE_PLOT = "divergence.png"
 
 Listener = Callable[[str, Progress], None]  # (stage description, episode progress)
 
@@ -199,6 +203,8 @@ class OnPolicyRound:
     train_steps: int = 0
     train_loss: float | None = None
     train_kd: float | None = None  # the last logged mean per-token KL to a white-box teacher
+    # reverse-kl: mean token KL of the rollouts to the teacher at the k-th assistant turn (before training)
+    kl_by_turn: list[float | None] = field(default_factory=list)
     teachers: dict[str, int] = field(default_factory=dict)  # labelled turns per teacher
     # agreement at the k-th assistant turn of an episode (k = 1, 2, ...), None where the student never acted there
     agreement_by_turn: list[float | None] = field(default_factory=list)
@@ -343,21 +349,34 @@ def agreement_by_turn(rollouts: list[Trajectory]) -> list[list[bool]]:
 
 def plot_agreement(stats: list[OnPolicyRound], path: Path) -> None:
     """Per round, the share of the student's turns that took the teacher's action, by turn position."""
+    plot_by_turn([(s, s.agreement_by_turn) for s in stats], "student took the teacher's action",
+                 "teacher-student agreement at the student's states", path, (-0.05, 1.05))
+
+
+def plot_divergence(stats: list[OnPolicyRound], path: Path) -> None:
+    """Per round, the mean token KL(student || teacher) of the student's samples, by turn position."""
+    plot_by_turn([(s, s.kl_by_turn) for s in stats], "mean token KL(student || teacher)",
+                 "teacher-student divergence on the student's samples", path)
+
+
+def plot_by_turn(series: list[tuple[OnPolicyRound, list[float | None]]], ylabel: str, title: str, path: Path,
+                 ylim: tuple[float, float] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for s in stats:
-        points = [(k + 1, a) for k, a in enumerate(s.agreement_by_turn) if a is not None]
+    for s, values in series:
+        points = [(k + 1, v) for k, v in enumerate(values) if v is not None]
         if points:
             ax.plot(*zip(*points), marker="o", label=f"round {s.round} (beta {s.beta:g})")
     ax.set_xlabel("assistant turn of the episode")
-    ax.set_ylabel("student took the teacher's action")
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_title("teacher-student agreement at the student's states")
-    if any(s.agreement_by_turn for s in stats):
+    ax.set_ylabel(ylabel)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.set_title(title)
+    if any(values for _, values in series):
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -536,18 +555,26 @@ class OnPolicyDistiller(RoundsDir):
             shutil.rmtree(self.root / f"round-{round_no}" / derived, ignore_errors=True)
         return rollouts, errored
 
+    def divergence(self, round_no: int, student: str, rollouts: list[Trajectory]) -> list[float | None]:
+        """Write the rollouts' token KL to the teacher (rollouts/token_kl.jsonl); its mean per turn position."""
+        records = token_kl(rollouts, student.removeprefix("hf:"), self.cfg.teachers[0].removeprefix("hf:"))
+        write_token_kl(self.root / f"round-{round_no}" / "rollouts", records)
+        return kl_by_turn(records)
+
     def beta(self, round_no: int) -> float:
         """β of a round; in reverse-kl mode the student acts at every turn."""
         return beta_at(self.cfg.beta_schedule, round_no) if self.cfg.mode == "dagger" else 0.0
 
     async def round(self, round_no: int, student: str, aggregate: int) -> OnPolicyRound:
         rollouts, errored = await self.gather(round_no, student)
+        divergence: list[float | None] = []
         if self.cfg.mode == "dagger":
             labelled, failures, per_teacher = self.write_relabels(round_no, student, rollouts)
             acted = [r.acted for t in rollouts for r in records_of(t)]
         else:  # every turn the student sampled is scored by the one teacher
             acted = ["student" for t in rollouts for m in t.messages if m.role == "assistant"]
             labelled, failures, per_teacher = len(acted), 0, {self.cfg.teachers[0]: len(acted)}
+            divergence = self.divergence(round_no, student, rollouts)
         result = self.train(round_no, student)
         model = f"hf:{Path(result.out).resolve()}" if result is not None else None
         dev = await self.dev_success(round_no, model or student)
@@ -562,7 +589,7 @@ class OnPolicyDistiller(RoundsDir):
             relabel_failures=failures, agreement=sum(judged) / len(judged) if judged else None,
             aggregate=aggregate + labelled, trained=result is not None, model=model, dev_success_rate=dev,
             train_steps=result.steps if result else 0, train_loss=result.losses.get("loss") if result else None,
-            train_kd=result.losses.get("loss_kd") if result else None,
+            train_kd=result.losses.get("loss_kd") if result else None, kl_by_turn=divergence,
             teachers=per_teacher, agreement_by_turn=[sum(t) / len(t) if t else None for t in by_turn])
 
     async def run(self, on_round: Callable[[OnPolicyRound], None] | None = None) -> OnPolicyResult:
@@ -575,7 +602,10 @@ class OnPolicyDistiller(RoundsDir):
                 stats.append(s)
                 student = s.model or student
                 self._write_rounds(stats, student)
-                plot_agreement(stats, self.root / AGREEMENT_PLOT)
+                if self.cfg.mode == "dagger":
+                    plot_agreement(stats, self.root / AGREEMENT_PLOT)
+                else:
+                    plot_divergence(stats, self.root / DIVERGENCE_PLOT)
                 if on_round:
                     on_round(s)
         finally:

@@ -106,10 +106,13 @@
     });
     head.appendChild(kv); d.appendChild(head);
     d.appendChild(this.outcome(t));
-    var turn = 0;
+    var turn = 0, klMax = 0;
+    t.msgs.forEach(function (m) {
+      (m.kl || []).forEach(function (r) { klMax = Math.max(klMax, r[2]); });
+    });
     t.msgs.forEach(function (m) {
       if (m.r === "assistant") turn += 1;
-      d.appendChild(self.message(m, turn));
+      d.appendChild(self.message(m, turn, klMax));
     });
   };
 
@@ -129,7 +132,7 @@
     return box;
   };
 
-  Viewer.prototype.message = function (m, turn) {
+  Viewer.prototype.message = function (m, turn, klMax) {
     if (m.r === "system" || m.r === "user") {
       var text = m.r === "system" ? this.data.prompts[m.s] : m.t;
       var det = el("details", "td-msg td-prompt td-" + m.r);
@@ -153,7 +156,29 @@
       pre.appendChild(s);
     });
     msg.appendChild(pre);
+    if (m.kl) msg.appendChild(this.klOverlay(m, klMax));
     return msg;
+  };
+
+  // The distillation signal: each sampled token shaded by its KL(student || teacher), darkest at the
+  // trajectory's largest; the value is the token's tooltip.
+  Viewer.prototype.klOverlay = function (m, klMax) {
+    var text = m.p.map(function (part) { return part[1]; }).join(""), box = el("div", "td-kl");
+    var sum = m.kl.reduce(function (a, r) { return a + r[2]; }, 0);
+    box.appendChild(el("div", "td-role", "token KL(student \u2016 teacher) \u00b7 mean " +
+                       (sum / m.kl.length).toFixed(3) + " \u00b7 max in trajectory " + klMax.toFixed(3)));
+    var pre = el("pre", "td-text"), pos = 0;
+    m.kl.forEach(function (r) {
+      if (r[0] < pos) return;
+      if (r[0] > pos) pre.appendChild(document.createTextNode(text.slice(pos, r[0])));
+      var s = el("span", "td-kl-token", text.slice(r[0], r[1]));
+      s.style.backgroundColor = "rgba(214, 39, 40, " + (klMax > 0 ? r[2] / klMax : 0).toFixed(3) + ")";
+      s.title = "KL " + r[2].toFixed(4); s.setAttribute("data-kl", r[2]);
+      pre.appendChild(s); pos = r[1];
+    });
+    if (pos < text.length) pre.appendChild(document.createTextNode(text.slice(pos)));
+    box.appendChild(pre);
+    return box;
   };
 
   function start() {
