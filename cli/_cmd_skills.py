@@ -193,7 +193,7 @@ def _show_section(console: Console, data: Any) -> None:
         console.print(f"    {key}: {str(text)[:300]}", highlight=False)
 
 
-# ---- serve and validate (skills/_server.py, skills/_gate.py) ------------------------------------------
+# ---- serve and validate (skills/_server.py, skills/_validate.py) ------------------------------------------
 
 
 @skills_app.command("serve")

@@ -20,7 +20,7 @@ from ._box import (
     spec_from_source,
 )
 from ._check import CheckReport, ToolCheck, check_box, check_box_async
-from ._gate import AblationArm, Arm, GateConfig, ValidationReport, validate, validate_async
+from ._validate import AblationArm, Arm, GateConfig, ValidationReport, validate, validate_async
 from ._mine import MineConfig, MineResult, mine, mine_async
 from ._miners import Mined, MineJob, miners
 from ._mount import MountedEnv, mount_skills

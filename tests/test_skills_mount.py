@@ -19,7 +19,7 @@ from trajdistill.envs import ConfigError, PolicyRequest, Turn, make_env
 from trajdistill.envs._react_text import format_action, format_final
 from trajdistill.envs.sandbox import Limits, get_provider
 from trajdistill.skills import GateConfig, SkillBox, validate
-from trajdistill.skills._gate import HARMFUL_NOTE, rate_diff_ci, verdict
+from trajdistill.skills._validate import HARMFUL_NOTE, rate_diff_ci, verdict
 from trajdistill.skills import MountedEnv, mount_skills
 from trajdistill.skills._mount import READ_SKILL
 from trajdistill.skills._retrieve import BM25
