@@ -184,7 +184,7 @@ def _validation(console: Console, validation: dict[str, Any], fresh: dict[str, A
 
 
 def _show_section(console: Console, data: Any) -> None:
-    """A section another command wrote (e.g. the dev-set gate): its scalar fields, then nested ones as JSON."""
+    """A section another command wrote (e.g. the dev-set validation): its scalar fields, then nested ones as JSON."""
     if not isinstance(data, dict):
         console.print(f"    {data}", highlight=False)
         return
@@ -220,7 +220,7 @@ def serve_command(
 
 @skills_app.command("validate")
 @rollout_options(RolloutConfig, "env", "split", "tasks", "concurrency", "max_steps", "seed", "sandbox", "env_params",
-                 "skills_top_k", split="dev", tasks=50, concurrency=4)  # GateConfig's defaults: `skills` is slow to import
+                 "skills_top_k", split="dev", tasks=50, concurrency=4)  # ValidateConfig's defaults: `skills` is slow to import
 def validate_command(
     box: Path = typer.Argument(..., help="Skill box directory."),
     agent: str = typer.Option(..., help="Policy spec of the agent that mounts the box."),
@@ -229,9 +229,9 @@ def validate_command(
     *, rollout: dict,
 ) -> None:
     """Run the agent with and without the box; record the delta (95% CI) in the manifest."""
-    from trajdistill.skills import GateConfig
+    from trajdistill.skills import ValidateConfig
 
-    cfg = GateConfig(**rollout, box=str(box), agent=agent, ablate=ablate)
+    cfg = ValidateConfig(**rollout, box=str(box), agent=agent, ablate=ablate)
     raise typer.Exit(validate_cmd(console, cfg))
 
 
@@ -246,15 +246,15 @@ def validate_cmd(console, cfg) -> int:
 
     with Progress(*episode_columns("validate"), console=console, transient=False) as bar:
         section = asyncio.run(validate_async(cfg, EpisodeRows(bar)))
-    gate_table(console, section)
+    validation_table(console, section)
     return 0
 
 
-def gate_table(console, section) -> None:
+def validation_table(console, section) -> None:
     """The arms of a `ValidationReport`, with the delta and verdict of each."""
     from rich.table import Table
 
-    table = Table(title=f"gate: {section.agent} on {section.env} / {section.split}, {section.tasks} tasks")
+    table = Table(title=f"validation: {section.agent} on {section.env} / {section.split}, {section.tasks} tasks")
     for col in ("arm", "success", "95% CI", "delta", "delta 95% CI", "verdict"):
         table.add_column(col, justify="left" if col in ("arm", "verdict") else "right")
     base = section.without

@@ -1,7 +1,7 @@
 """`trajdistill demo`: the whole pipeline on the embedded default, resumable stage by stage.
 
 collect (two math experts + a short twx run) -> compose (dual, the tool-using coder preferred) -> train
-(span-aware SFT of all of SmolLM2-135M, `train`'s defaults) -> mine a skill box, gate it on dev, serve it
+(span-aware SFT of all of SmolLM2-135M, `train`'s defaults) -> mine a skill box, validate it on dev, serve it
 over MCP -> eval on test -> report.html.
 Each finished stage writes `stages/<name>.json`; a rerun skips those, so an interrupted demo resumes.
 """
@@ -141,17 +141,17 @@ class Demo:
         return {"line": result.summary(), "box": cfg.out, "skills": len(result.box.skills),
                 "tools": len(result.box.tools)}
 
-    def gate(self) -> dict[str, Any]:
-        from trajdistill.skills import GateConfig, validate
+    def validate(self) -> dict[str, Any]:
+        from trajdistill.skills import ValidateConfig, validate
 
-        # The distilled student is the one the box is meant to help, and it stops on its own: cheaper to gate.
-        cfg = GateConfig(box=str(self.path("box")), env="math", agent=f"hf:{self.path('student')}", split="dev",
-                         tasks=self.size.dev_tasks, max_steps=self.size.student_steps, sandbox=self.sandbox,
-                         agent_options=self.box_options)
+        # The distilled student is the one the box is meant to help, and it stops on its own: cheaper to run.
+        cfg = ValidateConfig(box=str(self.path("box")), env="math", agent=f"hf:{self.path('student')}", split="dev",
+                             tasks=self.size.dev_tasks, max_steps=self.size.student_steps, sandbox=self.sandbox,
+                             agent_options=self.box_options)
         section = validate(cfg)
         line = (f"dev success {section.without.success_rate:.0%} without the box, "
                 f"{section.with_.success_rate:.0%} with it ({section.verdict})")
-        return {"line": line, "gate": section.doc()}
+        return {"line": line, "validation": section.doc()}
 
     def serve(self) -> dict[str, Any]:
         tools = asyncio.run(_list_served_tools(self.path("box"), self.sandbox))
@@ -163,7 +163,7 @@ class Demo:
 
         student = f"hf:{self.path('student')}"
         options = {STUDENT: self.student_options, student: self.student_options}
-        # the box is measured by the gate on dev (with and without it); a second box eval here cost 5.5 minutes
+        # the box is measured by the validate stage on dev (with and without it); a second box eval here cost 5.5 minutes
         result = evaluate(EvalConfig(env="math", split="test", tasks=self.size.test_tasks, agents=[STUDENT, student, *TEACHERS],
                                      max_steps=self.size.student_steps, sandbox=self.sandbox, concurrency=20,
                                      out=str(self.path("eval")), options_by_agent=options, resume=True))
@@ -233,7 +233,7 @@ def run_demo(out: Path, *, quick: bool = False, sandbox: str = "auto", console: 
         "compose": demo.stage("compose", demo.compose),
         "train": demo.stage("train", demo.train),
         "mine": demo.stage("mine", demo.mine),
-        "gate": demo.stage("gate", demo.gate),
+        "validate": demo.stage("validate", demo.validate),
         "serve": demo.stage("serve", demo.serve),
         "eval": demo.stage("eval", demo.evaluate),
     }
@@ -246,11 +246,11 @@ def run_demo(out: Path, *, quick: bool = False, sandbox: str = "auto", console: 
 
 
 def _summary(results: dict[str, dict[str, Any]], quick: bool, wall: float, work: float) -> dict[str, Any]:
-    stages = {name: {k: v for k, v in r.items() if k not in ("table", "report", "gate")}
+    stages = {name: {k: v for k, v in r.items() if k not in ("table", "report", "validation")}
               for name, r in results.items()}
     return {"quick": quick, "wall_s": round(wall, 1), "stage_seconds_total": round(work, 1),
             "stages": stages, "eval": results["eval"]["table"], "compose": results["compose"]["report"],
-            "gate": results["gate"]["gate"], "size": asdict(QUICK if quick else FULL)}
+            "validation": results["validate"]["validation"], "size": asdict(QUICK if quick else FULL)}
 
 
 def _report(demo: Demo, summary: dict[str, Any]) -> Path:

@@ -20,13 +20,16 @@ from ._box import (
     spec_from_source,
 )
 from ._check import CheckReport, ToolCheck, check_box, check_box_async
-from ._validate import AblationArm, Arm, GateConfig, ValidationReport, validate, validate_async
+from ._validate import (VALIDATION_SECTION, AblationArm, Arm, ValidateConfig, ValidationReport, validate,
+                        validate_async)
 from ._mine import MineConfig, MineResult, mine, mine_async
 from ._miners import Mined, MineJob, miners
 from ._mount import MountedEnv, mount_skills
 from ._server import build_server, serve, serve_async
 
 __all__ = [
+    "VALIDATION_SECTION",
+    "ValidateConfig",
     "FORMAT_VERSION",
     "MANIFEST",
     "AblationArm",
@@ -34,7 +37,6 @@ __all__ = [
     "BoxError",
     "BoxTool",
     "CheckReport",
-    "GateConfig",
     "MineConfig",
     "MineJob",
     "MineResult",

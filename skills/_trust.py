@@ -2,7 +2,7 @@
 
 A box's manifest is signed with Ed25519. The signature covers the manifest's canonical JSON: its
 name, provenance, the sha256 of every file and the self-check result; other validation sections
-(a dev-set gate) are recorded later and stay outside it. A box is trusted when
+(the dev-set validation) are recorded later and stay outside it. A box is trusted when
 
 - a trusted key signed it: this machine's own key (made on first use in the user config dir),
   a key in the config dir's `trusted-keys` file, or one given as `--trust ed25519:...`; or

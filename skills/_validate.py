@@ -1,11 +1,11 @@
-"""The validation gate: does mounting a box make an agent better on held-out dev tasks?
+"""Box validation: does mounting a box make an agent better on held-out dev tasks?
 
     trajdistill skills validate BOX --env ENV --agent SPEC [--split dev --tasks N] [--ablate]
 
 The agent runs the same tasks without the box and with it (and, with `--ablate`, with the
 box minus one skill or tool at a time), through the evaluator. The delta comes with a 95%
 interval (Newcombe's hybrid score interval from the two Wilson intervals). The result is
-written to the manifest under `validation.gate`. A box that lowers the success rate is
+written to the manifest under `validation.dev_eval`. A box that lowers the success rate is
 flagged: users have reported that overly broad skills hijack the agent.
 """
 
@@ -29,11 +29,12 @@ from ._box import SkillBox
 from ._mount import mount_skills
 from ._trust import Trust
 
+VALIDATION_SECTION = "dev_eval"  # manifest key; boxes validated before 2026-12 hold it as "gate"
 HARMFUL_NOTE = "harmful: overly broad skills may hijack the agent"
 
 
 @dataclass(kw_only=True)
-class GateConfig(RolloutConfig):
+class ValidateConfig(RolloutConfig):
     """Settings of one validation run; the with- and without-box runs share every one of them
     (`skills`: boxes mounted in every arm, under the one being validated)."""
 
@@ -47,7 +48,7 @@ class GateConfig(RolloutConfig):
 
 
 class Arm(Report):
-    """One arm of the gate: the agent's success on the dev tasks with one set of skills mounted."""
+    """One arm of the validation: the agent's success on the dev tasks with one set of skills mounted."""
 
     success_rate: float
     ci95: list[float]
@@ -67,7 +68,7 @@ class AblationArm(Arm):
 
 
 class ValidationReport(Report):
-    """What `skills validate` finds (the box's gate), as `validation.gate` of the box's manifest holds it."""
+    """What `skills validate` finds (with and without the box), as `validation.dev_eval` of the box's manifest holds it."""
 
     omit_none = ("ablation", "note")
     env: str
@@ -117,15 +118,15 @@ def _compare(arm: Arm, base: Arm) -> dict[str, Any]:
 
 
 def ablation_source(box: Path, without: str, sandbox: str, digest: str) -> str:
-    """A stdio command that serves `box` minus one skill or tool; `digest` pins the box the gate verified."""
+    """A stdio command that serves `box` minus one skill or tool; `digest` pins the box the validation verified."""
     return shlex.join([sys.executable, "-m", "trajdistill", "skills", "serve", str(box), "--sandbox", sandbox,
                        "--exclude", without, "--trust", digest])
 
 
-class Gate:
+class BoxValidation:
     """Runs the arms of one validation and assembles the manifest section."""
 
-    def __init__(self, cfg: GateConfig, listener: Callable[[str, Any], None] | None = None):
+    def __init__(self, cfg: ValidateConfig, listener: Callable[[str, Any], None] | None = None):
         self.cfg = cfg
         self.box = SkillBox.load(cfg.box, verify=True, trust=Trust())
         self.listener = listener
@@ -164,15 +165,14 @@ class Gate:
         return out
 
 
-async def validate_async(cfg: GateConfig, listener: Callable[[str, Any], None] | None = None) -> ValidationReport:
-    """Library entry point: run the gate and write `validation.gate` into the box's manifest."""
-    gate = Gate(cfg, listener)
-    section = await gate.run()
+async def validate_async(cfg: ValidateConfig, listener: Callable[[str, Any], None] | None = None) -> ValidationReport:
+    """Library entry point: run the validation and write `validation.dev_eval` into the box's manifest."""
+    section = await BoxValidation(cfg, listener).run()
     # re-read: the files must still match
-    SkillBox.load(cfg.box, verify=True).record_validation("gate", section.doc())
+    SkillBox.load(cfg.box, verify=True).record_validation(VALIDATION_SECTION, section.doc())
     return section
 
 
-def validate(cfg: GateConfig, listener: Callable[[str, Any], None] | None = None) -> ValidationReport:
+def validate(cfg: ValidateConfig, listener: Callable[[str, Any], None] | None = None) -> ValidationReport:
     """Sync wrapper of `validate_async`."""
     return asyncio.run(validate_async(cfg, listener))

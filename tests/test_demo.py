@@ -14,7 +14,7 @@ from conftest import require
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["collect", "collect_twx", "compose", "train", "mine", "gate", "serve", "eval"]
+STAGES = ["collect", "collect_twx", "compose", "train", "mine", "validate", "serve", "eval"]
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +31,12 @@ def test_summary_has_every_stage_and_the_eval_table(demo):
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["stages"]) == STAGES
     labels = [row["label"] for row in summary["eval"]]
-    assert labels[:2] == ["base student", "distilled student"]  # the box is measured by the gate, on dev
+    assert labels[:2] == ["base student", "distilled student"]  # the box is measured by the validate stage, on dev
     assert {"expert:reasoner", "expert:coder"} <= set(labels)
     coder = next(r for r in summary["eval"] if r["label"] == "expert:coder")
     assert coder["success_rate"] == 1.0
     assert summary["compose"]["total"]["tasks"] == 8
-    assert summary["gate"]["verdict"] and "with" in summary["gate"]
+    assert summary["validation"]["verdict"] and "with" in summary["validation"]
     assert (out / "student" / "model.safetensors").exists()  # train's default: full fine-tuning
     assert (out / "box" / "skillbox.json").exists()
     assert "held-out math test tasks" in res.stdout

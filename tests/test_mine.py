@@ -414,7 +414,7 @@ def test_cli_mine_then_inspect(math_run, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert "self-check passed" in res.stdout and "0 skills" in res.stdout
     box = SkillBox.load(tmp_path / "box")
-    box.record_validation("gate", {"delta": -0.05, "flagged": True, "ci95": [-0.1, 0.0]})
+    box.record_validation("dev_eval", {"delta": -0.05, "flagged": True, "ci95": [-0.1, 0.0]})
     out = cli("skills", "inspect", tmp_path / "box").stdout
     tool = box.tools[0]
     assert tool.signature in out and "provenance" in out and "12 trajectories, 12 successful" in out

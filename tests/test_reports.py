@@ -1,4 +1,4 @@
-"""Typed reports (pydantic) that are also JSON files: the gate, the box self-check and run stats."""
+"""Typed reports (pydantic) that are also JSON files: the box validation, the box self-check and run stats."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 from test_skills_serve import SKILLS, make_box, need_nsjail
 
-from trajdistill.skills import Arm, GateConfig, ValidationReport, SkillBox, validate
+from trajdistill.skills import Arm, ValidateConfig, ValidationReport, SkillBox, validate
 from trajdistill.trajectories import Report
 
 GATE_KEYS = ["env", "agent", "split", "tasks", "without", "with", "delta", "delta_ci95", "verdict", "flagged",
@@ -14,17 +14,17 @@ GATE_KEYS = ["env", "agent", "split", "tasks", "without", "with", "delta", "delt
 ARM_KEYS = ["success_rate", "ci95", "n", "successes", "mean_steps", "errors"]
 
 
-def test_the_gate_returns_a_typed_report_and_writes_the_same_keys(tmp_path):
+def test_box_validation_returns_a_typed_report_and_writes_the_same_keys(tmp_path):
     need_nsjail()
     box = make_box(tmp_path / "box", tools=("add_numbers",), skills=[SKILLS[0]])
-    report = validate(GateConfig(box=str(box.path), env="math", agent="expert:coder", tasks=2, sandbox="nsjail"))
+    report = validate(ValidateConfig(box=str(box.path), env="math", agent="expert:coder", tasks=2, sandbox="nsjail"))
     assert isinstance(report, ValidationReport) and isinstance(report.with_, Arm)
     assert report.without.n == report.with_.n == report.tasks == 2
     assert report.verdict == "no clear effect" and not report.flagged and report.note is None
-    written = json.loads((box.path / "skillbox.json").read_text())["validation"]["gate"]
+    written = json.loads((box.path / "skillbox.json").read_text())["validation"]["dev_eval"]
     assert written == report.doc() and list(written) == GATE_KEYS  # no ablation, no note: left out, as before
     assert list(written["with"]) == ARM_KEYS
-    assert ValidationReport.model_validate(SkillBox.load(box.path).validation["gate"]) == report  # reads back typed
+    assert ValidationReport.model_validate(SkillBox.load(box.path).validation["dev_eval"]) == report  # reads back typed
 
 
 class _Example(Report):

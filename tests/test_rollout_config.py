@@ -11,7 +11,7 @@ import yaml
 
 from trajdistill.agents import CollectConfig, EvalConfig, RolloutConfig, collect, resolved_config
 from trajdistill.envs import ConfigError
-from trajdistill.skills import GateConfig
+from trajdistill.skills import ValidateConfig
 from trajdistill.train import SelfDistillConfig
 from trajdistill.train._self_distill import SelfDistiller
 from trajdistill.trajectories import RunStore
@@ -32,7 +32,7 @@ def _configs(tmp_path) -> dict[type, dict]:
     """Each stage's config with its own required settings."""
     return {CollectConfig: {"teachers": ["expert:coder"], "out": str(tmp_path / "c")},
             EvalConfig: {"agents": ["expert:coder"]},
-            GateConfig: {"box": str(tmp_path / "box"), "agent": "expert:coder"},
+            ValidateConfig: {"box": str(tmp_path / "box"), "agent": "expert:coder"},
             SelfDistillConfig: {"student": "expert:coder", "out": str(tmp_path / "sd")}}
 
 
@@ -65,8 +65,8 @@ def test_problems_of_shared_and_own_settings_are_reported_together(tmp_path):
 
 def test_stage_defaults_stay_as_they_were(tmp_path):
     made = {cls: cls(env="math", **own) for cls, own in _configs(tmp_path).items()}
-    assert (made[CollectConfig].split, made[EvalConfig].split, made[GateConfig].split) == ("train", "test", "dev")
-    assert (made[GateConfig].tasks, made[GateConfig].concurrency) == (50, 4)
+    assert (made[CollectConfig].split, made[EvalConfig].split, made[ValidateConfig].split) == ("train", "test", "dev")
+    assert (made[ValidateConfig].tasks, made[ValidateConfig].concurrency) == (50, 4)
     assert (made[SelfDistillConfig].temperature, made[SelfDistillConfig].max_steps) == (0.7, 10)
 
 
@@ -137,7 +137,7 @@ def test_each_commands_rollout_defaults_are_its_configs():
 
     root = typer.main.get_command(app)
     commands = {("collect",): CollectConfig, ("eval",): EvalConfig, ("self-distill",): SelfDistillConfig,
-                ("skills", "validate"): GateConfig}
+                ("skills", "validate"): ValidateConfig}
     for path, cls in commands.items():
         command = root
         for name in path:

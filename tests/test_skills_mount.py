@@ -1,6 +1,6 @@
 """Mounting skill boxes in agents: the real ReAct loop and collector over a MountedEnv, box tools through a
 real MCP session (stdio subprocess, HTTP URL, stdio command), read_skill, preload, name clashes, tool errors
-as observations, an hf agent with the box in its prompt, and the validation gate written into the manifest."""
+as observations, an hf agent with the box in its prompt, and the box validation written into the manifest."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from trajdistill.agents import CollectConfig, ReActLoop, _policy, collect
 from trajdistill.envs import ConfigError, PolicyRequest, Turn, make_env
 from trajdistill.envs._react_text import format_action, format_final
 from trajdistill.envs.sandbox import Limits, get_provider
-from trajdistill.skills import GateConfig, SkillBox, validate
+from trajdistill.skills import ValidateConfig, SkillBox, validate
 from trajdistill.skills._validate import HARMFUL_NOTE, rate_diff_ci, verdict
 from trajdistill.skills import MountedEnv, mount_skills
 from trajdistill.skills._mount import READ_SKILL
@@ -280,7 +280,7 @@ def test_hf_agent_mounts_a_box_and_runs_an_episode_with_its_tools_in_the_prompt(
     assert "- checking: Use before giving a final answer, to check it." in system
 
 
-# ---- the validation gate -----------------------------------------------------------------------------
+# ---- box validation (skills validate) --------------------------------------------------------------------------
 
 
 class Hijackable:
@@ -310,11 +310,11 @@ def hijackable():
     _policy.policies._items.pop("hijackable")
 
 
-def test_gate_flags_a_harmful_box_writes_the_manifest_and_inspect_shows_it(tmp_path, hijackable):
+def test_validation_flags_a_harmful_box_writes_the_manifest_and_inspect_shows_it(tmp_path, hijackable):
     need_nsjail()
     box = make_box(tmp_path / "box", tools=("add_numbers",), skills=[SKILLS[1]])
-    section = validate(GateConfig(box=str(box.path), env="math", agent=hijackable, tasks=5, ablate=True,
-                                  sandbox="nsjail", concurrency=2, skills_top_k=0))  # the skill in every prompt
+    section = validate(ValidateConfig(box=str(box.path), env="math", agent=hijackable, tasks=5, ablate=True,
+                                      sandbox="nsjail", concurrency=2, skills_top_k=0))  # the skill in every prompt
     assert section["without"]["successes"] == 5 and section["with"]["successes"] == 0
     assert section["delta"] == -1.0 and section["delta_ci95"][1] < 0
     assert section["verdict"] == "harmful" and section["flagged"] and section["note"] == HARMFUL_NOTE
@@ -322,22 +322,22 @@ def test_gate_flags_a_harmful_box_writes_the_manifest_and_inspect_shows_it(tmp_p
     assert section["ablation"]["skill:checking"]["success_rate"] == 1.0
     assert section["ablation"]["skill:checking"]["flagged"] is True
     assert section["ablation"]["tool:add_numbers"]["success_rate"] == 0.0
-    assert SkillBox.load(box.path).validation["gate"]["verdict"] == "harmful"  # still verifies after the write
+    assert SkillBox.load(box.path).validation["dev_eval"]["verdict"] == "harmful"  # still verifies after the write
 
     shown = subprocess.run([sys.executable, "-m", "trajdistill", "skills", "inspect", str(box.path)],
                            capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
     assert shown.returncode == 0, shown.stderr
-    assert "gate:" in shown.stdout and "verdict: harmful" in shown.stdout and HARMFUL_NOTE in shown.stdout
+    assert "dev_eval:" in shown.stdout and "verdict: harmful" in shown.stdout and HARMFUL_NOTE in shown.stdout
 
 
-def test_gate_cli_on_an_expert_reports_no_clear_effect(tmp_path):
+def test_validate_cli_on_an_expert_reports_no_clear_effect(tmp_path):
     need_nsjail()
     box = make_box(tmp_path / "box", tools=("add_numbers",), skills=[SKILLS[0]])
     res = subprocess.run([sys.executable, "-m", "trajdistill", "skills", "validate", str(box.path), "--env", "math",
                           "--agent", "expert:coder", "--tasks", "3", "--sandbox", "nsjail"],
                          capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
     assert res.returncode == 0, res.stderr[-2000:]
-    gate = json.loads((box.path / "skillbox.json").read_text())["validation"]["gate"]
+    gate = json.loads((box.path / "skillbox.json").read_text())["validation"]["dev_eval"]
     assert gate["without"]["n"] == gate["with"]["n"] == 3
     assert gate["delta"] == 0.0 and gate["verdict"] == "no clear effect" and not gate["flagged"]
     assert "no clear effect" in res.stdout

@@ -173,8 +173,8 @@ def test_sign_reruns_the_self_check_and_the_signature_covers_it(unsigned):
     assert box.validation["self_check"]["tools"]["add_numbers"]["passed"] == 1  # a fresh run, not the claim
     out = cli("skills", "inspect", unsigned.path).stdout
     assert "self-check passed" in out and "signed" in out
-    # editing the signed self-check breaks the signature; a gate section is outside it
-    box.record_validation("gate", {"delta": 0.1})
+    # editing the signed self-check breaks the signature; a dev_eval section is outside it
+    box.record_validation("dev_eval", {"delta": 0.1})
     assert cli("skills", "inspect", unsigned.path).returncode == 0
     signed = json.loads((unsigned.path / "skillbox.json").read_text())
     signed["validation"]["self_check"]["ok"] = False

@@ -291,7 +291,7 @@ def box_fixture(d):
                                             body="Use the add_mod tool.")],
                          tools=[ToolDraft(name="add_mod", source=source,
                                           tests=[{"args": {"a": 5, "b": 4, "m": 7}, "expected": 2}])])
-    box.record_validation("gate", {"env": "math", "agent": "expert:coder", "split": "dev", "tasks": 10,
+    box.record_validation("dev_eval", {"env": "math", "agent": "expert:coder", "split": "dev", "tasks": 10,
                                    "without": {"success_rate": 0.4}, "with": {"success_rate": 0.6},
                                    "delta": 0.2, "delta_ci95": [-0.1, 0.5], "verdict": "no clear effect",
                                    "flagged": False})

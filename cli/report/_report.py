@@ -22,7 +22,7 @@ import jinja2
 from markupsafe import Markup
 
 from trajdistill.agents import GateReport
-from trajdistill.skills import BoxError, SkillBox
+from trajdistill.skills import VALIDATION_SECTION, BoxError, SkillBox
 from trajdistill.train import final_losses, plot_losses, read_token_kl
 from trajdistill.trajectories import (RUN_FILE, RunError, RunStore, Span, Trajectory, assistant_text, check_output,
                                       segment_as_env)
@@ -433,31 +433,32 @@ def box_section(box_dir: str | Path | None) -> str:
 
 
 def _validation_html(validation: Mapping[str, Any]) -> str:
-    gate, check = validation.get("gate"), validation.get("self_check")
+    dev = validation.get(VALIDATION_SECTION) or validation.get("gate")  # "gate": boxes validated before the rename
+    check = validation.get("self_check")
     parts = []
-    if gate:
-        lo, hi = gate.get("delta_ci95", [0.0, 0.0])
-        verdict = str(gate.get("verdict", ""))
-        cls = "td-good" if gate.get("delta", 0) > 0 else "td-bad" if gate.get("flagged") else ""
-        w, wo = gate.get("with", {}), gate.get("without", {})
+    if dev:
+        lo, hi = dev.get("delta_ci95", [0.0, 0.0])
+        verdict = str(dev.get("verdict", ""))
+        cls = "td-good" if dev.get("delta", 0) > 0 else "td-bad" if dev.get("flagged") else ""
+        w, wo = dev.get("with", {}), dev.get("without", {})
         parts.append(
             f'<div class="td-cards"><div class="td-card td-stat {cls}"><div class="td-num">'
-            f'{gate.get("delta", 0):+.1%}</div><div class="td-label">validation delta (95% CI {lo:+.0%} … {hi:+.0%})'
+            f'{dev.get("delta", 0):+.1%}</div><div class="td-label">validation delta (95% CI {lo:+.0%} … {hi:+.0%})'
             f'<br>{_e(verdict)}</div></div>'
             f'<div class="td-card td-stat"><div class="td-num">{wo.get("success_rate", 0):.0%} → '
-            f'{w.get("success_rate", 0):.0%}</div><div class="td-label">{_e(gate.get("agent", "?"))} on '
-            f'{_e(gate.get("tasks", "?"))} {_e(gate.get("split", ""))} tasks, without → with the box'
+            f'{w.get("success_rate", 0):.0%}</div><div class="td-label">{_e(dev.get("agent", "?"))} on '
+            f'{_e(dev.get("tasks", "?"))} {_e(dev.get("split", ""))} tasks, without → with the box'
             '</div></div></div>')
-        if gate.get("note"):
-            parts.append(f'<p class="td-warn">{_e(gate["note"])}</p>')
-        ablation = gate.get("ablation") or {}
+        if dev.get("note"):
+            parts.append(f'<p class="td-warn">{_e(dev["note"])}</p>')
+        ablation = dev.get("ablation") or {}
         if ablation:
             rows = [[k, f"{v.get('success_rate', 0):.0%}", f"{v.get('delta', 0):+.1%}", v.get("verdict", ""),
                      "yes" if v.get("flagged") else ""] for k, v in ablation.items()]
             parts.append("<h3>Ablation: the box without one item</h3>"
                          + _table(["without", "success", "delta vs full box", "verdict", "flagged"], rows))
     else:
-        parts.append(_not_run("validation gate not run"))
+        parts.append(_not_run("box validation not run"))
     if check:
         tools = check.get("tools", {})
         passed = sum(t.get("passed", 0) for t in tools.values())
