@@ -37,7 +37,9 @@ def curate_command(
                                           help="YAML with steps, mix and seed; flags override it."),
 ) -> None:
     """Curate runs into a training run: named steps (verified, dedupe, near-dup, length-balance, balance,
-    blend) applied in order; each records what it removed and why in OUT/curate_report.json."""
+    blend) applied in order; each records what it removed and why in OUT/curate_report.json, and OUT/curate.html
+    shows the counts, examples of what was removed and the length distributions before and after."""
+    from trajdistill.report import build_curate_report
     from trajdistill.trajectories._curate import PLOT_FILE, REPORT_FILE, curate, parse_mix
 
 
@@ -52,8 +54,9 @@ def curate_command(
     steps_table(console, report)
     for line in report.warnings:
         err_console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
+    html = build_curate_report(out, report.to_dict(), out / PLOT_FILE)
     console.print(f"run written to [bold]{escape(str(out))}[/] ({report.total_out} of {report.total_in} "
-                  f"trajectories kept); report {REPORT_FILE}, plot {PLOT_FILE}")
+                  f"trajectories kept); report {REPORT_FILE} and {html.name}, plot {PLOT_FILE}")
 
 
 def steps_table(console: Console, report) -> None:

@@ -207,6 +207,14 @@ def test_yaml_and_flags_give_the_same_run(dirty, tmp_path):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     steps = [yaml.safe_load((tmp_path / d / "run.yaml").read_text())["steps"] for d in "ab"]
     assert steps[0] == steps[1]
+    page = (tmp_path / "a" / "curate.html").read_text()  # the HTML section: counts, removed examples, lengths
+    doc = json.loads((tmp_path / "a" / REPORT_FILE).read_text())
+    for s in doc["steps"]:
+        assert f"<td>{s['name']}</td>" in page
+        assert all(e["task_id"] in page and e["id"][:12] in page for e in s["examples"])
+    assert sum(len(s["examples"]) for s in doc["steps"]) > 0 and "over-long reasoning" in page
+    assert all(f"<td>{cat}</td>" in page for cat in doc["lengths"]["before"])
+    assert page.count('src="data:image/png;base64,') == 1  # the length plot, inline
     flags_win = cli("curate", dirty.path, "--out", tmp_path / "c", "--config", config, "--step", "dedupe")
     assert flags_win.returncode == 0
     assert [s["name"] for s in json.loads((tmp_path / "c" / REPORT_FILE).read_text())["steps"]] == ["dedupe"]

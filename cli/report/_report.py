@@ -217,6 +217,59 @@ def build_report(out_dir: str | Path, summary: dict[str, Any], *, runs: Mapping[
     return path
 
 
+CURATE_REPORT_FILE = "curate.html"
+
+
+def build_curate_report(out_dir: str | Path, report: Mapping[str, Any], plot: str | Path | None = None) -> Path:
+    """Write `out_dir/curate.html` from a curate_report.json document: the counts per step with the reasons,
+    examples of what each step removed, and the reasoning lengths per category before and after."""
+    out = Path(out_dir)
+    total = report.get("total", {})
+    summary = {"trajectories in": total.get("in", 0), "kept": total.get("out", 0), "seed": report.get("seed"),
+               "kept per run": dict(total.get("out_by_run", {}))}
+    sections = [("curate-steps", "Steps, in order", curate_steps_html(report)),
+                ("curate-removed", "Examples of what was removed", curate_examples_html(report)),
+                ("curate-lengths", "Reasoning length per category, before and after",
+                 curate_lengths_html(report, Path(plot) if plot else None))]
+    page = _page("report.html.j2", title="trajdistill curate", heading=f"curate: {out.resolve().name}",
+                 page_class="td-report", summary=Markup(summary_html(summary)),
+                 sections=[(k, name, Markup(part)) for k, name, part in sections])
+    path = out / CURATE_REPORT_FILE
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def curate_steps_html(report: Mapping[str, Any]) -> str:
+    rows = [[s["name"], ", ".join(f"{k}={v}" for k, v in s.get("settings", {}).items()), s["in"], s["out"],
+             s["removed"], ", ".join(f"{r}: {n}" for r, n in s.get("reasons", {}).items())]
+            for s in report.get("steps", [])]
+    warnings = "".join(f'<p class="td-warn">{_e(w)}</p>' for w in report.get("warnings", []))
+    return _table(["step", "settings", "in", "out", "removed", "why"], rows) + warnings
+
+
+def curate_examples_html(report: Mapping[str, Any]) -> str:
+    rows = [[s["name"], e["reason"], e.get("run", ""), e["task_id"], e["id"][:12], e.get("detail") or "",
+             f'<pre class="td-pre">{_e(e.get("snippet", ""))}</pre>']
+            for s in report.get("steps", []) for e in s.get("examples", [])]
+    if not rows:
+        return _not_run("no step removed anything")
+    escaped = [[_e(c) for c in r[:-1]] + [r[-1]] for r in rows]
+    return _table(["step", "reason", "run", "task", "trajectory", "detail", "assistant text (start)"], escaped,
+                  raw=True)
+
+
+def curate_lengths_html(report: Mapping[str, Any], plot: Path | None) -> str:
+    lengths = report.get("lengths", {})
+    before, after = lengths.get("before", {}), lengths.get("after", {})
+    rows = []
+    for cat in sorted(set(before) | set(after)):
+        b, a = before.get(cat, {}), after.get(cat, {})
+        rows.append([cat, *(f"{b.get(k, '–')} → {a.get(k, '–')}" for k in ("n", "mean", "median", "p90", "max"))])
+    caption = f'<p class="td-caption">{_e(lengths.get("unit", ""))}, before → after</p>' if rows else ""
+    image = _image(plot, "reasoning length per category, before and after") if plot else ""
+    return caption + _table(["category", "trajectories", "mean", "median", "p90", "max"], rows) + image
+
+
 GATE_REPORT_FILE = "gate.html"
 
 
