@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import anyio
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.prompts.base import Prompt
 from mcp.server.mcpserver.resources.types import TextResource
@@ -100,7 +101,8 @@ class SessionSandboxes:
                 run_tool_in_sandbox(self.box, name, arguments, sandbox, timeout=timeout_s, installed=installed), limit)
         except BaseException as e:
             # a stuck backend, a cancelled call: the sandbox's state is unknown, so it goes, not back to the pool
-            await asyncio.shield(self.provider.release(sandbox))
+            with anyio.CancelScope(shield=True):
+                await self.provider.release(sandbox)
             if isinstance(e, TimeoutError):
                 return False, f"tool {name} did not finish within {limit:g}s"
             raise
@@ -160,7 +162,8 @@ def _lifespan(box: SkillBox, provider: SandboxProvider):
         try:
             yield {SANDBOXES: sandboxes}
         finally:
-            await sandboxes.close()
+            with anyio.CancelScope(shield=True):  # the transport is being cancelled: finish the hand-back
+                await sandboxes.close()
 
     return lifespan
 

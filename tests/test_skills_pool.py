@@ -1,0 +1,153 @@
+"""A skill-box server keeps one sandbox per client session, and no call sees what an earlier call left.
+
+Every real backend (nsjail as root, docker), the real `trajdistill skills serve` over stdio and the mcp SDK's
+own client; the session-count test drives the server in memory. A missing backend skips here and fails under
+TRAJDISTILL_REQUIRE_ALL=1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+
+import pytest
+from conftest import require
+from mcp.client import Client
+from mcp.client.stdio import StdioServerParameters
+
+from trajdistill.envs import UnknownNameError
+from trajdistill.envs.sandbox import Limits, sandboxes
+from trajdistill.skills import SkillBox, ToolDraft, build_server
+
+BACKENDS = [pytest.param("nsjail", marks=pytest.mark.nsjail), pytest.param("docker", marks=pytest.mark.docker)]
+LIMITS = Limits(timeout_s=10.0)
+
+LEAVE = '''
+def leave(mark: str) -> str:
+    """Leave files, a background process and a changed tool file behind, and report what this call sees.
+
+    Args:
+        mark: A name for the files and a word on the process's command line.
+    """
+    import os
+    import subprocess
+    import time
+    for path in (mark, "/tmp/" + mark, "/dev/shm/" + mark):
+        try:
+            open(path, "w").write("left")
+        except OSError:
+            pass
+    subprocess.Popen(["/bin/sh", "-c", "sleep 60; : " + mark], start_new_session=True, stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tampered = []
+    tools = os.path.dirname(__file__)
+    for path in (__file__, os.path.join(tools, "look.py")):
+        try:
+            open(path, "w").write("def look(mark: str) -> str:\\n    return 'tampered'\\n")
+            tampered.append(path)
+        except OSError:
+            pass
+    for path in (tools, os.path.dirname(tools)):
+        try:
+            os.rename(path, path + ".moved")
+            tampered.append("moved " + path)
+        except OSError:
+            pass
+    time.sleep(0.2)
+    return f"{sorted(os.listdir('.'))} {_processes(mark)} {tampered}"
+
+
+def _processes(mark: str) -> int:
+    import os
+    found = 0
+    for pid in os.listdir("/proc"):
+        try:
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
+        except OSError:
+            continue
+        found += mark in cmdline and "leave" not in cmdline and "look" not in cmdline
+    return found
+'''
+
+LOOK = '''
+def look(mark: str) -> str:
+    """Report what an earlier call left that this one can see.
+
+    Args:
+        mark: The name `leave` used.
+    """
+    import os
+    files = [p for p in (mark, "/tmp/" + mark, "/dev/shm/" + mark) if os.path.exists(p)]
+    processes = 0
+    for pid in os.listdir("/proc"):
+        try:
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
+        except OSError:
+            continue
+        processes += mark in cmdline and "leave" not in cmdline and "look" not in cmdline
+    return f"files={files} processes={processes} work={sorted(os.listdir('.'))}"
+'''
+
+
+def need(backend: str) -> None:
+    try:
+        why = sandboxes.get(backend).available()
+    except UnknownNameError as e:
+        why = str(e)
+    require(why is None, f"{backend} sandbox unavailable: {why}")
+
+
+@pytest.fixture
+def box(tmp_path) -> SkillBox:
+    return SkillBox.write(tmp_path / "box", name="leftovers", env=None,
+                          tools=[ToolDraft("leave", LEAVE), ToolDraft("look", LOOK)])
+
+
+def text(result) -> str:
+    return "\n".join(c.text for c in result.content)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_call_sees_no_file_process_or_tampering_an_earlier_call_left(box, backend):
+    need(backend)
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "trajdistill", "skills", "serve", str(box.path), "--sandbox", backend, "--timeout", "10"],
+        env={"TRAJDISTILL_CONFIG_DIR": os.environ["TRAJDISTILL_CONFIG_DIR"], "PATH": os.environ["PATH"]})
+    async with Client(params, read_timeout_seconds=120) as client:
+        for _ in range(2):  # the second round runs in the sandbox the first one used
+            mark = f"left-{uuid.uuid4().hex[:8]}"
+            left = await client.call_tool("leave", {"mark": mark})
+            assert not left.is_error, text(left)
+            # the leaving call itself saw its file and its process, and could change no tool file
+            assert text(left) == f"['{mark}'] 1 []"
+            seen = await client.call_tool("look", {"mark": mark})
+            assert not seen.is_error, text(seen)
+            assert text(seen) == "files=[] processes=0 work=[]"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_one_sandbox_per_session_released_when_it_ends(box, backend, mode):
+    need(backend)
+    made, released = [], []
+
+    class Counting(sandboxes.get(backend)):
+        async def create(self):
+            made.append(await super().create())
+            return made[-1]
+
+        async def release(self, sandbox):
+            released.append(sandbox)
+            await super().release(sandbox)
+
+    async with Counting(LIMITS) as provider:
+        server = build_server(box, provider, timeout_s=10)
+        for session in range(2):
+            async with Client(server, mode=mode) as client:
+                for _ in range(3):
+                    seen = await client.call_tool("look", {"mark": "nothing"})
+                    assert text(seen) == "files=[] processes=0 work=[]"
+                assert len(made) == session + 1 and len(released) == session
+            assert released == made  # the session's end handed its sandbox back
