@@ -7,8 +7,11 @@ TRAJDISTILL_REQUIRE_ALL=1.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
 import sys
+import time
 import uuid
 
 import pytest
@@ -127,12 +130,8 @@ async def test_a_call_sees_no_file_process_or_tampering_an_earlier_call_left(box
             assert text(seen) == "files=[] processes=0 work=[]"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("mode", ["auto", "legacy"])
-async def test_one_sandbox_per_session_released_when_it_ends(box, backend, mode):
-    need(backend)
-    made, released = [], []
-
+def counting(backend: str, made: list, released: list):
+    """The real provider of `backend`, noting each sandbox it makes and takes back."""
     class Counting(sandboxes.get(backend)):
         async def create(self):
             made.append(await super().create())
@@ -142,7 +141,15 @@ async def test_one_sandbox_per_session_released_when_it_ends(box, backend, mode)
             released.append(sandbox)
             await super().release(sandbox)
 
-    async with Counting(LIMITS) as provider:
+    return Counting
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_one_sandbox_per_session_released_when_it_ends(box, backend, mode):
+    need(backend)
+    made, released = [], []
+    async with counting(backend, made, released)(LIMITS) as provider:
         server = build_server(box, provider, timeout_s=10)
         for session in range(2):
             async with Client(server, mode=mode) as client:
@@ -151,3 +158,44 @@ async def test_one_sandbox_per_session_released_when_it_ends(box, backend, mode)
                     assert text(seen) == "files=[] processes=0 work=[]"
                 assert len(made) == session + 1 and len(released) == session
             assert released == made  # the session's end handed its sandbox back
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_an_http_session_holds_its_own_sandbox_until_it_ends(box, backend):
+    need(backend)
+    made, released = [], []
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    async with counting(backend, made, released)(LIMITS) as provider:
+        server = build_server(box, provider, timeout_s=10)
+        serving = asyncio.create_task(server.run_streamable_http_async(host="127.0.0.1", port=port))
+        try:
+            await until(lambda: _listening(port))
+            for session in range(2):
+                # legacy: the handshake protocol, whose HTTP sessions have ids (the 2026 one has no sessions)
+                async with Client(f"http://127.0.0.1:{port}/mcp", mode="legacy") as client:
+                    for _ in range(2):
+                        assert text(await client.call_tool("look", {"mark": "x"})) == "files=[] processes=0 work=[]"
+                    assert len(made) == session + 1 and len(released) == session
+                await until(lambda: len(released) == session + 1)  # the session's end hands it back
+        finally:
+            serving.cancel()
+            await asyncio.gather(serving, return_exceptions=True)
+    assert released == made
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+async def until(ok, limit_s: float = 60.0) -> None:
+    """Wait for `ok()`; fail after `limit_s`."""
+    deadline = time.monotonic() + limit_s
+    while not ok():
+        assert time.monotonic() < deadline, "gave up waiting"
+        await asyncio.sleep(0.05)
