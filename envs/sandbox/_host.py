@@ -61,7 +61,9 @@ class HostSandbox(Sandbox):
         return str(self.box)
 
     async def exec_fresh(self, cmd, *, stdin=None, timeout=None, env=None) -> ExecResult:
-        self._new_root()  # leftover processes died with the previous exec's process group
+        # Leftovers died with the previous exec's process group; one that left it (setsid) lives on:
+        # this backend confines nothing.
+        self._new_root()
         return await self.exec(cmd, stdin=stdin, timeout=timeout, env=env)
 
     def _new_root(self) -> None:
