@@ -13,6 +13,7 @@ import socket
 import sys
 import time
 import uuid
+import warnings
 
 import pytest
 from conftest import require
@@ -20,7 +21,8 @@ from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 
 from trajdistill.envs import UnknownNameError
-from trajdistill.envs.sandbox import Limits, sandboxes
+from trajdistill.envs.sandbox import Limits, Sandbox, sandboxes
+from trajdistill.envs.sandbox._host import HostProvider, HostSandbox
 from trajdistill.skills import SkillBox, ToolDraft, build_server
 
 BACKENDS = [pytest.param("nsjail", marks=pytest.mark.nsjail), pytest.param("docker", marks=pytest.mark.docker)]
@@ -199,3 +201,43 @@ async def until(ok, limit_s: float = 60.0) -> None:
     while not ok():
         assert time.monotonic() < deadline, "gave up waiting"
         await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_concurrent_calls_of_a_session_never_share_a_sandbox(box, backend):
+    need(backend)
+    made, released = [], []
+    async with counting(backend, made, released)(LIMITS) as provider:
+        async with Client(build_server(box, provider, timeout_s=10)) as client:
+            await client.call_tool("look", {"mark": "x"})
+            marks = [f"c{i}-{uuid.uuid4().hex[:6]}" for i in range(3)]
+            left = await asyncio.gather(*(client.call_tool("leave", {"mark": m}) for m in marks))
+            # each call saw only its own file: three sandboxes at once, the first one reused
+            assert [text(r) for r in left] == [f"['{m}'] 1 []" for m in marks]
+            assert len(made) == 3
+            await client.call_tool("look", {"mark": "x"})
+            assert len(made) == 3
+        assert sorted(map(id, released)) == sorted(map(id, made))
+
+
+async def test_a_backend_that_cannot_install_gets_a_fresh_sandbox_per_call(box):
+    made = []
+
+    class NoInstall(HostSandbox):
+        install = Sandbox.install  # the interface's default: NotImplementedError
+
+    class Provider(HostProvider):
+        async def create(self):
+            made.append(NoInstall(self.limits))
+            return made[-1]
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        async with Provider(LIMITS) as provider:
+            async with Client(build_server(box, provider, timeout_s=10)) as client:
+                for _ in range(2):
+                    # the tool file written into the working directory: the per-call path ran
+                    assert text(await client.call_tool("look", {"mark": "x"})).endswith("work=['skilltool_look.py']")
+    assert len(made) == 3  # the one that refused, then one per call
+    assert any("cannot install read-only files: every box tool call gets a fresh sandbox" in str(w.message)
+               for w in caught)
