@@ -166,6 +166,7 @@ async def main() -> None:
     args = ap.parse_args()
     rows: list[Row] = []
     skipped = []
+    load = os.getloadavg()[0]
     for name in ("docker", "nsjail", "none"):
         why = sandboxes.get(name).available()
         if why:
@@ -176,7 +177,8 @@ async def main() -> None:
     rows += twx_steps(args.n)
     body = "\n\n".join([
         f"`python bench/sandbox_latency.py --n {args.n} --cold-n {args.cold_n}`, {date.today()}, "
-        f"{machine()}. Times are wall-clock per exec as the caller sees it.",
+        f"{machine()}, load average {load:.1f} at the start and {os.getloadavg()[0]:.1f} at the end. "
+        "Times are wall-clock per exec as the caller sees it.",
         table(rows), ratio_line(rows), NOTES,
         *( [f"Skipped: {', '.join(skipped)}."] if skipped else []),
     ])

@@ -12,7 +12,8 @@
 The manifest is signed (see _trust.py); loading with a `Trust` refuses a box that no trusted key
 signed and no pinned digest matches. Box code is written by a model, so it never runs in this
 process. Schemas come from parsing the source with `ast` (annotations are read from a whitelist
-of types, never evaluated); the code itself runs only through `run_source`, inside a sandbox.
+of types, never evaluated); the code itself runs only through `run_source` or `run_installed`, inside a
+sandbox.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import asyncio
 import hashlib
 import inspect
 import json
+import marshal
 import os
 import re
 import shutil
@@ -537,34 +539,47 @@ def _literal_default(fn: str, arg: str, node: ast.expr) -> Any:
 # --------------------------------------------------------------------------- running tools in a sandbox
 
 RESULT_MARK = "\x1e__trajdistill_tool_result__"
-# Runs inside the sandbox: import the tool file, call the function with JSON args from stdin, print the result.
-# With a third argument `many`, stdin is a JSON list of argument objects: one result line per call, in order,
-# each call on a freshly imported module (as if it ran alone), all in one process (one sandbox exec).
+ARGV_MAX = 100_000  # hex characters of arguments passed in argv (Linux caps one at 128 KiB); more go on stdin
+# Runs inside the sandbox: load the tool file, call the function with the arguments, print the result as JSON.
+# argv: PATH NAME one|many [HEX]. The arguments are marshalled by this process (trusted data), as hex in argv or
+# raw on stdin; with `many`, a list of argument objects: one result line per call, in order, each call on a fresh
+# load of the file (as if it ran alone), all in one process (one sandbox exec). It imports neither json (with re
+# and enum, about a third of a warm exec) nor importlib: marshal is built in and `_json` is json's own C encoder.
 DRIVER = r"""
-import contextlib, importlib.util, json, sys
+import marshal, sys
 MARK = "\x1e__trajdistill_tool_result__"
+def refuse(o):
+    raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
+try:
+    import _json
+    def dumps(value):
+        encode = _json.make_encoder({}, refuse, _json.encode_basestring_ascii, None, ": ", ", ", False, False, True)
+        return "".join(encode(value, 0))
+    dumps(0)
+except Exception:
+    from json import dumps
 def call(path, name, args):
     try:
-        with contextlib.redirect_stdout(sys.stderr):
-            spec = importlib.util.spec_from_file_location("skilltool", path)
-            mod = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(mod)
+        out, sys.stdout = sys.stdout, sys.stderr
+        try:
+            mod = type(sys)("skilltool")
+            mod.__file__ = path
+            with open(path, "rb") as f:
+                exec(compile(f.read(), path, "exec"), mod.__dict__)
             value = getattr(mod, name)(**args)
+        finally:
+            sys.stdout = out
         text = str(value)
         try:
-            return json.dumps({"ok": True, "value": value, "text": text})
+            return dumps({"ok": True, "value": value, "text": text})
         except (TypeError, ValueError):
-            return json.dumps({"ok": True, "value": text, "text": text})
+            return dumps({"ok": True, "value": text, "text": text})
     except BaseException as e:
-        return json.dumps({"ok": False, "error": type(e).__name__ + ": " + str(e)})
+        return dumps({"ok": False, "error": type(e).__name__ + ": " + str(e)})
 def main():
-    path, name = sys.argv[1], sys.argv[2]
-    try:
-        given = json.loads(sys.stdin.read() or "{}")
-    except ValueError as e:
-        sys.stdout.write(MARK + json.dumps({"ok": False, "error": "ValueError: " + str(e)}) + "\n")
-        return
-    for args in (given if sys.argv[3:] == ["many"] else [given]):
+    path, name, mode = sys.argv[1:4]
+    given = marshal.loads(bytes.fromhex(sys.argv[4]) if len(sys.argv) > 4 else sys.stdin.buffer.read())
+    for args in (given if mode == "many" else [given]):
         sys.stdout.write(MARK + call(path, name, args) + "\n")
         sys.stdout.flush()
 main()
@@ -581,37 +596,63 @@ class ToolResult:
 
 async def run_source(source: str, function: str, args: dict[str, Any], sandbox: Any, *,
                      timeout: float | None = None) -> ToolResult:
-    """Run `function` from tool `source` with `args` inside `sandbox`: the one place tool code executes.
+    """Run `function` from tool `source` with `args` inside `sandbox`: the one place tool code executes
+    (with `run_installed`, for a file already in the sandbox).
 
     Every failure of the tool (exception, timeout, memory kill, garbage output) is a ToolResult with
     ok=False and a one-line error; only a broken sandbox backend raises.
     """
-    res = await _exec_driver(source, function, json.dumps(args), sandbox, timeout)
-    lines = _result_lines(res.stdout)
-    if res.timed_out or res.killed or not lines:
-        return _failed(res, function, timeout or sandbox.limits.timeout_s)
-    return _parsed(lines[-1], function)
+    path = await _write_tool(source, function, sandbox)
+    res = await _exec_driver(sandbox, path, function, args, timeout)
+    return _one_result(res, function, timeout or sandbox.limits.timeout_s)
+
+
+async def run_installed(path: str, function: str, args: dict[str, Any], sandbox: Any, *,
+                        timeout: float | None = None) -> ToolResult:
+    """`run_source` for a tool file that `Sandbox.install` put at `path`, in an exec that sees nothing of the
+    execs before it (`Sandbox.exec_fresh`)."""
+    res = await _exec_driver(sandbox, path, function, args, timeout, fresh=True)
+    return _one_result(res, function, timeout or sandbox.limits.timeout_s)
 
 
 async def run_source_many(source: str, function: str, calls: list[dict[str, Any]], sandbox: Any, *,
                           timeout: float | None = None) -> list[ToolResult] | None:
-    """`run_source` for many argument sets in one sandbox exec (each on a fresh import of the tool).
+    """`run_source` for many argument sets in one sandbox exec (each on a fresh load of the tool).
     None when the batch did not give one result per call (a timeout, a kill, a forged line): run them singly."""
-    res = await _exec_driver(source, function, json.dumps(calls), sandbox, timeout, many=True)
+    path = await _write_tool(source, function, sandbox)
+    res = await _exec_driver(sandbox, path, function, calls, timeout, many=True)
     lines = _result_lines(res.stdout)
     if res.timed_out or res.killed or len(lines) != len(calls):
         return None
     return [_parsed(line, function) for line in lines]
 
 
-async def _exec_driver(source: str, function: str, stdin: str, sandbox: Any, timeout: float | None,
-                       many: bool = False) -> Any:
-    file = f"skilltool_{function}.py"
-    await sandbox.write_file(file, source)
+async def _write_tool(source: str, function: str, sandbox: Any) -> str:
+    path = f"skilltool_{function}.py"
+    await sandbox.write_file(path, source)
+    return path
+
+
+async def _exec_driver(sandbox: Any, path: str, function: str, payload: Any, timeout: float | None, *,
+                       many: bool = False, fresh: bool = False) -> Any:
     # -B: no .pyc beside the tool file; its mtime has 1 s resolution, so a rewrite of the same size within
     # that second (another tool of the same name) would run the stale bytecode
-    argv = [sandbox.python, "-B", "-c", DRIVER, file, function, *(["many"] if many else [])]
-    return await sandbox.exec(argv, stdin=stdin, timeout=timeout)
+    argv = [sandbox.python, "-B", "-c", DRIVER, path, function, "many" if many else "one"]
+    data = marshal.dumps(payload)
+    stdin = None
+    if 2 * len(data) <= ARGV_MAX:
+        argv.append(data.hex())  # no stdin: on docker that is a file upload, one more engine round trip
+    else:
+        stdin = data
+    run = sandbox.exec_fresh if fresh else sandbox.exec
+    return await run(argv, stdin=stdin, timeout=timeout)
+
+
+def _one_result(res: Any, function: str, timeout: float) -> ToolResult:
+    lines = _result_lines(res.stdout)
+    if res.timed_out or res.killed or not lines:
+        return _failed(res, function, timeout)
+    return _parsed(lines[-1], function)
 
 
 def _result_lines(stdout: str) -> list[str]:
@@ -639,8 +680,12 @@ def _parsed(line: str, function: str) -> ToolResult:
 
 
 async def run_tool_in_sandbox(box: SkillBox, tool_name: str, args: dict[str, Any], sandbox: Any, *,
-                              timeout: float | None = None) -> tuple[bool, Any]:
-    """Call a box tool inside `sandbox`: (True, value) or (False, one-line error). Arguments are checked first."""
+                              timeout: float | None = None, installed: str | None = None) -> tuple[bool, Any]:
+    """Call a box tool inside `sandbox`: (True, value) or (False, one-line error). Arguments are checked first.
+
+    `installed`: the directory where `install_tools` put the box's tools in this sandbox; the call then runs
+    in a fresh exec. Without it, the tool file is written into the working directory first.
+    """
     try:
         tool = box.tool(tool_name)
     except KeyError as e:
@@ -648,8 +693,21 @@ async def run_tool_in_sandbox(box: SkillBox, tool_name: str, args: dict[str, Any
     problem = tool.spec.validate(args)
     if problem is not None:
         return False, problem
-    res = await run_source(tool.source, tool.name, args, sandbox, timeout=timeout)
+    if installed is None:
+        res = await run_source(tool.source, tool.name, args, sandbox, timeout=timeout)
+    else:
+        res = await run_installed(f"{installed}/{tool_path(tool.name)}", tool.name, args, sandbox, timeout=timeout)
     return (True, res.value) if res.ok else (False, res.error)
+
+
+def tool_path(name: str) -> str:
+    return f"tools/{name}.py"
+
+
+async def install_tools(box: SkillBox, sandbox: Any) -> str:
+    """Install the box's tool files (exactly the verified sources) read-only in `sandbox`; returns their
+    directory there, for `run_tool_in_sandbox(installed=...)`."""
+    return await sandbox.install({tool_path(t.name): t.source for t in box.tools})
 
 
 class ToolRunner:

@@ -5,18 +5,28 @@
 The box is verified against its manifest, and its signature against the trusted keys (or a
 pinned digest, see _trust.py), before anything is served. Tool code was written
 by a model, so it never runs in the server process: every call goes through
-`run_tool_in_sandbox` in a fresh sandbox of the provider. A tool that raises, loops or
+`run_tool_in_sandbox` in a sandbox of the provider. A tool that raises, loops or
 exhausts memory answers with an MCP tool error (`is_error`), and the server keeps serving.
+
+Each client session holds its own sandbox (`SessionSandboxes`): the box's tool files are
+installed in it once, read-only, and every call runs in an exec that sees nothing of the
+calls before it (an emptied /work, no leftover process: `Sandbox.exec_fresh`); it goes
+back to the provider when the session ends. The session is the transport's one client on
+stdio; over HTTP, a stateful session (one with an id), else the server's lifetime, shared by
+the stateless requests (the 2026 protocol has no sessions).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import anyio
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.prompts.base import Prompt
 from mcp.server.mcpserver.resources.types import TextResource
@@ -26,9 +36,9 @@ from mcp_types import CallToolResult, TextContent
 from pydantic import Field
 
 from trajdistill.envs import ConfigError
-from trajdistill.envs.sandbox import Limits, SandboxProvider, get_provider
+from trajdistill.envs.sandbox import Limits, Sandbox, SandboxProvider, get_provider
 
-from ._box import BoxTool, Skill, SkillBox, run_tool_in_sandbox
+from ._box import BoxTool, Skill, SkillBox, install_tools, run_tool_in_sandbox
 from ._trust import Trust
 
 SKILL_SCHEME = "skill://"
@@ -36,6 +46,7 @@ TASKS_META = "trajdistill/tasks"  # a tool's `_meta` key: prompts of the tasks i
 MAX_META_TASKS = 8
 TRANSPORTS = ("stdio", "http")
 OUTER_GRACE_S = 15.0  # the sandbox's own limit fires first; this guards a stuck backend
+SANDBOXES = "trajdistill/sandboxes"  # where a session's SessionSandboxes live: lifespan or connection state
 
 
 def skill_uri(name: str) -> str:
@@ -54,8 +65,107 @@ class _BoxTool(Tool):
     timeout_s: float | None = Field(default=None, exclude=True)
 
     async def run(self, arguments: dict[str, Any], context: Any, convert_result: bool = False) -> CallToolResult:
-        ok, value = await call_box_tool(self.box, self.provider, self.name, arguments, self.timeout_s)
+        sandboxes = session_sandboxes(context, self.box, self.provider)
+        if sandboxes is None:
+            ok, value = await call_box_tool(self.box, self.provider, self.name, arguments, self.timeout_s)
+        else:
+            ok, value = await sandboxes.call(self.name, arguments, self.timeout_s)
         return CallToolResult(content=[TextContent(type="text", text=value_text(value))], is_error=not ok)
+
+
+class SessionSandboxes:
+    """The sandboxes of one client session, each with the box's tool files installed once.
+
+    A call borrows a free one, or makes one (concurrent calls never share), runs in an exec that sees
+    nothing of the calls before it, and gives it back; `close`, at the session's end, hands them all back
+    to the provider. On a backend that cannot install files, `pooled` turns False and each call gets a
+    fresh sandbox instead (`call_box_tool`).
+    """
+
+    def __init__(self, box: SkillBox, provider: SandboxProvider):
+        self.box = box
+        self.provider = provider
+        self.pooled = True
+        self._free: list[tuple[Sandbox, str]] = []
+        self._closed = False
+
+    async def call(self, name: str, arguments: dict[str, Any], timeout_s: float | None = None) -> tuple[bool, Any]:
+        """(ok, value or one-line error) of one call."""
+        taken = await self._take() if self.pooled else None
+        if taken is None:
+            return await call_box_tool(self.box, self.provider, name, arguments, timeout_s)
+        sandbox, installed = taken
+        limit = (timeout_s or self.provider.limits.timeout_s) + OUTER_GRACE_S
+        try:
+            result = await asyncio.wait_for(
+                run_tool_in_sandbox(self.box, name, arguments, sandbox, timeout=timeout_s, installed=installed), limit)
+        except BaseException as e:
+            # a stuck backend, a cancelled call: the sandbox's state is unknown, so it goes, not back to the pool
+            with anyio.CancelScope(shield=True):
+                await self.provider.release(sandbox)
+            if isinstance(e, TimeoutError):
+                return False, f"tool {name} did not finish within {limit:g}s"
+            raise
+        await self._give_back(sandbox, installed)
+        return result
+
+    async def _take(self) -> tuple[Sandbox, str] | None:
+        if self._free:
+            return self._free.pop()
+        sandbox = await self.provider.create()
+        try:
+            return sandbox, await install_tools(self.box, sandbox)
+        except BaseException as e:
+            await self.provider.release(sandbox)
+            if not isinstance(e, NotImplementedError):
+                raise
+            warnings.warn(f"{e}: every box tool call gets a fresh sandbox", stacklevel=2)
+        self.pooled = False
+        return None
+
+    async def _give_back(self, sandbox: Sandbox, installed: str) -> None:
+        if self._closed:
+            await self.provider.release(sandbox)
+        else:
+            self._free.append((sandbox, installed))
+
+    async def close(self) -> None:
+        """Hand every idle sandbox back to the provider; one still in a call goes back when the call ends."""
+        self._closed = True
+        free, self._free = self._free, []
+        for sandbox, _ in free:
+            await self.provider.release(sandbox)
+
+
+def session_sandboxes(context: Any, box: SkillBox, provider: SandboxProvider) -> SessionSandboxes | None:
+    """The calling session's sandboxes; None outside any request (`MCPServer.call_tool` from Python)."""
+    try:
+        request = context.request_context
+    except ValueError:
+        return None
+    # mcp 2.3 gives a tool no public way to its Connection; the request's ServerSession holds it
+    connection = getattr(request.session, "_connection", None)
+    if connection is None or connection.session_id is None:
+        return request.lifespan_context[SANDBOXES]
+    mine = connection.state.get(SANDBOXES)
+    if mine is None:  # a stateful HTTP session: its own, released when the session ends
+        mine = connection.state[SANDBOXES] = SessionSandboxes(box, provider)
+        connection.exit_stack.push_async_callback(mine.close)
+    return mine
+
+
+def _lifespan(box: SkillBox, provider: SandboxProvider):
+    """The server run's sandboxes: stdio's one client, or HTTP's stateless requests."""
+    @contextlib.asynccontextmanager
+    async def lifespan(_server: MCPServer):
+        sandboxes = SessionSandboxes(box, provider)
+        try:
+            yield {SANDBOXES: sandboxes}
+        finally:
+            with anyio.CancelScope(shield=True):  # the transport is being cancelled: finish the hand-back
+                await sandboxes.close()
+
+    return lifespan
 
 
 async def call_box_tool(box: SkillBox, provider: SandboxProvider, name: str, arguments: dict[str, Any],
@@ -111,7 +221,7 @@ def build_server(box: SkillBox, sandbox_provider: SandboxProvider, *, exclude: I
     tools = [_tool(box, t, sandbox_provider, timeout_s) for t in box.tools if t.name not in skip]
     skills = [s for s in box.skills if s.name not in skip]
     listing = "; ".join(f"{s.name}: {s.description}" for s in skills)
-    server = MCPServer(name=box.name, version=box.version, tools=tools,
+    server = MCPServer(name=box.name, version=box.version, tools=tools, lifespan=_lifespan(box, sandbox_provider),
                        instructions=f"Skill box {box.name}. Skills (read skill://NAME): {listing or 'none'}.")
     for skill in skills:
         resources = _resources(box, skill)

@@ -84,6 +84,24 @@ async def test_workdir_persists_until_reset(sb):
         await sb.read_file("keep")
 
 
+async def test_installed_files_outlive_fresh_execs_until_reset(sb):
+    where = await sb.install({"tools/t.py": "print('installed')\n", "README": "x"})
+    await sb.write_file("a.txt", "x")
+    res = await sb.exec_fresh(f"ls -A; {sb.python} {where}/tools/t.py; echo 2 > b.txt")
+    assert (res.stdout, res.ok) == ("installed\n", True)  # /work was emptied, the installed files stayed
+    assert (await sb.exec_fresh("ls -A")).stdout == ""
+    if sb.backend != "none":  # `none` confines nothing: its /tmp is the host's, and root may write anywhere
+        await sb.exec("echo 1 > /tmp/t")
+        assert (await sb.exec_fresh("cat /tmp/t")).stdout == ""
+        tamper = await sb.exec_fresh(f"echo 'print(1)' > {where}/tools/t.py")
+        assert not tamper.ok
+        assert (await sb.exec(f"cat {where}/tools/t.py")).stdout == "print('installed')\n"
+    await sb.reset()
+    assert not (await sb.exec(f"test -e {where}/tools/t.py")).ok
+    with pytest.raises(ValueError, match="relative"):
+        await sb.install({"../up.py": "x"})
+
+
 async def test_missing_file_raises(sb):
     with pytest.raises(FileNotFoundError):
         await sb.read_file("nope.txt")

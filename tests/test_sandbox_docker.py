@@ -66,16 +66,28 @@ async def test_stdin_reaches_the_command_and_leaves_no_file(provider):
 async def test_pool_reuses_the_container_with_a_wiped_workdir(provider):
     sb = await provider.create()
     await sb.write_file("notes/a.txt", "x")
-    await sb.exec("echo y > /tmp/t; chmod 000 notes; sleep 300 >/dev/null 2>&1 &")
+    await sb.exec("echo y > /tmp/t; echo z > /dev/shm/s; chmod 000 notes; sleep 300 >/dev/null 2>&1 &")
+    await sb.install({"tools/t.py": "x = 1\n"})
     first_id = sb.id
     await provider.release(sb)
 
     again = await provider.create()
     assert again.id == first_id
     assert (await again.exec("ls -A /work")).stdout == ""
-    assert (await again.exec("ls -A /tmp")).stdout == ""
+    assert (await again.exec("ls -A /tmp /dev/shm")).stdout == "/dev/shm:\n\n/tmp:\n"
     assert "sleep 300" not in (await again.exec("ps -eo args=")).stdout
     await provider.release(again)
+
+
+async def test_installed_files_stay_read_only_across_fresh_execs(provider):
+    async with provider.acquire() as sb:
+        where = await sb.install({"tools/t.py": "print('installed')\n"})
+        await sb.write_file("a.txt", "x")
+        changed = await sb.exec_fresh(f"ls -A; echo no >{where}/tools/t.py; mv {where} /tmp/moved; "
+                                      f"rm -rf {where}; echo y > /tmp/y")
+        assert changed.stdout == ""  # /work was emptied first
+        after = await sb.exec_fresh(f"python3 {where}/tools/t.py; ls -A /work /tmp")
+        assert after.stdout == "installed\n/tmp:\n.trajdistill-box\n\n/work:\n"
 
 
 async def test_release_beyond_pool_size_removes_the_container(client, provider):

@@ -3,6 +3,8 @@
 Lifecycle: one `SandboxProvider` per run (it owns pools and images), and one
 `Sandbox` per episode, acquired from the provider. A sandbox keeps its working
 directory for the whole episode and is wiped when it goes back to the provider.
+A long-lived user (a skill-box server's session) instead installs read-only files
+once and runs each call with `exec_fresh`, which sees nothing of the calls before.
 
 Failures of the *sandboxed code* (non-zero exit, timeout, OOM kill, huge
 output) are reported in `ExecResult`, never raised. `SandboxError` is only for
@@ -14,7 +16,8 @@ from __future__ import annotations
 import abc
 import contextlib
 from dataclasses import dataclass, field
-from typing import AsyncIterator, ClassVar, Sequence
+from pathlib import PurePosixPath
+from typing import AsyncIterator, ClassVar, Mapping, Sequence
 
 from .._errors import ConfigError, TrajdistillError
 from .._registry import Registry, UnknownNameError
@@ -120,6 +123,17 @@ class Command:
         return cls(["/bin/sh", "-c", cmd] if isinstance(cmd, str) else list(cmd))
 
 
+def install_paths(files: Mapping[str, str]) -> dict[PurePosixPath, bytes]:
+    """`install`'s files as relative paths and bytes; ValueError for a path that would leave the directory."""
+    out = {}
+    for path, text in files.items():
+        p = PurePosixPath(path)
+        if not path or p.is_absolute() or ".." in p.parts:
+            raise ValueError(f"an installed file's path must be relative and stay inside its directory: {path!r}")
+        out[p] = text.encode()
+    return out
+
+
 class Sandbox(abc.ABC):
     """One episode's confined place to run untrusted code."""
 
@@ -157,9 +171,33 @@ class Sandbox(abc.ABC):
     async def read_file(self, path: str) -> bytes:
         """Read a file; raises FileNotFoundError when it does not exist."""
 
+    async def install(self, files: Mapping[str, str]) -> str:
+        """Put text `files` (relative path -> content) where every later exec can read them and none can change
+        them; they stay until `reset`. Returns their directory as the sandboxed code sees it.
+
+        Raises ValueError for a path that would leave that directory, NotImplementedError on a backend that
+        cannot do this.
+        """
+        raise NotImplementedError(f"the {self.backend} sandbox backend cannot install read-only files")
+
+    async def exec_fresh(
+        self,
+        cmd: str | Sequence[str],
+        *,
+        stdin: str | bytes | None = None,
+        timeout: float | None = None,
+        env: dict[str, str] | None = None,
+    ) -> ExecResult:
+        """`exec` in an emptied working directory, with no process or file left by an earlier exec (only what
+        `install` put in place stays): a call that cannot see the calls before it.
+
+        Raises NotImplementedError on a backend that cannot do this.
+        """
+        raise NotImplementedError(f"the {self.backend} sandbox backend has no exec_fresh")
+
     @abc.abstractmethod
     async def reset(self) -> None:
-        """Wipe the working directory and kill leftover processes (between episodes)."""
+        """Wipe the working directory, the installed files and leftover processes (between episodes)."""
 
     @abc.abstractmethod
     async def cleanup(self) -> None:

@@ -11,6 +11,12 @@ sleep as root; every exec runs as an unprivileged uid with a clean environment.
 mount: the engine's archive API (put_archive/get_archive) cannot reach a
 `--tmpfs` mount of a read-only container, but it can reach a volume.
 
+Installed files (`install`) go to a root-owned directory in /tmp, written by a
+root exec: the exec uid can read them but not change, move or delete them (/tmp is
+sticky). `exec_fresh` empties /work, /tmp (all but that directory), /dev/shm and
+/dev/mqueue and kills leftovers at the start of the same exec, so it costs no extra
+engine round trip.
+
 The image is built locally (`trajdistill sandbox build-image`), never pulled.
 """
 
@@ -38,7 +44,8 @@ import docker.errors
 import requests.exceptions
 from docker.types import DriverConfig, Mount
 
-from ._base import WORKDIR, Command, ExecResult, Limits, OutputBuffer, Sandbox, SandboxError, SandboxProvider
+from ._base import (WORKDIR, Command, ExecResult, Limits, OutputBuffer, Sandbox, SandboxError, SandboxProvider,
+                    install_paths)
 from ._seccomp import docker_profile
 from ._proc import alive
 
@@ -53,14 +60,20 @@ OUTER_GRACE_S = 10.0  # the in-container `timeout` should fire first; this guard
 STDIN_PREFIX = ".trajdistill-stdin-"
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
+BOX_DIR = "/tmp/.trajdistill-box"  # installed files
+WIPED = "/work /tmp /dev/shm /dev/mqueue"  # every place the exec uid can write
 # Runs CMD under `timeout`, then kills every process of the exec uid (kill(-1)
 # spares the caller), so a daemonised child never outlives the exec.
 _WRAPPER = 't=$1; shift; timeout --foreground -s KILL "$t" "$@"; rc=$?; kill -9 -1 2>/dev/null; exit $rc'
-# The same, reading stdin from a file that is removed before CMD starts.
-_WRAPPER_STDIN = 'f=$1; shift; exec <"$f"; rm -f "$f"; ' + _WRAPPER
-# chmod first: a directory the code made unreadable must not survive the wipe.
-_RESET = ("kill -9 -1 2>/dev/null; chmod -R u+rwx /work /tmp 2>/dev/null; "
-          "find /work /tmp -mindepth 1 -delete 2>/dev/null; exit 0")
+# Reads stdin from a file that is removed before CMD starts.
+_STDIN = 'f=$1; shift; exec <"$f"; rm -f "$f"; '
+# chmod first: a directory the code made unreadable must not survive the wipe. Root's installed files stay.
+_CLEAR = f"kill -9 -1 2>/dev/null; chmod -R u+rwx {WIPED} 2>/dev/null; find {WIPED} -mindepth 1 -delete 2>/dev/null; "
+_RESET = _CLEAR + "exit 0"
+# Run as root: a fresh BOX_DIR, then each (path, text) argument pair written into it.
+_INSTALL = ('d=$1; shift; rm -rf "$d" && mkdir -m 0755 "$d" && cd "$d" || exit 1; '
+            'while [ $# -gt 0 ]; do mkdir -p "$(dirname "$1")" && printf %s "$2" >"$1" || exit 1; shift 2; done; '
+            'chmod -R a+rX,go-w .')
 
 
 def image_name(image: str | None = None) -> str:
@@ -94,15 +107,23 @@ class DockerSandbox(Sandbox):
         self.container = container
         self.id = container.id
         self.python = python
+        self.installed = False
         self._lock = asyncio.Lock()
 
     async def exec(self, cmd: str | Sequence[str], *, stdin=None, timeout=None, env=None) -> ExecResult:
+        return await self._exec(cmd, stdin, timeout, env, fresh=False)
+
+    async def exec_fresh(self, cmd, *, stdin=None, timeout=None, env=None) -> ExecResult:
+        return await self._exec(cmd, stdin, timeout, env, fresh=True)
+
+    async def _exec(self, cmd, stdin, timeout, env, fresh: bool) -> ExecResult:
         timeout = float(timeout or self.limits.timeout_s)
         argv = Command.of(cmd).argv
         async with self._lock:
             start = time.monotonic()
-            prefix = await self._stdin_prefix(stdin)
-            wrapped = _clean_env(env) + ["/bin/sh", "-c", *prefix, f"{max(timeout, 0.001):.3f}", *argv]
+            script, args = await self._stdin_prefix(stdin)
+            script += (_CLEAR if fresh else "") + _WRAPPER
+            wrapped = _clean_env(env) + ["/bin/sh", "-c", script, "sh", *args, f"{max(timeout, 0.001):.3f}", *argv]
             out, err = OutputBuffer(self.limits.output_bytes), OutputBuffer(self.limits.output_bytes)
             code, stopped, guard_fired = await self._run_guarded(wrapped, out, err, timeout)
         elapsed = time.monotonic() - start
@@ -114,13 +135,14 @@ class DockerSandbox(Sandbox):
             truncated=bool(out.dropped or err.dropped),
         )
 
-    async def _stdin_prefix(self, stdin: str | bytes | None) -> list[str]:
+    async def _stdin_prefix(self, stdin: str | bytes | None) -> tuple[str, list[str]]:
+        """The wrapper's start and its arguments: stdin goes through a file in /work."""
         if stdin is None:
-            return [_WRAPPER, "sh"]
+            return "", []
         name = f"{STDIN_PREFIX}{uuid.uuid4().hex}"
         data = stdin.encode() if isinstance(stdin, str) else stdin
         await asyncio.to_thread(self._put, WORKDIR, name, data, 0o400)
-        return [_WRAPPER_STDIN, "sh", posixpath.join(WORKDIR, name)]
+        return _STDIN, [posixpath.join(WORKDIR, name)]
 
     async def _run_guarded(self, argv, out, err, timeout) -> tuple[int | None, bool, bool]:
         task = asyncio.ensure_future(asyncio.to_thread(self._exec_blocking, argv, out, err))
@@ -220,6 +242,27 @@ class DockerSandbox(Sandbox):
                 raise IsADirectoryError(full)
             return tf.extractfile(member).read() if member is not None and member.isfile() else None
 
+    async def install(self, files) -> str:
+        pairs = []
+        for rel, data in install_paths(files).items():
+            if b"\0" in data:
+                raise ValueError(f"an installed file must be text without NUL bytes: {rel}")
+            pairs += [str(rel), data.decode()]
+        async with self._lock:
+            code, out = await asyncio.to_thread(self._root_exec, ["/bin/sh", "-c", _INSTALL, "sh", BOX_DIR, *pairs])
+        if code != 0:
+            raise SandboxError(f"cannot install files in {self.id[:12]}: {out.strip()[-200:] or f'exit {code}'}")
+        self.installed = True
+        return BOX_DIR
+
+    def _root_exec(self, argv: list[str]) -> tuple[int, str]:
+        # Root in the container still has no capabilities, no new privileges and the seccomp policy.
+        try:
+            res = self.container.exec_run(argv, user="0", workdir="/")
+        except docker.errors.DockerException as e:
+            raise SandboxError(f"docker exec as root failed in {self.id[:12]}: {_short(e)}") from e
+        return res.exit_code, res.output.decode(errors="replace")
+
     # ---- lifecycle
 
     async def reset(self) -> None:
@@ -230,6 +273,11 @@ class DockerSandbox(Sandbox):
             self.container.exec_run(["/bin/sh", "-c", _RESET], user=EXEC_USER)
         except docker.errors.DockerException as e:
             raise SandboxError(f"cannot reset container {self.id[:12]}: {_short(e)}") from e
+        if self.installed:
+            code, out = self._root_exec(["rm", "-rf", BOX_DIR])
+            if code != 0:
+                raise SandboxError(f"cannot remove the installed files in {self.id[:12]}: {out.strip()[-200:]}")
+            self.installed = False
 
     async def cleanup(self) -> None:
         await asyncio.to_thread(_remove, self.container)

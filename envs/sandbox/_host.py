@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from ._base import Command, ExecResult, Limits, Sandbox, SandboxProvider
+from ._base import Command, ExecResult, Limits, Sandbox, SandboxProvider, install_paths
 from ._proc import run_process
 
 
@@ -24,6 +24,7 @@ class HostSandbox(Sandbox):
         super().__init__(limits)
         self.root = Path(tempfile.mkdtemp(prefix="trajdistill-none-"))
         self.python = sys.executable  # not the pyenv shim on PATH, which costs ~20 ms a start
+        self.box: Path | None = None
 
     def _path(self, path: str) -> Path:
         p = Path(path)
@@ -48,12 +49,39 @@ class HostSandbox(Sandbox):
     async def read_file(self, path: str) -> bytes:
         return self._path(path).read_bytes()
 
-    async def reset(self) -> None:
+    async def install(self, files) -> str:
+        # Read-only by mode only: nothing on this backend is confined.
+        wanted = install_paths(files)
+        self._drop_box()
+        self.box = Path(tempfile.mkdtemp(prefix="trajdistill-none-box-"))
+        for rel, data in wanted.items():
+            (self.box / rel).parent.mkdir(parents=True, exist_ok=True)
+            (self.box / rel).write_bytes(data)
+            (self.box / rel).chmod(0o444)
+        return str(self.box)
+
+    async def exec_fresh(self, cmd, *, stdin=None, timeout=None, env=None) -> ExecResult:
+        # Leftovers died with the previous exec's process group; one that left it (setsid) lives on:
+        # this backend confines nothing.
+        self._new_root()
+        return await self.exec(cmd, stdin=stdin, timeout=timeout, env=env)
+
+    def _new_root(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
         self.root.mkdir(parents=True)
 
+    def _drop_box(self) -> None:
+        if self.box is not None:
+            shutil.rmtree(self.box, ignore_errors=True)
+            self.box = None
+
+    async def reset(self) -> None:
+        self._new_root()
+        self._drop_box()
+
     async def cleanup(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+        self._drop_box()
 
 
 class HostProvider(SandboxProvider):

@@ -17,6 +17,9 @@ rlimits still bound each process and a warning says so. /work is a sized tmpfs
 mounted on the host, so it survives between execs, the host can read and write
 it, and it cannot fill the host's disk. A seccomp policy denies namespaces,
 mounts, ptrace, keyrings, BPF and the like (see _seccomp.py).
+
+Installed files (`install`) live in a host directory owned by root, bound
+read-only at /box in every later jail; `exec_fresh` mounts a new /work first.
 """
 
 from __future__ import annotations
@@ -37,11 +40,12 @@ import warnings
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
-from ._base import WORKDIR, Command, ExecResult, Limits, Sandbox, SandboxError, SandboxProvider
+from ._base import WORKDIR, Command, ExecResult, Limits, Sandbox, SandboxError, SandboxProvider, install_paths
 from ._proc import alive, run_process
 from ._seccomp import kafel_policy
 
 JAIL_UID = 65534
+BOX_DIR = "/box"  # where installed files appear in the jail
 RO_BINDS = ("/usr", "/lib", "/lib64", "/bin", "/etc")
 DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random")
 TMP_MB = 64  # tmpfs is not charged to RLIMIT_AS, so it gets its own cap
@@ -133,8 +137,8 @@ def _limit_argv(limits: Limits) -> list[str]:
 
 
 def jail_argv(binary: str, workdir: str, uid: int, limits: Limits, timeout: float,
-              env: dict[str, str], argv: Sequence[str]) -> list[str]:
-    """The full nsjail command line for one exec."""
+              env: dict[str, str], argv: Sequence[str], box: str | None = None) -> list[str]:
+    """The full nsjail command line for one exec; `box`, a host directory, is bound read-only at /box."""
     cmd = [binary, "-Mo", "--disable_clone_newcgroup", "-q",
            "-u", f"{JAIL_UID}:{uid}:1", "-g", f"{JAIL_UID}:{uid}:1",
            "-t", str(math.ceil(timeout + GRACE_S)),
@@ -158,6 +162,8 @@ def jail_argv(binary: str, workdir: str, uid: int, limits: Limits, timeout: floa
     tmpfs = f"tmpfs:size={TMP_MB * 1024 * 1024}"
     cmd += ["-m", f"none:/tmp:{tmpfs}", "-m", f"none:/dev/shm:{tmpfs}",  # /dev/shm: multiprocessing's locks
             "-B", f"{workdir}:{WORKDIR}"]
+    if box is not None:
+        cmd += ["-R", f"{box}:{BOX_DIR}"]
     for key, value in env.items():
         cmd += ["-E", f"{key}={value}"]
     if argv and "/" not in argv[0]:
@@ -254,6 +260,7 @@ class NsjailSandbox(Sandbox):
         self.uid = _host_uid()
         self.work_mb = work_mb
         self.root = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
+        self.box: Path | None = None  # the host directory of the installed files
         try:
             _mount_tmpfs(self.root, work_mb, self.uid)
         except SandboxError:
@@ -269,7 +276,7 @@ class NsjailSandbox(Sandbox):
         run_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": WORKDIR, "LANG": "C.UTF-8"}
         run_env.update(env or {})
         argv = jail_argv(self.binary, str(self.root), self.uid, self.limits, timeout,
-                         run_env, Command.of(cmd).argv)
+                         run_env, Command.of(cmd).argv, None if self.box is None else str(self.box))
         res = await run_process(argv, cwd=None, env={"PATH": "/usr/bin:/bin"}, stdin=stdin,
                                 timeout=timeout, limits=self.limits, apply_rlimits=False, term_grace_s=TERM_GRACE_S)
         return _classify(res, timeout)
@@ -321,15 +328,43 @@ class NsjailSandbox(Sandbox):
                 raise ValueError(f"{path!r} is not a regular file")
             return f.read()
 
-    async def reset(self) -> None:
-        # No process survives an exec (PID namespace), so a fresh tmpfs is enough.
+    async def install(self, files) -> str:
+        wanted = install_paths(files)
+        self._drop_box()
+        # Owned by root, so the jailed user can read but not change them (and the bind is read-only too).
+        self.box = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-box-"))
+        self.box.chmod(0o755)
+        for rel, data in wanted.items():
+            for parent in reversed(rel.parents[:-1]):  # chmod, not mkdir's mode: the umask would narrow it
+                (self.box / parent).mkdir(exist_ok=True)
+                (self.box / parent).chmod(0o755)
+            (self.box / rel).write_bytes(data)
+            (self.box / rel).chmod(0o644)
+        return BOX_DIR
+
+    async def exec_fresh(self, cmd, *, stdin=None, timeout=None, env=None) -> ExecResult:
+        # No process outlives an exec (PID namespace), and /tmp is new in every jail: only /work carries over.
+        self._new_work()
+        return await self.exec(cmd, stdin=stdin, timeout=timeout, env=env)
+
+    def _new_work(self) -> None:
         _unmount(self.root)
         _mount_tmpfs(self.root, self.work_mb, self.uid)
+
+    def _drop_box(self) -> None:
+        if self.box is not None:
+            shutil.rmtree(self.box, ignore_errors=True)
+            self.box = None
+
+    async def reset(self) -> None:
+        self._new_work()
+        self._drop_box()
 
     async def cleanup(self) -> None:
         if os.path.ismount(self.root):
             _unmount(self.root)
         shutil.rmtree(self.root, ignore_errors=True)
+        self._drop_box()
 
 
 def _classify(res: ExecResult, timeout: float) -> ExecResult:
