@@ -363,3 +363,51 @@ def test_eval_cli_preload_skills_puts_the_skill_text_in_every_system_prompt(box,
     trajs = RunStore.open(run).load()
     assert len(trajs) == 2
     assert all("Call `add_numbers` with both numbers." in t.messages[0].content for t in trajs)
+
+
+# ---- box-aware experts: the coder calls a listed box tool that computes its program -------------------
+
+
+def test_the_coder_calls_a_fitting_box_tool_from_the_list_it_is_shown(mined_math_box, tmp_path):
+    """With the mined box mounted, the coder answers through a listed box tool wherever one computes its
+    program (chosen from the schemas, no tool name known in advance), falls back to python elsewhere, and
+    solves every task; without the box it only ever calls python."""
+    runs = {}
+    for name, skills in (("boxed", [str(mined_math_box.path)]), ("plain", [])):
+        runs[name] = tmp_path / name
+        collect(CollectConfig(env="math", teachers=["expert:coder"], out=str(runs[name]), tasks=40, split="test",
+                              sandbox="nsjail", skills=skills), mount=mount_skills)
+    boxed = RunStore.open(runs["boxed"]).load()
+    box_tools = {t.name for t in mined_math_box.tools}
+    called = [[m.name for m in t.messages if m.role == "tool"] for t in boxed]
+    assert all(t.outcome.success for t in boxed) and len(boxed) == 40
+    via_box = [c for c in called if c and c[0] in box_tools]
+    assert len(via_box) >= 10, called  # most kinds have a mined tool
+    assert all(c == [c[0]] for c in via_box)  # one box call, then the answer: no python after it
+    assert {c[0] for c in via_box} <= box_tools and len({c[0] for c in via_box}) >= 2
+    assert all(set(c) <= {"python"} for c in called if c and c[0] not in box_tools)
+    for t in boxed:  # the tool it called was in the list the prompt showed for that task
+        for m in t.messages:
+            if m.role == "tool" and m.name in box_tools:
+                assert f"- {m.name}(" in t.messages[0].content
+    plain = RunStore.open(runs["plain"]).load()
+    assert all({m.name for m in t.messages if m.role == "tool"} <= {"python"} for t in plain)
+
+
+def test_box_tool_call_matches_the_programs_shape_not_a_name():
+    from trajdistill.envs import ToolSpec
+    from trajdistill.envs.math._experts import box_tool_call
+
+    def spec(name, **params):
+        return ToolSpec(name, "", {"type": "object", "properties": {
+            p: {"type": t, "description": d} for p, (t, d) in params.items()}})
+
+    power = spec("t1", a=("integer", "int from `pow(71, 9, 69)`; e.g. 71"),
+                 b=("integer", "int from `pow(71, 9, 69)`; e.g. 9"), c=("integer", "int from `pow(71, 9, 69)`; e.g. 69"))
+    expression = spec("t2", expression=("string", 'The expression, with numbers only; e.g. "(6 + 25) * 8"'))
+    code = spec("python", code=("string", "Python source to run."))
+    assert box_tool_call([code, power, expression], "print(pow(3, 4, 5))") == ("t1", {"a": 3, "b": 4, "c": 5})
+    assert box_tool_call([code, power, expression], "print(102600 - (45 * 929))") == \
+        ("t2", {"expression": "102600 - 45 * 929"})
+    assert box_tool_call([code, power], "import math\nprint(math.comb(10, 3))") is None  # no tool of that shape
+    assert box_tool_call([code, expression], "print(pow(3, 4, 5))") is None  # a call is not plain arithmetic
