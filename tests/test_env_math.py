@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from trajdistill.envs import Observation, Outcome, PolicyRequest, Task, make_env, math as math_env
+from trajdistill.envs import ConfigError, Observation, Outcome, PolicyRequest, Task, make_env, math as math_env
 from trajdistill.envs._react_text import ParsedAction, ParsedFinal, parse_react
 from trajdistill.envs.sandbox import Limits, get_provider, sandboxes
 from trajdistill.envs.sandbox._host import UnsandboxedWarning
@@ -262,3 +262,18 @@ async def test_experts_through_the_react_loop(env, host):
         assert result.outcome.final_answer is not None
         if name == "coder":
             assert result.outcome.success
+
+
+def test_categories_param_keeps_the_split_order_and_ids():
+    every = make_env("math").tasks("test")
+    held = make_env("math", categories="modular,word")
+    assert held.split_sizes() == {"train": 2000, "dev": 200, "test": 200}
+    picked = held.tasks("test")
+    assert picked == [t for t in every if t.category in ("modular", "word")]  # same tasks, same ids, same order
+    assert held.tasks("test", n=5, offset=3) == picked[3:8]
+    assert make_env("math", categories=["word"]).tasks("dev", 3) == [t for t in make_env("math").tasks("dev")
+                                                                   if t.category == "word"][:3]
+    with pytest.raises(ConfigError, match="no category algebra; categories: arithmetic, modular"):
+        make_env("math", categories="word,algebra")
+    with pytest.raises(ConfigError, match="accepts categories"):
+        make_env("math", levels="1")

@@ -11,6 +11,7 @@ from .._errors import ConfigError
 from .._tools import tool
 from .._types import Observation, Outcome, Task
 from ._bank import SPLIT_SIZES, _bank
+from ._kinds import CATEGORIES
 from ._experts import coder, reasoner
 
 MAX_OBS_LINES = 40
@@ -93,23 +94,29 @@ class MathEnv(Env):
     needs_sandbox = True
     answer_tool = True
 
-    def __init__(self, variant: str | None = None, **params: Any):
+    def __init__(self, variant: str | None = None, categories: str | list[str] | None = None, **params: Any):
         # as twx does: a key or variant nothing reads would be recorded in run.yaml as if it had an effect
         if variant:
             raise ConfigError(f"env math has no variant {variant!r}; use --env math")
         if params:
-            raise ConfigError(f"env math has no parameter {', '.join(sorted(params))}; it accepts none")
+            raise ConfigError(f"env math has no parameter {', '.join(sorted(params))}; it accepts categories")
+        self.categories = _categories(categories)
         super().__init__()
 
     def tasks(self, split: str, n: int | None = None, offset: int = 0) -> list[Task]:
         self.check_split(split)
         if offset < 0 or (n is not None and n < 0):
             raise ConfigError(f"n and offset must not be negative (got n={n}, offset={offset})")
+        if self.categories:  # the split's tasks of these categories, in bank order (ids unchanged)
+            pool = [t for t in _bank().get(split, SPLIT_SIZES[split]) if t.category in self.categories]
+            return pool[offset:None if n is None else offset + n]
         size = SPLIT_SIZES[split]
         stop = size if n is None else min(size, offset + n)
         return list(_bank().get(split, stop)[offset:stop])
 
     def split_sizes(self) -> dict[str, int]:
+        if self.categories:  # the bank deals the categories in turn: each is a fifth of every split
+            return {s: n * len(self.categories) // len(CATEGORIES) for s, n in SPLIT_SIZES.items()}
         return dict(SPLIT_SIZES)
 
     def system_prompt(self) -> str:
@@ -119,3 +126,15 @@ class MathEnv(Env):
 
     def experts(self) -> dict[str, Callable[[], Any]]:
         return {"reasoner": lambda: reasoner, "coder": lambda: coder}
+
+
+def _categories(value: str | list[str] | None) -> tuple[str, ...]:
+    """`categories` as given (`modular,word` or a list), checked; () for all of them."""
+    if value is None or value == "":
+        return ()
+    names = [c.strip() for c in (value.split(",") if isinstance(value, str) else value) if str(c).strip()]
+    unknown = sorted(set(names) - set(CATEGORIES))
+    if unknown or not names:
+        raise ConfigError(f"env math has no category {', '.join(unknown) or repr(value)}; categories: "
+                          f"{', '.join(CATEGORIES)}")
+    return tuple(c for c in CATEGORIES if c in names)
