@@ -1,0 +1,145 @@
+"""The training-free box transfer test (issue 18): does a box-literate student use a box it never trained with?
+
+On math, one category set is held out of training (`--held`, default modular). The rest are split in two
+groups, A and B. From `expert:coder` runs on the train split:
+  box A, box B     mined from the coder's runs on group A's and group B's categories
+  box held         mined from the coder's run on the held-out categories (the box under test)
+  boxed runs       the box-aware coder with box A mounted on A's tasks, and with box B on B's: it calls a listed
+                   box tool wherever one computes its program
+Students (SmolLM2-135M from the base model, `train`'s defaults, the same `--tokens` each):
+  plain SFT        the coder's box-less runs on A and B
+  box-literate     the boxed runs on A and B next to the box-less ones: it sees two different tool lists, and
+                   no tool list at all, so it has to read whichever list it is given
+Evaluation: held-out test tasks of the held-out categories only, each student with box held mounted and
+without any box, plus the coder with the box as the reference. Rows go to bench/results/box-transfer.jsonl
+as each finishes (a cut-off run resumes: runs, boxes, students and rows already there are kept).
+
+    python bench/box_transfer.py [--held modular] [--tokens 100000] [--tasks-per-category 500]
+                                 [--test-tasks 100] [--sandbox nsjail] [--out bench-out/box-transfer]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from _quality import steps_for, tool_use
+
+from trajdistill.agents import CollectConfig, EvalConfig, collect, evaluate
+from trajdistill.envs.math._kinds import CATEGORIES
+from trajdistill.skills import MineConfig, mine, mount_skills
+from trajdistill.trajectories import RunStore
+from trajdistill.train import TrainConfig, train
+
+
+def arguments() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--held", default="modular", help="categories held out of training, comma-separated")
+    ap.add_argument("--tokens", type=int, default=100000, help="training tokens of each student")
+    ap.add_argument("--tasks-per-category", type=int, default=500, help="train tasks per category of each run")
+    ap.add_argument("--test-tasks", type=int, default=100)
+    ap.add_argument("--max-steps", type=int, default=2)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--sandbox", default="auto")
+    ap.add_argument("--out", type=Path, default=Path("bench-out/box-transfer"))
+    ap.add_argument("--rows", type=Path, default=Path(__file__).parent / "results" / "box-transfer.jsonl")
+    args = ap.parse_args()
+    args.held = [c for c in CATEGORIES if c in args.held.split(",")]
+    rest = [c for c in CATEGORIES if c not in args.held]
+    args.groups = {"A": rest[: len(rest) // 2], "B": rest[len(rest) // 2:]}
+    return args
+
+
+def coder_run(args: argparse.Namespace, name: str, categories: list[str], box: Path | None = None) -> Path:
+    out = args.out / "runs" / name
+    if not (out / "stats.json").exists():
+        collect(CollectConfig(env="math", env_params={"categories": ",".join(categories)}, teachers=["expert:coder"],
+                              out=str(out), tasks=args.tasks_per_category * len(categories), split="train",
+                              sandbox=args.sandbox, concurrency=8, skills=[str(box)] if box else [],
+                              resume=out.exists()), mount=mount_skills)
+    return out
+
+
+def mined(args: argparse.Namespace, name: str, run: Path) -> Path:
+    out = args.out / "boxes" / name
+    if not (out / "skillbox.json").exists():
+        mine(MineConfig(runs=[str(run)], out=str(out), mode="tools", sandbox=args.sandbox, force=True))
+    return out
+
+
+def student(args: argparse.Namespace, name: str, runs: list[Path]) -> str:
+    out = args.out / "students" / name
+    if not (out / "train_config.yaml").exists():
+        shutil.rmtree(out, ignore_errors=True)
+        steps = steps_for(runs, args.tokens, "hf:smollm2-135m")
+        train(TrainConfig(data=[str(r) for r in runs], student="hf:smollm2-135m", out=str(out), max_steps=steps))
+    return f"hf:{out.resolve()}"
+
+
+def evaluated(args: argparse.Namespace, name: str, spec: str, box: Path | None) -> dict[str, Any]:
+    done = {r["variant"]: r for r in map(json.loads, args.rows.read_text().splitlines())} if args.rows.exists() else {}
+    if name in done:
+        return done[name]
+    out = args.out / "eval" / name.replace(" ", "-").replace("+", "plus")
+    res = evaluate(EvalConfig(env="math", env_params={"categories": ",".join(args.held)}, agents=[spec],
+                              split="test", tasks=args.test_tasks, max_steps=args.max_steps, sandbox=args.sandbox,
+                              concurrency=args.concurrency, skills=[str(box)] if box else [], out=str(out),
+                              agent_options={"max_new_tokens": args.new_tokens,
+                                             **({"batch_size": args.concurrency} if spec.startswith("hf:") else {})},
+                              resume=True), mount=mount_skills)
+    agent = res.agents[0]
+    run = out / agent.run
+    row = {"variant": name, **agent.to_dict(), "held": args.held, "box_use": box_use(run, box),
+           "tool_use": tool_use(run), "tokens": args.tokens, "date": time.strftime("%Y-%m-%d")}
+    args.rows.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.rows, "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    print(f"{name}: success {row['success_rate']:.1%}, box use {row['box_use']:.0%}", flush=True)
+    return row
+
+
+def box_use(run: Path, box: Path | None) -> float:
+    """The share of episodes that called one of the box's tools."""
+    if box is None:
+        return 0.0
+    names = {p.stem for p in (box / "tools").glob("*.py")}
+    trajs = RunStore.open(run).load()
+    return sum(any(m.role == "tool" and m.name in names for m in t.messages) for t in trajs) / max(1, len(trajs))
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| variant | success | 95% CI | box-tool use | invalid actions | failures |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lo, hi = r["ci95"]
+        lines.append(f"| {r['variant']} | {r['successes']}/{r['n']} ({r['success_rate']:.1%}) | {lo:.1%}–{hi:.1%} | "
+                     f"{r['box_use']:.0%} | {r['invalid_action_rate']:.1%} | "
+                     f"{', '.join(f'{k} {v}' for k, v in r['failures'].items() if v) or '–'} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = arguments()
+    warnings.simplefilter("ignore")
+    args.out.mkdir(parents=True, exist_ok=True)
+    plain = {g: coder_run(args, f"plain-{g}", cats) for g, cats in args.groups.items()}
+    boxes = {g: mined(args, f"box-{g}", run) for g, run in plain.items()}
+    boxes["held"] = mined(args, "box-held", coder_run(args, "plain-held", args.held))
+    boxed = {g: coder_run(args, f"boxed-{g}", cats, boxes[g]) for g, cats in args.groups.items()}
+    students = {"plain SFT": student(args, "plain", list(plain.values())),
+                "box-literate": student(args, "box-literate", [*boxed.values(), *plain.values()])}
+    rows = [evaluated(args, "teacher expert:coder + held box", "expert:coder", boxes["held"])]
+    for name, spec in students.items():
+        rows.append(evaluated(args, f"{name}, no box", spec, None))
+        rows.append(evaluated(args, f"{name} + held box", spec, boxes["held"]))
+    print(f"held out: {', '.join(args.held)}; groups {args.groups}")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
