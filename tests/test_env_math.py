@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 
 from trajdistill.envs import ConfigError, Observation, Outcome, PolicyRequest, Task, make_env, math as math_env
-from trajdistill.envs._react_text import ParsedAction, ParsedFinal, parse_react
+from trajdistill.envs._react_text import ParsedAction, ParsedFinal, format_action, parse_react
 from trajdistill.envs.sandbox import Limits, get_provider, sandboxes
 from trajdistill.envs.sandbox._host import UnsandboxedWarning
 
@@ -199,6 +199,30 @@ async def test_coder_under_nsjail(env):
         for task in env.tasks("dev", n=5):
             outcome, _ = await drive(env, "coder", task, provider)
             assert outcome.success, (task.id, outcome.detail)
+
+
+def test_coder_answers_from_an_equivalent_program_and_reruns_after_a_wrong_one(env):
+    """At a state another policy made: a program that printed what the coder's prints (`71 ** 9 % 69` for
+    `pow(71, 9, 69)`), or its own program spaced differently, is answered from; a wrong one is run over."""
+    from trajdistill.envs.math._kinds import KINDS
+
+    task = next(t for t in env.tasks("test") if t.data["kind"] == "powmod")
+    a, b, m = (task.data["params"][k] for k in ("a", "b", "m"))
+    coder = env.experts()["coder"]()
+
+    def after(code: str, printed: str):
+        messages = [{"role": "user", "content": task.prompt},
+                    {"role": "assistant", "content": format_action("Try.", "python", {"code": code})},
+                    {"role": "tool", "content": printed}]
+        return parse_react(coder(PolicyRequest(messages=messages, tools=env.tools(), task=task)).content)
+
+    answer = task.data["answer"]
+    equivalent = after(f"print({a} ** {b} % {m})", f"{answer}\n")
+    assert isinstance(equivalent, ParsedFinal) and equivalent.answer == answer
+    own = KINDS["powmod"].program(task.data["params"]).replace(", ", ",")
+    assert isinstance(after(own, f"{answer}\n"), ParsedFinal)
+    wrong = after(f"print({a} * {b} % {m})", f"{int(answer) + 1}\n")
+    assert isinstance(wrong, ParsedAction) and wrong.arguments["code"] == KINDS["powmod"].program(task.data["params"])
 
 
 def test_coder_answers_what_it_has_when_the_program_fails(env):

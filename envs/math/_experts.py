@@ -35,15 +35,17 @@ def coder(request: PolicyRequest) -> Turn:
     tool returned; a box tool that fails sends it back to its program.
 
     It acts from any state of an episode, not only along its own path: it looks back over what the
-    episode has shown so far for a run of its own program (whoever made the call), answers from the
-    latest one, and runs the program when there is none (after another policy's turns, say).
+    episode has shown so far for a run of its own program (whoever made the call, whitespace aside), or of
+    any program that printed exactly what its own prints (it knows that value: `pow(71, 9, 69)` and
+    `71 ** 9 % 69` agree), answers from the latest one, and runs its program when there is none (after
+    another policy's wrong program, say).
     """
     task = request.task
     kind = _kind_of(task)
     if kind is None:
         return Turn(content=format_final("I do not recognise this kind of problem.", "0"))
     params = task.data["params"]
-    output, source = _output_of(request.messages, kind.program(params)), "program"
+    output, source = _output_of(request.messages, kind.program(params), task.data.get("answer")), "program"
     if output is None:
         output, source = _box_output(request), "tool"
     if output is None and not _box_tried(request.messages):
@@ -171,12 +173,18 @@ def _called_tools(message: dict[str, Any]) -> set[str]:
     return names | {(c.get("function") or {}).get("name") for c in message.get("tool_calls") or []}
 
 
-def _output_of(messages: list[dict[str, Any]], program: str) -> str | None:
-    """What the latest run of `program` printed, or None when the episode holds no run of it."""
+def _output_of(messages: list[dict[str, Any]], program: str, value: str | None = None) -> str | None:
+    """What the latest run of `program` printed (or of any program that printed exactly `value`, what
+    `program` prints), or None when the episode holds no such run."""
+    own = "".join(program.split())
     for i in range(len(messages) - 1, -1, -1):
         m = messages[i]
-        if m.get("role") == "assistant" and program in _python_calls(m):
-            return _observation_after(messages, i)
+        if m.get("role") != "assistant":
+            continue
+        codes = ["".join(str(c).split()) for c in _python_calls(m)]
+        seen = _observation_after(messages, i) if codes else None
+        if own in codes or (value is not None and seen is not None and seen.strip() == value):
+            return seen
     return None
 
 
