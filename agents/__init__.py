@@ -3,6 +3,7 @@
 from ._collector import (CollectConfig, Collector, Mount, Progress, collect, collect_async, gather_or_cancel,
                          play_episode, resolved_config, to_trajectory)
 from ._eval import AgentResult, EvalConfig, EvalResults, evaluate, evaluate_async, wilson_ci
+from ._executor import Executor, executors
 from ._loop import EpisodeResult, ReActLoop
 from ._models import (ALIASES, ModelNotFoundError, adapter_base, bf16_is_fast, build_tiny_llama, is_peft_adapter,
                       load_causal_lm, resolve_model)
@@ -22,6 +23,7 @@ __all__ = [
     "EpisodeScores",
     "EvalConfig",
     "EvalResults",
+    "Executor",
     "GateConfig",
     "GateReport",
     "ModelNotFoundError",
@@ -40,6 +42,7 @@ __all__ = [
     "evaluate",
     "evaluate_async",
     "gather_or_cancel",
+    "executors",
     "expected_calibration_error",
     "gate",
     "is_peft_adapter",

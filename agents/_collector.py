@@ -15,16 +15,17 @@ import hashlib
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from trajdistill import __version__
 from trajdistill.envs import ConfigError, Env, Task, TrajdistillError, make_env
 from trajdistill.envs.sandbox import Limits, SandboxError, SandboxProvider, get_provider
 from trajdistill.trajectories import EnvRef, Message, Provenance, RunStore, Teacher, Trajectory, Usage
 
+from ._executor import executors
 from ._loop import EpisodeResult, ReActLoop
 from ._policy import Policy, PolicyError, make_policy, options_by_spec
-from ._rollout import RolloutConfig, config_field
+from ._rollout import INVOCATION_KEYS, RolloutConfig, config_field
 
 
 class Mount(Protocol):
@@ -155,15 +156,22 @@ Listener = Callable[[Progress], None]
 
 
 class Collector:
-    """Runs every (task, teacher) pair of a CollectConfig into a RunStore; `mount` mounts `cfg.skills`."""
+    """Runs every (task, teacher) pair of a CollectConfig into a RunStore, on the executor `cfg.executor` names.
 
-    def __init__(self, cfg: CollectConfig, mount: Mount | None = None):
-        self.cfg = cfg
+    `mount` mounts `cfg.skills`; `policies` (spec -> policy) are teachers built elsewhere, such as the Ray
+    executor's model actors; the other teachers are built here."""
+
+    def __init__(self, cfg: CollectConfig, mount: Mount | None = None, *,
+                 policies: Mapping[str, Policy] | None = None):
+        self.cfg, self.mount = cfg, mount
+        self.execute = executors.get(cfg.executor)  # an executor that cannot load fails before any episode
         self.env = mounted(make_env(cfg.env, **cfg.env_params), cfg, mount)
         self.env.check_split(cfg.split)
         options = options_by_spec(cfg.teachers, {"temperature": cfg.temperature, "seed": cfg.seed,
                                                  **cfg.teacher_options})
-        self.policies = {spec: make_policy(spec, env=self.env, **options[spec]) for spec in cfg.teachers}
+        given = policies or {}
+        self.policies = {spec: given[spec] if spec in given else make_policy(spec, env=self.env, **options[spec])
+                         for spec in cfg.teachers}
         self.loops = {spec: ReActLoop(self.env, p, max_steps=cfg.max_steps) for spec, p in self.policies.items()}
         self.provider: SandboxProvider | None = None
 
@@ -177,15 +185,8 @@ class Collector:
             store.check_holds(split=self.cfg.split, env=self.env.id, env_version=self.env.version)
         todo = self.pairs(store.finished_keys() if self.cfg.resume else set())
         progress = Progress(total=len(todo))
-        if self.env.needs_sandbox:
-            self.provider = get_provider(self.cfg.sandbox, Limits())
-        queue: asyncio.Queue[tuple[Task, str]] = asyncio.Queue()
-        for item in todo:
-            queue.put_nowait(item)
         try:
-            workers = [asyncio.create_task(self._worker(queue, store, progress, listener))
-                       for _ in range(min(self.cfg.concurrency, max(1, len(todo))))]
-            await gather_or_cancel(workers)
+            await self.execute(self, todo, store, progress, listener)
         finally:
             await self.close()
         return progress
@@ -214,9 +215,22 @@ class Collector:
         await self.env.close()
 
 
+async def run_here(collector: Collector, todo: list[tuple[Task, str]], store: RunStore, progress: Progress,
+                   listener: Listener | None) -> None:
+    """The local executor: `concurrency` asyncio workers in this process, sharing one sandbox pool."""
+    if collector.env.needs_sandbox:
+        collector.provider = get_provider(collector.cfg.sandbox, Limits())
+    queue: asyncio.Queue[tuple[Task, str]] = asyncio.Queue()
+    for item in todo:
+        queue.put_nowait(item)
+    workers = [asyncio.create_task(collector._worker(queue, store, progress, listener))
+               for _ in range(min(collector.cfg.concurrency, max(1, len(todo))))]
+    await gather_or_cancel(workers)
+
+
 def resolved_config(cfg: CollectConfig) -> dict[str, Any]:
     d = asdict(cfg)
-    for key in ("trust", "allow_unsigned"):  # how this invocation checks boxes, not what the run holds
+    for key in INVOCATION_KEYS:  # how this invocation checks boxes and runs episodes, not what the run holds
         d.pop(key, None)
     if not cfg.skills:  # no box, nothing listed: a run.yaml written before the setting existed still resumes
         d.pop("skills_top_k", None)

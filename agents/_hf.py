@@ -258,6 +258,7 @@ def load_cached(target: str, device: str, dtype: str = "auto") -> tuple[Any, Any
 
 class HFPolicy:
     backend = "hf"
+    holds_model = True  # the Ray executor runs it as one actor that every worker calls
     action_format = "react"
 
     def __init__(self, target: str, *, env: Any = None, spec: str = "", options: HFOptions | None = None,

@@ -34,6 +34,7 @@ class Policy(Protocol):
     model: str
     action_format: ActionFormat
     # optional `uses_hints = True`: the policy reads PolicyRequest.hints (an env's scripted experts do)
+    # optional `holds_model = True`: it keeps model weights in its process (the Ray executor gives it one actor)
 
     async def __call__(self, request: PolicyRequest) -> Turn: ...
 

@@ -13,6 +13,8 @@ from typing import Any
 
 from trajdistill.envs import ConfigError
 
+from ._executor import executors
+
 
 def config_field(default: Any, help: str) -> Any:
     """A field with help text; lists and dicts get a fresh copy per instance."""
@@ -41,7 +43,15 @@ class RolloutConfig:
     skills_top_k: int = config_field(2, "Box tools and skills listed per task: the k most relevant to it (BM25 over "
                                         "their names, descriptions and source tasks); read_skill still reads any "
                                         "skill; 0 lists them all.")
-    # how this invocation checks boxes, not what a run holds (left out of run.yaml)
+    # how this invocation checks boxes and runs episodes, not what a run holds (INVOCATION_KEYS: left out of run.yaml)
+    executor: str = config_field("local", "Where episodes run: local (async, in this process) or ray (Ray actors "
+                                          "across a cluster, each with its own sandbox pool; this process writes "
+                                          "the run).")
+    ray_address: str | None = config_field(None, "With --executor ray: the cluster to join, HOST:PORT of `ray start "
+                                                 "--head` or ray://HOST:10001; unset: $RAY_ADDRESS, else Ray starts on "
+                                                 "this machine.")
+    ray_workers: int = config_field(0, "With --executor ray: episode workers (1 CPU each); 0: one per node with a "
+                                       "free CPU.")
     trust: list[str] = config_field([], "Extra trusted box signers (ed25519:...) or pinned digests (sha256:...).")
     allow_unsigned: bool = config_field(False, "Mount boxes that no trusted key signed (development only).")
 
@@ -57,6 +67,15 @@ class RolloutConfig:
             out.append(f"--temperature must be >= 0, got {self.temperature}")
         if self.skills_top_k < 0:
             out.append(f"--skills-top-k must be 0 (list every tool and skill) or more, got {self.skills_top_k}")
+        return out + self.executor_problems()
+
+    def executor_problems(self) -> list[str]:
+        if self.executor not in executors.names():
+            return [f"--executor must be one of {', '.join(executors.names())}, got {self.executor!r}"]
+        out = [f"--{name.replace('_', '-')} needs --executor ray" for name in ("ray_address", "ray_workers")
+               if getattr(self, name) and self.executor != "ray"]
+        if self.ray_workers < 0:
+            out.append(f"--ray-workers must be 0 (one per node) or more, got {self.ray_workers}")
         return out
 
     def own_problems(self) -> list[str]:
@@ -66,6 +85,10 @@ class RolloutConfig:
     def rollout(self) -> dict[str, Any]:
         """The shared settings as keywords for another stage's config (lists and dicts copied)."""
         return {f.name: _copy(getattr(self, f.name)) for f in fields(RolloutConfig)}
+
+
+# Settings of how one invocation runs, not of what a run holds: a run resumes under other values of them.
+INVOCATION_KEYS = frozenset({"trust", "allow_unsigned", "executor", "ray_address", "ray_workers"})
 
 
 def rollout_default(name: str, default: Any) -> Any:

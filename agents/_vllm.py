@@ -44,6 +44,7 @@ class _Item:
 
 class VLLMPolicy:
     backend = "vllm"
+    holds_model = True  # the Ray executor runs it as one actor that every worker calls
     action_format = "react"
 
     def __init__(self, target: str, *, env: Any = None, spec: str = "", options: VLLMOptions | None = None,

@@ -129,6 +129,7 @@ def free_port() -> int:
 
 class VLLMServePolicy:
     backend = "vllm-serve"
+    holds_model = True  # the Ray executor starts one server, in one actor, for every worker
     action_format = "react"
 
     def __init__(self, target: str, *, env: Any = None, spec: str = "", options: VLLMServeOptions | None = None,

@@ -18,7 +18,8 @@ from ._config import TrainConfig, student_problems
 ROUNDS_FILE = "rounds.json"
 TRAIN_PREFIX = "--train-"
 # how to run, not what: left out of the stored settings, so a resume may change them
-UNSTORED = frozenset({"resume", "skills", "preload_skills", "skills_top_k", "trust", "allow_unsigned"})
+UNSTORED = frozenset({"resume", "skills", "preload_skills", "skills_top_k", "trust", "allow_unsigned", "executor",
+                      "ray_address", "ray_workers"})
 
 
 def local_model(spec: str) -> list[str]:

@@ -1,0 +1,208 @@
+"""The Ray executor on a real two-node Ray cluster on loopback: `ray start --head`, then a second node with
+`ray start --address`, one CPU each. Every command runs as `trajdistill ...` in a subprocess, the driver."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from trajdistill.agents import CollectConfig, resolved_config
+from trajdistill.trajectories import RunStore
+
+from conftest import cli, one_line_error, require
+
+try:
+    import ray  # noqa: F401
+    HAVE_RAY = True
+except ImportError:
+    HAVE_RAY = False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    """Ray nodes on 127.0.0.1 with their session files in a temp dir of their own, ended by pid."""
+
+    def __init__(self) -> None:
+        self.temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths must fit 107 chars
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        # token auth, with this cluster's own token, so no ~/.ray/auth_token of another cluster interferes
+        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
+                    "RAY_USAGE_STATS_ENABLED": "0", "PYTHONWARNINGS": "ignore", "COLUMNS": "200"}
+        self.raylets: list[int] = []  # node manager port of each node
+
+    def start_node(self, head: bool = False) -> int:
+        ray_bin = Path(sys.executable).with_name("ray")
+        manager = free_port()
+        cmd = [str(ray_bin) if ray_bin.exists() else shutil.which("ray"), "start", "--node-ip-address", "127.0.0.1",
+               "--num-cpus", "1", "--disable-usage-stats", "--node-manager-port", str(manager),
+               "--object-manager-port", str(free_port()), "--metrics-export-port", str(free_port()),
+               "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+               "--runtime-env-agent-port", str(free_port())]
+        if head:
+            cmd += ["--head", "--port", str(self.port), "--temp-dir", str(self.temp), "--include-dashboard", "false",
+                    "--dashboard-port", str(free_port())]
+        else:
+            cmd += ["--address", self.address]
+        subprocess.run(cmd, env=self.env, check=True, capture_output=True, timeout=180)
+        self.raylets.append(manager)
+        return manager
+
+    def raylet_pid(self, manager_port: int) -> int:
+        for pid, args in _processes():
+            if "/raylet" in args.split(" ")[0] and f"--node_manager_port={manager_port}" in args:
+                return pid
+        raise LookupError(f"no raylet with node manager port {manager_port}")
+
+    def stop(self) -> None:
+        """SIGKILL every process of this cluster (those naming its temp dir, and their children)."""
+        ours = {pid for pid, args in _processes() if str(self.temp) in args}
+        children = _children()
+        todo = list(ours)
+        while todo:
+            for child in children.get(todo.pop(), []):
+                if child not in ours:
+                    ours.add(child)
+                    todo.append(child)
+        for pid in ours:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+    def trajdistill(self, *args: object, **kw):
+        return subprocess.run([sys.executable, "-m", "trajdistill", *map(str, args)], env=self.env,
+                              capture_output=True, text=True, timeout=600, **kw)
+
+
+def _processes() -> list[tuple[int, str]]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                out.append((int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()))
+            except OSError:
+                pass
+    return out
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            tree.setdefault(ppid, []).append(int(entry.name))
+    return tree
+
+
+@pytest.fixture
+def cluster():
+    require(HAVE_RAY, "ray is not installed (pip install 'trajdistill[ray]')")
+    c = Cluster()
+    try:
+        c.start_node(head=True)
+        c.start_node()
+        yield c
+    finally:
+        c.stop()
+
+
+def trajectory_lines(run: Path) -> list[str]:
+    return [line for shard in sorted(run.glob("trajectories-*.jsonl")) for line in shard.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_node_killed_mid_collection_then_resume_gives_every_pair_once(cluster, tmp_path):
+    out, n = tmp_path / "run", 300
+    cmd = ["collect", "--env", "math", "--teacher", "expert:coder", "--tasks", n, "--sandbox", "none",
+           "--concurrency", "2", "--executor", "ray", "--ray-address", cluster.address, "--out", out]
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "trajdistill", *map(str, cmd)], env=cluster.env,
+                                stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and len(trajectory_lines(out)) < 20 and proc.poll() is None:
+            time.sleep(0.02)
+        os.kill(cluster.raylet_pid(cluster.raylets[1]), signal.SIGKILL)  # the second node dies
+        at_kill = len(trajectory_lines(out))
+        proc.wait(timeout=600)
+    finally:
+        proc.kill()
+    stderr = log.read_text()
+    assert 20 <= at_kill < n, "the kill must land mid-run"
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "Ray episode worker was lost" in stderr, stderr[-3000:]  # the driver saw the node go
+    resumed = cluster.trajdistill(*cmd, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no torn or duplicate line anywhere
+        trajs = RunStore.open(out).load(dedupe=False)
+    ids = Counter(t.task_id for t in trajs)
+    assert len(ids) == n and set(ids.values()) == {1}
+    assert len(trajectory_lines(out)) == n
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["total"]["done"] == n and stats["total"]["errors"] == 0
+
+
+def _without_timing(results: dict) -> dict:
+    for agent in results["agents"]:
+        agent.pop("wall_s")
+    return results
+
+
+@pytest.mark.slow
+def test_eval_on_the_cluster_equals_a_local_eval(cluster, tmp_path):
+    args = ["eval", "--env", "math", "--agent", "expert:coder", "--agent", "expert:reasoner", "--tasks", 12,
+            "--sandbox", "none", "--concurrency", "4"]
+    local = cluster.trajdistill(*args, "--out", tmp_path / "local")
+    assert local.returncode == 0, local.stderr[-3000:]
+    remote = cluster.trajdistill(*args, "--out", tmp_path / "ray", "--executor", "ray", "--ray-address",
+                                 cluster.address, "--ray-workers", 2)
+    assert remote.returncode == 0, remote.stderr[-3000:]
+    a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("local", "ray"))
+    assert _without_timing(a) == _without_timing(b)
+    assert [x["n"] for x in a["agents"]] == [12, 12]
+    for run in ("expert-coder", "expert-reasoner"):  # the very same episodes, message for message
+        here, there = ({t.task_id: t.messages for t in RunStore.open(tmp_path / d / "runs" / run).load()}
+                       for d in ("local", "ray"))
+        assert here == there and len(here) == 12
+
+
+def test_ray_settings_are_checked_before_anything_runs(tmp_path):
+    one_line_error(cli("collect", "--env", "math", "--teacher", "expert:coder", "--out", tmp_path / "a",
+                       "--ray-address", "127.0.0.1:6379"), "--ray-address needs --executor ray")
+    one_line_error(cli("eval", "--env", "math", "--agent", "expert:coder", "--executor", "dask"),
+                   "--executor must be one of", "local", "ray")
+    one_line_error(cli("collect", "--env", "math", "--teacher", "expert:coder", "--out", tmp_path / "b",
+                       "--executor", "ray", "--ray-workers", "-1"), "--ray-workers must be 0")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_run_collected_on_ray_resumes_locally_and_back():
+    """The executor says how to run, not what a run holds: it stays out of run.yaml and the resume check."""
+    cfg = CollectConfig(env="math", teachers=["expert:coder"], out="x", executor="ray", ray_address="h:1",
+                        ray_workers=3)
+    assert not {"executor", "ray_address", "ray_workers"} & set(resolved_config(cfg))
