@@ -1,5 +1,6 @@
 """The Ray executor on a real two-node Ray cluster on loopback: `ray start --head`, then a second node with
-`ray start --address`, one CPU each. Every command runs as `trajdistill ...` in a subprocess, the driver."""
+`ray start --address`, one CPU each. Every command runs as `trajdistill ...` in a subprocess, the driver.
+The tests share one cluster; the node-kill test runs last, since it leaves the cluster one node short."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from trajdistill.agents import CollectConfig, resolved_config
+from trajdistill.agents import CollectConfig, build_tiny_llama, resolved_config
+from trajdistill.train import SelfDistillConfig
+from trajdistill.train._self_distill import SelfDistiller
 from trajdistill.trajectories import RunStore
 
 from conftest import cli, one_line_error, require
@@ -117,7 +120,7 @@ def _children() -> dict[int, list[int]]:
     return tree
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def cluster():
     require(HAVE_RAY, "ray is not installed (pip install 'trajdistill[ray]')")
     c = Cluster()
@@ -131,6 +134,71 @@ def cluster():
 
 def trajectory_lines(run: Path) -> list[str]:
     return [line for shard in sorted(run.glob("trajectories-*.jsonl")) for line in shard.read_text().splitlines()]
+
+
+def _without_timing(results: dict) -> dict:
+    for agent in results["agents"]:
+        agent.pop("wall_s")
+    return results
+
+
+@pytest.mark.slow
+def test_eval_on_the_cluster_equals_a_local_eval(cluster, tmp_path):
+    args = ["eval", "--env", "math", "--agent", "expert:coder", "--agent", "expert:reasoner", "--tasks", 12,
+            "--sandbox", "none", "--concurrency", "4"]
+    local = cluster.trajdistill(*args, "--out", tmp_path / "local")
+    assert local.returncode == 0, local.stderr[-3000:]
+    remote = cluster.trajdistill(*args, "--out", tmp_path / "ray", "--executor", "ray", "--ray-address",
+                                 cluster.address, "--ray-workers", 2)
+    assert remote.returncode == 0, remote.stderr[-3000:]
+    a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("local", "ray"))
+    assert _without_timing(a) == _without_timing(b)
+    assert [x["n"] for x in a["agents"]] == [12, 12]
+    for run in ("expert-coder", "expert-reasoner"):  # the very same episodes, message for message
+        here, there = ({t.task_id: t.messages for t in RunStore.open(tmp_path / d / "runs" / run).load()}
+                       for d in ("local", "ray"))
+        assert here == there and len(here) == 12
+
+
+@pytest.mark.slow
+def test_an_hf_teacher_runs_as_one_model_actor_for_the_workers(cluster, tmp_path):
+    model = build_tiny_llama(tmp_path / "tiny")
+    res = cluster.trajdistill("eval", "--env", "math", "--agent", f"hf:{model}", "--tasks", 3, "--max-steps", 2,
+                              "--sandbox", "none", "--agent-option", "max_new_tokens=8", "--out", tmp_path / "e",
+                              "--executor", "ray", "--ray-address", cluster.address)
+    assert res.returncode == 0, res.stderr[-3000:]
+    result = json.loads((tmp_path / "e" / "results.json").read_text())["agents"][0]
+    assert result["n"] == 3 and result["errors"] == 0
+    trajs = RunStore.open(tmp_path / "e" / result["run"]).load()
+    assert len(trajs) == 3 and {t.teacher.backend for t in trajs} == {"hf"}
+    assert all(t.teacher.sampling["max_new_tokens"] == 8 for t in trajs)
+    assert all(t.usage.completion_tokens > 0 for t in trajs)  # the actor's model generated every turn
+
+
+def test_ray_settings_are_checked_before_anything_runs(tmp_path):
+    one_line_error(cli("collect", "--env", "math", "--teacher", "expert:coder", "--out", tmp_path / "a",
+                       "--ray-address", "127.0.0.1:6379"), "--ray-address needs --executor ray")
+    one_line_error(cli("eval", "--env", "math", "--agent", "expert:coder", "--executor", "dask"),
+                   "--executor must be one of", "local", "ray")
+    one_line_error(cli("collect", "--env", "math", "--teacher", "expert:coder", "--out", tmp_path / "b",
+                       "--executor", "ray", "--ray-workers", "-1"), "--ray-workers must be 0")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_self_distill_samples_on_the_executor_it_is_given(tmp_path):
+    cfg = SelfDistillConfig(student="hf:smollm2-135m", env="math", out=str(tmp_path / "sd"), tasks=3,
+                            executor="ray", ray_address="127.0.0.1:6379", ray_workers=2)
+    distiller = SelfDistiller(cfg)
+    cc = distiller._collect_config(cfg.student, tmp_path / "sd" / "samples-0", 1, 0.7)
+    assert (cc.executor, cc.ray_address, cc.ray_workers) == ("ray", "127.0.0.1:6379", 2)
+    assert not {"executor", "ray_address", "ray_workers"} & set(distiller._settings())  # resumes on either
+
+
+def test_a_run_collected_on_ray_resumes_locally_and_back():
+    """The executor says how to run, not what a run holds: it stays out of run.yaml and the resume check."""
+    cfg = CollectConfig(env="math", teachers=["expert:coder"], out="x", executor="ray", ray_address="h:1",
+                        ray_workers=3)
+    assert not {"executor", "ray_address", "ray_workers"} & set(resolved_config(cfg))
 
 
 @pytest.mark.slow
@@ -165,44 +233,3 @@ def test_node_killed_mid_collection_then_resume_gives_every_pair_once(cluster, t
     assert len(trajectory_lines(out)) == n
     stats = json.loads((out / "stats.json").read_text())
     assert stats["total"]["done"] == n and stats["total"]["errors"] == 0
-
-
-def _without_timing(results: dict) -> dict:
-    for agent in results["agents"]:
-        agent.pop("wall_s")
-    return results
-
-
-@pytest.mark.slow
-def test_eval_on_the_cluster_equals_a_local_eval(cluster, tmp_path):
-    args = ["eval", "--env", "math", "--agent", "expert:coder", "--agent", "expert:reasoner", "--tasks", 12,
-            "--sandbox", "none", "--concurrency", "4"]
-    local = cluster.trajdistill(*args, "--out", tmp_path / "local")
-    assert local.returncode == 0, local.stderr[-3000:]
-    remote = cluster.trajdistill(*args, "--out", tmp_path / "ray", "--executor", "ray", "--ray-address",
-                                 cluster.address, "--ray-workers", 2)
-    assert remote.returncode == 0, remote.stderr[-3000:]
-    a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("local", "ray"))
-    assert _without_timing(a) == _without_timing(b)
-    assert [x["n"] for x in a["agents"]] == [12, 12]
-    for run in ("expert-coder", "expert-reasoner"):  # the very same episodes, message for message
-        here, there = ({t.task_id: t.messages for t in RunStore.open(tmp_path / d / "runs" / run).load()}
-                       for d in ("local", "ray"))
-        assert here == there and len(here) == 12
-
-
-def test_ray_settings_are_checked_before_anything_runs(tmp_path):
-    one_line_error(cli("collect", "--env", "math", "--teacher", "expert:coder", "--out", tmp_path / "a",
-                       "--ray-address", "127.0.0.1:6379"), "--ray-address needs --executor ray")
-    one_line_error(cli("eval", "--env", "math", "--agent", "expert:coder", "--executor", "dask"),
-                   "--executor must be one of", "local", "ray")
-    one_line_error(cli("collect", "--env", "math", "--teacher", "expert:coder", "--out", tmp_path / "b",
-                       "--executor", "ray", "--ray-workers", "-1"), "--ray-workers must be 0")
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
-
-
-def test_a_run_collected_on_ray_resumes_locally_and_back():
-    """The executor says how to run, not what a run holds: it stays out of run.yaml and the resume check."""
-    cfg = CollectConfig(env="math", teachers=["expert:coder"], out="x", executor="ray", ray_address="h:1",
-                        ray_workers=3)
-    assert not {"executor", "ray_address", "ray_workers"} & set(resolved_config(cfg))
