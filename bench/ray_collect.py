@@ -8,7 +8,7 @@ is the work. Every mode collects the same --episodes tasks with the same --concu
     steady ep/s   (episodes - 1) / (last - first trajectory's created_at): throughput once the workers run
     wall s        the whole collect call, Ray actor start-up included
     ms/ep         1000 / steady ep/s with ONE episode in flight (--overhead-episodes of them, local and 1 Ray
-                  worker), with the scripted expert:coder as the teacher, so no endpoint latency hides it: an
+                  worker), with the scripted expert:reasoner (one turn, no tool) as the teacher, so nothing hides it: an
                   episode's time end to end; Ray's less local's is the per-episode overhead of the Ray path
                   (driver -> worker call, the trajectory back, pickling)
 
@@ -74,7 +74,7 @@ async def main() -> None:
         await one_run(served, args.concurrency, args.concurrency, 0)  # warm-up: imports, connections
         for _ in range(args.repeats):
             for workers, concurrency, episodes in modes:  # interleaved, so load swings hit every mode
-                teacher = "expert:coder" if concurrency == 1 else served
+                teacher = "expert:reasoner" if concurrency == 1 else served
                 runs[workers, concurrency, episodes].append(await one_run(teacher, episodes, concurrency, workers))
     load_after = os.getloadavg()
     ray.shutdown()
@@ -91,7 +91,7 @@ def report(args: argparse.Namespace, runs: dict[tuple, list[dict]], before: tupl
     for (workers, concurrency, _), m in med.items():
         if concurrency == args.concurrency and concurrency != 1:
             print(f"| {_name(workers)} | {m['steady_eps']:.1f} | {m['wall_s']:.2f} |")
-    print(f"\n{args.overhead_episodes} episodes of expert:coder, one in flight:\n")
+    print(f"\n{args.overhead_episodes} episodes of expert:reasoner, one in flight:\n")
     print("| executor | ms/ep | wall s |\n|---|---:|---:|")
     ms = {}
     for (workers, concurrency, _), m in med.items():
