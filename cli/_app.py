@@ -6,6 +6,7 @@ import os
 import sys
 
 import typer
+from rich.markup import escape
 
 from trajdistill.envs import TrajdistillError
 
@@ -43,5 +44,5 @@ def run() -> None:
         if os.environ.get("TRAJDISTILL_DEBUG"):
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        err_console.print(f"[red]error:[/] {first}", highlight=False)
+        err_console.print(f"[red]error:[/] {escape(first)}", highlight=False)  # [ray] in a hint is text, not markup
         sys.exit(2)

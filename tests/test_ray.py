@@ -185,6 +185,16 @@ def test_ray_settings_are_checked_before_anything_runs(tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_without_ray_installed_the_ray_executor_says_what_to_install(tmp_path):
+    script = ("import sys; sys.modules['ray'] = None; sys.argv[0] = 'trajdistill'; "  # as if ray were missing
+              "from trajdistill import main; main()")
+    res = subprocess.run([sys.executable, "-c", script, "collect", "--env", "math", "--teacher", "expert:coder",
+                          "--out", str(tmp_path / "run"), "--executor", "ray"],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    one_line_error(res, "executor 'ray' cannot load", "pip install 'trajdistill[ray]'")
+    assert not (tmp_path / "run").exists()
+
+
 def test_self_distill_samples_on_the_executor_it_is_given(tmp_path):
     cfg = SelfDistillConfig(student="hf:smollm2-135m", env="math", out=str(tmp_path / "sd"), tasks=3,
                             executor="ray", ray_address="127.0.0.1:6379", ray_workers=2)
