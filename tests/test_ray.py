@@ -52,11 +52,11 @@ class Cluster:
                     "RAY_USAGE_STATS_ENABLED": "0", "PYTHONWARNINGS": "ignore", "COLUMNS": "200"}
         self.raylets: list[int] = []  # node manager port of each node
 
-    def start_node(self, head: bool = False) -> int:
+    def start_node(self, head: bool = False, cpus: int = 1) -> int:
         ray_bin = Path(sys.executable).with_name("ray")
         manager = free_port()
         cmd = [str(ray_bin) if ray_bin.exists() else shutil.which("ray"), "start", "--node-ip-address", "127.0.0.1",
-               "--num-cpus", "1", "--disable-usage-stats", "--node-manager-port", str(manager),
+               "--num-cpus", str(cpus), "--disable-usage-stats", "--node-manager-port", str(manager),
                "--object-manager-port", str(free_port()), "--metrics-export-port", str(free_port()),
                "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
                "--runtime-env-agent-port", str(free_port())]
@@ -243,3 +243,38 @@ def test_node_killed_mid_collection_then_resume_gives_every_pair_once(cluster, t
     assert len(trajectory_lines(out)) == n
     stats = json.loads((out / "stats.json").read_text())
     assert stats["total"]["done"] == n and stats["total"]["errors"] == 0
+
+
+@pytest.mark.slow
+def test_with_no_worker_left_the_rest_is_recorded_as_errors_and_a_local_resume_completes(tmp_path):
+    require(HAVE_RAY, "ray is not installed (pip install 'trajdistill[ray]')")
+    c = Cluster()
+    try:
+        c.start_node(head=True, cpus=0)  # the head runs no worker: the one worker is on the node that dies
+        c.start_node()
+        out, n = tmp_path / "run", 300
+        cmd = ["collect", "--env", "math", "--teacher", "expert:coder", "--tasks", n, "--sandbox", "none",
+               "--concurrency", "2", "--out", out]
+        proc = subprocess.Popen([sys.executable, "-m", "trajdistill", *map(str, cmd), "--executor", "ray",
+                                 "--ray-address", c.address], env=c.env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and len(trajectory_lines(out)) < 20 and proc.poll() is None:
+                time.sleep(0.02)
+            os.kill(c.raylet_pid(c.raylets[1]), signal.SIGKILL)
+            at_kill = len(trajectory_lines(out))
+            proc.wait(timeout=600)
+        finally:
+            proc.kill()
+    finally:
+        c.stop()
+    assert 20 <= at_kill < n, "the kill must land mid-run"
+    done = len(trajectory_lines(out))
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    assert len(errors) == n - done and {e["kind"] for e in errors} == {"node"}  # every pair not done, recorded
+    resumed = cli(*cmd, "--resume")  # on this machine now: the executor is not part of the run
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    ids = Counter(t.task_id for t in RunStore.open(out).load(dedupe=False))
+    assert len(ids) == n and set(ids.values()) == {1}
+    assert json.loads((out / "stats.json").read_text())["total"]["errors"] == 0
