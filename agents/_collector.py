@@ -3,10 +3,10 @@
 Each finished trajectory is one fsynced line in the run store before the pair
 counts as done (trajectories that finish together share an fsync, which runs
 while the worker plays its next episode), so a crash at any point loses at most
-the episodes in flight, and `--resume` skips exactly the pairs already on disk. An episode that fails
-with a library error (endpoint down, bad tool server) is recorded in
-errors.jsonl and the run goes on; any other exception is a bug and stops the
-run with its traceback.
+the episodes in flight, and `--resume` skips exactly the pairs already on disk.
+An episode that fails with a library error (endpoint down, bad tool server) is
+recorded in errors.jsonl and the run goes on; any other exception is a bug and
+stops the run with its traceback.
 """
 
 from __future__ import annotations

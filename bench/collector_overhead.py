@@ -1,14 +1,20 @@
 """Framework overhead per step: the collector with the gold expert on twx:coin against raw TWX.
 
 Three timings over the same seeds, in one run, repeated; medians reported. Each includes starting one JVM.
-  collector  `collect` with expert:gold: LangGraph loop, ReAct text, parsing, fsynced run store
+  collector  `collect` with expert:gold: LangGraph loop, ReAct text, parsing, fsynced run store; a repeated
+             run, so the twx game cache (fold seeds, intros, gold paths) is warm
+  cold       the same with an empty game cache ($TRAJDISTILL_CACHE pointed at a new directory): a first run
   raw        textworld_express alone: reset each seed and step the exact commands the collector's episodes
              took (read back from its run), no trajdistill at all
-  episodes   the TwxEnv episodes stepped directly with their gold actions (the env wrapper, no loop); the
-             wrapper samples gold paths at episode start (coin's is random) and lists valid actions
+  episodes   the TwxEnv episodes stepped directly with their gold actions (the env wrapper, no loop)
 Overhead per step = (collector - raw) / steps; the split between env wrapper and loop is shown too.
+One untimed round first, so imports (LangGraph takes seconds) and the cache fill are not timed.
 
     python bench/collector_overhead.py [--episodes 40] [--repeats 5]
+    python bench/collector_overhead.py --against /path/to/other/venv/bin/python [--repeats 9]
+
+`--against` compares two installs side by side: each repeat runs this script once under each interpreter
+(interleaved, in fresh processes), e.g. the base commit's worktree installed in a second venv.
 """
 
 from __future__ import annotations
@@ -16,7 +22,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -88,30 +97,88 @@ def _react_commands(traj) -> list[str]:
     return out
 
 
+def time_cold(n: int) -> tuple[float, int]:
+    """The collector on an empty game cache (for code without one, the same as a repeated run)."""
+    old = os.environ.get("TRAJDISTILL_CACHE")
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["TRAJDISTILL_CACHE"] = cache
+        try:
+            t, steps, _ = time_collector(n)
+        finally:
+            if old is None:
+                os.environ.pop("TRAJDISTILL_CACHE")
+            else:
+                os.environ["TRAJDISTILL_CACHE"] = old
+    return t, steps
+
+
+def one_round(n: int) -> dict[str, tuple[float, int]]:
+    t, steps, played = time_collector(n)
+    out = {"collector": (t, steps), "cold": time_cold(n), "raw": time_raw(played)}
+    out["episodes"] = time_episodes(n)
+    return out
+
+
+def measure(n: int, repeats: int) -> dict[str, list[tuple[float, int]]]:
+    warnings.simplefilter("ignore")
+    time_collector(n)  # warm-up: imports, JIT of the JVM, the game cache
+    rows: dict[str, list[tuple[float, int]]] = {}
+    for _ in range(repeats):
+        for k, v in one_round(n).items():
+            rows.setdefault(k, []).append(v)
+    return rows
+
+
+def per_step_ms(rows: list[tuple[float, int]]) -> float:
+    return statistics.median(1000 * t / max(1, steps) for t, steps in rows)
+
+
+def report(rows: dict[str, list[tuple[float, int]]], repeats: int) -> dict[str, float]:
+    print(f"| measure | median s ({repeats} runs) | steps (median) | ms/step (median) |")
+    print("|---|---:|---:|---:|")
+    per = {k: per_step_ms(v) for k, v in rows.items()}
+    for k, v in rows.items():
+        print(f"| {k} | {statistics.median(t for t, _ in v):.3f} | {statistics.median(s for _, s in v):g} "
+              f"| {per[k]:.3f} |")
+    return per
+
+
+def overhead_line(per: dict[str, float]) -> str:
+    return (f"overhead per step, collector vs raw: {per['collector'] - per['raw']:.3f} ms (cold cache "
+            f"{per['cold'] - per['raw']:.3f} ms; env wrapper {per['episodes'] - per['raw']:.3f} ms, "
+            f"loop + policy + store {per['collector'] - per['episodes']:.3f} ms)")
+
+
+def against(other: str, n: int, repeats: int) -> None:
+    """Interleave fresh processes of this script under `other` and under this interpreter."""
+    sides = {"before": other, "after": sys.executable}
+    rows: dict[str, dict[str, list]] = {side: {} for side in sides}
+    for _ in range(repeats):
+        for side, python in sides.items():
+            out = subprocess.run([python, __file__, "--episodes", str(n), "--repeats", "1", "--json"],
+                                 check=True, capture_output=True, text=True).stdout
+            for k, v in json.loads(out.splitlines()[-1]).items():
+                rows[side].setdefault(k, []).extend(map(tuple, v))
+    for side in sides:
+        print(f"\n{side} ({sides[side]}):\n")
+        print(overhead_line(report(rows[side], repeats)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--episodes", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--against", metavar="PYTHON", help="an interpreter with the other install to compare")
+    ap.add_argument("--json", action="store_true", help="print the raw (seconds, steps) rows as one JSON line")
     args = ap.parse_args()
-    warnings.simplefilter("ignore")
-    rows = {"collector": [], "raw": [], "episodes": []}
-    steps = {}
-    for _ in range(args.repeats):
-        t, steps["collector"], played = time_collector(args.episodes)
-        rows["collector"].append(t)
-        t, steps["raw"] = time_raw(played)
-        rows["raw"].append(t)
-        t, steps["episodes"] = time_episodes(args.episodes)
-        rows["episodes"].append(t)
-    med = {k: statistics.median(v) for k, v in rows.items()}
-    print(f"| measure | median s ({args.repeats} runs) | steps | ms/step |")
-    print("|---|---|---|---|")
-    for k in rows:
-        print(f"| {k} | {med[k]:.3f} | {steps[k]} | {1000 * med[k] / max(1, steps[k]):.3f} |")
-    per = lambda k: med[k] / max(1, steps[k])  # noqa: E731
-    print(f"\noverhead per step, collector vs raw: {1000 * (per('collector') - per('raw')):.3f} ms "
-          f"(env wrapper {1000 * (per('episodes') - per('raw')):.3f} ms, "
-          f"loop + policy + store {1000 * (per('collector') - per('episodes')):.3f} ms)")
+    if args.against:
+        against(args.against, args.episodes, args.repeats)
+        return
+    rows = measure(args.episodes, args.repeats)
+    if args.json:
+        print(json.dumps(rows))
+        return
+    print(overhead_line(report(rows, args.repeats)))
 
 
 if __name__ == "__main__":
