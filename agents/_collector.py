@@ -1,11 +1,12 @@
 """Trajectory collection: every (task, teacher) pair runs once, concurrently and resumably.
 
 Each finished trajectory is one fsynced line in the run store before the pair
-counts as done, so a crash at any point loses at most the episodes in flight,
-and `--resume` skips exactly the pairs already on disk. An episode that fails
-with a library error (endpoint down, bad tool server) is recorded in
-errors.jsonl and the run goes on; any other exception is a bug and stops the
-run with its traceback.
+counts as done (trajectories that finish together share an fsync, which runs
+while the worker plays its next episode), so a crash at any point loses at most
+the episodes in flight, and `--resume` skips exactly the pairs already on disk.
+An episode that fails with a library error (endpoint down, bad tool server) is
+recorded in errors.jsonl and the run goes on; any other exception is a bug and
+stops the run with its traceback.
 """
 
 from __future__ import annotations
@@ -192,20 +193,32 @@ class Collector:
         return progress
 
     async def _worker(self, queue, store: RunStore, progress: Progress, listener: Listener | None) -> None:
-        while not queue.empty():
-            task, spec = queue.get_nowait()
-            progress.count(await self._episode(task, spec, store))
-            if listener:
-                listener(progress)
+        finishing: asyncio.Task | None = None  # the last episode's commit: its fsync runs while the next plays
+        try:
+            while not queue.empty():
+                task, spec = queue.get_nowait()
+                traj = await self._episode(task, spec, store)
+                if finishing is not None:
+                    await finishing
+                finishing = asyncio.create_task(self._finish(traj, store, progress, listener))
+        finally:
+            if finishing is not None:
+                await finishing
 
     async def _episode(self, task: Task, spec: str, store: RunStore) -> Trajectory | None:
         result = await play_episode(self.loops[spec], task, self.provider, store, spec)
         if result is None:
             return None
         backend = self.provider.name if self.provider else None
-        traj = to_trajectory(result, task, self.env, self.policies[spec], backend, self.cfg.seed)
-        store.append(traj)  # one fsynced line: from here on the pair is finished
-        return traj
+        return to_trajectory(result, task, self.env, self.policies[spec], backend, self.cfg.seed)
+
+    async def _finish(self, traj: Trajectory | None, store: RunStore, progress: Progress,
+                      listener: Listener | None) -> None:
+        if traj is not None:
+            await store.commit(traj)  # written and fsynced (with its group): from here on the pair is finished
+        progress.count(traj)
+        if listener:
+            listener(progress)
 
     async def close(self) -> None:
         for p in self.policies.values():

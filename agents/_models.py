@@ -18,6 +18,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from trajdistill.envs import cache_root
+
 from ._policy import PolicyError
 
 SMOLLM2 = "smollm2-135m"
@@ -29,10 +31,6 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 class ModelNotFoundError(PolicyError, FileNotFoundError):
     """A model path or alias does not resolve to anything loadable."""
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("TRAJDISTILL_CACHE") or Path.home() / ".cache" / "trajdistill").expanduser()
 
 
 def bf16_is_fast() -> bool:

@@ -1,8 +1,13 @@
 """`openai:<model>@<base_url>`: any OpenAI-compatible chat-completions server (`vllm serve` first of all).
 
-Retries are ours, not the client's: exponential backoff with jitter on 429, 408, 5xx, timeouts,
-connection errors and malformed bodies; any other 4xx fails at once. Either way the caller gets
-a PolicyError with one line that says what happened.
+Requests go out as plain JSON over one `httpx2.AsyncClient` per event loop, whose connection pool every
+episode shares: the openai SDK's request transforms and pydantic response models cost about a third of
+the client's CPU per call, on the one event loop all concurrent episodes share (bench/RESULTS.md,
+"concurrency scaling").
+
+Retries are ours: exponential backoff with jitter on 429, 408, 5xx, timeouts, connection errors and
+malformed bodies; any other 4xx fails at once. Either way the caller gets a PolicyError with one line
+that says what happened.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import re
 import time
 from typing import Any
 
-import openai
+import httpx2
 
 from trajdistill.envs import ConfigError, PolicyRequest, ToolCall, Turn
 
@@ -99,7 +104,7 @@ class OpenAIPolicy:
         self.max_retries, self.timeout_s, self.backoff_s = o.max_retries, o.timeout_s, o.backoff_s
         self.concurrency = o.concurrency
         self._api_key = o.api_key or os.environ.get(o.api_key_env) or "EMPTY"
-        self._per_loop: dict[Any, tuple[openai.AsyncOpenAI, asyncio.Semaphore]] = {}
+        self._per_loop: dict[Any, tuple[httpx2.AsyncClient, asyncio.Semaphore]] = {}
 
     def sampling(self) -> dict[str, Any]:
         out: dict[str, Any] = {"temperature": self.temperature, "max_tokens": self.max_tokens}
@@ -107,24 +112,26 @@ class OpenAIPolicy:
             out["seed"] = self.seed
         return out
 
-    def _client(self) -> tuple[openai.AsyncOpenAI, asyncio.Semaphore]:
+    def _client(self) -> tuple[httpx2.AsyncClient, asyncio.Semaphore]:
         # httpx connections belong to one event loop; a sync caller may run several loops in turn
         loop = asyncio.get_running_loop()
         if loop not in self._per_loop:
-            client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key,
-                                        max_retries=0, timeout=self.timeout_s)
+            client = httpx2.AsyncClient(
+                base_url=self.base_url + "/", timeout=self.timeout_s, trust_env=False,
+                headers={"Authorization": f"Bearer {self._api_key}", "Content-Type": "application/json"},
+                limits=httpx2.Limits(max_connections=None, max_keepalive_connections=2 * self.concurrency))
             self._per_loop[loop] = (client, asyncio.Semaphore(self.concurrency))
         return self._per_loop[loop]
 
     async def __call__(self, request: PolicyRequest) -> Turn:
-        kwargs = self._request_kwargs(request)
+        body = json.dumps(self._request_kwargs(request), ensure_ascii=False).encode()
         client, slots = self._client()
         start = time.monotonic()
         attempts = self.max_retries + 1
         async with slots:
             for attempt in range(attempts):
                 try:
-                    turn = self._turn(await self._create(client, kwargs))
+                    turn = _turn(await self._create(client, body))
                     turn.latency_s = time.monotonic() - start
                     return turn
                 except _Retryable as err:
@@ -149,35 +156,23 @@ class OpenAIPolicy:
             kwargs["tools"] = [t.openai() for t in request.tools]
         return kwargs
 
-    async def _create(self, client: openai.AsyncOpenAI, kwargs: dict[str, Any]) -> Any:
+    async def _create(self, client: httpx2.AsyncClient, body: bytes) -> Any:
+        """One POST of `body`: the parsed JSON of a 2xx reply, else _Retryable or PolicyError."""
         try:
-            return await client.chat.completions.create(**kwargs)
-        except openai.APIStatusError as err:
-            reason = f"HTTP {err.status_code} {_error_message(err)}"
-            if err.status_code in _RETRY_STATUS or err.status_code >= 500:
-                raise _Retryable(reason, _retry_after(err.response)) from None
-            raise PolicyError(f"openai endpoint {self.base_url} rejected the request: {reason}") from None
-        except openai.APITimeoutError:
+            resp = await client.post("chat/completions", content=body)
+        except httpx2.TimeoutException:
             raise _Retryable(f"timed out after {self.timeout_s:g} s") from None
-        except openai.APIConnectionError as err:
-            raise _Retryable(f"connection error: {err.__cause__ or err}") from None
-        except (openai.APIResponseValidationError, json.JSONDecodeError, ValueError) as err:
+        except httpx2.TransportError as err:  # refused, reset, closed mid-reply
+            raise _Retryable(f"connection error: {_one_line(err) or type(err).__name__}") from None
+        if not resp.is_success:
+            reason = f"HTTP {resp.status_code} {_error_message(resp)}"
+            if resp.status_code in _RETRY_STATUS or resp.status_code >= 500:
+                raise _Retryable(reason, _retry_after(resp.headers))
+            raise PolicyError(f"openai endpoint {self.base_url} rejected the request: {reason}")
+        try:
+            return json.loads(resp.content)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise _Retryable(f"malformed response: {_one_line(err)}") from None
-
-    def _turn(self, resp: Any) -> Turn:
-        choices = getattr(resp, "choices", None)
-        if not choices or getattr(choices[0], "message", None) is None:
-            raise _Retryable(f"malformed response: a 200 without choices ({type(resp).__name__})")
-        msg = choices[0].message
-        extra = msg.model_extra or {}
-        reasoning = extra.get("reasoning_content") or extra.get("reasoning")
-        content, reasoning = split_think(msg.content or "", reasoning)
-        calls = [ToolCall(name=c.function.name, arguments=_arguments(c.function.arguments), id=c.id or "")
-                 for c in msg.tool_calls or []]
-        usage = getattr(resp, "usage", None)
-        counts = {"prompt_tokens": usage.prompt_tokens or 0,
-                  "completion_tokens": usage.completion_tokens or 0} if usage else {}
-        return Turn(content=content, reasoning=reasoning, tool_calls=calls, usage=counts)
 
     def _backoff(self, attempt: int, wait_s: float | None) -> float:
         if wait_s is not None:
@@ -189,7 +184,27 @@ class OpenAIPolicy:
         clients, self._per_loop = list(self._per_loop.items()), {}
         for loop, (client, _) in clients:
             if loop is asyncio.get_running_loop():
-                await client.close()
+                await client.aclose()
+
+
+def _turn(resp: Any) -> Turn:
+    """The Turn in a chat-completion body; a body of another shape is worth a retry."""
+    choices = resp.get("choices") if isinstance(resp, dict) else None
+    first = choices[0] if isinstance(choices, list) and choices else None
+    msg = first.get("message") if isinstance(first, dict) else None
+    if not isinstance(msg, dict):
+        raise _Retryable("malformed response: a 200 without choices")
+    try:
+        reasoning = msg.get("reasoning_content") or msg.get("reasoning")
+        content, reasoning = split_think(msg.get("content") or "", reasoning)
+        calls = [ToolCall(name=c["function"]["name"], arguments=_arguments(c["function"].get("arguments")),
+                          id=c.get("id") or "") for c in msg.get("tool_calls") or []]
+        usage = resp.get("usage") or {}
+        counts = {"prompt_tokens": usage.get("prompt_tokens") or 0,
+                  "completion_tokens": usage.get("completion_tokens") or 0} if usage else {}
+        return Turn(content=content, reasoning=reasoning, tool_calls=calls, usage=counts)
+    except (KeyError, TypeError, AttributeError, ValueError) as err:  # a pydantic ValidationError is a ValueError
+        raise _Retryable(f"malformed response: {_one_line(err)[:200]}") from None
 
 
 def _arguments(raw: str | None) -> Any:
@@ -200,8 +215,7 @@ def _arguments(raw: str | None) -> Any:
         return raw
 
 
-def _retry_after(response: Any) -> float | None:
-    headers = getattr(response, "headers", None) or {}
+def _retry_after(headers: httpx2.Headers) -> float | None:
     for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
         value = headers.get(name)
         if value is not None:
@@ -212,14 +226,18 @@ def _retry_after(response: Any) -> float | None:
     return None
 
 
-def _error_message(err: openai.APIStatusError) -> str:
-    body = err.body
+def _error_message(resp: httpx2.Response) -> str:
+    """The server's own words: `error.message` of a JSON body, else the body's text, else the status phrase."""
+    try:
+        body = json.loads(resp.content)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = None
     if isinstance(body, dict):
         inner = body.get("error", body)
         text = inner.get("message") if isinstance(inner, dict) else inner
         if text:
             return _one_line(text)[:200]
-    return _one_line(err.message)[:200]
+    return _one_line(resp.text or resp.reason_phrase)[:200]
 
 
 def _one_line(value: Any) -> str:

@@ -46,7 +46,7 @@ class Policy(Protocol):
 PolicyFactory = Callable[..., Policy]
 policies: Registry[PolicyFactory] = Registry("policy backend", "trajdistill.policies")
 policies.register_lazy("expert", "trajdistill.agents._expert:make_expert", options=ExpertOptions)
-policies.register_lazy("openai", "trajdistill.agents._openai:OpenAIPolicy", install_hint="pip install openai",
+policies.register_lazy("openai", "trajdistill.agents._openai:OpenAIPolicy", install_hint="pip install httpx",
                        options=OpenAIOptions)
 policies.register_lazy("hf", "trajdistill.agents._hf:HFPolicy", install_hint="pip install transformers peft",
                        options=HFOptions)

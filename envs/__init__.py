@@ -1,5 +1,6 @@
 """Environments: tasks, typed tools, verifiers, experts and sandboxes."""
 
+from ._cache import cache_root
 from ._errors import CannotActError, ConfigError, TrajdistillError
 from ._env import FINAL_ANSWER, Env, Episode, ToolError, envs, final_answer_spec, make_env
 from ._react_text import REACT_MARKERS
@@ -28,6 +29,7 @@ __all__ = [
     "TrajdistillError",
     "Turn",
     "UnknownNameError",
+    "cache_root",
     "envs",
     "final_answer_spec",
     "make_env",

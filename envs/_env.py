@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import functools
 import inspect
 from typing import Any, Callable, ClassVar
 
@@ -38,11 +39,11 @@ class Episode(abc.ABC):
         self.sandbox = sandbox
         self.done = False
         self.outcome: Outcome | None = None
-        self._tools = {spec.name: (spec, fn) for spec, fn in _tool_methods(self)}
+        self._tools = {spec.name: (spec, getattr(self, attr)) for attr, spec in _tool_methods(type(self))}
 
     @classmethod
     def tool_specs(cls) -> list[ToolSpec]:
-        return [spec for spec, _ in _tool_methods(cls)]
+        return [spec for _, spec in _tool_methods(cls)]
 
     async def start(self) -> str | None:
         """Set the episode up; return an initial observation to append to the prompt, if any."""
@@ -82,14 +83,16 @@ class Episode(abc.ABC):
         """Release per-episode resources."""
 
 
-def _tool_methods(obj: Any) -> list[tuple[ToolSpec, Callable[..., Any]]]:
+@functools.cache
+def _tool_methods(cls: type) -> tuple[tuple[str, ToolSpec], ...]:
+    """(attribute, spec) of each `@tool` method of an Episode class, built once per class, not per episode."""
     out = []
-    for attr in dir(obj):
-        fn = getattr(obj, attr, None)
+    for attr in dir(cls):
+        fn = getattr(cls, attr, None)
         name = getattr(fn, "__tool_name__", None)
         if name:
-            out.append((tool_spec(fn, name=name), fn))
-    return out
+            out.append((attr, tool_spec(fn, name=name)))
+    return tuple(out)
 
 
 class Env(abc.ABC):

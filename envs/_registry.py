@@ -69,7 +69,8 @@ class Registry(Generic[T]):
         return sorted(self._items)
 
     def get(self, name: str) -> T:
-        self._load_entry_points()
+        if name not in self._items:  # entry points only add names, so a known one needs no rescan (a slow one)
+            self._load_entry_points()
         if name not in self._items:
             known = ", ".join(self.names()) or "(none)"
             raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {known}")

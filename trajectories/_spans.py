@@ -290,7 +290,13 @@ def _marker_pattern(markers: Iterable[str]) -> str:
 def _marker_regex(rules: SegmentRules) -> re.Pattern[str]:
     groups = {"reason": rules.thought_markers, "action": rules.action_markers, "input": rules.input_markers,
               "answer": rules.answer_markers, "stop": rules.stop_markers}
-    body = "|".join(f"(?P<{name}>{_marker_pattern(mks)})" for name, mks in groups.items() if mks)
+    return _compile_markers(tuple((name, tuple(mks)) for name, mks in groups.items() if mks))
+
+
+@functools.lru_cache(maxsize=64)
+def _compile_markers(groups: tuple[tuple[str, tuple[str, ...]], ...]) -> re.Pattern[str]:
+    # built once per grammar: every assistant turn of every stored trajectory is segmented with it
+    body = "|".join(f"(?P<{name}>{_marker_pattern(mks)})" for name, mks in groups)
     return re.compile(rf"^(?:{body})", re.MULTILINE)
 
 

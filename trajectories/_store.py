@@ -2,7 +2,8 @@
 
     RUN/
       run.yaml                          the resolved config
-      trajectories-<shard>-<n>.jsonl    one fsynced line per finished trajectory, spans filled
+      trajectories-<shard>-<n>.jsonl    one fsynced line per finished trajectory, spans filled (lines
+                                        committed within a few ms of each other share one fsync)
       errors.jsonl                      (task, teacher) pairs that ended without a trajectory
       stats.json                        counts per teacher, replaced atomically
       .writer-<shard>.lock              flock(2)ed by the one process writing that shard slice
@@ -17,6 +18,7 @@ lock per `--shard` slice refuses a second writer of the same slice, so two
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import fcntl
 import json
@@ -46,6 +48,9 @@ RUN_FILE = "run.yaml"
 ERRORS_FILE = "errors.jsonl"
 STATS_FILE = "stats.json"
 STATS_INTERVAL_S = 1.0
+# Trajectories committed within this long of each other share one fsync (a few ms on a disk; free to wait
+# for, since the collector plays the next episode meanwhile).
+GROUP_WINDOW_S = 0.002
 SHARD_GLOB = "trajectories-*.jsonl"
 # Settings that may change on --resume: they say how to run, not what a trajectory is.
 RUNTIME_KEYS = frozenset({"out", "tasks", "concurrency", "resume", "shard", "sandbox", "package_version",
@@ -135,6 +140,10 @@ class RunStore:
         self._stats: dict[str, dict[str, int]] = {}
         self._error_keys: set[tuple[str, str]] = set()
         self._finished: set[tuple[str, str]] = set()
+        self.group_window_s = GROUP_WINDOW_S
+        self._group: tuple[asyncio.AbstractEventLoop, asyncio.Future] | None = None  # the fsync lines now wait for
+        self._group_tasks: set[asyncio.Task] = set()
+        self.syncs = 0  # fsyncs of trajectory lines so far (one per append, one per group of commits)
 
     # ---- opening ---------------------------------------------------------------------------------
 
@@ -184,15 +193,23 @@ class RunStore:
         Thread-safe and safe from concurrent asyncio tasks; it blocks only for the write and the fsync.
         A trajectory without spans is written with the spans of the segmenter its env names.
         """
-        line = (with_spans(traj).to_json() + "\n").encode()
+        line = _line(traj)
         with self._lock:
-            self._check_writable()
-            if self._fd is None:
-                self._fd, self._shard_path = _claim_shard(self.path, _shard_label(self.config))
-            _write_all(self._fd, line)
-            os.fsync(self._fd)
-            self._count(traj)
-            self._maybe_write_stats()
+            fd = self._write(line)
+            os.fsync(fd)
+            self.syncs += 1
+            self._counted(traj)
+
+    async def commit(self, traj: Trajectory) -> None:
+        """`append` for asyncio callers, with group commit: the line is written at once, and one fsync covers
+        every line written within `group_window_s` of the first. Returns (and counts the trajectory in the
+        stats) only after that fsync returned, so a trajectory reported finished is on disk."""
+        line = _line(traj)
+        with self._lock:
+            fd = self._write(line)
+        await self._group_sync(fd)
+        with self._lock:
+            self._counted(traj)
 
     def record_error(self, task_id: str, teacher: str, reason: str, kind: str = "error") -> None:
         """Note a pair that ended without a trajectory; `--resume` retries it, the line stays as history."""
@@ -298,6 +315,49 @@ class RunStore:
         return self._stats_doc()
 
     # ---- internals ---------------------------------------------------------------------------------
+
+    def _write(self, line: bytes) -> int:
+        """Write one whole line to this writer's shard (the caller holds the lock); returns its fd."""
+        self._check_writable()
+        if self._fd is None:
+            self._fd, self._shard_path = _claim_shard(self.path, _shard_label(self.config))
+        _write_all(self._fd, line)
+        return self._fd
+
+    def _counted(self, traj: Trajectory) -> None:
+        self._count(traj)
+        self._maybe_write_stats()
+
+    async def _group_sync(self, fd: int) -> None:
+        """Wait for an fsync of `fd` that starts after the caller's write: the open group's, else a new one's."""
+        loop = asyncio.get_running_loop()
+        if self._group is None or self._group[0] is not loop:
+            self._group = (loop, loop.create_future())
+            task = loop.create_task(self._sync_group(fd, self._group[1]))
+            self._group_tasks.add(task)  # the loop keeps only a weak reference
+            task.add_done_callback(self._group_tasks.discard)
+        await asyncio.shield(self._group[1])  # one cancelled waiter must not fail its group
+
+    async def _sync_group(self, fd: int, done: asyncio.Future) -> None:
+        try:
+            await asyncio.sleep(self.group_window_s)
+            self._end_group(done)  # lines written from here on wait for the next fsync
+            await asyncio.to_thread(os.fsync, fd)
+        except asyncio.CancelledError:
+            self._end_group(done)
+            done.cancel()
+            raise
+        except OSError as e:  # a full or failing disk: every waiter of this group raises it
+            self._end_group(done)
+            done.set_exception(e)
+        else:
+            with self._lock:
+                self.syncs += 1
+            done.set_result(None)
+
+    def _end_group(self, done: asyncio.Future) -> None:
+        if self._group is not None and self._group[1] is done:
+            self._group = None
 
     def _check_writable(self) -> None:
         if not self._writable:
@@ -447,6 +507,10 @@ def _claim_shard(run: Path, label: str) -> tuple[int, Path]:
             return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o644), path
         except FileExistsError:
             n += 1
+
+
+def _line(traj: Trajectory) -> bytes:
+    return (with_spans(traj).to_json() + "\n").encode()
 
 
 def _write_all(fd: int, data: bytes) -> None:
