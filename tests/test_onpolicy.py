@@ -397,7 +397,7 @@ def test_cli_bad_input_is_one_line(tmp_path):
     one_line_error(cli("onpolicy", "--student", "hf:x", "--teacher", "expert:coder", "--env", "math", "--out",
                        tmp_path / "o", "--route", "word"), "--route must be KEY=VALUE")
     one_line_error(cli("onpolicy", "--student", "hf:x", "--teacher", "expert:coder", "--env", "math", "--out",
-                       tmp_path / "o", "--mode", "reverse-kl"), "not implemented")
+                       tmp_path / "o", "--mode", "reverse-kl"), "white-box teacher", "--mode dagger")
     one_line_error(cli("onpolicy", "--student", "expert:coder", "--teacher", "expert:coder", "--env", "math",
                        "--out", tmp_path / "o"), "--student", "hf:")
     assert not (tmp_path / "o").exists()
