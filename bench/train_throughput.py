@@ -12,7 +12,10 @@ steps / their wall time; the first step of each run (allocator, kernels) is not 
   lora-bf16  LoRA, packing, bf16 autocast
   full-bf16  the new defaults: full fine-tuning, packing, bf16 autocast
 
-    python bench/train_throughput.py [--steps 4] [--repeats 2] [--variants baseline,full-bf16] [--threads 2]
+With `--threads 1,2,4` every variant also runs at each torch intra-op thread count (the keys become
+`variant@Nt`), to pick the thread setting.
+
+    python bench/train_throughput.py [--steps 4] [--repeats 2] [--variants baseline,full-bf16] [--threads 1,2]
 """
 
 from __future__ import annotations
@@ -97,26 +100,30 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--tasks", type=int, default=200)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, one per core)")
+    ap.add_argument("--threads", default="0",
+                    help="comma-separated torch thread counts (0: torch's default, one per core)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     opts = ap.parse_args()
-    if opts.threads:
-        torch.set_num_threads(opts.threads)
+    threads = [int(t) for t in opts.threads.split(",")]
     work = Path(tempfile.mkdtemp(prefix="train-bench-"))
     run = work / "run"
     collect(CollectConfig(env="math", teachers=["expert:coder"], tasks=opts.tasks, out=str(run), sandbox="none"))
-    names = opts.variants.split(",")
-    runs: dict[str, list[dict]] = {n: [] for n in names}
+    default_threads = torch.get_num_threads()
+    arms = [(name, t) for name in opts.variants.split(",") for t in threads]
+    key = {arm: arm[0] if len(threads) == 1 else f"{arm[0]}@{arm[1] or default_threads}t" for arm in arms}
+    runs: dict[str, list[dict]] = {key[arm]: [] for arm in arms}
     for _ in range(opts.repeats):
-        for name in names:
-            runs[name].append(one_run(work, run, name, opts.steps, opts.batch_size))
-            print(json.dumps(runs[name][-1]), flush=True)
+        for name, t in arms:
+            torch.set_num_threads(t or default_threads)
+            row = one_run(work, run, name, opts.steps, opts.batch_size) | {"threads": torch.get_num_threads()}
+            runs[key[name, t]].append(row)
+            print(json.dumps(row), flush=True)
     summary = {name: {"median_tokens_per_s": statistics.median(r["tokens_per_s"] for r in rs),
                       "best_tokens_per_s": max(r["tokens_per_s"] for r in rs),
                       "median_s_per_step": statistics.median(r["s_per_step"] for r in rs),
                       "tokens_per_step": rs[0]["tokens_per_step"]} for name, rs in runs.items()}
     print(json.dumps({"summary": summary, "steps": opts.steps, "repeats": opts.repeats, "batch_size": opts.batch_size,
-                      "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+                      "threads": threads, "platform": platform.platform(),
                       "load_avg": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M")}, indent=1))
 
 
