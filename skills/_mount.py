@@ -20,7 +20,6 @@ everything.
 from __future__ import annotations
 
 import asyncio
-import re
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from trajdistill.envs import FINAL_ANSWER, ConfigError, Env, Episode, Observation, Outcome, Task, ToolSpec, tool_spec
+from trajdistill.envs._mcp_mount import _free_name
 from trajdistill.envs.mcp_env import (LiveConnection, McpConnection, McpConnectionError, _describe, _run_sync,
                                       server_target)
 
@@ -156,20 +156,6 @@ def _summary(description: str) -> str:
     """A box tool's description as listed: its first paragraph (the rest, provenance and examples, is for people
     and for retrieval, and would cost every prompt tokens)."""
     return description.strip().split("\n\n")[0].strip()
-
-
-def _prefix(name: str) -> str:
-    return re.sub(r"\W+", "_", name).strip("_") or "box"
-
-
-def _free_name(name: str, box: str, taken: set[str]) -> str:
-    """`name`, or `<box>__name` (then a numbered form) when an env tool or another box has it."""
-    candidate, i = name, 2
-    while candidate in taken:
-        candidate = f"{_prefix(box)}__{name}" if i == 2 else f"{_prefix(box)}{i - 1}__{name}"
-        i += 1
-    taken.add(candidate)
-    return candidate
 
 
 class MountedEpisode(Episode):
