@@ -14,7 +14,7 @@ from trajdistill.envs import ConfigError
 from trajdistill.trajectories import RunStore, Trajectory
 
 from ._box import BoxError, SkillBox, SkillDraft, ToolDraft, spec_from_source
-from ._check import check_box_async
+from ._check import CheckReport, check_box_async
 from ._mine_docs import DocsMining
 from ._mine_tools import Listener, ToolMining
 from ._miners import Mined, MineJob, miner_names, miners
@@ -56,7 +56,7 @@ class MineConfig:
 class MineResult:
     box: SkillBox
     mined: dict[str, Mined]  # miner name -> what it found, in the order they ran
-    check: dict[str, Any]
+    check: CheckReport
 
     @property
     def tools(self) -> ToolMining | None:
@@ -71,7 +71,7 @@ class MineResult:
         for name, found in self.mined.items():
             if name != "docs" or found.report().get("patches_proposed") or found.report().get("unusable_replies"):
                 parts.append(f"{name}: {found.summary()}")
-        parts.append("self-check " + ("passed" if self.check["ok"] else "FAILED"))
+        parts.append("self-check " + ("passed" if self.check.ok else "FAILED"))
         return "; ".join(parts)
 
 
@@ -118,8 +118,8 @@ async def mine_async(cfg: MineConfig, *, analyst: Any = None, listener: Listener
 def mine(cfg: MineConfig, **kwargs: Any) -> MineResult:
     """Sync wrapper of mine_async; raises BoxError when the mined box fails its own validation."""
     result = asyncio.run(mine_async(cfg, **kwargs))
-    if not result.check["ok"]:
-        bad = next((f"{n}: {r.get('first_failure')}" for n, r in result.check["tools"].items() if r["failed"]), "")
+    if not result.check.ok:
+        bad = next((f"{n}: {r.first_failure}" for n, r in result.check.tools.items() if r.failed), "")
         raise BoxError(f"the mined box {cfg.out} failed its own validation ({bad})")
     return result
 
