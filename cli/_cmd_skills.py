@@ -217,7 +217,7 @@ def serve_command(
 
 @skills_app.command("validate")
 @rollout_options(RolloutConfig, "env", "split", "tasks", "concurrency", "max_steps", "seed", "sandbox", "env_params",
-                 "skills_top_k", split="dev", tasks=50, concurrency=4)  # ValidateConfig's defaults: it loads the MCP SDK
+                 "skills_top_k", split="dev", tasks=50, concurrency=4)  # ValidateConfig's defaults (it loads MCP)
 def validate_command(
     box: Path = typer.Argument(..., help="Skill box directory."),
     agent: str = typer.Option(..., help="Policy spec of the agent that mounts the box."),

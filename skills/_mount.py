@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from trajdistill.envs import ConfigError, Env, McpMountedEnv, McpSource, Observation, ServerInfo, Task, ToolSpec, tool_spec
+from trajdistill.envs import (ConfigError, Env, McpMountedEnv, McpSource, Observation, ServerInfo, Task, ToolSpec,
+                              tool_spec)
 from trajdistill.envs._mcp_mount import free_name, resource_text
 from trajdistill.envs.mcp_env import McpConnection
 
