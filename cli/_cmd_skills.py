@@ -13,11 +13,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from trajdistill.agents import RolloutConfig
+from trajdistill.skills import MineConfig, miners
 
-from ._config import AllowUnsignedOption, ConfigOption, TrustOption, rollout_options
+from ._config import AllowUnsignedOption, ConfigOption, TrustOption, config_argument, config_option, rollout_options
 from ._console import console
 
-# Each command imports its library modules when it runs, so that `trajdistill --help` stays fast.
+# Each command imports its library modules when it runs, so that `trajdistill --help` stays fast (importing
+# `trajdistill.skills` is light: serving, mounting and validating load the MCP SDK on first use).
 
 skills_app = typer.Typer(help="Mine, inspect, validate and serve skill boxes.", no_args_is_help=True)
 
@@ -28,25 +30,20 @@ def register(app: typer.Typer) -> None:
 
 @skills_app.command("mine")
 def mine_cmd(
-    runs: list[Path] = typer.Argument(..., help="Run directories to mine (one env)."),
-    out: Path = typer.Option(..., help="Box directory to write."),
-    analyst: Optional[str] = typer.Option(None, help="Policy spec of an analyst LLM; default: deterministic."),
-    mode: str = typer.Option("both", help="Miners to run, comma-separated, from the `trajdistill.miners` registry "
-                                          "(built in: tools, docs); both is tools,docs. An unknown name lists the "
-                                          "registered ones."),
-    workers: int = typer.Option(4, help="Analysts and sandboxed tool runs in flight at once."),
-    sandbox: str = typer.Option("auto", help="Sandbox backend for tool replay: auto, docker, nsjail, none."),
-    min_support: Optional[int] = typer.Option(None, help="Distinct source calls a tool must cover to be kept; "
-                                                      "default: 1 below 100 code calls, 2 below 1,000, 3 below "
-                                                      "10,000 (one per order of magnitude beyond the first)."),
-    name: Optional[str] = typer.Option(None, help="Box name; default: <env>-skills."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing box at OUT."),
-    key: Optional[Path] = typer.Option(None, help="PEM file of the Ed25519 key that signs the box; default: "
-                                                  "this machine's key, made on first use in the user config."),
+    runs: list[Path] = config_argument(MineConfig, "runs"),
+    out: Path = config_option(MineConfig, "out"),
+    analyst: Optional[str] = config_option(MineConfig, "analyst"),
+    mode: str = config_option(MineConfig, "mode", registry=miners),
+    workers: int = config_option(MineConfig, "workers"),
+    sandbox: str = config_option(MineConfig, "sandbox"),
+    min_support: Optional[int] = config_option(MineConfig, "min_support"),
+    name: Optional[str] = config_option(MineConfig, "name"),
+    force: bool = config_option(MineConfig, "force", "--force"),
+    key: Optional[Path] = config_option(MineConfig, "key"),
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Mine a skill box (SKILL.md docs and sandboxed tools) from trajectories, self-check it, and sign it."""
-    from trajdistill.skills import BoxError, MineConfig, mine_async
+    from trajdistill.skills import BoxError, mine_async
 
     cfg = MineConfig(runs=[str(r) for r in runs], out=str(out), analyst=analyst, mode=mode, workers=workers,
                      sandbox=sandbox, name=name, force=force, min_support=min_support,
@@ -220,7 +217,7 @@ def serve_command(
 
 @skills_app.command("validate")
 @rollout_options(RolloutConfig, "env", "split", "tasks", "concurrency", "max_steps", "seed", "sandbox", "env_params",
-                 "skills_top_k", split="dev", tasks=50, concurrency=4)  # ValidateConfig's defaults: `skills` is slow to import
+                 "skills_top_k", split="dev", tasks=50, concurrency=4)  # ValidateConfig's defaults (it loads MCP)
 def validate_command(
     box: Path = typer.Argument(..., help="Skill box directory."),
     agent: str = typer.Option(..., help="Policy spec of the agent that mounts the box."),

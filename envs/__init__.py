@@ -1,5 +1,7 @@
 """Environments: tasks, typed tools, verifiers, experts and sandboxes."""
 
+from typing import Any
+
 from ._cache import cache_root
 from ._errors import CannotActError, ConfigError, TrajdistillError
 from ._env import FINAL_ANSWER, Env, Episode, ToolError, envs, final_answer_spec, make_env
@@ -7,6 +9,19 @@ from ._react_text import REACT_MARKERS
 from ._registry import Registry, UnknownNameError
 from ._tools import ToolSchemaError, ToolSpec, tool, tool_spec
 from ._types import SPLITS, ErrorKind, Observation, Outcome, PolicyRequest, Task, ToolCall, Turn
+
+# Mounting MCP servers loads the MCP SDK (about half a second): its names load on first use, so that importing
+# `trajdistill.envs` (every command, `--help` included) does not pay for it.
+_MCP_MOUNT = ("McpMountedEnv", "McpMountedEpisode", "McpSource", "ServerInfo", "mount_mcp")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MCP_MOUNT:
+        from . import _mcp_mount
+
+        return getattr(_mcp_mount, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "FINAL_ANSWER",
@@ -17,10 +32,14 @@ __all__ = [
     "Env",
     "Episode",
     "ErrorKind",
+    "McpMountedEnv",
+    "McpMountedEpisode",
+    "McpSource",
     "Observation",
     "Outcome",
     "PolicyRequest",
     "Registry",
+    "ServerInfo",
     "Task",
     "ToolCall",
     "ToolError",
@@ -33,6 +52,7 @@ __all__ = [
     "envs",
     "final_answer_spec",
     "make_env",
+    "mount_mcp",
     "tool",
     "tool_spec",
 ]

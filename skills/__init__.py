@@ -1,5 +1,7 @@
 """Skill boxes: the box format, miners (tools and docs), the box's own validation, MCP serving and mounting."""
 
+from typing import Any
+
 from ._box import (
     FORMAT_VERSION,
     MANIFEST,
@@ -20,12 +22,28 @@ from ._box import (
     spec_from_source,
 )
 from ._check import CheckReport, ToolCheck, check_box, check_box_async
-from ._validate import (VALIDATION_SECTION, AblationArm, Arm, ValidateConfig, ValidationReport, validate,
-                        validate_async)
 from ._mine import MineConfig, MineResult, mine, mine_async
 from ._miners import Mined, MineJob, miners
-from ._mount import MountedEnv, mount_skills
-from ._server import build_server, serve, serve_async
+
+# Serving, mounting and validating a box load the MCP SDK (about half a second): their names load on first use,
+# so that importing the package (the CLI does, for MineConfig's options) does not pay for it.
+_SERVER = ("build_server", "serve", "serve_async")
+_MOUNT = ("MountedEnv", "mount_skills")
+_VALIDATE = ("VALIDATION_SECTION", "AblationArm", "Arm", "ValidateConfig", "ValidationReport", "validate",
+             "validate_async")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SERVER:
+        from . import _server as module
+    elif name in _MOUNT:
+        from . import _mount as module
+    elif name in _VALIDATE:
+        from . import _validate as module
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(module, name)
+
 
 __all__ = [
     "VALIDATION_SECTION",

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from trajdistill import __version__
-from trajdistill.agents import make_policy
+from trajdistill.agents import config_field, make_policy
 from trajdistill.envs import ConfigError
 from trajdistill.trajectories import RunStore, Trajectory
 
 from ._box import BoxError, SkillBox, SkillDraft, ToolDraft, spec_from_source
-from ._check import check_box_async
+from ._check import CheckReport, check_box_async
 from ._mine_docs import DocsMining
 from ._mine_tools import Listener, ToolMining
 from ._miners import Mined, MineJob, miner_names, miners
@@ -23,19 +23,23 @@ from ._trust import load_private_key, local_key
 
 @dataclass
 class MineConfig:
-    """Settings of one mining run."""
+    """Settings of one mining run; each field's help is its `skills mine` option's."""
 
-    runs: list[str]
-    out: str
-    analyst: str | None = None  # a policy spec; None is the deterministic miner
-    mode: str = "both"  # registered miners, comma-separated, run in order; "both" is tools,docs
-    workers: int = 4
-    sandbox: str = "auto"
-    name: str | None = None
-    force: bool = False
-    timeout_s: float = 10.0  # per tool run in the sandbox
-    min_support: int | None = None  # distinct source calls a mined tool must cover; None: grows with the run
-    key: str | None = None  # PEM file of the Ed25519 key that signs the box; None: this machine's key
+    runs: list[str] = field(metadata={"help": "Run directories to mine (one env)."})
+    out: str = field(metadata={"help": "Box directory to write."})
+    analyst: str | None = config_field(None, "Policy spec of an analyst LLM; default: deterministic.")
+    mode: str = config_field("both", "Miners to run, comma-separated, in order; both is tools,docs; an unknown name "
+                                     "lists the known ones. Known miners")
+    workers: int = config_field(4, "Analysts and sandboxed tool runs in flight at once.")
+    sandbox: str = config_field("auto", "Sandbox backend for tool replay: auto, docker, nsjail, none.")
+    name: str | None = config_field(None, "Box name; default: <env>-skills.")
+    force: bool = config_field(False, "Replace an existing box at OUT.")
+    timeout_s: float = config_field(10.0, "Wall-clock limit of one tool run in the sandbox, in seconds.")
+    min_support: int | None = config_field(None, "Distinct source calls a tool must cover to be kept; default: 1 "
+                                                 "below 100 code calls, 2 below 1,000, 3 below 10,000 (one per order "
+                                                 "of magnitude beyond the first).")
+    key: str | None = config_field(None, "PEM file of the Ed25519 key that signs the box; default: this machine's "
+                                         "key, made on first use in the user config.")
 
     def __post_init__(self) -> None:
         if not self.runs:
@@ -52,7 +56,7 @@ class MineConfig:
 class MineResult:
     box: SkillBox
     mined: dict[str, Mined]  # miner name -> what it found, in the order they ran
-    check: dict[str, Any]
+    check: CheckReport
 
     @property
     def tools(self) -> ToolMining | None:
@@ -67,7 +71,7 @@ class MineResult:
         for name, found in self.mined.items():
             if name != "docs" or found.report().get("patches_proposed") or found.report().get("unusable_replies"):
                 parts.append(f"{name}: {found.summary()}")
-        parts.append("self-check " + ("passed" if self.check["ok"] else "FAILED"))
+        parts.append("self-check " + ("passed" if self.check.ok else "FAILED"))
         return "; ".join(parts)
 
 
@@ -114,8 +118,8 @@ async def mine_async(cfg: MineConfig, *, analyst: Any = None, listener: Listener
 def mine(cfg: MineConfig, **kwargs: Any) -> MineResult:
     """Sync wrapper of mine_async; raises BoxError when the mined box fails its own validation."""
     result = asyncio.run(mine_async(cfg, **kwargs))
-    if not result.check["ok"]:
-        bad = next((f"{n}: {r.get('first_failure')}" for n, r in result.check["tools"].items() if r["failed"]), "")
+    if not result.check.ok:
+        bad = next((f"{n}: {r.first_failure}" for n, r in result.check.tools.items() if r.failed), "")
         raise BoxError(f"the mined box {cfg.out} failed its own validation ({bad})")
     return result
 

@@ -5,12 +5,12 @@
 A source is a box directory (served by `trajdistill skills serve BOX` as a stdio subprocess,
 so its tool code runs in that server's sandbox; it must be signed by a trusted key or pinned),
 an http(s) URL (streamable HTTP), or any other stdio command. Every call goes through a real
-MCP client session (`McpConnection` from the mcp env), so the ReAct loop and the collector
-need no change: the mounted env's tools are the env's tools plus the boxes' tools (a clashing
-name gets a `<box>__` prefix) plus `read_skill`, and its system prompt lists the skills (or
-holds them, with preload).
+MCP client session: `MountedEnv` builds on the envs layer's generic MCP mount (`McpMountedEnv`), so the
+ReAct loop and the collector need no change: the mounted env's tools are the env's tools plus the boxes'
+tools (a clashing name gets a `<box>__` prefix) plus `read_skill`, and its system prompt lists the skills
+(or holds them, with preload).
 
-A box does not put all of that in every prompt. With `top_k` (default 3), a task is shown only the
+A box does not put all of that in every prompt. With `top_k` (default 2), a task is shown only the
 k box tools and skills most relevant to it, ranked together by BM25 over their names, descriptions
 and the tasks they were mined from (see _retrieve.py); `read_skill` is listed when a skill is, and
 reads every skill; a box tool left out of the list still answers when called. `top_k=0` lists
@@ -19,17 +19,16 @@ everything.
 
 from __future__ import annotations
 
-import asyncio
-import re
 import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-from trajdistill.envs import FINAL_ANSWER, ConfigError, Env, Episode, Observation, Outcome, Task, ToolSpec, tool_spec
-from trajdistill.envs.mcp_env import (LiveConnection, McpConnection, McpConnectionError, _describe, _run_sync,
-                                      server_target)
+from trajdistill.envs import (ConfigError, Env, McpMountedEnv, McpSource, Observation, ServerInfo, Task, ToolSpec,
+                              tool_spec)
+from trajdistill.envs._mcp_mount import free_name, resource_text
+from trajdistill.envs.mcp_env import McpConnection
 
 from ._box import SkillBox
 from ._retrieve import BM25
@@ -56,31 +55,23 @@ def read_skill_spec() -> ToolSpec:
 def source_server(source: str, sandbox: str = "auto", trust: Trust | None = None) -> str:
     """The MCP server a `--skills` value names: a serve command for a box directory, else the value itself."""
     path = Path(source).expanduser()
-    if path.is_dir():
-        # a tampered or untrusted box fails here, with the server's own one-line reason
-        box = SkillBox.load(path, verify=True, trust=trust or Trust())
-        # The server gets a scrubbed environment (other user config): pin exactly what was verified here.
-        pin = ["--trust", box.digest] if box.trust.vouched else ["--allow-unsigned"]
-        return shlex.join([sys.executable, "-m", "trajdistill", "skills", "serve", str(path.resolve()),
-                           "--sandbox", sandbox, *pin])
-    server_target(source)  # an unparsable command line fails now, not mid-run
-    return source
+    if not path.is_dir():
+        return source
+    # a tampered or untrusted box fails here, with the server's own one-line reason
+    box = SkillBox.load(path, verify=True, trust=trust or Trust())
+    # The server gets a scrubbed environment (other user config): pin exactly what was verified here.
+    pin = ["--trust", box.digest] if box.trust.vouched else ["--allow-unsigned"]
+    return shlex.join([sys.executable, "-m", "trajdistill", "skills", "serve", str(path.resolve()),
+                       "--sandbox", sandbox, *pin])
 
 
 @dataclass
-class BoxInfo:
+class BoxInfo(ServerInfo):
     """What one source offers, learned once over MCP."""
 
-    name: str
-    tools: list[ToolSpec]
-    skills: dict[str, tuple[str, str]]  # skill name -> (description, resource uri)
+    skills: dict[str, tuple[str, str]] = field(default_factory=dict)  # skill name -> (description, resource uri)
     texts: dict[str, str] = field(default_factory=dict)  # skill name -> SKILL.md, when preloaded or ranked
     tasks: dict[str, list[str]] = field(default_factory=dict)  # tool name -> prompts of its source tasks
-
-
-async def _skill_text(conn: McpConnection, uri: str) -> str:
-    result = await conn.client.read_resource(uri)
-    return "\n".join(getattr(c, "text", "") for c in result.contents)
 
 
 async def _tool_tasks(conn: McpConnection) -> dict[str, list[str]]:
@@ -98,58 +89,28 @@ async def _tool_tasks(conn: McpConnection) -> dict[str, list[str]]:
             return out
 
 
-async def describe(conn: McpConnection, preload: bool) -> BoxInfo:
-    """The tools and skills (resources under skill://) of a connected source; `preload` reads every SKILL.md."""
-    tools = await conn.list_tools()
-    skills: dict[str, tuple[str, str]] = {}
-    caps = conn.client.server_capabilities
-    if caps is not None and caps.resources is not None:
-        for res in (await conn.client.list_resources()).resources:
-            uri = str(res.uri)
-            name = uri.removeprefix(SKILL_SCHEME)
-            if uri.startswith(SKILL_SCHEME) and "/" not in name:  # references are read through their skill
-                skills[name] = (res.description or "", uri)
-    texts = {n: await _skill_text(conn, uri) for n, (_, uri) in skills.items()} if preload else {}
-    info = conn.client.server_info
-    return BoxInfo(info.name if info and info.name else "box", tools, skills, texts, await _tool_tasks(conn))
+class BoxSource(McpSource):
+    """One mounted skill source: its tools, its skills (resources under skill://) and their source tasks."""
 
+    default_name = "box"
 
-class Source:
-    """One mounted MCP server: a live session per event loop, restarted when it dies."""
-
-    def __init__(self, spec: str, server: str, timeout_s: float):
-        self.spec = spec
-        self.server = server
-        self.timeout_s = timeout_s
+    def __init__(self, server: str, timeout_s: float, read_texts: bool):
+        super().__init__(server, timeout_s)
+        self.read_texts = read_texts  # read every SKILL.md when describing (preload and ranking need them)
         self.info: BoxInfo | None = None
-        self._live = LiveConnection(server, timeout_s)
 
-    async def describe_once(self, preload: bool = False) -> BoxInfo:
-        conn = await McpConnection(self.server, self.timeout_s).start()
-        try:
-            return await describe(conn, preload)
-        finally:
-            await conn.close()
-
-    async def connection(self) -> McpConnection:
-        return await self._live.get()
-
-    async def call(self, tool: str, arguments: dict[str, Any]) -> Observation:
-        try:
-            conn = await self.connection()
-        except McpConnectionError as e:
-            return Observation(f"Error: {e}", error_kind="tool_error")
-        return await conn.call(tool, arguments)
-
-    async def read(self, uri: str) -> Observation:
-        try:
-            conn = await self.connection()
-            return Observation(await _skill_text(conn, uri))
-        except Exception as e:  # noqa: BLE001 - a failed read is something the agent can see and work around
-            return Observation(f"Error: reading {uri} failed: {_describe(e)}", error_kind="tool_error")
-
-    async def close(self) -> None:
-        await self._live.close()
+    async def describe(self, conn: McpConnection) -> BoxInfo:
+        tools = await conn.list_tools()
+        skills: dict[str, tuple[str, str]] = {}
+        caps = conn.client.server_capabilities
+        if caps is not None and caps.resources is not None:
+            for res in (await conn.client.list_resources()).resources:
+                uri = str(res.uri)
+                name = uri.removeprefix(SKILL_SCHEME)
+                if uri.startswith(SKILL_SCHEME) and "/" not in name:  # references are read through their skill
+                    skills[name] = (res.description or "", uri)
+        texts = {n: await resource_text(conn, uri) for n, (_, uri) in skills.items()} if self.read_texts else {}
+        return BoxInfo(self.server_name(conn), tools, skills, texts, await _tool_tasks(conn))
 
 
 def _summary(description: str) -> str:
@@ -158,128 +119,46 @@ def _summary(description: str) -> str:
     return description.strip().split("\n\n")[0].strip()
 
 
-def _prefix(name: str) -> str:
-    return re.sub(r"\W+", "_", name).strip("_") or "box"
-
-
-def _free_name(name: str, box: str, taken: set[str]) -> str:
-    """`name`, or `<box>__name` (then a numbered form) when an env tool or another box has it."""
-    candidate, i = name, 2
-    while candidate in taken:
-        candidate = f"{_prefix(box)}__{name}" if i == 2 else f"{_prefix(box)}{i - 1}__{name}"
-        i += 1
-    taken.add(candidate)
-    return candidate
-
-
-class MountedEpisode(Episode):
-    """Box tools and read_skill go to the MCP sessions; everything else to the wrapped episode."""
-
-    def __init__(self, env: "MountedEnv", task: Task, sandbox: Any, inner: Episode):
-        super().__init__(env, task, sandbox)
-        self.inner = inner
-
-    async def start(self) -> str | None:
-        return await self.inner.start()
-
-    def hints(self) -> dict[str, Any]:
-        return self.inner.hints()
-
-    async def call(self, name: str, arguments: Any) -> Observation:
-        env: MountedEnv = self.env  # type: ignore[assignment]
-        spec = env.spec_of(name)
-        if spec is None or name == FINAL_ANSWER:
-            return Observation(f"Error: unknown tool {name!r}. Valid tools: {self.valid_tools()}.", invalid=True)
-        if name in env.inner_tool_names:
-            return await self.inner.call(name, arguments)
-        problem = spec.validate(arguments)
-        if problem:
-            return Observation(f"Error: {problem}. Valid tools: {self.valid_tools()}.", invalid=True)
-        if name == READ_SKILL:
-            return await env.read_skill(str(arguments["name"]))
-        source, tool = env.routes[name]
-        return await source.call(tool, arguments)
-
-    def valid_tools(self) -> str:
-        return ", ".join(t.name for t in self.env.tools_for(self.task))
-
-    async def finish(self, answer: str | None) -> Outcome:
-        self.outcome = await self.inner.finish(answer)
-        self.done = True
-        return self.outcome
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-
-class MountedEnv(Env):
+class MountedEnv(McpMountedEnv):
     """An env with skill boxes mounted over MCP. Tasks, verifier and experts stay the wrapped env's."""
 
-    episode_cls = MountedEpisode
+    what = "skills"
+    reserved = (READ_SKILL,)
 
     def __init__(self, env: Env, sources: Sequence[str], *, preload: bool = False, sandbox: str = "auto",
                  timeout_s: float = 60.0, trust: Trust | None = None, top_k: int = TOP_K):
-        super().__init__(env.variant, **env.params)
         if not sources:
             raise ConfigError("give at least one skill box (a directory, an http(s) URL or a stdio command)")
         if top_k < 0:
             raise ConfigError(f"--skills-top-k must be 0 (list every tool and skill) or more, got {top_k}")
+        read_texts = preload or top_k > 0  # ranking reads every SKILL.md once, as preload does
+        super().__init__(env, [BoxSource(source_server(s, sandbox, trust), timeout_s, read_texts) for s in sources])
         self.top_k = top_k
-        self.inner = env
-        self.name, self.version = env.name, env.version  # type: ignore[misc]
-        self.needs_sandbox, self.answer_tool = env.needs_sandbox, env.answer_tool  # type: ignore[misc]
         self.preload = preload
-        self.sources = [Source(s, source_server(s, sandbox, trust), timeout_s) for s in sources]
-        self.routes: dict[str, tuple[Source, str]] = {}
-        self.skill_routes: dict[str, tuple[Source, str]] = {}  # exposed skill name -> (source, uri)
-        self._tools: list[ToolSpec] | None = None
-        self.inner_tool_names: set[str] = set()
+        self.skill_routes: dict[str, tuple[BoxSource, str]] = {}  # exposed skill name -> (source, uri)
         self._index = BM25([])
         self._items: list[tuple[str, str]] = []  # ("tool" | "skill", exposed name), in index order
 
-    @property
-    def id(self) -> str:
-        return self.inner.id
+    def listed_description(self, description: str) -> str:
+        return _summary(description)
 
-    # discovery: once, before the first episode (the ReAct loop reads tools() when it is built)
-
-    def _discover(self) -> list[ToolSpec]:
-        if self._tools is not None:
-            return self._tools
-        async def describe_all() -> list[BoxInfo]:
-            # ranking reads every SKILL.md once, as preload does
-            return list(await asyncio.gather(*(s.describe_once(self.preload or self.top_k > 0)
-                                               for s in self.sources)))
-
-        try:
-            infos = _run_sync(describe_all)
-        except McpConnectionError as e:  # a bad --skills value is the user's to fix: one line
-            raise ConfigError(f"cannot mount skills: {e}") from e
-        inner = self.inner.tools()
-        answer = [t for t in inner if t.name == FINAL_ANSWER]
-        own = [t for t in inner if t.name != FINAL_ANSWER]
-        self.inner_tool_names = {t.name for t in own}
-        taken = self.inner_tool_names | {FINAL_ANSWER, READ_SKILL}
-        boxed: list[ToolSpec] = []
+    def extra_tools(self) -> list[ToolSpec]:
+        """Route the boxes' skills, index box tools and skills for ranking; read_skill when there is a skill."""
         tool_docs, skill_docs = [], []
-        for source, info in zip(self.sources, infos):
-            source.info = info
-            for spec in info.tools:
-                name = _free_name(spec.name, info.name, taken)
-                self.routes[name] = (source, spec.name)
-                boxed.append(ToolSpec(name, _summary(spec.description), spec.parameters))
-                tool_docs.append("\n".join([spec.name, spec.description, *info.tasks.get(spec.name, [])]))
+        for source in self.sources:
+            info: BoxInfo = source.info  # type: ignore[assignment]
+            tool_docs += ["\n".join([t.name, t.description, *info.tasks.get(t.name, [])]) for t in info.tools]
             for skill, (desc, uri) in info.skills.items():
-                self.skill_routes[_free_name(skill, info.name, set(self.skill_routes))] = (source, uri)
+                self.skill_routes[free_name(skill, info.name, set(self.skill_routes))] = (source, uri)
                 skill_docs.append("\n".join([skill, desc, info.texts.get(skill, "")]))
-        self._items = [("tool", t.name) for t in boxed] + [("skill", n) for n in self.skill_routes]
+        self._items = [("tool", n) for n in self.routes] + [("skill", n) for n in self.skill_routes]
         self._index = BM25(tool_docs + skill_docs)
-        reader = [read_skill_spec()] if self.skill_routes else []
-        self._tools = own + boxed + reader + answer
-        return self._tools
+        return [read_skill_spec()] if self.skill_routes else []
 
-    def tools(self) -> list[ToolSpec]:
-        return list(self._discover())
+    async def call_mounted(self, name: str, arguments: dict[str, Any]) -> Observation:
+        if name == READ_SKILL:
+            return await self.read_skill(str(arguments["name"]))
+        return await super().call_mounted(name, arguments)
 
     def relevant(self, task: Task) -> tuple[list[str], list[str]]:
         """(box tools, skills) listed for `task`: the top_k most relevant to it, best first (all with top_k=0)."""
@@ -296,9 +175,6 @@ class MountedEnv(Env):
         boxed, skills = self.relevant(task)
         keep = set(boxed) | ({READ_SKILL} if skills else set())
         return [t for t in tools if (t.name not in self.routes and t.name != READ_SKILL) or t.name in keep]
-
-    def spec_of(self, name: str) -> ToolSpec | None:
-        return next((t for t in self._discover() if t.name == name), None)
 
     def skills(self) -> dict[str, str]:
         """Exposed skill name -> description."""
@@ -337,28 +213,6 @@ class MountedEnv(Env):
                                invalid=True)
         source, uri = self.skill_routes[name]
         return await source.read(uri)
-
-    # tasks, episodes and experts are the wrapped env's
-
-    def tasks(self, split: str, n: int | None = None, offset: int = 0) -> list[Task]:
-        return self.inner.tasks(split, n, offset)
-
-    def split_sizes(self) -> dict[str, int]:
-        return self.inner.split_sizes()
-
-    def experts(self) -> dict[str, Callable[[], Any]]:
-        return self.inner.experts()
-
-    async def start(self, task: Task, sandbox: Any = None) -> Episode:
-        self._discover()
-        inner = await self.inner.start(task, sandbox)
-        return MountedEpisode(self, task, sandbox, inner)
-
-    async def close(self) -> None:
-        try:
-            await asyncio.gather(*(s.close() for s in self.sources))
-        finally:
-            await self.inner.close()
 
 
 def mount_skills(env: Env, sources: Sequence[str], preload: bool = False, *, sandbox: str = "auto",

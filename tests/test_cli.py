@@ -73,25 +73,47 @@ def test_unknown_config_key_is_refused(tmp_path):
     assert res.returncode == 2 and "unknown setting(s) for 'collect': taskz" in res.stderr
 
 
-def test_compose_and_curate_options_are_their_configs_fields():
-    """One description per setting: the options of compose and curate carry their config field's help and default."""
+def test_compose_curate_and_mine_options_are_their_configs_fields():
+    """One description per setting: the options of compose, curate and skills mine carry their config field's help
+    and default."""
     import typer
 
     from trajdistill._app import app
+    from trajdistill.skills import MineConfig
     from trajdistill.trajectories import ComposeConfig, CurateConfig
 
     root = typer.main.get_command(app)
+    mine_fields = ("runs", "out", "analyst", "mode", "workers", "sandbox", "min_support", "name", "force", "key")
     flags = {"compose": (ComposeConfig, {"runs": "runs", "out": "out", "prefer": "prefer", "seed": "seed",
                                          "transition": "transition", "max_prefix_steps": "max_prefix_steps",
                                          "strategy": "strategy"}),
-             "curate": (CurateConfig, {"runs": "runs", "out": "out", "step": "steps", "mix": "mix", "seed": "seed"})}
+             "curate": (CurateConfig, {"runs": "runs", "out": "out", "step": "steps", "mix": "mix", "seed": "seed"}),
+             "skills mine": (MineConfig, {name: name for name in mine_fields})}
     for command, (cls, fields) in flags.items():
-        params = {p.name: p for p in root.commands[command].params}
+        group, _, sub = command.partition(" ")
+        params = {p.name: p for p in (root.commands[group].commands[sub] if sub else root.commands[group]).params}
         for param, name in fields.items():
             f = cls.__dataclass_fields__[name]
             assert params[param].help.startswith(f.metadata["help"]), (command, param)
+    mine = {p.name: p for p in root.commands["skills"].commands["mine"].params}
+    assert set(mine) == {*mine_fields, "config"}
+    assert {n: mine[n].default for n in mine_fields[2:]} == {n: MineConfig.__dataclass_fields__[n].default
+                                                             for n in mine_fields[2:]}
+    assert mine["runs"].required and mine["out"].required and "docs, tools (plug-ins add more" in mine["mode"].help
     compose = {p.name: p for p in root.commands["compose"].params}
     assert compose["strategy"].required and "best, dual (plug-ins add more" in compose["strategy"].help
     assert compose["max_prefix_steps"].default == ComposeConfig.__dataclass_fields__["max_prefix_steps"].default
     curate = {p.name: p for p in root.commands["curate"].params}
     assert curate["seed"].default is None and curate["step"].default == [] and curate["out"].required
+
+
+def test_loading_the_cli_does_not_load_the_mcp_sdk():
+    """`skills mine` takes its options from MineConfig, so the CLI imports `trajdistill.skills`; serving, mounting
+    and validating a box (which load the MCP SDK) are imported on first use, not with every command."""
+    code = ("import sys, trajdistill._app, trajdistill.skills, trajdistill.envs; "
+            "print(sorted(m for m in sys.modules if m == 'mcp' or m.startswith('mcp.')))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr
+    from trajdistill.skills import MountedEnv, mount_skills  # the lazy names resolve
+
+    assert mount_skills.__module__ == MountedEnv.__module__ == "trajdistill.skills._mount"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import require
-from trajdistill.envs import PolicyRequest, Task, make_env
+from trajdistill.envs import ConfigError, McpMountedEnv, PolicyRequest, Task, make_env, mount_mcp
 from trajdistill.envs._react_text import ParsedFinal, ParseError, parse_react
 from trajdistill.envs.mcp_env import EXAMPLE_DIR, McpConnectionError, McpEnv, hash_split, load_tasks
 from trajdistill.envs.sandbox import get_provider, sandboxes
@@ -321,3 +322,44 @@ def test_the_variant_is_a_tasks_path_and_splits_fall_back_to_a_stable_hash(tmp_p
     hashed = {t.id: t.split for t in load_tasks(path, split_by="hash")}
     assert hashed["t0"] == hash_split("t0")
     assert env.tasks("train", n=3, offset=1) == env.tasks("train")[1:4]
+
+
+# ---------------------------------------------------------------- mounting a server's tools into any env
+
+
+async def test_mount_mcp_lists_a_servers_tools_beside_the_envs_own_and_routes_each_call(host_sandbox):
+    """The envs layer's generic mount: the example server mounted twice into the math env, over real sessions."""
+    server = shlex.join([sys.executable, str(SERVER)])
+    math = make_env("math")
+    assert mount_mcp(math, []) is math
+    env = mount_mcp(math, [server, server])
+    assert isinstance(env, McpMountedEnv) and env.id == "math" and env.system_prompt() == math.system_prompt()
+    try:
+        names = [t.name for t in env.tools()]
+        # the env's own tool first, the servers' next (the second server's clashing names prefixed), then the answer
+        assert names[0] == "python" and names[-1] == "final_answer" and "read_skill" not in names
+        assert {"inventory_lookup", "trajdistill_mcp_example__text_tool"} <= set(names) and len(names) == 12
+        task = env.tasks("dev", 1)[0]
+        episode = await env.start(task, host_sandbox)
+        looked_up = await episode.call("inventory_lookup", {"sku": "b-310"})
+        reversed_ = await episode.call("trajdistill_mcp_example__text_tool", {"text": "abc", "operation": "reverse"})
+        own = await episode.call("python", {"code": "print(6 * 7)"})
+        failed = await episode.call("inventory_lookup", {"sku": "Z-1"})
+        bad = await episode.call("text_tool", {"operation": "reverse"})
+        unknown = await episode.call("read_skill", {"name": "x"})
+        outcome = await episode.finish(str(task.data["answer"]))
+    finally:
+        await env.close()
+    assert json.loads(looked_up.text)["sku"] == "B-310" and reversed_.text == "cba" and own.text.strip() == "42"
+    assert failed.error_kind == "tool_error" and "unknown SKU" in failed.text and not failed.invalid
+    assert bad.invalid and "text_tool" in bad.text
+    assert unknown.invalid and "Valid tools: python, convert_units" in unknown.text
+    assert outcome.success  # the wrapped env's verifier
+
+
+def test_mount_mcp_of_a_server_that_does_not_start_is_one_clear_error():
+    env = mount_mcp(make_env("math"), [f"{sys.executable} -c 'import sys; sys.exit(3)'"])
+    with pytest.raises(ConfigError, match="cannot mount MCP servers: cannot connect to MCP server"):
+        env.tools()
+    with pytest.raises(ConfigError, match="cannot be parsed"):
+        mount_mcp(make_env("math"), ["python 'unclosed"])

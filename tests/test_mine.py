@@ -67,7 +67,7 @@ async def run_mining(trajs, **kwargs):
 
 def test_mined_math_box_verifies_and_its_tools_replay(math_box):
     box = SkillBox.load(math_box.box.path)
-    assert math_box.check["ok"] and box.validation["self_check"]["ok"]
+    assert math_box.check.ok and box.validation["self_check"]["ok"]
     names = {t.name for t in box.tools}
     # 12 tasks: one tool per kind of program, named for what it computes; every arithmetic program is one tool
     assert len(names) >= 4 and {"evaluate_expression", "modular_power"} <= names, names
@@ -102,7 +102,7 @@ def test_math_box_self_check_under_nsjail(math_box, tmp_path):
     why = sandboxes.get("nsjail").available()
     require(why is None, f"nsjail cannot run here: {why}")
     result = check_box(math_box.box.path, sandbox="nsjail", record=False)
-    assert result["ok"] and result["sandbox"] == "nsjail"
+    assert result.ok and result.sandbox == "nsjail"
 
 
 # --------------------------------------------------------------------------- clustering, consolidation, replay
@@ -363,7 +363,7 @@ def test_scripted_analyst_writes_tools_and_patches_docs(tmp_path):
     result = asyncio.run(_mine_async(MineConfig(runs=[str(run)], out=str(tmp_path / "box"), sandbox="none",
                                                 workers=3), analyst))
     box = SkillBox.load(tmp_path / "box")
-    assert [t.name for t in box.tools] == ["choose"] and len(box.tests["choose"]) == 6 and result.check["ok"]
+    assert [t.name for t in box.tools] == ["choose"] and len(box.tests["choose"]) == 6 and result.check.ok
     body = box.skills[0].body
     assert COMMON in body and "Trivia" not in body  # prevalent edit kept, a one-off dropped by the merge
     assert result.docs.proposed == 12 and result.docs.kept == 1

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from test_skills_serve import SKILLS, make_box, need_nsjail
 
 from trajdistill.skills import Arm, ValidateConfig, ValidationReport, SkillBox, validate
@@ -34,8 +36,10 @@ class _Example(Report):
     other: str | None = None
 
 
-def test_a_report_leaves_out_only_the_fields_it_names_and_reads_by_json_key():
+def test_a_report_leaves_out_only_the_fields_it_names_and_is_read_by_attribute():
     assert _Example(count=1).doc() == {"count": 1, "other": None}
     assert _Example(count=1, note="n").doc() == {"count": 1, "note": "n", "other": None}
     example = _Example(count=2)
-    assert example["count"] == 2 and example.get("note", "-") == "-" and example.get("missing") is None
+    assert example.count == 2 and example.note is None
+    with pytest.raises(TypeError):  # not a dict: the dict-style reads of the first typed reports are gone
+        example["count"]

@@ -222,7 +222,7 @@ def test_self_check_under_nsjail(box):
     why = sandboxes.get("nsjail").available()
     require(why is None, f"nsjail cannot run here: {why}")
     result = check_box(box.path, sandbox="nsjail")
-    assert result["ok"] and result["sandbox"] == "nsjail"
+    assert result.ok and result.sandbox == "nsjail"
 
 
 def test_copied_box_still_verifies(box, tmp_path):

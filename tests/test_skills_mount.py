@@ -315,13 +315,13 @@ def test_validation_flags_a_harmful_box_writes_the_manifest_and_inspect_shows_it
     box = make_box(tmp_path / "box", tools=("add_numbers",), skills=[SKILLS[1]])
     section = validate(ValidateConfig(box=str(box.path), env="math", agent=hijackable, tasks=5, ablate=True,
                                       sandbox="nsjail", concurrency=2, skills_top_k=0))  # the skill in every prompt
-    assert section["without"]["successes"] == 5 and section["with"]["successes"] == 0
-    assert section["delta"] == -1.0 and section["delta_ci95"][1] < 0
-    assert section["verdict"] == "harmful" and section["flagged"] and section["note"] == HARMFUL_NOTE
+    assert section.without.successes == 5 and section.with_.successes == 0
+    assert section.delta == -1.0 and section.delta_ci95[1] < 0
+    assert section.verdict == "harmful" and section.flagged and section.note == HARMFUL_NOTE
     # ablation: the box without its one skill no longer hijacks; without its tool it still does
-    assert section["ablation"]["skill:checking"]["success_rate"] == 1.0
-    assert section["ablation"]["skill:checking"]["flagged"] is True
-    assert section["ablation"]["tool:add_numbers"]["success_rate"] == 0.0
+    assert section.ablation["skill:checking"].success_rate == 1.0
+    assert section.ablation["skill:checking"].flagged is True
+    assert section.ablation["tool:add_numbers"].success_rate == 0.0
     assert SkillBox.load(box.path).validation["dev_eval"]["verdict"] == "harmful"  # still verifies after the write
 
     shown = subprocess.run([sys.executable, "-m", "trajdistill", "skills", "inspect", str(box.path)],

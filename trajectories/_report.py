@@ -11,8 +11,7 @@ class Report(BaseModel):
     """A typed result whose `doc()` is the JSON it is written as, key for key and in order.
 
     Fields named in `omit_none` are left out of the JSON while None, as the dicts these models replace left
-    them out. `report["key"]` and `report.get("key")` read a field by its JSON key, for callers written against
-    those dicts."""
+    them out. Read a report by its attributes; `doc()` is its JSON form."""
 
     model_config = ConfigDict(populate_by_name=True)
     omit_none: ClassVar[tuple[str, ...]] = ()
@@ -29,16 +28,3 @@ class Report(BaseModel):
     def doc(self) -> dict[str, Any]:
         """The JSON form: what the file holds."""
         return self.model_dump(mode="json", by_alias=True)
-
-    def __getitem__(self, key: str) -> Any:
-        for name, f in type(self).model_fields.items():
-            if (f.alias or name) == key:
-                return getattr(self, name)
-        raise KeyError(key)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        try:
-            value = self[key]
-        except KeyError:
-            return default
-        return default if value is None else value

@@ -210,9 +210,15 @@ def build_report(out_dir: str | Path, summary: dict[str, Any], *, runs: Mapping[
         ("skills", "Skill box", box_section(box_dir)),
         ("viewer", "Trajectories", viewer_section(runs)),
     ]
-    page = _page("report.html.j2", title=f"{title} report", heading=title, page_class="td-report",
-                 summary=Markup(summary_html(summary)), sections=[(k, name, Markup(part)) for k, name, part in sections])
-    path = out / REPORT_FILE
+    return write_report_page(out / REPORT_FILE, f"{title} report", title, summary, sections)
+
+
+def write_report_page(path: Path, title: str, heading: str, summary: Mapping[str, Any],
+                      sections: list[tuple[str, str, str]]) -> Path:
+    """Write a report page to `path`: the summary as cards, then each (anchor, heading, HTML body) section."""
+    page = _page("report.html.j2", title=title, heading=heading, page_class="td-report",
+                 summary=Markup(summary_html(summary)),
+                 sections=[(k, name, Markup(part)) for k, name, part in sections])
     path.write_text(page, encoding="utf-8")
     return path
 
@@ -231,12 +237,8 @@ def build_curate_report(out_dir: str | Path, report: Mapping[str, Any], plot: st
                 ("curate-removed", "Examples of what was removed", curate_examples_html(report)),
                 ("curate-lengths", "Reasoning length per category, before and after",
                  curate_lengths_html(report, Path(plot) if plot else None))]
-    page = _page("report.html.j2", title="trajdistill curate", heading=f"curate: {out.resolve().name}",
-                 page_class="td-report", summary=Markup(summary_html(summary)),
-                 sections=[(k, name, Markup(part)) for k, name, part in sections])
-    path = out / CURATE_REPORT_FILE
-    path.write_text(page, encoding="utf-8")
-    return path
+    return write_report_page(out / CURATE_REPORT_FILE, "trajdistill curate", f"curate: {out.resolve().name}",
+                             summary, sections)
 
 
 def curate_steps_html(report: Mapping[str, Any]) -> str:
@@ -283,12 +285,8 @@ def build_gate_report(out_dir: str | Path, report: GateReport) -> Path:
                 ("gate-calibration", "Calibration", gate_calibration_html(report, out)),
                 ("gate-behaviour", "Behaviour", gate_behaviour_html(report, out)),
                 ("gate-drift", "Drift against the baseline", gate_drift_html(report))]
-    page = _page("report.html.j2", title="trajdistill gate", heading=f"gate: {report.student} vs {report.teacher}",
-                 page_class="td-report", summary=Markup(summary_html(verdict)),
-                 sections=[(k, name, Markup(part)) for k, name, part in sections])
-    path = out / GATE_REPORT_FILE
-    path.write_text(page, encoding="utf-8")
-    return path
+    return write_report_page(out / GATE_REPORT_FILE, "trajdistill gate", f"gate: {report.student} vs {report.teacher}",
+                             verdict, sections)
 
 
 def gate_decision_html(r: GateReport) -> str:
