@@ -18,7 +18,7 @@ import os
 import random
 import re
 import time
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import httpx2
 
@@ -32,6 +32,7 @@ _URL = re.compile(r"^(.+?)@(https?://\S+)$")
 _THINK = re.compile(r"^\s*<think>(.*?)</think>", re.DOTALL)
 _RETRY_STATUS = {408, 429}
 MAX_BACKOFF_S = 30.0
+T = TypeVar("T")
 
 
 class _Retryable(Exception):
@@ -124,16 +125,28 @@ class OpenAIPolicy:
         return self._per_loop[loop]
 
     async def __call__(self, request: PolicyRequest) -> Turn:
-        body = json.dumps(self._request_kwargs(request), ensure_ascii=False).encode()
-        client, slots = self._client()
         start = time.monotonic()
+        turn = await self._post("chat/completions", self._request_kwargs(request), _turn)
+        turn.latency_s = time.monotonic() - start
+        return turn
+
+    async def prompt_logprobs(self, token_ids: list[int]) -> list[dict[str, Any] | None]:
+        """Per token of `token_ids`, the server's log-probability of it given the tokens before it, as
+        `{"id", "logprob", "token"}` (the decoded token); None for the first. vLLM answers this through
+        `prompt_logprobs` on its completions endpoint: how a served white-box teacher scores a student's tokens."""
+        body = {"model": self.model, "prompt": list(token_ids), "max_tokens": 1, "temperature": 0.0,
+                "prompt_logprobs": 0}
+        return await self._post("completions", body, lambda resp: _prompt_logprobs(resp, token_ids))
+
+    async def _post(self, path: str, kwargs: dict[str, Any], parse: Callable[[Any], T]) -> T:
+        """POST `kwargs` as JSON to `path` and parse the reply, with our retries (see the module doc)."""
+        body = json.dumps(kwargs, ensure_ascii=False).encode()
+        client, slots = self._client()
         attempts = self.max_retries + 1
         async with slots:
             for attempt in range(attempts):
                 try:
-                    turn = _turn(await self._create(client, body))
-                    turn.latency_s = time.monotonic() - start
-                    return turn
+                    return parse(await self._create(client, path, body))
                 except _Retryable as err:
                     if attempt + 1 == attempts:
                         raise PolicyError(f"openai endpoint {self.base_url} failed after {attempts} attempts: "
@@ -156,10 +169,10 @@ class OpenAIPolicy:
             kwargs["tools"] = [t.openai() for t in request.tools]
         return kwargs
 
-    async def _create(self, client: httpx2.AsyncClient, body: bytes) -> Any:
+    async def _create(self, client: httpx2.AsyncClient, path: str, body: bytes) -> Any:
         """One POST of `body`: the parsed JSON of a 2xx reply, else _Retryable or PolicyError."""
         try:
-            resp = await client.post("chat/completions", content=body)
+            resp = await client.post(path, content=body)
         except httpx2.TimeoutException:
             raise _Retryable(f"timed out after {self.timeout_s:g} s") from None
         except httpx2.TransportError as err:  # refused, reset, closed mid-reply
@@ -205,6 +218,21 @@ def _turn(resp: Any) -> Turn:
         return Turn(content=content, reasoning=reasoning, tool_calls=calls, usage=counts)
     except (KeyError, TypeError, AttributeError, ValueError) as err:  # a pydantic ValidationError is a ValueError
         raise _Retryable(f"malformed response: {_one_line(err)[:200]}") from None
+
+
+def _prompt_logprobs(resp: Any, token_ids: list[int]) -> list[dict[str, Any] | None]:
+    """The per-token entries of a completions body with `prompt_logprobs`; another shape is worth a retry."""
+    choices = resp.get("choices") if isinstance(resp, dict) else None
+    entries = choices[0].get("prompt_logprobs") if isinstance(choices, list) and choices else None
+    if not isinstance(entries, list) or len(entries) != len(token_ids):
+        raise _Retryable("malformed response: no prompt_logprobs for every prompt token (does the server run vLLM?)")
+    out: list[dict[str, Any] | None] = [None]
+    for token, entry in zip(token_ids[1:], entries[1:]):
+        found = entry.get(str(token)) if isinstance(entry, dict) else None
+        if not isinstance(found, dict) or not isinstance(found.get("logprob"), (int, float)):
+            raise _Retryable(f"malformed response: prompt_logprobs lack token {token}")
+        out.append({"id": token, "logprob": float(found["logprob"]), "token": found.get("decoded_token")})
+    return out
 
 
 def _arguments(raw: str | None) -> Any:

@@ -180,6 +180,11 @@ class VLLMServePolicy:
         client = self._client or await asyncio.to_thread(self._start)
         return await client(request)
 
+    async def prompt_logprobs(self, token_ids: list[int]) -> list[dict[str, Any] | None]:
+        """The served model's log-probability of each token given the ones before it (OpenAIPolicy's)."""
+        client = self._client or await asyncio.to_thread(self._start)
+        return await client.prompt_logprobs(token_ids)
+
     async def close(self) -> None:
         if self._client is not None:
             await self._client.close()

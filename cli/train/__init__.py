@@ -4,7 +4,8 @@ from ._config import TrainConfig
 from ._curriculum import Complexity
 from ._curriculum import Plan as CurriculumPlan
 from ._curriculum import order as curriculum_order
-from ._data import SpanCollator, TrainData, build_data, pack
+from ._data import (TEACHER_LOGPROBS_FILE, SpanCollator, TrainData, build_data, pack, read_teacher_logprobs,
+                    write_teacher_logprobs)
 from ._divergence import TOKEN_KL_FILE, kl_by_turn, read_token_kl, token_kl, write_token_kl
 from ._encode import SPAN_KINDS, Encoded, encode
 from ._losses import final_losses, plot_losses
@@ -17,6 +18,7 @@ from ._trainer import build_trainer, stage_steps, trainer_class
 
 __all__ = [
     "SPAN_KINDS",
+    "TEACHER_LOGPROBS_FILE",
     "TOKEN_KL_FILE",
     "Complexity",
     "CurriculumPlan",
@@ -45,6 +47,7 @@ __all__ = [
     "pack",
     "parse_train_args",
     "plot_losses",
+    "read_teacher_logprobs",
     "read_token_kl",
     "self_distill",
     "self_distill_async",
@@ -52,5 +55,6 @@ __all__ = [
     "token_kl",
     "train",
     "trainer_class",
+    "write_teacher_logprobs",
     "write_token_kl",
 ]

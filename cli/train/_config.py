@@ -51,6 +51,10 @@ class TrainConfig:
     complexity_gamma: float = field(default=25.0, metadata={"help": "Curriculum: weight of an agent step."})
     teacher_model: str | None = field(
         default=None, metadata={"help": "White-box teacher (local model path or alias, same tokenizer) for KD."})
+    teacher_logprobs: bool = field(default=False, metadata={
+        "help": "KD from a served teacher's per-token log-probabilities stored beside each --data run "
+                "(teacher_logprobs.jsonl, written by `onpolicy --mode reverse-kl` with a vllm-serve: or openai: "
+                "teacher): the sampled-token estimate of the reverse KL on every trained token."})
     kl: str = field(default="forward", metadata={"help": "KD divergence: forward or reverse (MiniLLM) KL."})
     kd_temperature: float = field(default=2.0, metadata={"help": "KD softmax temperature T (loss scaled by T^2)."})
     kd_weight: float = field(default=0.5, metadata={"help": "Weight of the KD term next to the span CE."})
@@ -124,8 +128,24 @@ def _problems(cfg: TrainConfig) -> list[str]:
         out.append(f"kl must be forward or reverse, got {cfg.kl!r}")
     if cfg.act_kl not in ("", *KL_MODES):
         out.append(f"act_kl must be forward, reverse or empty (as --kl), got {cfg.act_kl!r}")
-    if cfg.ce_weight == 0 and not (cfg.teacher_model and cfg.kd_weight > 0):
-        out.append("ce_weight 0 trains on the KD term alone: give a teacher_model and a kd_weight > 0")
+    if cfg.ce_weight == 0 and not ((cfg.teacher_model or cfg.teacher_logprobs) and cfg.kd_weight > 0):
+        out.append("ce_weight 0 trains on the KD term alone: give a teacher_model (or teacher_logprobs) and a "
+                   "kd_weight > 0")
+    return out + _served_teacher_problems(cfg)
+
+
+def _served_teacher_problems(cfg: TrainConfig) -> list[str]:
+    """Stored log-probabilities of the sampled tokens estimate the reverse KL at T=1 only."""
+    if not cfg.teacher_logprobs:
+        return []
+    out = []
+    if cfg.teacher_model:
+        out.append("teacher_logprobs and teacher_model: give one teacher")
+    if cfg.kl != "reverse" or cfg.act_kl not in ("", "reverse"):
+        out.append("teacher_logprobs hold the teacher's log-probability of each sampled token only, which "
+                   "estimates the reverse KL: set kl reverse and no forward act_kl (that needs a local teacher_model)")
+    if cfg.kd_temperature != 1:
+        out.append(f"teacher_logprobs are at temperature 1: set kd_temperature 1, got {cfg.kd_temperature}")
     return out
 
 

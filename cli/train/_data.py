@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from trajdistill.envs import ConfigError
-from trajdistill.trajectories import RunStore
+from trajdistill.trajectories import RunError, RunStore
 
 from ._config import SPAN_NAMES, TrainConfig
 from ._curriculum import Plan, kind_counts, order, steps_of
@@ -15,12 +17,15 @@ from ._encode import encode
 
 # datasets and torch are imported inside the functions that use them: they take seconds to import.
 
+TEACHER_LOGPROBS_FILE = "teacher_logprobs.jsonl"
+
 
 @dataclass
 class TrainData:
     """The tokenized, curriculum-ordered training set and where it came from."""
 
-    dataset: Any  # datasets.Dataset: input_ids, attention_mask, labels, span_kinds (+ position_ids if packed)
+    dataset: Any  # datasets.Dataset: input_ids, attention_mask, labels, span_kinds (+ position_ids if packed,
+    # + teacher_logprobs with a served teacher)
     plan: Plan
     stage_rows: list[int]  # dataset row where each curriculum stage begins
     provenance: list[dict[str, Any]]
@@ -51,6 +56,7 @@ def build_data(cfg: TrainConfig, tokenizer: Any) -> TrainData:
     from datasets import Dataset
 
     trajs, provenance = load_trajectories(cfg)
+    teacher = _stored_teacher_logprobs(cfg)
     rows, scores, tokens = [], [], dict.fromkeys(SPAN_NAMES, 0)
     weights = cfg.complexity()
     for traj in trajs:
@@ -61,6 +67,8 @@ def build_data(cfg: TrainConfig, tokenizer: Any) -> TrainData:
         scores.append(weights.score(counts["reason"], counts["act"], steps_of(traj)))
         rows.append({"input_ids": list(enc.input_ids), "attention_mask": list(enc.attention_mask),
                      "labels": list(enc.labels), "span_kinds": list(enc.span_kinds)})
+        if teacher is not None:
+            rows[-1]["teacher_logprobs"] = _aligned(teacher, traj.id, enc.labels)
         tokens = {k: tokens[k] + counts[k] for k in tokens}
     if not rows:
         raise ConfigError(f"max_length {cfg.max_length} leaves no trained tokens in any trajectory; raise max_length")
@@ -72,6 +80,63 @@ def build_data(cfg: TrainConfig, tokenizer: Any) -> TrainData:
     else:
         stage_rows = list(plan.stage_starts)
     return TrainData(Dataset.from_list(ordered), plan, stage_rows, provenance, tokens)
+
+
+def write_records(run: str | os.PathLike, name: str, records: list[dict[str, Any]]) -> Path:
+    """Write a JSON-lines file of per-trajectory records into `run` whole (temp file, then rename): a cut-off
+    write leaves none."""
+    path = Path(run) / name
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_records(path: Path, parse: Callable[[dict[str, Any]], Any], what: str, fix: str) -> dict[str, Any]:
+    """Trajectory id -> parse(record) for each line of `path`; a bad line is one RunError naming the fix."""
+    out = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            record = json.loads(line)
+            out[record["id"]] = parse(record)
+        except (ValueError, KeyError, TypeError):
+            raise RunError(f"{path}: line {n} is not a {what} record; {fix}") from None
+    return out
+
+
+def write_teacher_logprobs(run: str | os.PathLike, records: list[dict[str, Any]]) -> Path:
+    """`teacher_logprobs.jsonl`: one line per trajectory, `{"id", "tokens": its encoded length, "logprobs":
+    [[token index, log p_teacher(token | before)], ...]}` for each token it trains."""
+    return write_records(run, TEACHER_LOGPROBS_FILE, records)
+
+
+def read_teacher_logprobs(run: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Trajectory id -> {"tokens", "logprobs": {index: logprob}}; a run without the file is one RunError."""
+    path = Path(run) / TEACHER_LOGPROBS_FILE
+    if not path.is_file():
+        raise RunError(f"{run}: no {TEACHER_LOGPROBS_FILE}; teacher_logprobs trains on runs scored by a served "
+                       "teacher (onpolicy --mode reverse-kl)")
+    return read_records(path, lambda r: {"tokens": int(r["tokens"]),
+                                         "logprobs": {int(i): float(v) for i, v in r["logprobs"]}},
+                        "teacher log-probability", "rerun the round")
+
+
+def _stored_teacher_logprobs(cfg: TrainConfig) -> dict[str, dict[str, Any]] | None:
+    if not cfg.teacher_logprobs:
+        return None
+    return {tid: rec for run in cfg.data for tid, rec in read_teacher_logprobs(run).items()}
+
+
+def _aligned(teacher: dict[str, dict[str, Any]], traj_id: str, labels: list[int]) -> list[float]:
+    """The teacher's log-probability at each trained token of the (possibly truncated) encoding, 0 elsewhere."""
+    record = teacher.get(traj_id)
+    if record is None:
+        raise RunError(f"trajectory {traj_id} has no teacher log-probabilities; rerun the round's scoring")
+    trained = [i for i, label in enumerate(labels) if label != -100]
+    if len(labels) > record["tokens"] or any(i not in record["logprobs"] for i in trained):
+        raise RunError(f"trajectory {traj_id}: its teacher log-probabilities were taken on another tokenization "
+                       f"({record['tokens']} tokens); score it again with the student's tokenizer")
+    return [record["logprobs"].get(i, 0.0) for i in range(len(labels))]
 
 
 def pack(rows: list[dict[str, list[int]]], max_length: int) -> tuple[list[dict[str, list[int]]], list[int]]:
@@ -97,6 +162,8 @@ def pack(rows: list[dict[str, list[int]]], max_length: int) -> tuple[list[dict[s
         cur["labels"] += [-100] + row["labels"][1:]
         cur["span_kinds"] += [0] + row["span_kinds"][1:]
         cur["position_ids"] += list(range(n))
+        if "teacher_logprobs" in row:
+            cur.setdefault("teacher_logprobs", []).extend([0.0] + row["teacher_logprobs"][1:])
         where.append(len(packed) - 1)
     return packed, where
 
@@ -124,6 +191,8 @@ class SpanCollator:
         batch = {"input_ids": padded("input_ids", self.pad_token_id), "labels": padded("labels", -100),
                  "span_kinds": padded("span_kinds", 0),
                  "lengths": torch.tensor([len(e["input_ids"]) for e in examples])}
+        if "teacher_logprobs" in examples[0]:
+            batch["teacher_logprobs"] = padded("teacher_logprobs", 0.0).float()
         if "position_ids" in examples[0]:
             # the padding becomes its own short "sequence", so it never joins a real trajectory's mask
             batch["position_ids"] = torch.tensor([list(e["position_ids"]) + list(range(width - len(e["input_ids"])))

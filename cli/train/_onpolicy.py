@@ -18,9 +18,11 @@ Each round r (1-based) of `onpolicy` writes under OUT/round-<r>/:
                turn it on, since a label is the teacher's turn whatever the rollout's outcome
     dev/       the eval of the new student on dev tasks
 
-With `mode="reverse-kl"` (white-box: one `hf:` teacher with the student's tokenizer) a round is on-policy
+With `mode="reverse-kl"` (white-box: one `hf:` teacher with the student's tokenizer, or a vLLM server as
+`vllm-serve:`/`openai:`, which scores the student's sampled tokens through its prompt log-probabilities,
+stored as rollouts/teacher_logprobs.jsonl and trained with the sampled-token estimator) a round is on-policy
 distillation in the GKD / Tinker form instead: the student alone rolls out (temperature `temperature`, no β,
-no relabels), and the round's student trains on on from its own rollouts with the per-token reverse KL to the
+no relabels), and the round's student trains on its own rollouts with the per-token reverse KL to the
 teacher on every token it sampled (`train`'s KD term with ce_weight 0: prompt, system and tool tokens are
 masked, the span weights apply, --train-act-kl forward makes [ACT] spans mode-covering). The teacher model
 never generates. Before training, the reverse KL of every sampled token to the teacher is written beside the
@@ -61,12 +63,14 @@ from trajdistill.envs.sandbox import Limits, SandboxProvider, get_provider
 from trajdistill.trajectories import Message, RunStore, Span, Teacher, Trajectory, Usage, assistant_text, segment_as_env
 
 from ._config import TrainConfig, student_problems
-from ._divergence import kl_by_turn, token_kl, write_token_kl
+from ._data import write_teacher_logprobs
+from ._divergence import kl_by_turn, served_token_logprobs, token_kl, write_token_kl
 from ._rounds import RoundsDir, recipe_problems, typed_train_arg
 from ._sft import train
 
 CONFIG_FILE = "onpolicy.yaml"
 MODES = ("dagger", "reverse-kl")
+SERVED_TEACHERS = ("vllm-serve:", "openai:")  # white-box through vLLM's prompt log-probabilities
 RELABEL_KIND = "relabel"
 AGREEMENT_PLOT = "agreement.png"
 DIVERGENCE_PLOT = "divergence.png"
@@ -114,8 +118,10 @@ class OnPolicyConfig(RolloutConfig):
                 "by --route (default: the first)."})
     out: str = field(metadata={"help": "Directory for the rounds (rollouts, relabels, models, rounds.json)."})
     mode: str = config_field("dagger", "dagger: black-box relabelling, any policy spec can teach. reverse-kl: "
-                                       "white-box, per-token reverse KL to one hf: teacher on the student's own "
-                                       "sampled tokens (the teacher needs the student's tokenizer).")
+                                       "white-box, per-token reverse KL to one teacher on the student's own "
+                                       "sampled tokens: hf:PATH (full distributions), or vllm-serve:PATH / "
+                                       "openai:MODEL@URL of a vLLM server (the sampled tokens' log-probabilities); "
+                                       "the teacher needs the student's tokenizer.")
     rounds: int = config_field(2, "Roll out, relabel, retrain: how many times.")
     beta_schedule: str = config_field("exp:1:0.5", "Probability that the teacher's turn is executed instead of the "
                                       "student's, per round: exp:B0:DECAY (B0*DECAY^(r-1)), linear:B0:STEP, a list "
@@ -158,9 +164,13 @@ class OnPolicyConfig(RolloutConfig):
     def white_box_problems(self) -> list[str]:
         """reverse-kl takes one local model as its teacher, and none of DAgger's data settings."""
         problems = []
-        if len(self.teachers) != 1 or not self.teachers[0].startswith("hf:"):
-            problems.append(f"--mode reverse-kl takes one white-box teacher, hf:<path|alias>, got "
-                            f"{', '.join(self.teachers) or 'none'}; black-box teachers use --mode dagger")
+        if len(self.teachers) != 1 or not self.teachers[0].startswith(("hf:", *SERVED_TEACHERS)):
+            problems.append(f"--mode reverse-kl takes one white-box teacher, hf:<path|alias> or a vLLM server "
+                            f"(vllm-serve:<path|alias>, openai:MODEL@URL), got {', '.join(self.teachers) or 'none'}; "
+                            "black-box teachers use --mode dagger")
+        elif self.served_teacher:
+            if self.train_args.get("act_kl") == "forward":
+                problems.append("--train-act-kl forward needs the teacher's whole distribution: give an hf: teacher")
         else:
             problems += [p.replace("student", "--teacher", 1) for p in student_problems(self.teachers[0])]
         problems += [f"--mode reverse-kl trains on the student's own rollouts only; {flag} is a dagger option"
@@ -171,10 +181,16 @@ class OnPolicyConfig(RolloutConfig):
         super().__post_init__()
         self.train_args = {k: typed_train_arg(k, v) for k, v in self.train_args.items()}
 
+    @property
+    def served_teacher(self) -> bool:
+        """The reverse-kl teacher is a vLLM server, scored through its prompt log-probabilities."""
+        return self.mode == "reverse-kl" and self.teachers[0].startswith(SERVED_TEACHERS)
+
     def kd_train_args(self) -> dict[str, Any]:
         """The trainer settings of a reverse-kl round: KD alone, on every sampled token (--train-* override)."""
-        return {"teacher_model": self.teachers[0][3:], "kl": "reverse", "ce_weight": 0.0, "kd_weight": 1.0,
-                "kd_temperature": 1.0, "only_success": False, **self.train_args}
+        teacher = {"teacher_logprobs": True} if self.served_teacher else {"teacher_model": self.teachers[0][3:]}
+        return {**teacher, "kl": "reverse", "ce_weight": 0.0, "kd_weight": 1.0, "kd_temperature": 1.0,
+                "only_success": False, **self.train_args}
 
     def teacher_for(self, task: Task) -> str:
         """The teacher routed to `task`: by its category, else the first teacher."""
@@ -393,6 +409,7 @@ class OnPolicyDistiller(RoundsDir):
         super().__init__(cfg, listener)
         self.env: Env | None = None
         self.teachers: dict[str, Policy] = {}
+        self.scorer: Any = None  # reverse-kl with a served teacher: the server that scores the student's tokens
         self.provider: SandboxProvider | None = None
         self.tasks: list[Task] = []
 
@@ -413,11 +430,15 @@ class OnPolicyDistiller(RoundsDir):
             self.teachers = {spec: make_policy(spec, env=self.env, **{"temperature": 0.0, "seed": c.seed,
                                                                       **c.teacher_options})
                              for spec in c.teachers}
+        elif c.served_teacher:
+            self.scorer = make_policy(c.teachers[0], env=self.env, **c.teacher_options)
+            if not hasattr(self.scorer, "prompt_logprobs"):
+                raise ConfigError(f"teacher {c.teachers[0]} cannot score tokens (no prompt log-probabilities)")
         if self.env.needs_sandbox:
             self.provider = get_provider(c.sandbox, Limits())
 
     async def close(self) -> None:
-        for p in self.teachers.values():
+        for p in [*self.teachers.values(), *([self.scorer] if self.scorer else [])]:
             await p.close()
         if self.provider is not None:
             await self.provider.close()
@@ -555,10 +576,16 @@ class OnPolicyDistiller(RoundsDir):
             shutil.rmtree(self.root / f"round-{round_no}" / derived, ignore_errors=True)
         return rollouts, errored
 
-    def divergence(self, round_no: int, student: str, rollouts: list[Trajectory]) -> list[float | None]:
-        """Write the rollouts' token KL to the teacher (rollouts/token_kl.jsonl); its mean per turn position."""
-        records = token_kl(rollouts, student.removeprefix("hf:"), self.cfg.teachers[0].removeprefix("hf:"))
-        write_token_kl(self.root / f"round-{round_no}" / "rollouts", records)
+    async def divergence(self, round_no: int, student: str, rollouts: list[Trajectory]) -> list[float | None]:
+        """Write the rollouts' token KL to the teacher (rollouts/token_kl.jsonl) and, for a served teacher, its
+        log-probabilities of the sampled tokens (rollouts/teacher_logprobs.jsonl); the KL's mean per turn."""
+        out = self.root / f"round-{round_no}" / "rollouts"
+        if self.scorer is not None:
+            stored, records = await served_token_logprobs(rollouts, student.removeprefix("hf:"), self.scorer)
+            write_teacher_logprobs(out, stored)
+        else:
+            records = token_kl(rollouts, student.removeprefix("hf:"), self.cfg.teachers[0].removeprefix("hf:"))
+        write_token_kl(out, records)
         return kl_by_turn(records)
 
     def beta(self, round_no: int) -> float:
@@ -574,7 +601,7 @@ class OnPolicyDistiller(RoundsDir):
         else:  # every turn the student sampled is scored by the one teacher
             acted = ["student" for t in rollouts for m in t.messages if m.role == "assistant"]
             labelled, failures, per_teacher = len(acted), 0, {self.cfg.teachers[0]: len(acted)}
-            divergence = self.divergence(round_no, student, rollouts)
+            divergence = await self.divergence(round_no, student, rollouts)
         result = self.train(round_no, student)
         model = f"hf:{Path(result.out).resolve()}" if result is not None else None
         dev = await self.dev_success(round_no, model or student)

@@ -21,6 +21,9 @@ MiniLLM's mode-seeking form), at temperature T, weighted by the same span weight
 another direction for [ACT] tokens. The CE term is scaled by `ce_weight`: with 0 and the student's
 own samples as data, the loss is per-token reverse KL on the student's tokens (on-policy
 distillation, GKD with lambda 1). Both logits are computed only at the trained positions.
+A served teacher (`teacher_logprobs`) gives log p_teacher of each sampled token only, stored with the
+data; its KD term is the sampled-token estimate of the reverse KL (see `_sampled_kd`), and loss_kd logs
+the mean of log p_student - log p_teacher.
 
 Each span kind's mean CE over the logging window is logged as loss_reason, loss_act and
 loss_answer (console and trainer_state.json). Under several processes (`accelerate launch`) each
@@ -73,7 +76,8 @@ def _define_trainer(base: type) -> type:  # noqa: C901 - one class body
         def __init__(self, *args: Any, span_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
                      sequential: bool = False, stage_steps: list[int] | None = None, n_stages: int = 1,
                      teacher: Any = None, kl: str = "forward", kd_temperature: float = 1.0,
-                     kd_weight: float = 0.0, act_kl: str = "", ce_weight: float = 1.0, **kwargs: Any):
+                     kd_weight: float = 0.0, act_kl: str = "", ce_weight: float = 1.0,
+                     teacher_logprobs: bool = False, **kwargs: Any):
             super().__init__(*args, **kwargs)
             self.span_weights = torch.tensor([1.0, *span_weights])
             self.sequential = sequential
@@ -84,6 +88,7 @@ def _define_trainer(base: type) -> type:  # noqa: C901 - one class body
             self.teacher = None
             if teacher is not None:
                 self.teacher = self.accelerator.prepare_model(teacher.eval(), evaluation_mode=True)
+            self.uses_kd = teacher is not None or teacher_logprobs  # a local teacher model, or stored log-probs
             self._span_window: dict[str, list] = {}  # mode -> [sums(4), counts(4), kd_sum, micro-steps]
 
         def _get_train_sampler(self, train_dataset=None):
@@ -95,16 +100,17 @@ def _define_trainer(base: type) -> type:  # noqa: C901 - one class body
             mode = "train" if self.model.training else "eval"
             kinds = inputs.pop("span_kinds")[:, 1:]
             lengths = inputs.pop("lengths", None)
+            t_logprobs = inputs.pop("teacher_logprobs", None)
             inputs["use_cache"] = False
             outputs, ce, mask, logits = self._forward_trained(model, inputs)
-            kd = self._kd(inputs, logits, kinds, mask) if self.teacher is not None else None
+            kd, kd_value = self._kd_terms(inputs, logits, kinds, mask, ce, t_logprobs)
             weights = self.span_weights.to(ce.device, ce.dtype)[kinds] * mask
             per_token = self.ce_weight * ce if kd is None else self.ce_weight * ce + self.kd_weight * kd
             num = mask.sum() if num_items_in_batch is None else num_items_in_batch
             loss = (per_token * weights).sum() / torch.as_tensor(num, device=ce.device).clamp(min=1)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * (self.accelerator.num_processes // self.get_tp_size())  # DDP averages grads, as TRL
-            self._record_spans(mode, ce.detach(), kd, kinds, mask)
+            self._record_spans(mode, ce.detach(), kd_value, kinds, mask)
             self._record_trl_metrics(mode, inputs, outputs, mask, lengths)
             if return_outputs:
                 with torch.no_grad():
@@ -130,6 +136,25 @@ def _define_trainer(base: type) -> type:  # noqa: C901 - one class body
         @staticmethod
         def _fwd(inputs):
             return {k: v for k, v in inputs.items() if k != "labels"}  # position t predicts label t + 1
+
+        def _kd_terms(self, inputs, logits, kinds, mask, ce, t_logprobs):
+            """Per position, the KD term of the loss and the KD value logged; (None, None) with no teacher."""
+            if t_logprobs is not None:
+                return self._sampled_kd(ce, t_logprobs[:, 1:].to(ce.dtype), mask)
+            if self.teacher is not None:
+                kd = self._kd(inputs, logits, kinds, mask)
+                return kd, kd
+            return None, None
+
+        @staticmethod
+        def _sampled_kd(ce, t_logprobs, mask):
+            """A served teacher gives only log p_teacher of each sampled token. Per token, k = log p_student -
+            log p_teacher estimates the reverse KL; the loss term k.detach() * log p_student has the gradient
+            k * grad log p_student, whose mean over the student's own samples is the gradient of
+            KL(student || teacher) (Tinker's on-policy distillation: a policy gradient with reward -k)."""
+            logp = -ce
+            k = ((logp - t_logprobs) * mask).detach()
+            return k * logp, k
 
         def _kd(self, inputs, logits, kinds, mask):
             """Per-token T^2-scaled KL to the teacher at the trained positions (zero elsewhere); [ACT] tokens
@@ -182,7 +207,7 @@ def _define_trainer(base: type) -> type:  # noqa: C901 - one class body
             prefix = "eval_" if mode == "eval" else ""
             logs = {f"{prefix}loss_{name}": round((sums[i + 1] / counts[i + 1]).item(), 6)
                     for i, name in enumerate(SPAN_NAMES) if counts[i + 1] > 0}
-            if self.teacher is not None and counts[1:].sum() > 0:
+            if self.uses_kd and counts[1:].sum() > 0:
                 logs[f"{prefix}loss_kd"] = round((kd_sum / counts.sum()).item(), 6)
             return logs
 
@@ -342,7 +367,7 @@ def build_trainer(cfg: TrainConfig) -> tuple[Any, TrainData, Path]:
         span_weights=cfg.span_weights, sequential=data.plan.sequential, stage_steps=plan_steps,
         n_stages=len(data.stage_rows),
         teacher=teacher, kl=cfg.kl, kd_temperature=cfg.kd_temperature, kd_weight=cfg.kd_weight,
-        act_kl=cfg.act_kl, ce_weight=cfg.ce_weight)
+        act_kl=cfg.act_kl, ce_weight=cfg.ce_weight, teacher_logprobs=cfg.teacher_logprobs)
     _warn_unsharded(trainer)
     return trainer, data, path
 
