@@ -1,6 +1,6 @@
-"""The ReAct loop: a LangGraph StateGraph of a policy node and a tool node.
+"""The ReAct loop: a LangGraph StateGraph whose one node is an agent step.
 
-    START -> policy (generate, then parse) -> tools (run through the env) -> policy ... -> END
+    START -> step (the policy generates, its turn is parsed, the tools run through the env) -> step ... -> END
 
 The graph is compiled once per loop; per-episode objects travel in the run
 config, so the state holds only data. Malformed actions become observations
@@ -128,12 +128,16 @@ class ReActLoop:
         from langgraph.graph import END, START, StateGraph
 
         g = StateGraph(LoopState)
-        g.add_node("policy", self._policy_node)
-        g.add_node("tools", self._tool_node)
-        g.add_edge(START, "policy")
-        g.add_edge("policy", "tools")
-        g.add_conditional_edges("tools", self._route, {"policy": "policy", "end": END})
+        g.add_node("step", self._step_node)
+        g.add_edge(START, "step")
+        g.add_conditional_edges("step", self._route, {"step": "step", "end": END})
         return g.compile()
+
+    async def _step_node(self, state: LoopState, config) -> LoopState:
+        """One agent step, the policy's turn then its tool calls, as one graph node: one LangGraph superstep
+        per step instead of two halves the graph's own cost per step (bench/RESULTS.md, issue 16)."""
+        update = await self._policy_node(state, config)
+        return update | await self._tool_node({**state, **update}, config)
 
     async def _policy_node(self, state: LoopState, config) -> LoopState:
         ctx: _Ctx = config["configurable"]["ctx"]
@@ -183,7 +187,7 @@ class ReActLoop:
     def _route(self, state: LoopState) -> str:
         if state.get("outcome") is not None or state["steps"] >= self.max_steps:
             return "end"
-        return "policy"
+        return "step"
 
     async def run(self, task: Task, sandbox: Any = None) -> EpisodeResult:
         """Run one episode to a final answer, the env's done signal, or max steps."""
@@ -203,7 +207,7 @@ class ReActLoop:
             hints = await asyncio.to_thread(episode.hints) if getattr(self.policy, "uses_hints", False) else {}
             ctx = _Ctx(episode, task, hints, tools)
             final = await self.graph.ainvoke(
-                state, {"configurable": {"ctx": ctx}, "recursion_limit": 2 * self.max_steps + 5})
+                state, {"configurable": {"ctx": ctx}, "recursion_limit": self.max_steps + 5})
             outcome = final.get("outcome")
             if outcome is None:
                 outcome = await episode.finish(None)
