@@ -178,7 +178,8 @@ def test_the_output_is_a_run_with_the_steps_in_its_provenance(dirty, tmp_path):
     config = yaml.safe_load((out / "run.yaml").read_text())
     assert config["command"] == "curate" and config["runs"] == {"dirty": str(dirty.path)}
     assert [s["name"] for s in config["steps"]] == ["dedupe", "near-dup", "length-balance", "balance"]
-    assert config["steps"][1] == {"name": "near-dup", "threshold": 0.9, "ngram": 3, "num_perm": 128, "scope": "all"}
+    assert config["steps"][1] == {"name": "near-dup", "method": "minhash", "threshold": 0.9, "ngram": 3, "num_perm": 128,
+                                  "scope": "all"}  # the settings of its method only
     doc = json.loads((out / REPORT_FILE).read_text())
     assert [(s["in"], s["out"]) for s in doc["steps"]] == [(s.inputs, s.kept) for s in report.steps]
     assert doc["steps"][-1]["out"] == doc["total"]["out"] == len(kept)

@@ -19,6 +19,7 @@ import json
 import re
 import statistics
 from collections import Counter
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -188,6 +189,10 @@ class CurateReport:
 
 
 def settings(step: Step) -> dict[str, Any]:
+    """A step's settings: its own `settings()` (those that apply) when it has one, else all its fields."""
+    own = getattr(step, "settings", None)
+    if callable(own):
+        return own()
     return asdict(step) if is_dataclass(step) else {}
 
 
@@ -329,6 +334,8 @@ def curate(cfg: CurateConfig, progress: Progress | None = None) -> CurateReport:
     report = CurateReport(runs=counts, seed=cfg.seed)
     for n, (name, step) in enumerate(steps, 1):
         note(name, n, total)
+        with suppress(AttributeError):  # a frozen step of one's own takes no progress hook, and needs none
+            step.progress = lambda done, size, name=name: note(name, done, size)
         report.warnings += _empty_shares(step, items)
         items, step_report = apply_step(name, step, items, cfg.seed)
         report.steps.append(step_report)
