@@ -53,7 +53,8 @@ class CurateConfig:
     out: str = field(metadata={"help": "Run directory to write (new or empty)."})
     steps: list[Any] = field(default_factory=list, metadata={"help": (
         "A step, applied in the order given; repeatable: NAME or NAME:KEY=VALUE,... e.g. verified, dedupe, "
-        "near-dup:threshold=0.85, length-balance:k=3, balance:cap=50, blend:size=1000. Replaces the config's steps.")})
+        "near-dup:threshold=0.85, near-dup:method=embedding, length-balance:k=3, balance:cap=50, blend:size=1000. "
+        "Replaces the config's steps.")})
     mix: dict[str, float] = field(default_factory=dict, metadata={"help": (
         "LABEL=WEIGHT: blend the runs by weight (adds a blend step at the end when none is given); repeatable.")})
     seed: int = field(default=0, metadata={"help": "Seed of the sampling steps (balance, blend); default 0."})

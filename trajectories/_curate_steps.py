@@ -164,11 +164,16 @@ class NearDup(Step):
         return {k: v for k, v in asdict(self).items() if k in own or k in ("method", "threshold", "scope")}
 
     def __call__(self, items: list[Item], seed: int) -> Verdicts:
-        near = self._similarity([it.text for it in items], self.threshold, self.progress)
+        return self.decide(items, self._similarity([it.text for it in items], self.threshold, self.progress))
+
+    def decide(self, items: list[Item], near: list[dict[int, float]]) -> Verdicts:
+        """The verdicts given each item's earlier neighbours (index: similarity); those under the threshold
+        do not count, so one search at a low threshold serves a sweep of thresholds."""
         kept: set[int] = set()
         out: Verdicts = []
         for i, it in enumerate(items):
-            alike = [(s, j) for j, s in near[i].items() if j in kept and self._same_scope(it, items[j])]
+            alike = [(s, j) for j, s in near[i].items()
+                     if s >= self.threshold and j in kept and self._same_scope(it, items[j])]
             if not alike:
                 kept.add(i)
                 out.append(None)
