@@ -42,7 +42,8 @@ EDITS = {"whitespace": _whitespace, "numbers": _numbers, "reworded": _reworded}
 def _copy(t: Trajectory, kind: str) -> Trajectory:
     messages = [m.model_copy(update={"content": EDITS[kind](m.content)}) if m.role == "assistant" and m.content
                 else m for m in t.messages]
-    return t.model_copy(update={"id": f"{t.id[:24]}-{kind}", "messages": messages})
+    teacher = t.teacher.model_copy(update={"sampling": {**t.teacher.sampling, "sample": kind}})  # a further sample
+    return t.model_copy(update={"id": f"{t.id[:24]}-{kind}", "teacher": teacher, "messages": messages})
 
 
 @pytest.fixture(scope="module")
@@ -54,13 +55,15 @@ def model():
 
 @pytest.fixture(scope="module")
 def dirty(tmp_path_factory, model):
-    """15 math tasks by the coder and by the reasoner (distinct: another task or another teacher), then one
-    near-copy of each kind of three coder trajectories."""
+    """A level-1 math task of each category by the coder and by the reasoner (clearly distinct: another kind of
+    task or another teacher), then one near-copy of each kind of three of the coder's. (Tasks of one category at
+    other levels are not clearly distinct to this embedding: bench/RESULTS.md, issue 14.)"""
     root = tmp_path_factory.mktemp("runs")
     clean = [t for teacher in ("expert:coder", "expert:reasoner")
              for t in sorted(RunStore.open(collect_math(root / teacher[7:], [teacher], 15)).load(),
-                             key=lambda t: t.task_id)]
-    copies = [_copy(clean[i], kind) for i in (0, 4, 8) for kind in EDITS]
+                             key=lambda t: t.task_id) if t.difficulty == 1]
+    assert len(clean) == 10 and len({(t.teacher.spec, t.category) for t in clean}) == 10
+    copies = [_copy(clean[i], kind) for i in (0, 2, 4) for kind in EDITS]
     path = root / "dirty"
     with RunStore.create(path, {"env": "math"}) as store:
         for t in clean + copies:
@@ -117,4 +120,5 @@ def test_a_blank_text_is_nobodys_duplicate(model):
 
 
 def test_the_method_class_is_registered_with_its_defaults():
+    _faiss()
     assert make_step("near-dup", {"method": "embedding"})._similarity == EmbeddingSimilarity()
