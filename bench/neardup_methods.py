@@ -12,7 +12,8 @@ the hard negatives: the same template, other numbers. A removed injected copy is
 original or one of its copies earlier in the order was what it matched); a removed original is a false removal.
 
 Each method runs as the real step (`make_step("near-dup", ...)`) at its default threshold, timed (the
-embedding's model load is timed apart), and also at a sweep of thresholds from one search (`NearDup.decide`).
+embedding's model load is timed apart), and also at a sweep of thresholds from one search (`NearDup.decide`),
+with `scope: all` (the default) and `scope: task` (a trajectory is compared with those of its own task only).
 
     nice -n 15 python bench/neardup_methods.py [--run DIR] [--tasks 400] [--originals 50] [--out FILE.json]
 """
@@ -133,13 +134,14 @@ def run_method(method: str, items: list[Item], injected: dict[str, str]) -> dict
     else:
         near = step._similarity([it.text for it in items], min(SWEEP[method]), None)
     row["sweep"] = sweep(method, items, near, injected, SWEEP[method])
+    row["scope_task"] = sweep(method, items, near, injected, SWEEP[method], "task")  # other tasks never compared
     row["similarity"] = similarities(items, near, injected)
     return row
 
 
-def sweep(method: str, items: list[Item], near, injected: dict[str, str], thresholds) -> dict:
-    return {t: score(items, make_step("near-dup", {"method": method, "threshold": t}).decide(items, near), injected)
-            for t in thresholds}
+def sweep(method: str, items: list[Item], near, injected: dict[str, str], thresholds, scope: str = "all") -> dict:
+    steps = {t: make_step("near-dup", {"method": method, "threshold": t, "scope": scope}) for t in thresholds}
+    return {t: score(items, step.decide(items, near), injected) for t, step in steps.items()}
 
 
 _VECTORS: list = []  # what the step embedded, kept for the sweep
