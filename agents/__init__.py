@@ -2,6 +2,7 @@
 
 from ._collector import (CollectConfig, Collector, Mount, Progress, collect, collect_async, gather_or_cancel,
                          play_episode, resolved_config, to_trajectory)
+from ._embed import EmbeddingSimilarity, cosine_neighbours, embed_texts
 from ._eval import AgentResult, EvalConfig, EvalResults, evaluate, evaluate_async, wilson_ci
 from ._executor import Executor, executors
 from ._loop import EpisodeResult, ReActLoop
@@ -19,6 +20,7 @@ __all__ = [
     "AgentResult",
     "CollectConfig",
     "Collector",
+    "EmbeddingSimilarity",
     "EpisodeResult",
     "EpisodeScores",
     "EvalConfig",
@@ -39,6 +41,8 @@ __all__ = [
     "collect",
     "collect_async",
     "config_field",
+    "cosine_neighbours",
+    "embed_texts",
     "evaluate",
     "evaluate_async",
     "gather_or_cancel",

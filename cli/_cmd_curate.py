@@ -39,6 +39,7 @@ def curate_command(
     """Curate runs into a training run: named steps (verified, dedupe, near-dup, length-balance, balance,
     blend) applied in order; each records what it removed and why in OUT/curate_report.json, and OUT/curate.html
     shows the counts, examples of what was removed and the length distributions before and after."""
+    from trajdistill.agents import EmbeddingSimilarity  # noqa: F401  registers near-dup's method=embedding
     from trajdistill.report import build_curate_report
     from trajdistill.trajectories._curate import PLOT_FILE, REPORT_FILE, curate, parse_mix
 

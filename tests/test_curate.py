@@ -178,7 +178,8 @@ def test_the_output_is_a_run_with_the_steps_in_its_provenance(dirty, tmp_path):
     config = yaml.safe_load((out / "run.yaml").read_text())
     assert config["command"] == "curate" and config["runs"] == {"dirty": str(dirty.path)}
     assert [s["name"] for s in config["steps"]] == ["dedupe", "near-dup", "length-balance", "balance"]
-    assert config["steps"][1] == {"name": "near-dup", "threshold": 0.9, "ngram": 3, "num_perm": 128, "scope": "all"}
+    assert config["steps"][1] == {"name": "near-dup", "method": "minhash", "threshold": 0.9, "ngram": 3, "num_perm": 128,
+                                  "scope": "all"}  # the settings of its method only
     doc = json.loads((out / REPORT_FILE).read_text())
     assert [(s["in"], s["out"]) for s in doc["steps"]] == [(s.inputs, s.kept) for s in report.steps]
     assert doc["steps"][-1]["out"] == doc["total"]["out"] == len(kept)
@@ -252,6 +253,9 @@ def test_a_registered_step_of_ones_own_runs_in_the_pipeline(coder, reasoner, tmp
     (["--step", "near-dup:threshhold=0.8"], ["step 'near-dup' has no setting(s) threshhold", "threshold"]),
     (["--step", "balance"], ["step 'balance' needs setting(s) cap"]),
     (["--step", "near-dup:threshold=2"], ["near-dup threshold must be in (0, 1]"]),
+    (["--step", "near-dup:method=lsh"], ["unknown near-dup method 'lsh'", "known: embedding, minhash"]),
+    (["--step", "near-dup:method=embedding,threshold=0"], ["near-dup threshold must be in (0, 1], got 0"]),
+    (["--step", "near-dup:method=embedding,batch_size=0"], ["near-dup batch_size must be a whole number >= 1"]),
     (["--mix", "nobody=1"], ["--mix nobody: no run is labelled 'nobody'", "labels: coder"]),
     (["--mix", "coder=lots"], ["--mix must be LABEL=WEIGHT with a number"]),
     ([], ["give at least one step", "verified"]),

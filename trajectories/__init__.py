@@ -6,7 +6,7 @@ from ._curate import CurateConfig, CurateReport, curate
 from ._curate_steps import Drop as CurateDrop
 from ._curate_steps import Item as CurateItem
 from ._curate_steps import Step as CurateStep
-from ._curate_steps import curate_steps
+from ._curate_steps import NearDupMethod, curate_steps, near_dup_methods
 from ._export import ExportWriter, export_formats, export_run
 from ._features import trajectory_features
 from ._import import import_messages
@@ -47,6 +47,7 @@ __all__ = [
     "ExportWriter",
     "FunctionCall",
     "Message",
+    "NearDupMethod",
     "OutputError",
     "Provenance",
     "Report",
@@ -71,6 +72,7 @@ __all__ = [
     "compose_strategies",
     "curate",
     "curate_steps",
+    "near_dup_methods",
     "env_segmenter",
     "export_formats",
     "export_run",

@@ -19,6 +19,7 @@ import json
 import re
 import statistics
 from collections import Counter
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -52,7 +53,8 @@ class CurateConfig:
     out: str = field(metadata={"help": "Run directory to write (new or empty)."})
     steps: list[Any] = field(default_factory=list, metadata={"help": (
         "A step, applied in the order given; repeatable: NAME or NAME:KEY=VALUE,... e.g. verified, dedupe, "
-        "near-dup:threshold=0.85, length-balance:k=3, balance:cap=50, blend:size=1000. Replaces the config's steps.")})
+        "near-dup:threshold=0.85, near-dup:method=embedding, length-balance:k=3, balance:cap=50, blend:size=1000. "
+        "Replaces the config's steps.")})
     mix: dict[str, float] = field(default_factory=dict, metadata={"help": (
         "LABEL=WEIGHT: blend the runs by weight (adds a blend step at the end when none is given); repeatable.")})
     seed: int = field(default=0, metadata={"help": "Seed of the sampling steps (balance, blend); default 0."})
@@ -188,6 +190,10 @@ class CurateReport:
 
 
 def settings(step: Step) -> dict[str, Any]:
+    """A step's settings: its own `settings()` (those that apply) when it has one, else all its fields."""
+    own = getattr(step, "settings", None)
+    if callable(own):
+        return own()
     return asdict(step) if is_dataclass(step) else {}
 
 
@@ -329,6 +335,8 @@ def curate(cfg: CurateConfig, progress: Progress | None = None) -> CurateReport:
     report = CurateReport(runs=counts, seed=cfg.seed)
     for n, (name, step) in enumerate(steps, 1):
         note(name, n, total)
+        with suppress(AttributeError):  # a frozen step of one's own takes no progress hook, and needs none
+            step.progress = lambda done, size, name=name: note(name, done, size)
         report.warnings += _empty_shares(step, items)
         items, step_report = apply_step(name, step, items, cfg.seed)
         report.steps.append(step_report)

@@ -12,11 +12,11 @@ import random
 import re
 import statistics
 from collections import defaultdict
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from functools import cached_property
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
-from trajdistill.envs import ConfigError, Registry
+from trajdistill.envs import ConfigError, Registry, UnknownNameError
 
 from ._schema import Trajectory
 from ._spans import assistant_text, segment_as_env
@@ -55,10 +55,14 @@ class Drop:
 Verdicts = list["Drop | None"]
 
 
+StepProgress = Callable[[int, int], None]  # (done, total) within a long step
+
+
 class Step:
     """Base of the curation steps; subclasses are dataclasses of their settings."""
 
     name: ClassVar[str] = ""
+    progress: StepProgress | None = None  # not a setting: the pipeline sets it, for steps that take long
 
     def __call__(self, items: list[Item], seed: int) -> Verdicts:
         raise NotImplementedError
@@ -129,51 +133,115 @@ class Dedupe(Step):
 @curate_steps.register("near-dup")
 @dataclass
 class NearDup(Step):
-    """Drop near-duplicates: MinHash LSH over word-piece n-grams of the assistant text finds candidates, their
-    exact Jaccard similarity decides; the first of each cluster stays. `scope: task` compares within a task only."""
+    """Drop near-duplicates of the assistant text: a trajectory at least `threshold` alike to an earlier kept one
+    goes, so the first of each cluster stays. `method` says how alike is measured (a `near_dup_methods` entry:
+    `minhash`, the Jaccard similarity of word-piece n-grams, or `embedding`, the cosine of model embeddings);
+    `ngram` and `num_perm` are MinHash's settings, `model`, `batch_size` and `max_tokens` the embedding's.
+    `scope: task` compares within a task only."""
 
-    threshold: float = 0.9
+    method: str = "minhash"
+    threshold: float | None = None  # None: the method's default
+    scope: str = "all"
     ngram: int = 3
     num_perm: int = 128
-    scope: str = "all"
+    model: str = "smollm2-135m"
+    batch_size: int = 16
+    max_tokens: int = 512
 
     def __post_init__(self) -> None:
-        if not 0 < self.threshold <= 1:
+        cls = _near_dup_method(self.method)
+        if self.threshold is None:
+            self.threshold = cls.default_threshold
+        if not isinstance(self.threshold, (int, float)) or not 0 < self.threshold <= 1:
             raise ConfigError(f"near-dup threshold must be in (0, 1], got {self.threshold}")
-        if self.ngram < 1 or self.num_perm < 16:
-            raise ConfigError("near-dup needs ngram >= 1 and num_perm >= 16")
         if self.scope not in ("all", "task"):
             raise ConfigError(f"near-dup scope must be all or task, got {self.scope!r}")
+        self._similarity = cls(**{f.name: getattr(self, f.name) for f in fields(cls)})
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that apply to this method, for the report and the run's provenance."""
+        own = {f.name for f in fields(self._similarity)}
+        return {k: v for k, v in asdict(self).items() if k in own or k in ("method", "threshold", "scope")}
 
     def __call__(self, items: list[Item], seed: int) -> Verdicts:
+        return self.decide(items, self._similarity([it.text for it in items], self.threshold, self.progress))
+
+    def decide(self, items: list[Item], near: list[dict[int, float]]) -> Verdicts:
+        """The verdicts given each item's earlier neighbours (index: similarity); those under the threshold
+        do not count, so one search at a low threshold serves a sweep of thresholds."""
+        kept: set[int] = set()
+        out: Verdicts = []
+        for i, it in enumerate(items):
+            alike = [(s, j) for j, s in near[i].items()
+                     if s >= self.threshold and j in kept and self._same_scope(it, items[j])]
+            if not alike:
+                kept.add(i)
+                out.append(None)
+                continue
+            sim, j = max(alike, key=lambda c: (c[0], -c[1]))  # the most alike; the earliest on a tie
+            out.append(Drop("near duplicate", f"{self._similarity.metric} {sim:.3f} with {items[j].traj.id}"))
+        return out
+
+    def _same_scope(self, a: Item, b: Item) -> bool:
+        return self.scope == "all" or a.traj.task_id == b.traj.task_id
+
+
+class NearDupMethod:
+    """How `near-dup` measures alikeness: a dataclass of its settings (named like `NearDup`'s fields) whose call
+    gives, per text, the earlier texts at least `threshold` alike with their similarity. A text with nothing to
+    compare (no words) has no neighbours."""
+
+    metric: ClassVar[str] = ""  # the similarity's name in a drop's detail
+    default_threshold: ClassVar[float] = 0.9
+
+    def __call__(self, texts: list[str], threshold: float, progress: StepProgress | None) -> list[dict[int, float]]:
+        raise NotImplementedError
+
+
+near_dup_methods: Registry[type[NearDupMethod]] = Registry("near-dup method", "trajdistill.near_dup_methods")
+
+
+def _near_dup_method(name: str) -> type[NearDupMethod]:
+    try:
+        return near_dup_methods.get(name)
+    except UnknownNameError as e:
+        # `embedding` loads a model, so it lives in trajdistill.agents, above this layer, and registers on import
+        hint = "; the embedding method registers when trajdistill.agents is imported" if name == "embedding" else ""
+        raise UnknownNameError(f"{e}{hint}") from None
+
+
+@near_dup_methods.register("minhash")
+@dataclass
+class MinHashSimilarity(NearDupMethod):
+    """MinHash LSH (datasketch) over word-piece n-grams proposes candidates; their exact Jaccard similarity decides."""
+
+    ngram: int = 3
+    num_perm: int = 128
+    metric: ClassVar[str] = "Jaccard"
+    default_threshold: ClassVar[float] = 0.9
+
+    def __post_init__(self) -> None:
+        if self.ngram < 1 or self.num_perm < 16:
+            raise ConfigError("near-dup needs ngram >= 1 and num_perm >= 16")
+
+    def __call__(self, texts: list[str], threshold: float, progress: StepProgress | None) -> list[dict[int, float]]:
         from datasketch import MinHashLSH
 
         # a wider net than the threshold: LSH only proposes, the exact similarity decides
-        lsh_threshold = max(0.05, self.threshold - 0.1)
-        indexes: dict[str, MinHashLSH] = {}
-        kept: dict[str, set[str]] = {}
-        out: Verdicts = []
-        for n, it in enumerate(items):
-            grams = shingles(it.text, self.ngram)
-            scope = it.traj.task_id if self.scope == "task" else ""
-            index = indexes.setdefault(scope, MinHashLSH(threshold=lsh_threshold, num_perm=self.num_perm))
-            drop = self._match(index, kept, grams) if grams else None
-            if drop is None and grams:
-                key = f"{n}:{it.traj.id}"
-                kept[key] = grams
-                index.insert(key, self._minhash(grams))
-            out.append(drop)
+        index = MinHashLSH(threshold=max(0.05, threshold - 0.1), num_perm=self.num_perm)
+        grams = [shingles(t, self.ngram) for t in texts]
+        out: list[dict[int, float]] = []
+        for i, g in enumerate(grams):
+            near: dict[int, float] = {}
+            if g:
+                sketch = self._minhash(g)
+                for j in index.query(sketch):
+                    sim = jaccard(g, grams[j])
+                    if sim >= threshold:
+                        near[j] = sim
+                index.insert(i, sketch)
+            out.append(near)
         return out
-
-    def _match(self, index: Any, kept: dict[str, set[str]], grams: set[str]) -> Drop | None:
-        best, sim = None, 0.0
-        for key in index.query(self._minhash(grams)):
-            s = jaccard(grams, kept[key])
-            if s > sim:
-                best, sim = key, s
-        if best is None or sim < self.threshold:
-            return None
-        return Drop("near duplicate", f"Jaccard {sim:.3f} with {best.partition(':')[2]}")
 
     def _minhash(self, grams: set[str]) -> Any:
         from datasketch import MinHash
