@@ -306,6 +306,21 @@ class HFPolicy:
         return Turn(content=gen.text, latency_s=time.monotonic() - start,
                     usage={"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens})
 
+    async def prompt_logprobs(self, token_ids: list[int]) -> list[dict[str, Any] | None]:
+        """The model's log-probability of each token given the ones before it, as `{"id", "logprob", "token"}`;
+        None for the first: what a vLLM server answers through prompt_logprobs (OpenAIPolicy's)."""
+        return await asyncio.to_thread(self._prompt_logprobs, list(token_ids))
+
+    def _prompt_logprobs(self, ids: list[int]) -> list[dict[str, Any] | None]:
+        import torch
+
+        self._ensure_loaded()
+        x = torch.tensor([ids], device=self.hf_model.device)
+        with torch.no_grad():
+            logits = self.hf_model(x).logits[0, :-1].float()
+        logp = logits.log_softmax(-1).gather(-1, x[0, 1:, None])[:, 0].tolist()
+        return [None, *({"id": t, "logprob": v, "token": self.tokenizer.decode([t])} for t, v in zip(ids[1:], logp))]
+
     def _generate(self, items: list[_Item]) -> list[_Gen]:
         """One batch, in the worker thread; items with different sampling settings run as separate groups.
 

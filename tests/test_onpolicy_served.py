@@ -214,3 +214,48 @@ def test_cli_reverse_kl_round_from_a_served_teacher(served, tmp_path):
 
     tc = yaml.safe_load((out / "round-1" / "model" / "train_config.yaml").read_text())
     assert tc["teacher_logprobs"] is True and tc["teacher_model"] is None and tc["kl"] == "reverse"
+
+
+def test_cli_reverse_kl_routes_white_box_teachers_per_task(tmp_path):
+    """Two hf: teachers routed by category: each rollout is scored by its own teacher (its stored log-probs are
+    that teacher's, computed here again), rounds.json counts the turns per teacher, and the student trains on
+    the stored log-probs."""
+    import torch
+
+    _nsjail()
+    student = build_tiny_llama(tmp_path / "student")
+    t1, t2 = build_tiny_llama(tmp_path / "t1", seed=1), build_tiny_llama(tmp_path / "t2", seed=2)
+    out = tmp_path / "op"
+    res = _cli("onpolicy", "--mode", "reverse-kl", "--student", f"hf:{student}", "--teacher", f"hf:{t1}",
+               "--teacher", f"hf:{t2}", "--route", f"modular=hf:{t2}", "--teacher-option", "dtype=float32",
+               "--env", "math", "--out", out, "--rounds", "1", "--tasks", "3", "--dev-tasks", "0",
+               "--max-steps", "2", "--concurrency", "1", "--sandbox", "nsjail", "--temperature", "1.0",
+               "--student-option", "max_new_tokens=16", "--train-max-steps", "1", "--train-batch-size", "2",
+               "--train-max-length", "512")
+    assert res.returncode == 0, res.stderr[-3000:]
+    (r1,) = json.loads((out / "rounds.json").read_text())["rounds"]
+    run = out / "round-1" / "rollouts"
+    trajs = {t.id: t for t in RunStore.open(run).load()}
+    stored = [json.loads(line) for line in (run / TEACHER_LOGPROBS_FILE).read_text().splitlines()]
+    assert {r["id"] for r in stored} == set(trajs) and len(trajs) == 3
+    models = {f"hf:{p}": load_causal_lm(p, dtype=torch.float32) for p in (t1, t2)}
+    turns = {f"hf:{t1}": 0, f"hf:{t2}": 0}
+    for r in stored:
+        traj = trajs[r["id"]]
+        assert r["teacher"] == (f"hf:{t2}" if _category(traj) == "modular" else f"hf:{t1}")
+        model, tok = models[r["teacher"]]
+        ids = list(encode(traj, tok).input_ids)
+        own = _own_logprobs(model, ids)
+        assert r["logprobs"] and all(abs(lp - float(own[i - 1])) < 1e-4 for i, lp in r["logprobs"])
+        turns[r["teacher"]] += sum(m.role == "assistant" for m in traj.messages)
+    assert r1["teachers"] == turns and sum(turns.values()) == r1["labelled"] and turns[f"hf:{t2}"] > 0
+    import yaml
+
+    tc = yaml.safe_load((out / "round-1" / "model" / "train_config.yaml").read_text())
+    assert tc["teacher_logprobs"] is True and tc["teacher_model"] is None
+
+
+def _category(traj) -> str:
+    from trajdistill.envs import make_env
+
+    return next(t.category for t in make_env("math").tasks("train", n=3) if t.id == traj.task_id)

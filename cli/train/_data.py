@@ -106,7 +106,7 @@ def read_records(path: Path, parse: Callable[[dict[str, Any]], Any], what: str, 
 
 def write_teacher_logprobs(run: str | os.PathLike, records: list[dict[str, Any]]) -> Path:
     """`teacher_logprobs.jsonl`: one line per trajectory, `{"id", "tokens": its encoded length, "logprobs":
-    [[token index, log p_teacher(token | before)], ...]}` for each token it trains."""
+    [[token index, log p_teacher(token | before)], ...]}` for each token it trains (plus the `teacher` spec)."""
     return write_records(run, TEACHER_LOGPROBS_FILE, records)
 
 

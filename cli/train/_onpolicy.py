@@ -18,9 +18,11 @@ Each round r (1-based) of `onpolicy` writes under OUT/round-<r>/:
                turn it on, since a label is the teacher's turn whatever the rollout's outcome
     dev/       the eval of the new student on dev tasks
 
-With `mode="reverse-kl"` (white-box: one `hf:` teacher with the student's tokenizer, or a vLLM server as
-`vllm-serve:`/`openai:`, which scores the student's sampled tokens through its prompt log-probabilities,
-stored as rollouts/teacher_logprobs.jsonl and trained with the sampled-token estimator) a round is on-policy
+With `mode="reverse-kl"` (white-box teachers with the student's tokenizer: one `hf:` teacher, whose whole
+distribution the trainer computes; or a vLLM server as `vllm-serve:`/`openai:`, or several teachers routed per
+task by --route, which score the student's sampled tokens before training (vLLM's prompt log-probabilities, or
+a local forward pass), stored as rollouts/teacher_logprobs.jsonl with the routed teacher per trajectory and
+trained with the sampled-token estimator) a round is on-policy
 distillation in the GKD / Tinker form instead: the student alone rolls out (temperature `temperature`, no β,
 no relabels), and the round's student trains on its own rollouts with the per-token reverse KL to the
 teacher on every token it sampled (`train`'s KD term with ce_weight 0: prompt, system and tool tokens are
@@ -71,6 +73,7 @@ from ._sft import train
 CONFIG_FILE = "onpolicy.yaml"
 MODES = ("dagger", "reverse-kl")
 SERVED_TEACHERS = ("vllm-serve:", "openai:")  # white-box through vLLM's prompt log-probabilities
+WHITE_BOX = ("hf:", *SERVED_TEACHERS)
 RELABEL_KIND = "relabel"
 AGREEMENT_PLOT = "agreement.png"
 DIVERGENCE_PLOT = "divergence.png"
@@ -118,10 +121,11 @@ class OnPolicyConfig(RolloutConfig):
                 "by --route (default: the first)."})
     out: str = field(metadata={"help": "Directory for the rounds (rollouts, relabels, models, rounds.json)."})
     mode: str = config_field("dagger", "dagger: black-box relabelling, any policy spec can teach. reverse-kl: "
-                                       "white-box, per-token reverse KL to one teacher on the student's own "
-                                       "sampled tokens: hf:PATH (full distributions), or vllm-serve:PATH / "
-                                       "openai:MODEL@URL of a vLLM server (the sampled tokens' log-probabilities); "
-                                       "the teacher needs the student's tokenizer.")
+                                       "white-box, per-token reverse KL to the teacher on the student's own "
+                                       "sampled tokens: one hf:PATH (full distributions), or vllm-serve:PATH / "
+                                       "openai:MODEL@URL of a vLLM server, or several teachers routed by --route "
+                                       "(the sampled tokens' log-probabilities); teachers need the student's "
+                                       "tokenizer.")
     rounds: int = config_field(2, "Roll out, relabel, retrain: how many times.")
     beta_schedule: str = config_field("exp:1:0.5", "Probability that the teacher's turn is executed instead of the "
                                       "student's, per round: exp:B0:DECAY (B0*DECAY^(r-1)), linear:B0:STEP, a list "
@@ -162,19 +166,21 @@ class OnPolicyConfig(RolloutConfig):
         return problems + recipe_problems(self, "onpolicy", self.data, "--data")
 
     def white_box_problems(self) -> list[str]:
-        """reverse-kl takes one local model as its teacher, and none of DAgger's data settings."""
+        """reverse-kl takes white-box teachers (several are routed per task), and none of DAgger's data settings."""
         problems = []
-        if len(self.teachers) != 1 or not self.teachers[0].startswith(("hf:", *SERVED_TEACHERS)):
-            problems.append(f"--mode reverse-kl takes one white-box teacher, hf:<path|alias> or a vLLM server "
-                            f"(vllm-serve:<path|alias>, openai:MODEL@URL), got {', '.join(self.teachers) or 'none'}; "
+        black = [t for t in self.teachers if not t.startswith(WHITE_BOX)]
+        if black or not self.teachers:
+            problems.append(f"--mode reverse-kl takes white-box teachers, hf:<path|alias> or a vLLM server "
+                            f"(vllm-serve:<path|alias>, openai:MODEL@URL), got {', '.join(black) or 'none'}; "
                             "black-box teachers use --mode dagger")
-        elif self.served_teacher:
-            if self.train_args.get("act_kl") == "forward":
-                problems.append("--train-act-kl forward needs the teacher's whole distribution: give an hf: teacher")
         else:
-            problems += [p.replace("student", "--teacher", 1) for p in student_problems(self.teachers[0])]
-        problems += [f"--mode reverse-kl trains on the student's own rollouts only; {flag} is a dagger option"
-                     for flag, value in (("--route", self.routes), ("--data", self.data)) if value]
+            if self.stored_logprobs and self.train_args.get("act_kl") == "forward":
+                problems.append("--train-act-kl forward needs the teacher's whole distribution: give one hf: teacher")
+            for t in self.teachers:
+                if t.startswith("hf:"):
+                    problems += [p.replace("student", "--teacher", 1) for p in student_problems(t)]
+        if self.data:
+            problems.append("--mode reverse-kl trains on the student's own rollouts only; --data is a dagger option")
         return problems
 
     def __post_init__(self) -> None:
@@ -182,13 +188,14 @@ class OnPolicyConfig(RolloutConfig):
         self.train_args = {k: typed_train_arg(k, v) for k, v in self.train_args.items()}
 
     @property
-    def served_teacher(self) -> bool:
-        """The reverse-kl teacher is a vLLM server, scored through its prompt log-probabilities."""
-        return self.mode == "reverse-kl" and self.teachers[0].startswith(SERVED_TEACHERS)
+    def stored_logprobs(self) -> bool:
+        """reverse-kl scores the sampled tokens once, before training, into teacher_logprobs.jsonl: with a served
+        teacher, or several routed per task. One hf: teacher is loaded by the trainer, for its whole distribution."""
+        return self.mode == "reverse-kl" and (len(self.teachers) > 1 or self.teachers[0].startswith(SERVED_TEACHERS))
 
     def kd_train_args(self) -> dict[str, Any]:
         """The trainer settings of a reverse-kl round: KD alone, on every sampled token (--train-* override)."""
-        teacher = {"teacher_logprobs": True} if self.served_teacher else {"teacher_model": self.teachers[0][3:]}
+        teacher = {"teacher_logprobs": True} if self.stored_logprobs else {"teacher_model": self.teachers[0][3:]}
         return {**teacher, "kl": "reverse", "ce_weight": 0.0, "kd_weight": 1.0, "kd_temperature": 1.0,
                 "only_success": False, **self.train_args}
 
@@ -409,7 +416,7 @@ class OnPolicyDistiller(RoundsDir):
         super().__init__(cfg, listener)
         self.env: Env | None = None
         self.teachers: dict[str, Policy] = {}
-        self.scorer: Any = None  # reverse-kl with a served teacher: the server that scores the student's tokens
+        self.scorers: dict[str, Any] = {}  # reverse-kl, stored log-probs: per teacher, what scores the student's tokens
         self.provider: SandboxProvider | None = None
         self.tasks: list[Task] = []
 
@@ -430,15 +437,16 @@ class OnPolicyDistiller(RoundsDir):
             self.teachers = {spec: make_policy(spec, env=self.env, **{"temperature": 0.0, "seed": c.seed,
                                                                       **c.teacher_options})
                              for spec in c.teachers}
-        elif c.served_teacher:
-            self.scorer = make_policy(c.teachers[0], env=self.env, **c.teacher_options)
-            if not hasattr(self.scorer, "prompt_logprobs"):
-                raise ConfigError(f"teacher {c.teachers[0]} cannot score tokens (no prompt log-probabilities)")
+        elif c.stored_logprobs:
+            self.scorers = {spec: make_policy(spec, env=self.env, **c.teacher_options) for spec in c.teachers}
+            unable = [spec for spec, p in self.scorers.items() if not hasattr(p, "prompt_logprobs")]
+            if unable:
+                raise ConfigError(f"teacher {', '.join(unable)} cannot score tokens (no prompt log-probabilities)")
         if self.env.needs_sandbox:
             self.provider = get_provider(c.sandbox, Limits())
 
     async def close(self) -> None:
-        for p in [*self.teachers.values(), *([self.scorer] if self.scorer else [])]:
+        for p in [*self.teachers.values(), *self.scorers.values()]:
             await p.close()
         if self.provider is not None:
             await self.provider.close()
@@ -577,16 +585,28 @@ class OnPolicyDistiller(RoundsDir):
         return rollouts, errored
 
     async def divergence(self, round_no: int, student: str, rollouts: list[Trajectory]) -> list[float | None]:
-        """Write the rollouts' token KL to the teacher (rollouts/token_kl.jsonl) and, for a served teacher, its
-        log-probabilities of the sampled tokens (rollouts/teacher_logprobs.jsonl); the KL's mean per turn."""
+        """Write the rollouts' token KL to their teacher (rollouts/token_kl.jsonl) and, with stored log-probs, the
+        routed teacher's log-probability of each sampled token (rollouts/teacher_logprobs.jsonl); the KL per turn."""
         out = self.root / f"round-{round_no}" / "rollouts"
-        if self.scorer is not None:
-            stored, records = await served_token_logprobs(rollouts, student.removeprefix("hf:"), self.scorer)
+        if self.scorers:
+            stored, records = [], []
+            for spec, group in self.routed(rollouts).items():
+                s, r = await served_token_logprobs(group, student.removeprefix("hf:"), self.scorers[spec])
+                stored += [{**x, "teacher": spec} for x in s]
+                records += r
             write_teacher_logprobs(out, stored)
         else:
             records = token_kl(rollouts, student.removeprefix("hf:"), self.cfg.teachers[0].removeprefix("hf:"))
         write_token_kl(out, records)
         return kl_by_turn(records)
+
+    def routed(self, rollouts: list[Trajectory]) -> dict[str, list[Trajectory]]:
+        """The rollouts per teacher they are routed to, by their task's category."""
+        tasks = {t.id: t for t in self.tasks}
+        groups: dict[str, list[Trajectory]] = {}
+        for traj in rollouts:
+            groups.setdefault(self.cfg.teacher_for(tasks[traj.task_id]), []).append(traj)
+        return groups
 
     def beta(self, round_no: int) -> float:
         """β of a round; in reverse-kl mode the student acts at every turn."""
@@ -600,7 +620,10 @@ class OnPolicyDistiller(RoundsDir):
             acted = [r.acted for t in rollouts for r in records_of(t)]
         else:  # every turn the student sampled is scored by the one teacher
             acted = ["student" for t in rollouts for m in t.messages if m.role == "assistant"]
-            labelled, failures, per_teacher = len(acted), 0, {self.cfg.teachers[0]: len(acted)}
+            labelled, failures = len(acted), 0
+            per_teacher = dict.fromkeys(self.cfg.teachers, 0) | {
+                spec: sum(m.role == "assistant" for t in group for m in t.messages)
+                for spec, group in self.routed(rollouts).items()}
             divergence = await self.divergence(round_no, student, rollouts)
         result = self.train(round_no, student)
         model = f"hf:{Path(result.out).resolve()}" if result is not None else None
