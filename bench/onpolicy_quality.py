@@ -6,6 +6,8 @@ on math). Then, at equal teacher calls and equal training tokens:
   DAgger     `trajdistill onpolicy` from the start student, one round, beta 0 (the student acts everywhere),
              the coder labelling every student turn on the same `--tasks` train tasks; the start student
              trains on the relabels
+  DAgger + data   DAgger as above with the SFT arm's coder trajectories aggregated next to the relabels (the
+             classic D u D_1, `onpolicy --data`), at the same training tokens (twice the teacher calls)
   reverse KL `onpolicy --mode reverse-kl` from the start student, one round: it samples its own episodes on
              the same train tasks (temperature 0.7) and trains on them with the per-token reverse KL to a
              stronger white-box teacher (`--kl-teacher`, default the learning curve's 200k-token student)
@@ -62,11 +64,12 @@ def sft_arm(args: argparse.Namespace, start: str) -> str:
     return f"hf:{out.resolve()}"
 
 
-def dagger_arm(args: argparse.Namespace, start: str) -> str:
-    out = args.out / "dagger"
+def dagger_arm(args: argparse.Namespace, start: str, aggregate: bool = False) -> str:
+    out = args.out / ("dagger-aggregated" if aggregate else "dagger")
     model = out / "round-1" / "model"
     if not (out / "rounds.json").exists() or not (model / "train_config.yaml").exists():
         onpolicy(OnPolicyConfig(env="math", student=start, teachers=["expert:coder"], out=str(out), rounds=1,
+                                data=[str(args.out / "sft-data")] if aggregate else [],
                                 beta_schedule="0", tasks=args.tasks, split="train", max_steps=args.max_steps,
                                 temperature=0.0, dev_tasks=0, sandbox=args.sandbox, concurrency=args.concurrency,
                                 student_options={"max_new_tokens": args.new_tokens, "batch_size": args.concurrency},
@@ -125,6 +128,7 @@ def main() -> None:
         rows.append(evaluated(args, "more SFT", sft_arm(args, start)))
         rows.append(evaluated(args, "DAgger, 1 round", dagger_arm(args, start)))
         rows.append(evaluated(args, "reverse KL, 1 round", reverse_kl_arm(args, start)))
+        rows.append(evaluated(args, "DAgger + the SFT data, 1 round", dagger_arm(args, start, aggregate=True)))
     else:
         rows = [json.loads(line) for line in args.rows.read_text().splitlines()]
     print(table(rows))
