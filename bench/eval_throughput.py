@@ -7,13 +7,15 @@ N `math` test episodes of a student, at most 2 turns of at most 128 new tokens, 
               decode) at the batch size and concurrency given
   vllm-serve  the `vllm-serve:` backend: a `vllm serve` from the CPU venv (prefix caching), started once
               before its timed runs; its start-up is reported on its own (`startup_s`)
+  after+box   `after` with a skill box mounted over MCP (`--skills BOX`, its top-k tools listed per task):
+              the issue's bound is 1.5x `after`
 Runs alternate (before, after, vllm-serve, before, ...) so that load drift on a shared machine hits all
 alike; the hf model loads once per process, before the first timed run. Also counts the episodes whose
 assistant turns differ from `before`'s (greedy; a batch size or dtype change can flip a near-tie).
 
     python bench/eval_throughput.py [--model /work/runs/st_full_a] [--episodes 200] [--repeats 1]
                                     [--batch-size 32] [--sandbox nsjail] [--threads 1]
-                                    [--settings before,after,vllm-serve]
+                                    [--settings before,after,vllm-serve,after+box --skills BOX]
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from trajdistill.agents import EvalConfig, evaluate
 from trajdistill.agents._hf import HFPolicy
 from trajdistill.agents._options import VLLMServeOptions
 from trajdistill.agents._vllm_serve import SERVED_NAME, VLLMServePolicy
+from trajdistill.skills import mount_skills
 from trajdistill.trajectories import RunStore
 
 
@@ -42,17 +45,19 @@ def settings(args) -> dict[str, dict]:
     base = {"max_new_tokens": args.max_new_tokens}
     return {"before": {**base, "batch_size": 8, "kv_cache_tokens": 0, "dtype": "float32", "concurrency": 8},
             "after": {**base, "batch_size": args.batch_size, "concurrency": args.concurrency or args.batch_size},
-            "vllm-serve": {**base, "concurrency": args.concurrency or args.batch_size}}
+            "vllm-serve": {**base, "concurrency": args.concurrency or args.batch_size},
+            "after+box": {**base, "batch_size": args.batch_size, "concurrency": args.concurrency or args.batch_size,
+                          "skills": [args.skills]}}
 
 
 def one_run(args, name: str, options: dict, out: Path, spec: str) -> dict:
     options = dict(options)
-    concurrency = options.pop("concurrency")
+    concurrency, skills = options.pop("concurrency"), options.pop("skills", [])
     cfg = EvalConfig(env="math", agents=[spec], split="test", tasks=args.episodes,
                      max_steps=args.turns, concurrency=concurrency, sandbox=args.sandbox, out=str(out),
-                     agent_options=options)
+                     agent_options=options, skills=skills)
     start = time.perf_counter()
-    result = evaluate(cfg).agents[0]
+    result = evaluate(cfg, mount=mount_skills if skills else None).agents[0]
     wall = time.perf_counter() - start
     return {"setting": name, "wall_s": round(wall, 1), "episodes_per_min": round(args.episodes / wall * 60, 1),
             "successes": result.successes, "errors": result.errors, "mean_steps": round(result.mean_steps, 2),
@@ -77,12 +82,15 @@ def main() -> None:
     ap.add_argument("--sandbox", default="nsjail")
     ap.add_argument("--threads", type=int, default=0, help="torch threads; 0: torch's default (one per core)")
     ap.add_argument("--settings", default="before,after,vllm-serve", help="which settings to run, in this order")
+    ap.add_argument("--skills", default="", help="the skill box of the after+box setting (a box directory)")
     args = ap.parse_args()
+    if "after+box" in args.settings.split(",") and not args.skills:
+        ap.error("after+box needs --skills BOX")
     if args.threads:
         torch.set_num_threads(args.threads)  # on cores other jobs share, OpenMP workers can spin-wait on each other
     names = args.settings.split(",")
     specs, startup, server = {name: f"hf:{args.model}" for name in names}, None, None
-    if "before" in names or "after" in names:
+    if {"before", "after", "after+box"} & set(names):
         asyncio.run(HFPolicy(args.model).load())  # loads once per process, outside the timings
     if "vllm-serve" in names:
         start = time.perf_counter()
@@ -109,6 +117,8 @@ def main() -> None:
                       "median_wall_s": summary, "vllm_serve_startup_s": startup,
                       "speedup_over_before": {n: round(summary["before"] / w, 2) for n, w in summary.items()}
                       if "before" in summary else None, "episodes_whose_turns_differ_from_before": differ,
+                      "box_cost_over_after": round(summary["after+box"] / summary["after"], 2)
+                      if {"after", "after+box"} <= set(summary) else None,
                       "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "machine": platform.machine(),
                       "date": datetime.date.today().isoformat()}))
 
