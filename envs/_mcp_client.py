@@ -184,15 +184,6 @@ def result_text(result: Any) -> str:
     return "\n".join(parts) if parts else "[no output]"
 
 
-async def list_tools_once(server: str, timeout_s: float = 30.0) -> list[ToolSpec]:
-    """Connect, list the tools, disconnect."""
-    conn = await McpConnection(server, timeout_s).start()
-    try:
-        return await conn.list_tools()
-    finally:
-        await conn.close()
-
-
 def _run_sync(make_coro: Callable[[], Any]) -> Any:
     """Run a coroutine to completion from sync code, even when a loop is already running here."""
     try:

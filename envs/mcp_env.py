@@ -32,12 +32,12 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from ._env import FINAL_ANSWER, Env, Episode, final_answer_spec
+from ._env import FINAL_ANSWER, Env, Episode
 from ._errors import ConfigError
-from ._mcp_client import LiveConnection, McpConnection, McpConnectionError, _run_sync, list_tools_once, server_target
+from ._mcp_client import McpConnection, McpConnectionError, _run_sync  # noqa: F401 - callers catch McpConnectionError
+from ._mcp_mount import McpMountedEnv, McpSource
 from ._react_text import format_action, format_final
-from ._tools import ToolSpec
-from ._types import SPLITS, Observation, Outcome, PolicyRequest, Task, Turn
+from ._types import SPLITS, Outcome, PolicyRequest, Task, Turn
 
 EXAMPLE_DIR = Path(__file__).parent / "data" / "mcp_example"
 VERIFY_TYPES = ("exact", "regex", "python")
@@ -160,21 +160,9 @@ async def verify(spec: dict[str, Any], answer: str, sandbox: Any) -> tuple[bool,
 
 
 class McpEpisode(Episode):
-    async def call(self, name: str, arguments: Any) -> Observation:
-        specs = {s.name: s for s in self.env.tools() if s.name != FINAL_ANSWER}
-        if name not in specs:
-            return Observation(f"Error: unknown tool {name!r}. Valid tools: {self.valid_tools()}.", invalid=True)
-        problem = specs[name].validate(arguments)
-        if problem:
-            return Observation(f"Error: {problem}. Valid tools: {self.valid_tools()}.", invalid=True)
-        try:
-            conn = await self.env.connection()  # reconnects when the server went away
-        except McpConnectionError as e:
-            return Observation(f"Error: {e}", error_kind="tool_error")
-        return await conn.call(name, arguments)
+    """A task of the file: its solution is the replay expert's hint, its verifier checks the answer.
 
-    def valid_tools(self) -> str:
-        return ", ".join(s.name for s in self.env.tools())
+    Tool calls never reach it: the mount (`McpEnv`) routes each one to the server."""
 
     def hints(self) -> dict[str, Any]:
         return {"solution": self.task.data.get("solution")}
@@ -189,31 +177,24 @@ class McpEpisode(Episode):
         return self.outcome
 
 
-class McpEnv(Env):
-    """Tasks from a JSONL file, tools from an MCP server (stdio command or http URL)."""
+class McpTasks(Env):
+    """The tasks half of the `mcp` env: a JSONL file's tasks, their verifiers, the replay expert; no tools."""
 
     name = "mcp"
     version = "1"
     episode_cls = McpEpisode
     needs_sandbox = True  # narrowed per instance: only python checks need one
 
-    def __init__(self, variant: str | None = None, *, tasks: str | Path | None = None, server: str | None = None,
-                 split_by: str = "field", timeout_s: float = 30.0, **params: Any):
+    def __init__(self, variant: str | None = None, *, tasks: str | Path | None = None, split_by: str = "field",
+                 **params: Any):
         super().__init__(variant, **params)
         self.tasks_path = Path(tasks or variant or EXAMPLE_DIR / "tasks.jsonl").expanduser()
         self._tasks = load_tasks(self.tasks_path, self.name, split_by)
-        self.server = server or _default_server(self.tasks_path)
-        server_target(self.server)  # a command line that cannot be parsed fails here, not mid-run
-        self.timeout_s = float(timeout_s)
         self.needs_sandbox = any(t.data["needs_sandbox"] for t in self._tasks)
-        self._tools: list[ToolSpec] | None = None
-        self._live = LiveConnection(self.server, self.timeout_s)
 
     @property
     def id(self) -> str:
         return self.name if self.tasks_path == EXAMPLE_DIR / "tasks.jsonl" else f"{self.name}:{self.tasks_path}"
-
-    # tasks
 
     def tasks(self, split: str, n: int | None = None, offset: int = 0) -> list[Task]:
         self.check_split(split)
@@ -227,31 +208,48 @@ class McpEnv(Env):
         return ("Solve the task with the tools of an MCP server. Call one tool at a time and read its result. "
                 f"When you know the answer, give it with `{FINAL_ANSWER}`, as short as possible.")
 
-    # tools and the connection
-
-    def tools(self) -> list[ToolSpec]:
-        if self._tools is None:
-            self._tools = _run_sync(lambda: list_tools_once(self.server, self.timeout_s))
-        return self._tools + [final_answer_spec()]
-
-    async def connection(self) -> McpConnection:
-        """The env's live session, (re)started in the running loop when needed."""
-        conn = await self._live.get()
-        if self._tools is None:
-            self._tools = await conn.list_tools()
-        return conn
-
     async def start(self, task: Task, sandbox: Any = None) -> Episode:
         if task.data.get("needs_sandbox") and sandbox is None:
             raise ConfigError(f"task {task.id!r} of env {self.id!r} has a python check and needs a sandbox")
-        await self.connection()
         return self.episode_cls(self, task, sandbox)
-
-    async def close(self) -> None:
-        await self._live.close()
 
     def experts(self) -> dict[str, Callable[[], Any]]:
         return {"replay": lambda: replay_expert}
+
+
+class McpEnv(McpMountedEnv):
+    """Tasks from a JSONL file, tools from an MCP server (stdio command or http URL): the tasks with the server
+    mounted. Unlike a generic mount, it learns the tools on its live session when an episode starts, and a server
+    that cannot be reached raises McpConnectionError (a ConnectionError), as it always has."""
+
+    name = "mcp"
+    version = "1"
+    needs_sandbox = True  # narrowed per instance: only python checks need one
+
+    def __init__(self, variant: str | None = None, *, tasks: str | Path | None = None, server: str | None = None,
+                 split_by: str = "field", timeout_s: float = 30.0, **params: Any):
+        inner = McpTasks(variant, tasks=tasks, split_by=split_by, **params)
+        self.tasks_path = inner.tasks_path
+        self.server = server or _default_server(self.tasks_path)
+        self.timeout_s = float(timeout_s)
+        self.source = McpSource(self.server, self.timeout_s)  # a command line that cannot be parsed fails here
+        super().__init__(inner, [self.source])
+
+    def _describe_all(self) -> None:
+        self.source.info = _run_sync(self.source.describe_once)
+
+    async def connection(self) -> McpConnection:
+        """The env's live session, (re)started in the running loop when needed."""
+        conn = await self.source.connection()
+        if self._tools is None:
+            self.source.info = await self.source.describe(conn)
+            self._tools = self._mount()
+        return conn
+
+    async def start(self, task: Task, sandbox: Any = None) -> Episode:
+        inner = await self.inner.start(task, sandbox)
+        await self.connection()
+        return self.episode_cls(self, task, sandbox, inner)
 
 
 def _default_server(tasks_path: Path) -> str:
