@@ -21,11 +21,11 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from trajdistill.agents import GateReport
+from trajdistill.agents import AgentResult, EvalResults, GateReport
 from trajdistill.skills import VALIDATION_SECTION, BoxError, SkillBox
 from trajdistill.train import final_losses, plot_losses, read_token_kl
-from trajdistill.trajectories import (RUN_FILE, RunError, RunStore, Span, Trajectory, assistant_text, check_output,
-                                      segment_as_env)
+from trajdistill.trajectories import (RUN_FILE, ComposeReport, GroupStats, RunError, RunStore, Span, Trajectory,
+                                      assistant_text, check_output, read_result, segment_as_env)
 
 VIEW_FILE = "view.html"
 REPORT_FILE = "report.html"
@@ -355,30 +355,25 @@ def eval_section(path: str | Path | None) -> str:
     results_path = _file_in(path, "results.json")
     if results_path is None:
         return _not_run()
-    doc = json.loads(results_path.read_text())
+    results = EvalResults.read(results_path)
     head = ["agent", "success", "errored", "95% CI", "n", "steps", "invalid", "tokens/ep"]
     rows = []
-    for a in doc.get("agents", []):
-        lo, hi = a.get("ci95", [0.0, 1.0])
-        rows.append([a.get("spec", "?"), f"{a.get('success_rate', 0):.1%}", a.get("errors", 0),
-                     f"{lo:.0%} – {hi:.0%}", a.get("n", 0), f"{a.get('mean_steps', 0):.2f}",
-                     f"{a.get('invalid_action_rate', 0):.1%}", f"{a.get('tokens_per_episode', 0):.0f}"])
-    caption = (f"{doc.get('env', '?')} / {doc.get('split', '?')}: {doc.get('tasks', '?')} tasks, "
-               "the same for every agent")
+    for a in results.agents:
+        lo, hi = a.ci95
+        rows.append([a.spec, f"{a.success_rate:.1%}", a.errors, f"{lo:.0%} – {hi:.0%}", a.n, f"{a.mean_steps:.2f}",
+                     f"{a.invalid_action_rate:.1%}", f"{a.tokens_per_episode:.0f}"])
+    caption = f"{results.env} / {results.split}: {results.tasks} tasks, the same for every agent"
     parts = [f'<p class="td-caption">{_e(caption)}</p>', _table(head, rows, first_col_class="td-agent")]
-    parts.append(_category_table(doc.get("agents", [])))
+    parts.append(_category_table(results.agents))
     parts.append(_image(results_path.parent / "success.png", "success rate per agent"))
     return "".join(parts)
 
 
-def _category_table(agents: list[dict[str, Any]]) -> str:
-    cats = sorted({c for a in agents for c in (a.get("by_category") or {})})
+def _category_table(agents: list[AgentResult]) -> str:
+    cats = sorted({c for a in agents for c in a.by_category})
     if not cats:
         return ""
-    rows = []
-    for a in agents:
-        by = a.get("by_category") or {}
-        rows.append([a.get("spec", "?")] + [_rate(by.get(c)) for c in cats])
+    rows = [[a.spec] + [_rate(a.by_category.get(c)) for c in cats] for a in agents]
     return "<h3>Success by category</h3>" + _table(["agent", *cats], rows, first_col_class="td-agent")
 
 
@@ -439,26 +434,22 @@ def compose_section(path: str | Path | None) -> str:
     report_path = _file_in(path, "compose_report.json")
     if report_path is None:
         return _not_run()
-    doc = json.loads(report_path.read_text())
-    teachers = doc.get("teachers", [])
-    total = doc.get("total", {})
-    parts = [f'<p class="td-caption">strategy <code>{_e(doc.get("strategy", "?"))}</code> over '
-             f'{_e(", ".join(doc.get("runs", [])))} (teachers: {_e(", ".join(teachers))})</p>']
+    report = ComposeReport.read(report_path)
+    teachers = report.teachers
+    parts = [f'<p class="td-caption">strategy <code>{_e(report.strategy)}</code> over '
+             f'{_e(", ".join(report.runs))} (teachers: {_e(", ".join(teachers))})</p>']
     head = ["group", "tasks", "kept", "composed", "dropped", *(f"won by {t}" for t in teachers)]
 
-    def row(name: str, g: Mapping[str, Any]) -> list[Any]:
-        won = g.get("won", {})
-        return [name, g.get("tasks", 0), g.get("kept", 0), g.get("composed", 0), g.get("dropped", 0),
-                *(won.get(t, 0) for t in teachers)]
+    def row(name: str, g: GroupStats) -> list[Any]:
+        return [name, g.tasks, g.kept, g.composed, g.dropped, *(g.won.get(t, 0) for t in teachers)]
 
-    rows = [row("all tasks", total)]
-    rows += [row(f"category {k}", g) for k, g in sorted(doc.get("by_category", {}).items())]
-    rows += [row(f"difficulty {k}", g) for k, g in sorted(doc.get("by_difficulty", {}).items())]
+    rows = [row("all tasks", report.total)]
+    rows += [row(f"category {k}", g) for k, g in sorted(report.by_category.items())]
+    rows += [row(f"difficulty {k}", g) for k, g in sorted(report.by_difficulty.items())]
     parts.append(_table(head, rows))
-    transitions = doc.get("transitions") or {}
-    if transitions:
+    if report.transitions:
         parts.append("<h3>Switches from a failed teacher to a successful one</h3>"
-                     + _table(["failed → successful", "tasks"], sorted(transitions.items())))
+                     + _table(["failed → successful", "tasks"], sorted(report.transitions.items())))
     return "".join(parts)
 
 
@@ -558,13 +549,9 @@ def _file_in(path: str | Path | None, name: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise RunError(f"{path} is not valid JSON: {e}") from None
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object file that has no typed reader (curriculum.json, trainer_state.json); None when it is absent."""
+    return read_result(path, dict, "a JSON object") if path.is_file() else None
 
 
 NUMERIC = re.compile(r"^[-+]?[\d.,]+%?( [–-] [-+]?[\d.,]+%?)?( \(n=\d+\))?$")
