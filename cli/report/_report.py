@@ -24,8 +24,8 @@ from markupsafe import Markup
 from trajdistill.agents import AgentResult, EvalResults, GateReport
 from trajdistill.skills import VALIDATION_SECTION, BoxError, SkillBox
 from trajdistill.train import final_losses, plot_losses, read_token_kl
-from trajdistill.trajectories import (RUN_FILE, ComposeReport, GroupStats, RunError, RunStore, Span, Trajectory,
-                                      assistant_text, check_output, read_result, segment_as_env)
+from trajdistill.trajectories import (RUN_FILE, ComposeReport, CurateReport, GroupStats, RunError, RunStore, Span,
+                                      Trajectory, assistant_text, check_output, read_result, segment_as_env)
 
 VIEW_FILE = "view.html"
 REPORT_FILE = "report.html"
@@ -226,13 +226,12 @@ def write_report_page(path: Path, title: str, heading: str, summary: Mapping[str
 CURATE_REPORT_FILE = "curate.html"
 
 
-def build_curate_report(out_dir: str | Path, report: Mapping[str, Any], plot: str | Path | None = None) -> Path:
-    """Write `out_dir/curate.html` from a curate_report.json document: the counts per step with the reasons,
+def build_curate_report(out_dir: str | Path, report: CurateReport, plot: str | Path | None = None) -> Path:
+    """Write `out_dir/curate.html` from what `curate` returned: the counts per step with the reasons,
     examples of what each step removed, and the reasoning lengths per category before and after."""
     out = Path(out_dir)
-    total = report.get("total", {})
-    summary = {"trajectories in": total.get("in", 0), "kept": total.get("out", 0), "seed": report.get("seed"),
-               "kept per run": dict(total.get("out_by_run", {}))}
+    summary = {"trajectories in": report.total_in, "kept": report.total_out, "seed": report.seed,
+               "kept per run": dict(report.kept_by_run)}
     sections = [("curate-steps", "Steps, in order", curate_steps_html(report)),
                 ("curate-removed", "Examples of what was removed", curate_examples_html(report)),
                 ("curate-lengths", "Reasoning length per category, before and after",
@@ -241,18 +240,17 @@ def build_curate_report(out_dir: str | Path, report: Mapping[str, Any], plot: st
                              summary, sections)
 
 
-def curate_steps_html(report: Mapping[str, Any]) -> str:
-    rows = [[s["name"], ", ".join(f"{k}={v}" for k, v in s.get("settings", {}).items()), s["in"], s["out"],
-             s["removed"], ", ".join(f"{r}: {n}" for r, n in s.get("reasons", {}).items())]
-            for s in report.get("steps", [])]
-    warnings = "".join(f'<p class="td-warn">{_e(w)}</p>' for w in report.get("warnings", []))
+def curate_steps_html(report: CurateReport) -> str:
+    rows = [[s.name, ", ".join(f"{k}={v}" for k, v in s.settings.items()), s.inputs, s.kept, s.inputs - s.kept,
+             ", ".join(f"{r}: {n}" for r, n in s.reasons.items())] for s in report.steps]
+    warnings = "".join(f'<p class="td-warn">{_e(w)}</p>' for w in report.warnings)
     return _table(["step", "settings", "in", "out", "removed", "why"], rows) + warnings
 
 
-def curate_examples_html(report: Mapping[str, Any]) -> str:
-    rows = [[s["name"], e["reason"], e.get("run", ""), e["task_id"], e["id"][:12], e.get("detail") or "",
+def curate_examples_html(report: CurateReport) -> str:
+    rows = [[s.name, e["reason"], e.get("run", ""), e["task_id"], e["id"][:12], e.get("detail") or "",
              f'<pre class="td-pre">{_e(e.get("snippet", ""))}</pre>']
-            for s in report.get("steps", []) for e in s.get("examples", [])]
+            for s in report.steps for e in s.examples]
     if not rows:
         return _not_run("no step removed anything")
     escaped = [[_e(c) for c in r[:-1]] + [r[-1]] for r in rows]
@@ -260,8 +258,8 @@ def curate_examples_html(report: Mapping[str, Any]) -> str:
                   raw=True)
 
 
-def curate_lengths_html(report: Mapping[str, Any], plot: Path | None) -> str:
-    lengths = report.get("lengths", {})
+def curate_lengths_html(report: CurateReport, plot: Path | None) -> str:
+    lengths = report.lengths
     before, after = lengths.get("before", {}), lengths.get("after", {})
     rows = []
     for cat in sorted(set(before) | set(after)):
