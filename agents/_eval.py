@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from trajdistill.envs import ConfigError, Task
-from trajdistill.trajectories import RunStore, Trajectory, failure_counts
+from trajdistill.trajectories import RunStore, Trajectory, failure_counts, read_result
 
 from ._collector import CollectConfig, Collector, Mount, Progress, resolved_config
 from ._policy import options_by_spec
@@ -92,6 +92,15 @@ class AgentResult:
         d["ci95"] = list(self.ci95)
         return d
 
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> "AgentResult":
+        """The inverse of `to_dict`; keys this version does not know (the demo's "label") are left out."""
+        known = {k: v for k, v in doc.items() if k in AGENT_FIELDS}
+        return cls(**{**known, "ci95": tuple(doc["ci95"])})
+
+
+AGENT_FIELDS = frozenset(f.name for f in dataclasses.fields(AgentResult))
+
 
 @dataclass
 class EvalResults:
@@ -105,6 +114,19 @@ class EvalResults:
     def to_dict(self) -> dict[str, Any]:
         return {"env": self.env, "split": self.split, "tasks": self.tasks,
                 "agents": [a.to_dict() for a in self.agents], "task_ids": self.task_ids}
+
+    @classmethod
+    def read(cls, path: str | Path) -> "EvalResults":
+        """A results.json that `write_results` wrote (task_ids may be missing: older evals did not write them);
+        a bad file is one RunError line."""
+        path = Path(path)
+
+        def build(doc: dict[str, Any]) -> EvalResults:
+            return cls(env=doc["env"], split=doc["split"], tasks=doc["tasks"],
+                       agents=[AgentResult.from_dict(a) for a in doc["agents"]], task_ids=doc.get("task_ids", []),
+                       out=path.parent)
+
+        return read_result(path, build, f"an eval {RESULTS_FILE}")
 
 
 def wilson_ci(successes: int, n: int, z: float = Z95) -> tuple[float, float]:

@@ -55,7 +55,7 @@ def curate_command(
     steps_table(console, report)
     for line in report.warnings:
         err_console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
-    html = build_curate_report(out, report.to_dict(), out / PLOT_FILE)
+    html = build_curate_report(out, report, out / PLOT_FILE)
     console.print(f"run written to [bold]{escape(str(out))}[/] ({report.total_out} of {report.total_in} "
                   f"trajectories kept); report {REPORT_FILE} and {html.name}, plot {PLOT_FILE}")
 

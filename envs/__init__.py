@@ -12,7 +12,10 @@ from ._types import SPLITS, ErrorKind, Observation, Outcome, PolicyRequest, Task
 
 # Mounting MCP servers loads the MCP SDK (about half a second): its names load on first use, so that importing
 # `trajdistill.envs` (every command, `--help` included) does not pay for it.
-_MCP_MOUNT = ("McpMountedEnv", "McpMountedEpisode", "McpSource", "ServerInfo", "mount_mcp")
+_MCP_MOUNT = (
+    "McpConnection", "McpMountedEnv", "McpMountedEpisode", "McpSource", "ServerInfo", "free_name", "mount_mcp",
+    "resource_text",
+)
 
 
 def __getattr__(name: str) -> Any:
@@ -32,6 +35,7 @@ __all__ = [
     "Env",
     "Episode",
     "ErrorKind",
+    "McpConnection",
     "McpMountedEnv",
     "McpMountedEpisode",
     "McpSource",
@@ -51,8 +55,10 @@ __all__ = [
     "cache_root",
     "envs",
     "final_answer_spec",
+    "free_name",
     "make_env",
     "mount_mcp",
+    "resource_text",
     "tool",
     "tool_spec",
 ]

@@ -20,7 +20,7 @@ from ._env import FINAL_ANSWER, Env, Episode
 from ._errors import ConfigError
 from ._tools import ToolSpec
 from ._types import Observation, Outcome, Task
-from .mcp_env import LiveConnection, McpConnection, McpConnectionError, _describe, _run_sync, server_target
+from ._mcp_client import LiveConnection, McpConnection, McpConnectionError, _describe, _run_sync, server_target
 
 
 @dataclass

@@ -25,10 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from trajdistill.envs import (ConfigError, Env, McpMountedEnv, McpSource, Observation, ServerInfo, Task, ToolSpec,
-                              tool_spec)
-from trajdistill.envs._mcp_mount import free_name, resource_text
-from trajdistill.envs.mcp_env import McpConnection
+from trajdistill.envs import (ConfigError, Env, McpConnection, McpMountedEnv, McpSource, Observation, ServerInfo, Task,
+                              ToolSpec, free_name, resource_text, tool_spec)
 
 from ._box import SkillBox
 from ._retrieve import BM25

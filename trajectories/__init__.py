@@ -1,6 +1,6 @@
 """Trajectories: the schema, the run directory store, the exports, composition and span segmentation."""
 
-from ._compose import ComposeConfig, ComposeReport, ComposeStrategy, compose, compose_strategies
+from ._compose import ComposeConfig, ComposeReport, ComposeStrategy, GroupStats, compose, compose_strategies
 from ._compose import TaskResult as ComposeTaskResult
 from ._curate import CurateConfig, CurateReport, curate
 from ._curate_steps import Drop as CurateDrop
@@ -26,7 +26,8 @@ from ._schema import (
 from ._spans import (SegmentRules, Segmenter, assistant_text, env_segmenter, segment, segment_as_env, segment_run,
                      segmenters, with_spans)
 from ._report import Report
-from ._store import RUN_FILE, OutputError, RunError, RunStats, RunStore, TeacherStats, check_output, setting_difference
+from ._store import (RUN_FILE, OutputError, RunError, RunStats, RunStore, TeacherStats, check_output, read_result,
+                     setting_difference)
 from ._taxonomy import FAILURE_KINDS, PARSE_ERROR_TOOL, actions, failure_counts, failure_kind
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "EnvRef",
     "ExportWriter",
     "FunctionCall",
+    "GroupStats",
     "Message",
     "NearDupMethod",
     "OutputError",
@@ -57,6 +59,7 @@ __all__ = [
     "actions",
     "failure_counts",
     "failure_kind",
+    "read_result",
     "SchemaVersionError",
     "SegmentRules",
     "Segmenter",

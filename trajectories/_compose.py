@@ -51,7 +51,7 @@ from trajdistill.envs import FINAL_ANSWER, ConfigError, Registry, UnknownNameErr
 
 from ._schema import Message, Provenance, Span, Teacher, Trajectory, Usage
 from ._spans import THINK_OPEN, assistant_text, segment_as_env
-from ._store import RunError, RunStore, check_output
+from ._store import RunError, RunStore, check_output, read_result
 from ._taxonomy import PARSE_ERROR_TOOL
 
 REPORT_FILE = "compose_report.json"
@@ -157,6 +157,16 @@ class ComposeReport:
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def read(cls, path: str | Path) -> "ComposeReport":
+        """A compose_report.json that `write` wrote; a bad file is one RunError line."""
+        def build(doc: dict[str, Any]) -> ComposeReport:
+            groups = {k: {name: GroupStats(**g) for name, g in doc.get(k, {}).items()}
+                      for k in ("by_category", "by_difficulty")}
+            return cls(**{**doc, **groups, "total": GroupStats(**doc.get("total", {})), "out": str(Path(path).parent)})
+
+        return read_result(path, build, "a compose report")
 
 
 # ---- loading and costs --------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import time
 import warnings
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal, TypeVar
 
 import yaml
 from pydantic import ValidationError
@@ -41,6 +41,8 @@ from trajdistill.envs import ConfigError, TrajdistillError
 from ._report import Report
 from ._schema import SchemaVersionError, Trajectory
 from ._spans import with_spans
+
+R = TypeVar("R")
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,25 @@ class RunStats(Report):
 
 class RunError(TrajdistillError, ValueError):
     """The run directory is missing, corrupt, or does not match the requested config."""
+
+
+def read_result(path: str | Path, build: Callable[[Any], R], what: str) -> R:
+    """`build` of the JSON object in `path`, a result file that a command wrote. A file that is missing, is not
+    JSON or is not `what` (`build` fails: a field missing or of the wrong type) is one RunError line."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise RunError(f"{path} cannot be read: {e.strerror or e}") from None
+    except ValueError as e:  # not JSON, or not UTF-8
+        raise RunError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise RunError(f"{path} is not {what}: it holds a JSON {type(doc).__name__}, not an object")
+    try:
+        return build(doc)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        why = f"it has no {e.args[0]!r} field" if isinstance(e, KeyError) else str(e)
+        raise RunError(f"{path} is not {what}: {why}") from None
 
 
 class OutputError(ConfigError):

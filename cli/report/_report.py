@@ -21,11 +21,11 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from trajdistill.agents import GateReport
+from trajdistill.agents import AgentResult, EvalResults, GateReport
 from trajdistill.skills import VALIDATION_SECTION, BoxError, SkillBox
 from trajdistill.train import final_losses, plot_losses, read_token_kl
-from trajdistill.trajectories import (RUN_FILE, RunError, RunStore, Span, Trajectory, assistant_text, check_output,
-                                      segment_as_env)
+from trajdistill.trajectories import (RUN_FILE, ComposeReport, CurateReport, GroupStats, RunError, RunStore, Span,
+                                      Trajectory, assistant_text, check_output, read_result, segment_as_env)
 
 VIEW_FILE = "view.html"
 REPORT_FILE = "report.html"
@@ -226,13 +226,12 @@ def write_report_page(path: Path, title: str, heading: str, summary: Mapping[str
 CURATE_REPORT_FILE = "curate.html"
 
 
-def build_curate_report(out_dir: str | Path, report: Mapping[str, Any], plot: str | Path | None = None) -> Path:
-    """Write `out_dir/curate.html` from a curate_report.json document: the counts per step with the reasons,
+def build_curate_report(out_dir: str | Path, report: CurateReport, plot: str | Path | None = None) -> Path:
+    """Write `out_dir/curate.html` from what `curate` returned: the counts per step with the reasons,
     examples of what each step removed, and the reasoning lengths per category before and after."""
     out = Path(out_dir)
-    total = report.get("total", {})
-    summary = {"trajectories in": total.get("in", 0), "kept": total.get("out", 0), "seed": report.get("seed"),
-               "kept per run": dict(total.get("out_by_run", {}))}
+    summary = {"trajectories in": report.total_in, "kept": report.total_out, "seed": report.seed,
+               "kept per run": dict(report.kept_by_run)}
     sections = [("curate-steps", "Steps, in order", curate_steps_html(report)),
                 ("curate-removed", "Examples of what was removed", curate_examples_html(report)),
                 ("curate-lengths", "Reasoning length per category, before and after",
@@ -241,18 +240,17 @@ def build_curate_report(out_dir: str | Path, report: Mapping[str, Any], plot: st
                              summary, sections)
 
 
-def curate_steps_html(report: Mapping[str, Any]) -> str:
-    rows = [[s["name"], ", ".join(f"{k}={v}" for k, v in s.get("settings", {}).items()), s["in"], s["out"],
-             s["removed"], ", ".join(f"{r}: {n}" for r, n in s.get("reasons", {}).items())]
-            for s in report.get("steps", [])]
-    warnings = "".join(f'<p class="td-warn">{_e(w)}</p>' for w in report.get("warnings", []))
+def curate_steps_html(report: CurateReport) -> str:
+    rows = [[s.name, ", ".join(f"{k}={v}" for k, v in s.settings.items()), s.inputs, s.kept, s.inputs - s.kept,
+             ", ".join(f"{r}: {n}" for r, n in s.reasons.items())] for s in report.steps]
+    warnings = "".join(f'<p class="td-warn">{_e(w)}</p>' for w in report.warnings)
     return _table(["step", "settings", "in", "out", "removed", "why"], rows) + warnings
 
 
-def curate_examples_html(report: Mapping[str, Any]) -> str:
-    rows = [[s["name"], e["reason"], e.get("run", ""), e["task_id"], e["id"][:12], e.get("detail") or "",
+def curate_examples_html(report: CurateReport) -> str:
+    rows = [[s.name, e["reason"], e.get("run", ""), e["task_id"], e["id"][:12], e.get("detail") or "",
              f'<pre class="td-pre">{_e(e.get("snippet", ""))}</pre>']
-            for s in report.get("steps", []) for e in s.get("examples", [])]
+            for s in report.steps for e in s.examples]
     if not rows:
         return _not_run("no step removed anything")
     escaped = [[_e(c) for c in r[:-1]] + [r[-1]] for r in rows]
@@ -260,8 +258,8 @@ def curate_examples_html(report: Mapping[str, Any]) -> str:
                   raw=True)
 
 
-def curate_lengths_html(report: Mapping[str, Any], plot: Path | None) -> str:
-    lengths = report.get("lengths", {})
+def curate_lengths_html(report: CurateReport, plot: Path | None) -> str:
+    lengths = report.lengths
     before, after = lengths.get("before", {}), lengths.get("after", {})
     rows = []
     for cat in sorted(set(before) | set(after)):
@@ -355,30 +353,25 @@ def eval_section(path: str | Path | None) -> str:
     results_path = _file_in(path, "results.json")
     if results_path is None:
         return _not_run()
-    doc = json.loads(results_path.read_text())
+    results = EvalResults.read(results_path)
     head = ["agent", "success", "errored", "95% CI", "n", "steps", "invalid", "tokens/ep"]
     rows = []
-    for a in doc.get("agents", []):
-        lo, hi = a.get("ci95", [0.0, 1.0])
-        rows.append([a.get("spec", "?"), f"{a.get('success_rate', 0):.1%}", a.get("errors", 0),
-                     f"{lo:.0%} – {hi:.0%}", a.get("n", 0), f"{a.get('mean_steps', 0):.2f}",
-                     f"{a.get('invalid_action_rate', 0):.1%}", f"{a.get('tokens_per_episode', 0):.0f}"])
-    caption = (f"{doc.get('env', '?')} / {doc.get('split', '?')}: {doc.get('tasks', '?')} tasks, "
-               "the same for every agent")
+    for a in results.agents:
+        lo, hi = a.ci95
+        rows.append([a.spec, f"{a.success_rate:.1%}", a.errors, f"{lo:.0%} – {hi:.0%}", a.n, f"{a.mean_steps:.2f}",
+                     f"{a.invalid_action_rate:.1%}", f"{a.tokens_per_episode:.0f}"])
+    caption = f"{results.env} / {results.split}: {results.tasks} tasks, the same for every agent"
     parts = [f'<p class="td-caption">{_e(caption)}</p>', _table(head, rows, first_col_class="td-agent")]
-    parts.append(_category_table(doc.get("agents", [])))
+    parts.append(_category_table(results.agents))
     parts.append(_image(results_path.parent / "success.png", "success rate per agent"))
     return "".join(parts)
 
 
-def _category_table(agents: list[dict[str, Any]]) -> str:
-    cats = sorted({c for a in agents for c in (a.get("by_category") or {})})
+def _category_table(agents: list[AgentResult]) -> str:
+    cats = sorted({c for a in agents for c in a.by_category})
     if not cats:
         return ""
-    rows = []
-    for a in agents:
-        by = a.get("by_category") or {}
-        rows.append([a.get("spec", "?")] + [_rate(by.get(c)) for c in cats])
+    rows = [[a.spec] + [_rate(a.by_category.get(c)) for c in cats] for a in agents]
     return "<h3>Success by category</h3>" + _table(["agent", *cats], rows, first_col_class="td-agent")
 
 
@@ -439,26 +432,22 @@ def compose_section(path: str | Path | None) -> str:
     report_path = _file_in(path, "compose_report.json")
     if report_path is None:
         return _not_run()
-    doc = json.loads(report_path.read_text())
-    teachers = doc.get("teachers", [])
-    total = doc.get("total", {})
-    parts = [f'<p class="td-caption">strategy <code>{_e(doc.get("strategy", "?"))}</code> over '
-             f'{_e(", ".join(doc.get("runs", [])))} (teachers: {_e(", ".join(teachers))})</p>']
+    report = ComposeReport.read(report_path)
+    teachers = report.teachers
+    parts = [f'<p class="td-caption">strategy <code>{_e(report.strategy)}</code> over '
+             f'{_e(", ".join(report.runs))} (teachers: {_e(", ".join(teachers))})</p>']
     head = ["group", "tasks", "kept", "composed", "dropped", *(f"won by {t}" for t in teachers)]
 
-    def row(name: str, g: Mapping[str, Any]) -> list[Any]:
-        won = g.get("won", {})
-        return [name, g.get("tasks", 0), g.get("kept", 0), g.get("composed", 0), g.get("dropped", 0),
-                *(won.get(t, 0) for t in teachers)]
+    def row(name: str, g: GroupStats) -> list[Any]:
+        return [name, g.tasks, g.kept, g.composed, g.dropped, *(g.won.get(t, 0) for t in teachers)]
 
-    rows = [row("all tasks", total)]
-    rows += [row(f"category {k}", g) for k, g in sorted(doc.get("by_category", {}).items())]
-    rows += [row(f"difficulty {k}", g) for k, g in sorted(doc.get("by_difficulty", {}).items())]
+    rows = [row("all tasks", report.total)]
+    rows += [row(f"category {k}", g) for k, g in sorted(report.by_category.items())]
+    rows += [row(f"difficulty {k}", g) for k, g in sorted(report.by_difficulty.items())]
     parts.append(_table(head, rows))
-    transitions = doc.get("transitions") or {}
-    if transitions:
+    if report.transitions:
         parts.append("<h3>Switches from a failed teacher to a successful one</h3>"
-                     + _table(["failed → successful", "tasks"], sorted(transitions.items())))
+                     + _table(["failed → successful", "tasks"], sorted(report.transitions.items())))
     return "".join(parts)
 
 
@@ -558,13 +547,9 @@ def _file_in(path: str | Path | None, name: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise RunError(f"{path} is not valid JSON: {e}") from None
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object file that has no typed reader (curriculum.json, trainer_state.json); None when it is absent."""
+    return read_result(path, dict, "a JSON object") if path.is_file() else None
 
 
 NUMERIC = re.compile(r"^[-+]?[\d.,]+%?( [–-] [-+]?[\d.,]+%?)?( \(n=\d+\))?$")
