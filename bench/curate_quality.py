@@ -3,7 +3,7 @@
 The raw data is what a user has after collecting two teachers on the same train tasks: the `expert:reasoner`
 run (solves by hand, slips on big numbers, writes long thoughts) and the `expert:coder` run. The curated data is
 `trajdistill curate` of the same two runs with the production steps in order: verified, dedupe, near-dup,
-length-balance, balance. Each trains SmolLM2-135M from the base model with `train`'s defaults for `--tokens`
+length-balance, balance (cap 300 per category and difficulty). Each trains SmolLM2-135M from the base model with `train`'s defaults for `--tokens`
 training tokens (train keeps only verified successes by default, so `verified` alone would change nothing:
 the other steps are what is measured), and both are evaluated on the same held-out test tasks. Shares its
 output folder, runs and base rows with sft_quality/dual_quality (`--out`, default bench-out/quality-<tokens>).
@@ -20,7 +20,8 @@ from _quality import arguments, evaluated, report, teacher_run, trained
 
 from trajdistill.trajectories import CurateConfig, curate
 
-STEPS = ["verified", "dedupe", "near-dup", "length-balance", "balance"]
+# balance's cap: 300 trajectories per (category, difficulty) cell, of the ~400 two 3000-task runs put in a cell
+STEPS = ["verified", "dedupe", "near-dup", "length-balance", "balance:cap=300"]
 
 
 def main() -> None:
