@@ -411,14 +411,19 @@ def white_box(tmp_path_factory):
     """reverse-kl rollouts on math (nsjail) of the scripted WrongCoder, whose turns have [REASON], [ACT] and
     answer spans (a tiny random model's rarely parse), and tiny SmolLM2-tokenizer student and teacher models."""
     _nsjail()
-    import asyncio
-
     from trajdistill.agents import build_tiny_llama
 
     root = tmp_path_factory.mktemp("wb")
     student, teacher = build_tiny_llama(root / "student"), build_tiny_llama(root / "teacher", seed=1)
     cfg = OnPolicyConfig(student="wrongcoder:x", teachers=[f"hf:{teacher}"], env="math", out=str(root / "op"),
                          mode="reverse-kl", tasks=3, dev_tasks=0, sandbox="nsjail", concurrency=1, max_steps=2)
+
+    return cfg, student, teacher, rollouts_of(cfg), root
+
+
+def rollouts_of(cfg: OnPolicyConfig):
+    """Round 1's rollouts of a reverse-kl config (its student the scripted WrongCoder), nothing trained."""
+    import asyncio
 
     async def gather():
         d = OnPolicyDistiller(cfg)
@@ -429,8 +434,7 @@ def white_box(tmp_path_factory):
             await d.close()
 
     WrongCoder.calls = 0
-    rollouts = asyncio.run(gather())
-    return cfg, student, teacher, rollouts, root
+    return asyncio.run(gather())
 
 
 def test_reverse_kl_rollouts_are_the_students_alone(white_box):

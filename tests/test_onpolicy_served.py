@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 
 from conftest import cli, one_line_error, require
-from test_onpolicy import WrongCoder, _cli, _nsjail
+from test_onpolicy import _cli, _nsjail, rollouts_of
 
 from trajdistill.agents import build_tiny_llama, load_causal_lm
 from trajdistill.envs import ConfigError
 from trajdistill.train import (TEACHER_LOGPROBS_FILE, OnPolicyConfig, TrainConfig, build_data, build_trainer, encode,
                                read_token_kl)
-from trajdistill.train._onpolicy import OnPolicyDistiller
 from trajdistill.trajectories import RunError, RunStore
 
 VENV = Path(os.environ.get("TRAJDISTILL_VLLM_VENV", Path.home() / ".cache/trajdistill/vllm-venv"))
@@ -36,17 +35,7 @@ def rollouts(tmp_path_factory):
                          out=str(root / "op"), mode="reverse-kl", tasks=3, dev_tasks=0, sandbox="nsjail",
                          concurrency=1, max_steps=2)
 
-    async def gather():
-        d = OnPolicyDistiller(cfg)
-        await d.open()
-        try:
-            return (await d.gather(1, cfg.student))[0]
-        finally:
-            await d.close()
-
-    WrongCoder.calls = 0
-    trajs = asyncio.run(gather())
-    return cfg, student, trajs, Path(cfg.out) / "round-1" / "rollouts", root
+    return cfg, student, rollouts_of(cfg), Path(cfg.out) / "round-1" / "rollouts", root
 
 
 def _own_logprobs(model, ids):
