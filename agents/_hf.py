@@ -276,6 +276,7 @@ class HFPolicy:
         self.tokenizer: Any = None
         self._batcher: Batcher[_Item, _Gen] = Batcher(self._generate, o.batch_size, o.batch_wait_s)
         self.kv = KVStore(o.kv_cache_tokens) if o.kv_cache_tokens else None  # only the worker thread touches it
+        self._scoring = threading.Lock()  # one scoring forward at a time: concurrent ones only fight for the cores
 
     def sampling(self) -> dict[str, Any]:
         out: dict[str, Any] = {"temperature": self.temperature, "max_new_tokens": self.max_new_tokens}
@@ -316,7 +317,7 @@ class HFPolicy:
 
         self._ensure_loaded()
         x = torch.tensor([ids], device=self.hf_model.device)
-        with torch.no_grad():
+        with self._scoring, torch.no_grad():
             logits = self.hf_model(x).logits[0, :-1].float()
         logp = logits.log_softmax(-1).gather(-1, x[0, 1:, None])[:, 0].tolist()
         return [None, *({"id": t, "logprob": v, "token": self.tokenizer.decode([t])} for t, v in zip(ids[1:], logp))]
