@@ -148,15 +148,23 @@ def rate_of(oks: list[bool]) -> float | None:
     return sum(oks) / len(oks) if oks else None
 
 
+def success_cells(r: dict[str, Any]) -> str:
+    """`k/n (rate) | lo–hi`: a row's success and its 95% Wilson CI, two markdown cells."""
+    lo, hi = r["ci95"]
+    return f"{r['successes']}/{r['n']} ({r['success_rate']:.1%}) | {lo:.1%}–{hi:.1%}"
+
+
+def failures_cell(r: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in r["failures"].items() if v) or "–"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown: success with its 95% Wilson CI, invalid actions, mean turns, tokens per episode."""
     lines = ["| variant | success | 95% CI | invalid actions | mean turns | tokens/episode |",
              "|---|---|---|---|---|---|"]
     for r in rows:
-        lo, hi = r["ci95"]
-        lines.append(f"| {r['variant']} | {r['successes']}/{r['n']} ({r['success_rate']:.1%}) | "
-                     f"{lo:.1%}–{hi:.1%} | {r['invalid_action_rate']:.1%} | {r['mean_steps']:.2f} | "
-                     f"{r['tokens_per_episode']:.0f} |")
+        lines.append(f"| {r['variant']} | {success_cells(r)} | {r['invalid_action_rate']:.1%} | "
+                     f"{r['mean_steps']:.2f} | {r['tokens_per_episode']:.0f} |")
     return "\n".join(lines)
 
 

@@ -28,7 +28,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from _quality import steps_for, tool_use
+from _quality import failures_cell, steps_for, success_cells, tool_use
 
 from trajdistill.agents import CollectConfig, EvalConfig, collect, evaluate
 from trajdistill.envs.math._kinds import CATEGORIES
@@ -116,10 +116,8 @@ def box_use(run: Path, box: Path | None) -> float:
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| variant | success | 95% CI | box-tool use | invalid actions | failures |", "|---|---|---|---|---|---|"]
     for r in rows:
-        lo, hi = r["ci95"]
-        lines.append(f"| {r['variant']} | {r['successes']}/{r['n']} ({r['success_rate']:.1%}) | {lo:.1%}–{hi:.1%} | "
-                     f"{r['box_use']:.0%} | {r['invalid_action_rate']:.1%} | "
-                     f"{', '.join(f'{k} {v}' for k, v in r['failures'].items() if v) or '–'} |")
+        lines.append(f"| {r['variant']} | {success_cells(r)} | {r['box_use']:.0%} | {r['invalid_action_rate']:.1%} | "
+                     f"{failures_cell(r)} |")
     return "\n".join(lines)
 
 

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _quality import steps_for
+from _quality import steps_for, success_cells
 
 from trajdistill.agents import CollectConfig, EvalConfig, collect, evaluate
 from trajdistill.train import OnPolicyConfig, TrainConfig, onpolicy, train
@@ -112,9 +112,7 @@ def evaluated(args: argparse.Namespace, arm: str, spec: str) -> dict[str, Any]:
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| arm | success | 95% CI | invalid actions | failures |", "|---|---|---|---|---|"]
     for r in rows:
-        lo, hi = r["ci95"]
-        lines.append(f"| {r['arm']} | {r['successes']}/{r['n']} ({r['success_rate']:.1%}) | {lo:.1%}–{hi:.1%} | "
-                     f"{r['invalid_action_rate']:.1%} | {r['failures']} |")
+        lines.append(f"| {r['arm']} | {success_cells(r)} | {r['invalid_action_rate']:.1%} | {r['failures']} |")
     return "\n".join(lines)
 
 
