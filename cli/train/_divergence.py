@@ -56,8 +56,9 @@ async def served_token_logprobs(trajectories: list[Trajectory], student: str,
     encoded = [encode(t, tokenizer) for t in trajectories]
     served = await asyncio.gather(*(teacher.prompt_logprobs(list(e.input_ids)) for e in encoded))
     stored, kl = [], []
+    if served:  # one trajectory's tokens show a tokenizer mismatch; checking every one only repeats the decode
+        _check_tokenizer(tokenizer, served[0], teacher)
     for traj, enc, lps in zip(trajectories, encoded, served):
-        _check_tokenizer(tokenizer, lps, teacher)
         ids = torch.tensor([enc.input_ids])
         with torch.no_grad():
             own = model(ids).logits[0, :-1].float().log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0]
