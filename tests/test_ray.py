@@ -34,10 +34,16 @@ except ImportError:
     HAVE_RAY = False
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports: every socket stays bound until all are picked, so the kernel cannot hand one out twice."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 class Cluster:
@@ -45,7 +51,7 @@ class Cluster:
 
     def __init__(self) -> None:
         self.temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths must fit 107 chars
-        self.port = free_port()
+        self.port = free_ports(1)[0]
         self.address = f"127.0.0.1:{self.port}"
         # token auth, with this cluster's own token, so no ~/.ray/auth_token of another cluster interferes
         self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
@@ -54,15 +60,17 @@ class Cluster:
 
     def start_node(self, head: bool = False, cpus: int = 1) -> int:
         ray_bin = Path(sys.executable).with_name("ray")
-        manager = free_port()
+        ports = free_ports(8)
+        ports.remove(self.port) if self.port in ports else ports.pop()  # the head's GCS port, free until it starts
+        manager, objects, metrics, agent, agent_grpc, runtime_env, dashboard = ports
         cmd = [str(ray_bin) if ray_bin.exists() else shutil.which("ray"), "start", "--node-ip-address", "127.0.0.1",
                "--num-cpus", str(cpus), "--disable-usage-stats", "--node-manager-port", str(manager),
-               "--object-manager-port", str(free_port()), "--metrics-export-port", str(free_port()),
-               "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
-               "--runtime-env-agent-port", str(free_port())]
+               "--object-manager-port", str(objects), "--metrics-export-port", str(metrics),
+               "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(agent_grpc),
+               "--runtime-env-agent-port", str(runtime_env)]
         if head:
             cmd += ["--head", "--port", str(self.port), "--temp-dir", str(self.temp), "--include-dashboard", "false",
-                    "--dashboard-port", str(free_port())]
+                    "--dashboard-port", str(dashboard)]
         else:
             cmd += ["--address", self.address]
         subprocess.run(cmd, env=self.env, check=True, capture_output=True, timeout=180)
