@@ -28,7 +28,7 @@ from _quality import called, steps_for, tool_use
 from trajdistill.agents import CollectConfig, EvalConfig, collect, evaluate
 from trajdistill.agents._eval import slug
 from trajdistill.train import TrainConfig, train
-from trajdistill.trajectories import FAILURE_KINDS
+from trajdistill.trajectories import FAILURE_KINDS, RunStore
 
 STUDENT = "hf:smollm2-135m"
 BUDGETS = "25000,50000,100000,200000,400000,800000,1600000"
@@ -102,8 +102,6 @@ def evaluated(args: argparse.Namespace, budget: int, spec: str) -> dict[str, Any
 
 
 def tool_rate(run: Path) -> float:
-    from trajdistill.trajectories import RunStore
-
     trajs = RunStore.open(run).load()
     return sum(called(t, {"python", "act"}) for t in trajs) / len(trajs) if trajs else 0.0
 

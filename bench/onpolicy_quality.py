@@ -14,8 +14,11 @@ on math). Then, at equal teacher calls and equal training tokens:
 All train for `--tokens` tokens with `train`'s defaults and are evaluated on the same held-out test tasks.
 Rows go to bench/results/onpolicy-<env>.jsonl as each arm finishes; a cut-off run resumes.
 
-    python bench/onpolicy_quality.py [--start bench-out/curve/math/students/tokens-25000] [--tasks 200]
-                                     [--tokens 25000] [--test-tasks 100] [--sandbox nsjail] [--report]
+The teacher is `--teacher` (default expert:coder, the math coder; expert:gold for a twx game).
+
+    python bench/onpolicy_quality.py [--env math] [--start bench-out/curve/math/students/tokens-25000]
+                                     [--tasks 200] [--tokens 25000] [--test-tasks 100] [--sandbox nsjail]
+                                     [--arms sft,dagger,reverse-kl,dagger-data] [--report]
 """
 
 from __future__ import annotations
@@ -30,11 +33,14 @@ from typing import Any
 from _quality import steps_for, success_cells
 
 from trajdistill.agents import CollectConfig, EvalConfig, collect, evaluate
+from trajdistill.agents._eval import slug
 from trajdistill.train import OnPolicyConfig, TrainConfig, onpolicy, train
 
 
 def arguments() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--env", default="math", help="e.g. math or twx:coin")
+    ap.add_argument("--teacher", default="expert:coder", help="the black-box teacher (expert:gold for twx games)")
     ap.add_argument("--start", type=Path, default=Path("bench-out/curve/math/students/tokens-25000"))
     ap.add_argument("--kl-teacher", type=Path, default=Path("bench-out/curve/math/students/tokens-200000"),
                     help="the white-box teacher of the reverse-KL arm (a model dir with the student's tokenizer)")
@@ -46,16 +52,28 @@ def arguments() -> argparse.Namespace:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--sandbox", default="auto")
-    ap.add_argument("--rows", type=Path, default=Path(__file__).parent / "results" / "onpolicy-math.jsonl")
+    ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of: {', '.join(ARMS)}")
+    ap.add_argument("--rows", type=Path, default=None, help="default: bench/results/onpolicy-<env>.jsonl")
     ap.add_argument("--report", action="store_true")
-    return ap.parse_args()
+    args = ap.parse_args()
+    args.rows = args.rows or Path(__file__).parent / "results" / f"onpolicy-{slug(args.env)}.jsonl"
+    unknown = set(args.arms.split(",")) - set(ARMS)
+    if unknown:
+        ap.error(f"unknown arm(s) {', '.join(sorted(unknown))}; known: {', '.join(ARMS)}")
+    return args
+
+
+def teacher_run(args: argparse.Namespace) -> Path:
+    """The teacher's trajectories on the first `--tasks` train tasks: the SFT arm's data, and every arm's step count."""
+    run = args.out / "sft-data"
+    if not (run / "stats.json").exists():
+        collect(CollectConfig(env=args.env, teachers=[args.teacher], out=str(run), tasks=args.tasks, split="train",
+                              sandbox=args.sandbox, concurrency=8, resume=run.exists()))
+    return run
 
 
 def sft_arm(args: argparse.Namespace, start: str) -> str:
-    run = args.out / "sft-data"
-    if not (run / "stats.json").exists():
-        collect(CollectConfig(env="math", teachers=["expert:coder"], out=str(run), tasks=args.tasks, split="train",
-                              sandbox=args.sandbox, concurrency=8, resume=run.exists()))
+    run = teacher_run(args)
     out = args.out / "sft"
     if not (out / "train_config.yaml").exists():
         shutil.rmtree(out, ignore_errors=True)
@@ -68,13 +86,13 @@ def dagger_arm(args: argparse.Namespace, start: str, aggregate: bool = False) ->
     out = args.out / ("dagger-aggregated" if aggregate else "dagger")
     model = out / "round-1" / "model"
     if not (out / "rounds.json").exists() or not (model / "train_config.yaml").exists():
-        onpolicy(OnPolicyConfig(env="math", student=start, teachers=["expert:coder"], out=str(out), rounds=1,
-                                data=[str(args.out / "sft-data")] if aggregate else [],
+        onpolicy(OnPolicyConfig(env=args.env, student=start, teachers=[args.teacher], out=str(out), rounds=1,
+                                data=[str(teacher_run(args))] if aggregate else [],
                                 beta_schedule="0", tasks=args.tasks, split="train", max_steps=args.max_steps,
                                 temperature=0.0, dev_tasks=0, sandbox=args.sandbox, concurrency=args.concurrency,
                                 student_options={"max_new_tokens": args.new_tokens, "batch_size": args.concurrency},
                                 # the SFT arm's steps: the relabels are the same teacher's turns, packed alike
-                                train_args={"max_steps": steps_for([args.out / "sft-data"], args.tokens, start)},
+                                train_args={"max_steps": steps_for([teacher_run(args)], args.tokens, start)},
                                 resume=out.exists()))
     return f"hf:{model.resolve()}"
 
@@ -83,21 +101,30 @@ def reverse_kl_arm(args: argparse.Namespace, start: str) -> str:
     out = args.out / "reverse-kl"
     model = out / "round-1" / "model"
     if not (out / "rounds.json").exists() or not (model / "train_config.yaml").exists():
-        onpolicy(OnPolicyConfig(env="math", student=start, teachers=[f"hf:{args.kl_teacher.resolve()}"],
+        onpolicy(OnPolicyConfig(env=args.env, student=start, teachers=[f"hf:{args.kl_teacher.resolve()}"],
                                 out=str(out), mode="reverse-kl", rounds=1, tasks=args.tasks, split="train",
                                 max_steps=args.max_steps, temperature=0.7, dev_tasks=0, sandbox=args.sandbox,
                                 concurrency=args.concurrency,
                                 student_options={"max_new_tokens": args.new_tokens, "batch_size": args.concurrency},
-                                train_args={"max_steps": steps_for([args.out / "sft-data"], args.tokens, start)},
+                                train_args={"max_steps": steps_for([teacher_run(args)], args.tokens, start)},
                                 resume=out.exists()))
     return f"hf:{model.resolve()}"
+
+
+# --arms key: (row name, the arm's student). The SFT arm runs first when chosen: the others reuse its teacher run.
+ARMS = {
+    "sft": ("more SFT", sft_arm),
+    "dagger": ("DAgger, 1 round", dagger_arm),
+    "reverse-kl": ("reverse KL, 1 round", reverse_kl_arm),
+    "dagger-data": ("DAgger + the SFT data, 1 round", lambda args, start: dagger_arm(args, start, aggregate=True)),
+}
 
 
 def evaluated(args: argparse.Namespace, arm: str, spec: str) -> dict[str, Any]:
     rows = {r["arm"]: r for r in map(json.loads, args.rows.read_text().splitlines())} if args.rows.exists() else {}
     if arm in rows:
         return rows[arm]
-    res = evaluate(EvalConfig(env="math", agents=[spec], split="test", tasks=args.test_tasks, max_steps=args.max_steps,
+    res = evaluate(EvalConfig(env=args.env, agents=[spec], split="test", tasks=args.test_tasks, max_steps=args.max_steps,
                               sandbox=args.sandbox, concurrency=args.concurrency, out=str(args.out / "eval" / arm),
                               agent_options={"max_new_tokens": args.new_tokens, "batch_size": args.concurrency},
                               resume=True))
@@ -123,10 +150,9 @@ def main() -> None:
     if not args.report:
         start = f"hf:{args.start.resolve()}"
         rows.append(evaluated(args, "start (SFT checkpoint)", start))
-        rows.append(evaluated(args, "more SFT", sft_arm(args, start)))
-        rows.append(evaluated(args, "DAgger, 1 round", dagger_arm(args, start)))
-        rows.append(evaluated(args, "reverse KL, 1 round", reverse_kl_arm(args, start)))
-        rows.append(evaluated(args, "DAgger + the SFT data, 1 round", dagger_arm(args, start, aggregate=True)))
+        for arm in args.arms.split(","):
+            name, build = ARMS[arm]
+            rows.append(evaluated(args, name, build(args, start)))
     else:
         rows = [json.loads(line) for line in args.rows.read_text().splitlines()]
     print(table(rows))
