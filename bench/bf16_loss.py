@@ -9,6 +9,9 @@ the difference of 25-step moving means, and both final losses, and plots both cu
 Each arm's losses are kept in `--out/<arm>.json`; a rerun trains only the arms that are missing.
 
     python bench/bf16_loss.py [--steps 300] [--batch-size 1] [--max-length 256] [--out bench-out/bf16-loss]
+                              [--sandbox auto]
+
+The comparison goes to bench/results/bf16_loss.json and the plot to bench/results/bf16_loss.png.
 """
 
 from __future__ import annotations
@@ -79,12 +82,14 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--tasks", type=int, default=600)
     ap.add_argument("--out", default="bench-out/bf16-loss")
+    ap.add_argument("--sandbox", default="auto", help="where the teacher's programs run while collecting")
     ap.add_argument("--plot", default="bench/results/bf16_loss.png")
+    ap.add_argument("--summary", default="bench/results/bf16_loss.json")
     opts = ap.parse_args()
     out = Path(opts.out)
     run = out / "run"
     if not (run / "stats.json").exists():
-        collect(CollectConfig(env="math", teachers=["expert:coder"], tasks=opts.tasks, out=str(run), sandbox="none",
+        collect(CollectConfig(env="math", teachers=["expert:coder"], tasks=opts.tasks, out=str(run), sandbox=opts.sandbox,
                               resume=run.exists()))
     rows = {}
     for arm in ARMS:
@@ -93,11 +98,13 @@ def main() -> None:
             path.write_text(json.dumps(train_arm(out, run, arm, opts)))
         rows[arm] = json.loads(path.read_text())
     plot(rows, Path(opts.plot))
-    print(json.dumps({"comparison": compare(rows["fp32"]["losses"], rows["bf16"]["losses"]),
-                      "wall_s": {a: r["wall_s"] for a, r in rows.items()},
-                      "load_avg": {a: r["load_avg"] for a, r in rows.items()},
-                      "steps": opts.steps, "batch_size": opts.batch_size, "max_length": opts.max_length,
-                      "platform": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M")}, indent=1))
+    summary = json.dumps({"comparison": compare(rows["fp32"]["losses"], rows["bf16"]["losses"]),
+                          "wall_s": {a: r["wall_s"] for a, r in rows.items()},
+                          "load_avg": {a: r["load_avg"] for a, r in rows.items()},
+                          "steps": opts.steps, "batch_size": opts.batch_size, "max_length": opts.max_length,
+                          "platform": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M")}, indent=1)
+    Path(opts.summary).write_text(summary + "\n")
+    print(summary)
 
 
 if __name__ == "__main__":
