@@ -10,7 +10,7 @@ keeps them and trains and evaluates only the budgets still missing. `--report` p
 bench/RESULTS.md and draws bench/results/learning_curve-<env>.png.
 
     python bench/learning_curve.py [--env math --teacher expert:coder] [--budgets 25000,50000,...]
-                                   [--test-tasks 200] [--until-tokens N] [--report]
+                                   [--test-tasks 200] [--until-tokens N] [--backend hf|vllm-serve] [--report]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from trajdistill.agents._eval import slug
 from trajdistill.train import TrainConfig, train
 from trajdistill.trajectories import FAILURE_KINDS, RunStore
 
-STUDENT = "hf:smollm2-135m"
+STUDENT = "smollm2-135m"
 BUDGETS = "25000,50000,100000,200000,400000,800000,1600000"
 
 
@@ -46,6 +46,9 @@ def arguments() -> argparse.Namespace:
     ap.add_argument("--max-steps", type=int, default=2, help="ReAct turns per eval episode")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--backend", choices=("hf", "vllm-serve"), default="hf",
+                    help="how the checkpoints generate in eval; vllm-serve (CPU venv) is 1.5x hf on idle cores, "
+                         "4.5x on loaded ones (bench/RESULTS.md)")
     ap.add_argument("--sandbox", default="auto")
     ap.add_argument("--rows", type=Path, default=None, help="default: bench/results/learning_curve-<env>.jsonl")
     ap.add_argument("--report", action="store_true", help="only print the tables and draw the plot")
@@ -66,7 +69,7 @@ def teacher_run(args: argparse.Namespace) -> Path:
 
 
 def checkpoint(args: argparse.Namespace, run: Path, budget: int, previous: tuple[int, str]) -> str:
-    """The student spec at `budget` tokens, trained on from the checkpoint `previous` (tokens, spec)."""
+    """The student model at `budget` tokens, trained on from the checkpoint `previous` (tokens, model)."""
     out = args.out / "students" / f"tokens-{budget}"
     if not (out / "train_config.yaml").exists():
         shutil.rmtree(out, ignore_errors=True)  # a cut-off segment is trained again whole
@@ -77,22 +80,28 @@ def checkpoint(args: argparse.Namespace, run: Path, budget: int, previous: tuple
                                    seed=budget, logging_steps=max(1, steps // 10)))
         print(f"tokens-{budget}: {result.steps} steps in {time.monotonic() - start:.0f} s, losses {result.losses}",
               flush=True)
-    return f"hf:{out.resolve()}"
+    return str(out.resolve())
 
 
-def evaluated(args: argparse.Namespace, budget: int, spec: str) -> dict[str, Any]:
+def agent_options(args: argparse.Namespace) -> dict[str, Any]:
+    if args.backend == "hf":  # one batch holds every concurrent episode
+        return {"max_new_tokens": args.new_tokens, "batch_size": args.concurrency}
+    return {"max_new_tokens": args.new_tokens, "max_model_len": 8192}  # a 10-turn game episode outgrows 4096
+
+
+def evaluated(args: argparse.Namespace, budget: int, model: str) -> dict[str, Any]:
+    spec = f"{args.backend}:{model}"
     rows = {r["tokens"]: r for r in rows_of(args.rows)}
     if budget in rows:
         return rows[budget]
     out = args.out / "eval" / f"tokens-{budget}"
     res = evaluate(EvalConfig(env=args.env, agents=[spec], split="test", tasks=args.test_tasks,
                               max_steps=args.max_steps, sandbox=args.sandbox, concurrency=args.concurrency,
-                              agent_options={"max_new_tokens": args.new_tokens, "batch_size": args.concurrency},
-                              out=str(out), resume=True))
+                              agent_options=agent_options(args), out=str(out), resume=True))
     agent = res.agents[0]
     run = out / agent.run
     row = {"tokens": budget, **agent.to_dict(), "tool_call_rate": tool_rate(run), "tool_use": tool_use(run),
-           "eval": {"max_steps": args.max_steps, "new_tokens": args.new_tokens},
+           "eval": {"max_steps": args.max_steps, "new_tokens": args.new_tokens, "backend": args.backend},
            "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, 2 cores"}
     with open(args.rows, "a") as fh:
         fh.write(json.dumps(row) + "\n")

@@ -52,6 +52,8 @@ def arguments() -> argparse.Namespace:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--sandbox", default="auto")
+    ap.add_argument("--backend", choices=("hf", "vllm-serve"), default="hf",
+                    help="how the arms' students generate in the test eval (rollouts always use hf)")
     ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of: {', '.join(ARMS)}")
     ap.add_argument("--rows", type=Path, default=None, help="default: bench/results/onpolicy-<env>.jsonl")
     ap.add_argument("--report", action="store_true")
@@ -124,12 +126,17 @@ def evaluated(args: argparse.Namespace, arm: str, spec: str) -> dict[str, Any]:
     rows = {r["arm"]: r for r in map(json.loads, args.rows.read_text().splitlines())} if args.rows.exists() else {}
     if arm in rows:
         return rows[arm]
+    options = {"max_new_tokens": args.new_tokens}
+    if args.backend == "hf":
+        options["batch_size"] = args.concurrency
+    else:
+        spec = spec.replace("hf:", f"{args.backend}:", 1)
+        options["max_model_len"] = 8192  # a 10-turn game episode outgrows the default 4096
     res = evaluate(EvalConfig(env=args.env, agents=[spec], split="test", tasks=args.test_tasks, max_steps=args.max_steps,
                               sandbox=args.sandbox, concurrency=args.concurrency, out=str(args.out / "eval" / arm),
-                              agent_options={"max_new_tokens": args.new_tokens, "batch_size": args.concurrency},
-                              resume=True))
+                              agent_options=options, resume=True))
     row = {"arm": arm, **res.agents[0].to_dict(), "tokens": args.tokens, "teacher_tasks": args.tasks,
-           "start": str(args.start), "date": time.strftime("%Y-%m-%d")}
+           "start": str(args.start), "backend": args.backend, "date": time.strftime("%Y-%m-%d")}
     args.rows.parent.mkdir(parents=True, exist_ok=True)
     with open(args.rows, "a") as fh:
         fh.write(json.dumps(row) + "\n")
