@@ -51,6 +51,7 @@ def arguments() -> argparse.Namespace:
                          "4.5x on loaded ones (bench/RESULTS.md)")
     ap.add_argument("--sandbox", default="auto")
     ap.add_argument("--rows", type=Path, default=None, help="default: bench/results/learning_curve-<env>.jsonl")
+    ap.add_argument("--no-base", action="store_true", help="skip the base model's eval (it costs the most)")
     ap.add_argument("--report", action="store_true", help="only print the tables and draw the plot")
     args = ap.parse_args()
     args.out = args.out or Path("bench-out/curve") / slug(args.env)
@@ -178,7 +179,8 @@ def main() -> None:
         previous = (budget, spec)
         if args.until_tokens and budget >= args.until_tokens:
             break
-    evaluated(args, 0, STUDENT)  # last: the base model writes every token it may, so its eval costs the most
+    if not args.no_base:  # last: the base model writes every token it may, so its eval costs the most
+        evaluated(args, 0, STUDENT)
     report(args)
 
 

@@ -53,7 +53,7 @@ def arguments() -> argparse.Namespace:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--sandbox", default="auto")
     ap.add_argument("--backend", choices=("hf", "vllm-serve"), default="hf",
-                    help="how the arms' students generate in the test eval (rollouts always use hf)")
+                    help="how the students generate, in the on-policy rollouts and the test eval")
     ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of: {', '.join(ARMS)}")
     ap.add_argument("--rows", type=Path, default=None, help="default: bench/results/onpolicy-<env>.jsonl")
     ap.add_argument("--report", action="store_true")
@@ -63,6 +63,15 @@ def arguments() -> argparse.Namespace:
     if unknown:
         ap.error(f"unknown arm(s) {', '.join(sorted(unknown))}; known: {', '.join(ARMS)}")
     return args
+
+
+def student_generation(args: argparse.Namespace) -> dict[str, Any]:
+    """How the arms' students generate their rollouts: hf batches every concurrent episode; vllm-serve is a server."""
+    if args.backend == "hf":
+        return {"student_options": {"max_new_tokens": args.new_tokens, "batch_size": args.concurrency}}
+    # a 10-turn game episode outgrows the server's default 4096-token context
+    return {"student_backend": args.backend, "student_options": {"max_new_tokens": args.new_tokens,
+                                                                  "max_model_len": 8192}}
 
 
 def teacher_run(args: argparse.Namespace) -> Path:
@@ -92,7 +101,7 @@ def dagger_arm(args: argparse.Namespace, start: str, aggregate: bool = False) ->
                                 data=[str(teacher_run(args))] if aggregate else [],
                                 beta_schedule="0", tasks=args.tasks, split="train", max_steps=args.max_steps,
                                 temperature=0.0, dev_tasks=0, sandbox=args.sandbox, concurrency=args.concurrency,
-                                student_options={"max_new_tokens": args.new_tokens, "batch_size": args.concurrency},
+                                **student_generation(args),
                                 # the SFT arm's steps: the relabels are the same teacher's turns, packed alike
                                 train_args={"max_steps": steps_for([teacher_run(args)], args.tokens, start)},
                                 resume=out.exists()))
@@ -107,7 +116,7 @@ def reverse_kl_arm(args: argparse.Namespace, start: str) -> str:
                                 out=str(out), mode="reverse-kl", rounds=1, tasks=args.tasks, split="train",
                                 max_steps=args.max_steps, temperature=0.7, dev_tasks=0, sandbox=args.sandbox,
                                 concurrency=args.concurrency,
-                                student_options={"max_new_tokens": args.new_tokens, "batch_size": args.concurrency},
+                                **student_generation(args),
                                 train_args={"max_steps": steps_for([teacher_run(args)], args.tokens, start)},
                                 resume=out.exists()))
     return f"hf:{model.resolve()}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import typer
@@ -34,9 +35,21 @@ def _register_commands() -> None:
 _register_commands()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that cleanup runs: a served model's `vllm serve`, sandboxes, run stores."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def run() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
+    except Terminated:
+        err_console.print("[yellow]terminated[/]")
+        sys.exit(143)
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")
         sys.exit(130)

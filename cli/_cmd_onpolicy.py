@@ -50,6 +50,7 @@ def onpolicy_command(
     route: list[str] = config_option(OnPolicyConfig, "routes"),
     data: list[Path] = config_option(OnPolicyConfig, "data"),
     dev_tasks: int = config_option(OnPolicyConfig, "dev_tasks"),
+    student_backend: str = config_option(OnPolicyConfig, "student_backend"),
     student_option: list[str] = config_option(OnPolicyConfig, "student_options"),
     teacher_option: list[str] = config_option(OnPolicyConfig, "teacher_options"),
     resume: bool = config_option(OnPolicyConfig, "resume"),
@@ -77,7 +78,7 @@ def onpolicy_command(
     cfg = OnPolicyConfig(
         **rollout, student=student, teachers=list(teacher), out=str(out), mode=mode, rounds=rounds,
         beta_schedule=beta_schedule, routes=pairs(route, "--route"), data=[str(d) for d in data], dev_tasks=dev_tasks,
-        student_options=pairs(student_option, "--student-option"),
+        student_backend=student_backend, student_options=pairs(student_option, "--student-option"),
         teacher_options=pairs(teacher_option, "--teacher-option"), train_args=parse_train_args(list(ctx.args)),
         resume=resume)
     with Progress(*episode_columns("onpolicy"), console=console, transient=False) as bar:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -143,6 +144,12 @@ def test_bad_stored_logprobs_and_settings_are_one_line(rollouts, tmp_path):
                        "openai:t@http://127.0.0.1:9/v1", "--env", "math", "--out", tmp_path / "o",
                        "--train-act-kl", "forward"), "--train-act-kl forward", "hf: teacher")
     assert not (tmp_path / "o").exists()
+    one_line_error(cli("onpolicy", "--student", "openai:m@http://127.0.0.1:9/v1", "--teacher", "expert:coder",
+                       "--env", "math", "--out", tmp_path / "o", "--student-backend", "vllm-serve"),
+                   "--student-backend vllm-serve serves a model dir or alias")
+    one_line_error(cli("onpolicy", "--student", f"hf:{student}", "--teacher", "expert:coder", "--env", "math",
+                       "--out", tmp_path / "o", "--student-backend", "ray"), "--student-backend must be one of")
+    assert not (tmp_path / "o").exists()
 
 
 # ---- a real `vllm serve` -------------------------------------------------------------------------
@@ -248,3 +255,35 @@ def _category(traj) -> str:
     from trajdistill.envs import make_env
 
     return next(t.category for t in make_env("math").tasks("train", n=3) if t.id == traj.task_id)
+
+
+def _served_students() -> set[str]:
+    res = subprocess.run(["pgrep", "-f", "vllm.entrypoints.openai.api_server.*--served-model-name student"],
+                         capture_output=True, text=True)
+    return set(res.stdout.split())
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_dagger_round_whose_student_rolls_out_through_vllm_serve(tmp_path):
+    """--student-backend vllm-serve: the student's rollouts come from a real `vllm serve` of its model dir (CPU
+    venv), the expert relabels them, the student trains with hf, and the server is gone when the round ends."""
+    _nsjail()
+    require((VENV / "bin" / "python").exists(), f"vLLM CPU venv missing at {VENV} (run .ci/vllm.sh)")
+    others = _served_students()  # another job's servers (a bench) are not this run's
+    out = tmp_path / "op"
+    res = _cli("onpolicy", "--student", "hf:smollm2-135m", "--student-backend", "vllm-serve", "--teacher",
+               "expert:coder", "--env", "math", "--out", out, "--rounds", "1", "--tasks", "2", "--dev-tasks", "0",
+               "--max-steps", "2", "--concurrency", "2", "--sandbox", "nsjail", "--beta-schedule", "0",
+               "--student-option", "max_new_tokens=24", "--student-option", f"python={VENV / 'bin' / 'python'}",
+               "--student-option", "max_model_len=2048", "--student-option", "kv_cache_gb=1",
+               "--train-max-steps", "1", "--train-batch-size", "1", "--train-max-length", "512")
+    assert res.returncode == 0, res.stderr[-3000:]
+    (r1,) = json.loads((out / "rounds.json").read_text())["rounds"]
+    assert r1["episodes"] == 2 and r1["student_turns"] == r1["turns"] > 0 and r1["labelled"] > 0 and r1["trained"]
+    rollouts = RunStore.open(out / "round-1" / "rollouts").load()
+    assert {t.teacher.spec for t in rollouts} == {"vllm-serve:smollm2-135m"}
+    assert all(t.usage.completion_tokens > 0 for t in rollouts)
+    assert {t.teacher.spec for t in RunStore.open(out / "round-1" / "relabels").load()} == {"expert:coder"}
+    assert (out / "round-1" / "model" / "train_config.yaml").exists()
+    assert _served_students() <= others

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -82,7 +83,7 @@ def test_eval_with_the_vllm_serve_backend_starts_and_stops_its_server(tmp_path):
     """`vllm-serve:` starts a real `vllm serve` from the CPU venv for the run, plays every episode through
     it, and stops it when the run ends."""
     require((VENV / "bin" / "python").exists(), f"vLLM CPU venv missing at {VENV} (run .ci/vllm.sh)")
-    assert not _served_students()
+    others = set(_served_students())  # servers of other jobs on this machine (a bench) are not this run's
     out = tmp_path / "eval"
     res = subprocess.run(
         [sys.executable, "-m", "trajdistill", "eval", "--env", "math", "--split", "test", "--tasks", "3",
@@ -98,4 +99,33 @@ def test_eval_with_the_vllm_serve_backend_starts_and_stops_its_server(tmp_path):
     for row in rows:
         assert row["usage"]["completion_tokens"] > 0
         assert all(m["content"] for m in row["messages"] if m["role"] == "assistant")
-    assert not _served_students()  # the run stopped its server
+    assert set(_served_students()) <= others  # the run stopped its server
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_terminated_eval_stops_its_vllm_server(tmp_path):
+    """SIGTERM to `trajdistill eval` mid-run (a scheduler's kill, a CI timeout) ends it with code 143 and stops
+    the `vllm serve` it started, which runs in a session of its own and would otherwise live on."""
+    require((VENV / "bin" / "python").exists(), f"vLLM CPU venv missing at {VENV} (run .ci/vllm.sh)")
+    others = set(_served_students())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trajdistill", "eval", "--env", "math", "--split", "test", "--tasks", "50",
+         "--max-steps", "2", "--agent", "vllm-serve:smollm2-135m", "--agent-option", "max_model_len=2048",
+         "--agent-option", "kv_cache_gb=1", "--agent-option", f"python={VENV / 'bin' / 'python'}",
+         "--concurrency", "1", "--sandbox", "nsjail", "--out", str(tmp_path / "eval")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 900
+        while not any(f.stat().st_size for f in (tmp_path / "eval").glob("runs/*/trajectories-*.jsonl")):
+            assert proc.poll() is None and time.monotonic() < deadline, "no episode finished"
+            time.sleep(1)  # an episode finished: the server is up and answering
+        assert set(_served_students()) - others
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-2000:]
+    assert "terminated" in err
+    assert set(_served_students()) <= others

@@ -72,6 +72,7 @@ from ._sft import train
 
 CONFIG_FILE = "onpolicy.yaml"
 MODES = ("dagger", "reverse-kl")
+STUDENT_BACKENDS = ("hf", "vllm-serve")  # how the student generates; it trains with hf either way
 SERVED_TEACHERS = ("vllm-serve:", "openai:")  # white-box through vLLM's prompt log-probabilities
 WHITE_BOX = ("hf:", *SERVED_TEACHERS)
 RELABEL_KIND = "relabel"
@@ -137,6 +138,10 @@ class OnPolicyConfig(RolloutConfig):
     dev_tasks: int = config_field(50, "Dev tasks to score each round's student on (0: skip).")
     max_steps: int = rollout_default("max_steps", 10)
     temperature: float = rollout_default("temperature", 0.7)  # the student's; teachers act greedily by default
+    student_backend: str = config_field("hf", "How the student generates its rollouts and dev episodes: hf (in "
+                                              "process) or vllm-serve (each round's model served by `vllm serve` "
+                                              "from the vLLM venv, as the eval backend; faster on CPU and GPU). It "
+                                              "trains with hf either way.")
     student_options: dict[str, Any] = config_field({}, "KEY=VALUE option of the student's backend, e.g. "
                                                        "max_new_tokens=256; repeatable.")
     teacher_options: dict[str, Any] = config_field({}, "KEY=VALUE option of the teachers' backends; repeatable.")
@@ -148,6 +153,12 @@ class OnPolicyConfig(RolloutConfig):
         problems = []
         if self.mode not in MODES:
             problems.append(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.student_backend not in STUDENT_BACKENDS:
+            problems.append(f"--student-backend must be one of {', '.join(STUDENT_BACKENDS)}, "
+                            f"got {self.student_backend!r}")
+        elif self.student_backend != "hf" and ":" in self.student.removeprefix("hf:"):
+            problems.append(f"--student-backend {self.student_backend} serves a model dir or alias; the student "
+                            f"{self.student!r} is another backend's spec")
         elif self.mode == "reverse-kl":
             problems += self.white_box_problems()
         if not self.teachers:
@@ -198,6 +209,12 @@ class OnPolicyConfig(RolloutConfig):
         teacher = {"teacher_logprobs": True} if self.stored_logprobs else {"teacher_model": self.teachers[0][3:]}
         return {**teacher, "kl": "reverse", "ce_weight": 0.0, "kd_weight": 1.0, "kd_temperature": 1.0,
                 "only_success": False, **self.train_args}
+
+    def rollout_spec(self, student: str) -> str:
+        """The spec the student generates through: its own, or the same model served by --student-backend."""
+        if self.student_backend == "hf":
+            return student
+        return f"{self.student_backend}:{student.removeprefix('hf:')}"
 
     def teacher_for(self, task: Task) -> str:
         """The teacher routed to `task`: by its category, else the first teacher."""
@@ -470,19 +487,20 @@ class OnPolicyDistiller(RoundsDir):
                               "they must share one")
         return policy
 
-    async def rollouts(self, round_no: int, student_spec: str, beta: float) -> tuple[list[Trajectory], int]:
+    async def rollouts(self, round_no: int, student: str, beta: float) -> tuple[list[Trajectory], int]:
         """The round's rollouts (and how many episodes errored), going on where a cut-off attempt stopped."""
         c = self.cfg
+        student_spec = c.rollout_spec(student)
         out = self.root / f"round-{round_no}" / "rollouts"
         config = {"command": "onpolicy rollouts", "env": c.env, "env_params": dict(c.env_params), "split": c.split,
                   "round": round_no, "student": student_spec, "teachers": list(c.teachers), "routes": dict(c.routes),
                   "beta": beta, "seed": c.seed, "max_steps": c.max_steps, "temperature": c.temperature,
                   "student_options": dict(c.student_options), "teacher_options": dict(c.teacher_options),
                   "package_version": __version__}
-        student = self.student_policy(student_spec, round_no)
-        acting: Policy | MixedPolicy = student
+        policy = self.student_policy(student_spec, round_no)
+        acting: Policy | MixedPolicy = policy
         if c.mode == "dagger":
-            acting = MixedPolicy(student, self.teachers, c.teacher_for, beta, f"{c.seed}:{round_no}")
+            acting = MixedPolicy(policy, self.teachers, c.teacher_for, beta, f"{c.seed}:{round_no}")
         loop = ReActLoop(self.env, acting, max_steps=c.max_steps)  # type: ignore[arg-type]
         store = RunStore.create(out, config, resume=True)
         try:
@@ -490,7 +508,7 @@ class OnPolicyDistiller(RoundsDir):
             todo = [t for t in self.tasks if (t.id, student_spec) not in finished]
             await self._run_episodes(loop, acting, todo, store, round_no, beta)
         finally:
-            await student.close()
+            await policy.close()
             store.write_stats()
             store.close()
         run = RunStore.open(out)
@@ -568,7 +586,7 @@ class OnPolicyDistiller(RoundsDir):
         c = self.cfg
         if c.dev_tasks == 0:
             return None
-        ec = EvalConfig(env=c.env, agents=[student], split="dev", tasks=c.dev_tasks,
+        ec = EvalConfig(env=c.env, agents=[c.rollout_spec(student)], split="dev", tasks=c.dev_tasks,
                         out=str(self.root / f"round-{round_no}" / "dev"), concurrency=c.concurrency,
                         max_steps=c.max_steps, seed=c.seed, temperature=0.0, sandbox=c.sandbox,
                         env_params=dict(c.env_params),
