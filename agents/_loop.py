@@ -20,7 +20,7 @@ from typing import Any, TypedDict
 from trajdistill.envs import (FINAL_ANSWER, Env, Episode, Observation, Outcome, PolicyRequest, Task, Turn,
                               final_answer_spec)
 from trajdistill.envs._react_text import ParsedAction, ParsedFinal, parse_react
-from trajdistill.trajectories import PARSE_ERROR_TOOL
+from trajdistill.trajectories import PARSE_ERROR_TOOL, cut_off_detail
 
 from ._policy import Policy
 
@@ -211,7 +211,7 @@ class ReActLoop:
             outcome = final.get("outcome")
             if outcome is None:
                 outcome = await episode.finish(None)
-                outcome.detail = f"max steps ({self.max_steps}) reached; " + (outcome.detail or "")
+                outcome.detail = cut_off_detail(self.max_steps, outcome.detail)
             usage = dict(final["usage"], steps=final["steps"])
             return EpisodeResult(final["messages"], outcome, usage, time.monotonic() - start)
         finally:

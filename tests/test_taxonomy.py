@@ -82,3 +82,27 @@ async def test_a_wrong_answer_by_hand_and_a_crashing_program(task):
     assert failure_kind(crash, task.data["answer"]) == "wrong_program"
     counts = failure_counts([(by_hand, task.data["answer"]), (crash, task.data["answer"])])
     assert list(counts) == list(FAILURE_KINDS) and sum(counts.values()) == 2
+
+
+async def test_a_game_that_runs_out_of_turns_is_out_of_turns():
+    """twx:coin has no answer to check outputs against (the game's state decides): a student that looks around
+    until the turn limit ran out of turns; one that answers instead of playing gave a wrong final answer."""
+    env = make_env("twx:coin")
+    task = env.tasks("test", 1)[0]
+    looking = format_action("look first", "act", {"command": "look around"})
+
+    async def play(turns):
+        async with get_provider("none", Limits(timeout_s=5)) as provider, provider.acquire() as sandbox:
+            result = await ReActLoop(env, Scripted(turns), max_steps=3).run(task, sandbox)
+        return to_trajectory(result, task, env, Scripted([]), "none", 0)
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UnsandboxedWarning)
+            looped, answered = await play([looking] * 3), await play([looking, format_final("done", "coin")])
+    finally:
+        await env.close()
+    assert not looped.outcome.success and looped.outcome.final_answer is None
+    assert failure_kind(looped) == "out_of_turns"
+    assert not answered.outcome.success and failure_kind(answered) == "wrong_final_answer"
+    assert failure_counts([(looped, None), (answered, None)])["out_of_turns"] == 1

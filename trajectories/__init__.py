@@ -28,7 +28,8 @@ from ._spans import (SegmentRules, Segmenter, assistant_text, env_segmenter, seg
 from ._report import Report
 from ._store import (RUN_FILE, OutputError, RunError, RunStats, RunStore, TeacherStats, check_output, read_result,
                      setting_difference)
-from ._taxonomy import FAILURE_KINDS, PARSE_ERROR_TOOL, actions, failure_counts, failure_kind
+from ._taxonomy import (FAILURE_KINDS, PARSE_ERROR_TOOL, actions, cut_off_detail, failure_counts, failure_kind,
+                        was_cut_off)
 
 __all__ = [
     "FAILURE_KINDS",
@@ -57,8 +58,10 @@ __all__ = [
     "RunStats",
     "RunStore",
     "actions",
+    "cut_off_detail",
     "failure_counts",
     "failure_kind",
+    "was_cut_off",
     "read_result",
     "SchemaVersionError",
     "SegmentRules",

@@ -6,6 +6,8 @@
     wrong_program         the numbers were copied right, but no call's output held the expected answer
     wrong_final_answer    a call's output held the expected answer (or no answer is known), yet the final
                           answer was wrong or missing
+    out_of_turns          accepted calls, no answer known to check them against (a game, verified by its state),
+                          and the episode hit its turn limit unfinished: a loop or a wander
 
 A small student copies numbers; it cannot compute them. So a number in a tool call that the episode
 never showed is a copying error, told apart from a program that is wrong in its logic.
@@ -20,7 +22,9 @@ from typing import Any, Iterable
 
 from ._schema import Message, Trajectory
 
-FAILURE_KINDS = ("bad_format", "tool_misuse", "numbers_copied_wrong", "wrong_program", "wrong_final_answer")
+FAILURE_KINDS = ("bad_format", "tool_misuse", "numbers_copied_wrong", "wrong_program", "wrong_final_answer",
+                 "out_of_turns")
+_CUT_OFF = "max steps ({}) reached; "  # how an episode cut off at its turn limit begins its outcome detail
 PARSE_ERROR_TOOL = "parse_error"  # the tool-message name the agent loop gives a turn it could not parse
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?")
 _CRASH_SIGNS = ("Traceback (most recent call last)", "[exit code", "[timed out]")  # the sandbox's wording
@@ -54,7 +58,18 @@ def failure_kind(traj: Trajectory, expected: str | None = None) -> str | None:
         shown |= numbers_in(observation.content)
     if stage == 0 and traj.outcome.final_answer is not None:
         return "wrong_final_answer"  # answered without a call (by hand), wrongly
+    if stage >= 2 and expected is None and traj.outcome.final_answer is None and was_cut_off(traj.outcome.detail):
+        return "out_of_turns"
     return FAILURE_KINDS[stage]
+
+
+def cut_off_detail(max_steps: int, detail: str | None) -> str:
+    """The outcome detail of an episode the loop cut off at `max_steps` turns."""
+    return _CUT_OFF.format(max_steps) + (detail or "")
+
+
+def was_cut_off(detail: str | None) -> bool:
+    return (detail or "").startswith(_CUT_OFF.split("{")[0])
 
 
 def _crashed(text: str) -> bool:
