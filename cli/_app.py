@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
 
 import typer
@@ -11,6 +10,7 @@ from rich.markup import escape
 
 from trajdistill.envs import TrajdistillError
 
+from . import _interrupt
 from ._console import err_console
 
 # The command modules and the library load inside each command, so that `trajdistill --help` stays fast.
@@ -35,24 +35,13 @@ def _register_commands() -> None:
 _register_commands()
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that cleanup runs: a served model's `vllm serve`, sandboxes, run stores."""
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise Terminated
-
-
 def run() -> None:
-    signal.signal(signal.SIGTERM, _terminate)
+    _interrupt.install()
     try:
         app()
-    except Terminated:
-        err_console.print("[yellow]terminated[/]")
-        sys.exit(143)
     except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]")
-        sys.exit(130)
+        err_console.print(f"[yellow]{_interrupt.word()}[/]")
+        sys.exit(_interrupt.exit_code())
     except TrajdistillError as e:  # the user's to fix: one line; anything else is a bug and keeps its traceback
         if os.environ.get("TRAJDISTILL_DEBUG"):
             raise

@@ -16,6 +16,7 @@ from trajdistill.agents import EvalConfig
 from trajdistill.agents._policy import option_help
 from trajdistill.trajectories._taxonomy import as_row
 
+from . import _interrupt
 from ._config import ConfigOption, UsageError, config_option, rollout_options
 from ._console import console, err_console
 from ._progress import EpisodeRows, episode_columns
@@ -68,8 +69,8 @@ def eval_cmd(console: Console, cfg) -> int:
         try:
             results = asyncio.run(evaluate_async(cfg, EpisodeRows(bar), mount=mount_skills))
         except KeyboardInterrupt:
-            console.print("[yellow]interrupted[/]: no results.json was written")
-            return 130
+            console.print(f"[yellow]{_interrupt.word()}[/]: no results.json was written")
+            return _interrupt.exit_code()
     results_table(console, results)
     if results.out is not None:
         console.print(f"results written to [bold]{results.out}[/] (results.json, success.png, runs/)")

@@ -12,6 +12,7 @@ from trajdistill.agents import CollectConfig, Collector, resolved_config
 from trajdistill.skills import mount_skills
 from trajdistill.trajectories import RunStore
 
+from . import _interrupt
 from ._console import err_console
 from ._progress import EpisodeRow, episode_columns
 
@@ -26,9 +27,9 @@ def collect_cmd(console: Console, cfg: CollectConfig) -> int:
             bar.update(row.job, total=progress.total, completed=progress.done)
         except KeyboardInterrupt:
             store.close()
-            console.print(f"[yellow]interrupted[/]: finished trajectories are kept in {cfg.out}; "
+            console.print(f"[yellow]{_interrupt.word()}[/]: finished trajectories are kept in {cfg.out}; "
                           "run the same command with --resume to continue")
-            return 130
+            return _interrupt.exit_code()
     store.close()
     summary_table(console, store)
     console.print(f"run written to [bold]{cfg.out}[/] ({progress.done} episodes this time, "

@@ -115,7 +115,7 @@ def test_a_terminated_eval_stops_its_vllm_server(tmp_path):
          "--max-steps", "2", "--agent", "vllm-serve:smollm2-135m", "--agent-option", "max_model_len=2048",
          "--agent-option", "kv_cache_gb=1", "--agent-option", f"python={VENV / 'bin' / 'python'}",
          "--concurrency", "1", "--sandbox", "nsjail", "--out", str(tmp_path / "eval")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
     try:
         deadline = time.monotonic() + 900
         while not any(f.stat().st_size for f in (tmp_path / "eval").glob("runs/*/trajectories-*.jsonl")):
@@ -123,9 +123,9 @@ def test_a_terminated_eval_stops_its_vllm_server(tmp_path):
             time.sleep(1)  # an episode finished: the server is up and answering
         assert set(_served_students()) - others
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
     assert proc.returncode == 143, err[-2000:]
-    assert "terminated" in err
+    assert "terminated: no results.json was written" in out
     assert set(_served_students()) <= others
