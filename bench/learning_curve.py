@@ -7,7 +7,8 @@ tasks (greedy, the same turn limit and generation length). Everything resumes: t
 checkpoints and finished evals are kept, a cut-off eval continues where it stopped. The result rows go
 to bench/results/learning_curve-<env>.jsonl, which is committed, so a later session (on a fresh machine)
 keeps them and trains and evaluates only the budgets still missing. `--report` prints the table for
-bench/RESULTS.md and draws bench/results/learning_curve-<env>.png.
+bench/RESULTS.md and draws bench/results/learning_curve-<env>.png; `--reclassify` first recounts every row's
+failure kinds from the eval runs kept in --out (after the taxonomy gained a kind).
 
     python bench/learning_curve.py [--env math --teacher expert:coder] [--budgets 25000,50000,...]
                                    [--test-tasks 200] [--until-tokens N] [--backend hf|vllm-serve] [--report]
@@ -28,7 +29,8 @@ from _quality import called, steps_for, tool_use
 from trajdistill.agents import CollectConfig, EvalConfig, collect, evaluate
 from trajdistill.agents._eval import slug
 from trajdistill.train import TrainConfig, train
-from trajdistill.trajectories import FAILURE_KINDS, RunStore
+from trajdistill.envs import make_env
+from trajdistill.trajectories import FAILURE_KINDS, RunStore, failure_counts
 
 STUDENT = "smollm2-135m"
 BUDGETS = "25000,50000,100000,200000,400000,800000,1600000"
@@ -53,6 +55,8 @@ def arguments() -> argparse.Namespace:
     ap.add_argument("--rows", type=Path, default=None, help="default: bench/results/learning_curve-<env>.jsonl")
     ap.add_argument("--no-base", action="store_true", help="skip the base model's eval (it costs the most)")
     ap.add_argument("--report", action="store_true", help="only print the tables and draw the plot")
+    ap.add_argument("--reclassify", action="store_true",
+                    help="recount every row's failure kinds from its eval run in --out (after the taxonomy changed)")
     args = ap.parse_args()
     args.out = args.out or Path("bench-out/curve") / slug(args.env)
     args.rows = args.rows or Path(__file__).parent / "results" / f"learning_curve-{slug(args.env)}.jsonl"
@@ -166,9 +170,26 @@ def report(args: argparse.Namespace) -> None:
     print(table(rows))
 
 
+def reclassify(args: argparse.Namespace) -> None:
+    """Each row's failures, counted again with today's taxonomy from the trajectories its eval kept."""
+    env = make_env(args.env)
+    rows = rows_of(args.rows)
+    for row in rows:
+        run = args.out / "eval" / f"tokens-{row['tokens']}" / row["run"]
+        if not run.is_dir():
+            print(f"tokens-{row['tokens']}: no eval run at {run}, kept as it was")
+            continue
+        tasks = {t.id: t for t in env.tasks("test", row["n"])}
+        trajs = RunStore.open(run).load()
+        row["failures"] = failure_counts((t, tasks[t.task_id].data.get("answer")) for t in trajs if t.task_id in tasks)
+    args.rows.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 def main() -> None:
     args = arguments()
-    if args.report:
+    if args.reclassify:
+        reclassify(args)
+    if args.report or args.reclassify:
         report(args)
         return
     run = teacher_run(args)
