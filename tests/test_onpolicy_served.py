@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from conftest import cli, one_line_error, require
 from test_onpolicy import _cli, _nsjail, rollouts_of
+from test_vllm_serve import _served_students
 
 from trajdistill.agents import build_tiny_llama, load_causal_lm
 from trajdistill.envs import ConfigError
@@ -257,12 +257,6 @@ def _category(traj) -> str:
     return next(t.category for t in make_env("math").tasks("train", n=3) if t.id == traj.task_id)
 
 
-def _served_students() -> set[str]:
-    res = subprocess.run(["pgrep", "-f", "vllm.entrypoints.openai.api_server.*--served-model-name student"],
-                         capture_output=True, text=True)
-    return set(res.stdout.split())
-
-
 @pytest.mark.slow
 @pytest.mark.vllm
 def test_dagger_round_whose_student_rolls_out_through_vllm_serve(tmp_path):
@@ -270,7 +264,7 @@ def test_dagger_round_whose_student_rolls_out_through_vllm_serve(tmp_path):
     venv), the expert relabels them, the student trains with hf, and the server is gone when the round ends."""
     _nsjail()
     require((VENV / "bin" / "python").exists(), f"vLLM CPU venv missing at {VENV} (run .ci/vllm.sh)")
-    others = _served_students()  # another job's servers (a bench) are not this run's
+    others = set(_served_students())  # another job's servers (a bench) are not this run's
     out = tmp_path / "op"
     res = _cli("onpolicy", "--student", "hf:smollm2-135m", "--student-backend", "vllm-serve", "--teacher",
                "expert:coder", "--env", "math", "--out", out, "--rounds", "1", "--tasks", "2", "--dev-tasks", "0",
@@ -286,4 +280,4 @@ def test_dagger_round_whose_student_rolls_out_through_vllm_serve(tmp_path):
     assert all(t.usage.completion_tokens > 0 for t in rollouts)
     assert {t.teacher.spec for t in RunStore.open(out / "round-1" / "relabels").load()} == {"expert:coder"}
     assert (out / "round-1" / "model" / "train_config.yaml").exists()
-    assert _served_students() <= others
+    assert set(_served_students()) <= others
