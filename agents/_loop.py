@@ -2,8 +2,9 @@
 
     START -> step (the policy generates, its turn is parsed, the tools run through the env) -> step ... -> END
 
-The graph is compiled once per loop; per-episode objects travel in the run
-config, so the state holds only data. Malformed actions become observations
+Per-episode objects travel in the run config, so the state holds only data. Two engines run the same node and
+routing: `direct` (the default) calls the node in a plain async loop; `langgraph` runs the compiled graph, whose
+own bookkeeping costs ~0.75 ms of CPU a step (bench/RESULTS.md, issue 16). Malformed actions become observations
 and the episode goes on until max steps; a PolicyError ends the episode as
 errored and propagates to the caller, which records it.
 """
@@ -23,6 +24,8 @@ from trajdistill.envs._react_text import ParsedAction, ParsedFinal, parse_react
 from trajdistill.trajectories import PARSE_ERROR_TOOL, cut_off_detail
 
 from ._policy import Policy
+
+LOOP_ENGINES = ("direct", "langgraph")
 
 REACT_INSTRUCTIONS = """You solve the task step by step. Every reply has exactly this form:
 Thought: what you know and what to do next
@@ -113,7 +116,10 @@ class _Ctx:
 class ReActLoop:
     """Runs episodes of one env with one policy. Async; build once, run many episodes concurrently."""
 
-    def __init__(self, env: Env, policy: Policy, *, max_steps: int = 20, sampling: dict[str, Any] | None = None):
+    def __init__(self, env: Env, policy: Policy, *, max_steps: int = 20, sampling: dict[str, Any] | None = None,
+                 engine: str = "direct"):
+        if engine not in LOOP_ENGINES:
+            raise ValueError(f"loop engine must be one of {', '.join(LOOP_ENGINES)}, got {engine!r}")
         self.env = env
         self.policy = policy
         self.max_steps = max_steps
@@ -121,10 +127,18 @@ class ReActLoop:
         self.tools = env.tools()
         self._answer_spec = final_answer_spec()
         self.system = system_prompt(env, policy, self.tools)
-        self.graph = self._build()
+        self.engine = engine
+        self._graph = None
+
+    @property
+    def graph(self):
+        """The compiled LangGraph StateGraph of this loop (to stream, checkpoint or nest it as a subgraph)."""
+        if self._graph is None:
+            self._graph = self._build()
+        return self._graph
 
     def _build(self):
-        # langgraph takes most of a second to import: loaded when a loop is built, not with the package
+        # langgraph takes most of a second to import: loaded when a graph is first asked for, not with the package
         from langgraph.graph import END, START, StateGraph
 
         g = StateGraph(LoopState)
@@ -189,6 +203,16 @@ class ReActLoop:
             return "end"
         return "step"
 
+    async def _drive(self, state: LoopState, config: dict[str, Any]) -> LoopState:
+        """The graph's run: its one node until its router says end; a node's update merges like LangGraph's
+        last-value channels."""
+        if self.engine == "langgraph":
+            return await self.graph.ainvoke(state, {**config, "recursion_limit": self.max_steps + 5})
+        while True:
+            state = {**state, **await self._step_node(state, config)}
+            if self._route(state) == "end":
+                return state
+
     async def run(self, task: Task, sandbox: Any = None) -> EpisodeResult:
         """Run one episode to a final answer, the env's done signal, or max steps."""
         start = time.monotonic()
@@ -206,8 +230,7 @@ class ReActLoop:
             # privileged hints can be costly to work out (twx samples gold paths): only for policies that read them
             hints = await asyncio.to_thread(episode.hints) if getattr(self.policy, "uses_hints", False) else {}
             ctx = _Ctx(episode, task, hints, tools)
-            final = await self.graph.ainvoke(
-                state, {"configurable": {"ctx": ctx}, "recursion_limit": self.max_steps + 5})
+            final = await self._drive(state, {"configurable": {"ctx": ctx}})
             outcome = final.get("outcome")
             if outcome is None:
                 outcome = await episode.finish(None)

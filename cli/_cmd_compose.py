@@ -83,7 +83,7 @@ def report_table(console: Console, report) -> None:
 
 
 @rollout_options(SelfDistillConfig, "env", "tasks", "max_steps", "concurrency", "seed", "temperature", "sandbox",
-                 "env_params", "executor", "ray_address", "ray_workers")
+                 "env_params", "executor", "ray_address", "ray_workers", "loop")
 def self_distill_command(
     ctx: typer.Context,
     student: str = config_option(SelfDistillConfig, "student"),

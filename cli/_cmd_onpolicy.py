@@ -38,7 +38,7 @@ def pairs(items: list[str], flag: str) -> dict[str, str]:
 
 
 @rollout_options(OnPolicyConfig, "env", "tasks", "max_steps", "concurrency", "seed", "temperature", "sandbox",
-                 "env_params")
+                 "env_params", "loop")
 def onpolicy_command(
     ctx: typer.Context,
     student: str = config_option(OnPolicyConfig, "student"),

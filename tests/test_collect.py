@@ -206,3 +206,17 @@ def test_a_reported_trajectory_is_on_disk_and_concurrent_finishes_share_fsyncs(t
     assert unsynced_reports == []
     assert len(shard_syncs) == store.syncs
     assert 1 <= store.syncs < 24  # trajectories that finished together shared an fsync
+
+
+def test_the_loop_engine_is_how_a_run_steps_not_what_it_holds(tmp_path):
+    from trajdistill.envs import ConfigError
+
+    base = dict(env="twx:coin", teachers=["expert:gold"], split="train", sandbox="none")
+    collect(CollectConfig(**base, tasks=3, out=str(tmp_path / "run"), loop="langgraph"))
+    collect(CollectConfig(**base, tasks=6, out=str(tmp_path / "run"), loop="direct", resume=True))
+    collect(CollectConfig(**base, tasks=6, out=str(tmp_path / "direct")))
+    mixed = {t.task_id: t.messages for t in RunStore.open(tmp_path / "run").load()}
+    direct = {t.task_id: t.messages for t in RunStore.open(tmp_path / "direct").load()}
+    assert len(mixed) == 6 and mixed == direct  # the engines play the same games turn for turn
+    with pytest.raises(ConfigError, match="--loop must be one of direct, langgraph, got 'fast'"):
+        CollectConfig(**base, out=str(tmp_path / "x"), loop="fast")

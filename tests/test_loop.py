@@ -61,10 +61,10 @@ class Scripted:
         pass
 
 
-async def run(turns, max_steps=5, action_format="react"):
+async def run(turns, max_steps=5, action_format="react", engine="direct"):
     env = AddEnv()
     policy = Scripted(turns, action_format)
-    result = await ReActLoop(env, policy, max_steps=max_steps).run(env.tasks("train", 2)[1])
+    result = await ReActLoop(env, policy, max_steps=max_steps, engine=engine).run(env.tasks("train", 2)[1])
     return result, policy
 
 
@@ -130,3 +130,30 @@ async def test_policy_error_propagates_to_the_caller():
     env = AddEnv()
     with pytest.raises(PolicyError, match="endpoint down"):
         await ReActLoop(env, Failing([])).run(env.tasks("train", 1)[0])
+
+
+ENGINE_CASES = {
+    "action then answer": ([format_action("add them", "add", {"a": 1, "b": 1}), format_final("done", "2")], 5),
+    "bad action, then a wrong answer": (["no action here", format_action("t", "add", {"a": 1, "b": 2}),
+                                        format_final("done", "3")], 5),
+    "cut off at max steps": ([format_action("again", "add", {"a": 1, "b": 1})] * 3, 3),
+}
+
+
+@pytest.mark.parametrize("case", ENGINE_CASES)
+async def test_the_direct_engine_runs_the_same_episode_as_the_langgraph_graph(case):
+    turns, max_steps = ENGINE_CASES[case]
+    direct, direct_policy = await run(list(turns), max_steps=max_steps, engine="direct")
+    graph, graph_policy = await run(list(turns), max_steps=max_steps, engine="langgraph")
+    assert direct.messages == graph.messages
+    assert direct.outcome == graph.outcome and direct.usage == graph.usage
+    assert [r.messages for r in direct_policy.seen] == [r.messages for r in graph_policy.seen]
+
+
+def test_the_loop_still_is_a_compiled_langgraph_graph_and_an_unknown_engine_is_refused():
+    from langgraph.graph.state import CompiledStateGraph
+
+    loop = ReActLoop(AddEnv(), Scripted([]))
+    assert isinstance(loop.graph, CompiledStateGraph) and "step" in loop.graph.nodes
+    with pytest.raises(ValueError, match="loop engine must be one of direct, langgraph, got 'fast'"):
+        ReActLoop(AddEnv(), Scripted([]), engine="fast")
