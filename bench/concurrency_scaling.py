@@ -150,6 +150,9 @@ def main() -> None:
     ap.add_argument("--against", metavar="PYTHON", help="compare with the OpenAIPolicy of another install")
     ap.add_argument("--json", action="store_true", help="print the raw (wall, cpu) rows")
     args = ap.parse_args()
+    unknown = set(args.variants.split(",")) - set(VARIANTS)
+    if unknown:
+        ap.error(f"unknown variant(s) {', '.join(sorted(unknown))}; known: {', '.join(VARIANTS)}")
     if args.against:
         print(json.dumps({"latency_ms": args.latency_ms, "calls": args.calls, **against(args.against, args)},
                          indent=2))
