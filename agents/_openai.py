@@ -32,6 +32,9 @@ _URL = re.compile(r"^(.+?)@(https?://\S+)$")
 _THINK = re.compile(r"^\s*<think>(.*?)</think>", re.DOTALL)
 _RETRY_STATUS = {408, 429}
 MAX_BACKOFF_S = 30.0
+# connections per httpx2 client: its pool rescans every connection several times per request, so one pool of
+# 32 costs more CPU than 8 pools of 4 taken in turn (bench/RESULTS.md, "concurrency scaling")
+POOL_CONNECTIONS = 4
 T = TypeVar("T")
 
 
@@ -105,7 +108,9 @@ class OpenAIPolicy:
         self.max_retries, self.timeout_s, self.backoff_s = o.max_retries, o.timeout_s, o.backoff_s
         self.concurrency = o.concurrency
         self._api_key = o.api_key or os.environ.get(o.api_key_env) or "EMPTY"
-        self._per_loop: dict[Any, tuple[httpx2.AsyncClient, asyncio.Semaphore]] = {}
+        self._per_loop: dict[Any, tuple[list[httpx2.AsyncClient], asyncio.Semaphore]] = {}
+        self._turn = 0
+        self._urls: dict[str, httpx2.URL] = {}
 
     def sampling(self) -> dict[str, Any]:
         out: dict[str, Any] = {"temperature": self.temperature, "max_tokens": self.max_tokens}
@@ -117,12 +122,17 @@ class OpenAIPolicy:
         # httpx connections belong to one event loop; a sync caller may run several loops in turn
         loop = asyncio.get_running_loop()
         if loop not in self._per_loop:
-            client = httpx2.AsyncClient(
-                base_url=self.base_url + "/", timeout=self.timeout_s, trust_env=False,
-                headers={"Authorization": f"Bearer {self._api_key}", "Content-Type": "application/json"},
-                limits=httpx2.Limits(max_connections=None, max_keepalive_connections=2 * self.concurrency))
-            self._per_loop[loop] = (client, asyncio.Semaphore(self.concurrency))
-        return self._per_loop[loop]
+            pools = -(-self.concurrency // POOL_CONNECTIONS)
+            self._per_loop[loop] = ([self._new_client() for _ in range(pools)], asyncio.Semaphore(self.concurrency))
+        clients, slots = self._per_loop[loop]
+        self._turn += 1
+        return clients[self._turn % len(clients)], slots
+
+    def _new_client(self) -> httpx2.AsyncClient:
+        return httpx2.AsyncClient(
+            base_url=self.base_url + "/", timeout=self.timeout_s, trust_env=False,
+            headers={"Authorization": f"Bearer {self._api_key}", "Content-Type": "application/json"},
+            limits=httpx2.Limits(max_connections=None, max_keepalive_connections=2 * POOL_CONNECTIONS))
 
     async def __call__(self, request: PolicyRequest) -> Turn:
         start = time.monotonic()
@@ -172,7 +182,7 @@ class OpenAIPolicy:
     async def _create(self, client: httpx2.AsyncClient, path: str, body: bytes) -> Any:
         """One POST of `body`: the parsed JSON of a 2xx reply, else _Retryable or PolicyError."""
         try:
-            resp = await client.post(path, content=body)
+            resp = await client.post(self._url(path), content=body)
         except httpx2.TimeoutException:
             raise _Retryable(f"timed out after {self.timeout_s:g} s") from None
         except httpx2.TransportError as err:  # refused, reset, closed mid-reply
@@ -187,6 +197,12 @@ class OpenAIPolicy:
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise _Retryable(f"malformed response: {_one_line(err)}") from None
 
+    def _url(self, path: str) -> httpx2.URL:
+        # an absolute URL object: the client skips parsing and joining a relative one on every request (~45 us)
+        if path not in self._urls:
+            self._urls[path] = httpx2.URL(f"{self.base_url}/{path}")
+        return self._urls[path]
+
     def _backoff(self, attempt: int, wait_s: float | None) -> float:
         if wait_s is not None:
             return min(wait_s, MAX_BACKOFF_S)
@@ -195,9 +211,10 @@ class OpenAIPolicy:
 
     async def close(self) -> None:
         clients, self._per_loop = list(self._per_loop.items()), {}
-        for loop, (client, _) in clients:
+        for loop, (pool, _) in clients:
             if loop is asyncio.get_running_loop():
-                await client.aclose()
+                for client in pool:
+                    await client.aclose()
 
 
 def _turn(resp: Any) -> Turn:
