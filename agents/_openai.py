@@ -1,7 +1,7 @@
 """`openai:<model>@<base_url>`: any OpenAI-compatible chat-completions server (`vllm serve` first of all).
 
-Requests go out as plain JSON over one `httpx2.AsyncClient` per event loop, whose connection pool every
-episode shares: the openai SDK's request transforms and pydantic response models cost about a third of
+Requests go out as plain JSON over `httpx2.AsyncClient`s of 4 connections each, per event loop, which every
+episode shares in turn: the openai SDK's request transforms and pydantic response models cost about a third of
 the client's CPU per call, on the one event loop all concurrent episodes share (bench/RESULTS.md,
 "concurrency scaling").
 
