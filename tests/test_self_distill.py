@@ -199,7 +199,8 @@ def test_a_cut_off_self_distillation_resumes_without_losing_or_repeating_episode
         with pytest.raises(ValueError, match="settings differ .*temperature"):
             self_distill(_tiny_cfg(tmp_path, coder_compose, resume=True, temperature=0.5))
 
-        first = self_distill(_tiny_cfg(tmp_path, coder_compose, resume=True))
+        # the loop engine is how episodes step, not a setting of the run: a resume may change it
+        first = self_distill(_tiny_cfg(tmp_path, coder_compose, resume=True, loop="langgraph"))
         (r1,) = first.rounds
         tasks = _episodes(round1 / "samples-0")
         assert len(set(tasks)) == 3  # every task sampled once per sample run: nothing lost, nothing run twice

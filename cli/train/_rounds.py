@@ -19,7 +19,7 @@ ROUNDS_FILE = "rounds.json"
 TRAIN_PREFIX = "--train-"
 # how to run, not what: left out of the stored settings, so a resume may change them
 UNSTORED = frozenset({"resume", "skills", "preload_skills", "skills_top_k", "trust", "allow_unsigned", "executor",
-                      "ray_address", "ray_workers"})
+                      "ray_address", "ray_workers", "loop"})
 
 
 def local_model(spec: str) -> list[str]:
