@@ -68,7 +68,9 @@ DEFAULT_PARAMS: dict[str, str] = {
     "peckingorder": "",
 }
 FOLDS = {"train": "train", "dev": "dev", "test": "test"}
-POOL_SIZE = 8
+# games (one JVM each, ~80 MB) in play at once per event loop: a bound, not a target. `--concurrency` sets how many
+# episodes play; a pool of 8 used to hold a 16-way eval to 8 games, and a served student to batches of 8.
+POOL_SIZE = 32
 STEP_LIMIT = 100
 MAX_LISTED_ACTIONS = 60
 GOLD_TRIES = 4
