@@ -72,6 +72,28 @@ async def test_gold_expert_through_react_loop(coin):
     assert [r.outcome.success for r in results] == [True, True]
 
 
+async def test_sixteen_concurrent_episodes_play_sixteen_games_at_once():
+    from trajdistill.agents import ReActLoop, make_policy
+
+    env = make_env("twx:coin")
+    gold = make_policy("expert:gold", env=env)
+
+    class Slow:  # the gold expert, slow enough that every episode has started before the first one ends
+        spec, action_format, uses_hints = gold.spec, gold.action_format, True
+
+        async def __call__(self, request):
+            await asyncio.sleep(0.2)
+            return await gold(request)
+
+    try:
+        loop = ReActLoop(env, Slow(), max_steps=30)
+        results = await asyncio.gather(*(loop.run(t) for t in env.tasks("train", 16)))
+        assert all(r.outcome.success for r in results)
+        assert len(env._pool._all) == 16  # a game each; a pool capped below 16 makes some wait and reuse one
+    finally:
+        await env.close()
+
+
 def test_splits_deterministic_and_disjoint(coin):
     assert coin.split_sizes() == {"train": 1000, "dev": 1000, "test": 1000}
     first = coin.tasks("train", n=5)
