@@ -3,7 +3,8 @@
 vLLM's CPU build lives in a venv of its own (its torch differs from ours), so it runs as a server, not in
 this process. The server starts on the first request (so a run that needs no turn starts none), with prefix
 caching on (the system prompt and tool list are computed once); a PEFT adapter dir is served as a LoRA on
-its base model. `close` stops it; so does the end of this process. On an idle 2-core machine it played
+its base model. `close` stops it; so does the end of this process, however it ends: a guard process between us
+and the server stops the server when we are gone, even by SIGKILL. On an idle 2-core machine it played
 200 `math` episodes of the distilled 135M student in 127 s against 193 s for `hf:` in bf16, after a 90 s
 start-up (bench/RESULTS.md).
 """
@@ -34,6 +35,22 @@ from ._options import OpenAIOptions, VLLMServeOptions
 from ._policy import PolicyError
 
 SERVED_NAME = "student"
+# Runs `argv[2:]` as its child and waits for it; when the process `argv[1]` is gone (our ppid changes), it stops
+# its whole process group. It ignores SIGTERM, which `_kill` sends the group, so it outlives the server it waits on.
+GUARD = """\
+import os, signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+child = subprocess.Popen(sys.argv[2:], preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+while child.poll() is None:
+    if os.getppid() != int(sys.argv[1]):
+        os.killpg(0, signal.SIGTERM)
+        try:
+            child.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(0, signal.SIGKILL)
+    time.sleep(0.5)
+sys.exit(128 - child.returncode if child.returncode < 0 else child.returncode)  # the shell's 128+N for signal N
+"""
 FIX = "point python= at a venv with vLLM (or set TRAJDISTILL_VLLM_VENV; .ci/vllm.sh builds the CPU one)"
 
 
@@ -73,7 +90,8 @@ class Server:
         self.base_url = f"http://127.0.0.1:{port}/v1"
         self.log = Path(tempfile.mkstemp(prefix="vllm-serve-", suffix=".log")[1])
         with open(self.log, "wb") as fh:
-            self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            self.proc = subprocess.Popen(guarded(cmd), stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                         start_new_session=True)
         self._finalizer = weakref.finalize(self, _kill, self.proc)
         self._wait(startup_timeout_s)
 
@@ -91,6 +109,11 @@ class Server:
 
     def stop(self) -> None:
         self._finalizer()
+
+
+def guarded(cmd: list[str]) -> list[str]:
+    """`cmd` run under GUARD by the same python: started in a session of its own, it ends when this process does."""
+    return [cmd[0], "-c", GUARD, str(os.getpid()), *cmd]
 
 
 def _kill(proc: subprocess.Popen) -> None:
