@@ -515,7 +515,12 @@ class TwxEnv(Env):
         return episode
 
     def experts(self) -> dict[str, Callable[[], Any]]:
-        return {"gold": lambda: gold_expert}
+        """`gold` plays the gold path (privileged: it knows where the goal is); `explorer`, where the game has a
+        planner, acts only on what the observations showed, and says in its thought what it knows."""
+        out: dict[str, Callable[[], Any]] = {"gold": lambda: gold_expert}
+        if self.variant in REPLANNERS:
+            out["explorer"] = lambda: REPLANNERS[self.variant]
+        return out
 
     async def close(self) -> None:
         await asyncio.to_thread(self._pool.close)

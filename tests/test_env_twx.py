@@ -72,6 +72,20 @@ async def test_gold_expert_through_react_loop(coin):
     assert [r.outcome.success for r in results] == [True, True]
 
 
+async def test_the_coin_explorer_wins_from_what_it_saw_and_says_what_it_knows(coin):
+    from trajdistill.agents import ReActLoop, make_policy
+
+    explorer = make_policy("expert:explorer", env=coin)
+    explorer.uses_hints = False  # it must win without the gold path
+    results = [await ReActLoop(coin, explorer, max_steps=10).run(t) for t in coin.tasks("dev", n=12)]
+    assert all(r.outcome.success for r in results)
+    thoughts = [m["content"] for r in results for m in r.messages if m["role"] == "assistant"]
+    moves = [t for t in thoughts if '"move ' in t]
+    assert moves and all("I am in the " in t and "I have not explored" in t for t in moves)
+    with pytest.raises(UnknownNameError, match="no expert 'explorer'; known: gold"):
+        make_policy("expert:explorer", env=make_env("twx:twc"))
+
+
 async def test_sixteen_concurrent_episodes_play_sixteen_games_at_once():
     from trajdistill.agents import ReActLoop, make_policy
 
