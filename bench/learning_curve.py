@@ -152,7 +152,8 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.plot(x, [r["tool_call_rate"] for r in rows], "^:", label="tool-call rate")
     ax.set_xscale("log")
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel("training tokens (leftmost point: the base model)")
+    base = " (leftmost point: the base model)" if rows and rows[0]["tokens"] == 0 else ""
+    ax.set_xlabel(f"training tokens{base}")
     ax.set_ylabel("rate on held-out test tasks")
     ax.set_title(title)
     ax.legend(fontsize=8)
