@@ -173,7 +173,8 @@ class Collector:
         given = policies or {}
         self.policies = {spec: given[spec] if spec in given else make_policy(spec, env=self.env, **options[spec])
                          for spec in cfg.teachers}
-        self.loops = {spec: ReActLoop(self.env, p, max_steps=cfg.max_steps, engine=cfg.loop) for spec, p in self.policies.items()}
+        self.loops = {spec: ReActLoop(self.env, p, max_steps=cfg.max_steps, engine=cfg.loop)
+                      for spec, p in self.policies.items()}
         self.provider: SandboxProvider | None = None
 
     def pairs(self, finished: set[tuple[str, str]]) -> list[tuple[Task, str]]:

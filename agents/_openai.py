@@ -109,7 +109,7 @@ class OpenAIPolicy:
         self.concurrency = o.concurrency
         self._api_key = o.api_key or os.environ.get(o.api_key_env) or "EMPTY"
         self._per_loop: dict[Any, tuple[list[httpx2.AsyncClient], asyncio.Semaphore]] = {}
-        self._turn = 0
+        self._calls = 0  # which of the loop's clients the next call takes
         self._urls: dict[str, httpx2.URL] = {}
 
     def sampling(self) -> dict[str, Any]:
@@ -125,8 +125,8 @@ class OpenAIPolicy:
             pools = -(-self.concurrency // POOL_CONNECTIONS)
             self._per_loop[loop] = ([self._new_client() for _ in range(pools)], asyncio.Semaphore(self.concurrency))
         clients, slots = self._per_loop[loop]
-        self._turn += 1
-        return clients[self._turn % len(clients)], slots
+        self._calls += 1
+        return clients[self._calls % len(clients)], slots
 
     def _new_client(self) -> httpx2.AsyncClient:
         return httpx2.AsyncClient(

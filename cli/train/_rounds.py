@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import yaml
 
+from trajdistill.agents import INVOCATION_KEYS
 from trajdistill.envs import ConfigError
 from trajdistill.trajectories import OutputError, check_output, setting_difference
 
@@ -18,8 +19,7 @@ from ._config import TrainConfig, student_problems
 ROUNDS_FILE = "rounds.json"
 TRAIN_PREFIX = "--train-"
 # how to run, not what: left out of the stored settings, so a resume may change them
-UNSTORED = frozenset({"resume", "skills", "preload_skills", "skills_top_k", "trust", "allow_unsigned", "executor",
-                      "ray_address", "ray_workers", "loop"})
+UNSTORED = frozenset({"resume", "skills", "preload_skills", "skills_top_k"}) | INVOCATION_KEYS
 
 
 def local_model(spec: str) -> list[str]:
