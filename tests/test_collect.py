@@ -63,9 +63,9 @@ def test_shards_partition_the_tasks():
 
 
 def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path):
-    out = tmp_path / "run"
+    out, tasks = tmp_path / "run", 1000  # enough that the signal lands mid-run: the expert plays ~35 tasks/s
     cmd = [sys.executable, "-m", "trajdistill", "collect", "--env", "math", "--teacher", "expert:coder",
-           "--tasks", "150", "--concurrency", "4", "--sandbox", "none", "--out", str(out)]
+           "--tasks", str(tasks), "--concurrency", "4", "--sandbox", "none", "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(_raw_lines(out)) < 15:
@@ -73,22 +73,22 @@ def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = len(_raw_lines(out))
-    assert 15 <= before < 150, "the kill must land mid-run"
+    assert 15 <= before < tasks, "the kill must land mid-run"
     subprocess.run(cmd + ["--resume"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # not even a torn line: every line must parse
         trajs = RunStore.open(out).load()
     ids = Counter(t.task_id for t in trajs)
-    assert len(ids) == 150 and set(ids.values()) == {1}
-    assert len(_raw_lines(out)) == 150
+    assert len(ids) == tasks and set(ids.values()) == {1}
+    assert len(_raw_lines(out)) == tasks
 
 
 def test_sigterm_mid_run_exits_143_and_resume_completes_the_run(tmp_path):
     """SIGTERM (a scheduler's stop) unwinds like Ctrl-C: exit 143, one "terminated" line naming --resume, every
     trajectory it reported kept, and --resume finishes the rest with no duplicate."""
-    out = tmp_path / "run"
+    out, tasks = tmp_path / "run", 1000  # enough that the signal lands mid-run: the expert plays ~35 tasks/s
     cmd = [sys.executable, "-m", "trajdistill", "collect", "--env", "math", "--teacher", "expert:coder",
-           "--tasks", "150", "--concurrency", "4", "--sandbox", "none", "--out", str(out)]
+           "--tasks", str(tasks), "--concurrency", "4", "--sandbox", "none", "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             env={**os.environ, "COLUMNS": "200"})
     deadline = time.monotonic() + 120
@@ -99,10 +99,10 @@ def test_sigterm_mid_run_exits_143_and_resume_completes_the_run(tmp_path):
     assert proc.returncode == 143, stdout[-2000:]
     assert "terminated: finished trajectories are kept" in stdout and "--resume" in stdout
     before = len(_raw_lines(out))
-    assert 15 <= before < 150, "the signal must land mid-run"
+    assert 15 <= before < tasks, "the signal must land mid-run"
     subprocess.run(cmd + ["--resume"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ids = Counter(t.task_id for t in RunStore.open(out).load())
-    assert len(ids) == 150 and set(ids.values()) == {1}
+    assert len(ids) == tasks and set(ids.values()) == {1}
 
 
 def _raw_lines(run: Path) -> list[str]:
