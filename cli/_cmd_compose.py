@@ -14,6 +14,7 @@ from rich.table import Table
 from trajdistill.train import SelfDistillConfig
 from trajdistill.trajectories import ComposeConfig, compose_strategies
 
+from . import _interrupt
 from ._config import ConfigOption, config_argument, config_option, rollout_options
 from ._console import console, err_console
 from ._progress import EpisodeRows, episode_columns
@@ -101,7 +102,7 @@ def self_distill_command(
 
     Trainer settings take a --train- prefix on the names of `trajdistill train`, e.g.
     `--train-max-steps 50 --train-lora-r 8 --train-curriculum none`."""
-    from trajdistill.train import parse_train_args, self_distill
+    from trajdistill.train import parse_train_args, self_distill_async
 
     cfg = SelfDistillConfig(
         **rollout, student=student, samples=samples, out=str(out), rounds=rounds,
@@ -114,7 +115,7 @@ def self_distill_command(
             bar.console.print(f"round {s.round}: kept {s.kept}/{s.sampled} samples, buffer {s.buffer_size}, "
                               f"dev success {dev}")
 
-        result = self_distill(cfg, EpisodeRows(bar), on_round)
+        result = _interrupt.run(self_distill_async(cfg, EpisodeRows(bar), on_round))
     rounds_table(console, result)
     console.print(f"rounds written to [bold]{out}[/] (rounds.json); final student: {result.final_student}")
 

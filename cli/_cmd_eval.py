@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Optional
 
@@ -67,7 +66,7 @@ def eval_cmd(console: Console, cfg) -> int:
 
     with Progress(*episode_columns("eval"), console=console, transient=False) as bar:
         try:
-            results = asyncio.run(evaluate_async(cfg, EpisodeRows(bar), mount=mount_skills))
+            results = _interrupt.run(evaluate_async(cfg, EpisodeRows(bar), mount=mount_skills))
         except KeyboardInterrupt:
             console.print(f"[yellow]{_interrupt.word()}[/]: no results.json was written")
             return _interrupt.exit_code()

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from trajdistill.train import OnPolicyConfig
 
+from . import _interrupt
 from ._config import ConfigOption, UsageError, config_option, rollout_options
 from ._console import console
 from ._progress import EpisodeRows, episode_columns
@@ -73,7 +74,7 @@ def onpolicy_command(
 
     Trainer settings take a --train- prefix on the names of `trajdistill train`, e.g.
     `--train-max-steps 50 --train-curriculum none`; only_success is off unless --train-only-success."""
-    from trajdistill.train import onpolicy, parse_train_args
+    from trajdistill.train import onpolicy_async, parse_train_args
 
     cfg = OnPolicyConfig(
         **rollout, student=student, teachers=list(teacher), out=str(out), mode=mode, rounds=rounds,
@@ -93,7 +94,7 @@ def onpolicy_command(
             bar.console.print(f"round {s.round} (beta {s.beta:g}): {s.labelled} turns relabelled, "
                               f"{s.relabel_failures} relabel failures, dev success {dev}")
 
-        result = onpolicy(cfg, EpisodeRows(bar), on_round)
+        result = _interrupt.run(onpolicy_async(cfg, EpisodeRows(bar), on_round))
     rounds_table(console, result, cfg.mode)
     console.print(f"rounds written to [bold]{out}[/] (rounds.json); final student: {result.final_student}")
 

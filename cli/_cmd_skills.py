@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any, Optional
@@ -15,6 +14,7 @@ from rich.table import Table
 from trajdistill.agents import RolloutConfig
 from trajdistill.skills import MineConfig, miners
 
+from . import _interrupt
 from ._config import AllowUnsignedOption, ConfigOption, TrustOption, config_argument, config_option, rollout_options
 from ._console import console
 
@@ -55,7 +55,7 @@ def mine_cmd(
         def listener(stage: str, done: int, total: int) -> None:
             bar.update(job, description=stage, completed=done, total=total)
 
-        result = asyncio.run(mine_async(cfg, listener=listener))
+        result = _interrupt.run(mine_async(cfg, listener=listener))
     console.print(f"box written to [bold]{out}[/]: {result.summary()}", highlight=False)
     if not result.check.ok:
         bad = [f"{n} ({r.first_failure})" for n, r in result.check.tools.items() if r.failed]
@@ -79,7 +79,7 @@ def inspect_cmd(box: Path = typer.Argument(..., help="Skill box directory."),
     if check:
         from trajdistill.skills import check_box_async
 
-        fresh = asyncio.run(check_box_async(loaded, sandbox=sandbox, record=False))
+        fresh = _interrupt.run(check_box_async(loaded, sandbox=sandbox, record=False))
     show_box(console, loaded, fresh.doc() if fresh is not None else None)
 
 
@@ -96,7 +96,7 @@ def sign_cmd(box: Path = typer.Argument(..., help="Skill box directory."),
 
     signer = load_private_key(key) if key else local_key()
     loaded = SkillBox.load(box)  # the files must match their hashes; the old signature does not matter
-    result = asyncio.run(check_box_async(loaded, sandbox=sandbox))
+    result = _interrupt.run(check_box_async(loaded, sandbox=sandbox))
     kid = loaded.sign(signer)
     console.print(f"signed {box} by {kid}; self-check {'passed' if result.ok else 'FAILED'}; "
                   f"manifest digest {loaded.digest}", highlight=False, soft_wrap=True)
@@ -242,7 +242,7 @@ def validate_cmd(console, cfg) -> int:
     from ._progress import EpisodeRows, episode_columns
 
     with Progress(*episode_columns("validate"), console=console, transient=False) as bar:
-        section = asyncio.run(validate_async(cfg, EpisodeRows(bar)))
+        section = _interrupt.run(validate_async(cfg, EpisodeRows(bar)))
     validation_table(console, section)
     return 0
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 
 from rich.console import Console
 from rich.progress import Progress
@@ -23,7 +22,7 @@ def collect_cmd(console: Console, cfg: CollectConfig) -> int:
     with Progress(*episode_columns("collect"), console=console, transient=False) as bar:
         row = EpisodeRow(bar, f"{cfg.env} x {len(cfg.teachers)} teacher(s)")
         try:
-            progress = asyncio.run(collector.run(store, row))
+            progress = _interrupt.run(collector.run(store, row))
             bar.update(row.job, total=progress.total, completed=progress.done)
         except KeyboardInterrupt:
             store.close()

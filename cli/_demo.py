@@ -8,7 +8,6 @@ Each finished stage writes `stages/<name>.json`; a rerun skips those, so an inte
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import sys
@@ -19,6 +18,8 @@ from typing import Any, Callable
 
 from rich.console import Console
 from rich.table import Table
+
+from . import _interrupt
 
 STUDENT = "hf:smollm2-135m"
 TEACHERS = ("expert:reasoner", "expert:coder")
@@ -159,7 +160,7 @@ class Demo:
         return {"line": line, "validation": section.doc()}
 
     def serve(self) -> dict[str, Any]:
-        tools = asyncio.run(_list_served_tools(self.path("box"), self.sandbox))
+        tools = _interrupt.run(_list_served_tools(self.path("box"), self.sandbox))
         return {"line": f"served over MCP (stdio): {len(tools)} tools: {', '.join(tools[:6])}"
                         f"{' ...' if len(tools) > 6 else ''}", "tools": tools}
 

@@ -3,7 +3,12 @@ command started, sandboxes, run stores); the exit code and the word say which on
 
 from __future__ import annotations
 
+import asyncio
 import signal
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 _received: list[int] = []  # SIGTERM, once it came (asyncio may re-raise it as a plain KeyboardInterrupt)
 
@@ -15,6 +20,32 @@ def _terminate(signum: int, frame: object) -> None:
 
 def install() -> None:
     signal.signal(signal.SIGTERM, _terminate)
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run(coro), where SIGTERM also cancels the main task, as asyncio.run does for Ctrl-C. The
+    KeyboardInterrupt that the handler raises at whatever line runs is lost when that line is a finalizer's, and
+    the run would go on to its end; the cancel, made by the event loop, is not lost."""
+
+    async def main() -> T:
+        loop, task = asyncio.get_running_loop(), asyncio.current_task()
+
+        def terminate(signum: int, frame: object) -> None:
+            loop.call_soon_threadsafe(task.cancel)
+            _terminate(signum, frame)
+
+        previous = signal.signal(signal.SIGTERM, terminate)
+        try:
+            return await coro
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    try:
+        return asyncio.run(main())
+    except asyncio.CancelledError:
+        if _received:
+            raise KeyboardInterrupt from None
+        raise
 
 
 def exit_code() -> int:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 
 from rich.console import Console
 from rich.table import Table
 
 from trajdistill.envs.sandbox import Limits, get_provider, self_check
+
+from . import _interrupt
 
 
 def run_one(console: Console, backend: str, argv: list[str], timeout: float, memory_mb: int) -> int:
@@ -16,7 +17,7 @@ def run_one(console: Console, backend: str, argv: list[str], timeout: float, mem
             async with provider.acquire() as sb:
                 return await sb.exec(argv)
 
-    res = asyncio.run(go())
+    res = _interrupt.run(go())
     if res.stdout:
         console.out(res.stdout, end="" if res.stdout.endswith("\n") else "\n", highlight=False)
     if res.stderr:
@@ -30,7 +31,7 @@ def run_one(console: Console, backend: str, argv: list[str], timeout: float, mem
 
 
 def check(console: Console, backend: str) -> int:
-    results = asyncio.run(self_check(backend))
+    results = _interrupt.run(self_check(backend))
     table = Table(title=f"sandbox self-test ({results.backend})")
     for col in ("attack", "contained", "detail"):
         table.add_column(col)
