@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -248,6 +250,27 @@ async def test_nsjail_leaves_no_cgroup_behind_when_an_exec_times_out(jail):
     before = jail_cgroups()
     res = await jail.exec_python("while True: pass", timeout=1.0)
     assert res.timed_out
+    assert jail_cgroups() - before == set()
+
+
+@pytest.mark.nsjail
+async def test_nsjail_killed_before_its_teardown_leaves_no_cgroup_and_spares_a_live_jails(jail, monkeypatch):
+    """With no grace, nsjail is SIGKILLed on our timeout and cannot remove its cgroups itself (as on a loaded
+    machine, where its teardown takes longer than TERM_GRACE_S); the exec removes them, and not a running jail's."""
+    from trajdistill.envs.sandbox import _nsjail
+
+    before = jail_cgroups()
+    running = asyncio.create_task(jail.exec("sleep 4", timeout=10))
+    deadline = time.monotonic() + 5
+    while not jail_cgroups() - before and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    live = jail_cgroups() - before
+    assert live, "the running jail's cgroups must exist"
+    monkeypatch.setattr(_nsjail, "TERM_GRACE_S", 0.0)
+    res = await jail.exec_python("while True: pass", timeout=1.0)
+    assert res.timed_out
+    assert jail_cgroups() - before == live  # the killed jail's are gone; the running jail keeps its own
+    assert (await running).exit_code == 0
     assert jail_cgroups() - before == set()
 
 

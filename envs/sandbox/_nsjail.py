@@ -24,6 +24,7 @@ read-only at /box in every later jail; `exec_fresh` mounts a new /work first.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import errno
 import functools
@@ -36,6 +37,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import time
 import warnings
 from pathlib import Path, PurePosixPath
 from typing import Sequence
@@ -205,11 +207,12 @@ def _unmount(path: Path) -> None:
         raise OSError(ctypes.get_errno(), f"cannot unmount {path}: {os.strerror(ctypes.get_errno())}")
 
 
-def _exited(pid: int) -> bool:
-    """Gone, or a zombie waiting to be reaped (an orphaned jail's top process, once nsjail was killed)."""
+def _orphaned(pid: int) -> bool:
+    """Gone, a zombie, or no longer nsjail's child: the top process of a jail whose nsjail was killed."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] in "ZX"
-    except (OSError, IndexError):
+        state, ppid = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[:2]
+        return state in "ZX" or Path(f"/proc/{ppid}/comm").read_text().strip() != "nsjail"
+    except (OSError, ValueError):
         return True
 
 
@@ -217,18 +220,26 @@ def remove_dead_cgroups() -> int:
     """Remove the cgroups of jails whose nsjail was killed before it could remove them (a kill -9).
 
     nsjail names each after the jail's top process. Returns how many are left because processes
-    are still in them.
+    are still in them (a jail's processes die shortly after its nsjail).
     """
     left = 0
     for mount, path in _own_cgroups_v1().values():
         for cgroup in (Path(mount) / path.strip("/") / "trajdistill").glob("NSJAIL.*"):
             pid = cgroup.name.split(".", 1)[1]
-            if pid.isdigit() and _exited(int(pid)):
+            if pid.isdigit() and _orphaned(int(pid)):
                 try:
                     cgroup.rmdir()  # refused while a process is still in it
                 except OSError:
                     left += 1
     return left
+
+
+async def _sweep_cgroups(wait_s: float = 2.0) -> None:
+    """After a timed-out exec: nsjail, killed when it took longer than TERM_GRACE_S to tear its jail down (a
+    loaded machine), left the jail's cgroups; remove them once the jail's processes are gone."""
+    deadline = time.monotonic() + wait_s
+    while remove_dead_cgroups() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
 
 
 def remove_stale(tmp: str | None = None) -> int:
@@ -279,7 +290,10 @@ class NsjailSandbox(Sandbox):
                          run_env, Command.of(cmd).argv, None if self.box is None else str(self.box))
         res = await run_process(argv, cwd=None, env={"PATH": "/usr/bin:/bin"}, stdin=stdin,
                                 timeout=timeout, limits=self.limits, apply_rlimits=False, term_grace_s=TERM_GRACE_S)
-        return _classify(res, timeout)
+        res = _classify(res, timeout)
+        if res.timed_out and cgroup_argv()[1] is None:
+            await _sweep_cgroups()
+        return res
 
     def _host_path(self, path: str) -> Path:
         """The host path for a sandbox path; ValueError if it would leave /work."""
