@@ -5,7 +5,7 @@ from ._collector import (CollectConfig, Collector, Mount, Progress, collect, col
 from ._embed import EmbeddingSimilarity, cosine_neighbours, embed_texts
 from ._eval import AgentResult, EvalConfig, EvalResults, evaluate, evaluate_async, wilson_ci
 from ._executor import Executor, executors
-from ._loop import EpisodeResult, ReActLoop
+from ._loop import EpisodeResult, ReActLoop, listed_tools
 from ._models import (ALIASES, ModelNotFoundError, adapter_base, bf16_is_fast, build_tiny_llama, is_peft_adapter,
                       load_causal_lm, resolve_model)
 from ._policy import ActionFormat, Policy, PolicyError, make_policy, policies, split_spec
@@ -53,6 +53,7 @@ __all__ = [
     "is_peft_adapter",
     "ks_statistic",
     "load_causal_lm",
+    "listed_tools",
     "make_policy",
     "play_episode",
     "policies",

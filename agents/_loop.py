@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -77,6 +78,15 @@ def system_prompt(env: Env, policy: Policy, tools: list, task: Task | None = Non
         parts.append("Tools:\n" + "\n".join(lines))
         parts.append(REACT_INSTRUCTIONS.format(names=", ".join(t.name for t in tools)))
     return "\n\n".join(parts)
+
+
+def listed_tools(prompt: str) -> list[str]:
+    """The tool names the Tools block of a ReAct system prompt (as `system_prompt` writes it) lists, in order."""
+    _, found, rest = prompt.partition("\n\nTools:\n")
+    if not found and prompt.startswith("Tools:\n"):
+        rest = prompt.removeprefix("Tools:\n")
+    block = rest.split("\n\n", 1)[0]
+    return re.findall(r"^- (\w+)\(", block, re.MULTILINE)
 
 
 def parse_turn(turn: Turn, action_format: str) -> Step:

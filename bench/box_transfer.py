@@ -10,6 +10,8 @@ Students (SmolLM2-135M from the base model, `train`'s defaults, the same `--toke
   plain SFT        the coder's box-less runs on A and B
   box-literate     the boxed runs on A and B next to the box-less ones: it sees two different tool lists, and
                    no tool list at all, so it has to read whichever list it is given
+  box-literate, renamed tools   the same, but `--rename-share` of the boxed trajectories call their box tools by
+                   fresh names (`trajdistill skills rename-tools`): a tool's name no longer gives it away
 Evaluation: held-out test tasks of the held-out categories only, each student with box held mounted and
 without any box, plus the coder with the box as the reference. Rows go to bench/results/box-transfer.jsonl
 as each finishes (a cut-off run resumes: runs, boxes, students and rows already there are kept).
@@ -32,7 +34,7 @@ from _quality import failures_cell, steps_for, success_cells, tool_use
 
 from trajdistill.agents import CollectConfig, EvalConfig, collect, evaluate
 from trajdistill.envs.math._kinds import CATEGORIES
-from trajdistill.skills import MineConfig, mine, mount_skills
+from trajdistill.skills import MineConfig, mine, mount_skills, rename_tools
 from trajdistill.trajectories import RunStore
 from trajdistill.train import TrainConfig, train
 
@@ -46,6 +48,7 @@ def arguments() -> argparse.Namespace:
     ap.add_argument("--max-steps", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--rename-share", type=float, default=0.5, help="boxed trajectories renamed, renamed-tools arm")
     ap.add_argument("--sandbox", default="auto")
     ap.add_argument("--out", type=Path, default=Path("bench-out/box-transfer"))
     ap.add_argument("--rows", type=Path, default=Path(__file__).parent / "results" / "box-transfer.jsonl")
@@ -73,6 +76,14 @@ def mined(args: argparse.Namespace, name: str, run: Path) -> Path:
     return out
 
 
+def renamed_run(args: argparse.Namespace, name: str, run: Path) -> Path:
+    out = args.out / "runs" / name
+    if not (out / "stats.json").exists():
+        shutil.rmtree(out, ignore_errors=True)
+        rename_tools(run, out, share=args.rename_share, seed=0)
+    return out
+
+
 def student(args: argparse.Namespace, name: str, runs: list[Path]) -> str:
     out = args.out / "students" / name
     if not (out / "train_config.yaml").exists():
@@ -82,8 +93,12 @@ def student(args: argparse.Namespace, name: str, runs: list[Path]) -> str:
     return f"hf:{out.resolve()}"
 
 
+def done_rows(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    return {r["variant"]: r for r in map(json.loads, args.rows.read_text().splitlines())} if args.rows.exists() else {}
+
+
 def evaluated(args: argparse.Namespace, name: str, spec: str, box: Path | None) -> dict[str, Any]:
-    done = {r["variant"]: r for r in map(json.loads, args.rows.read_text().splitlines())} if args.rows.exists() else {}
+    done = done_rows(args)
     if name in done:
         return done[name]
     out = args.out / "eval" / name.replace(" ", "-").replace("+", "plus")
@@ -129,12 +144,18 @@ def main() -> None:
     boxes = {g: mined(args, f"box-{g}", run) for g, run in plain.items()}
     boxes["held"] = mined(args, "box-held", coder_run(args, "plain-held", args.held))
     boxed = {g: coder_run(args, f"boxed-{g}", cats, boxes[g]) for g, cats in args.groups.items()}
-    students = {"plain SFT": student(args, "plain", list(plain.values())),
-                "box-literate": student(args, "box-literate", [*boxed.values(), *plain.values()])}
+    renamed = {g: renamed_run(args, f"renamed-{g}", run) for g, run in boxed.items()}
+    students = {"plain SFT": ("plain", list(plain.values())),
+                "box-literate": ("box-literate", [*boxed.values(), *plain.values()]),
+                "box-literate, renamed tools": ("box-literate-renamed", [*renamed.values(), *plain.values()])}
     rows = [evaluated(args, "teacher expert:coder + held box", "expert:coder", boxes["held"])]
-    for name, spec in students.items():
-        rows.append(evaluated(args, f"{name}, no box", spec, None))
-        rows.append(evaluated(args, f"{name} + held box", spec, boxes["held"]))
+    for name, (slug, runs) in students.items():
+        arms = {f"{name}, no box": None, f"{name} + held box": boxes["held"]}
+        if set(arms) <= set(done_rows(args)):
+            rows += [done_rows(args)[arm] for arm in arms]
+            continue  # a later session trains no student whose rows are in
+        spec = student(args, slug, runs)
+        rows += [evaluated(args, arm, spec, box) for arm, box in arms.items()]
     print(f"held out: {', '.join(args.held)}; groups {args.groups}")
     print(table(rows))
 

@@ -112,6 +112,21 @@ def trust_cmd(value: str = typer.Argument(..., help="ed25519:KEY, a PEM key file
     console.print(f"trusted {entry} (in {config_dir() / TRUST_FILE})", highlight=False, soft_wrap=True)
 
 
+@skills_app.command("rename-tools")
+def rename_tools_cmd(run: Path = typer.Argument(..., help="Run directory with boxed trajectories."),
+                     out: Path = typer.Option(..., help="The new run directory to write."),
+                     share: float = typer.Option(0.5, help="Share of the boxed trajectories that get new tool names."),
+                     seed: int = typer.Option(0, help="Seed of which trajectories, and which names."),
+                     config: Optional[Path] = ConfigOption) -> None:
+    """Copy a boxed run, giving a share of its trajectories fresh names for their box tools (in the tool list,
+    every Action, Thought and observation), so that a student trained on it reads the tool list it is given."""
+    from trajdistill.skills import rename_tools
+
+    r = rename_tools(run, out, share=share, seed=seed)
+    console.print(f"run written to [bold]{out}[/]: {r.renamed} of {r.trajectories} trajectories renamed "
+                  f"({r.boxed} listed box tools)", highlight=False)
+
+
 def show_box(console: Console, box: Any, fresh: dict[str, Any] | None = None) -> None:
     console.print(f"[bold]{box.name}[/] {box.version}  env [bold]{box.env}[/]  "
                   f"created {box.manifest.get('created_at', '?')}  ({len(box.manifest['files'])} files, verified)",

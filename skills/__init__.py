@@ -29,6 +29,7 @@ from ._miners import Mined, MineJob, miners
 # so that importing the package (the CLI does, for MineConfig's options) does not pay for it.
 _SERVER = ("build_server", "serve", "serve_async")
 _MOUNT = ("MountedEnv", "mount_skills")
+_RENAME = ("RenameReport", "rename_tools", "renamed")  # read_skill's name comes from the mount module
 _VALIDATE = ("VALIDATION_SECTION", "AblationArm", "Arm", "ValidateConfig", "ValidationReport", "validate",
              "validate_async")
 
@@ -38,6 +39,8 @@ def __getattr__(name: str) -> Any:
         from . import _server as module
     elif name in _MOUNT:
         from . import _mount as module
+    elif name in _RENAME:
+        from . import _rename as module
     elif name in _VALIDATE:
         from . import _validate as module
     else:
@@ -60,6 +63,7 @@ __all__ = [
     "MineResult",
     "Mined",
     "MountedEnv",
+    "RenameReport",
     "Skill",
     "SkillBox",
     "SkillDraft",
@@ -77,6 +81,8 @@ __all__ = [
     "miners",
     "mount_skills",
     "parse_skill_md",
+    "rename_tools",
+    "renamed",
     "render_skill",
     "run_source",
     "run_source_many",
