@@ -84,7 +84,8 @@ def mounted(env: Env, cfg: CollectConfig, mount: Mount | None) -> Env:
 
 
 def to_trajectory(result: EpisodeResult, task: Task, env: Env, policy: Policy,
-                  sandbox: str | None, seed: int) -> Trajectory:
+                  sandbox: str | None, seed: int, skills: Sequence[str] = ()) -> Trajectory:
+    """The typed trajectory of one finished episode; `skills`: the boxes mounted for it."""
     usage = result.usage
     return Trajectory(
         task_id=task.id, split=task.split, category=task.category, difficulty=task.difficulty,
@@ -98,7 +99,7 @@ def to_trajectory(result: EpisodeResult, task: Task, env: Env, policy: Policy,
             latency_s=usage["latency_s"], wall_s=result.wall_s, steps=int(usage["steps"]),
             invalid_actions=int(usage["invalid_actions"]),
         ),
-        provenance=Provenance(sandbox=sandbox, package_version=__version__, seed=seed),
+        provenance=Provenance(sandbox=sandbox, package_version=__version__, seed=seed, skills=list(skills)),
         created_at=time.time(),
     )
 
@@ -211,7 +212,7 @@ class Collector:
         if result is None:
             return None
         backend = self.provider.name if self.provider else None
-        return to_trajectory(result, task, self.env, self.policies[spec], backend, self.cfg.seed)
+        return to_trajectory(result, task, self.env, self.policies[spec], backend, self.cfg.seed, self.cfg.skills)
 
     async def _finish(self, traj: Trajectory | None, store: RunStore, progress: Progress,
                       listener: Listener | None) -> None:

@@ -124,7 +124,7 @@ class EpisodeWorker:
         if result is None:
             return note.error or ("episode ended without a trajectory", "error")
         backend = c.provider.name if c.provider else None
-        return with_spans(to_trajectory(result, task, c.env, c.policies[spec], backend, c.cfg.seed))
+        return with_spans(to_trajectory(result, task, c.env, c.policies[spec], backend, c.cfg.seed, c.cfg.skills))
 
     async def close(self) -> None:
         if self.collector is not None:

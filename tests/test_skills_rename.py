@@ -95,3 +95,9 @@ def test_bad_share_and_an_existing_out_are_refused_in_one_line(runs, tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, env=wide)
     assert again.returncode != 0 and "Traceback" not in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1 and "exists" in again.stderr
+
+
+def test_a_boxed_trajectory_records_the_box_it_was_collected_with(runs):
+    boxed = RunStore.open(runs / "boxed").load()
+    assert {tuple(t.provenance.skills) for t in boxed} == {(str(runs / "box"),)}
+    assert all(t.provenance.skills == [] for t in RunStore.open(runs / "plain").load())

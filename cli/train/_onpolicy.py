@@ -538,7 +538,7 @@ class OnPolicyDistiller(RoundsDir):
         if result is None:
             return None
         traj = to_trajectory(result, task, loop.env, acting, self.provider.name if self.provider else None,
-                             self.cfg.seed + 1000 * round_no)
+                             self.cfg.seed + 1000 * round_no, self.cfg.skills)
         if records is not None:
             traj.teacher.sampling["dagger"] = {"round": round_no, "beta": beta,
                                                "turns": [asdict(r) for r in records]}
