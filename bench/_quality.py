@@ -81,6 +81,15 @@ def steps_for(data: list[Path], tokens: int, student: str, **settings: Any) -> i
     return max(1, math.ceil(tokens / (per_row * cfg.batch_size * cfg.grad_accum)))
 
 
+def played(agent: Any, name: str) -> Any:
+    """`agent`'s eval result, when every episode played. A row with errored episodes (a server that died, say)
+    would count them as failures and keep a later run from retrying them, so none is written."""
+    if agent.errors:
+        raise SystemExit(f"{name}: {agent.errors} of {agent.n} episodes errored (first: {agent.first_error}); "
+                         "no row written: run the bench again and the eval retries them")
+    return agent
+
+
 def evaluated(args: argparse.Namespace, name: str, spec: str, skills: list[str] | None = None,
               preload: bool = False) -> dict[str, Any]:
     """The result row of `spec` on the test tasks (evaluated once), with its tool-use rates."""
@@ -94,7 +103,7 @@ def evaluated(args: argparse.Namespace, name: str, spec: str, skills: list[str] 
                                              **({"batch_size": args.concurrency} if spec.startswith("hf:") else {})},
                               skills=list(skills or []),
                               preload_skills=preload, out=str(out), resume=True), mount=mount_skills)
-    agent = res.agents[0]
+    agent = played(res.agents[0], name)
     row = {"variant": name, **agent.to_dict(), "tool_use": tool_use(out / agent.run),
            "budget": {"tokens": args.tokens},
            "eval": {"max_steps": args.max_steps, "new_tokens": args.new_tokens}, "date": time.strftime("%Y-%m-%d")}

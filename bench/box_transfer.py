@@ -30,7 +30,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from _quality import failures_cell, steps_for, success_cells, tool_use
+from _quality import failures_cell, played, steps_for, success_cells, tool_use
 
 from trajdistill.agents import CollectConfig, EvalConfig, collect, evaluate
 from trajdistill.envs.math._kinds import CATEGORIES
@@ -108,7 +108,7 @@ def evaluated(args: argparse.Namespace, name: str, spec: str, box: Path | None) 
                               agent_options={"max_new_tokens": args.new_tokens,
                                              **({"batch_size": args.concurrency} if spec.startswith("hf:") else {})},
                               resume=True), mount=mount_skills)
-    agent = res.agents[0]
+    agent = played(res.agents[0], name)
     run = out / agent.run
     row = {"variant": name, **agent.to_dict(), "held": args.held, "box_use": box_use(run, box),
            "tool_use": tool_use(run), "tokens": args.tokens, "date": time.strftime("%Y-%m-%d")}

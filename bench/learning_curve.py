@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _quality import called, steps_for, tool_use
+from _quality import called, played, steps_for, tool_use
 
 from trajdistill.agents import CollectConfig, EvalConfig, collect, evaluate
 from trajdistill.agents._eval import slug
@@ -103,7 +103,7 @@ def evaluated(args: argparse.Namespace, budget: int, model: str) -> dict[str, An
     res = evaluate(EvalConfig(env=args.env, agents=[spec], split="test", tasks=args.test_tasks,
                               max_steps=args.max_steps, sandbox=args.sandbox, concurrency=args.concurrency,
                               agent_options=agent_options(args), out=str(out), resume=True))
-    agent = res.agents[0]
+    agent = played(res.agents[0], f"tokens-{budget}")
     run = out / agent.run
     row = {"tokens": budget, **agent.to_dict(), "tool_call_rate": tool_rate(run), "tool_use": tool_use(run),
            "eval": {"max_steps": args.max_steps, "new_tokens": args.new_tokens, "backend": args.backend},

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _quality import steps_for, success_cells
+from _quality import played, steps_for, success_cells
 
 from trajdistill.agents import CollectConfig, EvalConfig, collect, evaluate
 from trajdistill.agents._eval import slug
@@ -144,7 +144,7 @@ def evaluated(args: argparse.Namespace, arm: str, spec: str) -> dict[str, Any]:
     res = evaluate(EvalConfig(env=args.env, agents=[spec], split="test", tasks=args.test_tasks, max_steps=args.max_steps,
                               sandbox=args.sandbox, concurrency=args.concurrency, out=str(args.out / "eval" / arm),
                               agent_options=options, resume=True))
-    row = {"arm": arm, **res.agents[0].to_dict(), "tokens": args.tokens, "teacher_tasks": args.tasks,
+    row = {"arm": arm, **played(res.agents[0], arm).to_dict(), "tokens": args.tokens, "teacher_tasks": args.tasks,
            "start": str(args.start), "backend": args.backend, "date": time.strftime("%Y-%m-%d")}
     args.rows.parent.mkdir(parents=True, exist_ok=True)
     with open(args.rows, "a") as fh:
