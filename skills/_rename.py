@@ -35,13 +35,16 @@ def _own_tools(env: str) -> frozenset[str]:
     return frozenset({t.name for t in make_env(env).tools()} | {FINAL_ANSWER, READ_SKILL})
 
 
-def box_tools(traj: Trajectory) -> list[str]:
-    """The box tools the trajectory's system prompt lists: every listed tool its env does not offer itself."""
+def _listed(traj: Trajectory) -> list[str]:
+    """The tool names the trajectory's system prompt lists."""
     system = next((m for m in traj.messages if m.role == "system"), None)
-    if system is None:
-        return []
+    return listed_tools(system.content or "") if system is not None else []
+
+
+def box_tools(traj: Trajectory, listed: list[str] | None = None) -> list[str]:
+    """The box tools the trajectory's system prompt lists: every listed tool its env does not offer itself."""
     own = _own_tools(traj.env.name)
-    return [n for n in listed_tools(system.content or "") if n not in own]
+    return [n for n in (_listed(traj) if listed is None else listed) if n not in own]
 
 
 def fresh_names(old: list[str], taken: set[str], rng: random.Random) -> dict[str, str]:
@@ -55,11 +58,11 @@ def fresh_names(old: list[str], taken: set[str], rng: random.Random) -> dict[str
 def renamed(traj: Trajectory, rng: random.Random) -> Trajectory:
     """`traj` with fresh names for its box tools (itself when it lists none). Spans are dropped: they are
     character ranges of the old text, and training segments the new text again."""
-    old = box_tools(traj)
+    listed = _listed(traj)
+    old = box_tools(traj, listed)
     if not old:
         return traj
-    system = next(m for m in traj.messages if m.role == "system")
-    names = fresh_names(old, set(listed_tools(system.content or "")), rng)
+    names = fresh_names(old, set(listed), rng)
     pattern = re.compile(r"\b(" + "|".join(map(re.escape, sorted(old, key=len, reverse=True))) + r")\b")
     messages = [m if m.role == "user" else _renamed_message(m, pattern, names) for m in traj.messages]
     return traj.model_copy(update={"messages": messages, "spans": []})
@@ -70,7 +73,7 @@ def _renamed_message(m: Message, pattern: re.Pattern[str], names: dict[str, str]
         return None if text is None else pattern.sub(lambda g: names[g.group(1)], text)
 
     update: dict[str, Any] = {"content": sub(m.content) or "", "reasoning": sub(m.reasoning),
-                              "name": names.get(m.name, m.name) if m.name else m.name}
+                              "name": names.get(m.name, m.name)}
     if m.tool_calls:
         update["tool_calls"] = [_renamed_call(c, names) for c in m.tool_calls]
     return m.model_copy(update=update)
