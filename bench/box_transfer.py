@@ -12,6 +12,9 @@ Students (SmolLM2-135M from the base model, `train`'s defaults, the same `--toke
                    no tool list at all, so it has to read whichever list it is given
   box-literate, renamed tools   the same, but `--rename-share` of the boxed trajectories call their box tools by
                    fresh names (`trajdistill skills rename-tools`): a tool's name no longer gives it away
+  box-literate, top-1 lists     the same as box-literate, but its boxed runs were collected with one box tool
+                   listed per task (`--skills-top-k 1`, BM25), and it is evaluated so: the one listed tool is
+                   the one to weigh, and it changes from task to task
 Evaluation: held-out test tasks of the held-out categories only, each student with box held mounted and
 without any box, plus the coder with the box as the reference. Rows go to bench/results/box-transfer.jsonl
 as each finishes (a cut-off run resumes: runs, boxes, students and rows already there are kept).
@@ -34,7 +37,7 @@ from _quality import failures_cell, played, steps_for, success_cells, tool_use
 
 from trajdistill.agents import CollectConfig, EvalConfig, collect, evaluate
 from trajdistill.envs.math._kinds import CATEGORIES
-from trajdistill.skills import MineConfig, mine, mount_skills, rename_tools
+from trajdistill.skills import TOP_K, MineConfig, mine, mount_skills, rename_tools
 from trajdistill.trajectories import RunStore
 from trajdistill.train import TrainConfig, train
 
@@ -49,23 +52,30 @@ def arguments() -> argparse.Namespace:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--rename-share", type=float, default=0.5, help="boxed trajectories renamed, renamed-tools arm")
+    ap.add_argument("--students", default=";".join(STUDENTS),
+                    help=f"students to train and evaluate, ';'-separated, of: {'; '.join(STUDENTS)}")
     ap.add_argument("--sandbox", default="auto")
     ap.add_argument("--out", type=Path, default=Path("bench-out/box-transfer"))
     ap.add_argument("--rows", type=Path, default=Path(__file__).parent / "results" / "box-transfer.jsonl")
     args = ap.parse_args()
     args.held = [c for c in CATEGORIES if c in args.held.split(",")]
+    args.students = [n.strip() for n in args.students.split(";") if n.strip()]
+    unknown = [n for n in args.students if n not in STUDENTS]
+    if unknown:
+        ap.error(f"unknown student {unknown[0]!r}; known: {'; '.join(STUDENTS)}")
     rest = [c for c in CATEGORIES if c not in args.held]
     args.groups = {"A": rest[: len(rest) // 2], "B": rest[len(rest) // 2:]}
     return args
 
 
-def coder_run(args: argparse.Namespace, name: str, categories: list[str], box: Path | None = None) -> Path:
+def coder_run(args: argparse.Namespace, name: str, categories: list[str], box: Path | None = None,
+              top_k: int = TOP_K) -> Path:
     out = args.out / "runs" / name
     if not (out / "stats.json").exists():
         collect(CollectConfig(env="math", env_params={"categories": ",".join(categories)}, teachers=["expert:coder"],
                               out=str(out), tasks=args.tasks_per_category * len(categories), split="train",
                               sandbox=args.sandbox, concurrency=8, skills=[str(box)] if box else [],
-                              resume=out.exists()), mount=mount_skills)
+                              skills_top_k=top_k, resume=out.exists()), mount=mount_skills)
     return out
 
 
@@ -97,21 +107,22 @@ def done_rows(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return {r["variant"]: r for r in map(json.loads, args.rows.read_text().splitlines())} if args.rows.exists() else {}
 
 
-def evaluated(args: argparse.Namespace, name: str, spec: str, box: Path | None) -> dict[str, Any]:
+def evaluated(args: argparse.Namespace, name: str, spec: str, box: Path | None, top_k: int = TOP_K) -> dict[str, Any]:
     done = done_rows(args)
     if name in done:
         return done[name]
     out = args.out / "eval" / name.replace(" ", "-").replace("+", "plus")
     res = evaluate(EvalConfig(env="math", env_params={"categories": ",".join(args.held)}, agents=[spec],
                               split="test", tasks=args.test_tasks, max_steps=args.max_steps, sandbox=args.sandbox,
-                              concurrency=args.concurrency, skills=[str(box)] if box else [], out=str(out),
+                              concurrency=args.concurrency, skills=[str(box)] if box else [], skills_top_k=top_k,
+                              out=str(out),
                               agent_options={"max_new_tokens": args.new_tokens,
                                              **({"batch_size": args.concurrency} if spec.startswith("hf:") else {})},
                               resume=True), mount=mount_skills)
     agent = played(res.agents[0], name)
     run = out / agent.run
     row = {"variant": name, **agent.to_dict(), "held": args.held, "box_use": box_use(run, box),
-           "tool_use": tool_use(run), "tokens": args.tokens, "date": time.strftime("%Y-%m-%d")}
+           "tool_use": tool_use(run), "tokens": args.tokens, "skills_top_k": top_k, "date": time.strftime("%Y-%m-%d")}
     args.rows.parent.mkdir(parents=True, exist_ok=True)
     with open(args.rows, "a") as fh:
         fh.write(json.dumps(row) + "\n")
@@ -136,26 +147,43 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+STUDENTS = {"plain SFT": "plain", "box-literate": "box-literate",
+            "box-literate, renamed tools": "box-literate-renamed", "box-literate, top-1 lists": "box-literate-top1"}
+
+
+def training_runs(args: argparse.Namespace, slug: str, boxes: dict[str, Path]) -> list[Path]:
+    """A student's training runs, collected (or renamed) on first use."""
+    plain = [coder_run(args, f"plain-{g}", cats) for g, cats in args.groups.items()]
+    if slug == "plain":
+        return plain
+    top_k = top_k_of(slug)
+    boxed = [coder_run(args, f"boxed-{g}" + ("" if top_k == TOP_K else f"-top{top_k}"), cats, boxes[g], top_k)
+             for g, cats in args.groups.items()]
+    if slug == "box-literate-renamed":
+        boxed = [renamed_run(args, f"renamed-{run.name.removeprefix('boxed-')}", run) for run in boxed]
+    return [*boxed, *plain]
+
+
+def top_k_of(slug: str) -> int:
+    """Box tools listed per task when this student's boxed data was collected, and when it is evaluated."""
+    return 1 if slug.endswith("-top1") else TOP_K
+
+
 def main() -> None:
     args = arguments()
     warnings.simplefilter("ignore")
     args.out.mkdir(parents=True, exist_ok=True)
-    plain = {g: coder_run(args, f"plain-{g}", cats) for g, cats in args.groups.items()}
-    boxes = {g: mined(args, f"box-{g}", run) for g, run in plain.items()}
+    boxes = {g: mined(args, f"box-{g}", coder_run(args, f"plain-{g}", cats)) for g, cats in args.groups.items()}
     boxes["held"] = mined(args, "box-held", coder_run(args, "plain-held", args.held))
-    boxed = {g: coder_run(args, f"boxed-{g}", cats, boxes[g]) for g, cats in args.groups.items()}
-    renamed = {g: renamed_run(args, f"renamed-{g}", run) for g, run in boxed.items()}
-    students = {"plain SFT": ("plain", list(plain.values())),
-                "box-literate": ("box-literate", [*boxed.values(), *plain.values()]),
-                "box-literate, renamed tools": ("box-literate-renamed", [*renamed.values(), *plain.values()])}
     rows = [evaluated(args, "teacher expert:coder + held box", "expert:coder", boxes["held"])]
-    for name, (slug, runs) in students.items():
+    for name in args.students:
+        slug, top_k = STUDENTS[name], top_k_of(STUDENTS[name])
         arms = {f"{name}, no box": None, f"{name} + held box": boxes["held"]}
         if set(arms) <= set(done_rows(args)):
             rows += [done_rows(args)[arm] for arm in arms]
             continue  # a later session trains no student whose rows are in
-        spec = student(args, slug, runs)
-        rows += [evaluated(args, arm, spec, box) for arm, box in arms.items()]
+        spec = student(args, slug, training_runs(args, slug, boxes))
+        rows += [evaluated(args, arm, spec, box, top_k) for arm, box in arms.items()]
     print(f"held out: {', '.join(args.held)}; groups {args.groups}")
     print(table(rows))
 

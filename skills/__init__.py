@@ -28,7 +28,7 @@ from ._miners import Mined, MineJob, miners
 # Serving, mounting and validating a box load the MCP SDK (about half a second): their names load on first use,
 # so that importing the package (the CLI does, for MineConfig's options) does not pay for it.
 _SERVER = ("build_server", "serve", "serve_async")
-_MOUNT = ("MountedEnv", "mount_skills")
+_MOUNT = ("MountedEnv", "TOP_K", "mount_skills")
 _RENAME = ("RenameReport", "rename_tools", "renamed")  # read_skill's name comes from the mount module
 _VALIDATE = ("VALIDATION_SECTION", "AblationArm", "Arm", "ValidateConfig", "ValidationReport", "validate",
              "validate_async")
@@ -67,6 +67,7 @@ __all__ = [
     "Skill",
     "SkillBox",
     "SkillDraft",
+    "TOP_K",
     "ToolCheck",
     "ToolDraft",
     "ToolResult",
