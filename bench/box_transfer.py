@@ -71,11 +71,11 @@ def arguments() -> argparse.Namespace:
 def coder_run(args: argparse.Namespace, name: str, categories: list[str], box: Path | None = None,
               top_k: int = TOP_K) -> Path:
     out = args.out / "runs" / name
-    if not (out / "stats.json").exists():
-        collect(CollectConfig(env="math", env_params={"categories": ",".join(categories)}, teachers=["expert:coder"],
-                              out=str(out), tasks=args.tasks_per_category * len(categories), split="train",
-                              sandbox=args.sandbox, concurrency=8, skills=[str(box)] if box else [],
-                              skills_top_k=top_k, resume=out.exists()), mount=mount_skills)
+    # always through resume: a run cut off (or failed at its start) has a stats.json but not all its tasks
+    collect(CollectConfig(env="math", env_params={"categories": ",".join(categories)}, teachers=["expert:coder"],
+                          out=str(out), tasks=args.tasks_per_category * len(categories), split="train",
+                          sandbox=args.sandbox, concurrency=8, skills=[str(box)] if box else [],
+                          skills_top_k=top_k, resume=out.exists()), mount=mount_skills)
     return out
 
 
