@@ -254,6 +254,25 @@ async def test_nsjail_leaves_no_cgroup_behind_when_an_exec_times_out(jail):
 
 
 @pytest.mark.nsjail
+async def test_nsjail_a_jail_slow_to_start_does_not_eat_the_commands_time(tmp_path):
+    """Setting a jail up has taken tens of seconds on a loaded machine; that time is not the code's. Here nsjail
+    itself starts 3 s late (a wrapper sleeps, then runs it) under a 2 s limit: the command still runs, and a
+    command that runs past the limit is still stopped by it."""
+    from trajdistill.envs.sandbox._nsjail import find_binary
+
+    require(nsjail_missing() is None, f"nsjail sandbox unavailable: {nsjail_missing()}")
+    slow = tmp_path / "slow-nsjail"
+    slow.write_text(f"#!/bin/sh\nsleep 3\nexec {find_binary()} \"$@\"\n")
+    slow.chmod(0o755)
+    async with get_provider("nsjail", Limits(timeout_s=2.0), binary=str(slow)) as provider:
+        async with provider.acquire() as sandbox:
+            done = await sandbox.exec_python("print(6 * 7)")
+            spin = await sandbox.exec_python("while True: pass")
+    assert (done.exit_code, done.stdout.strip(), done.timed_out) == (0, "42", False)
+    assert spin.timed_out and not spin.killed
+
+
+@pytest.mark.nsjail
 async def test_nsjail_killed_before_its_teardown_leaves_no_cgroup_and_spares_a_live_jails(jail, monkeypatch):
     """With no grace, nsjail is SIGKILLed on our timeout and cannot remove its cgroups itself (as on a loaded
     machine, where its teardown takes longer than TERM_GRACE_S); the exec removes them, and not a running jail's."""
@@ -267,6 +286,7 @@ async def test_nsjail_killed_before_its_teardown_leaves_no_cgroup_and_spares_a_l
     live = jail_cgroups() - before
     assert live, "the running jail's cgroups must exist"
     monkeypatch.setattr(_nsjail, "TERM_GRACE_S", 0.0)
+    monkeypatch.setattr(_nsjail, "SETUP_S", 0.0)  # ours fires before nsjail's own limit, a second later
     res = await jail.exec_python("while True: pass", timeout=1.0)
     assert res.timed_out
     assert jail_cgroups() - before == live  # the killed jail's are gone; the running jail keeps its own

@@ -56,8 +56,11 @@ FILE_MB = 128  # largest file a command may write
 NOFILE = 256
 # Exit codes nsjail reports for a child killed by SIGKILL, SIGXCPU or SIGXFSZ.
 KILL_CODES = (128 + 9, 128 + 24, 128 + 25)
-GRACE_S = 1.0  # nsjail's own time limit backs up ours, one second later
+GRACE_S = 1.0  # nsjail's time limit, the one that fires, is ours plus this
 TERM_GRACE_S = 0.5  # on our timeout, nsjail gets this long to tear down its jail and cgroups itself
+# nsjail's own time limit counts from the jailed child's start; ours waits this much longer, because setting up
+# a jail (namespaces, cgroups, mounts) has taken up to 37 s on a loaded 2-core machine, which is not the code's time
+SETUP_S = 60.0
 PREFIX = "trajdistill-nsjail-"  # then the owner's pid, so a later start can tell leaked directories
 CGROUP_CONTROLLERS = {"memory": "mem", "pids": "pids"}  # cgroup v1 controller -> nsjail's option infix
 MS_NOSUID, MS_NODEV, MNT_DETACH = 2, 4, 2
@@ -180,7 +183,7 @@ def _probe(binary: str) -> str | None:
     try:
         os.chown(workdir, uid, uid)
         argv = jail_argv(binary, workdir, uid, Limits(), 5.0, {}, ["/bin/true"])
-        proc = subprocess.run(argv, capture_output=True, timeout=15)
+        proc = subprocess.run(argv, capture_output=True, timeout=5 + SETUP_S)
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"nsjail probe failed: {e}"
     finally:
@@ -288,8 +291,8 @@ class NsjailSandbox(Sandbox):
         run_env.update(env or {})
         argv = jail_argv(self.binary, str(self.root), self.uid, self.limits, timeout,
                          run_env, Command.of(cmd).argv, None if self.box is None else str(self.box))
-        res = await run_process(argv, cwd=None, env={"PATH": "/usr/bin:/bin"}, stdin=stdin,
-                                timeout=timeout, limits=self.limits, apply_rlimits=False, term_grace_s=TERM_GRACE_S)
+        res = await run_process(argv, cwd=None, env={"PATH": "/usr/bin:/bin"}, stdin=stdin, timeout=timeout + SETUP_S,
+                                limits=self.limits, apply_rlimits=False, term_grace_s=TERM_GRACE_S)
         res = _classify(res, timeout)
         if res.timed_out and cgroup_argv()[1] is None:
             await _sweep_cgroups()
@@ -384,7 +387,7 @@ class NsjailSandbox(Sandbox):
 def _classify(res: ExecResult, timeout: float) -> ExecResult:
     """Map nsjail's exit codes: 128+signal for a killed child."""
     if res.exit_code == 137 and res.duration_s >= timeout:
-        res.timed_out = True  # nsjail's own time limit fired before ours
+        res.timed_out = True  # nsjail's time limit fired (ours only backs it up, SETUP_S later)
     res.killed = (res.exit_code < 0 or res.exit_code in KILL_CODES) and not res.timed_out
     return res
 
