@@ -300,12 +300,17 @@ class _Lifter(ast.NodeTransformer):
         self.params: list[Param] = []
         self.taken = set(taken)
         self.context = "x"
-        self.origin = ""
+        self.statement = ""  # the first line of the top-level statement being lifted
+        self.lines: list[tuple[int, int, str]] = []  # (first line, last line, first line's text) per statement
         self.whole = False
 
     def lift_statement(self, stmt: ast.stmt) -> ast.stmt:
         self.context = _target_name(stmt) or "x"
-        self.origin = ast.unparse(stmt).splitlines()[0][:80]
+        # a literal's origin is the innermost statement holding it: a loop body's line, not the loop's header
+        self.statement = ast.unparse(stmt).splitlines()[0][:80]
+        self.lines = sorted(((s.lineno, s.end_lineno or s.lineno, ast.unparse(s).splitlines()[0][:80])
+                             for s in ast.walk(stmt) if isinstance(s, ast.stmt) and hasattr(s, "lineno")),
+                            key=lambda ln: ln[1] - ln[0])
         if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
             tgt, val = stmt.targets[0], stmt.value
             if isinstance(tgt, ast.Name) and literal_of(val):
@@ -322,8 +327,12 @@ class _Lifter(ast.NodeTransformer):
         if lit is None or (not whole and (lit[0] in STRUCTURAL and lit[1] == "int")):
             return self.generic_visit(node)
         name = self._fresh(hint)
-        self.params.append(Param(name, lit[1], lit[0], self.origin))
+        self.params.append(Param(name, lit[1], lit[0], self._origin(node)))
         return ast.Name(id=name, ctx=ast.Load())
+
+    def _origin(self, node: ast.AST) -> str:
+        line = getattr(node, "lineno", -1)
+        return next((text for first, last, text in self.lines if first <= line <= last), self.statement)
 
     def _fresh(self, hint: str) -> str:
         base = re.sub(r"\W", "_", hint).strip("_").lower() or "x"

@@ -402,8 +402,8 @@ def test_box_tool_call_matches_the_programs_shape_not_a_name():
         return ToolSpec(name, "", {"type": "object", "properties": {
             p: {"type": t, "description": d} for p, (t, d) in params.items()}})
 
-    power = spec("t1", a=("integer", "int from `pow(71, 9, 69)`; e.g. 71"),
-                 b=("integer", "int from `pow(71, 9, 69)`; e.g. 9"), c=("integer", "int from `pow(71, 9, 69)`; e.g. 69"))
+    origin = "int from `return pow(71, 9, 69)`; e.g."  # as the miner writes it: the statement, print as return
+    power = spec("t1", a=("integer", f"{origin} 71"), b=("integer", f"{origin} 9"), c=("integer", f"{origin} 69"))
     expression = spec("t2", expression=("string", 'The expression, with numbers only; e.g. "(6 + 25) * 8"'))
     code = spec("python", code=("string", "Python source to run."))
     assert box_tool_call([code, power, expression], "print(pow(3, 4, 5))") == ("t1", {"a": 3, "b": 4, "c": 5})
@@ -411,3 +411,31 @@ def test_box_tool_call_matches_the_programs_shape_not_a_name():
         ("t2", {"expression": "102600 - 45 * 929"})
     assert box_tool_call([code, power], "import math\nprint(math.comb(10, 3))") is None  # no tool of that shape
     assert box_tool_call([code, expression], "print(pow(3, 4, 5))") is None  # a call is not plain arithmetic
+
+
+def test_box_tool_call_fits_a_many_line_program_line_by_line_and_picks_by_the_tasks_words():
+    """A tool mined from a loop documents each parameter's own line; it fits a program holding lines of those
+    shapes, with the program's literals; a literal the tool keeps must match; of two fitting tools the
+    description nearer the task wins."""
+    from trajdistill.envs import ToolSpec
+    from trajdistill.envs.math._experts import box_tool_call
+
+    def seq_tool(name, what):
+        return ToolSpec(name, f"The n-th term of a {what} sequence.", {"type": "object", "properties": {
+            "terms": {"type": "array", "description": "list of int from `terms = [8, 15, 22]`; e.g. [8, 15, 22]"},
+            "n": {"type": "integer", "description": "int from `while len(terms) < 8:`; e.g. 8"},
+            "k": {"type": "integer", "description": "int from `terms.append(terms[-1] + 2 * terms[0])`; e.g. 2"}}})
+
+    arith, geom = seq_tool("t_a", "arithmetic (constant difference)"), seq_tool("t_g", "geometric (constant ratio)")
+    program = "terms = [1, 4, 7]\nwhile len(terms) < 12:\n    terms.append(terms[-1] + 5 * terms[0])\nprint(terms[-1])"
+    args = {"terms": [1, 4, 7], "n": 12, "k": 5}
+    assert box_tool_call([arith], program) == ("t_a", args)
+    assert box_tool_call([geom, arith], program, "An arithmetic sequence keeps the same difference.") == ("t_a", args)
+    assert box_tool_call([geom, arith], program, "A geometric sequence keeps the same ratio.") == ("t_g", args)
+    assert box_tool_call([arith, geom], program) == ("t_a", args)  # no words in common: list order
+    other_loop = program.replace("while len(terms) < 12:", "while len(terms) <= 12:")
+    assert box_tool_call([arith], other_loop) is None  # a line of another shape
+    step = ToolSpec("t_m", "", {"type": "object", "properties": {
+        "stop": {"type": "integer", "description": "int from `return sum(1 for x in range(1, 75 + 1))`; e.g. 75"}}})
+    assert box_tool_call([step], "print(sum(1 for x in range(1, 30 + 1)))") == ("t_m", {"stop": 30})
+    assert box_tool_call([step], "print(sum(1 for x in range(0, 30 + 1)))") is None  # the tool keeps its 1

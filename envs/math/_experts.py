@@ -6,6 +6,7 @@ import ast
 import json
 import random
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from .._react_text import ParsedAction, format_action, format_final, parse_react
@@ -49,7 +50,7 @@ def coder(request: PolicyRequest) -> Turn:
     if output is None:
         output, source = _box_output(request), "tool"
     if output is None and not _box_tried(request.messages):
-        fit = box_tool_call(request.tools, kind.program(params))
+        fit = box_tool_call(request.tools, kind.program(params), task.prompt)
         if fit is not None:  # a mounted box tool that computes this program: call it instead of writing code
             thought = (f"The listed tool {fit[0]} computes exactly this problem's calculation, so I'll call it "
                        "with the problem's numbers instead of writing a program.")
@@ -72,61 +73,125 @@ def coder(request: PolicyRequest) -> Turn:
 
 # ---- box-aware: a mounted tool that computes the coder's program ----------------------------------
 # The coder reads the tool list as the prompt shows it. A tool mined from programs documents, per parameter,
-# the expression its value came from (`from `pow(71, 9, 69)`; e.g. 71`), or takes a whole arithmetic
-# expression as a string (`e.g. "(6 + 25) * 8"`). It fits when that expression has the shape of the
-# coder's own printed expression; its arguments are the coder's numbers in the same places.
+# the program line its value came from (`from `pow(71, 9, 69)`; e.g. 71`, `from `terms = [8, 15]`; e.g.
+# [8, 15]`), or takes a whole arithmetic expression as a string (`e.g. "(6 + 25) * 8"`). It fits when every
+# parameter's line has the shape of a line of the coder's own program (literals blanked, `return x` read as
+# `print(x)`); each argument is the coder's literal in the place the example value held. Of several fitting
+# tools, the one whose description shares most words with the task is called (list order breaks ties).
 
 _ORIGIN = re.compile(r"from `([^`]*)`")
 _EXAMPLE = re.compile(r"e\.g\. (.+)$")
+_WORDS = re.compile(r"[a-z]+")
 
 
-def box_tool_call(tools: list[Any], program: str) -> tuple[str, dict[str, Any]] | None:
-    """(tool name, arguments) of the first listed tool that computes `program`'s printed expression, or None."""
-    printed = _printed(program)
-    if printed is None:
+def box_tool_call(tools: list[Any], program: str, task: str = "") -> tuple[str, dict[str, Any]] | None:
+    """(tool name, arguments) of the listed tool that computes `program`, or None; the one whose description
+    is closest to `task` in words when several do."""
+    lines = [line for text in program.splitlines() if (line := _line(text)) is not None]
+    fits = [(spec, args) for spec in tools if (args := _fit(spec, lines)) is not None]
+    if not fits:
         return None
-    for spec in tools:
-        args = _fit(spec, printed)
-        if args is not None:
-            return spec.name, args
-    return None
+    asked = set(_WORDS.findall(task.lower()))
+    spec, args = max(fits, key=lambda f: len(asked & set(_WORDS.findall(f[0].description.lower()))))
+    return spec.name, args
 
 
-def _printed(program: str) -> ast.expr | None:
-    """The expression the program's last statement prints."""
+@dataclass(frozen=True)
+class _Line:
+    shape: str  # the line's AST with its literals blanked
+    values: list[Any]  # its literals (numbers, strings, lists of numbers) in source order
+    printed: ast.expr | None  # what it prints, for a print line
+
+
+def _line(text: str) -> _Line | None:
+    """A program line as the fit compares it (a block header without its body, `return x` as `print(x)`);
+    None when the line does not parse on its own."""
+    src = text.strip()
     try:
-        last = ast.parse(program).body[-1]
+        node = ast.parse(src + " pass" if src.endswith(":") else src).body[0]
     except (SyntaxError, IndexError):
         return None
-    call = last.value if isinstance(last, ast.Expr) else None
-    if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "print" and len(call.args) == 1:
-        return call.args[0]
+    if isinstance(node, ast.Return) and node.value is not None:
+        node = ast.Expr(ast.Call(ast.Name("print"), [node.value], []))
+    if isinstance(node, (ast.While, ast.If, ast.For)):
+        node.body, node.orelse = [ast.Pass()], []
+    printed = node.value.args[0] if isinstance(node, ast.Expr) and _prints(node.value) else None  # type: ignore
+    found: list[tuple[int, int, Any]] = []
+    blanked = _Blank(found).visit(ast.parse(ast.unparse(node)).body[0])
+    return _Line(ast.dump(blanked), [v for *_, v in sorted(found, key=lambda f: f[:2])], printed)
+
+
+def _prints(node: ast.expr) -> bool:
+    return isinstance(node, ast.Call) and getattr(node.func, "id", "") == "print" and len(node.args) == 1
+
+
+class _Blank(ast.NodeTransformer):
+    """Replaces each literal (a number, a string, a list of numbers) by one placeholder, collecting it."""
+
+    def __init__(self, found: list[tuple[int, int, Any]]):
+        self.found = found
+
+    def visit_Constant(self, n: ast.Constant) -> ast.AST:
+        if type(n.value) not in (int, float, str):
+            return n
+        self.found.append((n.lineno, n.col_offset, n.value))
+        return ast.Name(id="N")
+
+    def visit_List(self, n: ast.List) -> ast.AST:
+        if n.elts and all(isinstance(e, ast.Constant) and type(e.value) in (int, float) for e in n.elts):
+            self.found.append((n.lineno, n.col_offset, [e.value for e in n.elts]))  # type: ignore[attr-defined]
+            return ast.Name(id="N")
+        return self.generic_visit(n)
+
+
+def _fit(spec: Any, lines: list[_Line]) -> dict[str, Any] | None:
+    props = spec.parameters.get("properties", {})
+    notes = [str(p.get("description", "")) for p in props.values()]
+    if len(props) == 1 and next(iter(props.values())).get("type") == "string" and not _ORIGIN.search(notes[0]):
+        return _expression_fit(next(iter(props)), notes[0], lines)
+    if not props or not all(_ORIGIN.search(n) and _EXAMPLE.search(n) for n in notes):
+        return None
+    args: dict[str, Any] = {}
+    taken: dict[str, tuple[_Line, _Line, set[int]]] = {}  # shape -> (origin, own line, places given to params)
+    for name, note in zip(props, notes):
+        origin = _line(_ORIGIN.search(note).group(1))  # type: ignore[union-attr]
+        example = _literal(_EXAMPLE.search(note).group(1))  # type: ignore[union-attr]
+        mine = next((ln for ln in lines if origin is not None and ln.shape == origin.shape), None)
+        if origin is None or example is None or mine is None:
+            return None
+        used = taken.setdefault(origin.shape, (origin, mine, set()))[2]
+        place = next((i for i, v in enumerate(origin.values) if v == example and i not in used), None)
+        if place is None:
+            return None
+        used.add(place)
+        args[name] = mine.values[place]
+    # a literal the tool keeps (not a parameter) must be the program's too: range(1, n + 1) is not range(0, n)
+    kept = all(o.values[i] == m.values[i] for o, m, used in taken.values() for i in range(len(o.values)) if i not in used)
+    return args if kept else None
+
+
+def _expression_fit(name: str, note: str, lines: list[_Line]) -> dict[str, Any] | None:
+    """A tool that evaluates an arithmetic expression string fits a one-line program that prints one."""
+    example = _literal(m.group(1)) if (m := _EXAMPLE.search(note)) else None
+    try:
+        shown = ast.parse(example, mode="eval").body if isinstance(example, str) else None
+    except SyntaxError:
+        return None
+    printed = lines[0].printed if len(lines) == 1 else None
+    if shown is not None and printed is not None and _arithmetic(shown) and _arithmetic(printed):
+        return {name: ast.unparse(printed)}
     return None
 
 
-def _fit(spec: Any, printed: ast.expr) -> dict[str, Any] | None:
-    props = spec.parameters.get("properties", {})
-    notes = [str(p.get("description", "")) for p in props.values()]
-    if len(props) == 1 and next(iter(props.values())).get("type") == "string":
-        example = _EXAMPLE.search(notes[0])
+def _literal(text: str) -> Any:
+    """An example value as a parameter note writes it (JSON or a Python literal); None when it is neither."""
+    try:
+        return json.loads(text)
+    except ValueError:
         try:
-            shown = ast.parse(json.loads(example.group(1)), mode="eval").body if example else None
+            return ast.literal_eval(text)
         except (ValueError, SyntaxError):
             return None
-        if shown is not None and _arithmetic(shown) and _arithmetic(printed):
-            return {next(iter(props)): ast.unparse(printed)}
-        return None
-    origins = {m.group(1) for m in map(_ORIGIN.search, notes) if m}
-    if not props or len(origins) != 1 or len(notes) != sum(bool(_ORIGIN.search(n)) for n in notes):
-        return None
-    try:
-        origin = ast.parse(origins.pop().removeprefix("return "), mode="eval").body
-    except SyntaxError:
-        return None
-    numbers = _numbers(printed)
-    if _shape(origin) != _shape(printed) or len(numbers) != len(props):
-        return None
-    return dict(zip(props, numbers))
 
 
 def _arithmetic(node: ast.AST) -> bool:
@@ -135,21 +200,6 @@ def _arithmetic(node: ast.AST) -> bool:
     if isinstance(node, ast.UnaryOp):
         return _arithmetic(node.operand)
     return isinstance(node, ast.BinOp) and _arithmetic(node.left) and _arithmetic(node.right)
-
-
-def _numbers(node: ast.AST) -> list[Any]:
-    """The number literals of an expression, in source order."""
-    found = [n for n in ast.walk(node) if isinstance(n, ast.Constant) and type(n.value) in (int, float)]
-    return [n.value for n in sorted(found, key=lambda n: (n.lineno, n.col_offset))]
-
-
-def _shape(node: ast.AST) -> str:
-    """The expression with every number literal replaced by one placeholder."""
-    class Blank(ast.NodeTransformer):
-        def visit_Constant(self, n: ast.Constant) -> ast.AST:
-            return ast.Name(id="N") if type(n.value) in (int, float) else n
-
-    return ast.dump(Blank().visit(ast.parse(ast.unparse(node), mode="eval")))
 
 
 def _box_tried(messages: list[dict[str, Any]]) -> bool:
