@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from conftest import cli, one_line_error, require
-from trajdistill.agents import policies
+from trajdistill.agents import PolicyError, policies
 from trajdistill.envs import CannotActError, PolicyRequest, Turn, make_env
 from trajdistill.envs._react_text import ParsedAction, format_action, format_final, parse_react
 from trajdistill.train import OnPolicyConfig, beta_at, read_token_kl, token_kl, write_token_kl
@@ -81,7 +81,17 @@ class Wander:
         pass
 
 
+class Outage(WrongCoder):
+    """The wrong coder behind an endpoint that is down for the tasks listed in the file its target names."""
+
+    async def __call__(self, request: PolicyRequest) -> Turn:
+        if request.task.id in open(self.model).read().split():
+            raise PolicyError(f"endpoint down for {request.task.id}")
+        return await super().__call__(request)
+
+
 policies.register("wrongcoder", WrongCoder)
+policies.register("outage", Outage)
 policies.register("wander", Wander)
 
 
@@ -191,6 +201,28 @@ async def test_beta_one_executes_only_the_teacher_and_never_asks_the_student(tmp
         for rec in records_of(rollout):
             assert rec.acted == "teacher" and rec.label["content"] == rollout.messages[rec.message].content
     assert len(relabels.load()) == 10
+
+
+async def test_a_round_with_errored_rollouts_stops_untrained_and_a_rerun_retries_only_them(tmp_path):
+    """An endpoint that fails mid-round (a vLLM server killed for memory) must not leave a round that trained
+    on what was left: gather stops with one line, keeps the finished rollouts, and the rerun plays the rest."""
+    _nsjail()
+    down = tmp_path / "down.txt"
+    tasks = make_env("math").tasks("train", 5)
+    down.write_text(f"{tasks[1].id} {tasks[3].id}")
+    cfg = _cfg(tmp_path, student=f"outage:{down}", beta_schedule="0")
+    with pytest.raises(RunError, match=r"round 1: 2 of 5 rollouts errored \(last: .*endpoint down for .*\); "
+                                       r"nothing was trained, and the 3 finished ones are kept"):
+        await _gather(cfg)
+    kept = RunStore.open(cfg.out + "/round-1/rollouts").load()
+    assert sorted(t.task_id for t in kept) == sorted(t.id for i, t in enumerate(tasks) if i not in (1, 3))
+    assert not (tmp_path / "op" / "round-1" / "relabels").exists()
+    down.write_text("")
+    WrongCoder.calls = 0
+    rollouts, relabels, _ = await _gather(cfg)
+    assert sorted(t.task_id for t in rollouts) == sorted(t.id for t in tasks)  # each task once: none duplicated
+    assert WrongCoder.calls == 2 * 2  # only the two errored tasks were played again (two student turns each)
+    assert {t.id for t in kept} <= {t.id for t in rollouts}
 
 
 async def test_an_intermediate_beta_mixes_and_is_the_same_on_a_rerun(tmp_path):

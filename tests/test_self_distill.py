@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from trajdistill.agents import CollectConfig, collect, policies
+from trajdistill.agents import CollectConfig, PolicyError, collect, policies
 from trajdistill.train import SelfDistillConfig, parse_train_args, self_distill
 from trajdistill.train._self_distill import SelfDistiller, merge_buffer
-from trajdistill.envs import PolicyRequest, Turn
+from trajdistill.envs import PolicyRequest, Turn, make_env
 from trajdistill.envs._react_text import format_final
-from trajdistill.trajectories import RunStore, compose
+from trajdistill.trajectories import RunError, RunStore, compose
 
 
 class FlipPolicy:
@@ -38,7 +38,21 @@ class FlipPolicy:
         pass
 
 
+class DownFor(FlipPolicy):
+    """`flip:right` behind an endpoint that is down for the task ids listed in the file its target names."""
+
+    def __init__(self, target: str, **kw: Any):
+        super().__init__("right", **kw)
+        self.down = target
+
+    async def __call__(self, request: PolicyRequest) -> Turn:
+        if request.task.id in open(self.down).read().split():
+            raise PolicyError(f"endpoint down for {request.task.id}")
+        return await super().__call__(request)
+
+
 policies.register("flip", FlipPolicy)
+policies.register("downfor", DownFor)
 
 
 def _cfg(tmp_path, **kw) -> SelfDistillConfig:
@@ -87,6 +101,21 @@ async def test_disputed_tasks_keep_only_samples_the_confirm_policy_agrees_with(t
 
     disagree = await _gather(_cfg(tmp_path / "c", student="flip:seed", confirm="flip:wrong"))
     assert disagree.kept == [] and disagree.added == 0
+
+
+async def test_a_sample_with_errored_episodes_stops_the_round_and_a_rerun_retries_only_them(tmp_path):
+    """An endpoint that fails on some episodes must not leave a buffer trained on what was left."""
+    down = tmp_path / "down.txt"
+    task = make_env("math").tasks("train", 3)[1]
+    down.write_text(task.id)
+    cfg = _cfg(tmp_path, student=f"downfor:{down}", samples=1)
+    with pytest.raises(RunError, match=r"round 1 sample 1: 1 episodes errored \(last: endpoint down for .*\); "
+                                       "nothing was trained"):
+        await _gather(cfg)
+    assert len(RunStore.open(tmp_path / "sd" / "round-1" / "samples-0").load()) == 2  # the finished ones kept
+    down.write_text("")
+    g = await _gather(cfg)
+    assert sorted(t.task_id for t in g.samples) == sorted(t.id for t in make_env("math").tasks("train", 3))
 
 
 def test_buffer_run_holds_several_samples_of_one_task_and_student(tmp_path):

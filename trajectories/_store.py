@@ -328,6 +328,12 @@ class RunStore:
             out.append(rec)
         return out
 
+    def unfinished_errors(self) -> list[dict[str, Any]]:
+        """The latest error record of each (task_id, teacher) pair that has no trajectory: what a rerun retries."""
+        done = self.finished_keys()
+        latest = {(e["task_id"], e["teacher"]): e for e in self.errors()}
+        return [e for key, e in latest.items() if key not in done]
+
     def stats(self) -> RunStats:
         """What stats.json holds, computed from disk."""
         if not self._writable:

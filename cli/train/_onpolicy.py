@@ -62,7 +62,8 @@ from trajdistill.agents import (EvalConfig, Policy, Progress, ReActLoop, Rollout
 from trajdistill.envs import CannotActError, ConfigError, Env, Outcome, PolicyRequest, Task, Turn, make_env
 from trajdistill.envs._react_text import ParsedAction, ParsedFinal, parse_react
 from trajdistill.envs.sandbox import Limits, SandboxProvider, get_provider
-from trajdistill.trajectories import Message, RunStore, Span, Teacher, Trajectory, Usage, assistant_text, segment_as_env
+from trajdistill.trajectories import (Message, RunError, RunStore, Span, Teacher, Trajectory, Usage, assistant_text,
+                                      segment_as_env)
 
 from ._config import TrainConfig, student_problems
 from ._data import write_teacher_logprobs
@@ -512,8 +513,7 @@ class OnPolicyDistiller(RoundsDir):
             store.write_stats()
             store.close()
         run = RunStore.open(out)
-        errored = {e["task_id"] for e in run.errors()} - {t.task_id for t in run.load()}
-        return run.load(), len(errored)
+        return run.load(), len(run.unfinished_errors())
 
     async def _run_episodes(self, loop: ReActLoop, acting: Any, todo: list[Task], store: RunStore,
                             round_no: int, beta: float) -> None:
@@ -598,6 +598,11 @@ class OnPolicyDistiller(RoundsDir):
         """Roll out round `round_no` and write its relabels (the part of a round that needs no training)."""
         beta = self.beta(round_no)
         rollouts, errored = await self.rollouts(round_no, student, beta)
+        if errored:  # a round trained without them would stand in rounds.json as done, and a rerun keep it
+            why = RunStore.open(self.root / f"round-{round_no}" / "rollouts").unfinished_errors()[-1]["reason"]
+            raise RunError(f"round {round_no}: {errored} of {len(self.tasks)} rollouts errored (last: {why}); "
+                           f"nothing was trained, and the {len(rollouts)} finished ones are kept: run again to "
+                           "retry the rest")
         for derived in ("relabels", "model", "dev"):  # left by a cut-off attempt of this round: rebuilt
             shutil.rmtree(self.root / f"round-{round_no}" / derived, ignore_errors=True)
         return rollouts, errored

@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 from trajdistill.agents import (CollectConfig, Collector, EvalConfig, Progress, RolloutConfig, collect_async,
                                config_field, evaluate_async, resolved_config, rollout_default)
-from trajdistill.trajectories import RunStore, Trajectory, assistant_text
+from trajdistill.trajectories import RunError, RunStore, Trajectory, assistant_text
 
 from ._config import TrainConfig
 from ._rounds import RoundsDir, recipe_problems, typed_train_arg
@@ -202,6 +202,11 @@ class SelfDistiller(RoundsDir):
             cc = self._collect_config(student, self.root / f"round-{round_no}" / f"samples-{k}", seed,
                                       self.cfg.temperature, self.cfg.student_options)
             store, _ = await collect_async(cc, self._listen(f"round {round_no} sample {k + 1}/{self.cfg.samples}"))
+            errored = RunStore.open(cc.out).unfinished_errors()
+            if errored:  # a buffer without them would be trained on and stand as the round's
+                raise RunError(f"round {round_no} sample {k + 1}: {len(errored)} episodes errored (last: "
+                               f"{errored[-1]['reason']}); nothing was trained, and the finished ones are kept: "
+                               "run again to retry the rest")
             out += [as_buffer_entry(t, round_no, k) for t in store.load()]
         return out
 
