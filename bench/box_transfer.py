@@ -15,6 +15,9 @@ Students (SmolLM2-135M from the base model, `train`'s defaults, the same `--toke
   box-literate, top-1 lists     the same as box-literate, but its boxed runs were collected with one box tool
                    listed per task (`--skills-top-k 1`, BM25), and it is evaluated so: the one listed tool is
                    the one to weigh, and it changes from task to task
+  box-literate, top-1 lists, renamed tools and parameters   the same, with `--rename-share` of the boxed
+                   trajectories renamed, their tools' parameters too (`rename-tools --params`): the arguments are
+                   to be copied from the signature the list shows
 Evaluation: held-out test tasks of the held-out categories only, each student with box held mounted and
 without any box, plus the coder with the box as the reference. Rows go to bench/results/box-transfer.jsonl
 as each finishes (a cut-off run resumes: runs, boxes, students and rows already there are kept).
@@ -86,11 +89,11 @@ def mined(args: argparse.Namespace, name: str, run: Path) -> Path:
     return out
 
 
-def renamed_run(args: argparse.Namespace, name: str, run: Path) -> Path:
+def renamed_run(args: argparse.Namespace, name: str, run: Path, params: bool = False) -> Path:
     out = args.out / "runs" / name
     if not (out / "stats.json").exists():
         shutil.rmtree(out, ignore_errors=True)
-        rename_tools(run, out, share=args.rename_share, seed=0)
+        rename_tools(run, out, share=args.rename_share, seed=0, params=params)
     return out
 
 
@@ -148,7 +151,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 STUDENTS = {"plain SFT": "plain", "box-literate": "box-literate",
-            "box-literate, renamed tools": "box-literate-renamed", "box-literate, top-1 lists": "box-literate-top1"}
+            "box-literate, renamed tools": "box-literate-renamed", "box-literate, top-1 lists": "box-literate-top1",
+            "box-literate, top-1 lists, renamed tools and parameters": "box-literate-top1-renamed-params"}
 
 
 def training_runs(args: argparse.Namespace, slug: str, boxes: dict[str, Path]) -> list[Path]:
@@ -159,14 +163,16 @@ def training_runs(args: argparse.Namespace, slug: str, boxes: dict[str, Path]) -
     top_k = top_k_of(slug)
     boxed = [coder_run(args, f"boxed-{g}" + ("" if top_k == TOP_K else f"-top{top_k}"), cats, boxes[g], top_k)
              for g, cats in args.groups.items()]
-    if slug == "box-literate-renamed":
-        boxed = [renamed_run(args, f"renamed-{run.name.removeprefix('boxed-')}", run) for run in boxed]
+    if "-renamed" in slug:
+        params = slug.endswith("-params")
+        boxed = [renamed_run(args, f"renamed-{run.name.removeprefix('boxed-')}" + ("-params" if params else ""), run,
+                             params) for run in boxed]
     return [*boxed, *plain]
 
 
 def top_k_of(slug: str) -> int:
     """Box tools listed per task when this student's boxed data was collected, and when it is evaluated."""
-    return 1 if slug.endswith("-top1") else TOP_K
+    return 1 if "-top1" in slug else TOP_K
 
 
 def main() -> None:

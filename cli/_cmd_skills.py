@@ -117,12 +117,14 @@ def rename_tools_cmd(run: Path = typer.Argument(..., help="Run directory with bo
                      out: Path = typer.Option(..., help="The new run directory to write."),
                      share: float = typer.Option(0.5, help="Share of the boxed trajectories that get new tool names."),
                      seed: int = typer.Option(0, help="Seed of which trajectories, and which names."),
+                     params: bool = typer.Option(False, "--params", help="Rename the tools' parameters too (the "
+                                                 "signature in the list and every Action Input)."),
                      config: Optional[Path] = ConfigOption) -> None:
     """Copy a boxed run, giving a share of its trajectories fresh names for their box tools (in the tool list,
     every Action, Thought and observation), so that a student trained on it reads the tool list it is given."""
     from trajdistill.skills import rename_tools
 
-    r = rename_tools(run, out, share=share, seed=seed)
+    r = rename_tools(run, out, share=share, seed=seed, params=params)
     console.print(f"run written to [bold]{out}[/]: {r.renamed} of {r.trajectories} trajectories renamed "
                   f"({r.boxed} listed box tools)", highlight=False)
 

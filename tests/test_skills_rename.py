@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import subprocess
 import sys
 
@@ -57,6 +58,32 @@ def test_every_mention_of_a_box_tool_is_renamed_but_the_task_and_the_envs_own_to
     assert new.spans == [] and segment(new)  # spans of the old text are dropped; the new text segments
 
 
+def signature(system: str, tool: str) -> list[str]:
+    """The parameter names the tool list shows for `tool`."""
+    line = re.search(rf"^- {tool}\(([^)]*)\)", system, re.MULTILINE).group(1)
+    return [part.split(":")[0].strip() for part in line.split(",")]
+
+
+def test_with_params_the_signature_and_every_action_input_get_the_same_fresh_parameter_names(runs):
+    trajs = RunStore.open(runs / "boxed").load()
+    traj = next(t for t in trajs if "modular_power" in actions(t))  # a three-parameter box tool, called
+    new = renamed(traj, random.Random(0), params=True)
+    tool = dict(zip(box_tools(traj), box_tools(new)))["modular_power"]
+    old_names = signature(traj.messages[0].content, "modular_power")
+    new_names = signature(new.messages[0].content, tool)
+    assert old_names == ["base", "exponent", "modulus"] and len(new_names) == 3
+    assert not set(new_names) & set(old_names)
+    calls = [(parse_react(a.content), parse_react(b.content)) for a, b in zip(traj.messages, new.messages)
+             if a.role == "assistant" and isinstance(parse_react(a.content), ParsedAction)]
+    box_calls = [(a, b) for a, b in calls if a.tool == "modular_power"]
+    assert box_calls
+    for before, after in box_calls:  # the same values, under the names the list now shows, in its order
+        assert after.tool == tool and list(after.arguments) == new_names
+        assert list(after.arguments.values()) == [before.arguments[n] for n in old_names]
+        assert after.thought == before.thought.replace("modular_power", tool)
+    assert renamed(traj, random.Random(0)).messages[0].content.count("base: integer") == 1  # off by default
+
+
 def test_a_task_that_names_a_tool_keeps_its_words(runs):
     traj = RunStore.open(runs / "boxed").load()[0]
     name = box_tools(traj)[0]
@@ -92,6 +119,11 @@ def test_bad_share_and_an_existing_out_are_refused_in_one_line(runs, tmp_path):
     wide = {**os.environ, "COLUMNS": "300"}
     ok = subprocess.run(cmd, capture_output=True, text=True, env=wide)
     assert ok.returncode == 0 and "12 of 12 trajectories renamed" in ok.stdout
+    with_params = subprocess.run([*cmd[:7], str(tmp_path / "cli-params"), "--share", "1", "--params"],
+                                 capture_output=True, text=True, env=wide)
+    assert with_params.returncode == 0, with_params.stderr
+    assert RunStore.open(tmp_path / "cli-params").config["rename_params"] is True
+    assert not any("modulus: integer" in t.messages[0].content for t in RunStore.open(tmp_path / "cli-params").load())
     again = subprocess.run(cmd, capture_output=True, text=True, env=wide)
     assert again.returncode != 0 and "Traceback" not in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1 and "exists" in again.stderr
