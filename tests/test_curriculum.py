@@ -73,3 +73,26 @@ def test_stage_steps_follow_rows_per_step_and_repeat_each_epoch():
     # 20 rows, 4 rows per step: 5 steps per epoch; stages begin at rows 0, 4, 10
     assert stage_steps([0, 4, 10], 20, args) == [1, 2, 3, 6, 7, 8]
     assert stage_steps([0, 4, 10], 20, args, max_steps=2) == [1, 2]
+
+
+def _data(n: int, mode: str, stage_rows: list[int]):
+    from datasets import Dataset
+
+    from trajdistill.train._data import TrainData
+
+    plan = order([float(n - i) for i in range(n)], mode)  # example i has complexity n - i: the order reverses
+    return TrainData(Dataset.from_list([{"example": i} for i in plan.order]), plan, stage_rows, [], {})
+
+
+def test_a_curriculum_longer_than_the_step_budget_is_thinned_evenly_from_easy_to_hard():
+    from trajdistill.train._data import paced
+
+    data = _data(20, "complexity", [0])
+    short = paced(data, 5)  # 5 rows fit the steps: every 4th of the ordered 20, the hardest quarter included
+    assert short.dataset["example"] == [19, 15, 11, 7, 3] and short.paced_from == 20
+    assert short.stage_rows == [0]
+    staged = paced(_data(20, "staged:2", [0, 10]), 5)  # stages of 10 and 20 rows: 30 in all, every 6th kept
+    assert len(staged.dataset) == 5 and staged.stage_rows == [0, 2]  # the second stage starts at its first kept row
+    assert paced(data, 20) is data and paced(data, 0) is data  # it all fits, or no step budget
+    unordered = _data(20, "none", [0])
+    assert paced(unordered, 5) is unordered  # a shuffled set is sampled by the trainer, not cut

@@ -199,10 +199,26 @@ def test_white_box_teacher_logs_kd_loss(run, tiny, tmp_path):
 
 # ---- data: packing and collation ----------------------------------------------------------------
 
+def test_a_curriculum_run_shorter_than_its_data_trains_rows_from_easy_to_hard(run, tiny, tmp_path):
+    """One step of 2 rows over 6 ordered examples: the easiest and the middle one, not the two easiest."""
+    def cfg(out, steps):
+        return config(run, tiny, tmp_path / out, packing=False, max_steps=steps, batch_size=2, grad_accum=1,
+                      curriculum="complexity")
+
+    _, whole, _ = build_trainer(cfg("whole", 100))
+    _, short, _ = build_trainer(cfg("short", 1))
+    assert len(whole.dataset) == 6 and whole.paced_from is None
+    assert short.paced_from == 6 and short.dataset["input_ids"] == [whole.dataset[i]["input_ids"] for i in (0, 3)]
+    result = train(cfg("trained", 1))
+    report = json.loads((result.out / "curriculum.json").read_text())
+    assert (report["rows"], report["paced_from_rows"]) == (2, 6)
+    assert "evenly spaced over the 6 ordered ones to fit 1 steps" in (result.out / "README.md").read_text()
+
+
 def test_packing_keeps_span_kinds_aligned(run, tiny, tmp_path):
     trainer, data, _ = build_trainer(config(run, tiny, tmp_path / "o", packing=True, max_length=800,
-                                            max_steps=1, curriculum="complexity"))
-    _, plain, _ = build_trainer(config(run, tiny, tmp_path / "p", packing=False, max_length=800,
+                                            max_steps=100, curriculum="complexity"))  # every row fits the steps
+    _, plain, _ = build_trainer(config(run, tiny, tmp_path / "p", packing=False, max_length=800, max_steps=100,
                                        curriculum="complexity"))
     originals = [plain.dataset[i] for i in range(len(plain.dataset))]
     assert 1 < len(data.dataset) < len(originals)  # several trajectories per row
@@ -216,6 +232,7 @@ def test_packing_keeps_span_kinds_aligned(run, tiny, tmp_path):
         assert doc["span_kinds"][1:] == orig["span_kinds"][1:] and doc["labels"][1:] == orig["labels"][1:]
     batch = SpanCollator(0)([data.dataset[0], data.dataset[1]])
     assert "attention_mask" not in batch and batch["position_ids"].shape == batch["input_ids"].shape
+    trainer.args.max_steps = 1  # one step shows the packed rows train
     trainer.train()
     assert any("loss_act" in e for e in trainer.state.log_history)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -30,6 +32,19 @@ class TrainData:
     stage_rows: list[int]  # dataset row where each curriculum stage begins
     provenance: list[dict[str, Any]]
     trained_tokens: dict[str, int]
+    paced_from: int | None = None  # rows before `paced` thinned an ordered set to the step budget
+
+
+def paced(data: TrainData, rows: int) -> TrainData:
+    """An ordered (curriculum) set thinned to the `rows` that the step budget trains: evenly spaced rows of the
+    whole order, so that a run shorter than an epoch still goes from easy to hard instead of stopping among the
+    easy ones (62 steps of 4 rows had trained only the easiest 17% of 1,423 rows). Stages keep their places."""
+    n = len(data.dataset)
+    if not data.plan.sequential or rows <= 0 or rows >= n:
+        return data
+    keep = [i * n // rows for i in range(rows)]
+    starts = sorted({bisect.bisect_left(keep, r) for r in data.stage_rows if bisect.bisect_left(keep, r) < rows})
+    return dataclasses.replace(data, dataset=data.dataset.select(keep), stage_rows=starts or [0], paced_from=n)
 
 
 def load_trajectories(cfg: TrainConfig) -> tuple[list[Any], list[dict[str, Any]]]:

@@ -72,7 +72,7 @@ def _write_reports(cfg: TrainConfig, trainer: Any, data: TrainData, student_path
     curriculum = {"mode": cfg.curriculum, "examples": len(data.plan.scores), "rows": len(data.dataset),
                   "stage_sizes": data.plan.stage_sizes(), "stage_rows": data.stage_rows,
                   "stage_steps": trainer.stage_steps, "processes": trainer.args.world_size,
-                  "rows_per_step": rows_per_step(trainer.args)}
+                  "rows_per_step": rows_per_step(trainer.args), "paced_from_rows": data.paced_from}
     (out / "curriculum.json").write_text(json.dumps(curriculum, indent=2))
     plot_losses(trainer.state.log_history, trainer.stage_steps, out / "loss.png")
     card = model_card(cfg, data, student_path, losses, trainer.state.global_step, trainer.stage_steps,
@@ -93,7 +93,9 @@ def model_card(cfg: TrainConfig, data: TrainData, student_path: Path, losses: di
         teachers = ", ".join(f"{k} ({v})" for k, v in p["teachers"].items())
         lines.append(f"| {p['run']} | {p['trajectories']} | {p['used']} | {', '.join(p['envs'])} | {teachers} |")
     lines += ["", f"Only successful trajectories: {cfg.only_success}. Examples trained: {len(data.plan.scores)} "
-              f"({len(data.dataset)} rows{', packed' if cfg.packing else ''}). Trained tokens: "
+              f"({len(data.dataset)} rows{', packed' if cfg.packing else ''}"
+              + (f", evenly spaced over the {data.paced_from} ordered ones to fit {cfg.max_steps} steps"
+                 if data.paced_from else "") + "). Tokens in the data: "
               + ", ".join(f"{k} {v}" for k, v in data.trained_tokens.items()) + ".", "",
               "## Hyperparameters", "", "| setting | value |", "|---|---|"]
     lines += [f"| {f.name} | {getattr(cfg, f.name)} |" for f in dataclasses.fields(cfg) if f.name != "data"]

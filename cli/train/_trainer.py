@@ -45,7 +45,7 @@ from trajdistill.agents import adapter_base, bf16_is_fast, is_peft_adapter, reso
 from trajdistill.envs import ConfigError
 
 from ._config import SPAN_NAMES, TrainConfig
-from ._data import SpanCollator, TrainData, build_data
+from ._data import SpanCollator, TrainData, build_data, paced
 
 # torch, transformers, trl and peft are imported inside the functions that use them: they take seconds to
 # import, and the CLI reads TrainConfig for every `train --help`.
@@ -357,7 +357,7 @@ def build_trainer(cfg: TrainConfig) -> tuple[Any, TrainData, Path]:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     args = sft_args(cfg)
-    data = build_data(cfg, tokenizer)
+    data = paced(build_data(cfg, tokenizer), cfg.max_steps * rows_per_step(args))
     teacher = _load_teacher(cfg, model)
     plan_steps = stage_steps(data.stage_rows, len(data.dataset), args, cfg.max_steps)
     trainer = trainer_class()(
