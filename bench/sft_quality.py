@@ -5,7 +5,7 @@ Trains on expert:coder trajectories from the train split at one token budget for
   base                          the untrained student
   coder: plain SFT              --reason-weight 1 --act-weight 1 --answer-weight 1
   coder: span-aware SFT         train's defaults (weights 1 / 2 / 2, no curriculum)
-  coder: span-aware SFT + curriculum   the default weights, --curriculum complexity
+  coder: span-aware SFT + curriculum (paced)   the default weights, --curriculum complexity
   teacher expert:coder          for reference
 Rows are appended to bench/results/quality-<tokens>.jsonl as each variant finishes, so a cut-off run keeps what it has.
 
@@ -21,8 +21,10 @@ from _quality import CODER_STUDENT, STUDENT, arguments, evaluated, report, teach
 VARIANTS = {
     "coder: plain SFT": dict(reason_weight=1.0, act_weight=1.0, answer_weight=1.0),
     CODER_STUDENT: {},
-    "coder: span-aware SFT + curriculum": dict(curriculum="complexity"),
+    "coder: span-aware SFT + curriculum (paced)": dict(curriculum="complexity"),
 }
+# "(paced)": trained since a curriculum longer than the step budget is thinned evenly, easy to hard; rows named
+# "coder: span-aware SFT + curriculum" are from before, when the budget cut it after its easiest rows
 
 
 def main() -> None:
