@@ -166,7 +166,8 @@ def _fit(spec: Any, lines: list[_Line]) -> dict[str, Any] | None:
         used.add(place)
         args[name] = mine.values[place]
     # a literal the tool keeps (not a parameter) must be the program's too: range(1, n + 1) is not range(0, n)
-    kept = all(o.values[i] == m.values[i] for o, m, used in taken.values() for i in range(len(o.values)) if i not in used)
+    kept = all(o.values[i] == m.values[i] for o, m, used in taken.values()
+               for i in range(len(o.values)) if i not in used)
     return args if kept else None
 
 
