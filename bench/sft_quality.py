@@ -6,6 +6,7 @@ Trains on expert:coder trajectories from the train split at one token budget for
   coder: plain SFT              --reason-weight 1 --act-weight 1 --answer-weight 1
   coder: span-aware SFT         train's defaults (weights 1 / 2 / 2, no curriculum)
   coder: span-aware SFT + curriculum (paced)   the default weights, --curriculum complexity
+  coder: span-aware SFT + staged:3 curriculum  the default weights, --curriculum staged:3 (cumulative stages)
   teacher expert:coder          for reference
 Rows are appended to bench/results/quality-<tokens>.jsonl as each variant finishes, so a cut-off run keeps what it has.
 
@@ -22,6 +23,7 @@ VARIANTS = {
     "coder: plain SFT": dict(reason_weight=1.0, act_weight=1.0, answer_weight=1.0),
     CODER_STUDENT: {},
     "coder: span-aware SFT + curriculum (paced)": dict(curriculum="complexity"),
+    "coder: span-aware SFT + staged:3 curriculum": dict(curriculum="staged:3"),
 }
 # "(paced)": trained since a curriculum longer than the step budget is thinned evenly, easy to hard; rows named
 # "coder: span-aware SFT + curriculum" are from before, when the budget cut it after its easiest rows
