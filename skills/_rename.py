@@ -106,8 +106,7 @@ def _arguments_renamed(m: Message, maps: dict[str, dict[str, str]]) -> Message:
     update: dict[str, Any] = {}
     parsed = parse_react(m.content or "")
     if isinstance(parsed, ParsedAction) and parsed.tool in maps and isinstance(parsed.arguments, dict):
-        args = {maps[parsed.tool].get(k, k): v for k, v in parsed.arguments.items()}
-        update["content"] = format_action(parsed.thought, parsed.tool, args)
+        update["content"] = format_action(parsed.thought, parsed.tool, _keyed(parsed.arguments, maps[parsed.tool]))
     if m.tool_calls:
         update["tool_calls"] = [_call_arguments_renamed(c, maps) for c in m.tool_calls]
     return m.model_copy(update=update) if update else m
@@ -121,8 +120,13 @@ def _call_arguments_renamed(call: ToolCallMsg, maps: dict[str, dict[str, str]]) 
         return call
     if fn.name not in maps or not isinstance(args, dict):
         return call
-    args = {maps[fn.name].get(k, k): v for k, v in args.items()}
-    return call.model_copy(update={"function": fn.model_copy(update={"arguments": json.dumps(args)})})
+    arguments = json.dumps(_keyed(args, maps[fn.name]))
+    return call.model_copy(update={"function": fn.model_copy(update={"arguments": arguments})})
+
+
+def _keyed(args: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    """`args` under the new parameter names, in their order."""
+    return {names.get(k, k): v for k, v in args.items()}
 
 
 def _renamed_message(m: Message, pattern: re.Pattern[str], names: dict[str, str]) -> Message:

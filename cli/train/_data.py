@@ -43,7 +43,7 @@ def paced(data: TrainData, rows: int) -> TrainData:
     if not data.plan.sequential or rows <= 0 or rows >= n:
         return data
     keep = [i * n // rows for i in range(rows)]
-    starts = sorted({bisect.bisect_left(keep, r) for r in data.stage_rows if bisect.bisect_left(keep, r) < rows})
+    starts = sorted({i for i in (bisect.bisect_left(keep, r) for r in data.stage_rows) if i < rows})
     return dataclasses.replace(data, dataset=data.dataset.select(keep), stage_rows=starts or [0], paced_from=n)
 
 

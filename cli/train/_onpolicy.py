@@ -488,8 +488,9 @@ class OnPolicyDistiller(RoundsDir):
                               "they must share one")
         return policy
 
-    async def rollouts(self, round_no: int, student: str, beta: float) -> tuple[list[Trajectory], int]:
-        """The round's rollouts (and how many episodes errored), going on where a cut-off attempt stopped."""
+    async def rollouts(self, round_no: int, student: str, beta: float) -> tuple[list[Trajectory], list[dict[str, Any]]]:
+        """The round's rollouts (and the errors of its episodes that errored), going on where a cut-off attempt
+        stopped."""
         c = self.cfg
         student_spec = c.rollout_spec(student)
         out = self.root / f"round-{round_no}" / "rollouts"
@@ -513,7 +514,7 @@ class OnPolicyDistiller(RoundsDir):
             store.write_stats()
             store.close()
         run = RunStore.open(out)
-        return run.load(), len(run.unfinished_errors())
+        return run.load(), run.unfinished_errors()
 
     async def _run_episodes(self, loop: ReActLoop, acting: Any, todo: list[Task], store: RunStore,
                             round_no: int, beta: float) -> None:
@@ -597,15 +598,14 @@ class OnPolicyDistiller(RoundsDir):
     async def gather(self, round_no: int, student: str) -> tuple[list[Trajectory], int]:
         """Roll out round `round_no` and write its relabels (the part of a round that needs no training)."""
         beta = self.beta(round_no)
-        rollouts, errored = await self.rollouts(round_no, student, beta)
-        if errored:  # a round trained without them would stand in rounds.json as done, and a rerun keep it
-            why = RunStore.open(self.root / f"round-{round_no}" / "rollouts").unfinished_errors()[-1]["reason"]
-            raise RunError(f"round {round_no}: {errored} of {len(self.tasks)} rollouts errored (last: {why}); "
-                           f"nothing was trained, and the {len(rollouts)} finished ones are kept: run again to "
-                           "retry the rest")
+        rollouts, errors = await self.rollouts(round_no, student, beta)
+        if errors:  # a round trained without them would stand in rounds.json as done, and a rerun keep it
+            raise RunError(f"round {round_no}: {len(errors)} of {len(self.tasks)} rollouts errored (last: "
+                           f"{errors[-1]['reason']}); nothing was trained, and the {len(rollouts)} finished ones "
+                           "are kept: run again to retry the rest")
         for derived in ("relabels", "model", "dev"):  # left by a cut-off attempt of this round: rebuilt
             shutil.rmtree(self.root / f"round-{round_no}" / derived, ignore_errors=True)
-        return rollouts, errored
+        return rollouts, len(errors)
 
     async def divergence(self, round_no: int, student: str, rollouts: list[Trajectory]) -> list[float | None]:
         """Write the rollouts' token KL to their teacher (rollouts/token_kl.jsonl) and, with stored log-probs, the
