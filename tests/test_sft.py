@@ -212,7 +212,7 @@ def test_a_curriculum_run_shorter_than_its_data_trains_rows_from_easy_to_hard(ru
     result = train(cfg("trained", 1))
     report = json.loads((result.out / "curriculum.json").read_text())
     assert (report["rows"], report["paced_from_rows"]) == (2, 6)
-    assert "evenly spaced over the 6 ordered ones to fit 1 steps" in (result.out / "README.md").read_text()
+    assert "evenly spaced over the 6 ordered ones to fit 1 step)" in (result.out / "README.md").read_text()
 
 
 def test_packing_keeps_span_kinds_aligned(run, tiny, tmp_path):

@@ -27,7 +27,8 @@ class TrainConfig:
     reason_weight: float = field(default=1.0, metadata={"help": "Loss weight of [REASON] span tokens."})
     act_weight: float = field(default=2.0, metadata={"help": "Loss weight of [ACT] span tokens."})
     answer_weight: float = field(default=2.0, metadata={"help": "Loss weight of final-answer span tokens."})
-    curriculum: str = field(default="none", metadata={"help": "none, complexity or staged:K (easy to hard)."})
+    curriculum: str = field(default="none", metadata={
+        "help": "none, complexity or staged:K (easy to hard; staged:K replays every kind to the end, measured best)."})
     epochs: float = field(default=1.0, metadata={"help": "Passes over the (curriculum-ordered) data."})
     max_steps: int = field(default=-1, metadata={"help": "Optimizer steps; overrides epochs when > 0."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (all linear layers)."})
