@@ -16,7 +16,8 @@ from ._console import err_console
 # The command modules and the library load inside each command, so that `trajdistill --help` stays fast.
 
 app = typer.Typer(help="Agentic trajectory distillation: collect, compose, train, mine skills, evaluate.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+                  rich_markup_mode="markdown")
 
 # Every command lives in a command module with `register(app)`; --help lists commands in this order, then groups.
 COMMAND_MODULES = ("_cmd_collect", "_cmd_envs", "_cmd_train", "_cmd_eval", "_cmd_gate", "_cmd_compose", "_cmd_onpolicy",

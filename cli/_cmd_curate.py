@@ -78,7 +78,8 @@ def import_command(
                                           "--format openai` writes it)."),
     env: str = typer.Option(..., help="Env the conversations belong to, e.g. math."),
     out: Path = typer.Option(..., help="Run directory to write (new or empty)."),
-    teacher: Optional[str] = typer.Option(None, help="Teacher label of the trajectories (default import:<file>)."),
+    teacher: Optional[str] = typer.Option(
+        None, help="Teacher label of the trajectories (default import:STEM, the file's name without its suffix)."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Import OpenAI messages JSONL (the inverse of `export --format openai`) as a run of typed trajectories."""

@@ -32,7 +32,7 @@ class MineConfig:
                                      "lists the known ones. Known miners")
     workers: int = config_field(4, "Analysts and sandboxed tool runs in flight at once.")
     sandbox: str = config_field("auto", "Sandbox backend for tool replay: auto, docker, nsjail, none.")
-    name: str | None = config_field(None, "Box name; default: <env>-skills.")
+    name: str | None = config_field(None, "Box name; default: ENV-skills, e.g. math-skills.")
     force: bool = config_field(False, "Replace an existing box at OUT.")
     timeout_s: float = config_field(10.0, "Wall-clock limit of one tool run in the sandbox, in seconds.")
     min_support: int | None = config_field(None, "Distinct source calls a tool must cover to be kept; default: 1 "

@@ -25,6 +25,12 @@ def test_help_on_every_command(cmd):
     assert "Usage:" in res.stdout
 
 
+def test_help_reflows_a_docstring_paragraph_to_the_terminal_width():
+    # the docstrings are wrapped at ~110 columns; kept as hard breaks they made ragged lines in narrower terminals
+    lines = [" ".join(line.split()) for line in cli("onpolicy", "--help").stdout.splitlines()]
+    assert any("mixed with the teacher by beta, rolls out through the ReAct loop" in line for line in lines)
+
+
 def test_envs_list_and_show():
     out = cli("envs", "list").stdout
     for name in ("math", "twx", "mcp"):
