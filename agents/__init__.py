@@ -11,7 +11,7 @@ from ._models import (ALIASES, ModelNotFoundError, adapter_base, bf16_is_fast, b
 from ._policy import ActionFormat, Policy, PolicyError, make_policy, policies, split_spec
 from ._readiness import (GateConfig, GateReport, expected_calibration_error, gate, ks_statistic, psi,
                          read_gate)
-from ._rollout import INVOCATION_KEYS, RolloutConfig, config_field, rollout_default
+from ._rollout import INVOCATION_KEYS, RolloutConfig, config_field, rollout_default, stored_settings
 from ._scoring import EpisodeScores, score_episodes
 
 __all__ = [
@@ -62,6 +62,7 @@ __all__ = [
     "resolve_model",
     "resolved_config",
     "rollout_default",
+    "stored_settings",
     "score_episodes",
     "split_spec",
     "to_trajectory",

@@ -26,7 +26,7 @@ from trajdistill.trajectories import EnvRef, Message, Provenance, RunStore, Teac
 from ._executor import executors
 from ._loop import EpisodeResult, ReActLoop
 from ._policy import Policy, PolicyError, make_policy, options_by_spec
-from ._rollout import INVOCATION_KEYS, RolloutConfig, config_field
+from ._rollout import RolloutConfig, config_field, stored_settings
 
 
 class Mount(Protocol):
@@ -174,7 +174,8 @@ class Collector:
         given = policies or {}
         self.policies = {spec: given[spec] if spec in given else make_policy(spec, env=self.env, **options[spec])
                          for spec in cfg.teachers}
-        self.loops = {spec: ReActLoop(self.env, p, max_steps=cfg.max_steps, engine=cfg.loop)
+        self.loops = {spec: ReActLoop(self.env, p, max_steps=cfg.max_steps, engine=cfg.loop,
+                                      stop_on_repeat=cfg.stop_on_repeat)
                       for spec, p in self.policies.items()}
         self.provider: SandboxProvider | None = None
 
@@ -244,11 +245,7 @@ async def run_here(collector: Collector, todo: list[tuple[Task, str]], store: Ru
 
 
 def resolved_config(cfg: CollectConfig) -> dict[str, Any]:
-    d = asdict(cfg)
-    for key in INVOCATION_KEYS:  # how this invocation checks boxes and runs episodes, not what the run holds
-        d.pop(key, None)
-    if not cfg.skills:  # no box, nothing listed: a run.yaml written before the setting existed still resumes
-        d.pop("skills_top_k", None)
+    d = stored_settings(asdict(cfg))
     d["package_version"] = __version__
     return d
 

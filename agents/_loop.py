@@ -22,7 +22,7 @@ from typing import Any, TypedDict
 from trajdistill.envs import (FINAL_ANSWER, Env, Episode, Observation, Outcome, PolicyRequest, Task, Turn,
                               final_answer_spec)
 from trajdistill.envs._react_text import ParsedAction, ParsedFinal, parse_react
-from trajdistill.trajectories import PARSE_ERROR_TOOL, cut_off_detail
+from trajdistill.trajectories import PARSE_ERROR_TOOL, cut_off_detail, looped_detail
 
 from ._policy import Policy
 
@@ -127,12 +127,13 @@ class ReActLoop:
     """Runs episodes of one env with one policy. Async; build once, run many episodes concurrently."""
 
     def __init__(self, env: Env, policy: Policy, *, max_steps: int = 20, sampling: dict[str, Any] | None = None,
-                 engine: str = "direct"):
+                 engine: str = "direct", stop_on_repeat: int = 0):
         if engine not in LOOP_ENGINES:
             raise ValueError(f"loop engine must be one of {', '.join(LOOP_ENGINES)}, got {engine!r}")
         self.env = env
         self.policy = policy
         self.max_steps = max_steps
+        self.stop_on_repeat = stop_on_repeat  # end after this many identical turns with identical observations
         self.sampling = sampling or {}
         self.tools = env.tools()
         self._answer_spec = final_answer_spec()
@@ -209,9 +210,17 @@ class ReActLoop:
         return {"messages": messages, "usage": usage}
 
     def _route(self, state: LoopState) -> str:
-        if state.get("outcome") is not None or state["steps"] >= self.max_steps:
+        if state.get("outcome") is not None or state["steps"] >= self.max_steps or self._looping(state["messages"]):
             return "end"
         return "step"
+
+    def _looping(self, messages: list[dict[str, Any]]) -> bool:
+        """Whether the last `stop_on_repeat` turns were one turn and one observation, over and over: a greedy
+        policy in such a loop almost never leaves it, and stopping can only turn a late success into a failure."""
+        if self.stop_on_repeat < 2:
+            return False
+        exchanges = _exchanges(messages)[-self.stop_on_repeat:]
+        return len(exchanges) == self.stop_on_repeat and all(e == exchanges[0] for e in exchanges)
 
     async def _drive(self, state: LoopState, config: dict[str, Any]) -> LoopState:
         """The graph's run: its one node until its router says end; a node's update merges like LangGraph's
@@ -244,8 +253,21 @@ class ReActLoop:
             outcome = final.get("outcome")
             if outcome is None:
                 outcome = await episode.finish(None)
-                outcome.detail = cut_off_detail(self.max_steps, outcome.detail)
+                outcome.detail = (looped_detail(self.stop_on_repeat, outcome.detail)
+                                  if self._looping(final["messages"]) else cut_off_detail(self.max_steps, outcome.detail))
             usage = dict(final["usage"], steps=final["steps"])
             return EpisodeResult(final["messages"], outcome, usage, time.monotonic() - start)
         finally:
             await episode.close()
+
+
+def _exchanges(messages: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """Each assistant turn with the observations that answered it, as comparable tuples (call ids left out)."""
+    out: list[list[Any]] = []
+    for m in messages:
+        if m["role"] == "assistant":
+            calls = [(c["function"]["name"], c["function"]["arguments"]) for c in m.get("tool_calls") or []]
+            out.append([m.get("content"), tuple(calls)])
+        elif m["role"] == "tool" and out:
+            out[-1].append((m.get("name"), m.get("content")))
+    return [tuple(e) for e in out]

@@ -32,6 +32,9 @@ class RolloutConfig:
     split: str = config_field("train", "train, dev or test.")
     tasks: int = config_field(100, "Number of tasks from the split.")
     max_steps: int = config_field(20, "Policy turns per episode before it is cut off.")
+    stop_on_repeat: int = config_field(0, "End an episode once its last K turns were one turn with one observation, "
+                                          "over and over (a greedy student's loop; stopping it can only turn a late "
+                                          "success into a failure, and saves the rest of its turns); 0: never.")
     concurrency: int = config_field(8, "Episodes in flight at once.")
     seed: int = config_field(0, "Sampling seed passed to model policies.")
     temperature: float = config_field(0.0, "Sampling temperature for model policies.")
@@ -69,6 +72,8 @@ class RolloutConfig:
                for name in ("tasks", "concurrency", "max_steps") if getattr(self, name) < 1]
         if self.temperature < 0:
             out.append(f"--temperature must be >= 0, got {self.temperature}")
+        if self.stop_on_repeat == 1 or self.stop_on_repeat < 0:
+            out.append(f"--stop-on-repeat must be 0 (never) or at least 2, got {self.stop_on_repeat}")
         if self.loop not in LOOP_ENGINES:
             out.append(f"--loop must be one of {', '.join(LOOP_ENGINES)}, got {self.loop!r}")
         if self.skills_top_k < 0:
@@ -95,6 +100,17 @@ class RolloutConfig:
 
 # Settings of how one invocation runs, not of what a run holds: a run resumes under other values of them.
 INVOCATION_KEYS = frozenset({"trust", "allow_unsigned", "executor", "ray_address", "ray_workers", "loop"})
+
+
+def stored_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """A config's settings as a run or round directory stores them: the invocation's keys left out, and the
+    settings added later left out at their off value, so that a directory written before them still resumes."""
+    out = {k: v for k, v in settings.items() if k not in INVOCATION_KEYS}
+    if not out.get("skills"):
+        out.pop("skills_top_k", None)
+    if not out.get("stop_on_repeat"):
+        out.pop("stop_on_repeat", None)
+    return out
 
 
 def rollout_default(name: str, default: Any) -> Any:

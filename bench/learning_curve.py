@@ -47,6 +47,9 @@ def arguments() -> argparse.Namespace:
     ap.add_argument("--test-tasks", type=int, default=200)
     ap.add_argument("--max-steps", type=int, default=2, help="ReAct turns per eval episode")
     ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--stop-on-repeat", type=int, default=0,
+                    help="end an eval episode after K identical turns with identical observations (eval's option; "
+                         "a lower bound on success that spares a looping student's remaining turns); 0: never")
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--backend", choices=("hf", "vllm-serve"), default="hf",
                     help="how the checkpoints generate in eval; vllm-serve (CPU venv) is 1.5x hf on idle cores, "
@@ -102,11 +105,13 @@ def evaluated(args: argparse.Namespace, budget: int, model: str) -> dict[str, An
     out = args.out / "eval" / f"tokens-{budget}"
     res = evaluate(EvalConfig(env=args.env, agents=[spec], split="test", tasks=args.test_tasks,
                               max_steps=args.max_steps, sandbox=args.sandbox, concurrency=args.concurrency,
-                              agent_options=agent_options(args), out=str(out), resume=True))
+                              stop_on_repeat=args.stop_on_repeat, agent_options=agent_options(args), out=str(out),
+                              resume=True))
     agent = played(res.agents[0], f"tokens-{budget}")
     run = out / agent.run
     row = {"tokens": budget, **agent.to_dict(), "tool_call_rate": tool_rate(run), "tool_use": tool_use(run),
-           "eval": {"max_steps": args.max_steps, "new_tokens": args.new_tokens, "backend": args.backend},
+           "eval": {"max_steps": args.max_steps, "new_tokens": args.new_tokens, "backend": args.backend,
+                    **({"stop_on_repeat": args.stop_on_repeat} if args.stop_on_repeat else {})},
            "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, 2 cores"}
     with open(args.rows, "a") as fh:
         fh.write(json.dumps(row) + "\n")

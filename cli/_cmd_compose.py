@@ -83,8 +83,8 @@ def report_table(console: Console, report) -> None:
 # ---- self-distill --------------------------------------------------------------------------------
 
 
-@rollout_options(SelfDistillConfig, "env", "tasks", "max_steps", "concurrency", "seed", "temperature", "sandbox",
-                 "env_params", "executor", "ray_address", "ray_workers", "loop")
+@rollout_options(SelfDistillConfig, "env", "tasks", "max_steps", "stop_on_repeat", "concurrency", "seed", "temperature",
+                 "sandbox", "env_params", "executor", "ray_address", "ray_workers", "loop")
 def self_distill_command(
     ctx: typer.Context,
     student: str = config_option(SelfDistillConfig, "student"),

@@ -38,8 +38,8 @@ def pairs(items: list[str], flag: str) -> dict[str, str]:
     return out
 
 
-@rollout_options(OnPolicyConfig, "env", "tasks", "max_steps", "concurrency", "seed", "temperature", "sandbox",
-                 "env_params", "loop")
+@rollout_options(OnPolicyConfig, "env", "tasks", "max_steps", "stop_on_repeat", "concurrency", "seed", "temperature",
+                 "sandbox", "env_params", "loop")
 def onpolicy_command(
     ctx: typer.Context,
     student: str = config_option(OnPolicyConfig, "student"),

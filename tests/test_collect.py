@@ -220,3 +220,18 @@ def test_the_loop_engine_is_how_a_run_steps_not_what_it_holds(tmp_path):
     assert len(mixed) == 6 and mixed == direct  # the engines play the same games turn for turn
     with pytest.raises(ConfigError, match="--loop must be one of direct, langgraph, got 'fast'"):
         CollectConfig(**base, out=str(tmp_path / "x"), loop="fast")
+
+
+def test_stop_on_repeat_is_stored_when_set_and_a_resume_may_not_change_it(tmp_path):
+    from trajdistill.envs import ConfigError
+    from trajdistill.trajectories import RunError
+
+    base = dict(env="twx:coin", teachers=["expert:gold"], split="train", sandbox="none", tasks=2)
+    collect(CollectConfig(**base, out=str(tmp_path / "off")))
+    collect(CollectConfig(**base, out=str(tmp_path / "on"), stop_on_repeat=3))
+    off, on = (yaml.safe_load((tmp_path / name / "run.yaml").read_text()) for name in ("off", "on"))
+    assert "stop_on_repeat" not in off and on["stop_on_repeat"] == 3  # off: runs written before it still resume
+    with pytest.raises(RunError, match="'stop_on_repeat' differs .run has unset, now 3."):
+        collect(CollectConfig(**base, out=str(tmp_path / "off"), stop_on_repeat=3, resume=True))
+    with pytest.raises(ConfigError, match="--stop-on-repeat must be 0 .never. or at least 2, got 1"):
+        CollectConfig(**base, out=str(tmp_path / "x"), stop_on_repeat=1)

@@ -7,6 +7,7 @@ import pytest
 from trajdistill.agents import PolicyError, ReActLoop
 from trajdistill.envs import Env, Episode, Outcome, Task, ToolCall, Turn, tool
 from trajdistill.envs._react_text import format_action, format_final
+from trajdistill.trajectories import was_cut_off
 
 
 class AddEpisode(Episode):
@@ -61,11 +62,11 @@ class Scripted:
         pass
 
 
-async def run(turns, max_steps=5, action_format="react", engine="direct"):
+async def run(turns, max_steps=5, action_format="react", engine="direct", stop_on_repeat=0):
     env = AddEnv()
     policy = Scripted(turns, action_format)
-    result = await ReActLoop(env, policy, max_steps=max_steps, engine=engine).run(env.tasks("train", 2)[1])
-    return result, policy
+    loop = ReActLoop(env, policy, max_steps=max_steps, engine=engine, stop_on_repeat=stop_on_repeat)
+    return await loop.run(env.tasks("train", 2)[1]), policy
 
 
 async def test_action_then_final_answer_succeeds():
@@ -99,6 +100,25 @@ async def test_max_steps_cuts_the_episode_off():
     assert not result.outcome.success
     assert "max steps (3)" in result.outcome.detail
     assert len(policy.seen) == 3
+
+
+@pytest.mark.parametrize("engine", ["direct", "langgraph"])
+async def test_stop_on_repeat_ends_a_loop_of_one_turn_and_one_observation(engine):
+    same = format_action("again", "add", {"a": 1, "b": 1})
+    result, policy = await run([same] * 9, max_steps=9, engine=engine, stop_on_repeat=3)
+    assert len(policy.seen) == 3 and not result.outcome.success
+    assert result.outcome.detail.startswith("stopped in a loop: the same turn and observation 3 times in a row")
+    assert was_cut_off(result.outcome.detail)  # a game's taxonomy counts it out_of_turns, like the turn limit
+
+
+async def test_stop_on_repeat_lets_a_changing_episode_run_on():
+    same, other = (format_action("t", "add", {"a": 1, "b": b}) for b in (1, 2))
+    result, policy = await run([same, same, other, same, same, format_final("ok", "2")], max_steps=9,
+                               stop_on_repeat=3)
+    assert result.outcome.success and len(policy.seen) == 6
+    # off (the default), the same loop runs to the turn limit
+    result, policy = await run([same] * 5, max_steps=5)
+    assert len(policy.seen) == 5 and "max steps (5)" in result.outcome.detail
 
 
 async def test_native_tool_calls_with_reasoning():

@@ -29,7 +29,7 @@ from ._report import Report
 from ._store import (RUN_FILE, OutputError, RunError, RunStats, RunStore, TeacherStats, check_output, read_result,
                      setting_difference)
 from ._taxonomy import (FAILURE_KINDS, PARSE_ERROR_TOOL, actions, cut_off_detail, failure_counts, failure_kind,
-                        was_cut_off)
+                        looped_detail, was_cut_off)
 
 __all__ = [
     "FAILURE_KINDS",
@@ -61,6 +61,7 @@ __all__ = [
     "cut_off_detail",
     "failure_counts",
     "failure_kind",
+    "looped_detail",
     "was_cut_off",
     "read_result",
     "SchemaVersionError",

@@ -7,7 +7,8 @@
     wrong_final_answer    a call's output held the expected answer (or no answer is known), yet the final
                           answer was wrong or missing
     out_of_turns          accepted calls, no answer known to check them against (a game, verified by its state),
-                          and the episode hit its turn limit unfinished: a loop or a wander
+                          and the episode hit its turn limit unfinished (or was stopped in a loop): a loop or a
+                          wander
 
 A small student copies numbers; it cannot compute them. So a number in a tool call that the episode
 never showed is a copying error, told apart from a program that is wrong in its logic.
@@ -25,6 +26,7 @@ from ._schema import Message, Trajectory
 FAILURE_KINDS = ("bad_format", "tool_misuse", "numbers_copied_wrong", "wrong_program", "wrong_final_answer",
                  "out_of_turns")
 _CUT_OFF = "max steps ({}) reached; "  # how an episode cut off at its turn limit begins its outcome detail
+_LOOPED = "stopped in a loop: the same turn and observation {} times in a row; "  # --stop-on-repeat's cut
 PARSE_ERROR_TOOL = "parse_error"  # the tool-message name the agent loop gives a turn it could not parse
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?")
 _CRASH_SIGNS = ("Traceback (most recent call last)", "[exit code", "[timed out]")  # the sandbox's wording
@@ -68,8 +70,14 @@ def cut_off_detail(max_steps: int, detail: str | None) -> str:
     return _CUT_OFF.format(max_steps) + (detail or "")
 
 
+def looped_detail(repeats: int, detail: str | None) -> str:
+    """The outcome detail of an episode the loop stopped after `repeats` identical turns and observations."""
+    return _LOOPED.format(repeats) + (detail or "")
+
+
 def was_cut_off(detail: str | None) -> bool:
-    return (detail or "").startswith(_CUT_OFF.split("{")[0])
+    """Whether the loop ended the episode unfinished: at its turn limit, or stopped in a loop."""
+    return (detail or "").startswith((_CUT_OFF.split("{")[0], _LOOPED.split("{")[0]))
 
 
 def _crashed(text: str) -> bool:

@@ -503,7 +503,8 @@ class OnPolicyDistiller(RoundsDir):
         acting: Policy | MixedPolicy = policy
         if c.mode == "dagger":
             acting = MixedPolicy(policy, self.teachers, c.teacher_for, beta, f"{c.seed}:{round_no}")
-        loop = ReActLoop(self.env, acting, max_steps=c.max_steps, engine=c.loop)  # type: ignore[arg-type]
+        loop = ReActLoop(self.env, acting, max_steps=c.max_steps, engine=c.loop,  # type: ignore[arg-type]
+                         stop_on_repeat=c.stop_on_repeat)
         store = RunStore.create(out, config, resume=True)
         try:
             finished = store.finished_keys()

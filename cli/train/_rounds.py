@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import yaml
 
-from trajdistill.agents import INVOCATION_KEYS
+from trajdistill.agents import stored_settings
 from trajdistill.envs import ConfigError
 from trajdistill.trajectories import OutputError, check_output, setting_difference
 
@@ -19,7 +19,7 @@ from ._config import TrainConfig, student_problems
 ROUNDS_FILE = "rounds.json"
 TRAIN_PREFIX = "--train-"
 # how to run, not what: left out of the stored settings, so a resume may change them
-UNSTORED = frozenset({"resume", "skills", "preload_skills", "skills_top_k"}) | INVOCATION_KEYS
+UNSTORED = frozenset({"resume", "skills", "preload_skills", "skills_top_k"})
 
 
 def local_model(spec: str) -> list[str]:
@@ -139,7 +139,7 @@ class RoundsDir:
     def _settings(self) -> dict[str, Any]:
         # The skill-box settings are always unset here; left out, a settings file written before they were
         # shared settings still resumes.
-        return {k: v for k, v in asdict(self.cfg).items() if k not in UNSTORED}
+        return stored_settings({k: v for k, v in asdict(self.cfg).items() if k not in UNSTORED})
 
     def _check_resumable(self) -> None:
         path = self.root / self.config_file
