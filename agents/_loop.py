@@ -253,8 +253,9 @@ class ReActLoop:
             outcome = final.get("outcome")
             if outcome is None:
                 outcome = await episode.finish(None)
-                outcome.detail = (looped_detail(self.stop_on_repeat, outcome.detail)
-                                  if self._looping(final["messages"]) else cut_off_detail(self.max_steps, outcome.detail))
+                looped = self._looping(final["messages"])
+                outcome.detail = (looped_detail(self.stop_on_repeat, outcome.detail) if looped
+                                  else cut_off_detail(self.max_steps, outcome.detail))
             usage = dict(final["usage"], steps=final["steps"])
             return EpisodeResult(final["messages"], outcome, usage, time.monotonic() - start)
         finally:

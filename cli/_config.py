@@ -42,7 +42,8 @@ def _field_help(f: Any, registry: Any) -> str:
 # RolloutConfig field -> (the command's parameter, its type on the command line)
 ROLLOUT_PARAMS: dict[str, tuple[str, Any]] = {
     "env": ("env", str), "split": ("split", str), "tasks": ("tasks", int), "max_steps": ("max_steps", int),
-    "stop_on_repeat": ("stop_on_repeat", int), "concurrency": ("concurrency", int), "seed": ("seed", int), "temperature": ("temperature", float),
+    "stop_on_repeat": ("stop_on_repeat", int), "concurrency": ("concurrency", int), "seed": ("seed", int),
+    "temperature": ("temperature", float),
     "sandbox": ("sandbox", str), "env_params": ("env_param", list[str]), "skills": ("skills", list[str]),
     "preload_skills": ("preload_skills", bool), "skills_top_k": ("skills_top_k", int), "trust": ("trust", list[str]),
     "allow_unsigned": ("allow_unsigned", bool), "executor": ("executor", str), "ray_address": ("ray_address", str),

@@ -94,8 +94,8 @@ def model_card(cfg: TrainConfig, data: TrainData, student_path: Path, losses: di
         lines.append(f"| {p['run']} | {p['trajectories']} | {p['used']} | {', '.join(p['envs'])} | {teachers} |")
     lines += ["", f"Only successful trajectories: {cfg.only_success}. Examples trained: {len(data.plan.scores)} "
               f"({len(data.dataset)} rows{', packed' if cfg.packing else ''}"
-              + (f", evenly spaced over the {data.paced_from} ordered ones to fit {cfg.max_steps} step{'s' if cfg.max_steps != 1 else ''}"
-                 if data.paced_from else "") + "). Tokens in the data: "
+              + (f", evenly spaced over the {data.paced_from} ordered ones to fit {cfg.max_steps} "
+                 f"step{'s' if cfg.max_steps != 1 else ''}" if data.paced_from else "") + "). Tokens in the data: "
               + ", ".join(f"{k} {v}" for k, v in data.trained_tokens.items()) + ".", "",
               "## Hyperparameters", "", "| setting | value |", "|---|---|"]
     lines += [f"| {f.name} | {getattr(cfg, f.name)} |" for f in dataclasses.fields(cfg) if f.name != "data"]
