@@ -8,6 +8,7 @@ The classes are light (no backend imports), so the registry can hold them next t
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Mapping, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -183,10 +184,19 @@ class VLLMServeOptions(GenerationConfig):
         "auto", "Weights' dtype; auto is bfloat16 where it is fast (as for hf:), else float32.")
     max_model_len: int = _opt(4096, "Context length the server allows.", min=16)
     kv_cache_gb: int = _opt(2, "KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE on CPU, a whole number).", min=1)
+    cpu_cores: str = _opt("all", "Cores the CPU engine's OpenMP threads run on: all (every core this process may "
+                                 "use), auto (vLLM's own choice, which keeps one core for its scheduler) or a list "
+                                 "such as 0-3 (VLLM_CPU_OMP_THREADS_BIND); a GPU build ignores it.")
     concurrency: int = _opt(64, "Requests in flight at once.", min=1)
     timeout_s: float = _opt(300.0, "Seconds one request may take.", above=0)
     startup_timeout_s: float = _opt(900.0, "Seconds the server may take to come up.", above=0)
     extra_args: str = _opt("", "More `vllm serve` flags, as one shell-quoted string.")
 
     backend: ClassVar[str] = "vllm-serve"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.cpu_cores not in ("all", "auto") and not re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", self.cpu_cores):
+            raise ConfigError(f"vllm-serve policy option cpu_cores must be all, auto or a core list such as 0-3 or "
+                              f"0,2, got {self.cpu_cores!r}")
 

@@ -82,6 +82,18 @@ def server_command(python: Path, model: Path, port: int, o: VLLMServeOptions) ->
     return cmd + shlex.split(o.extra_args)
 
 
+def cpu_binding(cores: str) -> dict[str, str]:
+    """The environment that binds the CPU engine's OpenMP threads to `cores`.
+
+    vLLM's own choice ("auto") keeps one core for its scheduler process; on a 2-core machine that halves the
+    cores the model computes on (bench/RESULTS.md measures both)."""
+    if cores == "auto":
+        return {}
+    if cores == "all":
+        cores = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+    return {"VLLM_CPU_OMP_THREADS_BIND": cores}  # vLLM sets the worker's OMP_NUM_THREADS from it
+
+
 class Server:
     """One `vllm serve` process; `stop` ends its whole process group (the engine runs in child processes)."""
 
@@ -184,7 +196,7 @@ class VLLMServePolicy:
             if self._client is None:
                 o = self.options
                 cmd = server_command(self._python, self._path, free_port(), o)
-                env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=str(o.kv_cache_gb))
+                env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=str(o.kv_cache_gb), **cpu_binding(o.cpu_cores))
                 try:
                     self._server = Server(cmd, env, o.startup_timeout_s)
                 except PolicyError as err:

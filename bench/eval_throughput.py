@@ -5,8 +5,10 @@ N `math` test episodes of a student, at most 2 turns of at most 128 new tokens, 
   before      hf:, float32, KV cache off, batch 8, concurrency 8 (the defaults before issue 11)
   after       hf: with today's defaults (bf16 where the CPU has bf16 dot products, KV reuse, row-dropping
               decode) at the batch size and concurrency given
-  vllm-serve  the `vllm-serve:` backend: a `vllm serve` from the CPU venv (prefix caching), started once
-              before its timed runs; its start-up is reported on its own (`startup_s`)
+  vllm-serve  the `vllm-serve:` backend: a `vllm serve` from the CPU venv (prefix caching), started before
+              each of its timed runs and stopped after it; its start-up is reported on its own (`startup_s`).
+              `vllm-serve[KEY=VALUE;...]` gives it options: `vllm-serve[cpu_cores=auto]` against
+              `vllm-serve` compares vLLM's own core binding with the backend's default (all cores)
   after+box   `after` with a skill box mounted over MCP (`--skills BOX`, its top-k tools listed per task):
               the issue's bound is 1.5x `after`
 Runs alternate (before, after, vllm-serve, before, ...) so that load drift on a shared machine hits all
@@ -41,13 +43,29 @@ from trajdistill.skills import mount_skills
 from trajdistill.trajectories import RunStore
 
 
-def settings(args) -> dict[str, dict]:
+def settings(args, name: str) -> dict:
     base = {"max_new_tokens": args.max_new_tokens}
+    if name.startswith("vllm-serve"):
+        return {**base, "concurrency": args.concurrency or args.batch_size}
     return {"before": {**base, "batch_size": 8, "kv_cache_tokens": 0, "dtype": "float32", "concurrency": 8},
             "after": {**base, "batch_size": args.batch_size, "concurrency": args.concurrency or args.batch_size},
-            "vllm-serve": {**base, "concurrency": args.concurrency or args.batch_size},
             "after+box": {**base, "batch_size": args.batch_size, "concurrency": args.concurrency or args.batch_size,
-                          "skills": [args.skills]}}
+                          "skills": [args.skills]}}[name]
+
+
+def server_options(args, name: str) -> VLLMServeOptions:
+    """`vllm-serve[cpu_cores=auto;kv_cache_gb=4]`'s options, with the run's generation length."""
+    given = name.partition("[")[2].rstrip("]")
+    pairs = dict(kv.split("=", 1) for kv in given.split(";") if kv)
+    return VLLMServeOptions.parse({"max_new_tokens": args.max_new_tokens, **pairs})
+
+
+def started(args, name: str) -> tuple[VLLMServePolicy, str, float]:
+    """A `vllm serve` of the model for setting `name`, its openai: spec and its start-up seconds."""
+    start = time.perf_counter()
+    server = VLLMServePolicy(args.model, options=server_options(args, name))
+    spec = f"openai:{SERVED_NAME}@{asyncio.run(server.load())}"  # the backend's own server
+    return server, spec, round(time.perf_counter() - start, 1)
 
 
 def one_run(args, name: str, options: dict, out: Path, spec: str) -> dict:
@@ -89,32 +107,29 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)  # on cores other jobs share, OpenMP workers can spin-wait on each other
     names = args.settings.split(",")
-    specs, startup, server = {name: f"hf:{args.model}" for name in names}, None, None
     if {"before", "after", "after+box"} & set(names):
         asyncio.run(HFPolicy(args.model).load())  # loads once per process, outside the timings
-    if "vllm-serve" in names:
-        start = time.perf_counter()
-        server = VLLMServePolicy(args.model, options=VLLMServeOptions(max_new_tokens=args.max_new_tokens))
-        specs["vllm-serve"] = f"openai:{SERVED_NAME}@{asyncio.run(server.load())}"  # the backend's own server
-        startup = round(time.perf_counter() - start, 1)
-    runs, texts = [], {}
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for r in range(args.repeats):
-                for name in names:
-                    out = Path(tmp) / f"{name}-{r}"
-                    runs.append(one_run(args, name, settings(args)[name], out, specs[name]))
-                    print(json.dumps(runs[-1]), flush=True)
-                    texts.setdefault(name, assistant_turns(out))
-    finally:
-        if server is not None:
-            asyncio.run(server.close())
+    runs, texts, startup = [], {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeats):
+            for name in names:
+                out = Path(tmp) / f"{name}-{r}"
+                server, spec = None, f"hf:{args.model}"
+                if name.startswith("vllm-serve"):
+                    server, spec, startup[name] = started(args, name)
+                try:
+                    runs.append(one_run(args, name, settings(args, name), out, spec))
+                finally:
+                    if server is not None:
+                        asyncio.run(server.close())
+                print(json.dumps(runs[-1]), flush=True)
+                texts.setdefault(name, assistant_turns(out))
     summary = {name: statistics.median(r["wall_s"] for r in runs if r["setting"] == name) for name in names}
     differ = {name: sum(texts["before"].get(k) != v for k, v in texts[name].items())
               for name in names if name != "before" and "before" in texts}
     print(json.dumps({"model": args.model, "episodes": args.episodes, "turns": args.turns,
                       "max_new_tokens": args.max_new_tokens, "sandbox": args.sandbox, "repeats": args.repeats,
-                      "median_wall_s": summary, "vllm_serve_startup_s": startup,
+                      "median_wall_s": summary, "vllm_serve_startup_s": startup or None,
                       "speedup_over_before": {n: round(summary["before"] / w, 2) for n, w in summary.items()}
                       if "before" in summary else None, "episodes_whose_turns_differ_from_before": differ,
                       "box_cost_over_after": round(summary["after+box"] / summary["after"], 2)

@@ -170,6 +170,16 @@ def served():
 
 @pytest.mark.slow
 @pytest.mark.vllm
+def test_the_served_engine_computes_on_every_core_by_default(served):
+    """cpu_cores=all: vLLM's CPU worker binds its OpenMP threads to every core this process may use, not the
+    one core its own choice leaves on a 2-core machine (it keeps one for its scheduler)."""
+    cores = sorted(os.sched_getaffinity(0))
+    binding = [ln for ln in served._server.log.read_text().splitlines() if "core ids=" in ln]
+    assert binding and binding[0].rstrip().endswith(f"core ids={cores}"), binding
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
 def test_served_prompt_logprobs_are_the_models_own(served, rollouts):
     """vLLM's log-probability of each token of a student trajectory equals transformers' for the same weights."""
     import torch

@@ -144,3 +144,16 @@ def test_vllm_serve_without_a_vllm_python_is_one_line_and_exit_2(tmp_path):
               "--agent-option", f"python={tmp_path / 'nope' / 'python'}", "--out", str(tmp_path / "e"))
     assert res.returncode == 2
     one_line_error(res, "no vLLM python", "TRAJDISTILL_VLLM_VENV")
+
+
+@pytest.mark.parametrize("cores", ["all", "auto", "0", "0-1", "0,2-3"])
+def test_vllm_serve_takes_a_core_list_all_or_auto(cores):
+    assert VLLMServeOptions.parse({"cpu_cores": cores}).cpu_cores == cores
+
+
+def test_a_malformed_vllm_serve_core_list_is_one_line_and_exit_2(tmp_path):
+    res = cli("eval", "--env", "math", "--tasks", "1", "--agent", "vllm-serve:smollm2-135m",
+              "--agent-option", "cpu_cores=0-", "--out", str(tmp_path / "e"))
+    assert res.returncode == 2
+    one_line_error(res, "cpu_cores must be all, auto or a core list", "got '0-'")
+    assert not (tmp_path / "e").exists()
