@@ -6,7 +6,7 @@ caching on (the system prompt and tool list are computed once); a PEFT adapter d
 its base model. `close` stops it; so does the end of this process, however it ends: a guard process between us
 and the server stops the server when we are gone, even by SIGKILL. On an idle 2-core machine it played
 200 `math` episodes of the distilled 135M student in 127 s against 193 s for `hf:` in bf16, after a 90 s
-start-up (bench/RESULTS.md).
+start-up, and in 96 s (against 147 s) once its engine computed on both cores (`cpu_cores`; bench/RESULTS.md).
 """
 
 from __future__ import annotations
