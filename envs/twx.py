@@ -518,8 +518,8 @@ class TwxEnv(Env):
         """`gold` plays the gold path (privileged: it knows where the goal is); `explorer`, where the game has a
         planner, acts only on what the observations showed, and says in its thought what it knows."""
         out: dict[str, Callable[[], Any]] = {"gold": lambda: gold_expert}
-        if self.variant in REPLANNERS:
-            out["explorer"] = lambda: REPLANNERS[self.variant]
+        if self.variant in EXPLORERS:
+            out["explorer"] = lambda: EXPLORERS[self.variant]
         return out
 
     async def close(self) -> None:
@@ -530,7 +530,8 @@ class TwxEnv(Env):
 #
 # It acts from any state. While the commands that took effect so far are a prefix of the gold path it
 # plays the next gold action; off that path it re-plans from what the observations have shown (coin:
-# explore the map they reveal, breadth first, until the coin is in sight). A game with no re-planner
+# explore the map they reveal, breadth first, until the coin is in sight; twc: put away what the gold path
+# puts away, from wherever the items and the agent now are). A game with no re-planner
 # raises CannotActError off the path, which on-policy relabelling records as a relabel failure.
 
 def gold_expert(request: PolicyRequest) -> Turn:
@@ -607,7 +608,7 @@ class _Map:
     room: str | None = None  # where the agent is now
     exits: dict[str, dict[str, str | None]] = field(default_factory=dict)  # room -> direction -> room (None: unseen)
     doors: dict[tuple[str, str], str] = field(default_factory=dict)  # (room, direction) -> open/closed
-    described: set[str] = field(default_factory=set)  # rooms whose description the agent has read
+    described: dict[str, str] = field(default_factory=dict)  # room -> its latest description
     coin_at: str | None = None
 
     def read(self, text: str) -> None:
@@ -617,7 +618,7 @@ class _Map:
             return
         self.room = rooms[-1].strip()
         desc = text[text.rfind(f"You are in the {self.room}."):]
-        self.described.add(self.room)
+        self.described[self.room] = desc.split("\n")[0]
         exits = self.exits.setdefault(self.room, {})
         for direction, neighbour, door in _EXIT.findall(desc):
             d = direction.lower()
@@ -651,9 +652,15 @@ class _Map:
 
     def route(self) -> tuple[list[str], str] | None:
         """(directions, what is there) to the coin, else to the nearest place not yet seen; None: nowhere left."""
+        return self.route_to(lambda r: r == self.coin_at) if self.coin_at else self.route_to(self.unexplored)
+
+    def unexplored(self, room: str | None) -> bool:
+        return room is None or room not in self.described
+
+    def route_to(self, goal: Callable[[str | None], bool]) -> tuple[list[str], str] | None:
+        """(directions, what is there) to the nearest room `goal` accepts (None: an exit not yet seen through)."""
         if self.room is None:
             return None
-        goal = (lambda r: r == self.coin_at) if self.coin_at else (lambda r: r is None or r not in self.described)
         queue, seen = deque([(self.room, [])]), {self.room}
         while queue:
             room, dirs = queue.popleft()
@@ -705,7 +712,110 @@ def _turn(thought: str, command: str) -> Turn:
     return Turn(content=format_action(thought, "act", {"command": command}))
 
 
-REPLANNERS: dict[str, Callable[[PolicyRequest], Turn]] = {"coin": coin_planner}
+# ---- twc: put each item the gold path puts away where it belongs, from whatever state the episode is in ----
+
+_PUT = re.compile(r"put (.+?) (?:in|on) (.+)")
+
+
+@dataclass
+class _Tidying:
+    """What an episode did to the items a twc game asks to put away."""
+
+    goals: dict[str, str]  # item -> the container it belongs in (from the gold path), in lower case
+    names: dict[str, str] = field(default_factory=dict)  # lower case -> the game's spelling ("T-shirt")
+    held: set[str] = field(default_factory=set)
+    placed: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # item -> (container, room) last put in
+
+    def apply(self, command: str, observation: str, room: str | None) -> None:
+        verb, _, rest = command.partition(" ")
+        if verb == "take" and observation.startswith("You take"):
+            item = rest.split(" from ")[0]
+            self.held.add(item)
+            self.placed.pop(item, None)
+        elif verb == "put" and observation.startswith("You put") and (m := _PUT.fullmatch(command)):
+            self.held.discard(m.group(1))
+            self.placed[m.group(1)] = (m.group(2), room)
+
+    def container(self, item: str) -> str | None:
+        return self.placed[item][0] if item in self.placed else None
+
+    def todo(self) -> list[str]:
+        """Items not in their place yet, held ones first (in the gold path's order)."""
+        left = [x for x in self.goals if self.container(x) != self.goals[x]]
+        return sorted(left, key=lambda x: x not in self.held)
+
+
+def twc_planner(request: PolicyRequest) -> Turn:
+    """Tidy up from any state: put a held item away when its place is in reach (opening it first), take an
+    item that is out of place when in sight, else head for where one of them was seen, or explore. Where each
+    item belongs comes from the gold path; everything else from what the observations have shown."""
+    puts = [m.groups() for a in request.hints.get("gold_path") or [] if (m := _PUT.fullmatch(a.strip()))]
+    tidy = _Tidying({x.lower(): y.lower() for x, y in puts}, {w.lower(): w for pair in puts for w in pair})
+    world = _Map()
+    first = next((m for m in request.messages if m.get("role") == "user"), {})
+    world.read(str(first.get("content") or ""))
+    for command, observation in replayed(request.messages):
+        world.apply(command, observation)
+        tidy.apply(command, observation, world.room)
+    todo = tidy.todo()
+    if not todo:
+        raise CannotActError("the twc planner sees every item in its place, yet the game goes on")
+    # the gold path's commands are normalized (lower case); the game lists "take dirty plaid T-shirt"
+    valid = {a.lower(): a for a in _valid_actions(request.messages)}
+    seen = _last_observation(request.messages)
+    act = _reach(tidy, todo, valid)
+    if act is None:
+        act = _head_for(world, tidy, todo, valid)
+    command, why = act
+    return _turn(" ".join(filter(None, (_seen_phrase(seen, command), why))), command)
+
+
+def _reach(tidy: _Tidying, todo: list[str], valid: dict[str, str]) -> tuple[str, str] | None:
+    """(command, why) for what can be done in this room: put away, open a container, take an item. `valid`
+    maps each listed command in lower case to the game's own spelling."""
+    for x in todo:
+        place = tidy.goals[x]
+        item, where = tidy.names.get(x, x), tidy.names.get(place, place)
+        if x in tidy.held:
+            put = next((a for k, a in valid.items() if (m := _PUT.fullmatch(k)) and m.groups() == (x, place)), None)
+            if put:
+                return put, (f'Doing "{put}" now should complete the task.' if len(todo) == 1 else
+                             f"The {item} belongs in the {where}, so I put it there.")
+            if f"open {place}" in valid:
+                return valid[f"open {place}"], f"I open the {where} so I can put the {item} in it."
+        elif f"take {x}" in valid:
+            return valid[f"take {x}"], f"The {item} is out of place, so I pick it up to put it away."
+        elif (box := tidy.container(x)) and f"open {box}" in valid:
+            return valid[f"open {box}"], f"I open the {box} to take the {item} back out."
+    return None
+
+
+def _head_for(world: _Map, tidy: _Tidying, todo: list[str], valid: dict[str, str]) -> tuple[str, str]:
+    """(command, why) toward a room where a held item's place or an item to take was seen, else to explore."""
+    wanted = [tidy.goals[x] if x in tidy.held else x for x in todo]
+
+    left_in = {tidy.placed[x][1] for x in todo if x in tidy.placed}  # put somewhere since that room was seen
+
+    def has_work(room: str | None) -> bool:  # a whole name: "bed" is not in "bedroom" nor in "a bed sheet"
+        desc = world.described.get(room or "", "")
+        return room != world.room and (room in left_in or any(
+            re.search(rf"\b{re.escape(w)}(?=[,.;]| that\b)", desc, re.I) for w in wanted))
+
+    route = world.route_to(has_work) or world.route()
+    if world.room is None or route is None:
+        rooms = ", ".join(sorted(world.described))
+        raise CannotActError(f"the twc planner has explored every room it has seen ({rooms}) and found no way to "
+                             f"put away {', '.join(todo)}")
+    (d, *_), _ = route
+    if world.doors.get((world.room, d)) == "closed" and f"open door to {d}" in valid:
+        return f"open door to {d}", f"The way {d} is closed, so I open that door to go through it."
+    return f"move {d}", f"I move {d} to find the remaining items and where they belong."
+
+
+# Re-planners act for the gold expert off its path (they may read the gold path); explorers are experts of their
+# own, acting only on what the episode has shown.
+REPLANNERS: dict[str, Callable[[PolicyRequest], Turn]] = {"coin": coin_planner, "twc": twc_planner}
+EXPLORERS: dict[str, Callable[[PolicyRequest], Turn]] = {"coin": coin_planner}
 
 
 def _last_observation(messages: list[dict[str, Any]]) -> str:

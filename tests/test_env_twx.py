@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from importlib.util import find_spec
 
 import pytest
 
 from conftest import require
 from trajdistill.envs import PolicyRequest, UnknownNameError, make_env
-from trajdistill.envs._react_text import ParsedAction, parse_react
+from trajdistill.envs._react_text import ParsedAction, format_action, parse_react
+from trajdistill.envs.twx import effective_commands
 
 pytestmark = pytest.mark.java
 
@@ -60,6 +62,52 @@ async def test_gold_expert_solves_sample(game, n):
             assert outcome.success and outcome.reward == 1.0, (task.id, outcome)
             thoughts = [m["content"] for m in messages if m["role"] == "assistant"]
             assert all(t.startswith("Thought: I see") or t.startswith("Thought: My goal") for t in thoughts)
+    finally:
+        await env.close()
+
+
+async def play_off_path(env, task, rng, wander: int, max_steps=40):
+    """`wander` random valid commands first (an untrained student's), then the gold expert from there on."""
+    episode = await env.start(task)
+    expert, hints = env.experts()["gold"](), episode.hints()
+    messages, valid = [{"role": "user", "content": task.prompt}], _listed(task.prompt)
+    try:
+        for step in range(max_steps):
+            if step < wander:
+                content = format_action("I try something.", "act", {"command": rng.choice(valid)})
+            else:
+                content = expert(PolicyRequest(messages=messages, tools=env.tools(), task=task, hints=hints)).content
+            messages.append({"role": "assistant", "content": content})
+            action = parse_react(content)
+            obs = await episode.call(action.tool, action.arguments)
+            messages.append({"role": "tool", "name": action.tool, "content": obs.text})
+            valid = _listed(obs.text) or valid
+            if obs.done:
+                return obs.outcome, messages, hints["gold_path"]
+        return await episode.finish(None), messages, hints["gold_path"]
+    finally:
+        await episode.close()
+
+
+def _listed(text: str) -> list[str]:
+    return text.rsplit("Valid actions: ", 1)[1].strip().split(", ") if "Valid actions: " in text else []
+
+
+async def test_the_twc_gold_expert_re_plans_from_an_untrained_students_state():
+    """After 2-6 random valid commands (items taken, put in the wrong place, rooms left), the gold expert is off
+    its path in most games, re-plans from what the episode has shown, tidies up every game, and speaks in the
+    same voice as on its path."""
+    env, rng = make_env("twx:twc"), random.Random(7)
+    try:
+        off, thoughts = 0, []
+        for task in env.tasks("dev", n=16):
+            outcome, messages, path = await play_off_path(env, task, rng, wander=rng.randint(2, 6))
+            assert outcome.success, (task.id, [m["content"][-160:] for m in messages[-6:]])
+            done = effective_commands(messages)
+            off += done[:len(path)] != [a.lower() for a in path[:len(done)]]
+            thoughts += [m["content"] for m in messages if m["role"] == "assistant" and "I try" not in m["content"]]
+        assert off >= 8, off
+        assert all(t.startswith("Thought: I see") for t in thoughts), [t for t in thoughts if "I see" not in t][:3]
     finally:
         await env.close()
 

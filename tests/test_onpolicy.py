@@ -294,17 +294,19 @@ async def test_twx_gold_expert_finishes_the_game_from_states_off_its_path():
 
 
 async def test_twx_off_path_states_are_relabelled_or_recorded_as_failures(tmp_path):
-    """coin re-plans from the wandering student's states; twc has no re-planner, so its off-path turns are
-    relabel failures in errors.jsonl, and the rollouts are all on disk."""
+    """coin and twc re-plan from the wandering student's states; cookingworld has no re-planner, so its off-path
+    turns are relabel failures in errors.jsonl, and the rollouts are all on disk."""
     _twx()
-    coin = _cfg(tmp_path / "coin", student="wander:x", teachers=["expert:gold"], env="twx:coin", sandbox="none",
-                beta_schedule="0", tasks=2, max_steps=5)
-    rollouts, relabels, failures = await _gather(coin)
-    assert len(rollouts) == 2 and failures == 0 and len(relabels.load()) == sum(len(records_of(t)) for t in rollouts)
+    for game in ("coin", "twc"):
+        cfg = _cfg(tmp_path / game, student="wander:x", teachers=["expert:gold"], env=f"twx:{game}", sandbox="none",
+                   beta_schedule="0", tasks=2, max_steps=5)
+        rollouts, relabels, failures = await _gather(cfg)
+        assert len(rollouts) == 2 and failures == 0
+        assert len(relabels.load()) == sum(len(records_of(t)) for t in rollouts)
 
-    twc = _cfg(tmp_path / "twc", student="wander:x", teachers=["expert:gold"], env="twx:twc", sandbox="none",
-               beta_schedule="0", tasks=2, max_steps=4)
-    rollouts, relabels, failures = await _gather(twc)
+    cooking = _cfg(tmp_path / "cooking", student="wander:x", teachers=["expert:gold"], env="twx:cookingworld",
+                   sandbox="none", beta_schedule="0", tasks=2, max_steps=4)
+    rollouts, relabels, failures = await _gather(cooking)
     assert len(rollouts) == 2 and failures > 0
     errors = [e for e in relabels.errors() if e["kind"] == "relabel"]
     assert len(errors) == failures and all("only follows the gold path" in e["reason"] for e in errors)
@@ -315,7 +317,7 @@ def test_the_gold_expert_says_when_it_cannot_act():
     _twx()
     from trajdistill.envs.twx import gold_expert
 
-    env = make_env("twx:twc")
+    env = make_env("twx:cookingworld")
     try:
         task = env.tasks("train", n=1)[0]
         off = [{"role": "user", "content": task.prompt},
