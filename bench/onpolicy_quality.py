@@ -12,6 +12,9 @@ on math). Then, at equal teacher calls and equal training tokens:
              the same train tasks (temperature 0.7) and trains on them with the per-token reverse KL to a
              stronger white-box teacher (`--kl-teacher`, default the learning curve's 200k-token student)
 All train for `--tokens` tokens with `train`'s defaults and are evaluated on the same held-out test tasks.
+`--rounds N --beta exp:1:0.5` runs the DAgger arms for N rounds with the teacher handing control over (each
+round retrains the start student on the aggregate of every round's relabels, so the last model has as many
+training tokens as more SFT, and N times the teacher calls); `--stop-on-repeat 3` ends looping game episodes.
 Rows go to bench/results/onpolicy-<env>.jsonl as each arm finishes; a cut-off run resumes.
 
 The teacher is `--teacher` (default expert:coder, the math coder; expert:gold for a twx game).
@@ -55,6 +58,12 @@ def arguments() -> argparse.Namespace:
     ap.add_argument("--backend", choices=("hf", "vllm-serve"), default="hf",
                     help="how the students generate, in the on-policy rollouts and the test eval")
     ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of: {', '.join(ARMS)}")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="DAgger rounds; each retrains the start student on the aggregate at --tokens, so the last "
+                         "model has as many training tokens as more SFT")
+    ap.add_argument("--beta", default="0", help="the DAgger arms' beta schedule (onpolicy --beta-schedule)")
+    ap.add_argument("--stop-on-repeat", type=int, default=0,
+                    help="end an episode (rollouts and evals) after K identical turns with identical observations")
     ap.add_argument("--rows", type=Path, default=None, help="default: bench/results/onpolicy-<env>.jsonl")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()
@@ -95,12 +104,13 @@ def sft_arm(args: argparse.Namespace, start: str) -> str:
 
 def dagger_arm(args: argparse.Namespace, start: str, aggregate: bool = False) -> str:
     out = args.out / ("dagger-aggregated" if aggregate else "dagger")
-    model = out / "round-1" / "model"
+    model = out / f"round-{args.rounds}" / "model"
     if not (out / "rounds.json").exists() or not (model / "train_config.yaml").exists():
-        onpolicy(OnPolicyConfig(env=args.env, student=start, teachers=[args.teacher], out=str(out), rounds=1,
-                                data=[str(teacher_run(args))] if aggregate else [],
-                                beta_schedule="0", tasks=args.tasks, split="train", max_steps=args.max_steps,
+        onpolicy(OnPolicyConfig(env=args.env, student=start, teachers=[args.teacher], out=str(out),
+                                rounds=args.rounds, data=[str(teacher_run(args))] if aggregate else [],
+                                beta_schedule=args.beta, tasks=args.tasks, split="train", max_steps=args.max_steps,
                                 temperature=0.0, dev_tasks=0, sandbox=args.sandbox, concurrency=args.concurrency,
+                                stop_on_repeat=args.stop_on_repeat,
                                 **student_generation(args),
                                 # the SFT arm's steps: the relabels are the same teacher's turns, packed alike
                                 train_args={"max_steps": steps_for([teacher_run(args)], args.tokens, start)},
@@ -115,7 +125,7 @@ def reverse_kl_arm(args: argparse.Namespace, start: str) -> str:
         onpolicy(OnPolicyConfig(env=args.env, student=start, teachers=[f"hf:{args.kl_teacher.resolve()}"],
                                 out=str(out), mode="reverse-kl", rounds=1, tasks=args.tasks, split="train",
                                 max_steps=args.max_steps, temperature=0.7, dev_tasks=0, sandbox=args.sandbox,
-                                concurrency=args.concurrency,
+                                concurrency=args.concurrency, stop_on_repeat=args.stop_on_repeat,
                                 **student_generation(args),
                                 train_args={"max_steps": steps_for([teacher_run(args)], args.tokens, start)},
                                 resume=out.exists()))
@@ -125,9 +135,9 @@ def reverse_kl_arm(args: argparse.Namespace, start: str) -> str:
 # --arms key: (row name, the arm's student). The SFT arm runs first when chosen: the others reuse its teacher run.
 ARMS = {
     "sft": ("more SFT", sft_arm),
-    "dagger": ("DAgger, 1 round", dagger_arm),
+    "dagger": ("DAgger, {rounds}", dagger_arm),
     "reverse-kl": ("reverse KL, 1 round", reverse_kl_arm),
-    "dagger-data": ("DAgger + the SFT data, 1 round", lambda args, start: dagger_arm(args, start, aggregate=True)),
+    "dagger-data": ("DAgger + the SFT data, {rounds}", lambda args, start: dagger_arm(args, start, aggregate=True)),
 }
 
 
@@ -143,9 +153,11 @@ def evaluated(args: argparse.Namespace, arm: str, spec: str) -> dict[str, Any]:
         options["max_model_len"] = 8192  # a 10-turn game episode outgrows the default 4096
     res = evaluate(EvalConfig(env=args.env, agents=[spec], split="test", tasks=args.test_tasks, max_steps=args.max_steps,
                               sandbox=args.sandbox, concurrency=args.concurrency, out=str(args.out / "eval" / arm),
-                              agent_options=options, resume=True))
+                              stop_on_repeat=args.stop_on_repeat, agent_options=options, resume=True))
     row = {"arm": arm, **played(res.agents[0], arm).to_dict(), "tokens": args.tokens, "teacher_tasks": args.tasks,
-           "start": str(args.start), "backend": args.backend, "date": time.strftime("%Y-%m-%d")}
+           "start": str(args.start), "backend": args.backend, "date": time.strftime("%Y-%m-%d"),
+           **({"rounds": args.rounds, "beta": args.beta} if arm.startswith("DAgger") else {}),
+           **({"stop_on_repeat": args.stop_on_repeat} if args.stop_on_repeat else {})}
     args.rows.parent.mkdir(parents=True, exist_ok=True)
     with open(args.rows, "a") as fh:
         fh.write(json.dumps(row) + "\n")
@@ -168,7 +180,8 @@ def main() -> None:
         rows.append(evaluated(args, "start (SFT checkpoint)", start))
         for arm in args.arms.split(","):
             name, build = ARMS[arm]
-            rows.append(evaluated(args, name, build(args, start)))
+            rounds = f"{args.rounds} round" + ("s" if args.rounds > 1 else "")
+            rows.append(evaluated(args, name.format(rounds=rounds), build(args, start)))
     else:
         rows = [json.loads(line) for line in args.rows.read_text().splitlines()]
     print(table(rows))
