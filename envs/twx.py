@@ -793,7 +793,6 @@ def _reach(tidy: _Tidying, todo: list[str], valid: dict[str, str]) -> tuple[str,
 def _head_for(world: _Map, tidy: _Tidying, todo: list[str], valid: dict[str, str]) -> tuple[str, str]:
     """(command, why) toward a room where a held item's place or an item to take was seen, else to explore."""
     wanted = [tidy.goals[x] if x in tidy.held else x for x in todo]
-
     left_in = {tidy.placed[x][1] for x in todo if x in tidy.placed}  # put somewhere since that room was seen
 
     def has_work(room: str | None) -> bool:  # a whole name: "bed" is not in "bedroom" nor in "a bed sheet"
@@ -801,7 +800,7 @@ def _head_for(world: _Map, tidy: _Tidying, todo: list[str], valid: dict[str, str
         return room != world.room and (room in left_in or any(
             re.search(rf"\b{re.escape(w)}(?=[,.;]| that\b)", desc, re.I) for w in wanted))
 
-    route = world.route_to(has_work) or world.route()
+    route = world.route_to(has_work) or world.route_to(world.unexplored)
     if world.room is None or route is None:
         rooms = ", ".join(sorted(world.described))
         raise CannotActError(f"the twc planner has explored every room it has seen ({rooms}) and found no way to "
