@@ -184,9 +184,10 @@ class VLLMServeOptions(GenerationConfig):
         "auto", "Weights' dtype; auto is bfloat16 where it is fast (as for hf:), else float32.")
     max_model_len: int = _opt(4096, "Context length the server allows.", min=16)
     kv_cache_gb: int = _opt(2, "KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE on CPU, a whole number).", min=1)
-    cpu_cores: str = _opt("all", "Cores the CPU engine's OpenMP threads run on: all (every core this process may "
-                                 "use), auto (vLLM's own choice, which keeps one core for its scheduler) or a list "
-                                 "such as 0-3 (VLLM_CPU_OMP_THREADS_BIND); a GPU build ignores it.")
+    cpu_cores: str = _opt("all", "Cores the CPU engine's OpenMP threads run on: all (every physical core this "
+                                 "process may use, one thread each), auto (vLLM's own choice: one NUMA node, and one "
+                                 "core kept for its scheduler) or a list such as 0-3 (VLLM_CPU_OMP_THREADS_BIND); "
+                                 "a GPU build ignores it.")
     concurrency: int = _opt(64, "Requests in flight at once.", min=1)
     timeout_s: float = _opt(300.0, "Seconds one request may take.", above=0)
     startup_timeout_s: float = _opt(900.0, "Seconds the server may take to come up.", above=0)

@@ -90,8 +90,22 @@ def cpu_binding(cores: str) -> dict[str, str]:
     if cores == "auto":
         return {}
     if cores == "all":
-        cores = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+        cores = ",".join(map(str, physical_cores()))
     return {"VLLM_CPU_OMP_THREADS_BIND": cores}  # vLLM sets the worker's OMP_NUM_THREADS from it
+
+
+def physical_cores(topology: Path = Path("/sys/devices/system/cpu")) -> list[int]:
+    """One logical CPU per physical core among those this process may use: OpenMP matmuls gain nothing from a
+    core's second hyperthread (vLLM's own binding skips them too). All allowed CPUs where sysfs says nothing."""
+    first: dict[tuple[str, str], int] = {}
+    for cpu in sorted(os.sched_getaffinity(0)):
+        where = topology / f"cpu{cpu}" / "topology"
+        try:
+            core = ((where / "physical_package_id").read_text().strip(), (where / "core_id").read_text().strip())
+        except OSError:
+            core = ("", str(cpu))
+        first.setdefault(core, cpu)
+    return sorted(first.values())
 
 
 class Server:

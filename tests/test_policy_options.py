@@ -4,6 +4,7 @@ KEY=VALUE text to each field's type, and refuses an unknown key by name with the
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 
@@ -157,3 +158,22 @@ def test_a_malformed_vllm_serve_core_list_is_one_line_and_exit_2(tmp_path):
     assert res.returncode == 2
     one_line_error(res, "cpu_cores must be all, auto or a core list", "got '0-'")
     assert not (tmp_path / "e").exists()
+
+
+def test_all_cores_means_one_thread_per_physical_core(tmp_path):
+    """Two logical CPUs of one core (hyperthreads) bind once; separate cores bind each; no topology: every CPU."""
+    from trajdistill.agents._vllm_serve import physical_cores
+
+    cpus = sorted(os.sched_getaffinity(0))
+
+    def topology(core_of):
+        root = tmp_path / "-".join(map(str, core_of.values()))
+        for cpu, core in core_of.items():
+            (root / f"cpu{cpu}" / "topology").mkdir(parents=True)
+            (root / f"cpu{cpu}" / "topology" / "physical_package_id").write_text("0\n")
+            (root / f"cpu{cpu}" / "topology" / "core_id").write_text(f"{core}\n")
+        return root
+
+    assert physical_cores(topology({cpu: 0 for cpu in cpus})) == cpus[:1]
+    assert physical_cores(topology({cpu: i for i, cpu in enumerate(cpus)})) == cpus
+    assert physical_cores(tmp_path / "none") == cpus
