@@ -673,6 +673,14 @@ class _Map:
         return None
 
 
+def _first_map(messages: list[dict[str, Any]]) -> _Map:
+    """The map as the task's first observation shows it."""
+    world = _Map()
+    first = next((m for m in messages if m.get("role") == "user"), {})
+    world.read(str(first.get("content") or ""))
+    return world
+
+
 def _valid_actions(messages: list[dict[str, Any]]) -> list[str]:
     for m in reversed(messages):
         text = str(m.get("content") or "") if m.get("role") in ("tool", "user") else ""
@@ -685,9 +693,7 @@ def _valid_actions(messages: list[dict[str, Any]]) -> list[str]:
 def coin_planner(request: PolicyRequest) -> Turn:
     """Find the coin from any state: take it when in sight, else head for it or for the nearest unexplored
     exit, breadth first over the rooms and exits the observations have shown."""
-    world = _Map()
-    first = next((m for m in request.messages if m.get("role") == "user"), {})
-    world.read(str(first.get("content") or ""))
+    world = _first_map(request.messages)
     for command, observation in replayed(request.messages):
         world.apply(command, observation)
     valid = _valid_actions(request.messages)
@@ -751,9 +757,7 @@ def twc_planner(request: PolicyRequest) -> Turn:
     item belongs comes from the gold path; everything else from what the observations have shown."""
     puts = [m.groups() for a in request.hints.get("gold_path") or [] if (m := _PUT.fullmatch(a.strip()))]
     tidy = _Tidying({x.lower(): y.lower() for x, y in puts}, {w.lower(): w for pair in puts for w in pair})
-    world = _Map()
-    first = next((m for m in request.messages if m.get("role") == "user"), {})
-    world.read(str(first.get("content") or ""))
+    world = _first_map(request.messages)
     for command, observation in replayed(request.messages):
         world.apply(command, observation)
         tidy.apply(command, observation, world.room)
