@@ -33,7 +33,8 @@ class Mount(Protocol):
     """Mounts skill sources in an env: `trajdistill.skills.mount_skills`, given by the layer above (skills)."""
 
     def __call__(self, env: Env, sources: Sequence[str], preload: bool = False, *, sandbox: str = "auto",
-                 trust: Sequence[str] = (), allow_unsigned: bool = False, top_k: int = 2) -> Env: ...
+                 trust: Sequence[str] = (), allow_unsigned: bool = False, top_k: int = 2,
+                 examples: int = 0) -> Env: ...
 
 
 @dataclass(kw_only=True)
@@ -80,7 +81,7 @@ def mounted(env: Env, cfg: CollectConfig, mount: Mount | None) -> Env:
     if mount is None:
         raise ValueError("skills: pass mount=trajdistill.skills.mount_skills to mount skill boxes")
     return mount(env, cfg.skills, cfg.preload_skills, sandbox=cfg.sandbox, trust=cfg.trust,
-                 allow_unsigned=cfg.allow_unsigned, top_k=cfg.skills_top_k)
+                 allow_unsigned=cfg.allow_unsigned, top_k=cfg.skills_top_k, examples=cfg.skills_examples)
 
 
 def to_trajectory(result: EpisodeResult, task: Task, env: Env, policy: Policy,

@@ -47,6 +47,9 @@ class RolloutConfig:
     skills_top_k: int = config_field(2, "Box tools and skills listed per task: the k most relevant to it (BM25 over "
                                         "their names, descriptions and source tasks); read_skill still reads any "
                                         "skill; 0 lists them all.")
+    skills_examples: int = config_field(0, "Example calls shown with each listed box tool: the calls that solved "
+                                           "the source tasks nearest the task (BM25), as `\"task\" -> {arguments}`; "
+                                           "0: none.")
     # how this invocation checks boxes and runs episodes, not what a run holds (INVOCATION_KEYS: left out of run.yaml)
     executor: str = config_field("local", "Where episodes run: local (async, in this process) or ray (Ray actors "
                                           "across a cluster, each with its own sandbox pool; this process writes "
@@ -78,6 +81,8 @@ class RolloutConfig:
             out.append(f"--loop must be one of {', '.join(LOOP_ENGINES)}, got {self.loop!r}")
         if self.skills_top_k < 0:
             out.append(f"--skills-top-k must be 0 (list every tool and skill) or more, got {self.skills_top_k}")
+        if self.skills_examples < 0:
+            out.append(f"--skills-examples must be 0 (none) or more, got {self.skills_examples}")
         return out + self.executor_problems()
 
     def executor_problems(self) -> list[str]:
@@ -108,6 +113,8 @@ def stored_settings(settings: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in settings.items() if k not in INVOCATION_KEYS}
     if not out.get("skills"):
         out.pop("skills_top_k", None)
+    if not out.get("skills") or not out.get("skills_examples"):
+        out.pop("skills_examples", None)
     if not out.get("stop_on_repeat"):
         out.pop("stop_on_repeat", None)
     return out

@@ -233,8 +233,9 @@ def serve_command(
 
 
 @skills_app.command("validate")
+# ValidateConfig's defaults (it loads MCP)
 @rollout_options(RolloutConfig, "env", "split", "tasks", "concurrency", "max_steps", "seed", "sandbox", "env_params",
-                 "skills_top_k", split="dev", tasks=50, concurrency=4)  # ValidateConfig's defaults (it loads MCP)
+                 "skills_top_k", "skills_examples", split="dev", tasks=50, concurrency=4)
 def validate_command(
     box: Path = typer.Argument(..., help="Skill box directory."),
     agent: str = typer.Option(..., help="Policy spec of the agent that mounts the box."),

@@ -45,7 +45,8 @@ ROLLOUT_PARAMS: dict[str, tuple[str, Any]] = {
     "stop_on_repeat": ("stop_on_repeat", int), "concurrency": ("concurrency", int), "seed": ("seed", int),
     "temperature": ("temperature", float),
     "sandbox": ("sandbox", str), "env_params": ("env_param", list[str]), "skills": ("skills", list[str]),
-    "preload_skills": ("preload_skills", bool), "skills_top_k": ("skills_top_k", int), "trust": ("trust", list[str]),
+    "preload_skills": ("preload_skills", bool), "skills_top_k": ("skills_top_k", int),
+    "skills_examples": ("skills_examples", int), "trust": ("trust", list[str]),
     "allow_unsigned": ("allow_unsigned", bool), "executor": ("executor", str), "ray_address": ("ray_address", str),
     "ray_workers": ("ray_workers", int), "loop": ("loop", str),
 }

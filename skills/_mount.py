@@ -15,13 +15,18 @@ k box tools and skills most relevant to it, ranked together by BM25 over their n
 and the tasks they were mined from (see _retrieve.py); `read_skill` is listed when a skill is, and
 reads every skill; a box tool left out of the list still answers when called. `top_k=0` lists
 everything.
+
+With `examples` (default 0), each listed box tool also shows that many calls that solved a source task, the
+source tasks nearest this task first (BM25): `Example: "Compute (4 * 11 + 18) mod 7." -> {"expression": "(4 * 11
++ 18) % 7"}`. A small student copies the pattern: the task's wording turned into the tool's arguments and notation.
 """
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,7 +35,7 @@ from trajdistill.envs import (ConfigError, Env, McpConnection, McpMountedEnv, Mc
 
 from ._box import SkillBox
 from ._retrieve import BM25
-from ._server import SKILL_SCHEME, TASKS_META
+from ._server import EXAMPLES_META, SKILL_SCHEME, TASKS_META
 from ._trust import Trust
 
 READ_SKILL = "read_skill"
@@ -70,21 +75,26 @@ class BoxInfo(ServerInfo):
     skills: dict[str, tuple[str, str]] = field(default_factory=dict)  # skill name -> (description, resource uri)
     texts: dict[str, str] = field(default_factory=dict)  # skill name -> SKILL.md, when preloaded or ranked
     tasks: dict[str, list[str]] = field(default_factory=dict)  # tool name -> prompts of its source tasks
+    examples: dict[str, list[tuple[str, dict[str, Any]]]] = field(default_factory=dict)  # tool -> (task, arguments)
 
 
-async def _tool_tasks(conn: McpConnection) -> dict[str, list[str]]:
-    """The source tasks a box server lists in each tool's `_meta` (other servers list none)."""
-    out: dict[str, list[str]] = {}
+async def _tool_meta(conn: McpConnection) -> tuple[dict[str, list[str]], dict[str, list[tuple[str, dict[str, Any]]]]]:
+    """The source tasks and example calls a box server lists in each tool's `_meta` (other servers list none)."""
+    tasks: dict[str, list[str]] = {}
+    examples: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     cursor = None
     while True:
         page = await conn.client.list_tools(cursor=cursor)
         for t in page.tools:
-            tasks = (t.meta or {}).get(TASKS_META)
-            if isinstance(tasks, list):
-                out[t.name] = [str(x) for x in tasks]
+            meta = t.meta or {}
+            if isinstance(meta.get(TASKS_META), list):
+                tasks[t.name] = [str(x) for x in meta[TASKS_META]]
+            if isinstance(meta.get(EXAMPLES_META), list):
+                examples[t.name] = [(str(e["task"]), e["arguments"]) for e in meta[EXAMPLES_META]
+                                    if isinstance(e, dict) and isinstance(e.get("arguments"), dict) and e.get("task")]
         cursor = page.next_cursor
         if cursor is None:
-            return out
+            return tasks, examples
 
 
 class BoxSource(McpSource):
@@ -108,13 +118,18 @@ class BoxSource(McpSource):
                 if uri.startswith(SKILL_SCHEME) and "/" not in name:  # references are read through their skill
                     skills[name] = (res.description or "", uri)
         texts = {n: await resource_text(conn, uri) for n, (_, uri) in skills.items()} if self.read_texts else {}
-        return BoxInfo(self.server_name(conn), tools, skills, texts, await _tool_tasks(conn))
+        return BoxInfo(self.server_name(conn), tools, skills, texts, *await _tool_meta(conn))
 
 
 def _summary(description: str) -> str:
     """A box tool's description as listed: its first paragraph (the rest, provenance and examples, is for people
     and for retrieval, and would cost every prompt tokens)."""
     return description.strip().split("\n\n")[0].strip()
+
+
+def _example_text(task: str, arguments: dict[str, Any]) -> str:
+    task = task if len(task) <= 160 else task[:157].rsplit(" ", 1)[0] + "..."
+    return f"{json.dumps(task, ensure_ascii=False)} -> {json.dumps(arguments, ensure_ascii=False)}"
 
 
 class MountedEnv(McpMountedEnv):
@@ -124,18 +139,22 @@ class MountedEnv(McpMountedEnv):
     reserved = (READ_SKILL,)
 
     def __init__(self, env: Env, sources: Sequence[str], *, preload: bool = False, sandbox: str = "auto",
-                 timeout_s: float = 60.0, trust: Trust | None = None, top_k: int = TOP_K):
+                 timeout_s: float = 60.0, trust: Trust | None = None, top_k: int = TOP_K, examples: int = 0):
         if not sources:
             raise ConfigError("give at least one skill box (a directory, an http(s) URL or a stdio command)")
         if top_k < 0:
             raise ConfigError(f"--skills-top-k must be 0 (list every tool and skill) or more, got {top_k}")
+        if examples < 0:
+            raise ConfigError(f"--skills-examples must be 0 (none) or more, got {examples}")
         read_texts = preload or top_k > 0  # ranking reads every SKILL.md once, as preload does
         super().__init__(env, [BoxSource(source_server(s, sandbox, trust), timeout_s, read_texts) for s in sources])
         self.top_k = top_k
+        self.examples = examples
         self.preload = preload
         self.skill_routes: dict[str, tuple[BoxSource, str]] = {}  # exposed skill name -> (source, uri)
         self._index = BM25([])
         self._items: list[tuple[str, str]] = []  # ("tool" | "skill", exposed name), in index order
+        self._example_index: dict[str, BM25] = {}  # exposed tool name -> BM25 over its examples' tasks
 
     def listed_description(self, description: str) -> str:
         return _summary(description)
@@ -166,13 +185,25 @@ class MountedEnv(McpMountedEnv):
         return [n for kind, n in items if kind == "tool"], [n for kind, n in items if kind == "skill"]
 
     def tools_for(self, task: Task) -> list[ToolSpec]:
-        """The env's tools, the box tools relevant to `task`, read_skill when a skill is listed, final_answer."""
+        """The env's tools, the box tools relevant to `task`, read_skill when a skill is listed, final_answer;
+        with `examples`, each box tool's description ends with its example calls nearest `task`."""
         tools = self._discover()
-        if not self.top_k:
-            return list(tools)
-        boxed, skills = self.relevant(task)
-        keep = set(boxed) | ({READ_SKILL} if skills else set())
-        return [t for t in tools if (t.name not in self.routes and t.name != READ_SKILL) or t.name in keep]
+        if self.top_k:
+            boxed, skills = self.relevant(task)
+            keep = set(boxed) | ({READ_SKILL} if skills else set())
+            tools = [t for t in tools if (t.name not in self.routes and t.name != READ_SKILL) or t.name in keep]
+        return [self._with_examples(t, task) if t.name in self.routes else t for t in tools]
+
+    def _with_examples(self, spec: ToolSpec, task: Task) -> ToolSpec:
+        source, name = self.routes[spec.name]
+        calls = source.info.examples.get(name, []) if self.examples else []  # type: ignore[attr-defined]
+        if not calls:
+            return spec
+        index = self._example_index.setdefault(spec.name, BM25([t for t, _ in calls]))
+        near = index.top(task.prompt, self.examples)
+        near += [i for i in range(len(calls)) if i not in near][:self.examples - len(near)]
+        shown = "; ".join(_example_text(*calls[i]) for i in near)
+        return replace(spec, description=f"{spec.description} Example{'s' if len(near) > 1 else ''}: {shown}")
 
     def skills(self) -> dict[str, str]:
         """Exposed skill name -> description."""
@@ -215,14 +246,15 @@ class MountedEnv(McpMountedEnv):
 
 def mount_skills(env: Env, sources: Sequence[str], preload: bool = False, *, sandbox: str = "auto",
                  timeout_s: float = 60.0, trust: Sequence[str] = (), allow_unsigned: bool = False,
-                 top_k: int = TOP_K) -> Env:
+                 top_k: int = TOP_K, examples: int = 0) -> Env:
     """`env` with the skill boxes of `sources` mounted; `env` itself when `sources` is empty.
 
     A box directory must be signed by a trusted key (this machine's, the trust file's, or one in
     `trust`) or pinned by a `sha256:` digest in `trust`; `allow_unsigned` is for development.
-    Each task is shown the `top_k` most relevant box tools and skills (0: all of them).
+    Each task is shown the `top_k` most relevant box tools and skills (0: all of them), each tool with
+    `examples` of its calls that solved the source tasks nearest the task.
     """
     if not sources:
         return env
     return MountedEnv(env, list(sources), preload=preload, sandbox=sandbox, timeout_s=timeout_s,
-                      trust=Trust.of(trust, allow_unsigned), top_k=top_k)
+                      trust=Trust.of(trust, allow_unsigned), top_k=top_k, examples=examples)

@@ -43,6 +43,7 @@ from ._trust import Trust
 
 SKILL_SCHEME = "skill://"
 TASKS_META = "trajdistill/tasks"  # a tool's `_meta` key: prompts of the tasks it was mined from, for retrieval
+EXAMPLES_META = "trajdistill/examples"  # a tool's `_meta` key: {"task", "arguments"} of a call that solved each
 MAX_META_TASKS = 8
 TRANSPORTS = ("stdio", "http")
 OUTER_GRACE_S = 15.0  # the sandbox's own limit fires first; this guards a stuck backend
@@ -185,10 +186,15 @@ def value_text(value: Any) -> str:
 
 
 def _tool(box: SkillBox, tool: BoxTool, provider: SandboxProvider, timeout_s: float | None) -> _BoxTool:
-    tasks = list(dict.fromkeys(t.task for t in box.tests.get(tool.name, []) if t.task))[:MAX_META_TASKS]
+    first: dict[str, Any] = {}  # each source task's first test
+    for t in box.tests.get(tool.name, []):
+        if t.task:
+            first.setdefault(t.task, t)
+    examples = [{"task": t.task, "arguments": t.args} for t in list(first.values())[:MAX_META_TASKS]]
+    meta = {TASKS_META: [e["task"] for e in examples], EXAMPLES_META: examples} if examples else None
     return _BoxTool(fn=_placeholder, name=tool.name, description=tool.spec.description,
                     parameters=tool.spec.parameters, fn_metadata=func_metadata(_placeholder, structured_output=False),
-                    is_async=True, meta={TASKS_META: tasks} if tasks else None,
+                    is_async=True, meta=meta,
                     box=box, provider=provider, timeout_s=timeout_s)
 
 

@@ -147,6 +147,35 @@ async def test_top_k_lists_exactly_the_relevant_box_tools_and_the_loop_calls_one
     assert result.outcome.success
 
 
+async def test_examples_list_each_box_tool_with_the_calls_that_solved_the_nearest_source_tasks(mined_math_box):
+    task = modular_task()  # "Find A to the power B, modulo M." (a test task: never a source task)
+    tests = {(t.task, json.dumps(t.args, sort_keys=True)): t.expected for t in mined_math_box.tests["modular_power"]}
+    env = mount_skills(make_env("math"), [str(mined_math_box.path)], sandbox="nsjail", top_k=1, examples=2)
+    plain = mount_skills(make_env("math"), [str(mined_math_box.path)], sandbox="nsjail", top_k=1)
+    policy = Scripted([])
+    try:
+        async with get_provider("nsjail", Limits(timeout_s=5)) as provider, provider.acquire() as sb:
+            result = await ReActLoop(env, policy, max_steps=2).run(task, sb)
+        before = {t.name: t.description for t in plain.tools_for(task)}
+    finally:
+        await env.close()
+        await plain.close()
+    listed = {t.name: t.description for t in policy.requests[0].tools}
+    assert set(listed) == {"python", "modular_power", "final_answer"}
+    summary, _, shown = listed["modular_power"].partition(" Examples: ")
+    assert summary == before["modular_power"] and "Example" not in before["modular_power"]
+    pairs = [re.fullmatch(r'(".*") -> (\{.*\})', e).groups() for e in shown.split("; ")]
+    assert len(pairs) == 2
+    for quoted, arguments in pairs:
+        source, args = json.loads(quoted), json.loads(arguments)
+        assert "to the power" in source and source != task.prompt
+        assert tests[(source, json.dumps(args, sort_keys=True))] == pow(args["base"], args["exponent"], args["modulus"])
+    assert f"- modular_power(base: integer, exponent: integer, modulus: integer): {listed['modular_power']}" \
+        in result.messages[0]["content"]  # the ReAct prompt lists it so
+    with pytest.raises(ConfigError, match="--skills-examples"):
+        mount_skills(make_env("math"), [str(mined_math_box.path)], sandbox="none", examples=-1)
+
+
 def test_top_k_ranks_skills_with_tools_and_read_skill_still_reads_every_skill(box):
     env = mount_skills(make_env("math"), [str(box.path)], sandbox="none", top_k=2)
     task = modular_task().model_copy(update={"prompt": "What is the sum of two numbers, 40 and 2?"})
@@ -363,6 +392,28 @@ def test_eval_cli_preload_skills_puts_the_skill_text_in_every_system_prompt(box,
     trajs = RunStore.open(run).load()
     assert len(trajs) == 2
     assert all("Call `add_numbers` with both numbers." in t.messages[0].content for t in trajs)
+
+
+def test_collect_cli_lists_example_calls_and_the_coder_still_fits_the_listed_tool(mined_math_box, tmp_path):
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "trajdistill", "collect", "--env", "math", "--teacher", "expert:coder", "--tasks",
+            "12", "--split", "test", "--sandbox", "nsjail", "--skills", str(mined_math_box.path), "--skills-top-k", "1"]
+    res = subprocess.run([*argv, "--skills-examples", "1", "--out", str(out)], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "skills_examples: 1" in (out / "run.yaml").read_text()
+    trajs = RunStore.open(out).load()
+    box_tools = {t.name for t in mined_math_box.tools}
+    assert len(trajs) == 12 and all(t.outcome.success for t in trajs)
+    for t in trajs:
+        lines = [ln for ln in t.messages[0].content.splitlines() if ln.startswith("- ") and "(" in ln]
+        boxed = [ln for ln in lines if ln[2:].split("(")[0] in box_tools]
+        assert len(boxed) <= 1 and all(" Example: \"" in ln for ln in boxed), lines
+    assert sum(m.name in box_tools for t in trajs for m in t.messages if m.role == "tool") >= 4
+    bad = subprocess.run([*argv, "--skills-examples", "-1", "--out", str(tmp_path / "bad")], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "--skills-examples must be 0 (none) or more, got -1" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
 
 
 # ---- box-aware experts: the coder calls a listed box tool that computes its program -------------------

@@ -19,7 +19,7 @@ from ._config import TrainConfig, student_problems
 ROUNDS_FILE = "rounds.json"
 TRAIN_PREFIX = "--train-"
 # how to run, not what: left out of the stored settings, so a resume may change them
-UNSTORED = frozenset({"resume", "skills", "preload_skills", "skills_top_k"})
+UNSTORED = frozenset({"resume", "skills", "preload_skills", "skills_top_k", "skills_examples"})
 
 
 def local_model(spec: str) -> list[str]:
