@@ -18,6 +18,9 @@ Students (SmolLM2-135M from the base model, `train`'s defaults, the same `--toke
   box-literate, top-1 lists, renamed tools and parameters   the same, with `--rename-share` of the boxed
                    trajectories renamed, their tools' parameters too (`rename-tools --params`): the arguments are
                    to be copied from the signature the list shows
+  box-literate, top-1 lists with examples   the same as top-1 lists, but collected and evaluated with
+                   `--skills-examples 1`: the listed tool shows the call that solved its source task nearest the
+                   task, so the task's wording is turned into arguments by analogy (`mod` -> `%`)
 Evaluation: held-out test tasks of the held-out categories only, each student with box held mounted and
 without any box, plus the coder with the box as the reference. Rows go to bench/results/box-transfer.jsonl
 as each finishes (a cut-off run resumes: runs, boxes, students and rows already there are kept).
@@ -72,13 +75,13 @@ def arguments() -> argparse.Namespace:
 
 
 def coder_run(args: argparse.Namespace, name: str, categories: list[str], box: Path | None = None,
-              top_k: int = TOP_K) -> Path:
+              top_k: int = TOP_K, examples: int = 0) -> Path:
     out = args.out / "runs" / name
     # always through resume: a run cut off (or failed at its start) has a stats.json but not all its tasks
     collect(CollectConfig(env="math", env_params={"categories": ",".join(categories)}, teachers=["expert:coder"],
                           out=str(out), tasks=args.tasks_per_category * len(categories), split="train",
                           sandbox=args.sandbox, concurrency=8, skills=[str(box)] if box else [],
-                          skills_top_k=top_k, resume=out.exists()), mount=mount_skills)
+                          skills_top_k=top_k, skills_examples=examples, resume=out.exists()), mount=mount_skills)
     return out
 
 
@@ -110,7 +113,8 @@ def done_rows(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return {r["variant"]: r for r in map(json.loads, args.rows.read_text().splitlines())} if args.rows.exists() else {}
 
 
-def evaluated(args: argparse.Namespace, name: str, spec: str, box: Path | None, top_k: int = TOP_K) -> dict[str, Any]:
+def evaluated(args: argparse.Namespace, name: str, spec: str, box: Path | None, top_k: int = TOP_K,
+              examples: int = 0) -> dict[str, Any]:
     done = done_rows(args)
     if name in done:
         return done[name]
@@ -118,14 +122,15 @@ def evaluated(args: argparse.Namespace, name: str, spec: str, box: Path | None, 
     res = evaluate(EvalConfig(env="math", env_params={"categories": ",".join(args.held)}, agents=[spec],
                               split="test", tasks=args.test_tasks, max_steps=args.max_steps, sandbox=args.sandbox,
                               concurrency=args.concurrency, skills=[str(box)] if box else [], skills_top_k=top_k,
-                              out=str(out),
+                              skills_examples=examples, out=str(out),
                               agent_options={"max_new_tokens": args.new_tokens,
                                              **({"batch_size": args.concurrency} if spec.startswith("hf:") else {})},
                               resume=True), mount=mount_skills)
     agent = played(res.agents[0], name)
     run = out / agent.run
     row = {"variant": name, **agent.to_dict(), "held": args.held, "box_use": box_use(run, box),
-           "tool_use": tool_use(run), "tokens": args.tokens, "skills_top_k": top_k, "date": time.strftime("%Y-%m-%d")}
+           "tool_use": tool_use(run), "tokens": args.tokens, "skills_top_k": top_k, "skills_examples": examples,
+           "date": time.strftime("%Y-%m-%d")}
     args.rows.parent.mkdir(parents=True, exist_ok=True)
     with open(args.rows, "a") as fh:
         fh.write(json.dumps(row) + "\n")
@@ -152,7 +157,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 STUDENTS = {"plain SFT": "plain", "box-literate": "box-literate",
             "box-literate, renamed tools": "box-literate-renamed", "box-literate, top-1 lists": "box-literate-top1",
-            "box-literate, top-1 lists, renamed tools and parameters": "box-literate-top1-renamed-params"}
+            "box-literate, top-1 lists, renamed tools and parameters": "box-literate-top1-renamed-params",
+            "box-literate, top-1 lists with examples": "box-literate-top1-examples"}
 
 
 def training_runs(args: argparse.Namespace, slug: str, boxes: dict[str, Path]) -> list[Path]:
@@ -160,9 +166,9 @@ def training_runs(args: argparse.Namespace, slug: str, boxes: dict[str, Path]) -
     plain = [coder_run(args, f"plain-{g}", cats) for g, cats in args.groups.items()]
     if slug == "plain":
         return plain
-    top_k = top_k_of(slug)
-    boxed = [coder_run(args, f"boxed-{g}" + ("" if top_k == TOP_K else f"-top{top_k}"), cats, boxes[g], top_k)
-             for g, cats in args.groups.items()]
+    top_k, examples = top_k_of(slug), examples_of(slug)
+    suffix = ("" if top_k == TOP_K else f"-top{top_k}") + (f"-ex{examples}" if examples else "")
+    boxed = [coder_run(args, f"boxed-{g}{suffix}", cats, boxes[g], top_k, examples) for g, cats in args.groups.items()]
     if "-renamed" in slug:
         params = slug.endswith("-params")
         boxed = [renamed_run(args, f"renamed-{run.name.removeprefix('boxed-')}" + ("-params" if params else ""), run,
@@ -175,6 +181,11 @@ def top_k_of(slug: str) -> int:
     return 1 if "-top1" in slug else TOP_K
 
 
+def examples_of(slug: str) -> int:
+    """Example calls listed with each box tool, in this student's boxed data and its evaluation."""
+    return 1 if slug.endswith("-examples") else 0
+
+
 def main() -> None:
     args = arguments()
     warnings.simplefilter("ignore")
@@ -183,13 +194,13 @@ def main() -> None:
     boxes["held"] = mined(args, "box-held", coder_run(args, "plain-held", args.held))
     rows = [evaluated(args, "teacher expert:coder + held box", "expert:coder", boxes["held"])]
     for name in args.students:
-        slug, top_k = STUDENTS[name], top_k_of(STUDENTS[name])
+        slug = STUDENTS[name]
         arms = {f"{name}, no box": None, f"{name} + held box": boxes["held"]}
         if set(arms) <= set(done_rows(args)):
             rows += [done_rows(args)[arm] for arm in arms]
             continue  # a later session trains no student whose rows are in
         spec = student(args, slug, training_runs(args, slug, boxes))
-        rows += [evaluated(args, arm, spec, box, top_k) for arm, box in arms.items()]
+        rows += [evaluated(args, arm, spec, box, top_k_of(slug), examples_of(slug)) for arm, box in arms.items()]
     print(f"held out: {', '.join(args.held)}; groups {args.groups}")
     print(table(rows))
 
