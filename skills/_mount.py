@@ -200,8 +200,12 @@ class MountedEnv(McpMountedEnv):
         if not calls:
             return spec
         index = self._example_index.setdefault(spec.name, BM25([t for t, _ in calls]))
-        near = index.top(task.prompt, self.examples)
-        near += [i for i in range(len(calls)) if i not in near][:self.examples - len(near)]
+        ranked = index.top(task.prompt, len(calls))
+        ranked += [i for i in range(len(calls)) if i not in ranked]
+        # never the task itself (a box mined from a run lists that run's tasks): its call is its answer
+        near = [i for i in ranked if calls[i][0].strip() != task.prompt.strip()][:self.examples]
+        if not near:
+            return spec
         shown = "; ".join(_example_text(*calls[i]) for i in near)
         return replace(spec, description=f"{spec.description} Example{'s' if len(near) > 1 else ''}: {shown}")
 

@@ -172,6 +172,10 @@ async def test_examples_list_each_box_tool_with_the_calls_that_solved_the_neares
         assert tests[(source, json.dumps(args, sort_keys=True))] == pow(args["base"], args["exponent"], args["modulus"])
     assert f"- modular_power(base: integer, exponent: integer, modulus: integer): {listed['modular_power']}" \
         in result.messages[0]["content"]  # the ReAct prompt lists it so
+    # a source task is never its own example (its call would be its answer): the next nearest one is shown
+    source_task = task.model_copy(update={"prompt": json.loads(pairs[0][0])})
+    (own,) = [t.description for t in env.tools_for(source_task) if t.name == "modular_power"]
+    assert pairs[0][0] not in own and own.count(" -> ") == 2
     with pytest.raises(ConfigError, match="--skills-examples"):
         mount_skills(make_env("math"), [str(mined_math_box.path)], sandbox="none", examples=-1)
 
