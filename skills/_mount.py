@@ -39,6 +39,7 @@ from ._server import EXAMPLES_META, SKILL_SCHEME, TASKS_META
 from ._trust import Trust
 
 READ_SKILL = "read_skill"
+Calls = list[tuple[str, dict[str, Any]]]  # a box tool's example calls: (source task, arguments)
 TOP_K = 2  # with the math box mined from 200 tasks: 1.5x the box-less system prompt (bench/box_prompt_tokens.py)
 
 
@@ -75,13 +76,13 @@ class BoxInfo(ServerInfo):
     skills: dict[str, tuple[str, str]] = field(default_factory=dict)  # skill name -> (description, resource uri)
     texts: dict[str, str] = field(default_factory=dict)  # skill name -> SKILL.md, when preloaded or ranked
     tasks: dict[str, list[str]] = field(default_factory=dict)  # tool name -> prompts of its source tasks
-    examples: dict[str, list[tuple[str, dict[str, Any]]]] = field(default_factory=dict)  # tool -> (task, arguments)
+    examples: dict[str, Calls] = field(default_factory=dict)  # tool name -> calls that solved its source tasks
 
 
-async def _tool_meta(conn: McpConnection) -> tuple[dict[str, list[str]], dict[str, list[tuple[str, dict[str, Any]]]]]:
+async def _tool_meta(conn: McpConnection) -> tuple[dict[str, list[str]], dict[str, Calls]]:
     """The source tasks and example calls a box server lists in each tool's `_meta` (other servers list none)."""
     tasks: dict[str, list[str]] = {}
-    examples: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    examples: dict[str, Calls] = {}
     cursor = None
     while True:
         page = await conn.client.list_tools(cursor=cursor)

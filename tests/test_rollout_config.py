@@ -50,6 +50,7 @@ def test_every_stage_shares_the_rollout_fields_and_their_help(tmp_path):
     ("tasks", 0, "--tasks must be at least 1, got 0"),
     ("concurrency", 0, "--concurrency must be at least 1, got 0"),
     ("temperature", -1.0, "--temperature must be >= 0, got -1.0"),
+    ("skills_examples", -1, "--skills-examples must be 0 \\(none\\) or more, got -1"),
 ])
 def test_a_bad_shared_setting_is_refused_alike_by_every_stage(tmp_path, setting, value, message):
     for cls, own in _configs(tmp_path).items():
