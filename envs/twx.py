@@ -555,10 +555,12 @@ def gold_expert(request: PolicyRequest) -> Turn:
 def _gold_turn(request: PolicyRequest, path: list[str], step: int) -> Turn:
     action = path[step]
     seen = _last_observation(request.messages)
+    game = request.task.data.get("game", "")
     thought = " ".join(filter(None, (
         _goal_phrase(request.task, step),
         _seen_phrase(seen, action),
-        _why(request.task.data.get("game", ""), action, path, step, seen),
+        _listed_phrase(game, action, _valid_actions(request.messages)),
+        _why(game, action, path, step, seen),
     )))
     return Turn(content=format_action(thought, "act", {"command": action}))
 
@@ -771,7 +773,8 @@ def twc_planner(request: PolicyRequest) -> Turn:
     if act is None:
         act = _head_for(world, tidy, todo, valid)
     command, why = act
-    return _turn(" ".join(filter(None, (_seen_phrase(seen, command), why))), command)
+    listed = _listed_phrase("twc", command, list(valid.values()))
+    return _turn(" ".join(filter(None, (_seen_phrase(seen, command), listed, why))), command)
 
 
 def _reach(tidy: _Tidying, todo: list[str], valid: dict[str, str]) -> tuple[str, str] | None:
@@ -859,6 +862,16 @@ def _seen_phrase(seen: str, action: str) -> str:
     if len(hit) > 160:
         hit = hit[:157].rsplit(" ", 1)[0] + "..."
     return f'I see: "{hit}"'
+
+
+def _listed_phrase(game: str, action: str, valid: list[str]) -> str:
+    """twc: quote the valid action a take or put is. What can be taken (an item, not furniture; not one already in
+    hand) is in the list the student sees; a Thought that cites it ties the choice to it (the curve's 400k student
+    lost games taking furniture 514 times)."""
+    if game != "twc" or action.split(" ", 1)[0] not in ("take", "put"):
+        return ""
+    listed = next((a for a in valid if a.lower() == action.lower()), None)
+    return f'The valid actions include "{listed}".' if listed else ""
 
 
 def _why(game: str, action: str, path: list[str], step: int, seen: str) -> str:

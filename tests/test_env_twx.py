@@ -62,8 +62,24 @@ async def test_gold_expert_solves_sample(game, n):
             assert outcome.success and outcome.reward == 1.0, (task.id, outcome)
             thoughts = [m["content"] for m in messages if m["role"] == "assistant"]
             assert all(t.startswith("Thought: I see") or t.startswith("Thought: My goal") for t in thoughts)
+            if game == "twc":
+                assert_takes_and_puts_cite_the_valid_actions(messages)
     finally:
         await env.close()
+
+
+def assert_takes_and_puts_cite_the_valid_actions(messages):
+    """In twc every take and put of the expert quotes that command from the valid actions it was shown."""
+    cited = 0
+    for before, m in zip(messages, messages[1:]):
+        action = parse_react(m["content"]) if m["role"] == "assistant" and "I try" not in m["content"] else None
+        if not isinstance(action, ParsedAction) or action.arguments["command"].split()[0] not in ("take", "put"):
+            continue
+        command = action.arguments["command"]
+        assert f'The valid actions include "{command}".' in action.thought, action.thought
+        assert command in _listed(before["content"])
+        cited += 1
+    assert cited >= 2
 
 
 async def play_off_path(env, task, rng, wander: int, max_steps=40):
@@ -106,6 +122,7 @@ async def test_the_twc_gold_expert_re_plans_from_an_untrained_students_state():
             done = effective_commands(messages)
             off += done[:len(path)] != [a.lower() for a in path[:len(done)]]
             thoughts += [m["content"] for m in messages if m["role"] == "assistant" and "I try" not in m["content"]]
+            assert_takes_and_puts_cite_the_valid_actions(messages)
         assert off >= 8, off
         assert all(t.startswith("Thought: I see") for t in thoughts), [t for t in thoughts if "I see" not in t][:3]
     finally:
