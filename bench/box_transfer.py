@@ -58,6 +58,9 @@ def arguments() -> argparse.Namespace:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--rename-share", type=float, default=0.5, help="boxed trajectories renamed, renamed-tools arm")
+    ap.add_argument("--eval-examples", type=int, default=None,
+                    help="example calls per listed box tool when evaluating a with-examples student (default: as it "
+                         "was trained, 1); another value makes arms of their own")
     ap.add_argument("--students", default=";".join(STUDENTS),
                     help=f"students to train and evaluate, ';'-separated, of: {'; '.join(STUDENTS)}")
     ap.add_argument("--sandbox", default="auto")
@@ -195,12 +198,14 @@ def main() -> None:
     rows = [evaluated(args, "teacher expert:coder + held box", "expert:coder", boxes["held"])]
     for name in args.students:
         slug = STUDENTS[name]
-        arms = {f"{name}, no box": None, f"{name} + held box": boxes["held"]}
+        examples = examples_of(slug) if args.eval_examples is None or not examples_of(slug) else args.eval_examples
+        shown = "" if examples == examples_of(slug) else f" ({examples} examples listed)"
+        arms = {f"{name}, no box": None, f"{name} + held box{shown}": boxes["held"]}
         if set(arms) <= set(done_rows(args)):
             rows += [done_rows(args)[arm] for arm in arms]
             continue  # a later session trains no student whose rows are in
         spec = student(args, slug, training_runs(args, slug, boxes))
-        rows += [evaluated(args, arm, spec, box, top_k_of(slug), examples_of(slug)) for arm, box in arms.items()]
+        rows += [evaluated(args, arm, spec, box, top_k_of(slug), examples) for arm, box in arms.items()]
     print(f"held out: {', '.join(args.held)}; groups {args.groups}")
     print(table(rows))
 
