@@ -38,7 +38,7 @@ from pydantic import Field
 from trajdistill.envs import ConfigError
 from trajdistill.envs.sandbox import Limits, Sandbox, SandboxProvider, get_provider
 
-from ._box import BoxTool, Skill, SkillBox, install_tools, run_tool_in_sandbox
+from ._box import BoxTool, Skill, SkillBox, ToolTest, install_tools, run_tool_in_sandbox
 from ._trust import Trust
 
 SKILL_SCHEME = "skill://"
@@ -186,7 +186,7 @@ def value_text(value: Any) -> str:
 
 
 def _tool(box: SkillBox, tool: BoxTool, provider: SandboxProvider, timeout_s: float | None) -> _BoxTool:
-    first: dict[str, Any] = {}  # each source task's first test
+    first: dict[str, ToolTest] = {}  # each source task's first test
     for t in box.tests.get(tool.name, []):
         if t.task:
             first.setdefault(t.task, t)
