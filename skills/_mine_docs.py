@@ -23,7 +23,7 @@ from typing import Any
 from trajdistill.trajectories import Trajectory
 
 from ._box import SkillDraft
-from ._mine_tools import Listener, StepRecord, _code_of, ask, task_prompt, trajectory_steps
+from ._mine_tools import Listener, StepRecord, _clip, _code_of, ask, task_prompt, trajectory_steps
 
 BATCH = 5
 MAX_LEVELS = 5
@@ -142,11 +142,6 @@ def _shape(text: str) -> str:
     """A prompt or error line with its numbers and quoted values blanked out."""
     text = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", text)
     return re.sub(r"\d+(?:[.,]\d+)*", "N", text)
-
-
-def _clip(text: str, n: int) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def prompt_patterns(prompts: list[str], k: int = 2) -> list[str]:
