@@ -21,6 +21,9 @@ Students (SmolLM2-135M from the base model, `train`'s defaults, the same `--toke
   box-literate, top-1 lists with examples   the same as top-1 lists, but collected and evaluated with
                    `--skills-examples 1`: the listed tool shows the call that solved its source task nearest the
                    task, so the task's wording is turned into arguments by analogy (`mod` -> `%`)
+  box-literate, top-1 lists with examples, mixed notation   the same, but every run of groups A and B (and so
+                   boxes A and B) is on tasks half of which write their operators as a person does (`3 × 4 − 2`,
+                   the env's `notation=mixed`): a call then translates the task's expression, not copies it
 Evaluation: held-out test tasks of the held-out categories only, each student with box held mounted and
 without any box, plus the coder with the box as the reference. Rows go to bench/results/box-transfer.jsonl
 as each finishes (a cut-off run resumes: runs, boxes, students and rows already there are kept).
@@ -63,6 +66,8 @@ def arguments() -> argparse.Namespace:
                          "was trained, 1); another value makes arms of their own")
     ap.add_argument("--students", default=";".join(STUDENTS),
                     help=f"students to train and evaluate, ';'-separated, of: {'; '.join(STUDENTS)}")
+    ap.add_argument("--data-only", action="store_true",
+                    help="collect the runs and mine the boxes the students need, then stop (no model is loaded)")
     ap.add_argument("--sandbox", default="auto")
     ap.add_argument("--out", type=Path, default=Path("bench-out/box-transfer"))
     ap.add_argument("--rows", type=Path, default=Path(__file__).parent / "results" / "box-transfer.jsonl")
@@ -78,10 +83,11 @@ def arguments() -> argparse.Namespace:
 
 
 def coder_run(args: argparse.Namespace, name: str, categories: list[str], box: Path | None = None,
-              top_k: int = TOP_K, examples: int = 0) -> Path:
-    out = args.out / "runs" / name
+              top_k: int = TOP_K, examples: int = 0, notation: str = "python") -> Path:
+    out = args.out / "runs" / (name if notation == "python" else f"{name}-{notation}")
+    params = {"categories": ",".join(categories), **({"notation": notation} if notation != "python" else {})}
     # always through resume: a run cut off (or failed at its start) has a stats.json but not all its tasks
-    collect(CollectConfig(env="math", env_params={"categories": ",".join(categories)}, teachers=["expert:coder"],
+    collect(CollectConfig(env="math", env_params=params, teachers=["expert:coder"],
                           out=str(out), tasks=args.tasks_per_category * len(categories), split="train",
                           sandbox=args.sandbox, concurrency=8, skills=[str(box)] if box else [],
                           skills_top_k=top_k, skills_examples=examples, resume=out.exists()), mount=mount_skills)
@@ -161,17 +167,20 @@ def table(rows: list[dict[str, Any]]) -> str:
 STUDENTS = {"plain SFT": "plain", "box-literate": "box-literate",
             "box-literate, renamed tools": "box-literate-renamed", "box-literate, top-1 lists": "box-literate-top1",
             "box-literate, top-1 lists, renamed tools and parameters": "box-literate-top1-renamed-params",
-            "box-literate, top-1 lists with examples": "box-literate-top1-examples"}
+            "box-literate, top-1 lists with examples": "box-literate-top1-examples",
+            "box-literate, top-1 lists with examples, mixed notation": "box-literate-top1-examples-mixed"}
 
 
 def training_runs(args: argparse.Namespace, slug: str, boxes: dict[str, Path]) -> list[Path]:
     """A student's training runs, collected (or renamed) on first use."""
-    plain = [coder_run(args, f"plain-{g}", cats) for g, cats in args.groups.items()]
+    notation = notation_of(slug)
+    plain = [coder_run(args, f"plain-{g}", cats, notation=notation) for g, cats in args.groups.items()]
     if slug == "plain":
         return plain
     top_k, examples = top_k_of(slug), examples_of(slug)
     suffix = ("" if top_k == TOP_K else f"-top{top_k}") + (f"-ex{examples}" if examples else "")
-    boxed = [coder_run(args, f"boxed-{g}{suffix}", cats, boxes[g], top_k, examples) for g, cats in args.groups.items()]
+    boxed = [coder_run(args, f"boxed-{g}{suffix}", cats, boxes[g], top_k, examples, notation)
+             for g, cats in args.groups.items()]
     if "-renamed" in slug:
         params = slug.endswith("-params")
         boxed = [renamed_run(args, f"renamed-{run.name.removeprefix('boxed-')}" + ("-params" if params else ""), run,
@@ -186,15 +195,31 @@ def top_k_of(slug: str) -> int:
 
 def examples_of(slug: str) -> int:
     """Example calls listed with each box tool, in this student's boxed data and its evaluation."""
-    return 1 if slug.endswith("-examples") else 0
+    return 1 if "-examples" in slug else 0
+
+
+def notation_of(slug: str) -> str:
+    """The math env's notation of this student's training runs (its test tasks are always in Python's)."""
+    return "mixed" if slug.endswith("-mixed") else "python"
+
+
+def group_boxes(args: argparse.Namespace, notation: str) -> dict[str, Path]:
+    """Boxes A and B, mined from the coder's box-less runs on each group in `notation`."""
+    suffix = "" if notation == "python" else f"-{notation}"
+    return {g: mined(args, f"box-{g}{suffix}", coder_run(args, f"plain-{g}", cats, notation=notation))
+            for g, cats in args.groups.items()}
 
 
 def main() -> None:
     args = arguments()
     warnings.simplefilter("ignore")
     args.out.mkdir(parents=True, exist_ok=True)
-    boxes = {g: mined(args, f"box-{g}", coder_run(args, f"plain-{g}", cats)) for g, cats in args.groups.items()}
-    boxes["held"] = mined(args, "box-held", coder_run(args, "plain-held", args.held))
+    held = mined(args, "box-held", coder_run(args, "plain-held", args.held))
+    boxes = {"held": held, **group_boxes(args, "python")}
+    if args.data_only:
+        for name in args.students:
+            training_runs(args, STUDENTS[name], {**boxes, **group_boxes(args, notation_of(STUDENTS[name]))})
+        return
     rows = [evaluated(args, "teacher expert:coder + held box", "expert:coder", boxes["held"])]
     for name in args.students:
         slug = STUDENTS[name]
@@ -204,7 +229,7 @@ def main() -> None:
         if set(arms) <= set(done_rows(args)):
             rows += [done_rows(args)[arm] for arm in arms]
             continue  # a later session trains no student whose rows are in
-        spec = student(args, slug, training_runs(args, slug, boxes))
+        spec = student(args, slug, training_runs(args, slug, {**boxes, **group_boxes(args, notation_of(slug))}))
         rows += [evaluated(args, arm, spec, box, top_k_of(slug), examples) for arm, box in arms.items()]
     print(f"held out: {', '.join(args.held)}; groups {args.groups}")
     print(table(rows))

@@ -301,3 +301,25 @@ def test_categories_param_keeps_the_split_order_and_ids():
         make_env("math", categories="word,algebra")
     with pytest.raises(ConfigError, match="accepts categories"):
         make_env("math", levels="1")
+
+
+def test_notation_param_rewords_the_operators_and_keeps_ids_and_answers():
+    plain = make_env("math", categories="arithmetic,modular").tasks("train", 200)
+    written = make_env("math", categories="arithmetic,modular", notation="math").tasks("train", 200)
+    mixed = make_env("math", categories="arithmetic,modular", notation="mixed").tasks("train", 200)
+    assert [t.id for t in written] == [t.id for t in plain] == [t.id for t in mixed]
+    assert [t.data for t in written] == [t.data for t in plain]
+    with_ops = [i for i, t in enumerate(plain) if " * " in t.prompt or " - " in t.prompt]
+    assert len(with_ops) > 50
+    for i in with_ops:
+        assert " * " not in written[i].prompt and " - " not in written[i].prompt
+        assert written[i].prompt.replace("×", "*").replace("−", "-").replace("÷", "/") == plain[i].prompt
+    rewritten = sum(mixed[i].prompt != plain[i].prompt for i in with_ops)
+    assert 0.3 < rewritten / len(with_ops) < 0.7  # half the problems, by a hash of the text
+    assert {mixed[i].prompt for i in with_ops} <= {plain[i].prompt for i in with_ops} | {written[i].prompt
+                                                                                         for i in with_ops}
+    chain = next(t for t in written if t.data["kind"] == "chain" and "×" in t.prompt)
+    program = math_env.KINDS[chain.data["kind"]].program(chain.data["params"])
+    assert "*" in program and "×" not in program  # the coder still writes Python
+    with pytest.raises(ConfigError, match="no notation 'latex'; notations: python, math, mixed"):
+        make_env("math", notation="latex")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from fractions import Fraction
 from typing import Any, Callable
@@ -94,13 +95,18 @@ class MathEnv(Env):
     needs_sandbox = True
     answer_tool = True
 
-    def __init__(self, variant: str | None = None, categories: str | list[str] | None = None, **params: Any):
+    def __init__(self, variant: str | None = None, categories: str | list[str] | None = None,
+                 notation: str = "python", **params: Any):
         # as twx does: a key or variant nothing reads would be recorded in run.yaml as if it had an effect
         if variant:
             raise ConfigError(f"env math has no variant {variant!r}; use --env math")
         if params:
-            raise ConfigError(f"env math has no parameter {', '.join(sorted(params))}; it accepts categories")
+            raise ConfigError(f"env math has no parameter {', '.join(sorted(params))}; it accepts categories and "
+                              "notation")
+        if notation not in NOTATIONS:
+            raise ConfigError(f"env math has no notation {notation!r}; notations: {', '.join(NOTATIONS)}")
         self.categories = _categories(categories)
+        self.notation = notation
         super().__init__()
 
     def tasks(self, split: str, n: int | None = None, offset: int = 0) -> list[Task]:
@@ -109,10 +115,16 @@ class MathEnv(Env):
             raise ConfigError(f"n and offset must not be negative (got n={n}, offset={offset})")
         if self.categories:  # the split's tasks of these categories, in bank order (ids unchanged)
             pool = [t for t in _bank().get(split, SPLIT_SIZES[split]) if t.category in self.categories]
-            return pool[offset:None if n is None else offset + n]
+            return [self.written(t) for t in pool[offset:None if n is None else offset + n]]
         size = SPLIT_SIZES[split]
         stop = size if n is None else min(size, offset + n)
-        return list(_bank().get(split, stop)[offset:stop])
+        return [self.written(t) for t in _bank().get(split, stop)[offset:stop]]
+
+    def written(self, task: Task) -> Task:
+        """`task` in this env's notation. The bank words every task in Python's, which splits and ids hang on."""
+        if self.notation == "python" or (self.notation == "mixed" and not _in_math_notation(task.prompt)):
+            return task
+        return task.model_copy(update={"prompt": math_notation(task.prompt)})
 
     def split_sizes(self) -> dict[str, int]:
         if self.categories:  # the bank deals the categories in turn: each is a fifth of every split
@@ -126,6 +138,22 @@ class MathEnv(Env):
 
     def experts(self) -> dict[str, Callable[[], Any]]:
         return {"reasoner": lambda: reasoner, "coder": lambda: coder}
+
+
+NOTATIONS = ("python", "math", "mixed")
+_MATH_SIGNS = {" * ": " × ", " / ": " ÷ ", " - ": " − "}
+
+
+def math_notation(text: str) -> str:
+    """A problem's operators as a person writes them (`3 × 4 − 2`); the python tool still wants `*` and `-`."""
+    for python, written in _MATH_SIGNS.items():
+        text = text.replace(python, written)
+    return text
+
+
+def _in_math_notation(text: str) -> bool:
+    """Half the problems, by a stable hash of the text: the `mixed` notation's choice."""
+    return int(hashlib.sha256(f"notation:{text}".encode()).hexdigest()[:8], 16) % 2 == 1
 
 
 def _categories(value: str | list[str] | None) -> tuple[str, ...]:
