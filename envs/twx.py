@@ -560,6 +560,7 @@ def _gold_turn(request: PolicyRequest, path: list[str], step: int) -> Turn:
         _goal_phrase(request.task, step),
         _seen_phrase(seen, action),
         _listed_phrase(game, action, _valid_actions(request.messages)),
+        _compared_phrase(game, action, _valid_actions(request.messages), effective_commands(request.messages)),
         _why(game, action, path, step, seen),
     )))
     return Turn(content=format_action(thought, "act", {"command": action}))
@@ -872,6 +873,31 @@ def _listed_phrase(game: str, action: str, valid: list[str]) -> str:
         return ""
     listed = next((a for a in valid if a.lower() == action.lower()), None)
     return f'The valid actions include "{listed}".' if listed else ""
+
+
+# sorting's units, as a factor to the smallest unit of their dimension
+_UNITS = {"mg": 1, "g": 1000, "kg": 1_000_000, "ml": 1, "l": 1000, "mm": 1, "cm": 10, "m": 1000}
+_QUANTITY = re.compile(r"^(\d+)\s?(mg|g|kg|ml|l|mm|cm|m) of ")
+
+
+def _compared_phrase(game: str, action: str, valid: list[str], done: list[str]) -> str:
+    """sorting: before a take, every quantity still out of the box in one unit, so the smallest is read off the
+    Thought and not from knowing that 25g is less than 15kg (the student cannot see the gold path's order)."""
+    if game != "sorting" or not action.startswith("take "):
+        return ""
+    boxed = {c.removeprefix("put ").rsplit(" in ", 1)[0] for c in done if c.startswith("put ") and c.endswith(" in box")}
+    left = [a.removeprefix("take ") for a in valid if a.startswith("take ")]
+    left = [x for x in left if x.lower() not in boxed]
+    found = [_QUANTITY.match(x) for x in left]
+    if len(left) < 2 or not all(found):  # counts (`6 bananas`) are compared as they are written
+        return f"Still out of the box: {', '.join(left)}." if len(left) > 1 and all(x[0].isdigit() for x in left) else ""
+    units = {m.group(2) for m in found}  # type: ignore[union-attr]
+    if len(units) == 1:
+        return f"Still out of the box: {', '.join(left)}."
+    base = min(units, key=_UNITS.__getitem__)
+    amounts = [f"{x} = {int(m.group(1)) * _UNITS[m.group(2)] // _UNITS[base]}{base}"  # type: ignore[union-attr]
+               for x, m in zip(left, found)]
+    return f"Still out of the box, in {base}: {', '.join(amounts)}."
 
 
 def _why(game: str, action: str, path: list[str], step: int, seen: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 from importlib.util import find_spec
 
 import pytest
@@ -53,7 +54,7 @@ async def play(env, task, max_steps=60):
         await episode.close()
 
 
-@pytest.mark.parametrize("game,n", [("coin", 5), ("twc", 3), ("arithmetic", 3), ("cookingworld", 3)])
+@pytest.mark.parametrize("game,n", [("coin", 5), ("twc", 3), ("arithmetic", 3), ("cookingworld", 3), ("sorting", 3)])
 async def test_gold_expert_solves_sample(game, n):
     env = make_env(f"twx:{game}")
     try:
@@ -64,6 +65,8 @@ async def test_gold_expert_solves_sample(game, n):
             assert all(t.startswith("Thought: I see") or t.startswith("Thought: My goal") for t in thoughts)
             if game == "twc":
                 assert_takes_and_puts_cite_the_valid_actions(messages)
+            if game == "sorting":
+                assert_takes_compare_what_is_left(messages)
     finally:
         await env.close()
 
@@ -80,6 +83,26 @@ def assert_takes_and_puts_cite_the_valid_actions(messages):
         assert command in _listed(before["content"])
         cited += 1
     assert cited >= 2
+
+
+def assert_takes_compare_what_is_left(messages):
+    """In sorting every take but the last lists the quantities still out of the box, in one unit when their units
+    differ, and the one taken is the smallest of them."""
+    compared = 0
+    for m in messages:
+        action = parse_react(m["content"]) if m["role"] == "assistant" else None
+        if not isinstance(action, ParsedAction) or not action.arguments["command"].startswith("take "):
+            continue
+        found = re.search(r"Still out of the box(?:, in (\w+))?: (.*?)\. The ", action.thought)
+        if found is None:
+            assert "Still out of the box" not in action.thought
+            continue
+        taken = action.arguments["command"].removeprefix("take ")
+        items = found.group(2).split(", ")
+        amounts = {i.split(" = ")[0]: int(re.match(r"\d+", i.split(" = ")[-1]).group()) for i in items}
+        assert taken in amounts and amounts[taken] == min(amounts.values()), action.thought
+        compared += 1
+    assert compared >= 1
 
 
 async def play_off_path(env, task, rng, wander: int, max_steps=40):
