@@ -24,6 +24,9 @@ Students (SmolLM2-135M from the base model, `train`'s defaults, the same `--toke
   box-literate, top-1 lists with examples, mixed notation   the same, but every run of groups A and B (and so
                    boxes A and B) is on tasks half of which write their operators as a person does (`3 × 4 − 2`,
                    the env's `notation=mixed`): a call then translates the task's expression, not copies it
+  box-literate, top-1 lists citing examples, mixed notation   the same, with boxed runs collected since the
+                   coder's Thought cites the listed example before a box call (`Its example turns "..." into
+                   {...}, so I call it the same way`); the earlier with-examples runs predate that Thought
 Evaluation: held-out test tasks of the held-out categories only, each student with box held mounted and
 without any box, plus the coder with the box as the reference. Rows go to bench/results/box-transfer.jsonl
 as each finishes (a cut-off run resumes: runs, boxes, students and rows already there are kept).
@@ -168,7 +171,8 @@ STUDENTS = {"plain SFT": "plain", "box-literate": "box-literate",
             "box-literate, renamed tools": "box-literate-renamed", "box-literate, top-1 lists": "box-literate-top1",
             "box-literate, top-1 lists, renamed tools and parameters": "box-literate-top1-renamed-params",
             "box-literate, top-1 lists with examples": "box-literate-top1-examples",
-            "box-literate, top-1 lists with examples, mixed notation": "box-literate-top1-examples-mixed"}
+            "box-literate, top-1 lists with examples, mixed notation": "box-literate-top1-examples-mixed",
+            "box-literate, top-1 lists citing examples, mixed notation": "box-literate-top1-cited-examples-mixed"}
 
 
 def training_runs(args: argparse.Namespace, slug: str, boxes: dict[str, Path]) -> list[Path]:
@@ -179,6 +183,7 @@ def training_runs(args: argparse.Namespace, slug: str, boxes: dict[str, Path]) -
         return plain
     top_k, examples = top_k_of(slug), examples_of(slug)
     suffix = ("" if top_k == TOP_K else f"-top{top_k}") + (f"-ex{examples}" if examples else "")
+    suffix += "-cited" if "-cited" in slug else ""  # new runs: the older ones were collected before the citing coder
     boxed = [coder_run(args, f"boxed-{g}{suffix}", cats, boxes[g], top_k, examples, notation)
              for g, cats in args.groups.items()]
     if "-renamed" in slug:

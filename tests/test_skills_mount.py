@@ -16,7 +16,7 @@ from test_skills_serve import SKILLS, make_box, need_nsjail, serve_argv
 
 from trajdistill.agents import CollectConfig, ReActLoop, _policy, collect
 from trajdistill.envs import ConfigError, PolicyRequest, Turn, make_env
-from trajdistill.envs._react_text import format_action, format_final
+from trajdistill.envs._react_text import ParsedAction, format_action, format_final, parse_react
 from trajdistill.envs.sandbox import Limits, get_provider
 from trajdistill.skills import ValidateConfig, SkillBox, validate
 from trajdistill.skills._validate import HARMFUL_NOTE, rate_diff_ci, verdict
@@ -414,6 +414,14 @@ def test_collect_cli_lists_example_calls_and_the_coder_still_fits_the_listed_too
         boxed = [ln for ln in lines if ln[2:].split("(")[0] in box_tools]
         assert len(boxed) <= 1 and all(" Example: \"" in ln for ln in boxed), lines
     assert sum(m.name in box_tools for t in trajs for m in t.messages if m.role == "tool") >= 4
+    for t in trajs:  # a box call's Thought cites the example the list shows beside that tool
+        for m in t.messages:
+            call = parse_react(m.content or "") if m.role == "assistant" else None
+            if isinstance(call, ParsedAction) and call.tool in box_tools:
+                listed = next(ln for ln in t.messages[0].content.splitlines() if ln.startswith(f"- {call.tool}("))
+                shown = listed.split(" Example: ", 1)[1]
+                cited = shown.split(" -> ")[0]
+                assert f"Its example turns {cited} into " in call.thought, (call.thought, listed)
     bad = subprocess.run([*argv, "--skills-examples", "-1", "--out", str(tmp_path / "bad")], capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode == 2 and "--skills-examples must be 0 (none) or more, got -1" in bad.stderr

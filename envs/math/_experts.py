@@ -54,6 +54,10 @@ def coder(request: PolicyRequest) -> Turn:
         if fit is not None:  # a mounted box tool that computes this program: call it instead of writing code
             thought = (f"The listed tool {fit[0]} computes exactly this problem's calculation, so I'll call it "
                        "with the problem's numbers instead of writing a program.")
+            example = _cited_example(request.tools, fit[0])
+            if example:
+                thought = (f"The listed tool {fit[0]} computes exactly this problem's calculation. {example} so I "
+                           "call it the same way with this problem's numbers instead of writing a program.")
             return Turn(content=format_action(thought, fit[0], fit[1]))
     if output is None:
         thought = f"Plan: {kind.plan(params)}. Python does the arithmetic exactly, so I'll run a short program."
@@ -80,6 +84,15 @@ def coder(request: PolicyRequest) -> Turn:
 # tools, the one whose description shares most words with the task is called (list order breaks ties).
 
 _ORIGIN = re.compile(r"from `([^`]*)`")
+_LISTED_EXAMPLE = re.compile(r'Examples?: ("(?:[^"\\]|\\.)*") -> (\{.*?\})(?:; "|$)')
+
+
+def _cited_example(tools: list[Any], name: str) -> str:
+    """The first example call the list shows for tool `name` (`--skills-examples`), as a sentence; "" when none.
+    Citing it ties the call's arguments to the example in the student's context, not to the task's notation."""
+    spec = next((t for t in tools if t.name == name), None)
+    found = _LISTED_EXAMPLE.search(spec.description) if spec is not None else None
+    return f"Its example turns {found.group(1)} into {found.group(2)}," if found else ""
 _EXAMPLE = re.compile(r"e\.g\. (.+)$")
 _WORDS = re.compile(r"[a-z]+")
 
