@@ -885,12 +885,14 @@ def _compared_phrase(game: str, action: str, valid: list[str], done: list[str]) 
     Thought and not from knowing that 25g is less than 15kg (the student cannot see the gold path's order)."""
     if game != "sorting" or not action.startswith("take "):
         return ""
-    boxed = {c.removeprefix("put ").rsplit(" in ", 1)[0] for c in done if c.startswith("put ") and c.endswith(" in box")}
-    left = [a.removeprefix("take ") for a in valid if a.startswith("take ")]
-    left = [x for x in left if x.lower() not in boxed]
+    boxed = {c.removeprefix("put ").rsplit(" in ", 1)[0] for c in done
+             if c.startswith("put ") and c.endswith(" in box")}
+    left = [x for a in valid if a.startswith("take ") and (x := a.removeprefix("take ")).lower() not in boxed]
     found = [_QUANTITY.match(x) for x in left]
-    if len(left) < 2 or not all(found):  # counts (`6 bananas`) are compared as they are written
-        return f"Still out of the box: {', '.join(left)}." if len(left) > 1 and all(x[0].isdigit() for x in left) else ""
+    if len(left) < 2 or not all(x[0].isdigit() for x in left):
+        return ""
+    if not all(found):  # counts (`6 bananas`) are compared as they are written
+        return f"Still out of the box: {', '.join(left)}."
     units = {m.group(2) for m in found}  # type: ignore[union-attr]
     if len(units) == 1:
         return f"Still out of the box: {', '.join(left)}."

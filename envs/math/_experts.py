@@ -85,6 +85,8 @@ def coder(request: PolicyRequest) -> Turn:
 
 _ORIGIN = re.compile(r"from `([^`]*)`")
 _LISTED_EXAMPLE = re.compile(r'Examples?: ("(?:[^"\\]|\\.)*") -> (\{.*?\})(?:; "|$)')
+_EXAMPLE = re.compile(r"e\.g\. (.+)$")
+_WORDS = re.compile(r"[a-z]+")
 
 
 def _cited_example(tools: list[Any], name: str) -> str:
@@ -93,8 +95,6 @@ def _cited_example(tools: list[Any], name: str) -> str:
     spec = next((t for t in tools if t.name == name), None)
     found = _LISTED_EXAMPLE.search(spec.description) if spec is not None else None
     return f"Its example turns {found.group(1)} into {found.group(2)}," if found else ""
-_EXAMPLE = re.compile(r"e\.g\. (.+)$")
-_WORDS = re.compile(r"[a-z]+")
 
 
 def box_tool_call(tools: list[Any], program: str, task: str = "") -> tuple[str, dict[str, Any]] | None:
