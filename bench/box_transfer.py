@@ -220,21 +220,23 @@ def main() -> None:
     warnings.simplefilter("ignore")
     args.out.mkdir(parents=True, exist_ok=True)
     held = mined(args, "box-held", coder_run(args, "plain-held", args.held))
-    boxes = {"held": held, **group_boxes(args, "python")}
+    # each notation's boxes A and B once (python's first, as before), with the held box beside them
+    notations = dict.fromkeys(["python", *(notation_of(STUDENTS[name]) for name in args.students)])
+    boxes = {n: {"held": held, **group_boxes(args, n)} for n in notations}
     if args.data_only:
         for name in args.students:
-            training_runs(args, STUDENTS[name], {**boxes, **group_boxes(args, notation_of(STUDENTS[name]))})
+            training_runs(args, STUDENTS[name], boxes[notation_of(STUDENTS[name])])
         return
-    rows = [evaluated(args, "teacher expert:coder + held box", "expert:coder", boxes["held"])]
+    rows = [evaluated(args, "teacher expert:coder + held box", "expert:coder", held)]
     for name in args.students:
         slug = STUDENTS[name]
         examples = examples_of(slug) if args.eval_examples is None or not examples_of(slug) else args.eval_examples
         shown = "" if examples == examples_of(slug) else f" ({examples} examples listed)"
-        arms = {f"{name}, no box": None, f"{name} + held box{shown}": boxes["held"]}
+        arms = {f"{name}, no box": None, f"{name} + held box{shown}": held}
         if set(arms) <= set(done_rows(args)):
             rows += [done_rows(args)[arm] for arm in arms]
             continue  # a later session trains no student whose rows are in
-        spec = student(args, slug, training_runs(args, slug, {**boxes, **group_boxes(args, notation_of(slug))}))
+        spec = student(args, slug, training_runs(args, slug, boxes[notation_of(slug)]))
         rows += [evaluated(args, arm, spec, box, top_k_of(slug), examples) for arm, box in arms.items()]
     print(f"held out: {', '.join(args.held)}; groups {args.groups}")
     print(table(rows))

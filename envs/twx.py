@@ -543,7 +543,7 @@ def gold_expert(request: PolicyRequest) -> Turn:
     step = len(done)
     game = request.task.data.get("game", "")
     if step < len(path) and done == [_normalize(a) for a in path[:step]]:
-        return _gold_turn(request, path, step)
+        return _gold_turn(request, path, done)
     replan = REPLANNERS.get(game)
     if replan is None:
         where = f"after {step} moves" if step < len(path) else f"after the {len(path)}-move gold path"
@@ -552,15 +552,17 @@ def gold_expert(request: PolicyRequest) -> Turn:
     return replan(request)
 
 
-def _gold_turn(request: PolicyRequest, path: list[str], step: int) -> Turn:
+def _gold_turn(request: PolicyRequest, path: list[str], done: list[str]) -> Turn:
+    step = len(done)
     action = path[step]
     seen = _last_observation(request.messages)
     game = request.task.data.get("game", "")
+    valid = _valid_actions(request.messages)
     thought = " ".join(filter(None, (
         _goal_phrase(request.task, step),
         _seen_phrase(seen, action),
-        _listed_phrase(game, action, _valid_actions(request.messages)),
-        _compared_phrase(game, action, _valid_actions(request.messages), effective_commands(request.messages)),
+        _listed_phrase(game, action, valid),
+        _compared_phrase(game, action, valid, done),
         _why(game, action, path, step, seen),
     )))
     return Turn(content=format_action(thought, "act", {"command": action}))
@@ -891,10 +893,8 @@ def _compared_phrase(game: str, action: str, valid: list[str], done: list[str]) 
     found = [_QUANTITY.match(x) for x in left]
     if len(left) < 2 or not all(x[0].isdigit() for x in left):
         return ""
-    if not all(found):  # counts (`6 bananas`) are compared as they are written
-        return f"Still out of the box: {', '.join(left)}."
-    units = {m.group(2) for m in found}  # type: ignore[union-attr]
-    if len(units) == 1:
+    units = {m.group(2) for m in found if m}
+    if not all(found) or len(units) == 1:  # counts (`6 bananas`) and one unit are compared as written
         return f"Still out of the box: {', '.join(left)}."
     base = min(units, key=_UNITS.__getitem__)
     amounts = [f"{x} = {int(m.group(1)) * _UNITS[m.group(2)] // _UNITS[base]}{base}"  # type: ignore[union-attr]

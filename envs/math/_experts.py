@@ -52,12 +52,10 @@ def coder(request: PolicyRequest) -> Turn:
     if output is None and not _box_tried(request.messages):
         fit = box_tool_call(request.tools, kind.program(params), task.prompt)
         if fit is not None:  # a mounted box tool that computes this program: call it instead of writing code
-            thought = (f"The listed tool {fit[0]} computes exactly this problem's calculation, so I'll call it "
-                       "with the problem's numbers instead of writing a program.")
             example = _cited_example(request.tools, fit[0])
-            if example:
-                thought = (f"The listed tool {fit[0]} computes exactly this problem's calculation. {example} so I "
-                           "call it the same way with this problem's numbers instead of writing a program.")
+            how = f". {example} so I call it the same way with this" if example else ", so I'll call it with the"
+            thought = (f"The listed tool {fit[0]} computes exactly this problem's calculation{how} problem's numbers "
+                       "instead of writing a program.")
             return Turn(content=format_action(thought, fit[0], fit[1]))
     if output is None:
         thought = f"Plan: {kind.plan(params)}. Python does the arithmetic exactly, so I'll run a short program."
