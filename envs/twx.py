@@ -558,14 +558,20 @@ def _gold_turn(request: PolicyRequest, path: list[str], done: list[str]) -> Turn
     seen = _last_observation(request.messages)
     game = request.task.data.get("game", "")
     valid = _valid_actions(request.messages)
+    plain = game not in _COMPARISON_ONLY
     thought = " ".join(filter(None, (
-        _goal_phrase(request.task, step),
-        _seen_phrase(seen, action),
+        plain and _goal_phrase(request.task, step),
+        plain and _seen_phrase(seen, action),
         _listed_phrase(game, action, valid),
         _compared_phrase(game, action, valid, done),
         _why(game, action, path, step, seen),
     )))
     return Turn(content=format_action(thought, "act", {"command": action}))
+
+
+# games whose gold Thought is only the comparison it acts on: every game has the same goal, and each observation
+# only repeats the last command, so the goal and the sighting would be tokens the student copies for nothing
+_COMPARISON_ONLY = {"sorting"}
 
 
 def _act_commands(message: dict[str, Any]) -> list[str]:

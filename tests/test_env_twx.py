@@ -62,7 +62,10 @@ async def test_gold_expert_solves_sample(game, n):
             outcome, messages = await play(env, task)
             assert outcome.success and outcome.reward == 1.0, (task.id, outcome)
             thoughts = [m["content"] for m in messages if m["role"] == "assistant"]
-            assert all(t.startswith("Thought: I see") or t.startswith("Thought: My goal") for t in thoughts)
+            if game == "sorting":  # the comparison only: the same goal every game, observations that echo the move
+                assert not any("My goal" in t or "I see" in t for t in thoughts), thoughts
+            else:
+                assert all(t.startswith("Thought: I see") or t.startswith("Thought: My goal") for t in thoughts)
             if game == "twc":
                 assert_takes_and_puts_cite_the_valid_actions(messages)
             if game == "sorting":
