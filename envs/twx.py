@@ -563,7 +563,7 @@ def _gold_turn(request: PolicyRequest, path: list[str], done: list[str]) -> Turn
         plain and _goal_phrase(request.task, step),
         plain and _seen_phrase(seen, action),
         _listed_phrase(game, action, valid),
-        _compared_phrase(game, action, valid, done),
+        _compared_phrase(game, action, _sorting_left(request.messages, done)),
         _why(game, action, path, step, seen),
     )))
     return Turn(content=format_action(thought, "act", {"command": action}))
@@ -827,9 +827,41 @@ def _head_for(world: _Map, tidy: _Tidying, todo: list[str], valid: dict[str, str
     return f"move {d}", f"I move {d} to find the remaining items and where they belong."
 
 
+# ---- sorting: box the smallest object left, from whatever state the game is still on ----
+
+def sorting_planner(request: PolicyRequest) -> Turn:
+    """Put the smallest object not in the box yet into it: take it first unless it is in hand. Objects taken out
+    of order stay in hand or wherever the episode put them; only a put into the box commits (the game ends at -1
+    on a wrong one)."""
+    done = effective_commands(request.messages)
+    left = _sorting_left(request.messages, done)
+    if not left:
+        raise CannotActError("the sorting planner sees every object in the box, yet the game goes on")
+    held = set()
+    for command, observation in replayed(request.messages):
+        verb, _, rest = command.partition(" ")
+        if verb == "take" and observation.startswith("You take"):
+            held.add(rest)
+        elif verb == "put" and observation.startswith("You put"):
+            held.discard(rest.rsplit(" in ", 1)[0])
+    smallest = min(left, key=_amount)
+    valid = {a.lower(): a for a in _valid_actions(request.messages)}
+    if smallest.lower() in held:
+        command = valid.get(f"put {smallest.lower()} in box", f"put {smallest} in box")
+        why = (f'Doing "{command}" now should complete the task.' if len(left) == 1 else
+               _SORTING_PUT.format(x=smallest, place="box"))
+        return _turn(why, command)
+    command = valid.get(f"take {smallest.lower()}")
+    if command is None:
+        raise CannotActError(f"the sorting planner cannot take the {smallest}: it is not among the valid actions")
+    compared = _compared_phrase("sorting", command, left)
+    return _turn(" ".join(filter(None, (compared, _TAKE_REASONS["sorting"].format(x=smallest)))), command)
+
+
 # Re-planners act for the gold expert off its path (they may read the gold path); explorers are experts of their
 # own, acting only on what the episode has shown.
-REPLANNERS: dict[str, Callable[[PolicyRequest], Turn]] = {"coin": coin_planner, "twc": twc_planner}
+REPLANNERS: dict[str, Callable[[PolicyRequest], Turn]] = {
+    "coin": coin_planner, "twc": twc_planner, "sorting": sorting_planner}
 EXPLORERS: dict[str, Callable[[PolicyRequest], Turn]] = {"coin": coin_planner}
 
 
@@ -888,14 +920,26 @@ _UNITS = {"mg": 1, "g": 1000, "kg": 1_000_000, "ml": 1, "l": 1000, "mm": 1, "cm"
 _QUANTITY = re.compile(r"^(\d+)\s?(mg|g|kg|ml|l|mm|cm|m) of ")
 
 
-def _compared_phrase(game: str, action: str, valid: list[str], done: list[str]) -> str:
+def _sorting_left(messages: list[dict[str, Any]], done: list[str]) -> list[str]:
+    """sorting: the objects not in the box yet, as the first observation lists them to take (a taken object is no
+    longer listed, and one in the box still is)."""
+    boxed = {c.removeprefix("put ").rsplit(" in ", 1)[0] for c in done if c.startswith("put ") and c.endswith(" in box")}
+    first = next((m for m in messages if m.get("role") == "user"), {})
+    return [x for a in _valid_actions([first]) if a.startswith("take ") and (x := a.removeprefix("take ")).lower()
+            not in boxed]
+
+
+def _amount(item: str) -> int:
+    """An object's quantity in its dimension's smallest unit; a count (`6 bananas`) as written."""
+    m = re.match(r"(\d+)\s?(mg|g|kg|ml|l|mm|cm|m)? ", item)
+    return int(m.group(1)) * _UNITS.get(m.group(2) or "", 1) if m else 0
+
+
+def _compared_phrase(game: str, action: str, left: list[str]) -> str:
     """sorting: before a take, every quantity still out of the box in one unit, so the smallest is read off the
     Thought and not from knowing that 25g is less than 15kg (the student cannot see the gold path's order)."""
     if game != "sorting" or not action.startswith("take "):
         return ""
-    boxed = {c.removeprefix("put ").rsplit(" in ", 1)[0] for c in done
-             if c.startswith("put ") and c.endswith(" in box")}
-    left = [x for a in valid if a.startswith("take ") and (x := a.removeprefix("take ")).lower() not in boxed]
     found = [_QUANTITY.match(x) for x in left]
     if len(left) < 2 or not all(x[0].isdigit() for x in left):
         return ""
@@ -940,7 +984,7 @@ def _why(game: str, action: str, path: list[str], step: int, seen: str) -> str:
     if verb == "put":
         item, _, place = rest.partition(" in ")
         if game == "sorting":
-            return f"The {item} is the smallest quantity left, so it goes into the {place} now."
+            return _SORTING_PUT.format(x=item, place=place)
         return f"The {item} belongs in the {place}, so I put it there."
     if verb == "open":
         if nxt.startswith("put ") and nxt.endswith(f" in {rest}"):
@@ -955,6 +999,7 @@ def _why(game: str, action: str, path: list[str], step: int, seen: str) -> str:
     return f"Next I {action}, which moves me closer to the goal."
 
 
+_SORTING_PUT = "The {x} is the smallest quantity left, so it goes into the {place} now."
 _TAKE_REASONS = {
     "cookingworld": "The recipe calls for the {x}, so I take it.",
     "twc": "The {x} is out of place, so I pick it up to put it away.",
