@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import platform
 import shutil
 import time
@@ -28,7 +29,7 @@ from _quality import called, played, steps_for, tool_use
 
 from trajdistill.agents import CollectConfig, EvalConfig, collect, evaluate
 from trajdistill.agents._eval import slug
-from trajdistill.train import TrainConfig, train
+from trajdistill.train import TrainConfig, TrainResult, train
 from trajdistill.envs import make_env
 from trajdistill.trajectories import FAILURE_KINDS, RunStore, failure_counts
 
@@ -84,11 +85,18 @@ def checkpoint(args: argparse.Namespace, run: Path, budget: int, previous: tuple
         done, student = previous
         start = time.monotonic()
         steps = steps_for([run], budget - done, student)
-        result = train(TrainConfig(data=[str(run)], student=student, out=str(out), max_steps=steps,
-                                   seed=budget, logging_steps=max(1, steps // 10)))
+        result = train_apart(TrainConfig(data=[str(run)], student=student, out=str(out), max_steps=steps,
+                                         seed=budget, logging_steps=max(1, steps // 10)))
         print(f"tokens-{budget}: {result.steps} steps in {time.monotonic() - start:.0f} s, losses {result.losses}",
               flush=True)
     return str(out.resolve())
+
+
+def train_apart(cfg: TrainConfig) -> TrainResult:
+    """`train` in a child process: the trainer's memory (8-9 GB resident after training in-process) goes back to
+    the machine before the eval starts its vLLM server, so another bench can share the 24 GB."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(train, (cfg,))
 
 
 def agent_options(args: argparse.Namespace) -> dict[str, Any]:
