@@ -936,20 +936,27 @@ def _amount(item: str) -> int:
 
 
 def _compared_phrase(game: str, action: str, left: list[str]) -> str:
-    """sorting: before a take, every quantity still out of the box in one unit, so the smallest is read off the
-    Thought and not from knowing that 25g is less than 15kg (the student cannot see the gold path's order)."""
+    """sorting: before a take, what is still out of the box by unit, smallest unit first. Amounts run 1-99, so a
+    unit 100 or more times larger only holds larger quantities and the smallest is in the first group; a unit less
+    than 100 times the group's (cm beside mm) joins it, written in the group's unit. The student compares a few
+    small numbers in one unit, which the Thought shows, not 25000 against 34000000 (the student cannot see the gold
+    path's order)."""
     if game != "sorting" or not action.startswith("take "):
         return ""
     found = [_QUANTITY.match(x) for x in left]
     if len(left) < 2 or not all(x[0].isdigit() for x in left):
         return ""
-    units = {m.group(2) for m in found if m}
-    if not all(found) or len(units) == 1:  # counts (`6 bananas`) and one unit are compared as written
+    if not all(found) or len({m.group(2) for m in found if m}) == 1:  # counts (`6 bananas`), one unit: as written
         return f"Still out of the box: {', '.join(left)}."
-    base = min(units, key=_UNITS.__getitem__)
-    amounts = [f"{x} = {int(m.group(1)) * _UNITS[m.group(2)] // _UNITS[base]}{base}"  # type: ignore[union-attr]
-               for x, m in zip(left, found)]
-    return f"Still out of the box, in {base}: {', '.join(amounts)}."
+    groups: list[tuple[str, list[str]]] = []
+    for x, m in sorted(zip(left, found), key=lambda p: _UNITS[p[1].group(2)]):  # type: ignore[union-attr]
+        unit = m.group(2)  # type: ignore[union-attr]
+        if groups and _UNITS[unit] < 100 * _UNITS[groups[-1][0]]:
+            base = groups[-1][0]
+            groups[-1][1].append(x if unit == base else f"{x} = {int(m.group(1)) * _UNITS[unit] // _UNITS[base]}{base}")  # type: ignore[union-attr]
+        else:
+            groups.append((unit, [x]))
+    return "Still out of the box, smallest unit first: " + "; ".join(f"{u}: {', '.join(xs)}" for u, xs in groups) + "."
 
 
 def _why(game: str, action: str, path: list[str], step: int, seen: str) -> str:

@@ -88,22 +88,35 @@ def assert_takes_and_puts_cite_the_valid_actions(messages):
     assert cited >= 2
 
 
+_UNIT = {"mg": 1, "g": 1000, "kg": 10**6, "ml": 1, "l": 1000, "mm": 1, "cm": 10, "m": 1000}
+
+
+def _quantity(item: str) -> int:
+    number, unit = re.match(r"(\d+)\s?([a-z]*)", item).groups()
+    return int(number) * _UNIT.get(unit, 1)
+
+
 def assert_takes_compare_what_is_left(messages, at_least=1):
-    """In sorting every take but the last lists the quantities still out of the box, in one unit when their units
-    differ, and the one taken is the smallest of them."""
+    """In sorting every take but the last lists the quantities still out of the box, by unit with the smallest
+    unit first when their units differ (a cm beside mm written in mm), and the one taken is in the first group and
+    the smallest of all."""
     compared = 0
     for m in messages:
         action = parse_react(m["content"]) if m["role"] == "assistant" else None
         if not isinstance(action, ParsedAction) or not action.arguments["command"].startswith("take "):
             continue
-        found = re.search(r"Still out of the box(?:, in (\w+))?: (.*?)\. The ", action.thought)
+        found = re.search(r"Still out of the box(, smallest unit first)?: (.*?)\. The ", action.thought)
         if found is None:
             assert "Still out of the box" not in action.thought
             continue
         taken = action.arguments["command"].removeprefix("take ")
-        items = found.group(2).split(", ")
-        amounts = {i.split(" = ")[0]: int(re.match(r"\d+", i.split(" = ")[-1]).group()) for i in items}
-        assert taken in amounts and amounts[taken] == min(amounts.values()), action.thought
+        groups = [g.split(": ", 1)[-1].split(", ") for g in found.group(2).split("; ")]
+        assert (len(groups) > 1) == bool(found.group(1)), action.thought
+        for group in groups:  # a converted amount is the item's own quantity
+            assert all(_quantity(i.split(" = ")[0]) == _quantity(i.split(" = ")[-1]) for i in group), action.thought
+        listed = [i.split(" = ")[0] for group in groups for i in group]
+        assert taken in [i.split(" = ")[0] for i in groups[0]], action.thought
+        assert _quantity(taken) == min(map(_quantity, listed)), action.thought
         compared += 1
     assert compared >= at_least
     return compared
