@@ -294,10 +294,10 @@ async def test_twx_gold_expert_finishes_the_game_from_states_off_its_path():
 
 
 async def test_twx_off_path_states_are_relabelled_or_recorded_as_failures(tmp_path):
-    """coin and twc re-plan from the wandering student's states; cookingworld has no re-planner, so its off-path
-    turns are relabel failures in errors.jsonl, and the rollouts are all on disk."""
+    """coin, twc and sorting re-plan from the wandering student's states; cookingworld has no re-planner, so its
+    off-path turns are relabel failures in errors.jsonl, and the rollouts are all on disk."""
     _twx()
-    for game in ("coin", "twc"):
+    for game in ("coin", "twc", "sorting"):
         cfg = _cfg(tmp_path / game, student="wander:x", teachers=["expert:gold"], env=f"twx:{game}", sandbox="none",
                    beta_schedule="0", tasks=2, max_steps=5)
         rollouts, relabels, failures = await _gather(cfg)
