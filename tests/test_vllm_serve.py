@@ -14,6 +14,7 @@ import pytest
 
 from conftest import require
 
+from trajdistill.agents._models import ensure_smollm2
 from trajdistill.agents._vllm_serve import answers, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
@@ -72,9 +73,10 @@ def test_collect_with_openai_teacher_on_real_vllm(vllm_server, tmp_path):
 
 
 def _served_students() -> list[str]:
-    """Running `vllm serve` processes that serve a model under the vllm-serve backend's name."""
-    res = subprocess.run(["pgrep", "-f", "vllm.entrypoints.openai.api_server.*--served-model-name student"],
-                         capture_output=True, text=True)
+    """Running `vllm serve` processes that serve the embedded model under the vllm-serve backend's name, as the
+    tests' runs do (a bench on this machine may start a server of its own model at any time)."""
+    res = subprocess.run(["pgrep", "-f", f"vllm.entrypoints.openai.api_server.*--model {ensure_smollm2()} "
+                                         "--served-model-name student"], capture_output=True, text=True)
     return res.stdout.split()
 
 
@@ -83,7 +85,7 @@ def test_eval_with_the_vllm_serve_backend_starts_and_stops_its_server(tmp_path):
     """`vllm-serve:` starts a real `vllm serve` from the CPU venv for the run, plays every episode through
     it, and stops it when the run ends."""
     require((VENV / "bin" / "python").exists(), f"vLLM CPU venv missing at {VENV} (run .ci/vllm.sh)")
-    others = set(_served_students())  # servers of other jobs on this machine (a bench) are not this run's
+    others = set(_served_students())  # servers of other jobs on this machine are not this run's
     out = tmp_path / "eval"
     res = subprocess.run(
         [sys.executable, "-m", "trajdistill", "eval", "--env", "math", "--split", "test", "--tasks", "3",
