@@ -923,7 +923,8 @@ _QUANTITY = re.compile(r"^(\d+)\s?(mg|g|kg|ml|l|mm|cm|m) of ")
 def _sorting_left(messages: list[dict[str, Any]], done: list[str]) -> list[str]:
     """sorting: the objects not in the box yet, as the first observation lists them to take (a taken object is no
     longer listed, and one in the box still is)."""
-    boxed = {c.removeprefix("put ").rsplit(" in ", 1)[0] for c in done if c.startswith("put ") and c.endswith(" in box")}
+    boxed = {c.removeprefix("put ").rsplit(" in ", 1)[0] for c in done
+             if c.startswith("put ") and c.endswith(" in box")}
     first = next((m for m in messages if m.get("role") == "user"), {})
     return [x for a in _valid_actions([first]) if a.startswith("take ") and (x := a.removeprefix("take ")).lower()
             not in boxed]
@@ -933,6 +934,10 @@ def _amount(item: str) -> int:
     """An object's quantity in its dimension's smallest unit; a count (`6 bananas`) as written."""
     m = re.match(r"(\d+)\s?(mg|g|kg|ml|l|mm|cm|m)? ", item)
     return int(m.group(1)) * _UNITS.get(m.group(2) or "", 1) if m else 0
+
+
+def _unit(item: str) -> str:
+    return _QUANTITY.match(item).group(2)  # type: ignore[union-attr]
 
 
 def _compared_phrase(game: str, action: str, left: list[str]) -> str:
@@ -948,12 +953,12 @@ def _compared_phrase(game: str, action: str, left: list[str]) -> str:
         return ""
     if not all(found) or len({m.group(2) for m in found if m}) == 1:  # counts (`6 bananas`), one unit: as written
         return f"Still out of the box: {', '.join(left)}."
-    groups: list[tuple[str, list[str]]] = []
-    for x, m in sorted(zip(left, found), key=lambda p: _UNITS[p[1].group(2)]):  # type: ignore[union-attr]
-        unit = m.group(2)  # type: ignore[union-attr]
+    groups: list[tuple[str, list[str]]] = []  # (unit, what is written under it)
+    for x in sorted(left, key=lambda x: _UNITS[_unit(x)]):
+        unit = _unit(x)
         if groups and _UNITS[unit] < 100 * _UNITS[groups[-1][0]]:
             base = groups[-1][0]
-            groups[-1][1].append(x if unit == base else f"{x} = {int(m.group(1)) * _UNITS[unit] // _UNITS[base]}{base}")  # type: ignore[union-attr]
+            groups[-1][1].append(x if unit == base else f"{x} = {_amount(x) // _UNITS[base]}{base}")
         else:
             groups.append((unit, [x]))
     return "Still out of the box, smallest unit first: " + "; ".join(f"{u}: {', '.join(xs)}" for u, xs in groups) + "."
