@@ -563,7 +563,7 @@ def _gold_turn(request: PolicyRequest, path: list[str], done: list[str]) -> Turn
         plain and _goal_phrase(request.task, step),
         plain and _seen_phrase(seen, action),
         _listed_phrase(game, action, valid),
-        _compared_phrase(game, action, _sorting_left(request.messages, done)),
+        game == "sorting" and _compared_phrase(action, _sorting_left(request.messages, done)),
         _why(game, action, path, step, seen),
     )))
     return Turn(content=format_action(thought, "act", {"command": action}))
@@ -837,16 +837,12 @@ def sorting_planner(request: PolicyRequest) -> Turn:
     left = _sorting_left(request.messages, done)
     if not left:
         raise CannotActError("the sorting planner sees every object in the box, yet the game goes on")
-    held = set()
+    hands = _Tidying(goals={})  # only what is in hand
     for command, observation in replayed(request.messages):
-        verb, _, rest = command.partition(" ")
-        if verb == "take" and observation.startswith("You take"):
-            held.add(rest)
-        elif verb == "put" and observation.startswith("You put"):
-            held.discard(rest.rsplit(" in ", 1)[0])
+        hands.apply(command, observation, None)
     smallest = min(left, key=_amount)
     valid = {a.lower(): a for a in _valid_actions(request.messages)}
-    if smallest.lower() in held:
+    if smallest.lower() in hands.held:
         command = valid.get(f"put {smallest.lower()} in box", f"put {smallest} in box")
         why = (f'Doing "{command}" now should complete the task.' if len(left) == 1 else
                _SORTING_PUT.format(x=smallest, place="box"))
@@ -854,7 +850,7 @@ def sorting_planner(request: PolicyRequest) -> Turn:
     command = valid.get(f"take {smallest.lower()}")
     if command is None:
         raise CannotActError(f"the sorting planner cannot take the {smallest}: it is not among the valid actions")
-    compared = _compared_phrase("sorting", command, left)
+    compared = _compared_phrase(command, left)
     return _turn(" ".join(filter(None, (compared, _TAKE_REASONS["sorting"].format(x=smallest)))), command)
 
 
@@ -918,6 +914,7 @@ def _listed_phrase(game: str, action: str, valid: list[str]) -> str:
 # sorting's units, as a factor to the smallest unit of their dimension
 _UNITS = {"mg": 1, "g": 1000, "kg": 1_000_000, "ml": 1, "l": 1000, "mm": 1, "cm": 10, "m": 1000}
 _QUANTITY = re.compile(r"^(\d+)\s?(mg|g|kg|ml|l|mm|cm|m) of ")
+_AMOUNT = re.compile(r"(\d+)\s?(mg|g|kg|ml|l|mm|cm|m)? ")  # a count (`6 bananas`) has no unit
 
 
 def _sorting_left(messages: list[dict[str, Any]], done: list[str]) -> list[str]:
@@ -932,7 +929,7 @@ def _sorting_left(messages: list[dict[str, Any]], done: list[str]) -> list[str]:
 
 def _amount(item: str) -> int:
     """An object's quantity in its dimension's smallest unit; a count (`6 bananas`) as written."""
-    m = re.match(r"(\d+)\s?(mg|g|kg|ml|l|mm|cm|m)? ", item)
+    m = _AMOUNT.match(item)
     return int(m.group(1)) * _UNITS.get(m.group(2) or "", 1) if m else 0
 
 
@@ -940,13 +937,13 @@ def _unit(item: str) -> str:
     return _QUANTITY.match(item).group(2)  # type: ignore[union-attr]
 
 
-def _compared_phrase(game: str, action: str, left: list[str]) -> str:
+def _compared_phrase(action: str, left: list[str]) -> str:
     """sorting: before a take, what is still out of the box by unit, smallest unit first. Amounts run 1-99, so a
     unit 100 or more times larger only holds larger quantities and the smallest is in the first group; a unit less
     than 100 times the group's (cm beside mm) joins it, written in the group's unit. The student compares a few
     small numbers in one unit, which the Thought shows, not 25000 against 34000000 (the student cannot see the gold
     path's order)."""
-    if game != "sorting" or not action.startswith("take "):
+    if not action.startswith("take "):
         return ""
     found = [_QUANTITY.match(x) for x in left]
     if len(left) < 2 or not all(x[0].isdigit() for x in left):
