@@ -64,6 +64,9 @@ def arguments() -> argparse.Namespace:
     ap.add_argument("--beta", default="0", help="the DAgger arms' beta schedule (onpolicy --beta-schedule)")
     ap.add_argument("--stop-on-repeat", type=int, default=0,
                     help="end an episode (rollouts and evals) after K identical turns with identical observations")
+    ap.add_argument("--max-length", type=int, default=None,
+                    help="every arm's training max_length (train's default 1024 cuts long game episodes)")
+    ap.add_argument("--batch-size", type=int, default=None, help="every arm's training batch_size")
     ap.add_argument("--rows", type=Path, default=None, help="default: bench/results/onpolicy-<env>.jsonl")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()
@@ -71,6 +74,7 @@ def arguments() -> argparse.Namespace:
     unknown = set(args.arms.split(",")) - set(ARMS)
     if unknown:
         ap.error(f"unknown arm(s) {', '.join(sorted(unknown))}; known: {', '.join(ARMS)}")
+    args.train = {k: v for k, v in (("max_length", args.max_length), ("batch_size", args.batch_size)) if v}
     return args
 
 
@@ -97,8 +101,8 @@ def sft_arm(args: argparse.Namespace, start: str) -> str:
     out = args.out / "sft"
     if not (out / "train_config.yaml").exists():
         shutil.rmtree(out, ignore_errors=True)
-        train(TrainConfig(data=[str(run)], student=start, out=str(out),
-                          max_steps=steps_for([run], args.tokens, start)))
+        train(TrainConfig(data=[str(run)], student=start, out=str(out), **args.train,
+                          max_steps=steps_for([run], args.tokens, start, **args.train)))
     return f"hf:{out.resolve()}"
 
 
@@ -112,10 +116,15 @@ def dagger_arm(args: argparse.Namespace, start: str, aggregate: bool = False) ->
                                 temperature=0.0, dev_tasks=0, sandbox=args.sandbox, concurrency=args.concurrency,
                                 stop_on_repeat=args.stop_on_repeat,
                                 **student_generation(args),
-                                # the SFT arm's steps: the relabels are the same teacher's turns, packed alike
-                                train_args={"max_steps": steps_for([teacher_run(args)], args.tokens, start)},
+                                train_args=arm_training(args, start),
                                 resume=out.exists()))
     return f"hf:{model.resolve()}"
+
+
+def arm_training(args: argparse.Namespace, start: str) -> dict[str, Any]:
+    """An on-policy arm's training settings: the SFT arm's steps (the relabels are the same teacher's turns,
+    packed alike)."""
+    return {**args.train, "max_steps": steps_for([teacher_run(args)], args.tokens, start, **args.train)}
 
 
 def reverse_kl_arm(args: argparse.Namespace, start: str) -> str:
@@ -127,7 +136,7 @@ def reverse_kl_arm(args: argparse.Namespace, start: str) -> str:
                                 max_steps=args.max_steps, temperature=0.7, dev_tasks=0, sandbox=args.sandbox,
                                 concurrency=args.concurrency, stop_on_repeat=args.stop_on_repeat,
                                 **student_generation(args),
-                                train_args={"max_steps": steps_for([teacher_run(args)], args.tokens, start)},
+                                train_args=arm_training(args, start),
                                 resume=out.exists()))
     return f"hf:{model.resolve()}"
 
@@ -157,7 +166,7 @@ def evaluated(args: argparse.Namespace, arm: str, spec: str) -> dict[str, Any]:
     row = {"arm": arm, **played(res.agents[0], arm).to_dict(), "tokens": args.tokens, "teacher_tasks": args.tasks,
            "start": str(args.start), "backend": args.backend, "date": time.strftime("%Y-%m-%d"),
            **({"rounds": args.rounds, "beta": args.beta} if arm.startswith("DAgger") else {}),
-           **({"stop_on_repeat": args.stop_on_repeat} if args.stop_on_repeat else {})}
+           **({"stop_on_repeat": args.stop_on_repeat} if args.stop_on_repeat else {}), **args.train}
     args.rows.parent.mkdir(parents=True, exist_ok=True)
     with open(args.rows, "a") as fh:
         fh.write(json.dumps(row) + "\n")

@@ -122,12 +122,24 @@ def test_stored_spans_are_used_and_rules_resegment(tok):
     assert encode(filled, tok, rules=SegmentRules()).n_tokens["answer"] > 0
 
 
-def test_truncation_keeps_the_first_tokens(tok):
-    traj = make_traj([Message(role="assistant", content="Thought: " + "word " * 50 + "\nFinal Answer: 1")])
-    full, cut = encode(traj, tok), encode(traj, tok, max_length=60)
-    assert len(cut) == 60 and cut.input_ids == full.input_ids[:60] and cut.labels == full.labels[:60]
-    assert set(cut.columns()) == {"input_ids", "attention_mask", "labels", "span_kinds"}
-    assert cut.n_tokens["answer"] == 0 and cut.n_tokens["reason"] < full.n_tokens["reason"]
+def test_truncation_keeps_the_first_tokens_and_never_trains_a_cut_turn(tok):
+    first = Message(role="assistant", content="Thought: look\nAction: python\nAction Input: {}")
+    second = Message(role="assistant", content="Thought: " + "word " * 50 + "\nFinal Answer: 1")
+    traj = make_traj([first, Message(role="tool", content="2"), second])
+    full = encode(traj, tok)
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    end_of_first = next(i for i, (t, k) in enumerate(zip(full.input_ids, full.span_kinds)) if k and t == end) + 1
+    end_of_second = max(i for i, k in enumerate(full.span_kinds) if k)
+    assert full.input_ids[end_of_second] == end
+    for at in (end_of_first + 30, end_of_second):  # inside the second turn's text; just before its end-of-turn
+        cut = encode(traj, tok, max_length=at)
+        assert cut.cut and len(cut) == at and cut.input_ids == full.input_ids[:at]
+        assert cut.labels[:end_of_first] == full.labels[:end_of_first]  # the whole first turn is trained
+        assert set(cut.labels[end_of_first:]) == {IGNORE_INDEX}  # no token of the cut turn is
+        assert cut.n_tokens["answer"] == 0 and 0 < cut.n_tokens["act"] == full.n_tokens["act"]
+    whole = encode(traj, tok, max_length=end_of_second + 1)  # only the newline after the last turn is cut
+    assert whole.cut and whole.labels == full.labels[:end_of_second + 1]
+    assert set(whole.columns()) == {"input_ids", "attention_mask", "labels", "span_kinds"}
 
 
 def test_slow_tokenizer_and_a_template_that_rewrites_text_are_errors(tok):

@@ -17,7 +17,9 @@ import yaml
 
 from trajdistill.agents import CollectConfig, build_tiny_llama, collect, is_peft_adapter, load_causal_lm, make_policy
 from trajdistill.envs import PolicyRequest, Task
-from trajdistill.train import SPAN_KINDS, SpanCollator, TrainConfig, build_trainer, pack, train, trainer_class
+from trajdistill.trajectories import RunStore
+from trajdistill.train import (SPAN_KINDS, SpanCollator, TrainConfig, build_data, build_trainer, encode, pack, train,
+                               trainer_class)
 from trajdistill.train._trainer import kd_divergence
 
 
@@ -213,6 +215,21 @@ def test_a_curriculum_run_shorter_than_its_data_trains_rows_from_easy_to_hard(ru
     report = json.loads((result.out / "curriculum.json").read_text())
     assert (report["rows"], report["paced_from_rows"]) == (2, 6)
     assert "evenly spaced over the 6 ordered ones to fit 1 step)" in (result.out / "README.md").read_text()
+
+
+def test_a_max_length_that_cuts_trajectories_is_warned_and_written_in_the_model_card(run, tiny, tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny))
+    lengths = sorted(len(encode(t, tok)) for t in RunStore.open(run).load())
+    at = lengths[len(lengths) // 2]
+    longer = sum(n > at for n in lengths)
+    with pytest.warns(UserWarning, match=f"{longer} of {len(lengths)} trajectories are longer than max_length {at}"):
+        data = build_data(config(run, tiny, tmp_path / "o", max_length=at), tok)
+    assert data.cut == longer > 0
+    with pytest.warns(UserWarning, match="longer than max_length"):
+        result = train(config(run, tiny, tmp_path / "t", max_length=at, max_steps=1))
+    assert f"{longer} trajectories were longer than max_length {at}" in (result.out / "README.md").read_text()
 
 
 def test_packing_keeps_span_kinds_aligned(run, tiny, tmp_path):

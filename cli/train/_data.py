@@ -6,6 +6,7 @@ import bisect
 import dataclasses
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -33,6 +34,7 @@ class TrainData:
     provenance: list[dict[str, Any]]
     trained_tokens: dict[str, int]
     paced_from: int | None = None  # rows before `paced` thinned an ordered set to the step budget
+    cut: int = 0  # trajectories longer than max_length (their turns past it are not trained)
 
 
 def paced(data: TrainData, rows: int) -> TrainData:
@@ -74,10 +76,13 @@ def build_data(cfg: TrainConfig, tokenizer: Any) -> TrainData:
     teacher = _stored_teacher_logprobs(cfg)
     rows, scores, tokens = [], [], dict.fromkeys(SPAN_NAMES, 0)
     weights = cfg.complexity()
+    cut = emptied = 0
     for traj in trajs:
         enc = encode(traj, tokenizer, max_length=cfg.max_length)
+        cut += enc.cut
         if all(label == -100 for label in enc.labels):
-            continue  # truncation left nothing to train on
+            emptied += enc.cut
+            continue  # nothing to train on (before the cut)
         counts = kind_counts(enc.span_kinds, enc.labels)
         scores.append(weights.score(counts["reason"], counts["act"], steps_of(traj)))
         rows.append({"input_ids": list(enc.input_ids), "attention_mask": list(enc.attention_mask),
@@ -87,6 +92,10 @@ def build_data(cfg: TrainConfig, tokenizer: Any) -> TrainData:
         tokens = {k: tokens[k] + counts[k] for k in tokens}
     if not rows:
         raise ConfigError(f"max_length {cfg.max_length} leaves no trained tokens in any trajectory; raise max_length")
+    if cut:
+        warnings.warn(f"{cut} of {len(trajs)} trajectories are longer than max_length {cfg.max_length}; their turns "
+                      f"past it are not trained ({emptied} kept none): raise --max-length to train "
+                      "them whole", stacklevel=2)
     plan = order(scores, cfg.curriculum, seed=cfg.seed)
     ordered = [rows[i] for i in plan.order]
     if cfg.packing:
@@ -94,7 +103,7 @@ def build_data(cfg: TrainConfig, tokenizer: Any) -> TrainData:
         stage_rows = [first_row[s] for s in plan.stage_starts]
     else:
         stage_rows = list(plan.stage_starts)
-    return TrainData(Dataset.from_list(ordered), plan, stage_rows, provenance, tokens)
+    return TrainData(Dataset.from_list(ordered), plan, stage_rows, provenance, tokens, cut=cut)
 
 
 def write_records(run: str | os.PathLike, name: str, records: list[dict[str, Any]]) -> Path:

@@ -10,6 +10,9 @@ The end-of-turn token right after each assistant text (`<|im_end|>` for ChatML) 
 with the kind of the turn's last span, so the student learns to stop. It counts only when it is a
 special token of the tokenizer, and never after a context turn.
 
+`max_length` keeps the first tokens, and a turn it cuts (its end-of-turn token is past the cut) is not trained
+at all: a turn's head alone teaches the student to run on without acting or stopping.
+
 `labels` are the input ids where trained and -100 elsewhere, unshifted (the model shifts them).
 """
 
@@ -38,6 +41,7 @@ class Encoded:
     n_tokens: dict[str, int] = field(default_factory=dict)  # trained tokens per kind: reason, act, answer
     text: str = ""  # the rendered conversation
     offsets: list[tuple[int, int]] = field(default_factory=list)  # char range of each token in `text`
+    cut: bool = False  # max_length dropped tokens from the end
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -54,7 +58,7 @@ def encode(traj: Trajectory, tokenizer: Any, *, max_length: int | None = None,
 
     Spans come from `segment(traj, rules)` when `rules` are given, else from `traj.spans` when they cover the
     assistant turns, else from the segmenter the trajectory's env names.
-    With `max_length`, only the first `max_length` tokens are kept.
+    With `max_length`, only the first `max_length` tokens are kept, and a turn they cut is not trained.
     """
     if not getattr(tokenizer, "is_fast", False):
         raise ConfigError(f"encode needs a fast tokenizer with offset mapping; {type(tokenizer).__name__} is slow")
@@ -65,12 +69,14 @@ def encode(traj: Trajectory, tokenizer: Any, *, max_length: int | None = None,
     ids, offsets = list(batch["input_ids"]), [tuple(o) for o in batch["offset_mapping"]]
     kinds = [_kind_at(text, s, e, bounds) for s, e in offsets]
     _mark_end_of_turn(kinds, ids, offsets, ranges, spans, tokenizer)
-    if max_length is not None:
+    cut = max_length is not None and len(ids) > max_length
+    if cut:
+        _untrain_cut_turn(kinds, offsets, ranges, max_length)
         ids, offsets, kinds = ids[:max_length], offsets[:max_length], kinds[:max_length]
     labels = [t if k else IGNORE_INDEX for t, k in zip(ids, kinds)]
     counts = {name: sum(k == v for k in kinds) for name, v in SPAN_KINDS.items()}
     return Encoded(input_ids=ids, attention_mask=[1] * len(ids), labels=labels, span_kinds=kinds,
-                   n_tokens=counts, text=text, offsets=offsets)
+                   n_tokens=counts, text=text, offsets=offsets, cut=cut)
 
 
 # ---- rendering ----------------------------------------------------------------------------------
@@ -212,6 +218,17 @@ def _mark_end_of_turn(kinds: list[int], ids: list[int], offsets: list[tuple[int,
         t = _first_token_from(starts, end)
         if t is not None and i in last and ids[t] in special and kinds[t] == 0:
             kinds[t] = SPAN_KINDS.get(last[i].kind, 0)
+
+
+def _untrain_cut_turn(kinds: list[int], offsets: list[tuple[int, int]], ranges: dict[int, tuple[int, int]],
+                      cut: int) -> None:
+    """Zero the kinds of the assistant turn whose tokens start before `cut` and whose end-of-turn token (or
+    last token) is at or after it."""
+    starts = [o[0] for o in offsets]
+    for begin, end in ranges.values():
+        first, last = max(0, bisect_right(starts, begin) - 1), _first_token_from(starts, end)
+        if first < cut <= (len(starts) - 1 if last is None else last):
+            kinds[first:cut] = [0] * (cut - first)
 
 
 def _first_token_from(starts: list[int], pos: int) -> int | None:

@@ -96,7 +96,9 @@ def model_card(cfg: TrainConfig, data: TrainData, student_path: Path, losses: di
               f"({len(data.dataset)} rows{', packed' if cfg.packing else ''}"
               + (f", evenly spaced over the {data.paced_from} ordered ones to fit {cfg.max_steps} "
                  f"step{'s' if cfg.max_steps != 1 else ''}" if data.paced_from else "") + "). Tokens in the data: "
-              + ", ".join(f"{k} {v}" for k, v in data.trained_tokens.items()) + ".", "",
+              + ", ".join(f"{k} {v}" for k, v in data.trained_tokens.items()) + "."
+              + (f" {data.cut} trajectories were longer than max_length {cfg.max_length}; their turns past it "
+                 "were not trained." if data.cut else ""), "",
               "## Hyperparameters", "", "| setting | value |", "|---|---|"]
     lines += [f"| {f.name} | {getattr(cfg, f.name)} |" for f in dataclasses.fields(cfg) if f.name != "data"]
     lines += [f"| processes | {processes} |", f"| rows per optimizer step | {per_step} |"]
