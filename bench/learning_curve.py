@@ -56,6 +56,9 @@ def arguments() -> argparse.Namespace:
                     help="how the checkpoints generate in eval; vllm-serve (CPU venv) is 1.5x hf on idle cores, "
                          "4.5x on loaded ones (bench/RESULTS.md)")
     ap.add_argument("--sandbox", default="auto")
+    ap.add_argument("--max-length", type=int, default=None,
+                    help="training max_length (train's default 1024 cuts long game episodes)")
+    ap.add_argument("--batch-size", type=int, default=None, help="training batch_size")
     ap.add_argument("--rows", type=Path, default=None, help="default: bench/results/learning_curve-<env>.jsonl")
     ap.add_argument("--no-base", action="store_true", help="skip the base model's eval (it costs the most)")
     ap.add_argument("--report", action="store_true", help="only print the tables and draw the plot")
@@ -64,6 +67,7 @@ def arguments() -> argparse.Namespace:
     args = ap.parse_args()
     args.out = args.out or Path("bench-out/curve") / slug(args.env)
     args.rows = args.rows or Path(__file__).parent / "results" / f"learning_curve-{slug(args.env)}.jsonl"
+    args.train = {k: v for k, v in (("max_length", args.max_length), ("batch_size", args.batch_size)) if v}
     args.out.mkdir(parents=True, exist_ok=True)
     args.rows.parent.mkdir(parents=True, exist_ok=True)
     return args
@@ -84,8 +88,8 @@ def checkpoint(args: argparse.Namespace, run: Path, budget: int, previous: tuple
         shutil.rmtree(out, ignore_errors=True)  # a cut-off segment is trained again whole
         done, student = previous
         start = time.monotonic()
-        steps = steps_for([run], budget - done, student)
-        result = train_apart(TrainConfig(data=[str(run)], student=student, out=str(out), max_steps=steps,
+        steps = steps_for([run], budget - done, student, **args.train)
+        result = train_apart(TrainConfig(data=[str(run)], student=student, out=str(out), max_steps=steps, **args.train,
                                          seed=budget, logging_steps=max(1, steps // 10)))
         print(f"tokens-{budget}: {result.steps} steps in {time.monotonic() - start:.0f} s, losses {result.losses}",
               flush=True)
@@ -120,7 +124,7 @@ def evaluated(args: argparse.Namespace, budget: int, model: str) -> dict[str, An
     row = {"tokens": budget, **agent.to_dict(), "tool_call_rate": tool_rate(run), "tool_use": tool_use(run),
            "eval": {"max_steps": args.max_steps, "new_tokens": args.new_tokens, "backend": args.backend,
                     **({"stop_on_repeat": args.stop_on_repeat} if args.stop_on_repeat else {})},
-           "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, 2 cores"}
+           "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, 2 cores", **args.train}
     with open(args.rows, "a") as fh:
         fh.write(json.dumps(row) + "\n")
     print(f"tokens-{budget}: success {agent.successes}/{agent.n}, invalid {agent.invalid_action_rate:.1%}, "
