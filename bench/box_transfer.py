@@ -29,7 +29,8 @@ Students (SmolLM2-135M from the base model, `train`'s defaults, the same `--toke
                    {...}, so I call it the same way`); the earlier with-examples runs predate that Thought
 Evaluation: held-out test tasks of the held-out categories only, each student with box held mounted and
 without any box, plus the coder with the box as the reference. Rows go to bench/results/box-transfer.jsonl
-as each finishes (a cut-off run resumes: runs, boxes, students and rows already there are kept).
+as each finishes (a cut-off run resumes: runs, boxes, students and rows already there are kept). `--seed N` trains
+the chosen students again with another training seed (arms ", seed N"): the spread between seeds sizes a gain.
 
     python bench/box_transfer.py [--held modular] [--tokens 100000] [--tasks-per-category 500]
                                  [--test-tasks 100] [--sandbox nsjail] [--out bench-out/box-transfer]
@@ -69,6 +70,8 @@ def arguments() -> argparse.Namespace:
                          "was trained, 1); another value makes arms of their own")
     ap.add_argument("--students", default=";".join(STUDENTS),
                     help=f"students to train and evaluate, ';'-separated, of: {'; '.join(STUDENTS)}")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="the students' training seed; another than 0 trains students and arms of their own")
     ap.add_argument("--data-only", action="store_true",
                     help="collect the runs and mine the boxes the students need, then stop (no model is loaded)")
     ap.add_argument("--sandbox", default="auto")
@@ -113,11 +116,12 @@ def renamed_run(args: argparse.Namespace, name: str, run: Path, params: bool = F
 
 
 def student(args: argparse.Namespace, name: str, runs: list[Path]) -> str:
-    out = args.out / "students" / name
+    out = args.out / "students" / (name + (f"-seed{args.seed}" if args.seed else ""))
     if not (out / "train_config.yaml").exists():
         shutil.rmtree(out, ignore_errors=True)
         steps = steps_for(runs, args.tokens, "hf:smollm2-135m")
-        train(TrainConfig(data=[str(r) for r in runs], student="hf:smollm2-135m", out=str(out), max_steps=steps))
+        train(TrainConfig(data=[str(r) for r in runs], student="hf:smollm2-135m", out=str(out), max_steps=steps,
+                          seed=args.seed))
     return f"hf:{out.resolve()}"
 
 
@@ -142,7 +146,7 @@ def evaluated(args: argparse.Namespace, name: str, spec: str, box: Path | None, 
     run = out / agent.run
     row = {"variant": name, **agent.to_dict(), "held": args.held, "box_use": box_use(run, box),
            "tool_use": tool_use(run), "tokens": args.tokens, "skills_top_k": top_k, "skills_examples": examples,
-           "date": time.strftime("%Y-%m-%d")}
+           "seed": args.seed, "date": time.strftime("%Y-%m-%d")}
     args.rows.parent.mkdir(parents=True, exist_ok=True)
     with open(args.rows, "a") as fh:
         fh.write(json.dumps(row) + "\n")
@@ -232,6 +236,7 @@ def main() -> None:
         slug = STUDENTS[name]
         examples = examples_of(slug) if args.eval_examples is None or not examples_of(slug) else args.eval_examples
         shown = "" if examples == examples_of(slug) else f" ({examples} examples listed)"
+        name += f", seed {args.seed}" if args.seed else ""
         arms = {f"{name}, no box": None, f"{name} + held box{shown}": held}
         if set(arms) <= set(done_rows(args)):
             rows += [done_rows(args)[arm] for arm in arms]
