@@ -21,7 +21,7 @@ from trajdistill.agents import PolicyError, policies
 from trajdistill.envs import CannotActError, PolicyRequest, Turn, make_env
 from trajdistill.envs._react_text import ParsedAction, format_action, format_final, parse_react
 from trajdistill.train import OnPolicyConfig, beta_at, read_token_kl, token_kl, write_token_kl
-from trajdistill.train._onpolicy import OnPolicyDistiller, records_of
+from trajdistill.train._onpolicy import OnPolicyDistiller, labels_in, records_of
 from trajdistill.trajectories import RunError, RunStore
 
 
@@ -200,7 +200,12 @@ async def test_beta_one_executes_only_the_teacher_and_never_asks_the_student(tmp
     for rollout in rollouts:
         for rec in records_of(rollout):
             assert rec.acted == "teacher" and rec.label["content"] == rollout.messages[rec.message].content
-    assert len(relabels.load()) == 10
+    trajs = relabels.load()  # every label is the turn that ran: each rollout is one trajectory, its turns in place
+    assert len(trajs) == 5 and sum(map(labels_in, trajs)) == 10
+    by_id = {t.id: t for t in rollouts}
+    for t in trajs:
+        assert t.messages == by_id[t.teacher.sampling["rollout"]].messages[:len(t.messages)]
+        assert t.teacher.sampling["messages"] == [i for i, m in enumerate(t.messages) if m.role == "assistant"]
 
 
 async def test_a_round_with_errored_rollouts_stops_untrained_and_a_rerun_retries_only_them(tmp_path):
@@ -228,28 +233,39 @@ async def test_a_round_with_errored_rollouts_stops_untrained_and_a_rerun_retries
 async def test_an_intermediate_beta_mixes_and_is_the_same_on_a_rerun(tmp_path):
     _nsjail()
     cfg = _cfg(tmp_path / "a", beta_schedule="0.5", tasks=8)
-    first, _, _ = await _gather(cfg)
+    first, relabels, _ = await _gather(cfg)
     acted = {t.task_id: [r.acted for r in records_of(t)] for t in first}
     assert {a for seq in acted.values() for a in seq} == {"student", "teacher"}
+    # the relabels train each label once, after the prefix it was given at; the teacher's executed turns in place
+    wanted = sorted((t.id, rec.message, json.dumps(_dicts(t.messages[:rec.message])), rec.label["content"])
+                    for t in first for rec in records_of(t) if rec.label is not None)
+    trajs = relabels.load()
+    trained = sorted((t.teacher.sampling["rollout"], i, json.dumps(_dicts(t.messages[:i])), t.messages[i].content)
+                     for t in trajs for i in t.teacher.sampling["messages"])
+    assert trained == wanted and len(trajs) < len(wanted)
     again, _, _ = await _gather(_cfg(tmp_path / "b", beta_schedule="0.5", tasks=8))
     assert {t.task_id: [r.acted for r in records_of(t)] for t in again} == acted  # seeded per (round, task, turn)
 
 
-def test_only_the_teachers_last_turn_gets_a_gradient(tmp_path):
-    """Encoded with the SmolLM2 tokenizer, a relabelled trajectory trains the teacher's turn and nothing else."""
+def test_only_the_teachers_labelled_turns_get_a_gradient(tmp_path):
+    """Encoded with the SmolLM2 tokenizer, a relabelled trajectory trains the teacher's turns it names (the last,
+    and the in-place ones) and nothing else."""
     _nsjail()
     import asyncio
 
     from trajdistill.agents._models import smollm2_tokenizer
     from trajdistill.train import encode
 
-    _, relabels, _ = asyncio.run(_gather(_cfg(tmp_path, beta_schedule="0", tasks=2)))
+    _, relabels, _ = asyncio.run(_gather(_cfg(tmp_path, beta_schedule="0.5", tasks=4)))
     tok = smollm2_tokenizer()
-    for t in relabels.load():
+    trajs = relabels.load()
+    assert any(labels_in(t) > 1 for t in trajs)
+    for t in trajs:
         enc = encode(t, tok)
         trained = "".join(enc.text[s:e] for (s, e), lab in zip(enc.offsets, enc.labels) if lab != -100)
-        last = t.messages[-1].content
-        assert trained.replace("<|im_end|>", "").strip() == last.strip()
+        turns = [t.messages[i].content.strip() for i in t.teacher.sampling["messages"]]
+        assert [x.strip() for x in trained.split("<|im_end|>")] == [*turns, ""]
+        assert t.teacher.sampling["messages"][-1] == len(t.messages) - 1
 
 
 # ---- twx: the gold expert from states off its path ----------------------------------------------
@@ -302,7 +318,7 @@ async def test_twx_off_path_states_are_relabelled_or_recorded_as_failures(tmp_pa
                    beta_schedule="0", tasks=2, max_steps=5)
         rollouts, relabels, failures = await _gather(cfg)
         assert len(rollouts) == 2 and failures == 0
-        assert len(relabels.load()) == sum(len(records_of(t)) for t in rollouts)
+        assert sum(map(labels_in, relabels.load())) == sum(len(records_of(t)) for t in rollouts)
 
     cooking = _cfg(tmp_path / "cooking", student="wander:x", teachers=["expert:gold"], env="twx:cookingworld",
                    sandbox="none", beta_schedule="0", tasks=2, max_steps=4)
@@ -310,7 +326,7 @@ async def test_twx_off_path_states_are_relabelled_or_recorded_as_failures(tmp_pa
     assert len(rollouts) == 2 and failures > 0
     errors = [e for e in relabels.errors() if e["kind"] == "relabel"]
     assert len(errors) == failures and all("only follows the gold path" in e["reason"] for e in errors)
-    assert len(relabels.load()) + failures == sum(len(records_of(t)) for t in rollouts)
+    assert sum(map(labels_in, relabels.load())) + failures == sum(len(records_of(t)) for t in rollouts)
 
 
 def test_the_gold_expert_says_when_it_cannot_act():
@@ -397,7 +413,7 @@ def test_cli_rounds_survive_a_kill_mid_round(tmp_path):
         relabels = RunStore.open(out / f"round-{r}" / "relabels").load()
         rollouts_r = _lines(out / f"round-{r}" / "rollouts")
         turns = [rec for x in rollouts_r for rec in x["teacher"]["sampling"]["dagger"]["turns"]]
-        assert len(relabels) == stats["labelled"] == sum(rec["label"] is not None for rec in turns)
+        assert sum(map(labels_in, relabels)) == stats["labelled"] == sum(rec["label"] is not None for rec in turns)
         assert stats["relabel_failures"] == 0 and stats["episodes"] == 6
         assert {t.teacher.spec for t in relabels} == {"expert:coder"}
     assert r2["aggregate"] == r1["labelled"] + r2["labelled"]
@@ -409,7 +425,8 @@ def test_cli_rounds_survive_a_kill_mid_round(tmp_path):
     res = cli("inspect", out / "round-2" / "relabels")
     assert res.returncode == 0 and "expert:coder" in res.stdout
     res = cli("export", out / "round-1" / "relabels", "--format", "openai", "--out", tmp_path / "r1.jsonl")
-    assert res.returncode == 0 and len((tmp_path / "r1.jsonl").read_text().splitlines()) == r1["labelled"]
+    exported = len((tmp_path / "r1.jsonl").read_text().splitlines())
+    assert res.returncode == 0 and exported == len(RunStore.open(out / "round-1" / "relabels").load())
     res = cli("view", out, "--out", tmp_path / "view.html")
     assert res.returncode == 0 and (tmp_path / "view.html").is_file()
 

@@ -9,9 +9,11 @@ Each round r (1-based) of `onpolicy` writes under OUT/round-<r>/:
                labelled it and the teacher's turn, in `teacher.sampling["dagger"]`. A teacher that cannot act
                from a state (CannotActError) leaves that turn unlabelled, with its reason, and the student's
                turn runs.
-    relabels/  the training data, a run directory: one trajectory per labelled turn, the rollout up to that
-               turn (earlier assistant turns as context spans, never trained) plus the teacher's turn. Its
-               `teacher` is the teacher that labelled the turn. Each relabel failure is a line of its
+    relabels/  the training data, a run directory: for each label that differs from the student's turn, the
+               rollout up to that turn plus the teacher's turn; labels that repeat the student's turn word for
+               word are trained in place, inside the next such trajectory (or a last one). Other assistant
+               turns are context spans, never trained. Its `teacher` is the teacher that labelled the turns;
+               `teacher.sampling["messages"]` the turns it trains. Each relabel failure is a line of its
                errors.jsonl (kind "relabel").
     model/     `train` of the ORIGINAL student on the aggregate (DAgger): the --data runs plus the relabels
                of rounds 1..r, with the span-aware loss; only_success is off unless the trainer settings
@@ -234,7 +236,7 @@ class OnPolicyRound:
     turns: int  # assistant turns in the rollouts
     student_turns: int  # turns the student's action was executed
     teacher_turns: int  # turns the teacher's action was executed
-    labelled: int  # turns relabelled by a teacher: the round's training trajectories
+    labelled: int  # turns relabelled by a teacher (the round's trajectories train them all)
     relabel_failures: int  # turns a teacher could not act from (recorded, never dropped)
     agreement: float | None  # of the labelled student turns, the share where the student did what the teacher would
     aggregate: int  # labelled turns of rounds 1..r: what this round trained on (with the --data runs)
@@ -333,31 +335,65 @@ def records_of(traj: Trajectory) -> list[TurnRecord]:
 
 
 def relabel(rollout: Trajectory, teachers: dict[str, Teacher], round_no: int) -> list[Trajectory]:
-    """One training trajectory per labelled turn: the rollout up to the turn, then the teacher's turn."""
-    out = []
+    """The training trajectories of a rollout's labels. A label that differs from the turn the rollout took ends
+    a trajectory of its own: the rollout up to that turn, then the teacher's turn. A label that repeats the
+    turn word for word is trained in place, in the rollout's own messages, inside the next trajectory (or a last
+    one). Each label is trained once, after the same prefix as one trajectory per label would give it, in fewer
+    tokens (a student that agrees with most labels would otherwise pay a whole prefix for each)."""
+    out, in_place = [], []
     for rec in records_of(rollout):
         if rec.label is None:
             continue
-        messages = [*rollout.messages[:rec.message], Message.model_validate(rec.label)]
-        context = [Span(message=i, start=0, end=len(assistant_text(m)), kind="context")
-                   for i, m in enumerate(messages[:-1]) if m.role == "assistant"]
-        teacher = teachers[rec.teacher].model_copy(update={"sampling": {
-            **teachers[rec.teacher].sampling, "sample": f"{round_no}.{rec.message}", "round": round_no,
-            "message": rec.message, "acted": rec.acted, "rollout": rollout.id, "student": rollout.teacher.spec}})
-        o = rollout.outcome
-        draft = Trajectory(
-            task_id=rollout.task_id, split=rollout.split, category=rollout.category, difficulty=rollout.difficulty,
-            env=rollout.env, teacher=teacher, messages=messages, spans=context,
-            outcome=Outcome(success=o.success, reward=o.reward, final_answer=o.final_answer,
-                            detail=f"the teacher's turn at message {rec.message} of rollout {rollout.id}, whose "
-                                   f"outcome was: {o.detail or ('success' if o.success else 'failure')}"),
-            usage=Usage(steps=sum(m.role == "assistant" for m in messages)),
-            provenance=rollout.provenance.model_copy(update={"composed_from": [rollout.id], "strategy": "dagger"}),
-            created_at=time.time())
-        last = len(messages) - 1  # the env's segmenter splits the teacher's turn; the rest stays context
-        spans = context + [sp for sp in segment_as_env(draft) if sp.message == last]
-        out.append(draft.model_copy(update={"spans": spans}))
+        label = Message.model_validate(rec.label)
+        if same_turn(rollout.messages[rec.message], label):
+            in_place.append(rec)
+            continue
+        out.append(_labelled(rollout, [*in_place, rec], label, teachers, round_no))
+        in_place = []
+    if in_place:
+        out.append(_labelled(rollout, in_place, rollout.messages[in_place[-1].message], teachers, round_no))
     return out
+
+
+def _labelled(rollout: Trajectory, recs: list[TurnRecord], last: Message, teachers: dict[str, Teacher],
+              round_no: int) -> Trajectory:
+    """The rollout up to the last of `recs`, then `last`: the turns of `recs` are trained, the others context."""
+    rec = recs[-1]
+    messages = [*rollout.messages[:rec.message], last]
+    trained = [r.message for r in recs]
+    teacher = teachers[rec.teacher].model_copy(update={"sampling": {
+        **teachers[rec.teacher].sampling, "sample": f"{round_no}.{rec.message}", "round": round_no,
+        "message": rec.message, "messages": trained, "acted": rec.acted, "rollout": rollout.id,
+        "student": rollout.teacher.spec}})
+    o = rollout.outcome
+    draft = Trajectory(
+        task_id=rollout.task_id, split=rollout.split, category=rollout.category, difficulty=rollout.difficulty,
+        env=rollout.env, teacher=teacher, messages=messages, spans=[],
+        outcome=Outcome(success=o.success, reward=o.reward, final_answer=o.final_answer,
+                        detail=f"the teacher's turns at messages {trained} of rollout {rollout.id}, whose "
+                               f"outcome was: {o.detail or ('success' if o.success else 'failure')}"),
+        usage=Usage(steps=sum(m.role == "assistant" for m in messages)),
+        provenance=rollout.provenance.model_copy(update={"composed_from": [rollout.id], "strategy": "dagger"}),
+        created_at=time.time())
+    context = [Span(message=i, start=0, end=len(assistant_text(m)), kind="context")
+               for i, m in enumerate(messages) if m.role == "assistant" and i not in trained]
+    # the env's segmenter splits the labelled turns; the rest stays context
+    spans = sorted(context + [sp for sp in segment_as_env(draft) if sp.message in trained],
+                   key=lambda sp: (sp.message, sp.start))
+    return draft.model_copy(update={"spans": spans})
+
+
+def labels_in(traj: Trajectory) -> int:
+    """How many teacher labels a relabelled trajectory trains."""
+    return len(traj.teacher.sampling.get("messages", [None]))
+
+
+def same_turn(turn: Message, label: Message) -> bool:
+    """Whether a label is, word for word, the turn the rollout took (text and tool calls)."""
+    def calls(m: Message) -> list[tuple[str, str]]:
+        return [(c.function.name, c.function.arguments) for c in m.tool_calls or []]
+
+    return assistant_text(turn) == assistant_text(label) and calls(turn) == calls(label)
 
 
 def same_action(student: Message, label: Message) -> bool:
@@ -559,8 +595,8 @@ class OnPolicyDistiller(RoundsDir):
             for rollout in rollouts:
                 for traj in relabel(rollout, refs, round_no):
                     store.append(traj)
-                    labelled += 1
-                    per_teacher[traj.teacher.spec] += 1
+                    labelled += labels_in(traj)
+                    per_teacher[traj.teacher.spec] += labels_in(traj)
                 for rec in records_of(rollout):
                     if rec.label is None:
                         failures += 1
