@@ -121,7 +121,10 @@ def test_a_terminated_eval_stops_its_vllm_server(tmp_path):
     try:
         deadline = time.monotonic() + 900
         while not any(f.stat().st_size for f in (tmp_path / "eval").glob("runs/*/trajectories-*.jsonl")):
-            assert proc.poll() is None and time.monotonic() < deadline, "no episode finished"
+            if proc.poll() is not None:  # say why, so that a failure beside other jobs can be read
+                pytest.fail(f"eval exited with {proc.returncode} before an episode finished: "
+                            f"{proc.communicate()[1][-2000:]}")
+            assert time.monotonic() < deadline, "no episode finished in 900 s"
             time.sleep(1)  # an episode finished: the server is up and answering
         assert set(_served_students()) - others
         proc.send_signal(signal.SIGTERM)
