@@ -71,6 +71,18 @@ def trained(args: argparse.Namespace, name: str, data: list[Path], student: str 
     return f"hf:{out.resolve()}"
 
 
+def add_training_options(ap: argparse.ArgumentParser) -> None:
+    """`--max-length` and `--batch-size`: the training settings a bench passes to every student it trains."""
+    ap.add_argument("--max-length", type=int, default=None,
+                    help="training max_length (train's default 1024 cuts long game episodes)")
+    ap.add_argument("--batch-size", type=int, default=None, help="training batch_size")
+
+
+def training_settings(args: argparse.Namespace) -> dict[str, int]:
+    """The TrainConfig settings given by `add_training_options` (those left unset keep train's defaults)."""
+    return {k: v for k, v in (("max_length", args.max_length), ("batch_size", args.batch_size)) if v}
+
+
 def steps_for(data: list[Path], tokens: int, student: str, **settings: Any) -> int:
     """Optimizer steps that train about `tokens` tokens of `data` with `train`'s defaults and `settings`."""
     from transformers import AutoTokenizer  # heavy; only a bench that trains needs it

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _quality import called, played, steps_for, tool_use
+from _quality import add_training_options, called, played, steps_for, tool_use, training_settings
 
 from trajdistill.agents import CollectConfig, EvalConfig, collect, evaluate
 from trajdistill.agents._eval import slug
@@ -56,9 +56,7 @@ def arguments() -> argparse.Namespace:
                     help="how the checkpoints generate in eval; vllm-serve (CPU venv) is 1.5x hf on idle cores, "
                          "4.5x on loaded ones (bench/RESULTS.md)")
     ap.add_argument("--sandbox", default="auto")
-    ap.add_argument("--max-length", type=int, default=None,
-                    help="training max_length (train's default 1024 cuts long game episodes)")
-    ap.add_argument("--batch-size", type=int, default=None, help="training batch_size")
+    add_training_options(ap)
     ap.add_argument("--rows", type=Path, default=None, help="default: bench/results/learning_curve-<env>.jsonl")
     ap.add_argument("--no-base", action="store_true", help="skip the base model's eval (it costs the most)")
     ap.add_argument("--report", action="store_true", help="only print the tables and draw the plot")
@@ -67,7 +65,7 @@ def arguments() -> argparse.Namespace:
     args = ap.parse_args()
     args.out = args.out or Path("bench-out/curve") / slug(args.env)
     args.rows = args.rows or Path(__file__).parent / "results" / f"learning_curve-{slug(args.env)}.jsonl"
-    args.train = {k: v for k, v in (("max_length", args.max_length), ("batch_size", args.batch_size)) if v}
+    args.train = training_settings(args)
     args.out.mkdir(parents=True, exist_ok=True)
     args.rows.parent.mkdir(parents=True, exist_ok=True)
     return args
@@ -89,8 +87,8 @@ def checkpoint(args: argparse.Namespace, run: Path, budget: int, previous: tuple
         done, student = previous
         start = time.monotonic()
         steps = steps_for([run], budget - done, student, **args.train)
-        result = train_apart(TrainConfig(data=[str(run)], student=student, out=str(out), max_steps=steps, **args.train,
-                                         seed=budget, logging_steps=max(1, steps // 10)))
+        result = train_apart(TrainConfig(data=[str(run)], student=student, out=str(out), max_steps=steps,
+                                         seed=budget, logging_steps=max(1, steps // 10), **args.train))
         print(f"tokens-{budget}: {result.steps} steps in {time.monotonic() - start:.0f} s, losses {result.losses}",
               flush=True)
     return str(out.resolve())

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _quality import played, steps_for, success_cells
+from _quality import add_training_options, played, steps_for, success_cells, training_settings
 
 from trajdistill.agents import CollectConfig, EvalConfig, collect, evaluate
 from trajdistill.agents._eval import slug
@@ -64,9 +64,7 @@ def arguments() -> argparse.Namespace:
     ap.add_argument("--beta", default="0", help="the DAgger arms' beta schedule (onpolicy --beta-schedule)")
     ap.add_argument("--stop-on-repeat", type=int, default=0,
                     help="end an episode (rollouts and evals) after K identical turns with identical observations")
-    ap.add_argument("--max-length", type=int, default=None,
-                    help="every arm's training max_length (train's default 1024 cuts long game episodes)")
-    ap.add_argument("--batch-size", type=int, default=None, help="every arm's training batch_size")
+    add_training_options(ap)
     ap.add_argument("--rows", type=Path, default=None, help="default: bench/results/onpolicy-<env>.jsonl")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()
@@ -74,7 +72,7 @@ def arguments() -> argparse.Namespace:
     unknown = set(args.arms.split(",")) - set(ARMS)
     if unknown:
         ap.error(f"unknown arm(s) {', '.join(sorted(unknown))}; known: {', '.join(ARMS)}")
-    args.train = {k: v for k, v in (("max_length", args.max_length), ("batch_size", args.batch_size)) if v}
+    args.train = training_settings(args)
     return args
 
 
@@ -101,8 +99,7 @@ def sft_arm(args: argparse.Namespace, start: str) -> str:
     out = args.out / "sft"
     if not (out / "train_config.yaml").exists():
         shutil.rmtree(out, ignore_errors=True)
-        train(TrainConfig(data=[str(run)], student=start, out=str(out), **args.train,
-                          max_steps=steps_for([run], args.tokens, start, **args.train)))
+        train(TrainConfig(data=[str(run)], student=start, out=str(out), **arm_training(args, start)))
     return f"hf:{out.resolve()}"
 
 
@@ -122,8 +119,8 @@ def dagger_arm(args: argparse.Namespace, start: str, aggregate: bool = False) ->
 
 
 def arm_training(args: argparse.Namespace, start: str) -> dict[str, Any]:
-    """An on-policy arm's training settings: the SFT arm's steps (the relabels are the same teacher's turns,
-    packed alike)."""
+    """Every arm's training settings: the steps that train `--tokens` of the SFT arm's data (the relabels are the
+    same teacher's turns, packed alike)."""
     return {**args.train, "max_steps": steps_for([teacher_run(args)], args.tokens, start, **args.train)}
 
 
