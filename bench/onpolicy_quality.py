@@ -8,20 +8,22 @@ on math). Then, at equal teacher calls and equal training tokens:
              trains on the relabels
   DAgger + data   DAgger as above with the SFT arm's coder trajectories aggregated next to the relabels (the
              classic D u D_1, `onpolicy --data`), at the same training tokens (twice the teacher calls)
-  reverse KL `onpolicy --mode reverse-kl` from the start student, one round: it samples its own episodes on
-             the same train tasks (temperature 0.7) and trains on them with the per-token reverse KL to a
-             stronger white-box teacher (`--kl-teacher`, default the learning curve's 200k-token student)
+  reverse KL `onpolicy --mode reverse-kl` from the start student: it samples its own episodes on the same
+             train tasks (temperature 0.7) and trains on them with the per-token reverse KL to a stronger
+             white-box teacher (`--kl-teacher`, default the learning curve's 200k-token student)
+  forward KL the same with the forward KL on the student's samples (GKD with lambda 1, beta 0)
 All train for `--tokens` tokens with `train`'s defaults and are evaluated on the same held-out test tasks.
 `--rounds N --beta exp:1:0.5` runs the DAgger arms for N rounds with the teacher handing control over (each
 round retrains the start student on the aggregate of every round's relabels, so the last model has as many
-training tokens as more SFT, and N times the teacher calls); `--stop-on-repeat 3` ends looping game episodes.
+training tokens as more SFT, and N times the teacher calls); with `--rounds N` the KL arms sample N times,
+each round's student training for 1/N of the steps; `--stop-on-repeat 3` ends looping game episodes.
 Rows go to bench/results/onpolicy-<env>.jsonl as each arm finishes; a cut-off run resumes.
 
 The teacher is `--teacher` (default expert:coder, the math coder; expert:gold for a twx game).
 
     python bench/onpolicy_quality.py [--env math] [--start bench-out/curve/math/students/tokens-25000]
                                      [--tasks 200] [--tokens 25000] [--test-tasks 100] [--sandbox nsjail]
-                                     [--arms sft,dagger,reverse-kl,dagger-data] [--report]
+                                     [--arms sft,dagger,reverse-kl,forward-kl,dagger-data] [--report]
 """
 
 from __future__ import annotations
@@ -59,8 +61,9 @@ def arguments() -> argparse.Namespace:
                     help="how the students generate, in the on-policy rollouts and the test eval")
     ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of: {', '.join(ARMS)}")
     ap.add_argument("--rounds", type=int, default=1,
-                    help="DAgger rounds; each retrains the start student on the aggregate at --tokens, so the last "
-                         "model has as many training tokens as more SFT")
+                    help="on-policy rounds; a DAgger round retrains the start student on the aggregate at --tokens, "
+                         "a KL round trains the last round's student for --tokens / N: every arm's last model has "
+                         "as many training tokens as more SFT")
     ap.add_argument("--beta", default="0", help="the DAgger arms' beta schedule (onpolicy --beta-schedule)")
     ap.add_argument("--stop-on-repeat", type=int, default=0,
                     help="end an episode (rollouts and evals) after K identical turns with identical observations")
@@ -124,16 +127,20 @@ def arm_training(args: argparse.Namespace, start: str) -> dict[str, Any]:
     return {**args.train, "max_steps": steps_for([teacher_run(args)], args.tokens, start, **args.train)}
 
 
-def reverse_kl_arm(args: argparse.Namespace, start: str) -> str:
-    out = args.out / "reverse-kl"
-    model = out / "round-1" / "model"
+def kl_arm(args: argparse.Namespace, start: str, kl: str = "reverse") -> str:
+    """On-policy KD: `--rounds` rounds, each sampling the last round's student on the same train tasks and training
+    it on for its share of the arm's steps (equal tokens; N times the sampling)."""
+    out = args.out / f"{kl}-kl"
+    model = out / f"round-{args.rounds}" / "model"
     if not (out / "rounds.json").exists() or not (model / "train_config.yaml").exists():
+        training = arm_training(args, start)
+        training["max_steps"] = max(1, round(training["max_steps"] / args.rounds))
         onpolicy(OnPolicyConfig(env=args.env, student=start, teachers=[f"hf:{args.kl_teacher.resolve()}"],
-                                out=str(out), mode="reverse-kl", rounds=1, tasks=args.tasks, split="train",
+                                out=str(out), mode="reverse-kl", rounds=args.rounds, tasks=args.tasks, split="train",
                                 max_steps=args.max_steps, temperature=0.7, dev_tasks=0, sandbox=args.sandbox,
                                 concurrency=args.concurrency, stop_on_repeat=args.stop_on_repeat,
                                 **student_generation(args),
-                                train_args=arm_training(args, start),
+                                train_args={**training, "kl": kl},
                                 resume=out.exists()))
     return f"hf:{model.resolve()}"
 
@@ -142,7 +149,8 @@ def reverse_kl_arm(args: argparse.Namespace, start: str) -> str:
 ARMS = {
     "sft": ("more SFT", sft_arm),
     "dagger": ("DAgger, {rounds}", dagger_arm),
-    "reverse-kl": ("reverse KL, 1 round", reverse_kl_arm),
+    "reverse-kl": ("reverse KL, {rounds}", kl_arm),
+    "forward-kl": ("forward KL on the student's samples, {rounds}", lambda args, start: kl_arm(args, start, "forward")),
     "dagger-data": ("DAgger + the SFT data, {rounds}", lambda args, start: dagger_arm(args, start, aggregate=True)),
 }
 
@@ -163,6 +171,7 @@ def evaluated(args: argparse.Namespace, arm: str, spec: str) -> dict[str, Any]:
     row = {"arm": arm, **played(res.agents[0], arm).to_dict(), "tokens": args.tokens, "teacher_tasks": args.tasks,
            "start": str(args.start), "backend": args.backend, "date": time.strftime("%Y-%m-%d"),
            **({"rounds": args.rounds, "beta": args.beta} if arm.startswith("DAgger") else {}),
+           **({"rounds": args.rounds} if "KL" in arm else {}),
            **({"stop_on_repeat": args.stop_on_repeat} if args.stop_on_repeat else {}), **args.train}
     args.rows.parent.mkdir(parents=True, exist_ok=True)
     with open(args.rows, "a") as fh:
