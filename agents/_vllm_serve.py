@@ -51,6 +51,8 @@ while child.poll() is None:
     time.sleep(0.5)
 sys.exit(128 - child.returncode if child.returncode < 0 else child.returncode)  # the shell's 128+N for signal N
 """
+TCMALLOC = "libtcmalloc_minimal.so.4"
+LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib")
 FIX = "point python= at a venv with vLLM (or set TRAJDISTILL_VLLM_VENV; .ci/vllm.sh builds the CPU one)"
 
 
@@ -92,6 +94,18 @@ def cpu_binding(cores: str) -> dict[str, str]:
     if cores == "all":
         cores = ",".join(map(str, physical_cores()))
     return {"VLLM_CPU_OMP_THREADS_BIND": cores}  # vLLM sets the worker's OMP_NUM_THREADS from it
+
+
+def cpu_preload(python: Path, mode: str, lib_dirs: tuple[str, ...] = LIB_DIRS) -> dict[str, str]:
+    """The LD_PRELOAD vLLM's CPU guide asks for: tcmalloc, for the engine's many small allocations, and the vLLM
+    venv's Intel OpenMP (vllm-cpu installs it; a GPU venv has none), ahead of any LD_PRELOAD already set.
+    Without them the engine warns and runs on glibc malloc and GNU OpenMP."""
+    if mode == "none":
+        return {}
+    found = [next((str(p) for d in lib_dirs if (p := Path(d) / TCMALLOC).exists()), None),
+             next((str(p) for p in [python.parent.parent / "lib" / "libiomp5.so"] if p.exists()), None)]
+    libs = [lib for lib in (*found, os.environ.get("LD_PRELOAD")) if lib]
+    return {"LD_PRELOAD": ":".join(libs)} if any(found) else {}
 
 
 def physical_cores(topology: Path = Path("/sys/devices/system/cpu")) -> list[int]:
@@ -210,7 +224,8 @@ class VLLMServePolicy:
             if self._client is None:
                 o = self.options
                 cmd = server_command(self._python, self._path, free_port(), o)
-                env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=str(o.kv_cache_gb), **cpu_binding(o.cpu_cores))
+                env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=str(o.kv_cache_gb), **cpu_binding(o.cpu_cores),
+                           **cpu_preload(self._python, o.preload))
                 try:
                     self._server = Server(cmd, env, o.startup_timeout_s)
                 except PolicyError as err:

@@ -177,3 +177,24 @@ def test_all_cores_means_one_thread_per_physical_core(tmp_path):
     assert physical_cores(topology({cpu: 0 for cpu in cpus})) == cpus[:1]
     assert physical_cores(topology({cpu: i for i, cpu in enumerate(cpus)})) == cpus
     assert physical_cores(tmp_path / "none") == cpus
+
+
+def test_the_cpu_engine_preloads_tcmalloc_and_the_venvs_intel_openmp(tmp_path, monkeypatch):
+    """auto: tcmalloc from the lib dirs, then the venv's libiomp5, ahead of an LD_PRELOAD already set; each only
+    where it is found; none, or nothing found: the environment is left alone."""
+    from trajdistill.agents._vllm_serve import TCMALLOC, cpu_preload
+
+    libs, venv = tmp_path / "lib", tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "lib").mkdir()
+    libs.mkdir()
+    python = venv / "bin" / "python"
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    assert cpu_preload(python, "auto", (str(libs),)) == {}
+    (libs / TCMALLOC).write_text("")
+    assert cpu_preload(python, "auto", (str(tmp_path / "no"), str(libs))) == {"LD_PRELOAD": str(libs / TCMALLOC)}
+    (venv / "lib" / "libiomp5.so").write_text("")
+    monkeypatch.setenv("LD_PRELOAD", "/opt/mine.so")
+    assert cpu_preload(python, "auto", (str(libs),)) == {
+        "LD_PRELOAD": f"{libs / TCMALLOC}:{venv / 'lib' / 'libiomp5.so'}:/opt/mine.so"}
+    assert cpu_preload(python, "none", (str(libs),)) == {}
