@@ -102,10 +102,10 @@ def cpu_preload(python: Path, mode: str, lib_dirs: tuple[str, ...] = LIB_DIRS) -
     Without them the engine warns and runs on glibc malloc and GNU OpenMP."""
     if mode == "none":
         return {}
-    found = [next((str(p) for d in lib_dirs if (p := Path(d) / TCMALLOC).exists()), None),
-             next((str(p) for p in [python.parent.parent / "lib" / "libiomp5.so"] if p.exists()), None)]
-    libs = [lib for lib in (*found, os.environ.get("LD_PRELOAD")) if lib]
-    return {"LD_PRELOAD": ":".join(libs)} if any(found) else {}
+    tcmalloc = next((p for d in lib_dirs if (p := Path(d) / TCMALLOC).exists()), None)
+    iomp = python.parent.parent / "lib" / "libiomp5.so"
+    found = [str(p) for p in (tcmalloc, iomp) if p is not None and p.exists()]
+    return {"LD_PRELOAD": ":".join(filter(None, [*found, os.environ.get("LD_PRELOAD")]))} if found else {}
 
 
 def physical_cores(topology: Path = Path("/sys/devices/system/cpu")) -> list[int]:

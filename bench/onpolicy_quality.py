@@ -170,8 +170,8 @@ def evaluated(args: argparse.Namespace, arm: str, spec: str) -> dict[str, Any]:
                               stop_on_repeat=args.stop_on_repeat, agent_options=options, resume=True))
     row = {"arm": arm, **played(res.agents[0], arm).to_dict(), "tokens": args.tokens, "teacher_tasks": args.tasks,
            "start": str(args.start), "backend": args.backend, "date": time.strftime("%Y-%m-%d"),
-           **({"rounds": args.rounds, "beta": args.beta} if arm.startswith("DAgger") else {}),
-           **({"rounds": args.rounds} if "KL" in arm else {}),
+           **({"rounds": args.rounds} if arm not in ("start (SFT checkpoint)", "more SFT") else {}),
+           **({"beta": args.beta} if arm.startswith("DAgger") else {}),
            **({"stop_on_repeat": args.stop_on_repeat} if args.stop_on_repeat else {}), **args.train}
     args.rows.parent.mkdir(parents=True, exist_ok=True)
     with open(args.rows, "a") as fh:
