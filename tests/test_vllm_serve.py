@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -134,3 +136,29 @@ def test_a_terminated_eval_stops_its_vllm_server(tmp_path):
     assert proc.returncode == 143, err[-2000:]
     assert "terminated: no results.json was written" in out
     assert set(_served_students()) <= others
+
+
+def test_a_seeded_request_longer_than_a_prefill_step_is_answered():
+    """The CPU engine dies on a seeded request whose prompt is prefilled in chunks (`CPU Generator does not use
+    offset`: it rewinds the discarded token's generator); vllm-serve keeps such prefills whole."""
+    require((VENV / "bin" / "python").exists(), f"vLLM CPU venv missing at {VENV} (run .ci/vllm.sh)")
+    from transformers import AutoTokenizer
+
+    from trajdistill.agents._options import VLLMServeOptions
+    from trajdistill.agents._vllm_serve import VLLMServePolicy
+
+    policy = VLLMServePolicy("smollm2-135m", options=VLLMServeOptions.parse(
+        {"seed": 0, "temperature": 0.7, "max_model_len": 4096, "kv_cache_gb": 1, "python": str(VENV / "bin/python")}))
+    prompt = "count: " + " ".join(map(str, range(700)))
+    n = len(AutoTokenizer.from_pretrained(str(ensure_smollm2()))(prompt)["input_ids"])
+    assert 2048 < n < 4000  # longer than the CPU engine's default step budget (2,048 tokens): chunked by default
+    try:
+        base = asyncio.run(policy.load())
+        body = {"model": "student", "prompt": prompt, "max_tokens": 8, "temperature": 0.7, "seed": 0}
+        request = urllib.request.Request(base + "/completions", json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=300) as r:
+            answer = json.loads(r.read())
+    finally:
+        asyncio.run(policy.close())
+    assert answer["choices"][0]["finish_reason"] == "length" and answer["usage"]["prompt_tokens"] >= n
