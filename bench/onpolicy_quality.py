@@ -12,6 +12,8 @@ on math). Then, at equal teacher calls and equal training tokens:
              train tasks (temperature 0.7) and trains on them with the per-token reverse KL to a stronger
              white-box teacher (`--kl-teacher`, default the learning curve's 200k-token student)
   forward KL the same with the forward KL on the student's samples (GKD with lambda 1, beta 0)
+  ... cut     either KL arm trained on each sample only up to its first token the teacher gives a probability
+             below `--kd-cutoff-prob` (train's kd_cutoff_prob): past it the teacher's distribution is no target
 All train for `--tokens` tokens with `train`'s defaults and are evaluated on the same held-out test tasks.
 `--rounds N --beta exp:1:0.5` runs the DAgger arms for N rounds with the teacher handing control over (each
 round retrains the start student on the aggregate of every round's relabels, so the last model has as many
@@ -23,7 +25,8 @@ The teacher is `--teacher` (default expert:coder, the math coder; expert:gold fo
 
     python bench/onpolicy_quality.py [--env math] [--start bench-out/curve/math/students/tokens-25000]
                                      [--tasks 200] [--tokens 25000] [--test-tasks 100] [--sandbox nsjail]
-                                     [--arms sft,dagger,reverse-kl,forward-kl,dagger-data] [--report]
+                                     [--arms sft,dagger,reverse-kl,forward-kl,forward-kl-cut,dagger-data]
+                                     [--kd-cutoff-prob 0.05] [--report]
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ def arguments() -> argparse.Namespace:
     ap.add_argument("--beta", default="0", help="the DAgger arms' beta schedule (onpolicy --beta-schedule)")
     ap.add_argument("--stop-on-repeat", type=int, default=0,
                     help="end an episode (rollouts and evals) after K identical turns with identical observations")
+    ap.add_argument("--kd-cutoff-prob", type=float, default=0.05, help="the cut arms' kd_cutoff_prob")
     add_training_options(ap)
     ap.add_argument("--rows", type=Path, default=None, help="default: bench/results/onpolicy-<env>.jsonl")
     ap.add_argument("--report", action="store_true")
@@ -127,10 +131,10 @@ def arm_training(args: argparse.Namespace, start: str) -> dict[str, Any]:
     return {**args.train, "max_steps": steps_for([teacher_run(args)], args.tokens, start, **args.train)}
 
 
-def kl_arm(args: argparse.Namespace, start: str, kl: str = "reverse") -> str:
+def kl_arm(args: argparse.Namespace, start: str, kl: str = "reverse", cut: bool = False) -> str:
     """On-policy KD: `--rounds` rounds, each sampling the last round's student on the same train tasks and training
-    it on for its share of the arm's steps (equal tokens; N times the sampling)."""
-    out = args.out / f"{kl}-kl"
+    it on for its share of the arm's steps (equal tokens; N times the sampling); `cut`: at --kd-cutoff-prob."""
+    out = args.out / (f"{kl}-kl-cut{args.kd_cutoff_prob:g}" if cut else f"{kl}-kl")
     model = out / f"round-{args.rounds}" / "model"
     if not (out / "rounds.json").exists() or not (model / "train_config.yaml").exists():
         training = arm_training(args, start)
@@ -140,7 +144,8 @@ def kl_arm(args: argparse.Namespace, start: str, kl: str = "reverse") -> str:
                                 max_steps=args.max_steps, temperature=0.7, dev_tasks=0, sandbox=args.sandbox,
                                 concurrency=args.concurrency, stop_on_repeat=args.stop_on_repeat,
                                 **student_generation(args),
-                                train_args={**training, "kl": kl},
+                                train_args={**training, "kl": kl,
+                                            **({"kd_cutoff_prob": args.kd_cutoff_prob} if cut else {})},
                                 resume=out.exists()))
     return f"hf:{model.resolve()}"
 
@@ -151,6 +156,10 @@ ARMS = {
     "dagger": ("DAgger, {rounds}", dagger_arm),
     "reverse-kl": ("reverse KL, {rounds}", kl_arm),
     "forward-kl": ("forward KL on the student's samples, {rounds}", lambda args, start: kl_arm(args, start, "forward")),
+    "reverse-kl-cut": ("reverse KL up to the first token of teacher p < {cut}, {rounds}",
+                       lambda args, start: kl_arm(args, start, "reverse", cut=True)),
+    "forward-kl-cut": ("forward KL up to the first token of teacher p < {cut}, {rounds}",
+                       lambda args, start: kl_arm(args, start, "forward", cut=True)),
     "dagger-data": ("DAgger + the SFT data, {rounds}", lambda args, start: dagger_arm(args, start, aggregate=True)),
 }
 
@@ -172,6 +181,7 @@ def evaluated(args: argparse.Namespace, arm: str, spec: str) -> dict[str, Any]:
            "start": str(args.start), "backend": args.backend, "date": time.strftime("%Y-%m-%d"),
            **({"rounds": args.rounds} if arm not in ("start (SFT checkpoint)", "more SFT") else {}),
            **({"beta": args.beta} if arm.startswith("DAgger") else {}),
+           **({"kd_cutoff_prob": args.kd_cutoff_prob} if "first token of teacher p" in arm else {}),
            **({"stop_on_repeat": args.stop_on_repeat} if args.stop_on_repeat else {}), **args.train}
     args.rows.parent.mkdir(parents=True, exist_ok=True)
     with open(args.rows, "a") as fh:
@@ -196,7 +206,7 @@ def main() -> None:
         for arm in args.arms.split(","):
             name, build = ARMS[arm]
             rounds = f"{args.rounds} round" + ("s" if args.rounds > 1 else "")
-            rows.append(evaluated(args, name.format(rounds=rounds), build(args, start)))
+            rows.append(evaluated(args, name.format(rounds=rounds, cut=f"{args.kd_cutoff_prob:g}"), build(args, start)))
     else:
         rows = [json.loads(line) for line in args.rows.read_text().splitlines()]
     print(table(rows))

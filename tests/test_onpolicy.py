@@ -545,6 +545,63 @@ def test_reverse_kl_trains_only_the_students_sampled_tokens(white_box):
     assert torch.equal(grad_rows, mask)
 
 
+def _first_low_cut(t_lp, mask, position_ids, log_cutoff):
+    """The positions kd_cutoff_prob keeps, sequence by sequence, by a plain loop."""
+    keep = mask.clone()
+    for row in range(mask.shape[0]):
+        cut = False
+        for j in range(mask.shape[1]):
+            if position_ids is not None and position_ids[row, j + 1] == 0:
+                cut = False  # a new packed sequence
+            if not mask[row, j]:
+                continue
+            keep[row, j] = not cut
+            cut = cut or bool(t_lp[row, j] < log_cutoff)
+    return keep
+
+
+def test_kd_cutoff_trains_each_sequence_up_to_its_first_token_the_teacher_finds_unlikely(white_box):
+    """With kd_cutoff_prob, packed sequences each keep their trained tokens up to and including the first whose
+    teacher probability is below it; only those get a gradient, and the loss is the KD over them alone."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    from trajdistill.train import TrainConfig, build_trainer
+
+    cfg, student, teacher, rollouts, root = white_box
+    tc = TrainConfig(data=[cfg.out + "/round-1/rollouts"], student=f"hf:{student}", out=str(root / "cut"),
+                     **{**cfg.kd_train_args(), "kd_cutoff_prob": 0.5, "max_steps": 1, "batch_size": 3,
+                        "max_length": 2048, "bf16": False})
+    trainer, _, _ = build_trainer(tc)
+    batch = next(iter(trainer.get_train_dataloader()))
+    labels, pos = batch["labels"][:, 1:], batch["position_ids"]
+    mask = labels != -100
+    fwd = {k: v for k, v in batch.items() if k not in ("labels", "span_kinds", "lengths")}
+    with torch.no_grad():
+        t_logp = F.log_softmax(trainer.teacher(**fwd).logits[:, :-1].float(), -1)
+        s_logp = F.log_softmax(trainer.model(**fwd).logits[:, :-1].float(), -1)
+    t_lp = t_logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    assert pos.shape[0] < len(rollouts) <= (pos == 0).sum()  # rollouts share packed rows
+    trainer.kd_cutoff_prob = math.exp(t_lp[mask].median().item())  # a random teacher: cut somewhere mid-sequence
+    keep = _first_low_cut(t_lp, mask, pos, math.log(trainer.kd_cutoff_prob))
+    assert mask.sum() > keep.sum() > 0
+
+    model = trainer.model.train()  # as in the training loop (the tiny model has no dropout)
+    hidden = {}
+    hook = model.model.norm.register_forward_hook(lambda m, i, o: hidden.setdefault("h", o))
+    loss = trainer.compute_loss(model, dict(batch))
+    hook.remove()
+    hidden["h"].retain_grad()
+    loss.backward()
+    reverse = (s_logp.exp() * (s_logp - t_logp)).sum(-1)
+    weights = torch.tensor([1.0, *tc.span_weights])[batch["span_kinds"][:, 1:]] * keep
+    torch.testing.assert_close(loss.detach(), (reverse * weights).sum() / mask.sum(), rtol=1e-4, atol=1e-5)
+    assert torch.equal(hidden["h"].grad.abs().sum(-1)[:, :-1] > 0, keep)
+    assert trainer._metrics["train"]["kd_kept"] == [pytest.approx((keep.sum() / mask.sum()).item())]
+
+
 def test_cli_reverse_kl_round_trains_and_records_the_kl(tmp_path):
     _nsjail()
     from trajdistill.agents import build_tiny_llama

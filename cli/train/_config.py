@@ -65,6 +65,11 @@ class TrainConfig:
     ce_weight: float = field(default=1.0, metadata={
         "help": "Weight of the span CE on the data's tokens. 0 with --teacher-model: the KD term alone (on-policy "
                 "reverse KL on the student's own samples, GKD with lambda 1)."})
+    kd_cutoff_prob: float = field(default=0.0, metadata={
+        "help": "Train each sequence only up to the first trained token to which the teacher gives a probability "
+                "below this (that token included): past it the text is a prefix the teacher would not have "
+                "written, and its distribution there is no target (on-policy KD of a student that often goes "
+                "wrong). 0: every token. Needs a teacher_model or teacher_logprobs."})
     bf16: bool | None = field(default=None, metadata={
         "help": "bf16 mixed precision; default: on when CUDA has it, or the CPU has bf16 dot products (avx512_bf16, AMX)."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for activation memory."})
@@ -132,6 +137,11 @@ def _problems(cfg: TrainConfig) -> list[str]:
     if cfg.ce_weight == 0 and not ((cfg.teacher_model or cfg.teacher_logprobs) and cfg.kd_weight > 0):
         out.append("ce_weight 0 trains on the KD term alone: give a teacher_model (or teacher_logprobs) and a "
                    "kd_weight > 0")
+    if not 0 <= cfg.kd_cutoff_prob < 1:
+        out.append(f"kd_cutoff_prob must be in [0, 1), got {cfg.kd_cutoff_prob}")
+    elif cfg.kd_cutoff_prob and not (cfg.teacher_model or cfg.teacher_logprobs):
+        out.append("kd_cutoff_prob reads the teacher's probability of each token: give a teacher_model (or "
+                   "teacher_logprobs)")
     return out + _served_teacher_problems(cfg)
 
 

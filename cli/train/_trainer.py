@@ -77,7 +77,7 @@ def _define_trainer(base: type) -> type:  # noqa: C901 - one class body
                      sequential: bool = False, stage_steps: list[int] | None = None, n_stages: int = 1,
                      teacher: Any = None, kl: str = "forward", kd_temperature: float = 1.0,
                      kd_weight: float = 0.0, act_kl: str = "", ce_weight: float = 1.0,
-                     teacher_logprobs: bool = False, **kwargs: Any):
+                     teacher_logprobs: bool = False, kd_cutoff_prob: float = 0.0, **kwargs: Any):
             super().__init__(*args, **kwargs)
             self.span_weights = torch.tensor([1.0, *span_weights])
             self.sequential = sequential
@@ -85,6 +85,7 @@ def _define_trainer(base: type) -> type:  # noqa: C901 - one class body
             self.n_stages = n_stages
             self.kl, self.kd_temperature, self.kd_weight = kl, kd_temperature, kd_weight
             self.act_kl, self.ce_weight = act_kl or kl, ce_weight
+            self.kd_cutoff_prob = kd_cutoff_prob
             self.teacher = None
             if teacher is not None:
                 self.teacher = self.accelerator.prepare_model(teacher.eval(), evaluation_mode=True)
@@ -103,8 +104,8 @@ def _define_trainer(base: type) -> type:  # noqa: C901 - one class body
             t_logprobs = inputs.pop("teacher_logprobs", None)
             inputs["use_cache"] = False
             outputs, ce, mask, logits = self._forward_trained(model, inputs)
-            kd, kd_value = self._kd_terms(inputs, logits, kinds, mask, ce, t_logprobs)
-            weights = self.span_weights.to(ce.device, ce.dtype)[kinds] * mask
+            kd, kd_value, t_lp = self._kd_terms(inputs, logits, kinds, mask, ce, t_logprobs)
+            weights = self.span_weights.to(ce.device, ce.dtype)[kinds] * self._kept(mode, inputs, mask, t_lp)
             per_token = self.ce_weight * ce if kd is None else self.ce_weight * ce + self.kd_weight * kd
             num = mask.sum() if num_items_in_batch is None else num_items_in_batch
             loss = (per_token * weights).sum() / torch.as_tensor(num, device=ce.device).clamp(min=1)
@@ -138,13 +139,27 @@ def _define_trainer(base: type) -> type:  # noqa: C901 - one class body
             return {k: v for k, v in inputs.items() if k != "labels"}  # position t predicts label t + 1
 
         def _kd_terms(self, inputs, logits, kinds, mask, ce, t_logprobs):
-            """Per position, the KD term of the loss and the KD value logged; (None, None) with no teacher."""
+            """Per position, the KD term of the loss, the KD value logged and the teacher's log-probability of the
+            data's token; (None, None, None) with no teacher."""
             if t_logprobs is not None:
-                return self._sampled_kd(ce, t_logprobs[:, 1:].to(ce.dtype), mask)
+                t_lp = t_logprobs[:, 1:].to(ce.dtype)
+                return *self._sampled_kd(ce, t_lp, mask), t_lp
             if self.teacher is not None:
-                kd = self._kd(inputs, logits, kinds, mask)
-                return kd, kd
-            return None, None
+                kd, t_lp = self._kd(inputs, logits, kinds, mask)
+                return kd, kd, t_lp
+            return None, None, None
+
+        def _kept(self, mode, inputs, mask, t_lp):
+            """The trained positions, less those past the first token the teacher finds unlikely (kd_cutoff_prob);
+            logs the share kept as kd_kept."""
+            if not self.kd_cutoff_prob or t_lp is None:
+                return mask
+            pos = inputs.get("position_ids")
+            starts = pos[:, 1:] == 0 if pos is not None else torch.zeros_like(mask)
+            keep = teacher_support(t_lp, mask, starts, math.log(self.kd_cutoff_prob))
+            kept = self.accelerator.reduce(torch.stack([keep.sum(), mask.sum()]).float(), "sum")
+            self._metrics[mode]["kd_kept"].append((kept[0] / kept[1].clamp(min=1)).item())
+            return keep
 
         @staticmethod
         def _sampled_kd(ce, t_logprobs, mask):
@@ -167,7 +182,10 @@ def _define_trainer(base: type) -> type:  # noqa: C901 - one class body
                 flat = torch.where(act, kd_divergence(logits, t_logits, self.act_kl, self.kd_temperature), flat)
             kd = torch.zeros(mask.shape, dtype=flat.dtype, device=flat.device)
             kd[mask] = flat
-            return kd
+            t_lp = torch.zeros_like(kd)
+            targets = inputs["labels"][:, 1:][mask]
+            t_lp[mask] = t_logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            return kd, t_lp
 
         def _record_spans(self, mode, ce, kd, kinds, mask):
             sums, counts, kd_sum, steps = self._span_window.get(mode) or [
@@ -234,6 +252,19 @@ class _KDOutputs:
     label_mask: Any
     entropy: Any
     is_top1: Any
+
+
+def teacher_support(t_logprobs: Any, mask: Any, starts: Any, log_cutoff: float) -> Any:
+    """`mask` less the trained positions that follow, in the same sequence, the first trained token whose teacher
+    log-probability is below `log_cutoff` (that token stays: it is where the student left the teacher's support).
+    Later tokens continue a prefix the teacher would not have written, where its distribution is no target.
+    `starts` marks positions that begin a new packed sequence (position_ids 0); a row is one sequence otherwise."""
+    import torch
+
+    low = ((t_logprobs < log_cutoff) & mask).long()
+    seen = low.cumsum(1)
+    before = torch.where(starts, seen - low, torch.zeros_like(seen)).cummax(1).values  # lows of earlier sequences
+    return mask & (seen - before - low == 0)
 
 
 def kd_divergence(student_logits: Any, teacher_logits: Any, kl: str, temperature: float) -> Any:
@@ -367,7 +398,8 @@ def build_trainer(cfg: TrainConfig) -> tuple[Any, TrainData, Path]:
         span_weights=cfg.span_weights, sequential=data.plan.sequential, stage_steps=plan_steps,
         n_stages=len(data.stage_rows),
         teacher=teacher, kl=cfg.kl, kd_temperature=cfg.kd_temperature, kd_weight=cfg.kd_weight,
-        act_kl=cfg.act_kl, ce_weight=cfg.ce_weight, teacher_logprobs=cfg.teacher_logprobs)
+        act_kl=cfg.act_kl, ce_weight=cfg.ce_weight, teacher_logprobs=cfg.teacher_logprobs,
+        kd_cutoff_prob=cfg.kd_cutoff_prob)
     _warn_unsharded(trainer)
     return trainer, data, path
 
