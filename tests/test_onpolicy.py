@@ -496,6 +496,18 @@ def test_reverse_kl_rollouts_are_the_students_alone(white_box):
     assert all({sp.kind for sp in t.spans} >= {"reason", "act", "answer"} for t in rollouts)  # stored segmented
 
 
+def loss_and_trained_positions(trainer, batch):
+    """The trainer's loss on `batch`, backpropagated, and the positions whose logits got a gradient (position t's
+    final hidden state feeds only its own logits)."""
+    model, hidden = trainer.model, {}
+    hook = model.model.norm.register_forward_hook(lambda m, i, o: hidden.setdefault("h", o))
+    loss = trainer.compute_loss(model, dict(batch))
+    hook.remove()
+    hidden["h"].retain_grad()
+    loss.backward()
+    return loss, hidden["h"].grad.abs().sum(-1)[:, :-1] > 0
+
+
 def test_reverse_kl_trains_only_the_students_sampled_tokens(white_box):
     """ce_weight 0: the loss is the span-weighted per-token KL at the student's assistant tokens (reverse, and
     forward on [ACT] with act_kl), and only those positions get a gradient; prompt and tool tokens none."""
@@ -520,12 +532,7 @@ def test_reverse_kl_trains_only_the_students_sampled_tokens(white_box):
     batch = next(iter(trainer.get_train_dataloader()))
     kinds, labels = batch["span_kinds"][:, 1:].clone(), batch["labels"][:, 1:]
     model = trainer.model
-    hidden = {}
-    hook = model.model.norm.register_forward_hook(lambda m, i, o: hidden.setdefault("h", o))
-    loss = trainer.compute_loss(model, dict(batch))
-    hook.remove()
-    hidden["h"].retain_grad()
-    loss.backward()
+    loss, trained = loss_and_trained_positions(trainer, batch)
 
     fwd = {k: v for k, v in batch.items() if k not in ("labels", "span_kinds")}
     with torch.no_grad():
@@ -541,8 +548,7 @@ def test_reverse_kl_trains_only_the_students_sampled_tokens(white_box):
     assert mask.any() and act.any() and (kinds[mask] > 0).all()
     torch.testing.assert_close(loss.detach(), (per_token * weights).sum() / mask.sum(), rtol=1e-4, atol=1e-5)
 
-    grad_rows = hidden["h"].grad.abs().sum(-1)[:, :-1] > 0  # position t's hidden state feeds only its own logits
-    assert torch.equal(grad_rows, mask)
+    assert torch.equal(trained, mask)
 
 
 def _first_low_cut(t_lp, mask, position_ids, log_cutoff):
@@ -588,17 +594,12 @@ def test_kd_cutoff_trains_each_sequence_up_to_its_first_token_the_teacher_finds_
     keep = _first_low_cut(t_lp, mask, pos, math.log(trainer.kd_cutoff_prob))
     assert mask.sum() > keep.sum() > 0
 
-    model = trainer.model.train()  # as in the training loop (the tiny model has no dropout)
-    hidden = {}
-    hook = model.model.norm.register_forward_hook(lambda m, i, o: hidden.setdefault("h", o))
-    loss = trainer.compute_loss(model, dict(batch))
-    hook.remove()
-    hidden["h"].retain_grad()
-    loss.backward()
+    trainer.model.train()  # as in the training loop (the tiny model has no dropout)
+    loss, trained = loss_and_trained_positions(trainer, batch)
     reverse = (s_logp.exp() * (s_logp - t_logp)).sum(-1)
     weights = torch.tensor([1.0, *tc.span_weights])[batch["span_kinds"][:, 1:]] * keep
     torch.testing.assert_close(loss.detach(), (reverse * weights).sum() / mask.sum(), rtol=1e-4, atol=1e-5)
-    assert torch.equal(hidden["h"].grad.abs().sum(-1)[:, :-1] > 0, keep)
+    assert torch.equal(trained, keep)
     assert trainer._metrics["train"]["kd_kept"] == [pytest.approx((keep.sum() / mask.sum()).item())]
 
 
