@@ -71,6 +71,8 @@ def arguments() -> argparse.Namespace:
     ap.add_argument("--stop-on-repeat", type=int, default=0,
                     help="end an episode (rollouts and evals) after K identical turns with identical observations")
     ap.add_argument("--kd-cutoff-prob", type=float, default=0.05, help="the cut arms' kd_cutoff_prob")
+    ap.add_argument("--kl-learning-rate", type=float, default=None,
+                    help="the KL arms' peak learning rate (default train's); another value makes arms of their own")
     add_training_options(ap)
     ap.add_argument("--rows", type=Path, default=None, help="default: bench/results/onpolicy-<env>.jsonl")
     ap.add_argument("--report", action="store_true")
@@ -134,11 +136,14 @@ def arm_training(args: argparse.Namespace, start: str) -> dict[str, Any]:
 def kl_arm(args: argparse.Namespace, start: str, kl: str = "reverse", cut: bool = False) -> str:
     """On-policy KD: `--rounds` rounds, each sampling the last round's student on the same train tasks and training
     it on for its share of the arm's steps (equal tokens; N times the sampling); `cut`: at --kd-cutoff-prob."""
-    out = args.out / (f"{kl}-kl-cut{args.kd_cutoff_prob:g}" if cut else f"{kl}-kl")
+    out = args.out / ((f"{kl}-kl-cut{args.kd_cutoff_prob:g}" if cut else f"{kl}-kl")
+                      + (f"-lr{args.kl_learning_rate:g}" if args.kl_learning_rate else ""))
     model = out / f"round-{args.rounds}" / "model"
     if not (out / "rounds.json").exists() or not (model / "train_config.yaml").exists():
         training = arm_training(args, start)
         training["max_steps"] = max(1, round(training["max_steps"] / args.rounds))
+        if args.kl_learning_rate:
+            training["learning_rate"] = args.kl_learning_rate
         onpolicy(OnPolicyConfig(env=args.env, student=start, teachers=[f"hf:{args.kl_teacher.resolve()}"],
                                 out=str(out), mode="reverse-kl", rounds=args.rounds, tasks=args.tasks, split="train",
                                 max_steps=args.max_steps, temperature=0.7, dev_tasks=0, sandbox=args.sandbox,
@@ -182,6 +187,8 @@ def evaluated(args: argparse.Namespace, arm: str, spec: str) -> dict[str, Any]:
            **({"rounds": args.rounds} if arm not in ("start (SFT checkpoint)", "more SFT") else {}),
            **({"beta": args.beta} if arm.startswith("DAgger") else {}),
            **({"kd_cutoff_prob": args.kd_cutoff_prob} if "first token of teacher p" in arm else {}),
+           **({"learning_rate": args.kl_learning_rate} if args.kl_learning_rate and arm.endswith(f", lr {args.kl_learning_rate:g}")
+              else {}),
            **({"stop_on_repeat": args.stop_on_repeat} if args.stop_on_repeat else {}), **args.train}
     args.rows.parent.mkdir(parents=True, exist_ok=True)
     with open(args.rows, "a") as fh:
@@ -206,7 +213,10 @@ def main() -> None:
         for arm in args.arms.split(","):
             name, build = ARMS[arm]
             rounds = f"{args.rounds} round" + ("s" if args.rounds > 1 else "")
-            rows.append(evaluated(args, name.format(rounds=rounds, cut=f"{args.kd_cutoff_prob:g}"), build(args, start)))
+            label = name.format(rounds=rounds, cut=f"{args.kd_cutoff_prob:g}")
+            if "kl" in arm and args.kl_learning_rate:
+                label += f", lr {args.kl_learning_rate:g}"
+            rows.append(evaluated(args, label, build(args, start)))
     else:
         rows = [json.loads(line) for line in args.rows.read_text().splitlines()]
     print(table(rows))
