@@ -187,13 +187,16 @@ def evaluated(args: argparse.Namespace, arm: str, spec: str) -> dict[str, Any]:
            **({"rounds": args.rounds} if arm not in ("start (SFT checkpoint)", "more SFT") else {}),
            **({"beta": args.beta} if arm.startswith("DAgger") else {}),
            **({"kd_cutoff_prob": args.kd_cutoff_prob} if "first token of teacher p" in arm else {}),
-           **({"learning_rate": args.kl_learning_rate} if args.kl_learning_rate and arm.endswith(f", lr {args.kl_learning_rate:g}")
-              else {}),
+           **({"learning_rate": args.kl_learning_rate} if kl_lr_arm(args, arm) else {}),
            **({"stop_on_repeat": args.stop_on_repeat} if args.stop_on_repeat else {}), **args.train}
     args.rows.parent.mkdir(parents=True, exist_ok=True)
     with open(args.rows, "a") as fh:
         fh.write(json.dumps(row) + "\n")
     return row
+
+
+def kl_lr_arm(args: argparse.Namespace, arm: str) -> bool:
+    return bool(args.kl_learning_rate) and arm.endswith(f", lr {args.kl_learning_rate:g}")
 
 
 def table(rows: list[dict[str, Any]]) -> str:
