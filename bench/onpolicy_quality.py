@@ -14,6 +14,7 @@ on math). Then, at equal teacher calls and equal training tokens:
   forward KL the same with the forward KL on the student's samples (GKD with lambda 1, beta 0)
   ... cut     either KL arm trained on each sample only up to its first token the teacher gives a probability
              below `--kd-cutoff-prob` (train's kd_cutoff_prob): past it the teacher's distribution is no target
+  ... clip    either KL arm without the tokens whose KL exceeds `--kd-max-token-kl` nats (train's kd_max_token_kl)
 All train for `--tokens` tokens with `train`'s defaults and are evaluated on the same held-out test tasks.
 `--rounds N --beta exp:1:0.5` runs the DAgger arms for N rounds with the teacher handing control over (each
 round retrains the start student on the aggregate of every round's relabels, so the last model has as many
@@ -71,6 +72,7 @@ def arguments() -> argparse.Namespace:
     ap.add_argument("--stop-on-repeat", type=int, default=0,
                     help="end an episode (rollouts and evals) after K identical turns with identical observations")
     ap.add_argument("--kd-cutoff-prob", type=float, default=0.05, help="the cut arms' kd_cutoff_prob")
+    ap.add_argument("--kd-max-token-kl", type=float, default=1.0, help="the clip arms' kd_max_token_kl")
     ap.add_argument("--kl-learning-rate", type=float, default=None,
                     help="the KL arms' peak learning rate (default train's); another value makes arms of their own")
     add_training_options(ap)
@@ -133,10 +135,12 @@ def arm_training(args: argparse.Namespace, start: str) -> dict[str, Any]:
     return {**args.train, "max_steps": steps_for([teacher_run(args)], args.tokens, start, **args.train)}
 
 
-def kl_arm(args: argparse.Namespace, start: str, kl: str = "reverse", cut: bool = False) -> str:
+def kl_arm(args: argparse.Namespace, start: str, kl: str = "reverse", cut: bool = False, clip: bool = False) -> str:
     """On-policy KD: `--rounds` rounds, each sampling the last round's student on the same train tasks and training
-    it on for its share of the arm's steps (equal tokens; N times the sampling); `cut`: at --kd-cutoff-prob."""
-    out = args.out / ((f"{kl}-kl-cut{args.kd_cutoff_prob:g}" if cut else f"{kl}-kl")
+    it on for its share of the arm's steps (equal tokens; N times the sampling); `cut`: at --kd-cutoff-prob;
+    `clip`: at --kd-max-token-kl."""
+    out = args.out / (f"{kl}-kl" + (f"-cut{args.kd_cutoff_prob:g}" if cut else "")
+                      + (f"-clip{args.kd_max_token_kl:g}" if clip else "")
                       + (f"-lr{args.kl_learning_rate:g}" if args.kl_learning_rate else ""))
     model = out / f"round-{args.rounds}" / "model"
     if not (out / "rounds.json").exists() or not (model / "train_config.yaml").exists():
@@ -150,7 +154,8 @@ def kl_arm(args: argparse.Namespace, start: str, kl: str = "reverse", cut: bool 
                                 concurrency=args.concurrency, stop_on_repeat=args.stop_on_repeat,
                                 **student_generation(args),
                                 train_args={**training, "kl": kl,
-                                            **({"kd_cutoff_prob": args.kd_cutoff_prob} if cut else {})},
+                                            **({"kd_cutoff_prob": args.kd_cutoff_prob} if cut else {}),
+                                            **({"kd_max_token_kl": args.kd_max_token_kl} if clip else {})},
                                 resume=out.exists()))
     return f"hf:{model.resolve()}"
 
@@ -165,6 +170,10 @@ ARMS = {
                        lambda args, start: kl_arm(args, start, "reverse", cut=True)),
     "forward-kl-cut": ("forward KL up to the first token of teacher p < {cut}, {rounds}",
                        lambda args, start: kl_arm(args, start, "forward", cut=True)),
+    "reverse-kl-clip": ("reverse KL without tokens above {clip} nats, {rounds}",
+                        lambda args, start: kl_arm(args, start, "reverse", clip=True)),
+    "forward-kl-clip": ("forward KL without tokens above {clip} nats, {rounds}",
+                        lambda args, start: kl_arm(args, start, "forward", clip=True)),
     "dagger-data": ("DAgger + the SFT data, {rounds}", lambda args, start: dagger_arm(args, start, aggregate=True)),
 }
 
@@ -187,6 +196,7 @@ def evaluated(args: argparse.Namespace, arm: str, spec: str) -> dict[str, Any]:
            **({"rounds": args.rounds} if arm not in ("start (SFT checkpoint)", "more SFT") else {}),
            **({"beta": args.beta} if arm.startswith("DAgger") else {}),
            **({"kd_cutoff_prob": args.kd_cutoff_prob} if "first token of teacher p" in arm else {}),
+           **({"kd_max_token_kl": args.kd_max_token_kl} if "without tokens above" in arm else {}),
            **({"learning_rate": args.kl_learning_rate} if kl_lr_arm(args, arm) else {}),
            **({"stop_on_repeat": args.stop_on_repeat} if args.stop_on_repeat else {}), **args.train}
     args.rows.parent.mkdir(parents=True, exist_ok=True)
@@ -216,7 +226,7 @@ def main() -> None:
         for arm in args.arms.split(","):
             name, build = ARMS[arm]
             rounds = f"{args.rounds} round" + ("s" if args.rounds > 1 else "")
-            label = name.format(rounds=rounds, cut=f"{args.kd_cutoff_prob:g}")
+            label = name.format(rounds=rounds, cut=f"{args.kd_cutoff_prob:g}", clip=f"{args.kd_max_token_kl:g}")
             if "kl" in arm and args.kl_learning_rate:
                 label += f", lr {args.kl_learning_rate:g}"
             rows.append(evaluated(args, label, build(args, start)))

@@ -566,41 +566,64 @@ def _first_low_cut(t_lp, mask, position_ids, log_cutoff):
     return keep
 
 
-def test_kd_cutoff_trains_each_sequence_up_to_its_first_token_the_teacher_finds_unlikely(white_box):
-    """With kd_cutoff_prob, packed sequences each keep their trained tokens up to and including the first whose
-    teacher probability is below it; only those get a gradient, and the loss is the KD over them alone."""
-    import math
-
+def _kd_trainer(white_box, **settings):
+    """A reverse-kl trainer on the white-box rollouts (packed), its first batch, the trained positions, both
+    models' log-probabilities there and the teacher's of each data token."""
     import torch
     import torch.nn.functional as F
 
     from trajdistill.train import TrainConfig, build_trainer
 
     cfg, student, teacher, rollouts, root = white_box
-    tc = TrainConfig(data=[cfg.out + "/round-1/rollouts"], student=f"hf:{student}", out=str(root / "cut"),
-                     **{**cfg.kd_train_args(), "kd_cutoff_prob": 0.5, "max_steps": 1, "batch_size": 3,
-                        "max_length": 2048, "bf16": False})
+    tc = TrainConfig(data=[cfg.out + "/round-1/rollouts"], student=f"hf:{student}", out=str(root / "kept"),
+                     **{**cfg.kd_train_args(), **settings, "max_steps": 1, "batch_size": 3, "max_length": 2048,
+                        "bf16": False})
     trainer, _, _ = build_trainer(tc)
     batch = next(iter(trainer.get_train_dataloader()))
-    labels, pos = batch["labels"][:, 1:], batch["position_ids"]
-    mask = labels != -100
+    labels = batch["labels"][:, 1:]
     fwd = {k: v for k, v in batch.items() if k not in ("labels", "span_kinds", "lengths")}
     with torch.no_grad():
         t_logp = F.log_softmax(trainer.teacher(**fwd).logits[:, :-1].float(), -1)
         s_logp = F.log_softmax(trainer.model(**fwd).logits[:, :-1].float(), -1)
     t_lp = t_logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    assert pos.shape[0] < len(rollouts) <= (pos == 0).sum()  # rollouts share packed rows
-    trainer.kd_cutoff_prob = math.exp(t_lp[mask].median().item())  # a random teacher: cut somewhere mid-sequence
-    keep = _first_low_cut(t_lp, mask, pos, math.log(trainer.kd_cutoff_prob))
-    assert mask.sum() > keep.sum() > 0
+    assert batch["position_ids"].shape[0] < len(rollouts) <= (batch["position_ids"] == 0).sum()  # packed rows
+    return trainer, batch, labels != -100, s_logp, t_logp, t_lp
 
+
+def _trains_exactly(trainer, batch, mask, keep, s_logp, t_logp):
+    """Only the `keep` positions get a gradient, the loss is their span-weighted reverse KL over all trained
+    tokens, and kd_kept logs their share."""
+    import torch
+
+    assert mask.sum() > keep.sum() > 0
     trainer.model.train()  # as in the training loop (the tiny model has no dropout)
     loss, trained = loss_and_trained_positions(trainer, batch)
     reverse = (s_logp.exp() * (s_logp - t_logp)).sum(-1)
-    weights = torch.tensor([1.0, *tc.span_weights])[batch["span_kinds"][:, 1:]] * keep
+    weights = torch.tensor([1.0, *trainer.span_weights[1:].tolist()])[batch["span_kinds"][:, 1:]] * keep
     torch.testing.assert_close(loss.detach(), (reverse * weights).sum() / mask.sum(), rtol=1e-4, atol=1e-5)
     assert torch.equal(trained, keep)
     assert trainer._metrics["train"]["kd_kept"] == [pytest.approx((keep.sum() / mask.sum()).item())]
+
+
+def test_kd_cutoff_trains_each_sequence_up_to_its_first_token_the_teacher_finds_unlikely(white_box):
+    """With kd_cutoff_prob, packed sequences each keep their trained tokens up to and including the first whose
+    teacher probability is below it; only those get a gradient, and the loss is the KD over them alone."""
+    import math
+
+    trainer, batch, mask, s_logp, t_logp, t_lp = _kd_trainer(white_box, kd_cutoff_prob=0.5)
+    trainer.kd_cutoff_prob = math.exp(t_lp[mask].median().item())  # a random teacher: cut somewhere mid-sequence
+    keep = _first_low_cut(t_lp, mask, batch["position_ids"], math.log(trainer.kd_cutoff_prob))
+    _trains_exactly(trainer, batch, mask, keep, s_logp, t_logp)
+
+
+def test_kd_max_token_kl_leaves_out_the_tokens_whose_kl_exceeds_it(white_box):
+    trainer, batch, mask, s_logp, t_logp, _ = _kd_trainer(white_box, kd_max_token_kl=1.0)
+    reverse = (s_logp.exp() * (s_logp - t_logp)).sum(-1)
+    v = reverse[mask].sort().values
+    i = int((v[1:] - v[:-1]).argmax())  # the line in the widest gap: the training forward rounds differently
+    assert v[i + 1] - v[i] > 1e-4
+    trainer.kd_max_token_kl = float(v[i] + v[i + 1]) / 2
+    _trains_exactly(trainer, batch, mask, mask & (reverse <= trainer.kd_max_token_kl), s_logp, t_logp)
 
 
 def test_cli_reverse_kl_round_trains_and_records_the_kl(tmp_path):

@@ -321,6 +321,8 @@ def test_config_validation_lists_every_problem(tmp_path):
         assert setting in msg
     with pytest.raises(ValueError, match="kd_cutoff_prob reads the teacher's probability"):
         TrainConfig(data=[str(tmp_path)], student="hf:x", out="o", kd_cutoff_prob=0.1)  # no teacher to read
+    with pytest.raises(ValueError, match="kd_max_token_kl reads the teacher's probability"):
+        TrainConfig(data=[str(tmp_path)], student="hf:x", out="o", kd_max_token_kl=1.0)
     with pytest.raises(ValueError, match=r"kd_cutoff_prob must be in \[0, 1\), got 1.0"):
         TrainConfig(data=[str(tmp_path)], student="hf:x", out="o", kd_cutoff_prob=1.0, teacher_model="x")
 

@@ -70,6 +70,10 @@ class TrainConfig:
                 "below this (that token included): past it the text is a prefix the teacher would not have "
                 "written, and its distribution there is no target (on-policy KD of a student that often goes "
                 "wrong). 0: every token. Needs a teacher_model or teacher_logprobs."})
+    kd_max_token_kl: float = field(default=0.0, metadata={
+        "help": "Leave out of the loss every trained token whose KD value (its KL to the teacher, or the sampled-token "
+                "estimate) exceeds this many nats: on a student's own wrong samples a few tokens far outside the "
+                "teacher's distribution carry most of the KL. 0: none. Needs a teacher_model or teacher_logprobs."})
     bf16: bool | None = field(default=None, metadata={
         "help": "bf16 mixed precision; default: on when CUDA has it, or the CPU has bf16 dot products (avx512_bf16, AMX)."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for activation memory."})
@@ -139,9 +143,12 @@ def _problems(cfg: TrainConfig) -> list[str]:
                    "kd_weight > 0")
     if not 0 <= cfg.kd_cutoff_prob < 1:
         out.append(f"kd_cutoff_prob must be in [0, 1), got {cfg.kd_cutoff_prob}")
-    elif cfg.kd_cutoff_prob and not (cfg.teacher_model or cfg.teacher_logprobs):
-        out.append("kd_cutoff_prob reads the teacher's probability of each token: give a teacher_model (or "
-                   "teacher_logprobs)")
+    if cfg.kd_max_token_kl < 0:
+        out.append(f"kd_max_token_kl must be >= 0, got {cfg.kd_max_token_kl}")
+    for name in ("kd_cutoff_prob", "kd_max_token_kl"):
+        if getattr(cfg, name) and not (cfg.teacher_model or cfg.teacher_logprobs):
+            out.append(f"{name} reads the teacher's probability of each token: give a teacher_model (or "
+                       "teacher_logprobs)")
     return out + _served_teacher_problems(cfg)
 
 

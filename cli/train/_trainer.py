@@ -77,7 +77,8 @@ def _define_trainer(base: type) -> type:  # noqa: C901 - one class body
                      sequential: bool = False, stage_steps: list[int] | None = None, n_stages: int = 1,
                      teacher: Any = None, kl: str = "forward", kd_temperature: float = 1.0,
                      kd_weight: float = 0.0, act_kl: str = "", ce_weight: float = 1.0,
-                     teacher_logprobs: bool = False, kd_cutoff_prob: float = 0.0, **kwargs: Any):
+                     teacher_logprobs: bool = False, kd_cutoff_prob: float = 0.0, kd_max_token_kl: float = 0.0,
+                     **kwargs: Any):
             super().__init__(*args, **kwargs)
             self.span_weights = torch.tensor([1.0, *span_weights])
             self.sequential = sequential
@@ -85,7 +86,7 @@ def _define_trainer(base: type) -> type:  # noqa: C901 - one class body
             self.n_stages = n_stages
             self.kl, self.kd_temperature, self.kd_weight = kl, kd_temperature, kd_weight
             self.act_kl, self.ce_weight = act_kl or kl, ce_weight
-            self.kd_cutoff_prob = kd_cutoff_prob
+            self.kd_cutoff_prob, self.kd_max_token_kl = kd_cutoff_prob, kd_max_token_kl
             self.teacher = None
             if teacher is not None:
                 self.teacher = self.accelerator.prepare_model(teacher.eval(), evaluation_mode=True)
@@ -105,7 +106,7 @@ def _define_trainer(base: type) -> type:  # noqa: C901 - one class body
             inputs["use_cache"] = False
             outputs, ce, mask, logits = self._forward_trained(model, inputs)
             kd, kd_value, t_lp = self._kd_terms(inputs, logits, kinds, mask, ce, t_logprobs)
-            weights = self.span_weights.to(ce.device, ce.dtype)[kinds] * self._kept(mode, inputs, mask, t_lp)
+            weights = self.span_weights.to(ce.device, ce.dtype)[kinds] * self._kept(mode, inputs, mask, t_lp, kd_value)
             per_token = self.ce_weight * ce if kd is None else self.ce_weight * ce + self.kd_weight * kd
             num = mask.sum() if num_items_in_batch is None else num_items_in_batch
             loss = (per_token * weights).sum() / torch.as_tensor(num, device=ce.device).clamp(min=1)
@@ -149,14 +150,18 @@ def _define_trainer(base: type) -> type:  # noqa: C901 - one class body
                 return kd, kd, t_lp
             return None, None, None
 
-        def _kept(self, mode, inputs, mask, t_lp):
-            """The trained positions, less those past the first token the teacher finds unlikely (kd_cutoff_prob);
-            logs the share kept as kd_kept."""
-            if not self.kd_cutoff_prob or t_lp is None:
+        def _kept(self, mode, inputs, mask, t_lp, kd_value):
+            """The trained positions, less those past the first token the teacher finds unlikely (kd_cutoff_prob)
+            and those whose KD value exceeds kd_max_token_kl; logs the share kept as kd_kept."""
+            if t_lp is None or not (self.kd_cutoff_prob or self.kd_max_token_kl):
                 return mask
-            pos = inputs.get("position_ids")
-            starts = pos[:, 1:] == 0 if pos is not None else torch.zeros_like(mask)
-            keep = teacher_support(t_lp, mask, starts, math.log(self.kd_cutoff_prob))
+            keep = mask
+            if self.kd_cutoff_prob:
+                pos = inputs.get("position_ids")
+                starts = pos[:, 1:] == 0 if pos is not None else torch.zeros_like(mask)
+                keep = teacher_support(t_lp, mask, starts, math.log(self.kd_cutoff_prob))
+            if self.kd_max_token_kl:
+                keep = keep & (kd_value.detach() <= self.kd_max_token_kl)
             kept = self.accelerator.reduce(torch.stack([keep.sum(), mask.sum()]).float(), "sum")
             self._metrics[mode]["kd_kept"].append((kept[0] / kept[1].clamp(min=1)).item())
             return keep
@@ -399,7 +404,7 @@ def build_trainer(cfg: TrainConfig) -> tuple[Any, TrainData, Path]:
         n_stages=len(data.stage_rows),
         teacher=teacher, kl=cfg.kl, kd_temperature=cfg.kd_temperature, kd_weight=cfg.kd_weight,
         act_kl=cfg.act_kl, ce_weight=cfg.ce_weight, teacher_logprobs=cfg.teacher_logprobs,
-        kd_cutoff_prob=cfg.kd_cutoff_prob)
+        kd_cutoff_prob=cfg.kd_cutoff_prob, kd_max_token_kl=cfg.kd_max_token_kl)
     _warn_unsharded(trainer)
     return trainer, data, path
 
