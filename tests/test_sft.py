@@ -319,9 +319,9 @@ def test_config_validation_lists_every_problem(tmp_path):
     for setting in ("data:", "out:", "student must be an hf:", "reason_weight must be >= 0", "curriculum must be",
                     "lora_r must be > 0", "kl must be", "max_steps must be"):
         assert setting in msg
-    with pytest.raises(ValueError, match="kd_cutoff_prob reads the teacher's probability"):
+    with pytest.raises(ValueError, match="kd_cutoff_prob reads the teacher's view"):
         TrainConfig(data=[str(tmp_path)], student="hf:x", out="o", kd_cutoff_prob=0.1)  # no teacher to read
-    with pytest.raises(ValueError, match="kd_max_token_kl reads the teacher's probability"):
+    with pytest.raises(ValueError, match="kd_max_token_kl reads the teacher's view"):
         TrainConfig(data=[str(tmp_path)], student="hf:x", out="o", kd_max_token_kl=1.0)
     with pytest.raises(ValueError, match=r"kd_cutoff_prob must be in \[0, 1\), got 1.0"):
         TrainConfig(data=[str(tmp_path)], student="hf:x", out="o", kd_cutoff_prob=1.0, teacher_model="x")

@@ -147,7 +147,7 @@ def _problems(cfg: TrainConfig) -> list[str]:
         out.append(f"kd_max_token_kl must be >= 0, got {cfg.kd_max_token_kl}")
     for name in ("kd_cutoff_prob", "kd_max_token_kl"):
         if getattr(cfg, name) and not (cfg.teacher_model or cfg.teacher_logprobs):
-            out.append(f"{name} reads the teacher's probability of each token: give a teacher_model (or "
+            out.append(f"{name} reads the teacher's view of each token: give a teacher_model (or "
                        "teacher_logprobs)")
     return out + _served_teacher_problems(cfg)
 

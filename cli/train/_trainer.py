@@ -21,6 +21,8 @@ MiniLLM's mode-seeking form), at temperature T, weighted by the same span weight
 another direction for [ACT] tokens. The CE term is scaled by `ce_weight`: with 0 and the student's
 own samples as data, the loss is per-token reverse KL on the student's tokens (on-policy
 distillation, GKD with lambda 1). Both logits are computed only at the trained positions.
+`kd_cutoff_prob` drops a sequence's tokens after its first one the teacher finds unlikely, and
+`kd_max_token_kl` the tokens whose KD value exceeds it; N stays the trained-token count.
 A served teacher (`teacher_logprobs`) gives log p_teacher of each sampled token only, stored with the
 data; its KD term is the sampled-token estimate of the reverse KL (see `_sampled_kd`), and loss_kd logs
 the mean of log p_student - log p_teacher.
@@ -106,7 +108,8 @@ def _define_trainer(base: type) -> type:  # noqa: C901 - one class body
             inputs["use_cache"] = False
             outputs, ce, mask, logits = self._forward_trained(model, inputs)
             kd, kd_value, t_lp = self._kd_terms(inputs, logits, kinds, mask, ce, t_logprobs)
-            weights = self.span_weights.to(ce.device, ce.dtype)[kinds] * self._kept(mode, inputs, mask, t_lp, kd_value)
+            kept = self._kept(mode, inputs, mask, t_lp, kd_value)
+            weights = self.span_weights.to(ce.device, ce.dtype)[kinds] * kept
             per_token = self.ce_weight * ce if kd is None else self.ce_weight * ce + self.kd_weight * kd
             num = mask.sum() if num_items_in_batch is None else num_items_in_batch
             loss = (per_token * weights).sum() / torch.as_tensor(num, device=ce.device).clamp(min=1)
@@ -141,7 +144,7 @@ def _define_trainer(base: type) -> type:  # noqa: C901 - one class body
 
         def _kd_terms(self, inputs, logits, kinds, mask, ce, t_logprobs):
             """Per position, the KD term of the loss, the KD value logged and the teacher's log-probability of the
-            data's token; (None, None, None) with no teacher."""
+            data's token (a local teacher's only with kd_cutoff_prob); (None, None, None) with no teacher."""
             if t_logprobs is not None:
                 t_lp = t_logprobs[:, 1:].to(ce.dtype)
                 return *self._sampled_kd(ce, t_lp, mask), t_lp
@@ -153,7 +156,7 @@ def _define_trainer(base: type) -> type:  # noqa: C901 - one class body
         def _kept(self, mode, inputs, mask, t_lp, kd_value):
             """The trained positions, less those past the first token the teacher finds unlikely (kd_cutoff_prob)
             and those whose KD value exceeds kd_max_token_kl; logs the share kept as kd_kept."""
-            if t_lp is None or not (self.kd_cutoff_prob or self.kd_max_token_kl):
+            if kd_value is None or not (self.kd_cutoff_prob or self.kd_max_token_kl):
                 return mask
             keep = mask
             if self.kd_cutoff_prob:
@@ -187,6 +190,8 @@ def _define_trainer(base: type) -> type:  # noqa: C901 - one class body
                 flat = torch.where(act, kd_divergence(logits, t_logits, self.act_kl, self.kd_temperature), flat)
             kd = torch.zeros(mask.shape, dtype=flat.dtype, device=flat.device)
             kd[mask] = flat
+            if not self.kd_cutoff_prob:
+                return kd, None  # the teacher's token log-probabilities cost a log-softmax over the vocabulary
             t_lp = torch.zeros_like(kd)
             targets = inputs["labels"][:, 1:][mask]
             t_lp[mask] = t_logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
