@@ -15,6 +15,11 @@ on math). Then, at equal teacher calls and equal training tokens:
   ... cut     either KL arm trained on each sample only up to its first token the teacher gives a probability
              below `--kd-cutoff-prob` (train's kd_cutoff_prob): past it the teacher's distribution is no target
   ... clip    either KL arm without the tokens whose KL exceeds `--kd-max-token-kl` nats (train's kd_max_token_kl)
+  ... data    either KL arm with the SFT arm's teacher episodes next to the samples, under the same KD loss
+             (`onpolicy --data`: GKD's mixture, lambda < 1)
+  KD on the SFT data   the SFT arm's episodes trained with the forward KL to the white-box teacher instead of
+             the CE (off-policy KD, GKD with lambda 0): what the teacher's distribution adds without on-policy data
+`--kl-lora` trains the KL arms' step as a LoRA (r 16, lr 2e-4) instead of every weight, in arms of their own.
 All train for `--tokens` tokens with `train`'s defaults and are evaluated on the same held-out test tasks.
 `--rounds N --beta exp:1:0.5` runs the DAgger arms for N rounds with the teacher handing control over (each
 round retrains the start student on the aggregate of every round's relabels, so the last model has as many
@@ -26,7 +31,7 @@ The teacher is `--teacher` (default expert:coder, the math coder; expert:gold fo
 
     python bench/onpolicy_quality.py [--env math] [--start bench-out/curve/math/students/tokens-25000]
                                      [--tasks 200] [--tokens 25000] [--test-tasks 100] [--sandbox nsjail]
-                                     [--arms sft,dagger,reverse-kl,forward-kl,forward-kl-cut,dagger-data]
+                                     [--arms sft,sft-kd,dagger,reverse-kl,forward-kl,forward-kl-data,dagger-data]
                                      [--kd-cutoff-prob 0.05] [--report]
 """
 
@@ -76,6 +81,8 @@ def arguments() -> argparse.Namespace:
     ap.add_argument("--kl-learning-rate", type=float, default=None,
                     help="the KL arms' peak learning rate (default train's); another value makes arms of their own")
     add_training_options(ap)
+    ap.add_argument("--kl-lora", action="store_true",
+                    help="the KL arms train a LoRA (train's --no-full-finetune, its lr 2e-4) instead of every weight")
     ap.add_argument("--rows", type=Path, default=None, help="default: bench/results/onpolicy-<env>.jsonl")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()
@@ -114,6 +121,18 @@ def sft_arm(args: argparse.Namespace, start: str) -> str:
     return f"hf:{out.resolve()}"
 
 
+def sft_kd_arm(args: argparse.Namespace, start: str) -> str:
+    """Off-policy KD (GKD with lambda 0): the SFT arm's teacher episodes, trained with the forward KL to the white-box
+    teacher's whole distribution at every token instead of the CE on its one token."""
+    out = args.out / "sft-kd-forward"
+    if not (out / "train_config.yaml").exists():
+        shutil.rmtree(out, ignore_errors=True)
+        train(TrainConfig(data=[str(teacher_run(args))], student=start, out=str(out), **arm_training(args, start),
+                          teacher_model=str(args.kl_teacher.resolve()), kl="forward", ce_weight=0.0, kd_weight=1.0,
+                          kd_temperature=1.0))
+    return f"hf:{out.resolve()}"
+
+
 def dagger_arm(args: argparse.Namespace, start: str, aggregate: bool = False) -> str:
     out = args.out / ("dagger-aggregated" if aggregate else "dagger")
     model = out / f"round-{args.rounds}" / "model"
@@ -135,50 +154,77 @@ def arm_training(args: argparse.Namespace, start: str) -> dict[str, Any]:
     return {**args.train, "max_steps": steps_for([teacher_run(args)], args.tokens, start, **args.train)}
 
 
-def kl_arm(args: argparse.Namespace, start: str, kl: str = "reverse", cut: bool = False, clip: bool = False) -> str:
+def kl_settings(args: argparse.Namespace, arm: str) -> dict[str, Any]:
+    """The trainer settings a KL arm changes, read from its key (`forward-kl-cut`, ...) and the KL options: what it
+    trains with and what its row records."""
+    out: dict[str, Any] = {}
+    if arm.endswith("-cut"):
+        out["kd_cutoff_prob"] = args.kd_cutoff_prob
+    if arm.endswith("-clip"):
+        out["kd_max_token_kl"] = args.kd_max_token_kl
+    if args.kl_learning_rate:
+        out["learning_rate"] = args.kl_learning_rate
+    if args.kl_lora:
+        out["full_finetune"] = False
+    return out
+
+
+def kl_arm(args: argparse.Namespace, start: str, arm: str) -> str:
     """On-policy KD: `--rounds` rounds, each sampling the last round's student on the same train tasks and training
-    it on for its share of the arm's steps (equal tokens; N times the sampling); `cut`: at --kd-cutoff-prob;
-    `clip`: at --kd-max-token-kl."""
-    out = args.out / (f"{kl}-kl" + (f"-cut{args.kd_cutoff_prob:g}" if cut else "")
-                      + (f"-clip{args.kd_max_token_kl:g}" if clip else "")
-                      + (f"-lr{args.kl_learning_rate:g}" if args.kl_learning_rate else ""))
+    it on for its share of the arm's steps (equal tokens; N times the sampling); `-data` arms train the SFT arm's
+    teacher episodes next to the samples (GKD's mixture)."""
+    kl, settings = arm.split("-", 1)[0], kl_settings(args, arm)
+    out = args.out / (arm.replace("-cut", f"-cut{args.kd_cutoff_prob:g}").replace("-clip", f"-clip{args.kd_max_token_kl:g}")
+                      + (f"-lr{args.kl_learning_rate:g}" if args.kl_learning_rate else "")
+                      + ("-lora" if args.kl_lora else ""))
     model = out / f"round-{args.rounds}" / "model"
     if not (out / "rounds.json").exists() or not (model / "train_config.yaml").exists():
         training = arm_training(args, start)
         training["max_steps"] = max(1, round(training["max_steps"] / args.rounds))
-        if args.kl_learning_rate:
-            training["learning_rate"] = args.kl_learning_rate
         onpolicy(OnPolicyConfig(env=args.env, student=start, teachers=[f"hf:{args.kl_teacher.resolve()}"],
                                 out=str(out), mode="reverse-kl", rounds=args.rounds, tasks=args.tasks, split="train",
+                                data=[str(teacher_run(args))] if arm.endswith("-data") else [],
                                 max_steps=args.max_steps, temperature=0.7, dev_tasks=0, sandbox=args.sandbox,
                                 concurrency=args.concurrency, stop_on_repeat=args.stop_on_repeat,
                                 **student_generation(args),
-                                train_args={**training, "kl": kl,
-                                            **({"kd_cutoff_prob": args.kd_cutoff_prob} if cut else {}),
-                                            **({"kd_max_token_kl": args.kd_max_token_kl} if clip else {})},
+                                train_args={**training, "kl": kl, **settings},
                                 resume=out.exists()))
     return f"hf:{model.resolve()}"
 
 
+KL_ARMS = {
+    "reverse-kl": "reverse KL",
+    "forward-kl": "forward KL on the student's samples",
+    "reverse-kl-cut": "reverse KL up to the first token of teacher p < {cut}",
+    "forward-kl-cut": "forward KL up to the first token of teacher p < {cut}",
+    "reverse-kl-clip": "reverse KL without tokens above {clip} nats",
+    "forward-kl-clip": "forward KL without tokens above {clip} nats",
+    "forward-kl-data": "forward KL on the student's samples and the SFT data",
+    "reverse-kl-data": "reverse KL on the student's samples and the SFT data",
+}
 # --arms key: (row name, the arm's student). The SFT arm runs first when chosen: the others reuse its teacher run.
 ARMS = {
     "sft": ("more SFT", sft_arm),
+    "sft-kd": ("forward KL on the SFT data (off-policy)", sft_kd_arm),
     "dagger": ("DAgger, {rounds}", dagger_arm),
-    "reverse-kl": ("reverse KL, {rounds}", kl_arm),
-    "forward-kl": ("forward KL on the student's samples, {rounds}", lambda args, start: kl_arm(args, start, "forward")),
-    "reverse-kl-cut": ("reverse KL up to the first token of teacher p < {cut}, {rounds}",
-                       lambda args, start: kl_arm(args, start, "reverse", cut=True)),
-    "forward-kl-cut": ("forward KL up to the first token of teacher p < {cut}, {rounds}",
-                       lambda args, start: kl_arm(args, start, "forward", cut=True)),
-    "reverse-kl-clip": ("reverse KL without tokens above {clip} nats, {rounds}",
-                        lambda args, start: kl_arm(args, start, "reverse", clip=True)),
-    "forward-kl-clip": ("forward KL without tokens above {clip} nats, {rounds}",
-                        lambda args, start: kl_arm(args, start, "forward", clip=True)),
     "dagger-data": ("DAgger + the SFT data, {rounds}", lambda args, start: dagger_arm(args, start, aggregate=True)),
+    **{key: (name + ", {rounds}", lambda args, start, key=key: kl_arm(args, start, key))
+       for key, name in KL_ARMS.items()},
 }
 
 
-def evaluated(args: argparse.Namespace, arm: str, spec: str) -> dict[str, Any]:
+def arm_label(args: argparse.Namespace, arm: str) -> str:
+    rounds = f"{args.rounds} round" + ("s" if args.rounds > 1 else "")
+    label = ARMS[arm][0].format(rounds=rounds, cut=f"{args.kd_cutoff_prob:g}", clip=f"{args.kd_max_token_kl:g}")
+    if arm in KL_ARMS and args.kl_learning_rate:
+        label += f", lr {args.kl_learning_rate:g}"
+    if arm in KL_ARMS and args.kl_lora:
+        label += ", LoRA"
+    return label
+
+
+def evaluated(args: argparse.Namespace, arm: str, spec: str, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The row of `arm` (evaluated once): `recorded` are the settings its training changed."""
     rows = {r["arm"]: r for r in map(json.loads, args.rows.read_text().splitlines())} if args.rows.exists() else {}
     if arm in rows:
         return rows[arm]
@@ -191,22 +237,17 @@ def evaluated(args: argparse.Namespace, arm: str, spec: str) -> dict[str, Any]:
     res = evaluate(EvalConfig(env=args.env, agents=[spec], split="test", tasks=args.test_tasks, max_steps=args.max_steps,
                               sandbox=args.sandbox, concurrency=args.concurrency, out=str(args.out / "eval" / arm),
                               stop_on_repeat=args.stop_on_repeat, agent_options=options, resume=True))
+    trained_on = arm not in ("start (SFT checkpoint)", "more SFT", ARMS["sft-kd"][0])
     row = {"arm": arm, **played(res.agents[0], arm).to_dict(), "tokens": args.tokens, "teacher_tasks": args.tasks,
            "start": str(args.start), "backend": args.backend, "date": time.strftime("%Y-%m-%d"),
-           **({"rounds": args.rounds} if arm not in ("start (SFT checkpoint)", "more SFT") else {}),
+           **({"rounds": args.rounds} if trained_on else {}),
            **({"beta": args.beta} if arm.startswith("DAgger") else {}),
-           **({"kd_cutoff_prob": args.kd_cutoff_prob} if "first token of teacher p" in arm else {}),
-           **({"kd_max_token_kl": args.kd_max_token_kl} if "without tokens above" in arm else {}),
-           **({"learning_rate": args.kl_learning_rate} if kl_lr_arm(args, arm) else {}),
-           **({"stop_on_repeat": args.stop_on_repeat} if args.stop_on_repeat else {}), **args.train}
+           **({"stop_on_repeat": args.stop_on_repeat} if args.stop_on_repeat else {}), **args.train,
+           **(recorded or {})}
     args.rows.parent.mkdir(parents=True, exist_ok=True)
     with open(args.rows, "a") as fh:
         fh.write(json.dumps(row) + "\n")
     return row
-
-
-def kl_lr_arm(args: argparse.Namespace, arm: str) -> bool:
-    return bool(args.kl_learning_rate) and arm.endswith(f", lr {args.kl_learning_rate:g}")
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -224,12 +265,8 @@ def main() -> None:
         start = f"hf:{args.start.resolve()}"
         rows.append(evaluated(args, "start (SFT checkpoint)", start))
         for arm in args.arms.split(","):
-            name, build = ARMS[arm]
-            rounds = f"{args.rounds} round" + ("s" if args.rounds > 1 else "")
-            label = name.format(rounds=rounds, cut=f"{args.kd_cutoff_prob:g}", clip=f"{args.kd_max_token_kl:g}")
-            if "kl" in arm and args.kl_learning_rate:
-                label += f", lr {args.kl_learning_rate:g}"
-            rows.append(evaluated(args, label, build(args, start)))
+            recorded = kl_settings(args, arm) if arm in KL_ARMS else {}
+            rows.append(evaluated(args, arm_label(args, arm), ARMS[arm][1](args, start), recorded))
     else:
         rows = [json.loads(line) for line in args.rows.read_text().splitlines()]
     print(table(rows))

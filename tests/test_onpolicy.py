@@ -141,8 +141,8 @@ def test_bad_settings_are_one_config_error():
                        mode="reverse-kl")
     with pytest.raises(ValueError, match="--teacher: .*nowhere"):
         OnPolicyConfig(student="hf:x", teachers=["hf:/nowhere/model"], env="math", out="o", mode="reverse-kl")
-    with pytest.raises(ValueError, match="--data is a dagger option"):
-        OnPolicyConfig(student="hf:x", teachers=["hf:smollm2-135m"], env="math", out="o", mode="reverse-kl",
+    with pytest.raises(ValueError, match="--data in --mode reverse-kl .* give one hf: teacher"):
+        OnPolicyConfig(student="hf:x", teachers=["vllm-serve:smollm2-135m"], env="math", out="o", mode="reverse-kl",
                        data=["somewhere"])
     with pytest.raises(ValueError, match="unknown trainer setting.*--train-bogus"):
         OnPolicyConfig(student="hf:x", teachers=["expert:coder"], env="math", out="o", train_args={"bogus": 1})
@@ -660,6 +660,27 @@ def test_cli_reverse_kl_round_trains_and_records_the_kl(tmp_path):
     assert (out / "divergence.png").is_file() and not (out / "agreement.png").exists()
     res = cli("view", out / "round-1" / "rollouts", "--out", tmp_path / "view.html")
     assert res.returncode == 0 and '"kl":[[' in (tmp_path / "view.html").read_text()
+
+
+def test_reverse_kl_with_data_trains_the_runs_next_to_the_samples(white_box, tmp_path):
+    """GKD's mixture: a --data run (the teacher's episodes) joins the round's own samples under the KD loss."""
+    import dataclasses
+
+    import yaml
+
+    from trajdistill.agents import CollectConfig, collect
+
+    cfg, student, _, rollouts, _ = white_box
+    coder = tmp_path / "coder"
+    collect(CollectConfig(env="math", teachers=["expert:coder"], out=str(coder), tasks=2, split="train",
+                          sandbox="nsjail"))
+    mixed = dataclasses.replace(cfg, data=[str(coder)], train_args={"max_steps": 1, "batch_size": 8,
+                                                                     "packing": False, "bf16": False})
+    res = OnPolicyDistiller(mixed).train(1, f"hf:{student}")
+    assert res.examples == len(rollouts) + 2
+    tc = yaml.safe_load((res.out / "train_config.yaml").read_text())
+    assert tc["data"] == [str(coder), cfg.out + "/round-1/rollouts"]
+    assert tc["ce_weight"] == 0.0 and res.losses["loss_kd"] > 0
 
 
 def test_token_kl_is_the_divergence_of_each_sampled_token(white_box):

@@ -28,8 +28,9 @@ trained with the sampled-token estimator) a round is on-policy
 distillation in the GKD / Tinker form instead: the student alone rolls out (temperature `temperature`, no β,
 no relabels), and the round's student trains on its own rollouts with the per-token reverse KL to the
 teacher on every token it sampled (`train`'s KD term with ce_weight 0: prompt, system and tool tokens are
-masked, the span weights apply, --train-act-kl forward makes [ACT] spans mode-covering). The teacher model
-never generates. Before training, the reverse KL of every sampled token to the teacher is written beside the
+masked, the span weights apply, --train-act-kl forward makes [ACT] spans mode-covering). With --data (one
+hf: teacher) the round trains on those runs next to its samples under the same KD loss, GKD's mixture with
+lambda < 1 (the share of sampled tokens). The teacher model never generates. Before training, the reverse KL of every sampled token to the teacher is written beside the
 rollouts (rollouts/token_kl.jsonl, overlaid by `trajdistill view`); rounds.json records its mean per turn
 position (`kl_by_turn`, plotted across rounds in OUT/divergence.png) and the trainer's last logged KL
 (`train_kd`).
@@ -137,7 +138,8 @@ class OnPolicyConfig(RolloutConfig):
     routes: dict[str, str] = config_field({}, "CATEGORY=TEACHER: tasks of this category are labelled by that "
                                               "--teacher (others by the first); repeatable.")
     data: list[str] = config_field([], "Run directory trained on every round next to the relabels (e.g. the "
-                                       "teacher's SFT data); repeatable.")
+                                       "teacher's SFT data); repeatable. In reverse-kl mode (one hf: teacher) it "
+                                       "joins the student's samples under the same KD loss: GKD with lambda < 1.")
     dev_tasks: int = config_field(50, "Dev tasks to score each round's student on (0: skip).")
     max_steps: int = rollout_default("max_steps", 10)
     temperature: float = rollout_default("temperature", 0.7)  # the student's; teachers act greedily by default
@@ -180,7 +182,7 @@ class OnPolicyConfig(RolloutConfig):
         return problems + recipe_problems(self, "onpolicy", self.data, "--data")
 
     def white_box_problems(self) -> list[str]:
-        """reverse-kl takes white-box teachers (several are routed per task), and none of DAgger's data settings."""
+        """reverse-kl takes white-box teachers (several are routed per task); --data needs one hf: teacher."""
         problems = []
         black = [t for t in self.teachers if not t.startswith(WHITE_BOX)]
         if black or not self.teachers:
@@ -193,8 +195,9 @@ class OnPolicyConfig(RolloutConfig):
             for t in self.teachers:
                 if t.startswith("hf:"):
                     problems += [p.replace("student", "--teacher", 1) for p in student_problems(t)]
-        if self.data:
-            problems.append("--mode reverse-kl trains on the student's own rollouts only; --data is a dagger option")
+        if self.data and self.stored_logprobs:
+            problems.append("--data in --mode reverse-kl is scored by the teacher's whole distribution: give one "
+                            "hf: teacher (a served teacher's log-probabilities cover the student's samples only)")
         return problems
 
     def __post_init__(self) -> None:
@@ -609,7 +612,7 @@ class OnPolicyDistiller(RoundsDir):
             rollouts = self.root / f"round-{round_no}" / "rollouts"
             if not RunStore.open(rollouts).load():
                 return None
-            return train(TrainConfig(data=[str(rollouts)], student=student,
+            return train(TrainConfig(data=[*self.cfg.data, str(rollouts)], student=student,
                                      out=str(self.root / f"round-{round_no}" / "model"), **self.cfg.kd_train_args()))
         runs = [*self.cfg.data, *(str(self.root / f"round-{k}" / "relabels") for k in range(1, round_no + 1))]
         args = {"only_success": False, **self.cfg.train_args}
