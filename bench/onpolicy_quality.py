@@ -81,6 +81,9 @@ def arguments() -> argparse.Namespace:
     ap.add_argument("--kl-learning-rate", type=float, default=None,
                     help="the KL arms' peak learning rate (default train's); another value makes arms of their own")
     add_training_options(ap)
+    ap.add_argument("--kl-temperature", type=float, default=0.7,
+                    help="the KL arms' sampling temperature (0: the greedy student, as it is evaluated); another "
+                         "value than 0.7 makes arms of their own")
     ap.add_argument("--kl-lora", action="store_true",
                     help="the KL arms train a LoRA (train's --no-full-finetune, its lr 2e-4) instead of every weight")
     ap.add_argument("--rows", type=Path, default=None, help="default: bench/results/onpolicy-<env>.jsonl")
@@ -166,6 +169,8 @@ def kl_settings(args: argparse.Namespace, arm: str) -> dict[str, Any]:
         out["learning_rate"] = args.kl_learning_rate
     if args.kl_lora:
         out["full_finetune"] = False
+    if args.kl_temperature != 0.7:
+        out["sample_temperature"] = args.kl_temperature  # the rollouts', not a trainer setting
     return out
 
 
@@ -174,9 +179,11 @@ def kl_arm(args: argparse.Namespace, start: str, arm: str) -> str:
     it on for its share of the arm's steps (equal tokens; N times the sampling); `-data` arms train the SFT arm's
     teacher episodes next to the samples (GKD's mixture)."""
     kl, settings = arm.split("-", 1)[0], kl_settings(args, arm)
+    settings.pop("sample_temperature", None)
     out = args.out / (arm.replace("-cut", f"-cut{args.kd_cutoff_prob:g}").replace("-clip", f"-clip{args.kd_max_token_kl:g}")
                       + (f"-lr{args.kl_learning_rate:g}" if args.kl_learning_rate else "")
-                      + ("-lora" if args.kl_lora else ""))
+                      + ("-lora" if args.kl_lora else "")
+                      + (f"-t{args.kl_temperature:g}" if args.kl_temperature != 0.7 else ""))
     model = out / f"round-{args.rounds}" / "model"
     if not (out / "rounds.json").exists() or not (model / "train_config.yaml").exists():
         training = arm_training(args, start)
@@ -184,7 +191,8 @@ def kl_arm(args: argparse.Namespace, start: str, arm: str) -> str:
         onpolicy(OnPolicyConfig(env=args.env, student=start, teachers=[f"hf:{args.kl_teacher.resolve()}"],
                                 out=str(out), mode="reverse-kl", rounds=args.rounds, tasks=args.tasks, split="train",
                                 data=[str(teacher_run(args))] if arm.endswith("-data") else [],
-                                max_steps=args.max_steps, temperature=0.7, dev_tasks=0, sandbox=args.sandbox,
+                                max_steps=args.max_steps, temperature=args.kl_temperature, dev_tasks=0,
+                                sandbox=args.sandbox,
                                 concurrency=args.concurrency, stop_on_repeat=args.stop_on_repeat,
                                 **student_generation(args),
                                 train_args={**training, "kl": kl, **settings},
@@ -220,6 +228,8 @@ def arm_label(args: argparse.Namespace, arm: str) -> str:
         label += f", lr {args.kl_learning_rate:g}"
     if arm in KL_ARMS and args.kl_lora:
         label += ", LoRA"
+    if arm in KL_ARMS and args.kl_temperature != 0.7:
+        label += f", samples at temperature {args.kl_temperature:g}"
     return label
 
 
