@@ -19,7 +19,9 @@ on math). Then, at equal teacher calls and equal training tokens:
              (`onpolicy --data`: GKD's mixture, lambda < 1)
   KD on the SFT data   the SFT arm's episodes trained with the forward KL to the white-box teacher instead of
              the CE (off-policy KD, GKD with lambda 0): what the teacher's distribution adds without on-policy data
-`--kl-lora` trains the KL arms' step as a LoRA (r 16, lr 2e-4) instead of every weight, in arms of their own.
+`--kl-lora` trains the KL arms' step as a LoRA (r 16, lr 2e-4) instead of every weight, `--kl-temperature 0`
+samples the greedy student (as it is evaluated), and `--seed N` trains every arm with another seed; each makes
+arms of their own (their own directories and rows).
 All train for `--tokens` tokens with `train`'s defaults and are evaluated on the same held-out test tasks.
 `--rounds N --beta exp:1:0.5` runs the DAgger arms for N rounds with the teacher handing control over (each
 round retrains the start student on the aggregate of every round's relabels, so the last model has as many
@@ -86,6 +88,8 @@ def arguments() -> argparse.Namespace:
                          "value than 0.7 makes arms of their own")
     ap.add_argument("--kl-lora", action="store_true",
                     help="the KL arms train a LoRA (train's --no-full-finetune, its lr 2e-4) instead of every weight")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="every arm's training seed (the order of its rows); another than 0 makes arms of their own")
     ap.add_argument("--rows", type=Path, default=None, help="default: bench/results/onpolicy-<env>.jsonl")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()
@@ -93,7 +97,7 @@ def arguments() -> argparse.Namespace:
     unknown = set(args.arms.split(",")) - set(ARMS)
     if unknown:
         ap.error(f"unknown arm(s) {', '.join(sorted(unknown))}; known: {', '.join(ARMS)}")
-    args.train = training_settings(args)
+    args.train = {**training_settings(args), **({"seed": args.seed} if args.seed else {})}
     return args
 
 
@@ -115,9 +119,14 @@ def teacher_run(args: argparse.Namespace) -> Path:
     return run
 
 
+def arm_dir(args: argparse.Namespace, name: str) -> Path:
+    """Where an arm trains: a training seed other than 0 gets directories of its own."""
+    return args.out / (name + (f"-seed{args.seed}" if args.seed else ""))
+
+
 def sft_arm(args: argparse.Namespace, start: str) -> str:
     run = teacher_run(args)
-    out = args.out / "sft"
+    out = arm_dir(args, "sft")
     if not (out / "train_config.yaml").exists():
         shutil.rmtree(out, ignore_errors=True)
         train(TrainConfig(data=[str(run)], student=start, out=str(out), **arm_training(args, start)))
@@ -127,7 +136,7 @@ def sft_arm(args: argparse.Namespace, start: str) -> str:
 def sft_kd_arm(args: argparse.Namespace, start: str) -> str:
     """Off-policy KD (GKD with lambda 0): the SFT arm's teacher episodes, trained with the forward KL to the white-box
     teacher's whole distribution at every token instead of the CE on its one token."""
-    out = args.out / "sft-kd-forward"
+    out = arm_dir(args, "sft-kd-forward")
     if not (out / "train_config.yaml").exists():
         shutil.rmtree(out, ignore_errors=True)
         train(TrainConfig(data=[str(teacher_run(args))], student=start, out=str(out), **arm_training(args, start),
@@ -137,7 +146,7 @@ def sft_kd_arm(args: argparse.Namespace, start: str) -> str:
 
 
 def dagger_arm(args: argparse.Namespace, start: str, aggregate: bool = False) -> str:
-    out = args.out / ("dagger-aggregated" if aggregate else "dagger")
+    out = arm_dir(args, "dagger-aggregated" if aggregate else "dagger")
     model = out / f"round-{args.rounds}" / "model"
     if not (out / "rounds.json").exists() or not (model / "train_config.yaml").exists():
         onpolicy(OnPolicyConfig(env=args.env, student=start, teachers=[args.teacher], out=str(out),
@@ -180,10 +189,10 @@ def kl_arm(args: argparse.Namespace, start: str, arm: str) -> str:
     teacher episodes next to the samples (GKD's mixture)."""
     kl, settings = arm.split("-", 1)[0], kl_settings(args, arm)
     settings.pop("sample_temperature", None)
-    out = args.out / (arm.replace("-cut", f"-cut{args.kd_cutoff_prob:g}").replace("-clip", f"-clip{args.kd_max_token_kl:g}")
-                      + (f"-lr{args.kl_learning_rate:g}" if args.kl_learning_rate else "")
-                      + ("-lora" if args.kl_lora else "")
-                      + (f"-t{args.kl_temperature:g}" if args.kl_temperature != 0.7 else ""))
+    out = arm_dir(args, arm.replace("-cut", f"-cut{args.kd_cutoff_prob:g}").replace("-clip", f"-clip{args.kd_max_token_kl:g}")
+                  + (f"-lr{args.kl_learning_rate:g}" if args.kl_learning_rate else "")
+                  + ("-lora" if args.kl_lora else "")
+                  + (f"-t{args.kl_temperature:g}" if args.kl_temperature != 0.7 else ""))
     model = out / f"round-{args.rounds}" / "model"
     if not (out / "rounds.json").exists() or not (model / "train_config.yaml").exists():
         training = arm_training(args, start)
@@ -230,6 +239,8 @@ def arm_label(args: argparse.Namespace, arm: str) -> str:
         label += ", LoRA"
     if arm in KL_ARMS and args.kl_temperature != 0.7:
         label += f", samples at temperature {args.kl_temperature:g}"
+    if args.seed:
+        label += f", seed {args.seed}"
     return label
 
 
@@ -247,7 +258,7 @@ def evaluated(args: argparse.Namespace, arm: str, spec: str, recorded: dict[str,
     res = evaluate(EvalConfig(env=args.env, agents=[spec], split="test", tasks=args.test_tasks, max_steps=args.max_steps,
                               sandbox=args.sandbox, concurrency=args.concurrency, out=str(args.out / "eval" / arm),
                               stop_on_repeat=args.stop_on_repeat, agent_options=options, resume=True))
-    trained_on = arm not in ("start (SFT checkpoint)", "more SFT", ARMS["sft-kd"][0])
+    trained_on = not arm.startswith(("start (SFT checkpoint)", "more SFT", ARMS["sft-kd"][0]))  # no rounds
     row = {"arm": arm, **played(res.agents[0], arm).to_dict(), "tokens": args.tokens, "teacher_tasks": args.tasks,
            "start": str(args.start), "backend": args.backend, "date": time.strftime("%Y-%m-%d"),
            **({"rounds": args.rounds} if trained_on else {}),
