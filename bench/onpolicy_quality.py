@@ -189,7 +189,8 @@ def kl_arm(args: argparse.Namespace, start: str, arm: str) -> str:
     teacher episodes next to the samples (GKD's mixture)."""
     kl, settings = arm.split("-", 1)[0], kl_settings(args, arm)
     settings.pop("sample_temperature", None)
-    out = arm_dir(args, arm.replace("-cut", f"-cut{args.kd_cutoff_prob:g}").replace("-clip", f"-clip{args.kd_max_token_kl:g}")
+    name = arm.replace("-cut", f"-cut{args.kd_cutoff_prob:g}").replace("-clip", f"-clip{args.kd_max_token_kl:g}")
+    out = arm_dir(args, name
                   + (f"-lr{args.kl_learning_rate:g}" if args.kl_learning_rate else "")
                   + ("-lora" if args.kl_lora else "")
                   + (f"-t{args.kl_temperature:g}" if args.kl_temperature != 0.7 else ""))
@@ -244,7 +245,8 @@ def arm_label(args: argparse.Namespace, arm: str) -> str:
     return label
 
 
-def evaluated(args: argparse.Namespace, arm: str, spec: str, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
+def evaluated(args: argparse.Namespace, arm: str, spec: str,
+              recorded: dict[str, Any] | None = None) -> dict[str, Any]:
     """The row of `arm` (evaluated once): `recorded` are the settings its training changed."""
     rows = {r["arm"]: r for r in map(json.loads, args.rows.read_text().splitlines())} if args.rows.exists() else {}
     if arm in rows:

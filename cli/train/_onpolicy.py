@@ -30,8 +30,8 @@ no relabels), and the round's student trains on its own rollouts with the per-to
 teacher on every token it sampled (`train`'s KD term with ce_weight 0: prompt, system and tool tokens are
 masked, the span weights apply, --train-act-kl forward makes [ACT] spans mode-covering). With --data (one
 hf: teacher) the round trains on those runs next to its samples under the same KD loss, GKD's mixture with
-lambda < 1 (the share of sampled tokens). The teacher model never generates. Before training, the reverse KL of every sampled token to the teacher is written beside the
-rollouts (rollouts/token_kl.jsonl, overlaid by `trajdistill view`); rounds.json records its mean per turn
+lambda < 1 (the share of sampled tokens). The teacher model never generates. Before training, the reverse KL
+of every sampled token to the teacher is written beside the rollouts (rollouts/token_kl.jsonl, overlaid by `trajdistill view`); rounds.json records its mean per turn
 position (`kl_by_turn`, plotted across rounds in OUT/divergence.png) and the trainer's last logged KL
 (`train_kd`).
 
