@@ -31,9 +31,9 @@ teacher on every token it sampled (`train`'s KD term with ce_weight 0: prompt, s
 masked, the span weights apply, --train-act-kl forward makes [ACT] spans mode-covering). With --data (one
 hf: teacher) the round trains on those runs next to its samples under the same KD loss, GKD's mixture with
 lambda < 1 (the share of sampled tokens). The teacher model never generates. Before training, the reverse KL
-of every sampled token to the teacher is written beside the rollouts (rollouts/token_kl.jsonl, overlaid by `trajdistill view`); rounds.json records its mean per turn
-position (`kl_by_turn`, plotted across rounds in OUT/divergence.png) and the trainer's last logged KL
-(`train_kd`).
+of every sampled token to the teacher is written beside the rollouts (rollouts/token_kl.jsonl, overlaid by
+`trajdistill view`); rounds.json records its mean per turn position (`kl_by_turn`, plotted across rounds in
+OUT/divergence.png) and the trainer's last logged KL (`train_kd`).
 
 The next round rolls out the new model. OUT/rounds.json holds the per-round stats, rewritten after each
 round, among them the agreement (the share of the student's turns where it took the teacher's action) per
