@@ -124,25 +124,21 @@ def arm_dir(args: argparse.Namespace, name: str) -> Path:
     return args.out / (name + (f"-seed{args.seed}" if args.seed else ""))
 
 
-def sft_arm(args: argparse.Namespace, start: str) -> str:
-    run = teacher_run(args)
-    out = arm_dir(args, "sft")
+def sft_arm(args: argparse.Namespace, start: str, name: str = "sft", **settings: Any) -> str:
+    """The start trained on the teacher's episodes (once), with `settings` over the arm's training."""
+    out = arm_dir(args, name)
     if not (out / "train_config.yaml").exists():
         shutil.rmtree(out, ignore_errors=True)
-        train(TrainConfig(data=[str(run)], student=start, out=str(out), **arm_training(args, start)))
+        train(TrainConfig(data=[str(teacher_run(args))], student=start, out=str(out),
+                          **{**arm_training(args, start), **settings}))
     return f"hf:{out.resolve()}"
 
 
 def sft_kd_arm(args: argparse.Namespace, start: str) -> str:
     """Off-policy KD (GKD with lambda 0): the SFT arm's teacher episodes, trained with the forward KL to the white-box
     teacher's whole distribution at every token instead of the CE on its one token."""
-    out = arm_dir(args, "sft-kd-forward")
-    if not (out / "train_config.yaml").exists():
-        shutil.rmtree(out, ignore_errors=True)
-        train(TrainConfig(data=[str(teacher_run(args))], student=start, out=str(out), **arm_training(args, start),
-                          teacher_model=str(args.kl_teacher.resolve()), kl="forward", ce_weight=0.0, kd_weight=1.0,
-                          kd_temperature=1.0))
-    return f"hf:{out.resolve()}"
+    return sft_arm(args, start, "sft-kd-forward", teacher_model=str(args.kl_teacher.resolve()), kl="forward",
+                   ce_weight=0.0, kd_weight=1.0, kd_temperature=1.0)
 
 
 def dagger_arm(args: argparse.Namespace, start: str, aggregate: bool = False) -> str:
@@ -167,8 +163,7 @@ def arm_training(args: argparse.Namespace, start: str) -> dict[str, Any]:
 
 
 def kl_settings(args: argparse.Namespace, arm: str) -> dict[str, Any]:
-    """The trainer settings a KL arm changes, read from its key (`forward-kl-cut`, ...) and the KL options: what it
-    trains with and what its row records."""
+    """The trainer settings a KL arm changes, read from its key (`forward-kl-cut`, ...) and the KL options."""
     out: dict[str, Any] = {}
     if arm.endswith("-cut"):
         out["kd_cutoff_prob"] = args.kd_cutoff_prob
@@ -178,8 +173,18 @@ def kl_settings(args: argparse.Namespace, arm: str) -> dict[str, Any]:
         out["learning_rate"] = args.kl_learning_rate
     if args.kl_lora:
         out["full_finetune"] = False
+    return out
+
+
+def kl_variants(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The KL options that make arms of their own: (directory suffix, row-name suffix) each."""
+    out = []
+    if args.kl_learning_rate:
+        out.append((f"-lr{args.kl_learning_rate:g}", f", lr {args.kl_learning_rate:g}"))
+    if args.kl_lora:
+        out.append(("-lora", ", LoRA"))
     if args.kl_temperature != 0.7:
-        out["sample_temperature"] = args.kl_temperature  # the rollouts', not a trainer setting
+        out.append((f"-t{args.kl_temperature:g}", f", samples at temperature {args.kl_temperature:g}"))
     return out
 
 
@@ -188,12 +193,8 @@ def kl_arm(args: argparse.Namespace, start: str, arm: str) -> str:
     it on for its share of the arm's steps (equal tokens; N times the sampling); `-data` arms train the SFT arm's
     teacher episodes next to the samples (GKD's mixture)."""
     kl, settings = arm.split("-", 1)[0], kl_settings(args, arm)
-    settings.pop("sample_temperature", None)
     name = arm.replace("-cut", f"-cut{args.kd_cutoff_prob:g}").replace("-clip", f"-clip{args.kd_max_token_kl:g}")
-    out = arm_dir(args, name
-                  + (f"-lr{args.kl_learning_rate:g}" if args.kl_learning_rate else "")
-                  + ("-lora" if args.kl_lora else "")
-                  + (f"-t{args.kl_temperature:g}" if args.kl_temperature != 0.7 else ""))
+    out = arm_dir(args, name + "".join(d for d, _ in kl_variants(args)))
     model = out / f"round-{args.rounds}" / "model"
     if not (out / "rounds.json").exists() or not (model / "train_config.yaml").exists():
         training = arm_training(args, start)
@@ -234,12 +235,8 @@ ARMS = {
 def arm_label(args: argparse.Namespace, arm: str) -> str:
     rounds = f"{args.rounds} round" + ("s" if args.rounds > 1 else "")
     label = ARMS[arm][0].format(rounds=rounds, cut=f"{args.kd_cutoff_prob:g}", clip=f"{args.kd_max_token_kl:g}")
-    if arm in KL_ARMS and args.kl_learning_rate:
-        label += f", lr {args.kl_learning_rate:g}"
-    if arm in KL_ARMS and args.kl_lora:
-        label += ", LoRA"
-    if arm in KL_ARMS and args.kl_temperature != 0.7:
-        label += f", samples at temperature {args.kl_temperature:g}"
+    if arm in KL_ARMS:
+        label += "".join(suffix for _, suffix in kl_variants(args))
     if args.seed:
         label += f", seed {args.seed}"
     return label
@@ -289,6 +286,8 @@ def main() -> None:
         rows.append(evaluated(args, "start (SFT checkpoint)", start))
         for arm in args.arms.split(","):
             recorded = kl_settings(args, arm) if arm in KL_ARMS else {}
+            if arm in KL_ARMS and args.kl_temperature != 0.7:
+                recorded["sample_temperature"] = args.kl_temperature  # the rollouts', not a trainer setting
             rows.append(evaluated(args, arm_label(args, arm), ARMS[arm][1](args, start), recorded))
     else:
         rows = [json.loads(line) for line in args.rows.read_text().splitlines()]
