@@ -27,6 +27,10 @@ Students (SmolLM2-135M from the base model, `train`'s defaults, the same `--toke
   box-literate, top-1 lists citing examples, mixed notation   the same, with boxed runs collected since the
                    coder's Thought cites the listed example before a box call (`Its example turns "..." into
                    {...}, so I call it the same way`); the earlier with-examples runs predate that Thought
+  ..., recovering from slips   the same, with boxed runs of `expert:slipping-coder`: in half the episodes whose
+                   task is not written in Python's notation it first copies the task's expression into the
+                   expression tool, gets the error and calls again translated; trained with `mask_failed_calls`
+                   (the recovery is learned, the slip is not). Evaluate it with `--max-steps 3` (a turn to recover)
 Evaluation: held-out test tasks of the held-out categories only, each student with box held mounted and
 without any box, plus the coder with the box as the reference. Rows go to bench/results/box-transfer.jsonl
 as each finishes (a cut-off run resumes: runs, boxes, students and rows already there are kept). `--seed N` trains
@@ -89,11 +93,11 @@ def arguments() -> argparse.Namespace:
 
 
 def coder_run(args: argparse.Namespace, name: str, categories: list[str], box: Path | None = None,
-              top_k: int = TOP_K, examples: int = 0, notation: str = "python") -> Path:
+              top_k: int = TOP_K, examples: int = 0, notation: str = "python", expert: str = "coder") -> Path:
     out = args.out / "runs" / (name if notation == "python" else f"{name}-{notation}")
     params = {"categories": ",".join(categories), **({"notation": notation} if notation != "python" else {})}
     # always through resume: a run cut off (or failed at its start) has a stats.json but not all its tasks
-    collect(CollectConfig(env="math", env_params=params, teachers=["expert:coder"],
+    collect(CollectConfig(env="math", env_params=params, teachers=[f"expert:{expert}"],
                           out=str(out), tasks=args.tasks_per_category * len(categories), split="train",
                           sandbox=args.sandbox, concurrency=8, skills=[str(box)] if box else [],
                           skills_top_k=top_k, skills_examples=examples, resume=out.exists()), mount=mount_skills)
@@ -116,12 +120,13 @@ def renamed_run(args: argparse.Namespace, name: str, run: Path, params: bool = F
 
 
 def student(args: argparse.Namespace, name: str, runs: list[Path]) -> str:
+    """The student `name` trained on `runs`; a recovering student's failed calls are not trained (the slips)."""
     out = args.out / "students" / (name + (f"-seed{args.seed}" if args.seed else ""))
     if not (out / "train_config.yaml").exists():
         shutil.rmtree(out, ignore_errors=True)
         steps = steps_for(runs, args.tokens, "hf:smollm2-135m")
         train(TrainConfig(data=[str(r) for r in runs], student="hf:smollm2-135m", out=str(out), max_steps=steps,
-                          seed=args.seed))
+                          seed=args.seed, mask_failed_calls="-slips" in name))
     return f"hf:{out.resolve()}"
 
 
@@ -176,7 +181,9 @@ STUDENTS = {"plain SFT": "plain", "box-literate": "box-literate",
             "box-literate, top-1 lists, renamed tools and parameters": "box-literate-top1-renamed-params",
             "box-literate, top-1 lists with examples": "box-literate-top1-examples",
             "box-literate, top-1 lists with examples, mixed notation": "box-literate-top1-examples-mixed",
-            "box-literate, top-1 lists citing examples, mixed notation": "box-literate-top1-cited-examples-mixed"}
+            "box-literate, top-1 lists citing examples, mixed notation": "box-literate-top1-cited-examples-mixed",
+            "box-literate, top-1 lists citing examples, mixed notation, recovering from slips":
+                "box-literate-top1-cited-examples-slips-mixed"}
 
 
 def training_runs(args: argparse.Namespace, slug: str, boxes: dict[str, Path]) -> list[Path]:
@@ -188,7 +195,9 @@ def training_runs(args: argparse.Namespace, slug: str, boxes: dict[str, Path]) -
     top_k, examples = top_k_of(slug), examples_of(slug)
     suffix = ("" if top_k == TOP_K else f"-top{top_k}") + (f"-ex{examples}" if examples else "")
     suffix += "-cited" if "-cited" in slug else ""  # new runs: the older ones were collected before the citing coder
-    boxed = [coder_run(args, f"boxed-{g}{suffix}", cats, boxes[g], top_k, examples, notation)
+    suffix += "-slips" if "-slips" in slug else ""
+    expert = "slipping-coder" if "-slips" in slug else "coder"
+    boxed = [coder_run(args, f"boxed-{g}{suffix}", cats, boxes[g], top_k, examples, notation, expert)
              for g, cats in args.groups.items()]
     if "-renamed" in slug:
         params = slug.endswith("-params")

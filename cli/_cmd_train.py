@@ -55,6 +55,7 @@ def register(app: typer.Typer) -> None:
         max_length: int = typer.Option(_default("max_length"), help=_help("max_length")),
         packing: bool = typer.Option(_default("packing"), "--packing/--no-packing", help=_help("packing")),
         only_success: bool = typer.Option(True, "--only-success/--no-only-success", help=_help("only_success")),
+        mask_failed_calls: bool = typer.Option(False, "--mask-failed-calls", help=_help("mask_failed_calls")),
         seed: int = typer.Option(_default("seed"), help=_help("seed")),
         logging_steps: int = typer.Option(_default("logging_steps"), help=_help("logging_steps")),
         complexity_alpha: float = typer.Option(_default("complexity_alpha"), help=_help("complexity_alpha")),

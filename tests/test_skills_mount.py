@@ -457,6 +457,51 @@ def test_the_coder_calls_a_fitting_box_tool_from_the_list_it_is_shown(mined_math
     assert all({m.name for m in t.messages if m.role == "tool"} <= {"python"} for t in plain)
 
 
+def test_the_slipping_coder_copies_the_tasks_notation_recovers_and_train_masks_the_slip(mined_math_box, tmp_path):
+    """On tasks written in a person's notation, the slipping coder first copies the task's expression into the
+    expression tool (a real error observation in nsjail), then calls again in Python's notation naming what it
+    translated; every episode still wins. `mask_failed_calls` (train's --mask-failed-calls) leaves the slip
+    untrained and trains the recovery."""
+    from trajdistill.agents._models import smollm2_tokenizer
+    from trajdistill.train import TrainConfig
+    from trajdistill.train._data import build_data
+    from trajdistill.train._encode import IGNORE_INDEX, encode
+    from trajdistill.trajectories import failed_calls, mask_failed_calls
+
+    out = tmp_path / "slips"
+    collect(CollectConfig(env="math", env_params={"categories": "arithmetic", "notation": "mixed"},
+                          teachers=["expert:slipping-coder"], out=str(out), tasks=40, split="test", sandbox="nsjail",
+                          skills=[str(mined_math_box.path)], skills_top_k=1), mount=mount_skills)
+    trajs = RunStore.open(out).load()
+    assert len(trajs) == 40 and all(t.outcome.success for t in trajs)
+    slipped = [t for t in trajs if failed_calls(t)]
+    assert 3 <= len(slipped) <= 30, len(slipped)  # half the tasks whose wording is not Python's
+    for t in slipped:
+        (i,) = failed_calls(t)
+        first, again = parse_react(t.messages[i].content), parse_react(t.messages[i + 2].content)
+        assert first.tool == again.tool and set(first.arguments["expression"]) & set("×÷−")
+        assert first.arguments["expression"] in t.messages[1].content  # copied as the task writes it
+        assert t.messages[i + 1].error_kind == "tool_error" and "Python writes " in again.thought
+        assert not set(again.arguments["expression"]) & set("×÷−") and t.messages[i + 3].error_kind is None
+    clean = [t for t in trajs if not failed_calls(t)]
+    assert all(mask_failed_calls(t) is t for t in clean)
+    tok = smollm2_tokenizer()
+    t = slipped[0]
+    (i,) = failed_calls(t)
+    enc = encode(mask_failed_calls(t), tok)
+    slip, recovery = t.messages[i].content, t.messages[i + 2].content
+
+    def labels_in(text):
+        start = enc.text.index(text)
+        return [lab for (a, _), lab in zip(enc.offsets, enc.labels) if start <= a < start + len(text)]
+    assert all(lab == IGNORE_INDEX for lab in labels_in(slip))
+    assert all(lab != IGNORE_INDEX for lab in labels_in(recovery)[len(tok("Thought")["input_ids"]):])
+    plain, masked = (build_data(TrainConfig(data=[str(out)], out=str(tmp_path / "s"), mask_failed_calls=m,
+                                            packing=False), tok) for m in (False, True))
+    assert masked.trained_tokens["act"] < plain.trained_tokens["act"]
+    assert masked.trained_tokens["answer"] == plain.trained_tokens["answer"]
+
+
 def test_box_tool_call_matches_the_programs_shape_not_a_name():
     from trajdistill.envs import ToolSpec
     from trajdistill.envs.math._experts import box_tool_call

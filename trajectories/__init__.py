@@ -23,8 +23,8 @@ from ._schema import (
     Trajectory,
     Usage,
 )
-from ._spans import (SegmentRules, Segmenter, assistant_text, env_segmenter, segment, segment_as_env, segment_run,
-                     segmenters, with_spans)
+from ._spans import (SegmentRules, Segmenter, assistant_text, env_segmenter, failed_calls, mask_failed_calls, segment,
+                     segment_as_env, segment_run, segmenters, with_spans)
 from ._report import Report
 from ._store import (RUN_FILE, OutputError, RunError, RunStats, RunStore, TeacherStats, check_output, read_result,
                      setting_difference)
@@ -83,7 +83,9 @@ __all__ = [
     "env_segmenter",
     "export_formats",
     "export_run",
+    "failed_calls",
     "import_messages",
+    "mask_failed_calls",
     "segment",
     "segment_as_env",
     "segment_run",

@@ -250,6 +250,29 @@ def with_spans(traj: Trajectory) -> Trajectory:
     return traj if traj.spans else traj.model_copy(update={"spans": segment_as_env(traj)})
 
 
+def failed_calls(traj: Trajectory) -> list[int]:
+    """Indices of the assistant turns whose action failed: a tool message answering it has an error kind (a
+    tool error, a sandbox failure, an unparsable action). Runs recorded before error kinds existed have none."""
+    failed, turn = [], None
+    for i, m in enumerate(traj.messages):
+        if m.role == "assistant":
+            turn = i
+        elif m.role == "tool" and m.error_kind is not None and turn is not None and turn not in failed:
+            failed.append(turn)
+    return failed
+
+
+def mask_failed_calls(traj: Trajectory) -> Trajectory:
+    """`traj` with every failed call's turn (`failed_calls`) a context span as a whole, never trained: a student
+    learns the turn that recovers from a slip, not the slip. The other turns keep their spans."""
+    failed = set(failed_calls(traj))
+    if not failed:
+        return traj
+    spans = [s for s in with_spans(traj).spans if s.message not in failed]
+    spans += [Span(message=i, start=0, end=len(assistant_text(traj.messages[i])), kind="context") for i in failed]
+    return traj.model_copy(update={"spans": sorted(spans, key=lambda s: (s.message, s.start))})
+
+
 def segment_run(trajs: Iterable[Trajectory], rules: SegmentRules | None = None) -> list[Trajectory]:
     """Copies of the trajectories with their spans filled by `segment`."""
     return [t.model_copy(update={"spans": segment(t, rules)}) for t in trajs]

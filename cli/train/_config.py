@@ -45,6 +45,9 @@ class TrainConfig:
     packing: bool = field(default=True, metadata={
         "help": "Pack several trajectories into each max_length row (in order; they never attend to each other)."})
     only_success: bool = field(default=True, metadata={"help": "Train only on verified successful trajectories."})
+    mask_failed_calls: bool = field(default=False, metadata={
+        "help": "Do not train a turn whose tool call failed (an error observation came back): the student learns "
+                "the turn that recovers, not the slip."})
     seed: int = field(default=0, metadata={"help": "Seed of LoRA init, shuffling and staged curricula."})
     logging_steps: int = field(default=1, metadata={"help": "Optimizer steps between logged losses."})
     complexity_alpha: float = field(default=1.0, metadata={"help": "Curriculum: weight of a reason token."})

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from trajdistill.envs import ConfigError
-from trajdistill.trajectories import RunError, RunStore
+from trajdistill.trajectories import RunError, RunStore, mask_failed_calls
 
 from ._config import SPAN_NAMES, TrainConfig
 from ._curriculum import Plan, kind_counts, order, steps_of
@@ -55,6 +55,7 @@ def load_trajectories(cfg: TrainConfig) -> tuple[list[Any], list[dict[str, Any]]
     for run in cfg.data:
         trajs = RunStore.open(run).load()
         use = [t for t in trajs if t.outcome.success or not cfg.only_success]
+        use = [mask_failed_calls(t) for t in use] if cfg.mask_failed_calls else use
         teachers: dict[str, int] = {}
         for t in use:
             teachers[t.teacher.spec] = teachers.get(t.teacher.spec, 0) + 1

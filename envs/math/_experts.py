@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import difflib
+import hashlib
 import json
 import random
 import re
@@ -30,10 +32,16 @@ def reasoner(request: PolicyRequest) -> Turn:
     return Turn(content=format_final(thought, answer))
 
 
-def coder(request: PolicyRequest) -> Turn:
+def coder(request: PolicyRequest, slips: bool = False) -> Turn:
     """Runs its program, then answers with what the program printed. With a skill box mounted, it first calls a
     listed box tool that computes its program, when there is one (`box_tool_call`), and answers with what the
     tool returned; a box tool that fails sends it back to its program.
+
+    With `slips` (the `slipping-coder` expert) it makes a small student's commonest box slip in half the
+    episodes (by task id) where the slip exists: it copies the task's expression into an expression tool as
+    the task writes it (`(5 * 12 + 16) mod 3`, `4027 + 552 ÷ 8`), reads the tool's error, and calls again in
+    Python's notation, naming what it translated. Train on such runs with `--mask-failed-calls`: the recovery
+    is learned, the slip is context.
 
     It acts from any state of an episode, not only along its own path: it looks back over what the
     episode has shown so far for a run of its own program (whoever made the call, whitespace aside), or of
@@ -49,14 +57,16 @@ def coder(request: PolicyRequest) -> Turn:
     output, source = _output_of(request.messages, kind.program(params), task.data.get("answer")), "program"
     if output is None:
         output, source = _box_output(request), "tool"
-    if output is None and not _box_tried(request.messages):
-        fit = box_tool_call(request.tools, kind.program(params), task.prompt)
-        if fit is not None:  # a mounted box tool that computes this program: call it instead of writing code
-            example = _cited_example(request.tools, fit[0])
-            how = f". {example} so I call it the same way with this" if example else ", so I'll call it with the"
-            thought = (f"The listed tool {fit[0]} computes exactly this problem's calculation{how} problem's numbers "
-                       "instead of writing a program.")
-            return Turn(content=format_action(thought, fit[0], fit[1]))
+    fit = box_tool_call(request.tools, kind.program(params), task.prompt) if output is None else None
+    if fit is not None and not _box_tried(request.messages):  # a box tool computes this program: call it
+        example = _cited_example(request.tools, fit[0])
+        how = f". {example} so I call it the same way with this" if example else ", so I'll call it with the"
+        thought = (f"The listed tool {fit[0]} computes exactly this problem's calculation{how} problem's numbers "
+                   "instead of writing a program.")
+        slip = _slip(task, fit) if slips else None
+        return Turn(content=format_action(thought, fit[0], slip or fit[1]))
+    if fit is not None and slips and (again := _recovery(request, fit)) is not None:
+        return again
     if output is None:
         thought = f"Plan: {kind.plan(params)}. Python does the arithmetic exactly, so I'll run a short program."
         if any(m.get("role") == "assistant" for m in request.messages):
@@ -71,6 +81,78 @@ def coder(request: PolicyRequest) -> Turn:
     else:
         thought = f"The {source} {'printed' if source == 'program' else 'returned'} {numbers[-1]}, so that is the answer."
     return Turn(content=format_final(thought, numbers[-1]))
+
+
+def slipping_coder(request: PolicyRequest) -> Turn:
+    """The coder with its box slips (see `coder`): runs whose episodes recover from a failed box call."""
+    return coder(request, slips=True)
+
+
+# ---- the slipping coder: a copied expression, its error, the call in Python's notation ------------
+
+_WRITTEN = re.compile(r"[\d\s()+\-*/%^×÷−]+|[\d\s()+\-*/%^×÷−]*\bmod\b[\d\s()+\-*/%^×÷−]*")
+
+
+def _slip(task: Task, fit: tuple[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The expression tool's arguments with the task's expression as the task writes it, where that differs from
+    Python's; in half such tasks (by id), None in the rest and for any other tool."""
+    expression = next(iter(fit[1].values())) if len(fit[1]) == 1 else None
+    if not isinstance(expression, str) or int(hashlib.sha256(f"slip:{task.id}".encode()).hexdigest()[:8], 16) % 2:
+        return None
+    written = _as_written(task.prompt, expression)
+    return {next(iter(fit[1])): written} if written and written.split() != expression.split() else None
+
+
+def _as_written(prompt: str, expression: str) -> str | None:
+    """The stretch of `prompt` from the expression's first number to its last, with the brackets around them;
+    None when the numbers are not there in order, or what lies between them is not an expression."""
+    numbers, pos, start = re.findall(r"\d+", expression), 0, None
+    for number in numbers:
+        found = re.compile(rf"(?<!\d){number}(?!\d)").search(prompt, pos)
+        if found is None:
+            return None
+        start, pos = found.start() if start is None else start, found.end()
+    if start is None:
+        return None
+    while start > 0 and prompt[start - 1] == "(":
+        start -= 1
+    while prompt[start:pos].count("(") > prompt[start:pos].count(")") and prompt[pos:pos + 1] == ")":
+        pos += 1
+    text = prompt[start:pos]
+    return text if text.count("(") == text.count(")") and _WRITTEN.fullmatch(text) else None
+
+
+def _recovery(request: PolicyRequest, fit: tuple[str, dict[str, Any]]) -> Turn | None:
+    """After its own slip failed (the latest box call is the fitting tool, with other arguments, and no call
+    with the right ones yet): the call again in Python's notation, saying what changed."""
+    calls = [c for m in request.messages if m.get("role") == "assistant" and (c := _box_call(m))]
+    if not calls or calls[-1][0] != fit[0] or any(args == fit[1] for _, args in calls):
+        return None
+    (wrote,), (right,) = calls[-1][1].values(), fit[1].values()
+    changes = ", ".join(f"{b} for {a}" for a, b in _changed(str(wrote), str(right)))
+    example = _cited_example(request.tools, fit[0])
+    how = f" {example} as Python writes it." if example else ""
+    thought = (f"The tool could not read the expression as the problem writes it: Python writes {changes}.{how} "
+               f"I call {fit[0]} again with the expression in Python's notation.")
+    return Turn(content=format_action(thought, fit[0], fit[1]))
+
+
+def _box_call(message: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    parsed = parse_react(str(message.get("content") or ""))
+    if isinstance(parsed, ParsedAction) and parsed.tool != "python" and isinstance(parsed.arguments, dict):
+        return parsed.tool, parsed.arguments
+    return None
+
+
+def _changed(wrote: str, right: str) -> list[tuple[str, str]]:
+    """The pieces of `wrote` that `right` writes otherwise, each once: [("÷", "//"), ("mod", "%")]."""
+    a, b = re.findall(r"\d+|[a-z]+|\S", wrote), re.findall(r"\d+|[a-z]+|//|\*\*|\S", right)
+    pairs = []
+    for tag, i, j, k, m in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+        pair = (" ".join(a[i:j]), " ".join(b[k:m]))
+        if tag != "equal" and pair not in pairs:
+            pairs.append(pair)
+    return pairs
 
 
 # ---- box-aware: a mounted tool that computes the coder's program ----------------------------------
