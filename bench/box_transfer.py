@@ -76,6 +76,9 @@ def arguments() -> argparse.Namespace:
                     help=f"students to train and evaluate, ';'-separated, of: {'; '.join(STUDENTS)}")
     ap.add_argument("--seed", type=int, default=0,
                     help="the students' training seed; another than 0 trains students and arms of their own")
+    ap.add_argument("--held-box", default="box-held",
+                    help="the held box's directory under OUT/boxes, mined by the current miner on first use; another "
+                         "name makes with-box arms of their own (e.g. a box mined again after a miner change)")
     ap.add_argument("--data-only", action="store_true",
                     help="collect the runs and mine the boxes the students need, then stop (no model is loaded)")
     ap.add_argument("--sandbox", default="auto")
@@ -232,7 +235,8 @@ def main() -> None:
     args = arguments()
     warnings.simplefilter("ignore")
     args.out.mkdir(parents=True, exist_ok=True)
-    held = mined(args, "box-held", coder_run(args, "plain-held", args.held))
+    held = mined(args, args.held_box, coder_run(args, "plain-held", args.held))
+    which = "" if args.held_box == "box-held" else f" ({args.held_box})"
     # each notation's boxes A and B once (python's first, as before), with the held box beside them
     notations = dict.fromkeys(["python", *(notation_of(STUDENTS[name]) for name in args.students)])
     boxes = {n: {"held": held, **group_boxes(args, n)} for n in notations}
@@ -240,13 +244,13 @@ def main() -> None:
         for name in args.students:
             training_runs(args, STUDENTS[name], boxes[notation_of(STUDENTS[name])])
         return
-    rows = [evaluated(args, "teacher expert:coder + held box", "expert:coder", held)]
+    rows = [evaluated(args, f"teacher expert:coder + held box{which}", "expert:coder", held)]
     for name in args.students:
         slug = STUDENTS[name]
         examples = examples_of(slug) if args.eval_examples is None or not examples_of(slug) else args.eval_examples
         shown = "" if examples == examples_of(slug) else f" ({examples} examples listed)"
         name += f", seed {args.seed}" if args.seed else ""
-        arms = {f"{name}, no box": None, f"{name} + held box{shown}": held}
+        arms = {f"{name}, no box": None, f"{name} + held box{which}{shown}": held}
         if set(arms) <= set(done_rows(args)):
             rows += [done_rows(args)[arm] for arm in arms]
             continue  # a later session trains no student whose rows are in

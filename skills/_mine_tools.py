@@ -64,13 +64,15 @@ EXPRESSION = "evaluate_expression"
 # the one tool every literal arithmetic program becomes: it evaluates the expression it is given, exactly
 EXPRESSION_SOURCE = '''import ast
 import operator
+import re
 from fractions import Fraction
 
 
 def evaluate_expression(expression: str):
     """{summary}
 
-    `/` divides exactly, and a whole result comes back as an integer; `^` is a power, as in 2^10.
+    `/` divides exactly, and a whole result comes back as an integer; `^` is a power, as in 2^10. It reads
+    an expression as a person writes it too: `×`, `÷`, `−` and `mod` are `*`, `/`, `-` and `%`.
 
     Mined from successful trajectories of tasks like: {example}
 
@@ -93,7 +95,10 @@ def evaluate_expression(expression: str):
             return operators[type(node.op)](value(node.left), value(node.right))
         raise ValueError(f"not an arithmetic expression of numbers: {ast.unparse(node)}")
 
-    result = value(ast.parse(expression.replace("^", "**"), mode="eval").body)
+    python = re.sub(r"\\bmod\\b", "%", expression)
+    for sign, op in (("×", "*"), ("÷", "/"), ("−", "-"), ("^", "**")):
+        python = python.replace(sign, op)
+    result = value(ast.parse(python, mode="eval").body)
     return int(result) if result.denominator == 1 else float(result)
 '''
 OP_WORDS = {ast.Add: "sum", ast.Sub: "difference", ast.Mult: "product", ast.Div: "quotient",

@@ -209,10 +209,13 @@ def test_arithmetic_programs_of_any_shape_are_one_evaluate_expression_tool():
     assert [t["args"] for t in tool.tests][:2] == [{"expression": "(6 + 25) * 8"}, {"expression": "(4 * 11 + 18) % 7"}]
     assert tool.tests[1]["task"] == "Compute (4 * 11 + 18) mod 7."  # the source task, for retrieval
     assert all(ok for ok, _ in replay_in_nsjail(tool, tool.tests))
-    # a person's evaluator: `/` divides exactly, `^` is a power, anything but arithmetic is refused
-    extra = [{"args": {"expression": "623 / 7 + 2^10"}}, {"args": {"expression": "__import__('os')"}}]
-    assert replay_in_nsjail(tool, extra)[0] == (True, 1113)
-    assert replay_in_nsjail(tool, extra)[1][0] is False
+    # a person's evaluator: `/` divides exactly, `^` is a power, a person's signs and `mod` read as Python's
+    # (a student copies the task's expression as written), anything but arithmetic is refused
+    extra = [{"args": {"expression": e}} for e in ("623 / 7 + 2^10", "__import__('os')", "(5 × 12 − 16) mod 3",
+                                                   "4027 + 552 ÷ 8", "modulo(7)", "7 mod")]
+    replayed = replay_in_nsjail(tool, extra)
+    assert replayed[0] == (True, 1113) and replayed[2] == (True, 2) and replayed[3] == (True, 4096)
+    assert [ok for ok, _ in replayed] == [True, False, True, True, False, False]
 
 
 ARRANGE_FACTORIAL = ("import math\nword = {w!r}\ncount = math.factorial(len(word))\nfor letter in set(word):\n"

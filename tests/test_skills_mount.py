@@ -457,21 +457,37 @@ def test_the_coder_calls_a_fitting_box_tool_from_the_list_it_is_shown(mined_math
     assert all({m.name for m in t.messages if m.role == "tool"} <= {"python"} for t in plain)
 
 
-def test_the_slipping_coder_copies_the_tasks_notation_recovers_and_train_masks_the_slip(mined_math_box, tmp_path):
-    """On tasks written in a person's notation, the slipping coder first copies the task's expression into the
-    expression tool (a real error observation in nsjail), then calls again in Python's notation naming what it
-    translated; every episode still wins. `mask_failed_calls` (train's --mask-failed-calls) leaves the slip
-    untrained and trains the recovery."""
+PYTHON_EXPRESSION = '''
+def evaluate_expression(expression: str):
+    """Evaluate an arithmetic expression written in Python's notation only.
+
+    Args:
+        expression: The expression, with numbers only; e.g. "(6 + 25) * 8"
+    """
+    import ast
+    return eval(compile(ast.parse(expression, mode="eval"), "<expression>", "eval"), {"__builtins__": {}})
+'''
+
+
+def test_the_slipping_coder_copies_the_tasks_notation_recovers_and_train_masks_the_slip(tmp_path):
+    """On tasks written in a person's notation, the slipping coder first copies the task's expression into an
+    expression tool that reads Python's notation only (a real error observation from nsjail), then calls again in
+    Python's notation naming what it translated; every episode still wins. `mask_failed_calls` (train's
+    --mask-failed-calls) leaves the slip untrained and trains the recovery."""
+    from trajdistill.skills import SkillBox, ToolDraft
     from trajdistill.agents._models import smollm2_tokenizer
     from trajdistill.train import TrainConfig
     from trajdistill.train._data import build_data
     from trajdistill.train._encode import IGNORE_INDEX, encode
     from trajdistill.trajectories import failed_calls, mask_failed_calls
 
+    need_nsjail()
+    box = SkillBox.write(tmp_path / "box", name="python-expressions", env="math", skills=[],
+                         tools=[ToolDraft("evaluate_expression", PYTHON_EXPRESSION)])
     out = tmp_path / "slips"
     collect(CollectConfig(env="math", env_params={"categories": "arithmetic", "notation": "mixed"},
                           teachers=["expert:slipping-coder"], out=str(out), tasks=40, split="test", sandbox="nsjail",
-                          skills=[str(mined_math_box.path)], skills_top_k=1), mount=mount_skills)
+                          skills=[str(box.path)]), mount=mount_skills)
     trajs = RunStore.open(out).load()
     assert len(trajs) == 40 and all(t.outcome.success for t in trajs)
     slipped = [t for t in trajs if failed_calls(t)]
