@@ -40,8 +40,8 @@ def coder(request: PolicyRequest, slips: bool = False) -> Turn:
     With `slips` (the `slipping-coder` expert) it makes a small student's commonest box slip in half the
     episodes (by task id) where the slip exists: it copies the task's expression into an expression tool as
     the task writes it (`(5 * 12 + 16) mod 3`, `4027 + 552 ÷ 8`), reads the tool's error, and calls again in
-    Python's notation, naming what it translated. Train on such runs with `--mask-failed-calls`: the recovery
-    is learned, the slip is context.
+    Python's notation, naming what it translated (a tool that reads the task's notation, as mined ones now do,
+    just answers). Train on such runs with `--mask-failed-calls`: the recovery is learned, the slip is context.
 
     It acts from any state of an episode, not only along its own path: it looks back over what the
     episode has shown so far for a run of its own program (whoever made the call, whitespace aside), or of
