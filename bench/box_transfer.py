@@ -31,6 +31,8 @@ Students (SmolLM2-135M from the base model, `train`'s defaults, the same `--toke
                    task is not written in Python's notation it first copies the task's expression into the
                    expression tool, gets the error and calls again translated; trained with `mask_failed_calls`
                    (the recovery is learned, the slip is not). Evaluate it with `--max-steps 3` (a turn to recover)
+                   Its slips fail only on boxes mined before `evaluate_expression` read a person's notation
+                   (stop 37); on boxes mined since, the copied expression just works and nothing is recovered
 Evaluation: held-out test tasks of the held-out categories only, each student with box held mounted and
 without any box, plus the coder with the box as the reference. Rows go to bench/results/box-transfer.jsonl
 as each finishes (a cut-off run resumes: runs, boxes, students and rows already there are kept). `--seed N` trains
