@@ -57,8 +57,10 @@ def coder(request: PolicyRequest, slips: bool = False) -> Turn:
     output, source = _output_of(request.messages, kind.program(params), task.data.get("answer")), "program"
     if output is None:
         output, source = _box_output(request), "tool"
-    fit = box_tool_call(request.tools, kind.program(params), task.prompt) if output is None else None
-    if fit is not None and not _box_tried(request.messages):  # a box tool computes this program: call it
+    tried = _box_tried(request.messages)
+    wanted = output is None and (slips or not tried)  # the plain coder tries a box tool once
+    fit = box_tool_call(request.tools, kind.program(params), task.prompt) if wanted else None
+    if fit is not None and not tried:  # a box tool computes this program: call it
         example = _cited_example(request.tools, fit[0])
         how = f". {example} so I call it the same way with this" if example else ", so I'll call it with the"
         thought = (f"The listed tool {fit[0]} computes exactly this problem's calculation{how} problem's numbers "
