@@ -3,13 +3,15 @@
 `model.generate` decodes a batch in lockstep: a row that stopped after 40 tokens is still run, as
 padding, until the longest row reaches its limit. Here a finished row leaves the batch (its keys and
 values are handed to `on_done` first), so every decode step runs only live rows. Greedy, or
-temperature sampling; the generation config's other logits processors are not applied.
+temperature sampling; the generation config's other logits processors are not applied. A `Guide` (strict tool
+calls) keeps each row's text a valid prefix: a token it refuses is replaced by the likeliest one it takes.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 
 @dataclass
@@ -21,12 +23,20 @@ class Finished:
     kv: list[tuple[Any, Any]]  # per layer, [1, kv_heads, prompt + len(tokens) - 1, head_dim]
 
 
+class Guide(Protocol):
+    pieces: list[str]  # each token id's text ('' for special tokens)
+
+    def fits(self, row: int, text: str, end: bool) -> bool:
+        """Whether `text`, row `row`'s new text so far, may be written (`end`: and stop there)."""
+
+
 @dataclass
 class Sampling:
     max_new: int
     temperature: float
     eos: set[int]
     stopped: Callable[[list[int]], bool]  # True once the row's new tokens hold a stop string
+    guide: Guide | None = None
 
 
 def decode(model: Any, input_ids: Any, mask: Any, cache: Any, s: Sampling) -> list[Finished]:
@@ -42,11 +52,17 @@ def decode(model: Any, input_ids: Any, mask: Any, cache: Any, s: Sampling) -> li
                    cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
     live = list(range(input_ids.shape[0]))
     written: list[list[int]] = [[] for _ in live]
+    texts = [""] * len(live)
+    firsts = None  # the guide's token first characters, as codes
     out: list[Finished] = []
     while live:
         nxt = _pick(logits, s.temperature)
+        if s.guide is not None:
+            firsts = firsts if firsts is not None else _first_chars(s.guide.pieces, logits.device)
+            nxt = _guided(nxt, logits, live, texts, s, firsts)
         for i, tok in zip(live, nxt.tolist()):
             written[i].append(tok)
+            texts[i] += s.guide.pieces[tok] if s.guide is not None else ""
         ended = [j for j, i in enumerate(live) if _ended(written[i], s)]
         for j in ended:  # the last token was sampled, never run: it has no keys
             keep = mask[j].nonzero().squeeze(1)
@@ -73,6 +89,52 @@ def _pick(logits: Any, temperature: float) -> Any:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     return torch.multinomial(probs, 1).squeeze(1)
+
+
+def _guided(nxt: Any, logits: Any, live: list[int], texts: list[str], s: Sampling, firsts: Any) -> Any:
+    """`nxt` with each token the guide refuses replaced by the guide's pick."""
+    g = s.guide
+    for j, (i, tok) in enumerate(zip(live, nxt.tolist())):
+        if not g.fits(i, texts[i] + g.pieces[tok], tok in s.eos):
+            nxt[j] = _fitting(logits[j], i, texts[i], s, firsts)
+    return nxt
+
+
+_ASCII = [chr(c) for c in range(128)]
+_OTHER, _EMPTY = 128, 129  # first-character codes of a token that starts past ASCII, and of an empty one
+
+
+def _first_chars(pieces: list[str], device: Any) -> Any:
+    import torch
+
+    codes = [ord(p[0]) if p and p[0] < "\x80" else _OTHER if p else _EMPTY for p in pieces]
+    return torch.tensor(codes, device=device)
+
+
+def _fitting(logits: Any, row: int, text: str, s: Sampling, firsts: Any, top: int = 256) -> int:
+    """The likeliest token the guide takes (greedy), or one sampled among the `top` likeliest it takes; the
+    likeliest token when it takes none (the row's turn then fails to parse, as it would unguided).
+
+    Only tokens whose first character may follow `text` (and end-of-sequence tokens) are tried whole: one
+    vectorised mask instead of a scan of the vocabulary."""
+    import torch
+
+    g = s.guide
+    codes = [ord(c) for c in _ASCII if g.fits(row, text + c, False)]
+    if g.fits(row, text + "\u00e9", False):  # a non-ASCII character fits only where any text does
+        codes.append(_OTHER)
+    maybe = torch.isin(firsts[: logits.shape[0]], torch.tensor(codes, device=firsts.device, dtype=firsts.dtype))
+    for t in s.eos:
+        if t < len(maybe):
+            maybe[t] = True
+    ids = maybe.nonzero().squeeze(1)
+    ranked = ids[logits[ids].argsort(descending=True)].tolist()
+    fit = (t for t in ranked if g.fits(row, text + g.pieces[t], t in s.eos))
+    if s.temperature <= 0:
+        return next(fit, int(logits.argmax()))
+    picks = list(itertools.islice(fit, top)) or [int(logits.argmax())]
+    probs = torch.softmax(logits[picks].float() / s.temperature, dim=-1)
+    return picks[int(torch.multinomial(probs, 1))]
 
 
 def _ended(tokens: list[int], s: Sampling) -> bool:

@@ -14,7 +14,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar
 
-from trajdistill.envs import PolicyRequest, Turn
+from trajdistill.envs import PolicyRequest, ToolSpec, Turn, react_prefix_fits
 
 from ._decode import Sampling, decode
 from ._models import ALIASES, bf16_is_fast, load_causal_lm, resolve_model
@@ -215,6 +215,18 @@ class _Item:
     temperature: float
     max_new_tokens: int
     seed: int | None
+    tools: list[ToolSpec] | None = None  # strict tool calls: the listed tools the turn's action must fit
+
+
+@dataclass
+class _ToolGuide:
+    """Strict tool calls for one batch: each row's turn stays a valid call of its listed tools."""
+
+    pieces: list[str]
+    tools: list[list[ToolSpec]]
+
+    def fits(self, row: int, text: str, end: bool) -> bool:
+        return react_prefix_fits(text, self.tools[row], end)
 
 
 @dataclass
@@ -277,6 +289,7 @@ class HFPolicy:
         self._batcher: Batcher[_Item, _Gen] = Batcher(self._generate, o.batch_size, o.batch_wait_s)
         self.kv = KVStore(o.kv_cache_tokens) if o.kv_cache_tokens else None  # only the worker thread touches it
         self._scoring = threading.Lock()  # one scoring forward at a time: concurrent ones only fight for the cores
+        self._piece_cache: tuple[Any, list[str]] = (None, [])  # (tokenizer, each token's text): strict tools
 
     def sampling(self) -> dict[str, Any]:
         out: dict[str, Any] = {"temperature": self.temperature, "max_new_tokens": self.max_new_tokens}
@@ -302,7 +315,8 @@ class HFPolicy:
         start = time.monotonic()
         s = {**self.sampling(), **request.sampling}
         item = _Item(request.messages, float(s.get("temperature", 0.0)),
-                     int(s.get("max_tokens", s.get("max_new_tokens", self.max_new_tokens))), s.get("seed"))
+                     int(s.get("max_tokens", s.get("max_new_tokens", self.max_new_tokens))), s.get("seed"),
+                     list(request.tools) if self.options.strict_tools else None)
         gen = await self._batcher.submit(item)
         return Turn(content=gen.text, latency_s=time.monotonic() - start,
                     usage={"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens})
@@ -333,9 +347,11 @@ class HFPolicy:
         out: list[_Gen | None] = [None] * len(items)
         for (temperature, max_new, seed), idx in groups.items():
             prompts = [render_prompt(self.tokenizer, items[i].messages) for i in idx]
-            if self.kv is not None:
+            if self.kv is not None or self.options.strict_tools:
                 prefixes = [shared_prefix(self.tokenizer, items[i].messages) for i in idx]
-                gens = self._generate_cached(prompts, prefixes, temperature, max_new, seed)
+                guide = (_ToolGuide(self._pieces(), [items[i].tools or [] for i in idx])
+                         if self.options.strict_tools else None)
+                gens = self._generate_cached(prompts, prefixes, temperature, max_new, seed, guide)
             else:
                 gens = self._generate_group(prompts, temperature, max_new, seed)
             for i, gen in zip(idx, gens):
@@ -361,25 +377,41 @@ class HFPolicy:
         return [self._decode(row, eos, pad_id, int(n)) for row, n in zip(new, prompt_lens)]
 
     def _generate_cached(self, prompts: list[str], prefixes: list[str], temperature: float, max_new: int,
-                         seed: int | None) -> list[_Gen]:
-        """`_generate_group`, but each row starts from the longest token prefix the KV store holds."""
+                         seed: int | None, guide: _ToolGuide | None = None) -> list[_Gen]:
+        """`_generate_group` through `decode`: each row starts from the longest token prefix the KV store holds
+        (when there is one), and `guide` keeps each row's turn a strict tool call."""
         import torch
 
         tok, model = self.tokenizer, self.hf_model
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         ids_list = [torch.tensor(tok(p, add_special_tokens=False).input_ids, dtype=torch.long) for p in prompts]
-        packed = pack_batch(ids_list, [self.kv.match(ids) for ids in ids_list], pad_id)
+        matches = [self.kv.match(ids) if self.kv is not None else (None, 0) for ids in ids_list]
+        packed = pack_batch(ids_list, matches, pad_id)
         if seed is not None:
             torch.manual_seed(seed)
         eos = _eos_ids(model, tok)
-        sampling = Sampling(max_new, temperature, eos, self._stopped)
+        sampling = Sampling(max_new, temperature, eos, self._stopped, guide)
         with torch.inference_mode():
             rows = decode(model, packed.input_ids.to(model.device), packed.attention_mask.to(model.device),
                           packed.cache, sampling)
         gens = [self._decode(r.tokens, eos, pad_id, len(ids)) for r, ids in zip(rows, ids_list)]
         for r, ids, prefix in zip(rows, ids_list, prefixes):
-            self._keep(ids, r, prefix)
+            if self.kv is not None:
+                self._keep(ids, r, prefix)
         return gens
+
+    def _pieces(self) -> list[str]:
+        """Each token id's text, for the strict-tools guide (computed once per loaded tokenizer)."""
+        if self._piece_cache[0] is not self.tokenizer:
+            tok, n = self.tokenizer, len(self.tokenizer)
+            pieces = tok.batch_decode([[t] for t in range(n)])
+            # special tokens (decoded as nothing) and embedding rows past the vocabulary: text that no guide takes
+            # where it constrains, else a row could write them forever inside a call
+            pieces += [""] * max(0, self.hf_model.config.vocab_size - n)
+            for t in [*tok.all_special_ids, *range(n, len(pieces))]:
+                pieces[t] = "\ufffd"
+            self._piece_cache = (tok, pieces)
+        return self._piece_cache[1]
 
     def _stopped(self, new: list[int]) -> bool:
         text = self.tokenizer.decode(new[-8:], skip_special_tokens=True)  # a stop string spans a few tokens

@@ -139,6 +139,9 @@ class HFOptions(GenerationConfig):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = _opt(
         "auto", "Weights' dtype; auto is bfloat16 on CUDA and on CPUs with bf16 dot products (avx512_bf16, "
         "AMX), else float32.")
+    strict_tools: bool = _opt(False, "Strict tool calls: each Action names a listed tool and its Action Input has "
+                                     "the tool's parameters and value types (OpenAI's strict function calling, "
+                                     "for ReAct text); Thought and Final Answer stay free.")
 
     backend: ClassVar[str] = "hf"
     default_max_new_tokens: ClassVar[int] = 256

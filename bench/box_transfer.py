@@ -37,6 +37,9 @@ Evaluation: held-out test tasks of the held-out categories only, each student wi
 without any box, plus the coder with the box as the reference. Rows go to bench/results/box-transfer.jsonl
 as each finishes (a cut-off run resumes: runs, boxes, students and rows already there are kept). `--seed N` trains
 the chosen students again with another training seed (arms ", seed N"): the spread between seeds sizes a gain.
+`--strict-tools` evaluates the students (both arms) with strict tool calls (`--agent-option strict_tools=true`: each
+Action names a listed tool, its Action Input has the tool's parameters and value types), in arms of their own
+(", strict tool calls"); the students are the same trainings.
 
     python bench/box_transfer.py [--held modular] [--tokens 100000] [--tasks-per-category 500]
                                  [--test-tasks 100] [--sandbox nsjail] [--out bench-out/box-transfer]
@@ -81,6 +84,8 @@ def arguments() -> argparse.Namespace:
     ap.add_argument("--held-box", default="box-held",
                     help="the held box's directory under OUT/boxes, mined by the current miner on first use; another "
                          "name makes with-box arms of their own (e.g. a box mined again after a miner change)")
+    ap.add_argument("--strict-tools", action="store_true",
+                    help="evaluate the students with strict tool calls (arms of their own, the same trainings)")
     ap.add_argument("--data-only", action="store_true",
                     help="collect the runs and mine the boxes the students need, then stop (no model is loaded)")
     ap.add_argument("--sandbox", default="auto")
@@ -149,19 +154,25 @@ def evaluated(args: argparse.Namespace, name: str, spec: str, box: Path | None, 
                               split="test", tasks=args.test_tasks, max_steps=args.max_steps, sandbox=args.sandbox,
                               concurrency=args.concurrency, skills=[str(box)] if box else [], skills_top_k=top_k,
                               skills_examples=examples, out=str(out),
-                              agent_options={"max_new_tokens": args.new_tokens,
-                                             **({"batch_size": args.concurrency} if spec.startswith("hf:") else {})},
+                              agent_options={"max_new_tokens": args.new_tokens, **hf_options(args, spec)},
                               resume=True), mount=mount_skills)
     agent = played(res.agents[0], name)
     run = out / agent.run
     row = {"variant": name, **agent.to_dict(), "held": args.held, "box_use": box_use(run, box),
            "tool_use": tool_use(run), "tokens": args.tokens, "skills_top_k": top_k, "skills_examples": examples,
-           "seed": args.seed, "date": time.strftime("%Y-%m-%d")}
+           "seed": args.seed, "strict_tools": args.strict_tools, "date": time.strftime("%Y-%m-%d")}
     args.rows.parent.mkdir(parents=True, exist_ok=True)
     with open(args.rows, "a") as fh:
         fh.write(json.dumps(row) + "\n")
     print(f"{name}: success {row['success_rate']:.1%}, box use {row['box_use']:.0%}", flush=True)
     return row
+
+
+def hf_options(args: argparse.Namespace, spec: str) -> dict[str, Any]:
+    """A student's own options: its batch, and strict tool calls when asked for."""
+    if not spec.startswith("hf:"):
+        return {}
+    return {"batch_size": args.concurrency, **({"strict_tools": True} if args.strict_tools else {})}
 
 
 def box_use(run: Path, box: Path | None) -> float:
@@ -252,6 +263,7 @@ def main() -> None:
         examples = examples_of(slug) if args.eval_examples is None or not examples_of(slug) else args.eval_examples
         shown = "" if examples == examples_of(slug) else f" ({examples} examples listed)"
         name += f", seed {args.seed}" if args.seed else ""
+        name += ", strict tool calls" if args.strict_tools else ""
         arms = {f"{name}, no box": None, f"{name} + held box{which}{shown}": held}
         if set(arms) <= set(done_rows(args)):
             rows += [done_rows(args)[arm] for arm in arms]

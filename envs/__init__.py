@@ -5,6 +5,7 @@ from typing import Any
 from ._cache import cache_root
 from ._errors import CannotActError, ConfigError, TrajdistillError
 from ._env import FINAL_ANSWER, Env, Episode, ToolError, envs, final_answer_spec, make_env
+from ._react_prefix import react_prefix_fits
 from ._react_text import REACT_MARKERS
 from ._registry import Registry, UnknownNameError
 from ._tools import ToolSchemaError, ToolSpec, tool, tool_spec
@@ -58,6 +59,7 @@ __all__ = [
     "free_name",
     "make_env",
     "mount_mcp",
+    "react_prefix_fits",
     "resource_text",
     "tool",
     "tool_spec",
