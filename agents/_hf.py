@@ -404,7 +404,7 @@ class HFPolicy:
         """Each token id's text, for the strict-tools guide (computed once per loaded tokenizer)."""
         if self._piece_cache[0] is not self.tokenizer:
             tok, n = self.tokenizer, len(self.tokenizer)
-            pieces = tok.batch_decode([[t] for t in range(n)])
+            pieces = tok.batch_decode([[t] for t in range(n)], clean_up_tokenization_spaces=False)
             # special tokens (decoded as nothing) and embedding rows past the vocabulary: text that no guide takes
             # where it constrains, else a row could write them forever inside a call
             pieces += [""] * max(0, self.hf_model.config.vocab_size - n)
