@@ -24,7 +24,7 @@ class Finished:
 
 
 class Guide(Protocol):
-    pieces: list[str]  # each token id's text ('' for special tokens)
+    pieces: list[str]  # each token id's text (special tokens: text no constrained place takes)
 
     def fits(self, row: int, text: str, end: bool) -> bool:
         """Whether `text`, row `row`'s new text so far, may be written (`end`: and stop there)."""
