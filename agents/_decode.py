@@ -25,6 +25,7 @@ class Finished:
 
 class Guide(Protocol):
     pieces: list[str]  # each token id's text (special tokens: text no constrained place takes)
+    firsts: Any  # `first_chars(pieces)`, computed once with the pieces
 
     def fits(self, row: int, text: str, end: bool) -> bool:
         """Whether `text`, row `row`'s new text so far, may be written (`end`: and stop there)."""
@@ -53,16 +54,13 @@ def decode(model: Any, input_ids: Any, mask: Any, cache: Any, s: Sampling) -> li
     live = list(range(input_ids.shape[0]))
     written: list[list[int]] = [[] for _ in live]
     texts = [""] * len(live)
-    firsts = None  # the guide's token first characters, as codes
     out: list[Finished] = []
     while live:
         nxt = _pick(logits, s.temperature)
         if s.guide is not None:
-            firsts = firsts if firsts is not None else _first_chars(s.guide.pieces, logits.device)
-            nxt = _guided(nxt, logits, live, texts, s, firsts)
+            nxt = _guided(nxt, logits, live, texts, s)
         for i, tok in zip(live, nxt.tolist()):
             written[i].append(tok)
-            texts[i] += s.guide.pieces[tok] if s.guide is not None else ""
         ended = [j for j, i in enumerate(live) if _ended(written[i], s)]
         for j in ended:  # the last token was sampled, never run: it has no keys
             keep = mask[j].nonzero().squeeze(1)
@@ -91,12 +89,13 @@ def _pick(logits: Any, temperature: float) -> Any:
     return torch.multinomial(probs, 1).squeeze(1)
 
 
-def _guided(nxt: Any, logits: Any, live: list[int], texts: list[str], s: Sampling, firsts: Any) -> Any:
-    """`nxt` with each token the guide refuses replaced by the guide's pick."""
+def _guided(nxt: Any, logits: Any, live: list[int], texts: list[str], s: Sampling) -> Any:
+    """`nxt` with each token the guide refuses replaced by the guide's pick; each row's text extended by its token."""
     g = s.guide
     for j, (i, tok) in enumerate(zip(live, nxt.tolist())):
         if not g.fits(i, texts[i] + g.pieces[tok], tok in s.eos):
-            nxt[j] = _fitting(logits[j], i, texts[i], s, firsts)
+            tok = nxt[j] = _fitting(logits[j], i, texts[i], s)
+        texts[i] += g.pieces[tok]
     return nxt
 
 
@@ -104,14 +103,14 @@ _ASCII = [chr(c) for c in range(128)]
 _OTHER, _EMPTY = 128, 129  # first-character codes of a token that starts past ASCII, and of an empty one
 
 
-def _first_chars(pieces: list[str], device: Any) -> Any:
+def first_chars(pieces: list[str]) -> Any:
+    """Each token's first character as a code (ASCII, or `_OTHER` / `_EMPTY`): the guide's first-character mask."""
     import torch
 
-    codes = [ord(p[0]) if p and p[0] < "\x80" else _OTHER if p else _EMPTY for p in pieces]
-    return torch.tensor(codes, device=device)
+    return torch.tensor([ord(p[0]) if p and p[0] < "\x80" else _OTHER if p else _EMPTY for p in pieces])
 
 
-def _fitting(logits: Any, row: int, text: str, s: Sampling, firsts: Any, top: int = 256) -> int:
+def _fitting(logits: Any, row: int, text: str, s: Sampling, top: int = 256) -> int:
     """The likeliest token the guide takes (greedy), or one sampled among the `top` likeliest it takes; the
     likeliest token when it takes none (the row's turn then fails to parse, as it would unguided).
 
@@ -123,7 +122,8 @@ def _fitting(logits: Any, row: int, text: str, s: Sampling, firsts: Any, top: in
     codes = [ord(c) for c in _ASCII if g.fits(row, text + c, False)]
     if g.fits(row, text + "\u00e9", False):  # a non-ASCII character fits only where any text does
         codes.append(_OTHER)
-    maybe = torch.isin(firsts[: logits.shape[0]], torch.tensor(codes, device=firsts.device, dtype=firsts.dtype))
+    firsts = g.firsts[: logits.shape[0]].to(logits.device)
+    maybe = torch.isin(firsts, torch.tensor(codes, device=firsts.device, dtype=firsts.dtype))
     for t in s.eos:
         if t < len(maybe):
             maybe[t] = True

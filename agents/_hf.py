@@ -16,7 +16,7 @@ from typing import Any, Callable, Generic, TypeVar
 
 from trajdistill.envs import PolicyRequest, ToolSpec, Turn, react_prefix_fits
 
-from ._decode import Sampling, decode
+from ._decode import Sampling, decode, first_chars
 from ._models import ALIASES, bf16_is_fast, load_causal_lm, resolve_model
 from ._openai import REACT_STOP, chat_messages
 from ._options import HFOptions
@@ -223,6 +223,7 @@ class _ToolGuide:
     """Strict tool calls for one batch: each row's turn stays a valid call of its listed tools."""
 
     pieces: list[str]
+    firsts: Any
     tools: list[list[ToolSpec]]
 
     def fits(self, row: int, text: str, end: bool) -> bool:
@@ -289,7 +290,7 @@ class HFPolicy:
         self._batcher: Batcher[_Item, _Gen] = Batcher(self._generate, o.batch_size, o.batch_wait_s)
         self.kv = KVStore(o.kv_cache_tokens) if o.kv_cache_tokens else None  # only the worker thread touches it
         self._scoring = threading.Lock()  # one scoring forward at a time: concurrent ones only fight for the cores
-        self._piece_cache: tuple[Any, list[str]] = (None, [])  # (tokenizer, each token's text): strict tools
+        self._piece_cache: tuple[Any, list[str], Any] = (None, [], None)  # tokenizer, pieces, firsts: strict tools
 
     def sampling(self) -> dict[str, Any]:
         out: dict[str, Any] = {"temperature": self.temperature, "max_new_tokens": self.max_new_tokens}
@@ -349,7 +350,7 @@ class HFPolicy:
             prompts = [render_prompt(self.tokenizer, items[i].messages) for i in idx]
             if self.kv is not None or self.options.strict_tools:
                 prefixes = [shared_prefix(self.tokenizer, items[i].messages) for i in idx]
-                guide = (_ToolGuide(self._pieces(), [items[i].tools or [] for i in idx])
+                guide = (_ToolGuide(*self._pieces(), [items[i].tools or [] for i in idx])
                          if self.options.strict_tools else None)
                 gens = self._generate_cached(prompts, prefixes, temperature, max_new, seed, guide)
             else:
@@ -400,8 +401,8 @@ class HFPolicy:
                 self._keep(ids, r, prefix)
         return gens
 
-    def _pieces(self) -> list[str]:
-        """Each token id's text, for the strict-tools guide (computed once per loaded tokenizer)."""
+    def _pieces(self) -> tuple[list[str], Any]:
+        """Each token id's text and its first character's code, for the strict-tools guide (once per tokenizer)."""
         if self._piece_cache[0] is not self.tokenizer:
             tok, n = self.tokenizer, len(self.tokenizer)
             pieces = tok.batch_decode([[t] for t in range(n)], clean_up_tokenization_spaces=False)
@@ -410,8 +411,8 @@ class HFPolicy:
             pieces += [""] * max(0, self.hf_model.config.vocab_size - n)
             for t in [*tok.all_special_ids, *range(n, len(pieces))]:
                 pieces[t] = "\ufffd"
-            self._piece_cache = (tok, pieces)
-        return self._piece_cache[1]
+            self._piece_cache = (tok, pieces, first_chars(pieces))
+        return self._piece_cache[1], self._piece_cache[2]
 
     def _stopped(self, new: list[int]) -> bool:
         text = self.tokenizer.decode(new[-8:], skip_special_tokens=True)  # a stop string spans a few tokens
