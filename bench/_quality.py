@@ -78,6 +78,23 @@ def add_training_options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--batch-size", type=int, default=None, help="training batch_size")
 
 
+def add_env_params(ap: argparse.ArgumentParser) -> None:
+    """`--env-param KEY=VALUE` (repeatable): the env's parameters, e.g. numLocations=8 for a larger twx:coin map."""
+    ap.add_argument("--env-param", dest="env_param", action="append", default=[], metavar="KEY=VALUE",
+                    help="env parameter for every collection, rollout and eval (repeatable)")
+
+
+def env_params(args: argparse.Namespace) -> dict[str, str]:
+    """The `--env-param` pairs as a dict; a pair without `=` is a usage error."""
+    out = {}
+    for item in args.env_param:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--env-param must be KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
 def training_settings(args: argparse.Namespace) -> dict[str, int]:
     """The TrainConfig settings given by `add_training_options` (those left unset keep train's defaults)."""
     return {k: v for k, v in (("max_length", args.max_length), ("batch_size", args.batch_size)) if v}

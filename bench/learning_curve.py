@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _quality import add_training_options, called, played, steps_for, tool_use, training_settings
+from _quality import (add_env_params, add_training_options, called, env_params, played, steps_for, tool_use,
+                      training_settings)
 
 from trajdistill.agents import CollectConfig, EvalConfig, collect, evaluate
 from trajdistill.agents._eval import slug
@@ -57,6 +58,7 @@ def arguments() -> argparse.Namespace:
                          "4.5x on loaded ones (bench/RESULTS.md)")
     ap.add_argument("--sandbox", default="auto")
     add_training_options(ap)
+    add_env_params(ap)
     ap.add_argument("--rows", type=Path, default=None, help="default: bench/results/learning_curve-<env>.jsonl")
     ap.add_argument("--no-base", action="store_true", help="skip the base model's eval (it costs the most)")
     ap.add_argument("--report", action="store_true", help="only print the tables and draw the plot")
@@ -66,6 +68,7 @@ def arguments() -> argparse.Namespace:
     args.out = args.out or Path("bench-out/curve") / slug(args.env)
     args.rows = args.rows or Path(__file__).parent / "results" / f"learning_curve-{slug(args.env)}.jsonl"
     args.train = training_settings(args)
+    args.env_params = env_params(args)
     args.out.mkdir(parents=True, exist_ok=True)
     args.rows.parent.mkdir(parents=True, exist_ok=True)
     return args
@@ -74,7 +77,8 @@ def arguments() -> argparse.Namespace:
 def teacher_run(args: argparse.Namespace) -> Path:
     out = args.out / "run"
     if not (out / "stats.json").exists():
-        collect(CollectConfig(env=args.env, teachers=[args.teacher], out=str(out), tasks=args.train_tasks,
+        collect(CollectConfig(env=args.env, env_params=args.env_params, teachers=[args.teacher], out=str(out),
+                              tasks=args.train_tasks,
                               split="train", sandbox=args.sandbox, concurrency=8, resume=out.exists()))
     return out
 
@@ -113,7 +117,8 @@ def evaluated(args: argparse.Namespace, budget: int, model: str) -> dict[str, An
     if budget in rows:
         return rows[budget]
     out = args.out / "eval" / f"tokens-{budget}"
-    res = evaluate(EvalConfig(env=args.env, agents=[spec], split="test", tasks=args.test_tasks,
+    res = evaluate(EvalConfig(env=args.env, env_params=args.env_params, agents=[spec], split="test",
+                              tasks=args.test_tasks,
                               max_steps=args.max_steps, sandbox=args.sandbox, concurrency=args.concurrency,
                               stop_on_repeat=args.stop_on_repeat, agent_options=agent_options(args), out=str(out),
                               resume=True))
@@ -122,6 +127,7 @@ def evaluated(args: argparse.Namespace, budget: int, model: str) -> dict[str, An
     row = {"tokens": budget, **agent.to_dict(), "tool_call_rate": tool_rate(run), "tool_use": tool_use(run),
            "eval": {"max_steps": args.max_steps, "new_tokens": args.new_tokens, "backend": args.backend,
                     **({"stop_on_repeat": args.stop_on_repeat} if args.stop_on_repeat else {})},
+           **({"env_params": args.env_params} if args.env_params else {}),
            "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, 2 cores", **args.train}
     with open(args.rows, "a") as fh:
         fh.write(json.dumps(row) + "\n")
@@ -188,7 +194,7 @@ def report(args: argparse.Namespace) -> None:
 
 def reclassify(args: argparse.Namespace) -> None:
     """Each row's failures, counted again with today's taxonomy from the trajectories its eval kept."""
-    env = make_env(args.env)
+    env = make_env(args.env, **args.env_params)
     rows = rows_of(args.rows)
     for row in rows:
         run = args.out / "eval" / f"tokens-{row['tokens']}" / row["run"]

@@ -46,7 +46,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _quality import add_training_options, played, steps_for, success_cells, training_settings
+from _quality import (add_env_params, add_training_options, env_params, played, steps_for, success_cells,
+                      training_settings)
 
 from trajdistill.agents import CollectConfig, EvalConfig, collect, evaluate
 from trajdistill.agents._eval import slug
@@ -92,8 +93,10 @@ def arguments() -> argparse.Namespace:
                     help="every arm's training seed (the order of its rows); another than 0 makes arms of their own")
     ap.add_argument("--rows", type=Path, default=None, help="default: bench/results/onpolicy-<env>.jsonl")
     ap.add_argument("--report", action="store_true")
+    add_env_params(ap)
     args = ap.parse_args()
     args.rows = args.rows or Path(__file__).parent / "results" / f"onpolicy-{slug(args.env)}.jsonl"
+    args.env_params = env_params(args)
     unknown = set(args.arms.split(",")) - set(ARMS)
     if unknown:
         ap.error(f"unknown arm(s) {', '.join(sorted(unknown))}; known: {', '.join(ARMS)}")
@@ -114,7 +117,8 @@ def teacher_run(args: argparse.Namespace) -> Path:
     """The teacher's trajectories on the first `--tasks` train tasks: the SFT arm's data, and every arm's step count."""
     run = args.out / "sft-data"
     if not (run / "stats.json").exists():
-        collect(CollectConfig(env=args.env, teachers=[args.teacher], out=str(run), tasks=args.tasks, split="train",
+        collect(CollectConfig(env=args.env, env_params=args.env_params, teachers=[args.teacher], out=str(run),
+                              tasks=args.tasks, split="train",
                               sandbox=args.sandbox, concurrency=8, resume=run.exists()))
     return run
 
@@ -145,7 +149,8 @@ def dagger_arm(args: argparse.Namespace, start: str, aggregate: bool = False) ->
     out = arm_dir(args, "dagger-aggregated" if aggregate else "dagger")
     model = out / f"round-{args.rounds}" / "model"
     if not (out / "rounds.json").exists() or not (model / "train_config.yaml").exists():
-        onpolicy(OnPolicyConfig(env=args.env, student=start, teachers=[args.teacher], out=str(out),
+        onpolicy(OnPolicyConfig(env=args.env, env_params=args.env_params, student=start, teachers=[args.teacher],
+                                out=str(out),
                                 rounds=args.rounds, data=[str(teacher_run(args))] if aggregate else [],
                                 beta_schedule=args.beta, tasks=args.tasks, split="train", max_steps=args.max_steps,
                                 temperature=0.0, dev_tasks=0, sandbox=args.sandbox, concurrency=args.concurrency,
@@ -199,7 +204,8 @@ def kl_arm(args: argparse.Namespace, start: str, arm: str) -> str:
     if not (out / "rounds.json").exists() or not (model / "train_config.yaml").exists():
         training = arm_training(args, start)
         training["max_steps"] = max(1, round(training["max_steps"] / args.rounds))
-        onpolicy(OnPolicyConfig(env=args.env, student=start, teachers=[f"hf:{args.kl_teacher.resolve()}"],
+        onpolicy(OnPolicyConfig(env=args.env, env_params=args.env_params, student=start,
+                                teachers=[f"hf:{args.kl_teacher.resolve()}"],
                                 out=str(out), mode="reverse-kl", rounds=args.rounds, tasks=args.tasks, split="train",
                                 data=[str(teacher_run(args))] if arm.endswith("-data") else [],
                                 max_steps=args.max_steps, temperature=args.kl_temperature, dev_tasks=0,
@@ -254,7 +260,8 @@ def evaluated(args: argparse.Namespace, arm: str, spec: str,
     else:
         spec = spec.replace("hf:", f"{args.backend}:", 1)
         options["max_model_len"] = 8192  # a 10-turn game episode outgrows the default 4096
-    res = evaluate(EvalConfig(env=args.env, agents=[spec], split="test", tasks=args.test_tasks, max_steps=args.max_steps,
+    res = evaluate(EvalConfig(env=args.env, env_params=args.env_params, agents=[spec], split="test",
+                              tasks=args.test_tasks, max_steps=args.max_steps,
                               sandbox=args.sandbox, concurrency=args.concurrency, out=str(args.out / "eval" / arm),
                               stop_on_repeat=args.stop_on_repeat, agent_options=options, resume=True))
     trained_on = not arm.startswith(("start (SFT checkpoint)", "more SFT", ARMS["sft-kd"][0]))  # no rounds
@@ -263,6 +270,7 @@ def evaluated(args: argparse.Namespace, arm: str, spec: str,
            **({"rounds": args.rounds} if trained_on else {}),
            **({"beta": args.beta} if arm.startswith("DAgger") else {}),
            **({"stop_on_repeat": args.stop_on_repeat} if args.stop_on_repeat else {}), **args.train,
+           **({"env_params": args.env_params} if args.env_params else {}),
            **(recorded or {})}
     args.rows.parent.mkdir(parents=True, exist_ok=True)
     with open(args.rows, "a") as fh:
