@@ -19,7 +19,7 @@ import pytest
 from conftest import cli, one_line_error, require
 from trajdistill.agents import PolicyError, policies
 from trajdistill.envs import CannotActError, PolicyRequest, Turn, make_env
-from trajdistill.envs._react_text import ParsedAction, format_action, format_final, parse_react
+from trajdistill.envs._react_text import ParsedAction, ParsedFinal, format_action, format_final, parse_react
 from trajdistill.train import OnPolicyConfig, beta_at, read_token_kl, token_kl, write_token_kl
 from trajdistill.train._onpolicy import OnPolicyDistiller, labels_in, records_of
 from trajdistill.trajectories import RunError, RunStore
@@ -90,7 +90,17 @@ class Outage(WrongCoder):
         return await super().__call__(request)
 
 
+class CrashCoder(WrongCoder):
+    """The wrong coder whose program fails (a NameError) on every other task, by task id."""
+
+    async def __call__(self, request: PolicyRequest) -> Turn:
+        if not any(m["role"] == "assistant" for m in request.messages) and int(request.task.id[-1]) % 2 == 0:
+            return Turn(content=format_action("I reckon it is this.", "python", {"code": "print(answer_here)"}))
+        return await super().__call__(request)
+
+
 policies.register("wrongcoder", WrongCoder)
+policies.register("crashcoder", CrashCoder)
 policies.register("outage", Outage)
 policies.register("wander", Wander)
 
@@ -189,6 +199,36 @@ async def test_relabelled_turns_are_the_teachers_at_the_students_states(tmp_path
 
     first, second = agreement_by_turn(rollouts)
     assert len(first) == len(second) == 5 and not any(first)  # a different program from the coder's, every time
+
+
+async def test_the_trusting_coder_labels_only_from_what_the_student_sees(tmp_path):
+    """After the student's program printed a wrong number, the coder (which knows the value) runs its own program
+    again, a label no student can learn to predict; the trusting coder answers what was printed. After a program
+    that failed in the sandbox, both run their own program, and the trusting coder names the error it saw."""
+    _nsjail()
+    cfg = _cfg(tmp_path, student="crashcoder:x", beta_schedule="0", max_steps=2,
+               teachers=["expert:trusting-coder"], routes={}, env_params={"categories": "modular"})
+    rollouts, _, failures = await _gather(cfg)
+    coder = make_env("math", categories="modular").experts()["coder"]()
+    tasks = {t.id: t for t in make_env("math", categories="modular").tasks("train", n=5)}
+    assert len(rollouts) == 5 and failures == 0
+    crashed = 0
+    for rollout in rollouts:
+        second = records_of(rollout)[1]
+        label, seen = parse_react(second.label["content"]), rollout.messages[second.message - 1].content
+        coder_label = parse_react(coder(PolicyRequest(messages=_dicts(rollout.messages[:second.message]), tools=[],
+                                                      task=tasks[rollout.task_id])).content)
+        if "NameError" in seen:
+            crashed += 1
+            assert isinstance(label, ParsedAction) and label.tool == "python"
+            assert "The last program failed: NameError: name 'answer_here' is not defined" in label.thought
+            assert isinstance(coder_label, ParsedAction) and coder_label.arguments == label.arguments
+        else:
+            wrong = str(int(tasks[rollout.task_id].data["answer"]) + 1)
+            assert seen.strip() == wrong
+            assert isinstance(label, ParsedFinal) and label.answer == wrong
+            assert isinstance(coder_label, ParsedAction) and coder_label.tool == "python"
+    assert 0 < crashed < 5
 
 
 async def test_beta_one_executes_only_the_teacher_and_never_asks_the_student(tmp_path):

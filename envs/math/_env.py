@@ -13,7 +13,7 @@ from .._tools import tool
 from .._types import Observation, Outcome, Task
 from ._bank import SPLIT_SIZES, _bank
 from ._kinds import CATEGORIES
-from ._experts import coder, reasoner, slipping_coder
+from ._experts import coder, reasoner, slipping_coder, trusting_coder
 
 MAX_OBS_LINES = 40
 MAX_OBS_CHARS = 4000
@@ -137,7 +137,8 @@ class MathEnv(Env):
                 "Give the final answer as just the number: no units, words or working.")
 
     def experts(self) -> dict[str, Callable[[], Any]]:
-        return {"reasoner": lambda: reasoner, "coder": lambda: coder, "slipping-coder": lambda: slipping_coder}
+        return {"reasoner": lambda: reasoner, "coder": lambda: coder, "slipping-coder": lambda: slipping_coder,
+                "trusting-coder": lambda: trusting_coder}
 
 
 NOTATIONS = ("python", "math", "mixed")

@@ -32,7 +32,7 @@ def reasoner(request: PolicyRequest) -> Turn:
     return Turn(content=format_final(thought, answer))
 
 
-def coder(request: PolicyRequest, slips: bool = False) -> Turn:
+def coder(request: PolicyRequest, slips: bool = False, trusting: bool = False) -> Turn:
     """Runs its program, then answers with what the program printed. With a skill box mounted, it first calls a
     listed box tool that computes its program, when there is one (`box_tool_call`), and answers with what the
     tool returned; a box tool that fails sends it back to its program.
@@ -48,6 +48,12 @@ def coder(request: PolicyRequest, slips: bool = False) -> Turn:
     any program that printed exactly what its own prints (it knows that value: `pow(71, 9, 69)` and
     `71 ** 9 % 69` agree), answers from the latest one, and runs its program when there is none (after
     another policy's wrong program, say).
+
+    With `trusting` (the `trusting-coder` expert) it acts only on what the episode shows, as a student can: after
+    any program that printed a number and did not fail it answers with that number (it does not check the value),
+    and after a failed one it names the failure and runs its own program. On its own path it is the coder; as a
+    DAgger teacher its labels depend on nothing the student cannot see (the coder's "run my program again" after a
+    wrong number does).
     """
     task = request.task
     kind = _kind_of(task)
@@ -55,6 +61,13 @@ def coder(request: PolicyRequest, slips: bool = False) -> Turn:
         return Turn(content=format_final("I do not recognise this kind of problem.", "0"))
     params = task.data["params"]
     output, source = _output_of(request.messages, kind.program(params), task.data.get("answer")), "program"
+    failed = None
+    if output is None and trusting:
+        output, failed = _latest_run(request.messages)
+    if output is None and failed is not None:
+        thought = (f"The last program {failed}, so I start again from the problem. "
+                   f"Plan: {kind.plan(params)}. Python does the arithmetic exactly, so I'll run a short program.")
+        return Turn(content=format_action(thought, "python", {"code": kind.program(params)}))
     if output is None:
         output, source = _box_output(request), "tool"
     tried = _box_tried(request.messages)
@@ -83,6 +96,33 @@ def coder(request: PolicyRequest, slips: bool = False) -> Turn:
     else:
         thought = f"The {source} {'printed' if source == 'program' else 'returned'} {numbers[-1]}, so that is the answer."
     return Turn(content=format_final(thought, numbers[-1]))
+
+
+def trusting_coder(request: PolicyRequest) -> Turn:
+    """The coder acting on what the episode shows (see `coder`): the DAgger teacher whose labels a student can learn."""
+    return coder(request, trusting=True)
+
+
+def _latest_run(messages: list[dict[str, Any]]) -> tuple[str | None, str | None]:
+    """(what the latest python run printed, None) when it printed a bare number and did not fail; (None, what went
+    wrong, as "failed: <its last line>" or "printed no number") otherwise; (None, None) when no program has run."""
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i].get("role") != "assistant" or not _python_calls(messages[i]):
+            continue
+        seen = _observation_after(messages, i)
+        if seen is None:
+            return None, None
+        lines = [line.strip() for line in seen.splitlines() if line.strip() and not _EXIT.fullmatch(line.strip())]
+        if _FAILED.search(seen):
+            return None, f"failed: {lines[-1][:120]}" if lines else "failed"
+        if re.search(r"^\s*-?\d+(?:/\d+)?\s*$", seen, re.MULTILINE):
+            return seen, None
+        return None, "printed no number"
+    return None, None
+
+
+_FAILED = re.compile(r"Traceback|\[exit code|\[timed out\]")
+_EXIT = re.compile(r"\[exit code -?\d+\]")
 
 
 def slipping_coder(request: PolicyRequest) -> Turn:
