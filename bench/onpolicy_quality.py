@@ -29,7 +29,8 @@ training tokens as more SFT, and N times the teacher calls); with `--rounds N` t
 each round's student training for 1/N of the steps; `--stop-on-repeat 3` ends looping game episodes.
 Rows go to bench/results/onpolicy-<env>.jsonl as each arm finishes; a cut-off run resumes.
 
-The teacher is `--teacher` (default expert:coder, the math coder; expert:gold for a twx game).
+The teacher is `--teacher` (default expert:coder, the math coder; expert:gold for a twx game); `--dagger-teacher`
+relabels for the DAgger arms instead (expert:trusting-coder: the coder acting only on what the student sees).
 
     python bench/onpolicy_quality.py [--env math] [--start bench-out/curve/math/students/tokens-25000]
                                      [--tasks 200] [--tokens 25000] [--test-tasks 100] [--sandbox nsjail]
@@ -76,6 +77,9 @@ def arguments() -> argparse.Namespace:
                     help="on-policy rounds; a DAgger round retrains the start student on the aggregate at --tokens, "
                          "a KL round trains the last round's student for --tokens / N: every arm's last model has "
                          "as many training tokens as more SFT")
+    ap.add_argument("--dagger-teacher", default=None,
+                    help="the DAgger arms' relabelling teacher, when not --teacher (e.g. expert:trusting-coder, which "
+                         "acts only on what the student sees); its arms get directories and rows of their own")
     ap.add_argument("--beta", default="0", help="the DAgger arms' beta schedule (onpolicy --beta-schedule)")
     ap.add_argument("--stop-on-repeat", type=int, default=0,
                     help="end an episode (rollouts and evals) after K identical turns with identical observations")
@@ -146,10 +150,12 @@ def sft_kd_arm(args: argparse.Namespace, start: str) -> str:
 
 
 def dagger_arm(args: argparse.Namespace, start: str, aggregate: bool = False) -> str:
-    out = arm_dir(args, "dagger-aggregated" if aggregate else "dagger")
+    name = "dagger-aggregated" if aggregate else "dagger"
+    out = arm_dir(args, name + (f"-{slug(args.dagger_teacher)}" if args.dagger_teacher else ""))
     model = out / f"round-{args.rounds}" / "model"
     if not (out / "rounds.json").exists() or not (model / "train_config.yaml").exists():
-        onpolicy(OnPolicyConfig(env=args.env, env_params=args.env_params, student=start, teachers=[args.teacher],
+        onpolicy(OnPolicyConfig(env=args.env, env_params=args.env_params, student=start,
+                                teachers=[args.dagger_teacher or args.teacher],
                                 out=str(out),
                                 rounds=args.rounds, data=[str(teacher_run(args))] if aggregate else [],
                                 beta_schedule=args.beta, tasks=args.tasks, split="train", max_steps=args.max_steps,
@@ -243,6 +249,8 @@ def arm_label(args: argparse.Namespace, arm: str) -> str:
     label = ARMS[arm][0].format(rounds=rounds, cut=f"{args.kd_cutoff_prob:g}", clip=f"{args.kd_max_token_kl:g}")
     if arm in KL_ARMS:
         label += "".join(suffix for _, suffix in kl_variants(args))
+    if arm.startswith("dagger") and args.dagger_teacher:
+        label += f", relabelled by {args.dagger_teacher}"
     if args.seed:
         label += f", seed {args.seed}"
     return label
@@ -269,6 +277,7 @@ def evaluated(args: argparse.Namespace, arm: str, spec: str,
            "start": str(args.start), "backend": args.backend, "date": time.strftime("%Y-%m-%d"),
            **({"rounds": args.rounds} if trained_on else {}),
            **({"beta": args.beta} if arm.startswith("DAgger") else {}),
+           **({"dagger_teacher": args.dagger_teacher} if arm.startswith("DAgger") and args.dagger_teacher else {}),
            **({"stop_on_repeat": args.stop_on_repeat} if args.stop_on_repeat else {}), **args.train,
            **({"env_params": args.env_params} if args.env_params else {}),
            **(recorded or {})}
