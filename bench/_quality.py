@@ -19,6 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from trajdistill._config import UsageError, env_params as cli_env_params
 from trajdistill.agents import CollectConfig, EvalConfig, collect, evaluate, resolve_model
 from trajdistill.agents._eval import slug
 from trajdistill.skills import mount_skills
@@ -85,14 +86,11 @@ def add_env_params(ap: argparse.ArgumentParser) -> None:
 
 
 def env_params(args: argparse.Namespace) -> dict[str, str]:
-    """The `--env-param` pairs as a dict; a pair without `=` is a usage error."""
-    out = {}
-    for item in args.env_param:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--env-param must be KEY=VALUE, got {item!r}")
-        out[key] = value
-    return out
+    """The `--env-param` pairs as a dict, parsed as the CLI parses them; a pair without `=` exits with one line."""
+    try:
+        return cli_env_params(args.env_param)
+    except UsageError as e:
+        raise SystemExit(str(e)) from None
 
 
 def training_settings(args: argparse.Namespace) -> dict[str, int]:

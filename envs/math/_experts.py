@@ -87,11 +87,10 @@ def coder(request: PolicyRequest, slips: bool = False, trusting: bool = False) -
         if any(m.get("role") == "assistant" for m in request.messages):
             thought = "Nothing so far has run a program that computes this, so I start from the problem. " + thought
         return Turn(content=format_action(thought, "python", {"code": kind.program(params)}))
-    # only lines that are a bare number: tracebacks and exit codes hold digits too
-    numbers = re.findall(r"^\s*(-?\d+(?:/\d+)?)\s*$", output, re.MULTILINE)
+    numbers = _NUMBER_LINE.findall(output)
     if not numbers:
         return Turn(content=format_final(f"The program gave no number:\n{output}\nI have no result.", "unknown"))
-    if "Traceback" in output or "[exit code" in output or "[timed out]" in output:
+    if _FAILED.search(output):
         thought = f"The program failed; the last number it showed is {numbers[-1]}, the best I have."
     else:
         thought = f"The {source} {'printed' if source == 'program' else 'returned'} {numbers[-1]}, so that is the answer."
@@ -115,14 +114,16 @@ def _latest_run(messages: list[dict[str, Any]]) -> tuple[str | None, str | None]
         lines = [line.strip() for line in seen.splitlines() if line.strip() and not _EXIT.fullmatch(line.strip())]
         if _FAILED.search(seen):
             return None, f"failed: {lines[-1][:120]}" if lines else "failed"
-        if re.search(r"^\s*-?\d+(?:/\d+)?\s*$", seen, re.MULTILINE):
+        if _NUMBER_LINE.search(seen):
             return seen, None
         return None, "printed no number"
     return None, None
 
 
-_FAILED = re.compile(r"Traceback|\[exit code|\[timed out\]")
+_FAILED = re.compile(r"Traceback|\[exit code|\[timed out\]")  # a program that failed in the sandbox
 _EXIT = re.compile(r"\[exit code -?\d+\]")
+# only lines that are a bare number: tracebacks and exit codes hold digits too
+_NUMBER_LINE = re.compile(r"^\s*(-?\d+(?:/\d+)?)\s*$", re.MULTILINE)
 
 
 def slipping_coder(request: PolicyRequest) -> Turn:
