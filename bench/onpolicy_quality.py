@@ -30,7 +30,8 @@ each round's student training for 1/N of the steps; `--stop-on-repeat 3` ends lo
 Rows go to bench/results/onpolicy-<env>.jsonl as each arm finishes; a cut-off run resumes.
 
 The teacher is `--teacher` (default expert:coder, the math coder; expert:gold for a twx game); `--dagger-teacher`
-relabels for the DAgger arms instead (expert:trusting-coder: the coder acting only on what the student sees).
+relabels for the DAgger arms instead (expert:trusting-coder: the coder acting only on what the student sees), and
+`--dagger-labels disagreements` trains them on the teacher's corrections only (onpolicy --labels).
 
     python bench/onpolicy_quality.py [--env math] [--start bench-out/curve/math/students/tokens-25000]
                                      [--tasks 200] [--tokens 25000] [--test-tasks 100] [--sandbox nsjail]
@@ -80,6 +81,9 @@ def arguments() -> argparse.Namespace:
     ap.add_argument("--dagger-teacher", default=None,
                     help="the DAgger arms' relabelling teacher, when not --teacher (e.g. expert:trusting-coder, which "
                          "acts only on what the student sees); its arms get directories and rows of their own")
+    ap.add_argument("--dagger-labels", choices=("all", "disagreements"), default="all",
+                    help="the DAgger arms' onpolicy --labels: disagreements trains only the teacher's corrections; "
+                         "its arms get directories and rows of their own")
     ap.add_argument("--beta", default="0", help="the DAgger arms' beta schedule (onpolicy --beta-schedule)")
     ap.add_argument("--stop-on-repeat", type=int, default=0,
                     help="end an episode (rollouts and evals) after K identical turns with identical observations")
@@ -151,14 +155,16 @@ def sft_kd_arm(args: argparse.Namespace, start: str) -> str:
 
 def dagger_arm(args: argparse.Namespace, start: str, aggregate: bool = False) -> str:
     name = "dagger-aggregated" if aggregate else "dagger"
-    out = arm_dir(args, name + (f"-{slug(args.dagger_teacher)}" if args.dagger_teacher else ""))
+    out = arm_dir(args, name + (f"-{slug(args.dagger_teacher)}" if args.dagger_teacher else "")
+                  + ("-corrections" if args.dagger_labels == "disagreements" else ""))
     model = out / f"round-{args.rounds}" / "model"
     if not (out / "rounds.json").exists() or not (model / "train_config.yaml").exists():
         onpolicy(OnPolicyConfig(env=args.env, env_params=args.env_params, student=start,
                                 teachers=[args.dagger_teacher or args.teacher],
                                 out=str(out),
                                 rounds=args.rounds, data=[str(teacher_run(args))] if aggregate else [],
-                                beta_schedule=args.beta, tasks=args.tasks, split="train", max_steps=args.max_steps,
+                                beta_schedule=args.beta, labels=args.dagger_labels, tasks=args.tasks, split="train",
+                                max_steps=args.max_steps,
                                 temperature=0.0, dev_tasks=0, sandbox=args.sandbox, concurrency=args.concurrency,
                                 stop_on_repeat=args.stop_on_repeat,
                                 **student_generation(args),
@@ -251,6 +257,8 @@ def arm_label(args: argparse.Namespace, arm: str) -> str:
         label += "".join(suffix for _, suffix in kl_variants(args))
     if arm.startswith("dagger") and args.dagger_teacher:
         label += f", relabelled by {args.dagger_teacher}"
+    if arm.startswith("dagger") and args.dagger_labels == "disagreements":
+        label += ", corrections only"
     if args.seed:
         label += f", seed {args.seed}"
     return label
@@ -278,6 +286,7 @@ def evaluated(args: argparse.Namespace, arm: str, spec: str,
            **({"rounds": args.rounds} if trained_on else {}),
            **({"beta": args.beta} if arm.startswith("DAgger") else {}),
            **({"dagger_teacher": args.dagger_teacher} if arm.startswith("DAgger") and args.dagger_teacher else {}),
+           **({"labels": args.dagger_labels} if arm.startswith("DAgger") else {}),
            **({"stop_on_repeat": args.stop_on_repeat} if args.stop_on_repeat else {}), **args.train,
            **({"env_params": args.env_params} if args.env_params else {}),
            **(recorded or {})}

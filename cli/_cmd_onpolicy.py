@@ -48,6 +48,7 @@ def onpolicy_command(
     mode: str = config_option(OnPolicyConfig, "mode"),
     rounds: int = config_option(OnPolicyConfig, "rounds"),
     beta_schedule: str = config_option(OnPolicyConfig, "beta_schedule"),
+    labels: str = config_option(OnPolicyConfig, "labels"),
     route: list[str] = config_option(OnPolicyConfig, "routes"),
     data: list[Path] = config_option(OnPolicyConfig, "data"),
     dev_tasks: int = config_option(OnPolicyConfig, "dev_tasks"),
@@ -78,7 +79,7 @@ def onpolicy_command(
 
     cfg = OnPolicyConfig(
         **rollout, student=student, teachers=list(teacher), out=str(out), mode=mode, rounds=rounds,
-        beta_schedule=beta_schedule, routes=pairs(route, "--route"), data=[str(d) for d in data], dev_tasks=dev_tasks,
+        beta_schedule=beta_schedule, labels=labels, routes=pairs(route, "--route"), data=[str(d) for d in data], dev_tasks=dev_tasks,
         student_backend=student_backend, student_options=pairs(student_option, "--student-option"),
         teacher_options=pairs(teacher_option, "--teacher-option"), train_args=parse_train_args(list(ctx.args)),
         resume=resume)

@@ -231,6 +231,28 @@ async def test_the_trusting_coder_labels_only_from_what_the_student_sees(tmp_pat
     assert 0 < crashed < 5
 
 
+async def test_disagreements_train_only_the_teachers_corrections(tmp_path):
+    """--labels disagreements: of the student's turns, only those where the teacher acts otherwise are trained.
+    The trusting coder agrees with the student's answer after its wrong number and corrects everything else."""
+    _nsjail()
+    cfg = _cfg(tmp_path, student="crashcoder:x", beta_schedule="0", max_steps=2, labels="disagreements",
+               teachers=["expert:trusting-coder"], routes={}, env_params={"categories": "modular"})
+    rollouts, relabels, failures = await _gather(cfg)
+    assert len(rollouts) == 5 and failures == 0
+    trained = {(t.task_id, t.teacher.sampling["message"]): t for t in relabels.load()}
+    crashed = 0
+    for rollout in rollouts:
+        first, second = records_of(rollout)
+        assert (rollout.task_id, first.message) in trained  # its own program, not the student's
+        crashed += "NameError" in rollout.messages[second.message - 1].content
+        answered_alike = isinstance(parse_react(second.label["content"]), ParsedFinal)
+        assert ((rollout.task_id, second.message) in trained) == (not answered_alike)
+        for (task, message), t in trained.items():
+            if task == rollout.task_id:  # one label a row, never the turn the student took there
+                assert labels_in(t) == 1 and t.messages[-1].content != rollout.messages[message].content
+    assert 0 < crashed < 5 and len(trained) == 5 + crashed
+
+
 async def test_beta_one_executes_only_the_teacher_and_never_asks_the_student(tmp_path):
     _nsjail()
     WrongCoder.calls = 0

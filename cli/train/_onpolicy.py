@@ -76,6 +76,7 @@ from ._sft import train
 
 CONFIG_FILE = "onpolicy.yaml"
 MODES = ("dagger", "reverse-kl")
+LABELS = ("all", "disagreements")  # which teacher labels a DAgger round trains
 STUDENT_BACKENDS = ("hf", "vllm-serve")  # how the student generates; it trains with hf either way
 SERVED_TEACHERS = ("vllm-serve:", "openai:")  # white-box through vLLM's prompt log-probabilities
 WHITE_BOX = ("hf:", *SERVED_TEACHERS)
@@ -135,6 +136,10 @@ class OnPolicyConfig(RolloutConfig):
     beta_schedule: str = config_field("exp:1:0.5", "Probability that the teacher's turn is executed instead of the "
                                       "student's, per round: exp:B0:DECAY (B0*DECAY^(r-1)), linear:B0:STEP, a list "
                                       "B1,B2,... (the last repeats) or one number.")
+    labels: str = config_field("all", "Which teacher labels a dagger round trains. all: every labelled turn (classic "
+                                      "DAgger). disagreements: only where the student acted and the teacher's "
+                                      "action differs (tool and arguments, or final answer), as HG-DAgger trains on "
+                                      "corrections: no training token goes to what the student already does.")
     routes: dict[str, str] = config_field({}, "CATEGORY=TEACHER: tasks of this category are labelled by that "
                                               "--teacher (others by the first); repeatable.")
     data: list[str] = config_field([], "Run directory trained on every round next to the relabels (e.g. the "
@@ -158,6 +163,8 @@ class OnPolicyConfig(RolloutConfig):
         problems = []
         if self.mode not in MODES:
             problems.append(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.labels not in LABELS:
+            problems.append(f"--labels must be one of {', '.join(LABELS)}, got {self.labels!r}")
         if self.student_backend not in STUDENT_BACKENDS:
             problems.append(f"--student-backend must be one of {', '.join(STUDENT_BACKENDS)}, "
                             f"got {self.student_backend!r}")
@@ -337,17 +344,21 @@ def records_of(traj: Trajectory) -> list[TurnRecord]:
     return [TurnRecord(**r) for r in turns]  # type: ignore[arg-type]
 
 
-def relabel(rollout: Trajectory, teachers: dict[str, Teacher], round_no: int) -> list[Trajectory]:
+def relabel(rollout: Trajectory, teachers: dict[str, Teacher], round_no: int,
+            labels: str = "all") -> list[Trajectory]:
     """The training trajectories of a rollout's labels. A label that differs from the turn the rollout took ends
     a trajectory of its own: the rollout up to that turn, then the teacher's turn. A label that repeats the
     turn word for word is trained in place, in the rollout's own messages, inside the next trajectory (or a last
     one). Each label is trained once, after the same prefix as one trajectory per label would give it, in fewer
-    tokens (a student that agrees with most labels would otherwise pay a whole prefix for each)."""
+    tokens (a student that agrees with most labels would otherwise pay a whole prefix for each).
+    `labels="disagreements"` keeps only the corrections: labels at the student's turns whose action differs."""
     out, in_place = [], []
     for rec in records_of(rollout):
         if rec.label is None:
             continue
         label = Message.model_validate(rec.label)
+        if labels == "disagreements" and not is_correction(rollout.messages[rec.message], rec, label):
+            continue
         if same_turn(rollout.messages[rec.message], label):
             in_place.append(rec)
             continue
@@ -384,6 +395,11 @@ def _labelled(rollout: Trajectory, recs: list[TurnRecord], last: Message, teache
     spans = sorted(context + [sp for sp in segment_as_env(draft) if sp.message in trained],
                    key=lambda sp: (sp.message, sp.start))
     return draft.model_copy(update={"spans": spans})
+
+
+def is_correction(turn: Message, rec: TurnRecord, label: Message) -> bool:
+    """Whether a label corrects the student: the student took the turn and the teacher would act otherwise."""
+    return rec.acted == "student" and not same_action(turn, label)
 
 
 def labels_in(traj: Trajectory) -> int:
@@ -596,7 +612,7 @@ class OnPolicyDistiller(RoundsDir):
                   "student": student, "teachers": list(self.cfg.teachers), "routes": dict(self.cfg.routes)}
         with RunStore.create(path, config) as store:
             for rollout in rollouts:
-                for traj in relabel(rollout, refs, round_no):
+                for traj in relabel(rollout, refs, round_no, self.cfg.labels):
                     store.append(traj)
                     labelled += labels_in(traj)
                     per_teacher[traj.teacher.spec] += labels_in(traj)
