@@ -17,6 +17,8 @@ on math). Then, at equal teacher calls and equal training tokens:
   ... clip    either KL arm without the tokens whose KL exceeds `--kd-max-token-kl` nats (train's kd_max_token_kl)
   ... data    either KL arm with the SFT arm's teacher episodes next to the samples, under the same KD loss
              (`onpolicy --data`: GKD's mixture, lambda < 1)
+  more SFT on the lost tasks   the SFT arm's episodes of only the train tasks the start loses (its own greedy
+             episodes pick them): on-policy task selection without relabels, at the same training tokens
   KD on the SFT data   the SFT arm's episodes trained with the forward KL to the white-box teacher instead of
              the CE (off-policy KD, GKD with lambda 0): what the teacher's distribution adds without on-policy data
 `--kl-lora` trains the KL arms' step as a LoRA (r 16, lr 2e-4) instead of every weight, `--kl-temperature 0`
@@ -54,6 +56,7 @@ from _quality import (add_env_params, add_training_options, env_params, played, 
 from trajdistill.agents import CollectConfig, EvalConfig, collect, evaluate
 from trajdistill.agents._eval import slug
 from trajdistill.train import OnPolicyConfig, TrainConfig, onpolicy, train
+from trajdistill.trajectories import RunStore
 
 
 def arguments() -> argparse.Namespace:
@@ -143,6 +146,41 @@ def sft_arm(args: argparse.Namespace, start: str, name: str = "sft", **settings:
         shutil.rmtree(out, ignore_errors=True)
         train(TrainConfig(data=[str(teacher_run(args))], student=start, out=str(out),
                           **{**arm_training(args, start), **settings}))
+    return f"hf:{out.resolve()}"
+
+
+def start_run(args: argparse.Namespace) -> Path:
+    """The start student's own greedy episodes on the first `--tasks` train tasks (what a DAgger round's rollouts
+    are at beta 0): which tasks it loses."""
+    run = args.out / "start-rollouts"
+    if not (run / "stats.json").exists():
+        spec = f"hf:{args.start.resolve()}"
+        options = student_generation(args)
+        if args.backend != "hf":
+            spec = spec.replace("hf:", f"{args.backend}:", 1)
+        collect(CollectConfig(env=args.env, env_params=args.env_params, teachers=[spec], out=str(run),
+                              tasks=args.tasks, split="train", max_steps=args.max_steps, temperature=0.0,
+                              stop_on_repeat=args.stop_on_repeat, sandbox=args.sandbox,
+                              concurrency=args.concurrency, teacher_options=options["student_options"],
+                              resume=run.exists()))
+    return run
+
+
+def sft_lost_arm(args: argparse.Namespace, start: str) -> str:
+    """More SFT on the tasks the start loses: the teacher's episodes of only those train tasks (on-policy task
+    selection, the first-turn part of DAgger's information, without its relabel rows)."""
+    run = args.out / "sft-lost-data"
+    if not (run / "stats.json").exists():
+        lost = {t.task_id for t in RunStore.open(start_run(args)).load() if not t.outcome.success}
+        shutil.rmtree(run, ignore_errors=True)
+        with RunStore.create(run, {"command": "bench sft-lost", "from": str(teacher_run(args))}) as store:
+            for traj in RunStore.open(teacher_run(args)).load():
+                if traj.task_id in lost:
+                    store.append(traj)
+    out = arm_dir(args, "sft-lost")
+    if not (out / "train_config.yaml").exists():
+        shutil.rmtree(out, ignore_errors=True)
+        train(TrainConfig(data=[str(run)], student=start, out=str(out), **arm_training(args, start)))
     return f"hf:{out.resolve()}"
 
 
@@ -243,6 +281,7 @@ KL_ARMS = {
 ARMS = {
     "sft": ("more SFT", sft_arm),
     "sft-kd": ("forward KL on the SFT data (off-policy)", sft_kd_arm),
+    "sft-lost": ("more SFT on the tasks the start lost", sft_lost_arm),
     "dagger": ("DAgger, {rounds}", dagger_arm),
     "dagger-data": ("DAgger + the SFT data, {rounds}", lambda args, start: dagger_arm(args, start, aggregate=True)),
     **{key: (name + ", {rounds}", lambda args, start, key=key: kl_arm(args, start, key))
