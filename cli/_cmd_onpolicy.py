@@ -79,7 +79,8 @@ def onpolicy_command(
 
     cfg = OnPolicyConfig(
         **rollout, student=student, teachers=list(teacher), out=str(out), mode=mode, rounds=rounds,
-        beta_schedule=beta_schedule, labels=labels, routes=pairs(route, "--route"), data=[str(d) for d in data], dev_tasks=dev_tasks,
+        beta_schedule=beta_schedule, labels=labels, routes=pairs(route, "--route"), data=[str(d) for d in data],
+        dev_tasks=dev_tasks,
         student_backend=student_backend, student_options=pairs(student_option, "--student-option"),
         teacher_options=pairs(teacher_option, "--teacher-option"), train_args=parse_train_args(list(ctx.args)),
         resume=resume)

@@ -154,6 +154,8 @@ def test_bad_settings_are_one_config_error():
     with pytest.raises(ValueError, match="--data in --mode reverse-kl .* give one hf: teacher"):
         OnPolicyConfig(student="hf:x", teachers=["vllm-serve:smollm2-135m"], env="math", out="o", mode="reverse-kl",
                        data=["somewhere"])
+    with pytest.raises(ValueError, match="--labels must be one of all, disagreements, got 'wrong'"):
+        OnPolicyConfig(student="hf:x", teachers=["expert:coder"], env="math", out="o", labels="wrong")
     with pytest.raises(ValueError, match="unknown trainer setting.*--train-bogus"):
         OnPolicyConfig(student="hf:x", teachers=["expert:coder"], env="math", out="o", train_args={"bogus": 1})
 
