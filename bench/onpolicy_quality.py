@@ -56,6 +56,7 @@ from _quality import (add_env_params, add_training_options, env_params, played, 
 from trajdistill.agents import CollectConfig, EvalConfig, collect, evaluate
 from trajdistill.agents._eval import slug
 from trajdistill.train import OnPolicyConfig, TrainConfig, onpolicy, train
+from trajdistill.train._onpolicy import LABELS
 from trajdistill.trajectories import RunStore
 
 
@@ -84,7 +85,7 @@ def arguments() -> argparse.Namespace:
     ap.add_argument("--dagger-teacher", default=None,
                     help="the DAgger arms' relabelling teacher, when not --teacher (e.g. expert:trusting-coder, which "
                          "acts only on what the student sees); its arms get directories and rows of their own")
-    ap.add_argument("--dagger-labels", choices=("all", "disagreements"), default="all",
+    ap.add_argument("--dagger-labels", choices=LABELS, default="all",
                     help="the DAgger arms' onpolicy --labels: disagreements trains only the teacher's corrections; "
                          "its arms get directories and rows of their own")
     ap.add_argument("--beta", default="0", help="the DAgger arms' beta schedule (onpolicy --beta-schedule)")
@@ -154,15 +155,11 @@ def start_run(args: argparse.Namespace) -> Path:
     are at beta 0): which tasks it loses."""
     run = args.out / "start-rollouts"
     if not (run / "stats.json").exists():
-        spec = f"hf:{args.start.resolve()}"
-        options = student_generation(args)
-        if args.backend != "hf":
-            spec = spec.replace("hf:", f"{args.backend}:", 1)
+        spec = f"{args.backend}:{args.start.resolve()}"  # --backend is hf or vllm-serve, both policy backends
         collect(CollectConfig(env=args.env, env_params=args.env_params, teachers=[spec], out=str(run),
-                              tasks=args.tasks, split="train", max_steps=args.max_steps, temperature=0.0,
-                              stop_on_repeat=args.stop_on_repeat, sandbox=args.sandbox,
-                              concurrency=args.concurrency, teacher_options=options["student_options"],
-                              resume=run.exists()))
+                              tasks=args.tasks, split="train", max_steps=args.max_steps, temperature=0.0, stop_on_repeat=args.stop_on_repeat, sandbox=args.sandbox,
+                              concurrency=args.concurrency,
+                              teacher_options=student_generation(args)["student_options"], resume=run.exists()))
     return run
 
 
@@ -173,8 +170,9 @@ def sft_lost_arm(args: argparse.Namespace, start: str) -> str:
     if not (run / "stats.json").exists():
         lost = {t.task_id for t in RunStore.open(start_run(args)).load() if not t.outcome.success}
         shutil.rmtree(run, ignore_errors=True)
-        with RunStore.create(run, {"command": "bench sft-lost", "from": str(teacher_run(args))}) as store:
-            for traj in RunStore.open(teacher_run(args)).load():
+        teacher = teacher_run(args)
+        with RunStore.create(run, {"command": "bench sft-lost", "from": str(teacher)}) as store:
+            for traj in RunStore.open(teacher).load():
                 if traj.task_id in lost:
                     store.append(traj)
     out = arm_dir(args, "sft-lost")
