@@ -157,8 +157,8 @@ def start_run(args: argparse.Namespace) -> Path:
     if not (run / "stats.json").exists():
         spec = f"{args.backend}:{args.start.resolve()}"  # --backend is hf or vllm-serve, both policy backends
         collect(CollectConfig(env=args.env, env_params=args.env_params, teachers=[spec], out=str(run),
-                              tasks=args.tasks, split="train", max_steps=args.max_steps, temperature=0.0, stop_on_repeat=args.stop_on_repeat, sandbox=args.sandbox,
-                              concurrency=args.concurrency,
+                              tasks=args.tasks, split="train", max_steps=args.max_steps, temperature=0.0,
+                              stop_on_repeat=args.stop_on_repeat, sandbox=args.sandbox, concurrency=args.concurrency,
                               teacher_options=student_generation(args)["student_options"], resume=run.exists()))
     return run
 
